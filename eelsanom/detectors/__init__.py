@@ -1,0 +1,37 @@
+"""Anomaly detectors sharing one contract (see :class:`~eelsanom.detectors.base.BaseDetector`).
+
+``get_detector(name, **params)`` builds one by key; ``load_detector(path)`` reads
+any saved model file.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from .base import BaseDetector, load_detector
+
+_REGISTRY = {
+    "pca": ("eelsanom.detectors.pca", "PCADetector"),
+    "rx": ("eelsanom.detectors.rx", "RXDetector"),
+    "cvae": ("eelsanom.detectors.cvae3d", "CVAE3DDetector"),
+}
+
+
+def detector_class(name: str) -> type[BaseDetector]:
+    """The detector class registered under ``name`` (``"pca"``, ``"rx"``, ``"cvae"``)."""
+    from ..errors import InputError
+
+    key = str(name).lower().replace("-", "").replace("3d", "")
+    if key not in _REGISTRY:
+        raise InputError(f"unknown method {name!r}; expected one of {sorted(_REGISTRY)}.")
+    mod, cls = _REGISTRY[key]
+    return getattr(import_module(mod), cls)
+
+
+def get_detector(name: str, **params: Any) -> BaseDetector:
+    """Instantiate the detector registered under ``name`` with ``params``."""
+    return detector_class(name)(**params)
+
+
+__all__ = ["BaseDetector", "detector_class", "get_detector", "load_detector"]

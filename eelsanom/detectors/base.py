@@ -1,0 +1,272 @@
+"""The detector contract shared by every eelsanom detector.
+
+Modelled on scikit-learn and PyOD, adapted to spectrum images:
+
+- hyperparameters are keyword arguments of ``__init__``, stored unchanged and
+  validated in :meth:`BaseDetector.fit`; fitted state ends in ``_``;
+- ``fit(si, train_mask=None, *, progress=None) -> self``: ``train_mask`` is a
+  boolean ``(ny, nx)`` map of bulk pixels; ``None`` trains on all pixels
+  *robustly* (each detector down-weights or drops its worst-explained pixels);
+- ``score(si) -> AnomalyResult``: per-pixel NLL, **higher = more anomalous**;
+- ``save(path)`` / :func:`load_detector` (or ``Class.load``): one HDF5 file with
+  weights, hyperparameters, the energy axis and window, the scaler, the
+  threshold and the package version; no pickle;
+- applying a model to data whose energy axis does not contain the model's axis
+  on the same grid raises :class:`~eelsanom.errors.EnergyAxisMismatch` naming both.
+
+Subclasses implement ``_fit``, ``_score``, ``_reconstruct`` and the state hooks.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .. import scoring
+from ..errors import EnergyAxisMismatch, InputError, NotFittedError
+from ..modelfile import read_model, write_model
+from ..progress import ProgressCallback
+from ..result import AnomalyResult, PixelSpectrum
+from ..spectrum import Axis, SpectrumImage, as_spectrum_image
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BaseDetector", "load_detector", "check_train_mask"]
+
+
+def check_train_mask(train_mask: Any, nav_shape: tuple[int, int], *, min_pixels: int = 1,
+                     what: str = "train_mask") -> np.ndarray | None:
+    """Validate a bulk mask: boolean ``(ny, nx)`` (a line scan's ``(n,)`` is accepted)."""
+    if train_mask is None:
+        return None
+    m = np.asarray(train_mask)
+    if m.ndim == 1 and nav_shape[0] == 1:
+        m = m[None]
+    if m.shape != tuple(nav_shape):
+        raise InputError(f"{what}: expected a boolean map of shape {tuple(nav_shape)} (the image's "
+                         f"navigation shape), got shape {m.shape}.")
+    if m.dtype != bool:
+        if not np.isin(np.unique(m), [0, 1]).all():
+            raise InputError(f"{what}: expected booleans (or 0/1), got values "
+                             f"{np.unique(m)[:5].tolist()}...")
+        m = m.astype(bool)
+    n = int(m.sum())
+    if n < min_pixels:
+        raise InputError(f"{what}: the bulk region covers {n} pixel(s); this detector needs at "
+                         f"least {min_pixels}. Draw a larger region, or pass none to train on all "
+                         "pixels (robustly).")
+    return m
+
+
+class BaseDetector:
+    """Base class of all detectors; see the module docstring for the contract."""
+
+    method: ClassVar[str] = ""
+    #: smallest number of training pixels ``fit`` accepts
+    min_train_pixels: ClassVar[int] = 2
+
+    # ------------------------------------------------------------------ params
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p.name for p in sig.parameters.values()
+                if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+    def get_params(self) -> dict[str, Any]:
+        """Hyperparameters as given to ``__init__`` (JSON-serialisable)."""
+        out = {}
+        for k in self._param_names():
+            v = getattr(self, k)
+            out[k] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    def set_params(self, **params: Any) -> BaseDetector:
+        names = set(self._param_names())
+        for k, v in params.items():
+            if k not in names:
+                raise InputError(f"{type(self).__name__} has no parameter {k!r}; valid: "
+                                 f"{sorted(names)}.")
+            setattr(self, k, v)
+        return self
+
+    def __repr__(self) -> str:
+        ps = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({ps})"
+
+    def _validate_params(self) -> None:
+        """Check hyperparameters (called by ``fit``); subclasses extend it."""
+        scoring.parse_threshold(getattr(self, "threshold", "otsu"))
+        er = getattr(self, "energy_range", None)
+        if er is not None:
+            if len(er) != 2 or er[0] is not None and er[1] is not None and not er[0] < er[1]:
+                raise InputError(f"energy_range: expected (start_eV, stop_eV) with start < stop, "
+                                 f"got {er!r}.")
+
+    # ------------------------------------------------------------------ fitted state
+    @property
+    def is_fitted(self) -> bool:
+        return hasattr(self, "energy_axis_")
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit(si, "
+                                 "train_mask) or load a saved model first.")
+
+    def window(self, si: Any) -> SpectrumImage:
+        """Validate ``si`` and cut it to the fitted energy axis (or refuse, naming both axes)."""
+        self._check_fitted()
+        si = as_spectrum_image(si, what="data to score")
+        ax: Axis = self.energy_axis_
+        src = si.energy
+        if np.isclose(src.scale, ax.scale, rtol=1e-4):
+            start = (ax.offset - src.offset) / src.scale
+            k = int(round(start))
+            if abs(start - k) < 0.05 and k >= 0 and k + ax.size <= src.size:
+                if k == 0 and ax.size == src.size:
+                    return si
+                from dataclasses import replace
+
+                return replace(si, data=si.data[:, :, k:k + ax.size],
+                               energy=Axis(ax.size, src.scale, src.offset + k * src.scale,
+                                           src.units, src.name))
+        raise EnergyAxisMismatch(
+            f"the model was trained on the energy axis {ax.describe()}, but the data's axis is "
+            f"{src.describe()}; the data must contain the model's window on the same "
+            "channel grid. Use data from the same spectrometer setting, or retrain on this data.")
+
+    # ------------------------------------------------------------------ public API
+    def fit(self, si: Any, train_mask: Any = None, *,
+            progress: ProgressCallback | None = None) -> BaseDetector:
+        """Learn the bulk from ``si``.
+
+        Parameters
+        ----------
+        si : SpectrumImage, HyperSpy EELS signal, or ndarray of shape (ny, nx, n_energy)
+        train_mask : ndarray of bool, shape (ny, nx), optional
+            Bulk (defect-free) pixels to learn from. ``None``: all pixels, robustly.
+        progress : callable, optional
+            Receives :class:`~eelsanom.progress.ProgressEvent`; return ``False`` to cancel.
+
+        Returns
+        -------
+        self
+        """
+        self._validate_params()
+        si = as_spectrum_image(si, what="training data")
+        er = getattr(self, "energy_range", None)
+        if er is not None:
+            si = si.crop_energy(er[0], er[1])
+        mask = check_train_mask(train_mask, si.nav_shape, min_pixels=self.min_train_pixels)
+        if mask is None and si.nav_shape[0] * si.nav_shape[1] < self.min_train_pixels:
+            raise InputError(f"training data has {si.nav_shape[0] * si.nav_shape[1]} pixels; "
+                             f"{type(self).__name__} needs at least {self.min_train_pixels}.")
+        t0 = time.perf_counter()
+        self._fit(si, mask, progress)
+        self.energy_axis_ = si.energy
+        self.trained_on_mask_ = mask is not None
+        self.fit_seconds_ = time.perf_counter() - t0
+        log.info("%s fitted on %s pixels in %.2f s", type(self).__name__,
+                 "all" if mask is None else int(mask.sum()), self.fit_seconds_)
+        return self
+
+    def score(self, si: Any, *, progress: ProgressCallback | None = None) -> AnomalyResult:
+        """Per-pixel NLL of ``si`` under the fitted bulk model (higher = more anomalous)."""
+        siw = self.window(si)
+        t0 = time.perf_counter()
+        nll, latent, maps = self._score(siw, progress)
+        dt = time.perf_counter() - t0
+        nll = np.asarray(nll, dtype=np.float64).reshape(siw.nav_shape)
+        t, label = scoring.compute_threshold(nll, getattr(self, "threshold", "otsu"))
+        self.threshold_ = t
+        return AnomalyResult(
+            nll=nll, threshold=t, threshold_method=label, mask=nll > t, method=self.method,
+            y=siw.y, x=siw.x, energy=siw.energy, latent=latent, maps=maps,
+            timings={"fit": float(getattr(self, "fit_seconds_", float("nan"))), "score": dt},
+            info={"params": self.get_params()}, _detector=self, _si=siw)
+
+    def reconstruct(self, si: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Model mean and sigma in counts, each (ny, nx, n_energy) on the model's energy axis."""
+        siw = self.window(si)
+        return self._reconstruct(siw)
+
+    def pixel_spectrum(self, si: Any, iy: int, ix: int, *, nll: float | None = None
+                       ) -> PixelSpectrum:
+        """Observed spectrum of pixel (iy, ix) against the model (see :class:`PixelSpectrum`)."""
+        siw = self.window(si)
+        mean, sigma, chan = self._pixel(siw, iy, ix)
+        obs = np.asarray(siw.data[iy, ix], dtype=np.float64)
+        return PixelSpectrum(energy=siw.energy.values, observed=obs, mean=mean, sigma=sigma,
+                             residual=obs - mean, channel_nll=chan,
+                             nll=float(np.sum(chan) if nll is None else nll))
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted detector to one HDF5 model file (atomically); return its path."""
+        self._check_fitted()
+        state = dict(self._get_state())
+        state["energy_axis"] = self.energy_axis_.to_dict()
+        state["threshold_value"] = float(getattr(self, "threshold_", float("nan")))
+        state["trained_on_mask"] = bool(getattr(self, "trained_on_mask_", False))
+        state["fit_seconds"] = float(getattr(self, "fit_seconds_", float("nan")))
+        return write_model(path, detector=self.method, params=self.get_params(), state=state,
+                           arrays=self._get_arrays())
+
+    @classmethod
+    def load(cls, path: str | Path) -> BaseDetector:
+        """Read a model file written by :meth:`save` (any detector when called on the base)."""
+        return load_detector(path, expected=None if cls is BaseDetector else cls)
+
+    # ------------------------------------------------------------------ subclass hooks
+    def _fit(self, si: SpectrumImage, mask: np.ndarray | None,
+             progress: ProgressCallback | None) -> None:
+        raise NotImplementedError
+
+    def _score(self, si: SpectrumImage, progress: ProgressCallback | None
+               ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
+        """Return ``(nll (ny, nx), latent (ny, nx, d) or None, extra maps)``."""
+        raise NotImplementedError
+
+    def _reconstruct(self, si: SpectrumImage) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def _pixel(self, si: SpectrumImage, iy: int, ix: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(mean, sigma, channel_nll)`` of one pixel; default: from the full reconstruction."""
+        mean, sigma = self._reconstruct(si)
+        m = np.asarray(mean[iy, ix], np.float64)
+        s = np.asarray(sigma[iy, ix], np.float64)
+        obs = np.asarray(si.data[iy, ix], np.float64)
+        chan = 0.5 * ((obs - m) / s) ** 2 + np.log(s) + 0.5 * np.log(2 * np.pi)
+        return m, s, chan
+
+    def _get_state(self) -> dict[str, Any]:
+        return {}
+
+    def _get_arrays(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        pass
+
+
+def load_detector(path: str | Path, expected: type[BaseDetector] | None = None) -> BaseDetector:
+    """Load any eelsanom model file and return the fitted detector."""
+    from . import detector_class
+
+    header, params, state, arrays = read_model(path)
+    cls = detector_class(header["detector"])
+    if expected is not None and not issubclass(cls, expected):
+        raise InputError(f"{str(path)!r} holds a {cls.__name__} model, not a {expected.__name__}.")
+    det = cls(**params)
+    det._set_state(state, arrays)
+    det.energy_axis_ = Axis.from_dict(state["energy_axis"])
+    det.threshold_ = state.get("threshold_value", float("nan"))
+    det.trained_on_mask_ = state.get("trained_on_mask", False)
+    det.fit_seconds_ = state.get("fit_seconds", float("nan"))
+    det.model_header_ = header
+    return det

@@ -1,0 +1,144 @@
+"""The result every detector returns: :class:`AnomalyResult`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import scoring
+from .spectrum import Axis, SpectrumImage
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .detectors.base import BaseDetector
+
+__all__ = ["AnomalyResult", "PixelSpectrum"]
+
+
+@dataclass
+class PixelSpectrum:
+    """One pixel's spectrum against the detector's model of it (all arrays shape ``(n_energy,)``).
+
+    ``mean`` and ``sigma`` are the model's prediction in the data's units (counts);
+    ``residual`` is ``observed - mean``; ``channel_nll`` is each channel's contribution
+    to the pixel's NLL (its sum is the pixel's score, up to the detector's
+    constant terms), so its large values show *where in energy* the pixel departs
+    from the bulk.
+    """
+
+    energy: np.ndarray
+    observed: np.ndarray
+    mean: np.ndarray
+    sigma: np.ndarray
+    residual: np.ndarray
+    channel_nll: np.ndarray
+    nll: float
+
+    def top_window(self, width_ev: float = 5.0) -> tuple[float, float]:
+        """Energy window of ``width_ev`` that contributes most to the NLL."""
+        if self.energy.size < 2:
+            return float(self.energy[0]), float(self.energy[0])
+        de = float(self.energy[1] - self.energy[0])
+        w = max(1, int(round(width_ev / de)))
+        c = np.convolve(np.nan_to_num(self.channel_nll), np.ones(w), mode="valid")
+        k = int(np.argmax(c))
+        return float(self.energy[k]), float(self.energy[min(k + w - 1, self.energy.size - 1)])
+
+
+@dataclass
+class AnomalyResult:
+    """Per-pixel anomaly scores of one spectrum image.
+
+    Attributes
+    ----------
+    nll : ndarray of shape (ny, nx)
+        Negative log-likelihood per pixel. **Higher = more anomalous.**
+    threshold : float
+        NLL value above which a pixel is flagged.
+    threshold_method : str
+        How ``threshold`` was chosen (``"otsu"``, ``"gmm"``, ``"2%"``, ``"value"``).
+    mask : ndarray of bool, shape (ny, nx)
+        ``nll > threshold``.
+    method : str
+        Detector key (``"cvae"``, ``"pca"``, ``"rx"``, ...).
+    y, x : Axis
+        Navigation calibration of the scored image.
+    energy : Axis
+        Energy axis the detector modelled (its window).
+    latent : ndarray of shape (ny, nx, d), optional
+        Per-pixel latent codes where the method has them.
+    maps : dict of name -> ndarray (ny, nx)
+        Extra per-pixel maps (e.g. reconstruction error).
+    timings : dict
+        Seconds spent (``"score"``, ...).
+    info : dict
+        Detector parameters and anything else worth saving.
+    """
+
+    nll: np.ndarray
+    threshold: float
+    threshold_method: str
+    mask: np.ndarray
+    method: str
+    y: Axis
+    x: Axis
+    energy: Axis
+    latent: np.ndarray | None = None
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    _detector: BaseDetector | None = field(default=None, repr=False)
+    _si: SpectrumImage | None = field(default=None, repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.nll.shape)  # type: ignore[return-value]
+
+    @property
+    def n_flagged(self) -> int:
+        return int(self.mask.sum())
+
+    def with_threshold(self, spec: Any) -> AnomalyResult:
+        """A copy thresholded by ``spec`` (``"otsu"``, ``"gmm"``, percent, ``"value:X"``)."""
+        t, label = scoring.compute_threshold(self.nll, spec)
+        return replace(self, threshold=t, threshold_method=label, mask=self.nll > t)
+
+    def evaluate(self, truth: np.ndarray | None = None) -> dict[str, float]:
+        """ROC-AUC, AP, precision/recall/F1 (own threshold) and best F1 against ``truth``.
+
+        ``truth`` defaults to the scored image's ground truth (simulated data).
+        """
+        if truth is None:
+            truth = None if self._si is None else self._si.ground_truth
+        if truth is None:
+            raise ValueError("no ground truth: pass truth=..., a boolean (ny, nx) map.")
+        out = scoring.evaluate(self.nll, self.mask, truth)
+        out.update(scoring.bimodality(self.nll))
+        return out
+
+    def _need_source(self) -> tuple[BaseDetector, SpectrumImage]:
+        if self._detector is None or self._si is None:
+            raise RuntimeError("this result has no detector/data attached (it was loaded from "
+                               "disk); score the data again to get reconstructions.")
+        return self._detector, self._si
+
+    def reconstruct(self) -> tuple[np.ndarray, np.ndarray]:
+        """Model mean and sigma for every pixel, each of shape (ny, nx, n_energy), in counts."""
+        det, si = self._need_source()
+        return det.reconstruct(si)
+
+    def pixel(self, iy: int, ix: int) -> PixelSpectrum:
+        """Spectrum, reconstruction (mean, sigma), residual and per-channel NLL of pixel (iy, ix)."""
+        det, si = self._need_source()
+        ny, nx = self.shape
+        if not (0 <= iy < ny and 0 <= ix < nx):
+            raise IndexError(f"pixel ({iy}, {ix}) is outside the {ny} x {nx} image.")
+        return det.pixel_spectrum(si, iy, ix, nll=float(self.nll[iy, ix]))
+
+    def residual(self) -> np.ndarray:
+        """Observed minus reconstructed counts, shape (ny, nx, n_energy)."""
+        det, si = self._need_source()
+        mean, _ = det.reconstruct(si)
+        data = det.window(si).data
+        return np.asarray(data, dtype=np.float32) - mean

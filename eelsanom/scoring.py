@@ -1,0 +1,228 @@
+"""Thresholds and metrics for NLL maps.
+
+Scores everywhere in eelsanom follow one convention: **higher NLL = more
+anomalous**. Thresholds need no ground truth:
+
+- ``"otsu"``: Otsu's method on ``log(nll - min + eps)`` (normal-pixel NLLs are
+  roughly chi-square distributed; their log is far more symmetric);
+- ``"gmm"``: two-component Gaussian mixture on the same log scores; the
+  threshold is where the posterior of the high component reaches 0.5;
+- a number ``P`` (``0 < P < 100``): contamination, flag the top ``P`` % of pixels;
+- ``"value:X"``: a fixed NLL value ``X``.
+
+Metrics that use ground truth (ROC-AUC, average precision, precision/recall/F1,
+best-threshold F1) and one that does not (bimodality: Ashman's D of the
+two-component mixture on the log scores; D > 2 means clean separation).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+
+__all__ = [
+    "parse_threshold", "compute_threshold", "threshold_otsu", "threshold_gmm",
+    "threshold_contamination", "roc_auc", "average_precision", "precision_recall_f1",
+    "best_f1", "bimodality", "evaluate",
+]
+
+_EPS = 1e-6
+
+
+def _log_scores(nll: np.ndarray) -> tuple[np.ndarray, float]:
+    x = np.asarray(nll, dtype=np.float64).ravel()
+    x = x[np.isfinite(x)]
+    shift = float(x.min()) if x.size else 0.0
+    spread = float(np.ptp(x)) if x.size else 1.0
+    eps = max(_EPS, 1e-6 * spread)
+    return np.log(x - shift + eps), shift - eps
+
+
+def _from_log(t: float, shift: float) -> float:
+    return float(np.exp(t) + shift)
+
+
+def threshold_otsu(nll: np.ndarray, *, log: bool = True, bins: int = 256) -> float:
+    """Otsu's threshold (maximum between-class variance) on the (log) scores."""
+    if log:
+        x, shift = _log_scores(nll)
+    else:
+        x, shift = np.asarray(nll, float).ravel(), 0.0
+    if x.size < 2 or np.ptp(x) == 0:
+        return float(np.max(nll))
+    hist, edges = np.histogram(x, bins=bins)
+    centers = 0.5 * (edges[1:] + edges[:-1])
+    w0 = np.cumsum(hist).astype(float)
+    w1 = w0[-1] - w0
+    m = np.cumsum(hist * centers)
+    mu0 = m / np.maximum(w0, 1)
+    mu1 = (m[-1] - m) / np.maximum(w1, 1)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    k = int(np.argmax(between[:-1]))
+    t = float(edges[k + 1])
+    return _from_log(t, shift) if log else t
+
+
+def _gmm_log(nll: np.ndarray, seed: int = 0):
+    from sklearn.mixture import GaussianMixture
+
+    x, shift = _log_scores(nll)
+    gm = GaussianMixture(n_components=2, random_state=seed, n_init=2).fit(x[:, None])
+    return gm, x, shift
+
+
+def threshold_gmm(nll: np.ndarray, *, seed: int = 0) -> float:
+    """Threshold where a two-component Gaussian mixture on log scores assigns 50 % to the upper mode.
+
+    Falls back to Otsu when the mixture does not yield a crossing above the
+    lower mode's mean (a unimodal map).
+    """
+    x0 = np.asarray(nll, float).ravel()
+    if x0.size < 4 or np.ptp(x0) == 0:
+        return float(np.max(nll))
+    gm, x, shift = _gmm_log(nll, seed)
+    hi = int(np.argmax(gm.means_.ravel()))
+    lo_mean = float(gm.means_.ravel()[1 - hi])
+    grid = np.linspace(lo_mean, x.max(), 2048)
+    post = gm.predict_proba(grid[:, None])[:, hi]
+    above = np.nonzero(post >= 0.5)[0]
+    if above.size == 0:
+        return threshold_otsu(nll)
+    return _from_log(float(grid[above[0]]), shift)
+
+
+def threshold_contamination(nll: np.ndarray, percent: float) -> float:
+    """Threshold that flags the top ``percent`` % of pixels."""
+    if not 0 < percent < 100:
+        raise InputError(f"contamination must be a percentage in (0, 100), got {percent}.")
+    return float(np.percentile(np.asarray(nll, float), 100.0 - percent))
+
+
+def parse_threshold(spec: Any) -> tuple[str, float | None]:
+    """Normalise a threshold spec to ``(kind, number)``.
+
+    Accepted: ``"otsu"``, ``"gmm"``, a number or numeric string ``P`` (percent of pixels
+    to flag, 0 < P < 100), ``"P%"``, ``"value:X"`` (fixed NLL value).
+    """
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        p = float(spec)
+        if not 0 < p < 100:
+            raise InputError(f"threshold: a number means the percent of pixels to flag and must be "
+                             f"in (0, 100); got {spec}. Use 'value:X' for a fixed NLL value.")
+        return "percent", p
+    s = str(spec).strip().lower()
+    if s in ("otsu", "gmm"):
+        return s, None
+    if s.startswith("value:"):
+        try:
+            return "value", float(s.split(":", 1)[1])
+        except ValueError:
+            pass
+    else:
+        try:
+            return parse_threshold(float(s.rstrip("%")))
+        except ValueError:
+            pass
+    raise InputError(f"threshold: expected 'otsu', 'gmm', a percent of pixels to flag (e.g. 2 or "
+                     f"'2%') or 'value:X'; got {spec!r}.")
+
+
+def compute_threshold(nll: np.ndarray, spec: Any = "otsu") -> tuple[float, str]:
+    """Threshold of an NLL map by ``spec`` (see :func:`parse_threshold`): ``(value, label)``."""
+    kind, num = parse_threshold(spec)
+    finite = np.asarray(nll, float)[np.isfinite(nll)]
+    if finite.size == 0:
+        raise InputError("cannot threshold an NLL map with no finite values.")
+    if kind == "otsu":
+        return threshold_otsu(finite), "otsu"
+    if kind == "gmm":
+        return threshold_gmm(finite), "gmm"
+    if kind == "percent":
+        return threshold_contamination(finite, num), f"{num:g}%"
+    return float(num), "value"
+
+
+# ----------------------------------------------------------------------------- metrics
+def _check_pair(scores: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(scores, float).ravel()
+    t = np.asarray(truth, bool).ravel()
+    if s.shape != t.shape:
+        raise InputError(f"scores ({np.shape(scores)}) and ground truth ({np.shape(truth)}) differ "
+                         "in shape.")
+    return s, t
+
+
+def roc_auc(scores: np.ndarray, truth: np.ndarray) -> float:
+    """ROC-AUC of ``scores`` against boolean ``truth`` (NaN when only one class is present)."""
+    from sklearn.metrics import roc_auc_score
+
+    s, t = _check_pair(scores, truth)
+    if t.all() or not t.any():
+        return float("nan")
+    return float(roc_auc_score(t, s))
+
+
+def average_precision(scores: np.ndarray, truth: np.ndarray) -> float:
+    """Average precision (area under the precision-recall curve)."""
+    from sklearn.metrics import average_precision_score
+
+    s, t = _check_pair(scores, truth)
+    if not t.any():
+        return float("nan")
+    return float(average_precision_score(t, s))
+
+
+def precision_recall_f1(mask: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Precision, recall and F1 of a boolean mask against boolean truth."""
+    m, t = _check_pair(mask, truth)
+    m = m.astype(bool)
+    tp = float(np.sum(m & t))
+    fp = float(np.sum(m & ~t))
+    fn = float(np.sum(~m & t))
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * p * r / (p + r) if p + r else 0.0
+    return {"precision": p, "recall": r, "f1": f1}
+
+
+def best_f1(scores: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """Best achievable F1 over all thresholds and the threshold reaching it."""
+    from sklearn.metrics import precision_recall_curve
+
+    s, t = _check_pair(scores, truth)
+    if not t.any():
+        return float("nan"), float("nan")
+    p, r, th = precision_recall_curve(t, s)
+    f = np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-12), 0.0)[:-1]
+    k = int(np.argmax(f))
+    return float(f[k]), float(th[k])
+
+
+def bimodality(nll: np.ndarray, *, seed: int = 0) -> dict[str, float]:
+    """Ashman's D and the upper-mode weight of a 2-component GMM on the log NLL.
+
+    ``D = sqrt(2) |mu1 - mu2| / sqrt(s1^2 + s2^2)``; D > 2 indicates two well
+    separated modes (normal and anomalous pixels).
+    """
+    x0 = np.asarray(nll, float).ravel()
+    if x0.size < 4 or np.ptp(x0) == 0:
+        return {"ashman_d": 0.0, "upper_weight": 0.0}
+    gm, _, _ = _gmm_log(nll, seed)
+    mu = gm.means_.ravel()
+    var = gm.covariances_.ravel()
+    d = float(np.sqrt(2.0) * abs(mu[0] - mu[1]) / np.sqrt(var[0] + var[1]))
+    return {"ashman_d": d, "upper_weight": float(gm.weights_[int(np.argmax(mu))])}
+
+
+def evaluate(nll: np.ndarray, mask: np.ndarray | None, truth: np.ndarray) -> dict[str, float]:
+    """All ground-truth metrics of an NLL map (and its mask, when given)."""
+    out = {"roc_auc": roc_auc(nll, truth), "average_precision": average_precision(nll, truth)}
+    bf, bt = best_f1(nll, truth)
+    out["best_f1"] = bf
+    out["best_f1_threshold"] = bt
+    if mask is not None:
+        out.update(precision_recall_f1(mask, truth))
+    return out

@@ -296,5 +296,13 @@ def _from_hyperspy(sig: Any, *, what: str) -> SpectrumImage:
                 gt = gt[None]
     except Exception:  # noqa: BLE001 - metadata without the node
         gt = None
+    meta: dict[str, Any] = {}
+    try:
+        bm = sig.metadata.get_item("eelsanom.bulk_mask")
+        if bm is not None:
+            bm = np.asarray(bm, dtype=bool)
+            meta["bulk_mask"] = bm[None] if bm.ndim == 1 else bm
+    except Exception:  # noqa: BLE001 - metadata without the node
+        pass
     return SpectrumImage(data=data if is_dask else np.asarray(data), energy=energy, y=y, x=x,
-                         title=title, ground_truth=gt)
+                         title=title, ground_truth=gt, metadata=meta)

@@ -1,0 +1,543 @@
+"""The detection benchmark behind ``eelsanom bench`` (see BENCHMARK.md).
+
+Every condition simulates a seeded spectrum image (:func:`eelsanom.simulate.simulate`),
+fits each detector on the bulk region (or on all pixels, robustly, in the
+unsupervised conditions), scores the whole image and compares the NLL map with
+the ground truth. Two reference detectors bound what is attainable:
+
+- ``supervised-limit``: the Poisson log-likelihood ratio of "anomalous" vs
+  "normal" with both noise-free spectra known (Neyman-Pearson optimal);
+- ``perfect-bulk``: the Poisson deviance of each pixel's counts from its own
+  noise-free *normal* spectrum (a flawless one-class model, no neighbours);
+  ``perfect-bulk-3x3`` sums it over each pixel's 3 x 3 neighbourhood.
+
+HyperSpy's own ``decomposition()`` (fitted on the whole image, as a
+microscopist uses it; score = squared reconstruction error of its model) is the
+outside peer; it is skipped when HyperSpy is not installed.
+
+Outputs: ``results.csv`` (one row per condition x detector), ``results.md``
+(header with version, commit, device, dtype, seeds, timings; tables), and
+figures (ROC curves, NLL histograms with thresholds, truth vs maps).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import logging
+import os
+import platform
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__, scoring
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Condition", "quick_conditions", "full_conditions", "reference_scores",
+           "run_benchmark", "run_speed"]
+
+SHIFTS = (0.3, 0.6, 0.9, 1.5, 2.4)
+CONCENTRATIONS = (0.005, 0.01, 0.02, 0.05, 0.10)
+DOSES = (50.0, 200.0, 1000.0)
+REFERENCES = ("supervised-limit", "perfect-bulk", "perfect-bulk-3x3")
+
+
+@dataclass
+class Condition:
+    """One simulated test case."""
+
+    name: str
+    sim: dict[str, Any]
+    supervised: bool = True  # train on the bulk mask (else: all pixels, robustly)
+
+    def label(self) -> str:
+        return self.name
+
+
+def quick_conditions() -> list[Condition]:
+    """CPU subset: 64 x 64, fe-l window, dose 200, 2 % clusters, the shift sweep, bulk-trained."""
+    base = dict(shape=(64, 64), window="fe-l", anomaly="shift", anomaly_shape="clusters",
+                concentration=0.02, dose=200.0)
+    return [Condition(f"shift {s:g} eV", {**base, "magnitude": s}) for s in SHIFTS]
+
+
+def full_conditions() -> list[Condition]:
+    """Full sweep: 192 x 192, bfo window, 1 % clusters; shift, concentration, dose, types, modes."""
+    base = dict(shape=(192, 192), window="bfo", anomaly="shift", anomaly_shape="clusters",
+                concentration=0.01, dose=200.0)
+    conds = [Condition(f"shift {s:g} eV", {**base, "magnitude": s}) for s in SHIFTS]
+    conds += [Condition(f"conc {100 * c:g} % @0.9 eV", {**base, "magnitude": 0.9,
+                                                         "concentration": c})
+              for c in CONCENTRATIONS if c != base["concentration"]]
+    conds += [Condition(f"dose {d:g} @0.9 eV", {**base, "magnitude": 0.9, "dose": d})
+              for d in DOSES if d != base["dose"]]
+    conds += [Condition(f"{shp} @0.9 eV", {**base, "magnitude": 0.9, "anomaly_shape": shp})
+              for shp in ("pixels", "line")]
+    conds += [Condition("ratio x0.7", {**base, "anomaly": "ratio", "magnitude": 0.7}),
+              Condition("impurity 0.1", {**base, "anomaly": "impurity", "magnitude": 0.1}),
+              Condition("unsupervised shift 0.9 eV", {**base, "magnitude": 0.9}, supervised=False)]
+    return conds
+
+
+# ----------------------------------------------------------------------------- references
+def _poisson_terms(x: np.ndarray, lam: np.ndarray) -> np.ndarray:
+    lam = np.maximum(lam.astype(np.float64), 1e-9)
+    return x * np.log(lam) - lam
+
+
+def reference_scores(sim) -> dict[str, np.ndarray]:
+    """NLL-like maps of the two reference detectors (higher = more anomalous).
+
+    ``x`` are the observed counts (read noise is ignored; negative counts are
+    clipped at 0). Under H1 (anomalous) the expectation is ``lam1`` and under H0
+    ``lam0``: for anomalous pixels ``lam1 = expected`` and ``lam0 = expected_alt``;
+    for normal pixels the reverse.
+    """
+    x = np.maximum(np.asarray(sim.si.data, np.float64), 0.0)
+    exp = np.asarray(sim.expected, np.float64)
+    alt = np.asarray(sim.expected_alt, np.float64)
+    t = np.asarray(sim.truth, bool)[..., None]
+    lam1 = np.where(t, exp, alt)
+    lam0 = np.where(t, alt, exp)
+    llr = np.sum(_poisson_terms(x, lam1) - _poisson_terms(x, lam0), axis=-1)
+    lam0c = np.maximum(lam0, 1e-9)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        xlogx = np.where(x > 0, x * np.log(x / lam0c), 0.0)
+    dev = 2.0 * np.sum(xlogx - (x - lam0c), axis=-1)
+    from scipy.ndimage import uniform_filter
+
+    pooled = uniform_filter(dev, size=3, mode="nearest") * 9.0
+    return {"supervised-limit": llr, "perfect-bulk": dev, "perfect-bulk-3x3": pooled}
+
+
+# ----------------------------------------------------------------------------- measuring
+class PeakRSS:
+    """Sample the process's resident memory in a thread; ``peak_mb`` after the block."""
+
+    def __init__(self, interval: float = 0.01):
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def rss() -> int:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:  # not Linux
+            import resource
+
+            return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.rss())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakRSS:
+        self.peak = self.rss()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self.rss())
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak / 2**20
+
+
+def _cuda_reset(device: str) -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available() and device != "cpu":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _cuda_peak_mb(device: str) -> float:
+    try:
+        import torch
+
+        if torch.cuda.is_available() and device != "cpu":
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated() / 2**20
+    except Exception:  # noqa: BLE001
+        pass
+    return float("nan")
+
+
+def _resolved_device(device: str) -> str:
+    from .device import resolve_device
+
+    return str(resolve_device(device))
+
+
+def _git_commit() -> str:
+    try:
+        here = Path(__file__).resolve().parent
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here,
+                              capture_output=True, text=True, timeout=5).stdout.strip() or "n/a"
+    except Exception:  # noqa: BLE001
+        return "n/a"
+
+
+def _hyperspy_available() -> bool:
+    try:
+        import hyperspy  # noqa: F401
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
+def hyperspy_decomposition_score(si) -> tuple[np.ndarray, dict[str, Any]]:
+    """HyperSpy's ``decomposition()`` on the whole image; score = squared reconstruction error.
+
+    Poisson-normalised SVD (``normalize_poissonian_noise=True``), number of
+    components from HyperSpy's own elbow estimate (at least 2) — the workflow a
+    microscopist uses today. Returns ``(score map (ny, nx), info)``.
+    """
+    import hyperspy.api as hs
+
+    data = np.maximum(np.asarray(si.data, np.float32), 0)
+    s = hs.signals.Signal1D(data)
+    s.axes_manager[-1].scale = si.energy.scale
+    s.axes_manager[-1].offset = si.energy.offset
+    s.decomposition(normalize_poissonian_noise=True, print_info=False)
+    try:
+        k = int(s.estimate_elbow_position()) + 1
+    except Exception:  # noqa: BLE001
+        k = 5
+    k = int(np.clip(k, 2, 20))
+    model = s.get_decomposition_model(k)
+    err = np.sum((np.asarray(si.data, np.float64) - model.data) ** 2, axis=-1)
+    return err, {"n_components": k}
+
+
+def _detector_params(method: str, device: str, seed: int) -> dict[str, Any]:
+    if method == "pca":
+        return {"device": device, "seed": seed}
+    if method == "cvae":
+        return {"device": device, "seed": seed}
+    return {"seed": seed}
+
+
+def _metrics(nll: np.ndarray, truth: np.ndarray, threshold_spec: Any = "otsu") -> dict[str, Any]:
+    t, label = scoring.compute_threshold(nll, threshold_spec)
+    m = scoring.evaluate(nll, nll > t, truth)
+    m.update(scoring.bimodality(nll))
+    m["threshold"] = t
+    m["threshold_method"] = label
+    return m
+
+
+def run_condition(cond: Condition, methods: list[str], *, device: str, seed: int,
+                  progress=None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Simulate one condition and run every detector and reference on it.
+
+    Returns ``(rows, maps)``; ``maps`` holds the truth and each detector's NLL map.
+    """
+    from .detectors import get_detector
+    from .simulate import simulate
+
+    sim = simulate(**cond.sim, seed=seed)
+    truth = sim.truth
+    train_mask = sim.bulk_mask if cond.supervised else None
+    rows: list[dict[str, Any]] = []
+    maps: dict[str, Any] = {"truth": truth, "nll": {}, "thresholds": {}}
+    base = {"condition": cond.name, "supervised": cond.supervised, "seed": seed,
+            **{f"sim_{k}": (list(v) if isinstance(v, tuple) else v) for k, v in cond.sim.items()}}
+    for name, nll in reference_scores(sim).items():
+        m = _metrics(nll, truth)
+        rows.append({**base, "detector": name, **m, "fit_s": 0.0, "score_s": 0.0,
+                     "device": "n/a", "n_parameters": 0})
+        maps["nll"][name] = nll
+        maps["thresholds"][name] = m["threshold"]
+    for method in methods:
+        if method == "hyperspy":
+            if not _hyperspy_available():
+                log.warning("HyperSpy is not installed: skipping its decomposition peer")
+                continue
+            with PeakRSS() as mem:
+                t0 = time.perf_counter()
+                nll, info = hyperspy_decomposition_score(sim.si)
+                dt = time.perf_counter() - t0
+            m = _metrics(nll, truth)
+            rows.append({**base, "detector": "hyperspy-decomposition", **m, "fit_s": dt,
+                         "score_s": 0.0, "device": "cpu", "peak_rss_mb": mem.peak_mb,
+                         "n_parameters": 0, "notes": f"k={info['n_components']}, fit on the image"})
+            maps["nll"]["hyperspy-decomposition"] = nll
+            maps["thresholds"]["hyperspy-decomposition"] = m["threshold"]
+            continue
+        det = get_detector(method, **_detector_params(method, device, seed))
+        _cuda_reset(device)
+        with PeakRSS() as mem:
+            t0 = time.perf_counter()
+            det.fit(sim.si, train_mask, progress=progress)
+            t1 = time.perf_counter()
+            res = det.score(sim.si)
+            t2 = time.perf_counter()
+        m = _metrics(res.nll, truth, getattr(det, "threshold", "otsu"))
+        rows.append({**base, "detector": method, **m, "fit_s": t1 - t0, "score_s": t2 - t1,
+                     "device": _resolved_device(device) if method in ("cvae", "pca") else "cpu",
+                     "peak_rss_mb": mem.peak_mb, "peak_gpu_mb": _cuda_peak_mb(device),
+                     "n_parameters": int(getattr(det, "n_parameters", 0) or 0)})
+        maps["nll"][method] = res.nll
+        maps["thresholds"][method] = m["threshold"]
+    return rows, maps
+
+
+# ----------------------------------------------------------------------------- reporting
+def _header(quick: bool, device: str, seed: int, methods: list[str]) -> dict[str, Any]:
+    import torch
+
+    dev = _resolved_device(device)
+    name = dev
+    if dev.startswith("cuda") and torch.cuda.is_available():
+        name = f"{dev} ({torch.cuda.get_device_name(torch.device(dev))})"
+    return {"eelsanom": __version__, "commit": _git_commit(),
+            "date": _dt.datetime.now().isoformat(timespec="seconds"),
+            "host": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores",
+            "python": platform.python_version(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "device": name, "dtype": "float32",
+            "seed": seed, "mode": "quick" if quick else "full", "methods": ",".join(methods)}
+
+
+def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    os.replace(tmp, path)
+
+
+def markdown_table(rows: list[dict[str, Any]], metric: str) -> str:
+    """Conditions as rows, detectors as columns, ``metric`` in the cells."""
+    conds = list(dict.fromkeys(r["condition"] for r in rows))
+    dets = list(dict.fromkeys(r["detector"] for r in rows))
+    lines = ["| condition | " + " | ".join(dets) + " |", "|---" * (len(dets) + 1) + "|"]
+    for c in conds:
+        cells = []
+        for d in dets:
+            v = next((r.get(metric) for r in rows if r["condition"] == c and r["detector"] == d),
+                     None)
+            cells.append("" if v is None or (isinstance(v, float) and np.isnan(v))
+                         else f"{v:.3f}" if isinstance(v, float) else str(v))
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _write_markdown(rows: list[dict[str, Any]], header: dict[str, Any], path: Path,
+                    total_s: float) -> None:
+    parts = ["# eelsanom detection benchmark", ""]
+    parts += [f"- {k}: {v}" for k, v in header.items()]
+    parts += [f"- total time: {total_s:.1f} s", ""]
+    parts += ["Scores: higher NLL = more anomalous. F1 uses each detector's own automatic "
+              "threshold (no ground truth); best F1 is at the best threshold, for reference. "
+              "supervised-limit and perfect-bulk are the reference detectors of BENCHMARK.md "
+              "(they know the noise-free spectra).", ""]
+    for metric, title in (("roc_auc", "ROC-AUC"), ("average_precision", "Average precision"),
+                          ("f1", "F1 (automatic threshold)"), ("best_f1", "F1 (best threshold)"),
+                          ("ashman_d", "Bimodality (Ashman's D of the log-NLL)"),
+                          ("fit_s", "Fit time (s)"), ("score_s", "Score time (s)")):
+        parts += [f"## {title}", "", markdown_table(rows, metric), ""]
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(parts))
+    os.replace(tmp, path)
+
+
+def _figures(cond_maps: list[tuple[str, dict[str, Any]]], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    paths = []
+    n = len(cond_maps)
+    fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.8), squeeze=False)
+    for ax, (name, maps) in zip(axes[0], cond_maps):
+        for det, nll in maps["nll"].items():
+            fpr, tpr, _ = roc_curve(maps["truth"].ravel(), np.asarray(nll).ravel())
+            ax.plot(fpr, tpr, label=det, lw=1.2, ls="--" if det in REFERENCES else "-")
+        ax.plot([0, 1], [0, 1], color="0.7", lw=0.8)
+        ax.set_title(name)
+        ax.set_xlabel("false-positive rate")
+        ax.set_ylabel("true-positive rate")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    p = out / "roc_curves.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    paths.append(p)
+
+    for name, maps in cond_maps:
+        dets = [d for d in maps["nll"] if d not in ("perfect-bulk-3x3",)]
+        fig, axes = plt.subplots(2, len(dets) + 1, figsize=(3.0 * (len(dets) + 1), 6.0),
+                                 squeeze=False)
+        axes[0][0].imshow(maps["truth"], cmap="gray", interpolation="nearest")
+        axes[0][0].set_title("ground truth")
+        axes[1][0].axis("off")
+        for j, det in enumerate(dets, start=1):
+            nll = np.asarray(maps["nll"][det], float)
+            lo, hi = np.percentile(nll, [1, 99.5])
+            im = axes[0][j].imshow(nll, cmap="magma", vmin=lo, vmax=hi, interpolation="nearest")
+            axes[0][j].set_title(det, fontsize=9)
+            fig.colorbar(im, ax=axes[0][j], fraction=0.046, pad=0.04, label="NLL")
+            t = maps["thresholds"][det]
+            x = nll - nll.min() + 1e-6
+            axes[1][j].hist(np.log10(x[~maps["truth"]]), bins=60, alpha=0.6, label="normal",
+                            density=True)
+            axes[1][j].hist(np.log10(x[maps["truth"]]), bins=30, alpha=0.6, label="anomalous",
+                            density=True)
+            axes[1][j].axvline(np.log10(t - nll.min() + 1e-6), color="k", lw=1, label="threshold")
+            axes[1][j].set_xlabel("log10(NLL - min)")
+        axes[1][1].legend(fontsize=7)
+        for a in axes[0]:
+            a.set_xticks([])
+            a.set_yticks([])
+        fig.suptitle(name)
+        fig.tight_layout()
+        safe = "".join(ch if ch.isalnum() else "_" for ch in name).strip("_")
+        p = out / f"maps_{safe}.png"
+        fig.savefig(p, dpi=90)
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+def run_benchmark(out: Path, *, quick: bool = True, methods: list[str] | None = None,
+                  device: str = "auto", quiet: bool = False, seed: int = 0,
+                  conditions: list[Condition] | None = None) -> list[dict[str, Any]]:
+    """Run the benchmark sweep and write CSV, Markdown and figures into ``out``.
+
+    Returns the rows (one per condition x detector).
+    """
+    from tqdm.auto import tqdm
+
+    methods = list(methods or ["cvae", "pca", "rx", "hyperspy"])
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    conds = conditions if conditions is not None else (
+        quick_conditions() if quick else full_conditions())
+    header = _header(quick, device, seed, methods)
+    try:
+        from .detectors import get_detector
+
+        if "cvae" in methods:
+            header["cvae_parameters"] = int(get_detector("cvae").n_parameters)
+    except Exception:  # noqa: BLE001 - the count is informative only
+        pass
+    if not quiet:
+        print(" | ".join(f"{k}: {v}" for k, v in header.items()))
+    rows: list[dict[str, Any]] = []
+    cond_maps = []
+    t0 = time.perf_counter()
+    for cond in tqdm(conds, desc="conditions", disable=quiet):
+        r, maps = run_condition(cond, methods, device=device, seed=seed)
+        rows += r
+        cond_maps.append((cond.name, maps))
+        if not quiet:
+            for row in r:
+                tqdm.write(f"  {cond.name:28s} {row['detector']:24s} AUC {row['roc_auc']:.3f}  "
+                           f"AP {row['average_precision']:.3f}  F1 {row['f1']:.3f}  "
+                           f"fit {row['fit_s']:.1f}s  score {row['score_s']:.2f}s")
+        _write_csv(rows, out / "results.csv")  # after each condition: nothing lost on interrupt
+    total = time.perf_counter() - t0
+    _write_markdown(rows, header, out / "results.md", total)
+    _figures(cond_maps, out)
+    if not quiet:
+        print(markdown_table(rows, "roc_auc"))
+        print(f"wrote {out / 'results.csv'}, {out / 'results.md'} and figures ({total:.0f} s)")
+    return rows
+
+
+# ----------------------------------------------------------------------------- speed
+def run_speed(out: Path, *, methods: list[str] | None = None, device: str = "auto",
+              quick: bool = False, quiet: bool = False, seed: int = 0) -> list[dict[str, Any]]:
+    """Time fit and score on fixed sizes; spectra per second and peak host/device memory.
+
+    Sizes: the quick CPU cube (64 x 64 x 267) always; on a GPU (unless ``quick``)
+    also 192 x 192 x 1334 and 512 x 512 x 1334 (bfo window). All methods run in
+    the same process so their ratios hold on a noisy machine.
+    """
+    from .detectors import get_detector
+    from .simulate import simulate
+
+    methods = list(methods or ["cvae", "pca", "rx", "hyperspy"])
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = _resolved_device(device)
+    sizes = [((64, 64), "fe-l")]
+    if dev.startswith("cuda") and not quick:
+        sizes += [((192, 192), "bfo"), ((512, 512), "bfo")]
+    header = _header(quick, device, seed, methods)
+    rows = []
+    for shape, window in sizes:
+        sim = simulate(shape=shape, window=window, magnitude=0.9, concentration=0.01, seed=seed)
+        n = shape[0] * shape[1]
+        for method in methods:
+            if method == "hyperspy":
+                if not _hyperspy_available():
+                    continue
+                with PeakRSS() as mem:
+                    t0 = time.perf_counter()
+                    hyperspy_decomposition_score(sim.si)
+                    dt = time.perf_counter() - t0
+                rows.append({"size": f"{shape[0]}x{shape[1]}x{sim.si.n_energy}",
+                             "detector": "hyperspy-decomposition", "device": "cpu",
+                             "fit_s": dt, "score_s": 0.0, "score_spectra_per_s": n / dt,
+                             "peak_rss_mb": mem.peak_mb, "peak_gpu_mb": float("nan")})
+                continue
+            det = get_detector(method, **_detector_params(method, device, seed))
+            _cuda_reset(device)
+            with PeakRSS() as mem:
+                t0 = time.perf_counter()
+                det.fit(sim.si, sim.bulk_mask)
+                t1 = time.perf_counter()
+                det.score(sim.si)  # warm-up (compilation, allocator)
+                _cuda_reset(device)
+                t2 = time.perf_counter()
+                det.score(sim.si)
+                t3 = time.perf_counter()
+            rows.append({"size": f"{shape[0]}x{shape[1]}x{sim.si.n_energy}", "detector": method,
+                         "device": dev if method in ("cvae", "pca") else "cpu",
+                         "fit_s": t1 - t0, "score_s": t3 - t2,
+                         "score_spectra_per_s": n / max(t3 - t2, 1e-9),
+                         "peak_rss_mb": mem.peak_mb, "peak_gpu_mb": _cuda_peak_mb(device),
+                         "n_parameters": int(getattr(det, "n_parameters", 0) or 0)})
+            if not quiet:
+                r = rows[-1]
+                print(f"{r['size']:16s} {method:8s} fit {r['fit_s']:.2f}s score "
+                      f"{r['score_s'] * 1e3:.1f} ms ({r['score_spectra_per_s']:.0f} spectra/s) "
+                      f"RSS {r['peak_rss_mb']:.0f} MB GPU {r['peak_gpu_mb']:.0f} MB")
+    _write_csv(rows, out / "speed.csv")
+    lines = ["# eelsanom speed benchmark", ""] + [f"- {k}: {v}" for k, v in header.items()]
+    lines += ["", "| size | detector | device | fit (s) | score (ms) | spectra/s | peak RSS (MB) "
+              "| peak GPU (MB) |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['size']} | {r['detector']} | {r['device']} | {r['fit_s']:.2f} | "
+                     f"{1e3 * r['score_s']:.1f} | {r['score_spectra_per_s']:.0f} | "
+                     f"{r['peak_rss_mb']:.0f} | {r['peak_gpu_mb']:.0f} |")
+    (out / "speed.md").write_text("\n".join(lines) + "\n")
+    if not quiet:
+        print("\n".join(lines))
+    return rows

@@ -1,0 +1,495 @@
+"""The ``eelsanom`` command line: thin over the library.
+
+Subcommands: ``detect``, ``train``, ``apply``, ``simulate``, ``bench``, ``info``.
+Refused inputs exit with status 2 and one line on stderr; progress bars go to
+stderr and ``--quiet`` silences them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .errors import Cancelled, InputError
+
+log = logging.getLogger("eelsanom")
+
+EXIT_INPUT = 2
+EXIT_INTERNAL = 1
+EXIT_CANCELLED = 130
+
+
+# ----------------------------------------------------------------------------- helpers
+class _Bar:
+    """Turn eelsanom ProgressEvents into tqdm bars (one per stage)."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.bars: dict[str, Any] = {}
+
+    def __call__(self, ev) -> None:
+        if self.quiet:
+            return None
+        from tqdm.auto import tqdm
+
+        bar = self.bars.get(ev.stage)
+        if bar is None:
+            bar = tqdm(total=ev.total or None, desc=ev.stage, unit="step", file=sys.stderr,
+                       leave=False, dynamic_ncols=True)
+            self.bars[ev.stage] = bar
+        if ev.total and bar.total != ev.total:
+            bar.total = ev.total
+        bar.n = ev.step
+        if ev.metrics:
+            bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v)
+                             for k, v in ev.metrics.items()}, refresh=False)
+        bar.refresh()
+        return None
+
+    def close(self) -> None:
+        for b in self.bars.values():
+            b.close()
+        self.bars.clear()
+
+
+def _parse_slice(part: str, n: int, what: str) -> slice:
+    part = part.strip()
+    if part in ("", ":"):
+        return slice(0, n)
+    if ":" not in part:
+        raise InputError(f"{what}: expected START:STOP pixel indices, got {part!r}.")
+    a, b = part.split(":", 1)
+    try:
+        lo = int(a) if a.strip() else 0
+        hi = int(b) if b.strip() else n
+    except ValueError as exc:
+        raise InputError(f"{what}: expected integers in START:STOP, got {part!r}.") from exc
+    if lo < 0:
+        lo += n
+    if hi < 0:
+        hi += n
+    if not 0 <= lo < hi <= n:
+        raise InputError(f"{what}: {part!r} is outside 0:{n} or empty.")
+    return slice(lo, hi)
+
+
+def parse_roi(text: str, nav_shape: tuple[int, int]) -> np.ndarray:
+    """``'Y0:Y1,X0:X1'`` (pixel indices, stop exclusive) -> boolean mask of ``nav_shape``.
+
+    A line scan (ny == 1) also accepts a single ``'X0:X1'``.
+    """
+    parts = text.split(",")
+    ny, nx = nav_shape
+    if len(parts) == 1 and ny == 1:
+        parts = ["0:1", parts[0]]
+    if len(parts) != 2:
+        raise InputError(f"--train-roi: expected 'Y0:Y1,X0:X1' (pixel indices), got {text!r}.")
+    sy = _parse_slice(parts[0], ny, "--train-roi rows")
+    sx = _parse_slice(parts[1], nx, "--train-roi columns")
+    m = np.zeros(nav_shape, dtype=bool)
+    m[sy, sx] = True
+    return m
+
+
+def load_mask_file(path: str, nav_shape: tuple[int, int]) -> np.ndarray:
+    """Read a bulk mask: ``.npy``/``.npz`` array, an image (``.png``/``.tif``: nonzero = bulk)
+    or a HyperSpy file holding a 2-D signal."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"--train-mask: file {path!r} does not exist.")
+    ext = p.suffix.lower()
+    try:
+        if ext == ".npy":
+            m = np.load(p, allow_pickle=False)
+        elif ext == ".npz":
+            with np.load(p, allow_pickle=False) as z:
+                m = z[z.files[0]]
+        elif ext in (".png", ".tif", ".tiff", ".bmp"):
+            from PIL import Image
+
+            m = np.asarray(Image.open(p))
+            if m.ndim == 3:
+                m = m[..., :3].max(axis=-1)
+        else:
+            import hyperspy.api as hs
+
+            m = np.asarray(hs.load(str(p)).data)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad input
+        raise InputError(f"--train-mask: could not read {path!r} as a mask ({exc}).") from exc
+    m = np.asarray(m)
+    if m.ndim == 1 and nav_shape[0] == 1:
+        m = m[None]
+    if m.shape != tuple(nav_shape):
+        raise InputError(f"--train-mask: expected a mask of shape {tuple(nav_shape)} (the image's "
+                         f"navigation shape), got {m.shape} from {path!r}.")
+    return m != 0
+
+
+def _train_mask(args: argparse.Namespace, si) -> np.ndarray | None:
+    if getattr(args, "train_roi", None) and getattr(args, "train_mask", None):
+        raise InputError("give either --train-roi or --train-mask, not both.")
+    if getattr(args, "train_roi", None):
+        return parse_roi(args.train_roi, si.nav_shape)
+    if getattr(args, "train_mask", None):
+        if args.train_mask == "file":
+            bm = si.metadata.get("bulk_mask")
+            if bm is None:
+                raise InputError("--train-mask file: the input carries no bulk mask in its "
+                                 "metadata (only files written by `eelsanom simulate` do). Use "
+                                 "--train-roi Y0:Y1,X0:X1 or a mask file.")
+            return np.asarray(bm, dtype=bool)
+        return load_mask_file(args.train_mask, si.nav_shape)
+    return None
+
+
+def _energy_range(text: str | None) -> tuple[float, float] | None:
+    if not text:
+        return None
+    try:
+        a, b = (float(v) for v in text.split(":"))
+    except ValueError as exc:
+        raise InputError(f"--energy-range: expected START:STOP in eV, got {text!r}.") from exc
+    return (a, b)
+
+
+def _detector_params(args: argparse.Namespace) -> dict[str, Any]:
+    p: dict[str, Any] = {"threshold": args.threshold,
+                         "energy_range": _energy_range(args.energy_range)}
+    if args.method in ("pca",):
+        p["n_components"] = args.components
+        p["device"] = args.device
+        p["seed"] = args.seed
+    elif args.method == "rx":
+        p["seed"] = args.seed
+    elif args.method == "cvae":
+        p.update(device=args.device, seed=args.seed)
+        for k in ("epochs", "latent_dim", "beta", "lr"):
+            v = getattr(args, k, None)
+            if v is not None:
+                p[k] = v
+        if args.patch is not None:
+            p["patch_size"] = args.patch
+    return p
+
+
+def _build_detector(args: argparse.Namespace):
+    from .detectors import get_detector
+
+    return get_detector(args.method, **_detector_params(args))
+
+
+def _load_input(args: argparse.Namespace, path: str):
+    from .io import load_spectrum_image
+
+    return load_spectrum_image(path, lazy=getattr(args, "lazy", False),
+                               signal=getattr(args, "signal", None))
+
+
+def _stem(path: str) -> str:
+    p = Path(path)
+    name = p.name
+    for ext in (".zspy", ".hspy", ".dm3", ".dm4", ".emd", ".h5", ".hdf5"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return p.stem
+
+
+def _write_outputs(result, si, out: Path, stem: str, args: argparse.Namespace,
+                   extra: dict[str, Any]) -> dict[str, Any]:
+    from .io import save_result, write_json
+
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    paths = save_result(result, out, stem=stem, formats=formats,
+                        protect=[si.source] if si.source else [])
+    summary: dict[str, Any] = {
+        "eelsanom_version": __version__,
+        "input": si.source,
+        "title": si.title,
+        "shape": list(si.shape),
+        "energy_axis": si.energy.to_dict(),
+        "model_energy_axis": result.energy.to_dict(),
+        "navigation": {"y": si.y.to_dict(), "x": si.x.to_dict()},
+        "method": result.method,
+        "params": result.info.get("params", {}),
+        "threshold": {"method": result.threshold_method, "value": result.threshold},
+        "counts": {"pixels": int(result.nll.size), "flagged": result.n_flagged,
+                   "flagged_fraction": result.n_flagged / result.nll.size},
+        "nll_stats": {"min": float(np.min(result.nll)), "median": float(np.median(result.nll)),
+                      "max": float(np.max(result.nll))},
+        "timings_s": result.timings,
+        "outputs": {k: str(v) for k, v in paths.items()},
+    }
+    summary.update(extra)
+    if si.ground_truth is not None and si.ground_truth.any() and not si.ground_truth.all():
+        summary["metrics"] = result.evaluate(si.ground_truth)
+    summary_path = write_json(summary, out / f"{stem}_summary.json")
+    summary["outputs"]["summary"] = str(summary_path)
+    return summary
+
+
+def _print_summary(summary: dict[str, Any], quiet: bool) -> None:
+    if quiet:
+        return
+    c = summary["counts"]
+    line = (f"{summary['method']}: {c['flagged']}/{c['pixels']} pixels flagged "
+            f"({100 * c['flagged_fraction']:.2f} %) at NLL > {summary['threshold']['value']:.4g} "
+            f"[{summary['threshold']['method']}]")
+    m = summary.get("metrics")
+    if m:
+        line += (f"; ROC-AUC {m['roc_auc']:.3f}, AP {m['average_precision']:.3f}, "
+                 f"F1 {m['f1']:.3f}")
+    print(line)
+    print(f"outputs in {Path(summary['outputs']['summary']).parent}")
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_detect(args: argparse.Namespace) -> int:
+    si = _load_input(args, args.input)
+    mask = _train_mask(args, si)
+    det = _build_detector(args)
+    bar = _Bar(args.quiet)
+    try:
+        det.fit(si, mask, progress=bar)
+        result = det.score(si, progress=bar)
+    finally:
+        bar.close()
+    out = Path(args.out)
+    extra: dict[str, Any] = {"train_pixels": int(mask.sum()) if mask is not None else "all (robust)"}
+    if args.model_out:
+        extra["model"] = str(det.save(args.model_out))
+    summary = _write_outputs(result, si, out, _stem(args.input), args, extra)
+    _print_summary(summary, args.quiet)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    si = _load_input(args, args.input)
+    mask = _train_mask(args, si)
+    det = _build_detector(args)
+    bar = _Bar(args.quiet)
+    try:
+        det.fit(si, mask, progress=bar)
+    finally:
+        bar.close()
+    path = det.save(args.model_out)
+    if not args.quiet:
+        print(f"{det.method} model trained on {int(mask.sum()) if mask is not None else 'all'} "
+              f"pixels in {det.fit_seconds_:.1f} s, energy axis {det.energy_axis_.describe()}; "
+              f"saved to {path}")
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from .detectors import load_detector
+
+    stems = [_stem(p) for p in args.inputs]
+    dup = {s for s in stems if stems.count(s) > 1}
+    if dup:
+        raise InputError(f"inputs share the output name(s) {sorted(dup)}; score them into "
+                         "separate --out folders.")
+    det = load_detector(args.model)
+    if args.threshold is not None:
+        det.threshold = args.threshold
+    out = Path(args.out)
+    failures = 0
+    for path, stem in zip(args.inputs, stems):
+        try:
+            si = _load_input(args, path)
+            bar = _Bar(args.quiet)
+            try:
+                result = det.score(si, progress=bar)
+            finally:
+                bar.close()
+            summary = _write_outputs(result, si, out, stem, args, {"model": str(args.model)})
+            _print_summary(summary, args.quiet)
+        except InputError as exc:
+            failures += 1
+            print(f"eelsanom: error: {path}: {exc}", file=sys.stderr)
+    return EXIT_INPUT if failures else 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulate import simulate
+
+    sim = simulate(shape=tuple(args.shape), window=args.window, anomaly=args.anomaly,
+                   magnitude=args.magnitude, anomaly_shape=args.anomaly_shape,
+                   concentration=args.concentration, dose=args.dose, seed=args.seed,
+                   nuisances=not args.no_nuisances)
+    path = sim.save(args.out, overwrite=args.overwrite)
+    if not args.quiet:
+        print(f"simulated {sim.si.shape} ({sim.params.get('window')} window, "
+              f"{int(sim.truth.sum())} anomalous pixels) -> {path}; ground truth and bulk mask are "
+              "in its metadata (eelsanom.ground_truth, eelsanom.bulk_mask)")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_benchmark, run_speed
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.speed:
+        run_speed(Path(args.out), methods=methods, device=args.device, quick=args.quick,
+                  quiet=args.quiet, seed=args.seed)
+    else:
+        run_benchmark(Path(args.out), quick=args.quick, methods=methods, device=args.device,
+                      quiet=args.quiet, seed=args.seed)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .io import list_signals
+
+    rows = list_signals(args.input)
+    for r in rows:
+        print(json.dumps(r, default=str))
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+def _add_common_io(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--signal", type=int, default=None, metavar="INDEX",
+                   help="which signal to use in a file holding several (see `eelsanom info FILE`)")
+    p.add_argument("--lazy", action="store_true", help="load lazily (dask) instead of into memory")
+
+
+def _add_training(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", choices=["cvae", "pca", "rx"], default="cvae",
+                   help="detector (default: cvae, the 3D convolutional VAE)")
+    p.add_argument("--train-roi", metavar="Y0:Y1,X0:X1",
+                   help="bulk (defect-free) rectangle in pixel indices, stop exclusive")
+    p.add_argument("--train-mask", metavar="MASK",
+                   help="bulk mask file (.npy/.npz/.png/.tif/.hspy, nonzero = bulk), or 'file' to "
+                        "use the bulk mask stored in a simulated file. Without --train-roi/"
+                        "--train-mask all pixels are used, robustly")
+    p.add_argument("--energy-range", metavar="START:STOP", help="energy window in eV")
+    p.add_argument("--threshold", default="otsu",
+                   help="otsu | gmm | PERCENT of pixels to flag | value:X (default: otsu)")
+    p.add_argument("--components", type=int, default=None,
+                   help="PCA components (default: automatic)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=None, help="3D-CVAE: maximum epochs")
+    p.add_argument("--latent-dim", type=int, default=None, help="3D-CVAE: latent size per pixel")
+    p.add_argument("--patch", type=int, default=None, help="3D-CVAE: training crop size (pixels)")
+    p.add_argument("--beta", type=float, default=None, help="3D-CVAE: KL weight")
+    p.add_argument("--lr", type=float, default=None, help="3D-CVAE: learning rate")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="eelsanom", description="Find where in an EELS spectrum image something is "
+        "different: per-pixel NLL maps from a 3D-CVAE, PCA or RX bulk model.")
+    ap.add_argument("--version", action="version", version=f"eelsanom {__version__}")
+    ap.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summaries")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log details")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("detect", help="train on a bulk region and score the same file")
+    p.add_argument("input", help="spectrum image (.dm3/.dm4/.hspy/.zspy/.emd/...)")
+    _add_common_io(p)
+    _add_training(p)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--model-out", help="also save the trained model here (.h5)")
+    p.add_argument("--formats", default="hspy,png", help="map formats: hspy,zspy,tiff,png")
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("train", help="train a detector and save the model")
+    p.add_argument("input")
+    _add_common_io(p)
+    _add_training(p)
+    p.add_argument("--model-out", required=True, help="model file to write (.h5)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("apply", help="score files with a saved model")
+    p.add_argument("model", help="model file from `eelsanom train`/`detect --model-out`")
+    p.add_argument("inputs", nargs="+")
+    _add_common_io(p)
+    p.add_argument("--threshold", default=None,
+                   help="override the model's threshold rule (otsu | gmm | PERCENT | value:X)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--formats", default="hspy,png")
+    p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser("simulate", help="write a simulated spectrum image with ground truth")
+    p.add_argument("--out", required=True, help="output .hspy or .zspy")
+    p.add_argument("--shape", type=int, nargs=2, default=[64, 64], metavar=("NY", "NX"))
+    p.add_argument("--window", default="fe-l", choices=["fe-l", "bfo"])
+    p.add_argument("--anomaly", default="shift", choices=["shift", "ratio", "impurity"])
+    p.add_argument("--magnitude", type=float, default=None,
+                   help="shift in eV / L3:L2 ratio factor / impurity strength")
+    p.add_argument("--anomaly-shape", default="clusters", choices=["clusters", "pixels", "line"])
+    p.add_argument("--concentration", type=float, default=0.02, help="fraction of pixels")
+    p.add_argument("--dose", type=float, default=200.0, help="counts at the Fe L3 maximum")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-nuisances", action="store_true")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("bench", help="the detection benchmark (BENCHMARK.md)")
+    p.add_argument("--quick", action="store_true", help="CPU-sized subset (64x64, fe-l)")
+    p.add_argument("--speed", action="store_true", help="time fit and score on fixed sizes")
+    p.add_argument("--out", required=True)
+    p.add_argument("--methods", default="cvae,pca,rx,hyperspy")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("info", help="list the signals a file holds")
+    p.add_argument("input")
+    p.set_defaults(func=cmd_info)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if not getattr(args, "command", None):
+        ap.print_help()
+        return EXIT_INPUT
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not args.debug:
+        import warnings
+
+        warnings.filterwarnings("ignore")
+    os.environ.setdefault("TQDM_DISABLE", "1" if args.quiet else "")
+    t0 = time.perf_counter()
+    try:
+        rc = args.func(args)
+    except InputError as exc:
+        if args.debug:
+            raise
+        print(f"eelsanom: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except Cancelled as exc:
+        print(f"eelsanom: cancelled: {exc}", file=sys.stderr)
+        return EXIT_CANCELLED
+    except KeyboardInterrupt:
+        print("eelsanom: interrupted; finished outputs are complete, nothing half-written was "
+              "left under its final name", file=sys.stderr)
+        return EXIT_CANCELLED
+    except Exception as exc:  # noqa: BLE001
+        if args.debug:
+            raise
+        print(f"eelsanom: internal error: {type(exc).__name__}: {exc} (rerun with --debug for "
+              "the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
+    log.info("done in %.1f s", time.perf_counter() - t0)
+    return rc
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

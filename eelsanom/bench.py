@@ -424,6 +424,27 @@ def _figures(cond_maps: list[tuple[str, dict[str, Any]]], out: Path) -> list[Pat
     return paths
 
 
+def _tqdm():
+    """tqdm when installed (the GPU machine may lack it), else a plain stand-in."""
+    try:
+        from tqdm.auto import tqdm
+
+        return tqdm
+    except ImportError:  # pragma: no cover - depends on the machine
+        class _Plain:
+            def __init__(self, it=None, **kw):
+                self.it = it
+
+            def __iter__(self):
+                return iter(self.it)
+
+            @staticmethod
+            def write(msg):
+                print(msg)
+
+        return _Plain
+
+
 def run_benchmark(out: Path, *, quick: bool = True, methods: list[str] | None = None,
                   device: str = "auto", quiet: bool = False, seed: int = 0,
                   conditions: list[Condition] | None = None) -> list[dict[str, Any]]:
@@ -431,8 +452,7 @@ def run_benchmark(out: Path, *, quick: bool = True, methods: list[str] | None = 
 
     Returns the rows (one per condition x detector).
     """
-    from tqdm.auto import tqdm
-
+    tqdm = _tqdm()
     methods = list(methods or ["cvae", "pca", "rx", "hyperspy"])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,299 @@
+"""Tests for eelsanom.simulate: physics, ground truth, reproducibility, validation, files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from eelsanom.errors import InputError
+from eelsanom.simulate import ANOMALY_TYPES, SHAPES, WINDOWS, simulate
+from eelsanom.spectrum import as_spectrum_image
+
+FE_L3, FE_L2 = 709.5, 722.6
+
+
+def _peak(energy: np.ndarray, y: np.ndarray, lo: float, hi: float) -> float:
+    """Energy of the maximum of ``y`` in [lo, hi], refined by a parabola through 3 channels."""
+    sel = np.flatnonzero((energy >= lo) & (energy <= hi))
+    i = sel[np.argmax(y[sel])]
+    a, b, c = (float(v) for v in y[i - 1:i + 2])
+    step = energy[1] - energy[0]
+    return float(energy[i] + 0.5 * step * (a - c) / (a - 2 * b + c))
+
+
+@pytest.fixture(scope="module")
+def clean_bfo():
+    """Average-pixel spectra (no nuisances, no anomalies) over the bfo window."""
+    return simulate(shape=(8, 8), window="bfo", concentration=0.0, nuisances=False, seed=1)
+
+
+@pytest.mark.parametrize("window, n, start", [("fe-l", 267, 680.0), ("bfo", 1334, 420.0)])
+def test_energy_axis_and_calibration(window, n, start):
+    sim = simulate(shape=(6, 5), window=window, concentration=0.0, seed=0)
+    e = sim.si.energy
+    assert (e.size, e.offset, e.scale, e.units, e.name) == (n, start, 0.3, "eV", "Energy loss")
+    assert e.end <= WINDOWS[window][1] < e.end + e.scale
+    assert sim.si.shape == (6, 5, n) and sim.si.data.dtype == np.float32
+    assert sim.expected.dtype == np.float32 and sim.expected_alt.dtype == np.float32
+    assert sim.si.x.units == "nm" and sim.si.y.units == "nm" and sim.si.x.scale > 0
+    assert sim.si.ground_truth is not None and sim.si.metadata["simulation"] is sim.params
+
+
+def test_fe_l_edge_positions(clean_bfo):
+    e = clean_bfo.si.energy.values
+    y = clean_bfo.expected[0, 0].astype(np.float64)
+    assert abs(_peak(e, y, 700, 716) - FE_L3) <= 0.3
+    assert abs(_peak(e, y, 718, 728) - FE_L2) <= 0.4
+    # white lines stand well above the pre-edge background; continuum step after the edges
+    pre = y[(e > 695) & (e < 700)].mean()
+    assert y[(e > 700) & (e < 716)].max() > 1.8 * pre
+    post = y[(e > 735) & (e < 740)].mean()
+    pre_fit = np.exp(np.polyval(np.polyfit(np.log(e[(e > 680) & (e < 700)]),
+                                           np.log(y[(e > 680) & (e < 700)]), 1), np.log(737.5)))
+    assert post > 1.1 * pre_fit
+
+
+def test_o_k_onset_near_532(clean_bfo):
+    e = clean_bfo.si.energy.values
+    y = clean_bfo.expected[0, 0].astype(np.float64)
+    fit = (e > 460) & (e < 520)
+    bg = np.exp(np.polyval(np.polyfit(np.log(e[fit]), np.log(y[fit]), 1), np.log(e)))
+    edge = y - bg
+    region = (e > 515) & (e < 570)
+    onset = e[region][np.argmax(edge[region] > 0.1 * edge[region].max())]
+    assert 529.5 <= onset <= 533.0
+    assert 538 <= _peak(e, edge, 536, 550) <= 543  # main O K near-edge peak
+
+
+def test_shift_is_interpolated_without_wraparound():
+    sim = simulate(shape=(24, 40), anomaly="shift", magnitude=2.4, concentration=0.05, seed=4)
+    e = sim.si.energy.values
+    ys, xs = np.nonzero(sim.truth)
+    for y, x in zip(ys[:5], xs[:5]):
+        shifted = sim.expected[y, x].astype(np.float64)
+        unshifted = sim.expected_alt[y, x].astype(np.float64)
+        # low-energy end: background only, unchanged (a roll would bring the L2 region here)
+        np.testing.assert_allclose(shifted[:20], unshifted[:20], rtol=2e-3)
+        np.testing.assert_allclose(shifted[-10:], unshifted[-10:], rtol=1e-2)
+        d = _peak(e, shifted, 700, 720) - _peak(e, unshifted, 700, 718)
+        assert d == pytest.approx(2.4, abs=0.15)
+    # a normal pixel: its alternative carries the shift
+    y, x = np.argwhere(~sim.truth)[0]
+    d = _peak(e, sim.expected_alt[y, x], 700, 720) - _peak(e, sim.expected[y, x], 700, 718)
+    assert d == pytest.approx(2.4, abs=0.15)
+
+
+def test_negative_shift_moves_to_lower_energy():
+    sim = simulate(shape=(16, 16), magnitude=-1.2, concentration=0.05, nuisances=False, seed=0)
+    e = sim.si.energy.values
+    y, x = np.argwhere(sim.truth)[0]
+    d = _peak(e, sim.expected[y, x], 700, 716) - _peak(e, sim.expected_alt[y, x], 700, 716)
+    assert d == pytest.approx(-1.2, abs=0.15)
+
+
+@pytest.mark.parametrize("anomaly_shape", SHAPES)
+@pytest.mark.parametrize("shape, concentration", [
+    ((32, 32), 0.02),   # round(20.48) = 20
+    ((24, 40), 0.005),  # round(4.8) = 5
+    ((32, 32), 0.1),    # denser than the sweep needs
+])
+def test_truth_count_exact_and_outside_bulk(anomaly_shape, shape, concentration):
+    sim = simulate(shape=shape, anomaly_shape=anomaly_shape, concentration=concentration, seed=3)
+    n = round(concentration * shape[0] * shape[1])
+    assert int(sim.truth.sum()) == n == sim.params["n_anomalous"]
+    assert not (sim.truth & sim.bulk_mask).any()
+    np.testing.assert_array_equal(sim.si.ground_truth, sim.truth)
+
+
+def test_bulk_mask_is_top_rows_full_width():
+    sim = simulate(shape=(20, 30), bulk_fraction=0.3, seed=0)
+    assert sim.bulk_mask[:6].all() and not sim.bulk_mask[6:].any()
+
+
+def test_pixels_are_isolated_and_clusters_are_compact():
+    pix = simulate(shape=(32, 32), anomaly_shape="pixels", concentration=0.02, seed=5).truth
+    from scipy import ndimage
+
+    labels, n = ndimage.label(pix, structure=np.ones((3, 3)))
+    assert n == pix.sum()  # no two anomalous pixels touch, even diagonally
+    clu = simulate(shape=(32, 32), anomaly_shape="clusters", concentration=0.05, seed=5).truth
+    labels, n = ndimage.label(clu)
+    assert n < clu.sum() / 4  # discs of several pixels, not scattered points
+
+
+def test_concentration_zero_has_no_anomalies_but_an_alternative():
+    sim = simulate(shape=(16, 16), concentration=0.0, seed=0)
+    assert not sim.truth.any() and sim.params["n_anomalous"] == 0
+    assert not np.allclose(sim.expected, sim.expected_alt)
+
+
+def test_same_seed_identical_different_seed_differs():
+    kw = dict(shape=(16, 20), anomaly_shape="line", concentration=0.05)
+    a, b, c = simulate(seed=7, **kw), simulate(seed=7, **kw), simulate(seed=8, **kw)
+    for name in ("truth", "expected", "expected_alt"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    np.testing.assert_array_equal(a.si.data, b.si.data)
+    assert a.params == b.params
+    assert not np.array_equal(a.si.data, c.si.data)
+    assert not np.array_equal(a.truth, c.truth)
+
+
+def test_mask_independent_of_magnitude_dose_and_type():
+    a = simulate(shape=(16, 16), window="bfo", magnitude=0.3, dose=50, seed=2)
+    b = simulate(shape=(16, 16), window="bfo", anomaly="impurity", dose=1000, seed=2)
+    np.testing.assert_array_equal(a.truth, b.truth)
+
+
+@pytest.mark.parametrize("dose", [50.0, 200.0, 1000.0])
+def test_dose_sets_l3_maximum_counts(dose):
+    sim = simulate(shape=(24, 24), dose=dose, seed=1)
+    e = sim.si.energy.values
+    ch = int(np.argmin(np.abs(e - FE_L3)))
+    level = sim.expected[sim.bulk_mask][:, ch].mean()
+    assert level == pytest.approx(dose, rel=0.15)
+    assert sim.si.data[sim.bulk_mask][:, ch].mean() == pytest.approx(dose, rel=0.15)
+
+
+def test_counts_are_poisson_around_expected_not_alt():
+    sim = simulate(shape=(24, 24), magnitude=1.5, concentration=0.05, read_noise=1.0, seed=2)
+    y = sim.si.data.astype(np.float64)
+    mu, alt = sim.expected.astype(np.float64), sim.expected_alt.astype(np.float64)
+    chi2 = ((y - mu) ** 2 / (mu + 1.0)).mean()
+    assert chi2 == pytest.approx(1.0, abs=0.03)
+    t = sim.truth
+    chi2_alt = ((y[t] - alt[t]) ** 2 / (alt[t] + 1.0)).mean()
+    assert chi2_alt > 1.5
+
+
+def test_nuisances_vary_the_bulk_smoothly_and_can_be_switched_off():
+    on = simulate(shape=(16, 16), concentration=0.0, seed=0)
+    off = simulate(shape=(16, 16), concentration=0.0, nuisances=False, seed=0)
+    ref = off.expected[0, 0]
+    np.testing.assert_allclose(off.expected, np.broadcast_to(ref, off.expected.shape), rtol=1e-6)
+    ch = int(np.argmin(np.abs(on.si.energy.values - FE_L3)))
+    level = on.expected[..., ch] / ref[ch]
+    assert 0.8 < level.min() < 0.97 and 1.03 < level.max() < 1.2  # +-15 % thickness
+    assert np.abs(np.diff(level, axis=1)).max() < 0.05  # smooth: no pixel-to-pixel jumps
+    assert on.params["derived"]["jitter_std_realised_eV"] == pytest.approx(0.03, rel=0.2)
+    assert off.params["energy_jitter"] == 0.0
+
+
+def test_ratio_changes_only_the_white_lines():
+    sim = simulate(shape=(16, 16), anomaly="ratio", magnitude=0.7, concentration=0.05,
+                   nuisances=False, seed=0)
+    e = sim.si.energy.values
+    y, x = np.argwhere(sim.truth)[0]
+    a, n = sim.expected[y, x].astype(np.float64), sim.expected_alt[y, x].astype(np.float64)
+    rel = (a - n) / n
+    outside = (e < 700) | (e > 735)
+    assert np.abs(rel[outside]).max() < 1e-3
+    assert rel[np.argmin(np.abs(e - FE_L3))] < -0.02  # L3 weaker
+    assert rel[np.argmin(np.abs(e - FE_L2))] > 0.02   # L2 stronger (total kept)
+    assert sim.params["derived"]["l3_l2_ratio_anomalous"] == pytest.approx(
+        0.7 * sim.params["derived"]["l3_l2_ratio_normal"])
+
+
+def test_impurity_adds_mn_edge_only_above_it():
+    sim = simulate(shape=(16, 16), window="bfo", anomaly="impurity", magnitude=0.1,
+                   concentration=0.05, nuisances=False, seed=0)
+    e = sim.si.energy.values
+    y, x = np.argwhere(sim.truth)[0]
+    diff = sim.expected[y, x].astype(np.float64) - sim.expected_alt[y, x]
+    assert np.abs(diff[e < 620] / sim.expected_alt[y, x][e < 620]).max() < 1e-3
+    assert abs(_peak(e, diff, 630, 648) - 640.0) <= 0.5
+    fe_white = sim.params["physics"]["fe_l"]["l3_height"] * sim.params["derived"]["counts_scale"]
+    assert diff.max() == pytest.approx(0.1 * fe_white, rel=0.25)  # plus a little Mn continuum
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(shape=(64,)), "shape"),
+    (dict(shape=(2, 64)), "shape"),
+    (dict(window="o-k"), "window"),
+    (dict(anomaly="blur"), "anomaly"),
+    (dict(anomaly_shape="squares"), "anomaly_shape"),
+    (dict(anomaly="impurity"), "outside the 'fe-l' window"),   # Mn L needs bfo
+    (dict(magnitude=25.0), "magnitude"),
+    (dict(magnitude=float("nan")), "magnitude"),
+    (dict(anomaly="ratio", magnitude=0.0), "magnitude"),
+    (dict(window="bfo", anomaly="impurity", magnitude=-0.1), "magnitude"),
+    (dict(concentration=2.0), "not a percentage"),
+    (dict(concentration=-0.1), "concentration"),
+    (dict(shape=(8, 8), concentration=0.001), "at least one anomalous pixel"),
+    (dict(shape=(10, 10), concentration=0.45), "outside the bulk"),
+    (dict(dose=0.0), "dose"),
+    (dict(seed=-1), "seed"),
+    (dict(seed=1.5), "seed"),
+    (dict(nuisances="yes"), "nuisances"),
+    (dict(read_noise=-1.0), "read_noise"),
+    (dict(energy_jitter=5.0), "energy_jitter"),
+    (dict(bulk_fraction=1.0), "bulk_fraction"),
+    (dict(bulk_fraction=0.01), "bulk_fraction"),
+    (dict(dtype=np.int16), "dtype"),
+])
+def test_bad_arguments_raise_input_error(kwargs, match):
+    base = dict(shape=(16, 16))
+    base.update(kwargs)
+    with pytest.raises(InputError, match=match):
+        simulate(**base)
+
+
+@pytest.mark.parametrize("anomaly", ANOMALY_TYPES)
+def test_params_json_and_defaults(anomaly):
+    sim = simulate(shape=(12, 12), window="bfo", anomaly=anomaly, concentration=0.05, seed=0)
+    back = json.loads(json.dumps(sim.params))
+    assert back["seed"] == 0 and back["anomaly"] == anomaly
+    assert back["magnitude"] == {"shift": 1.5, "ratio": 0.7, "impurity": 0.1}[anomaly]
+    assert back["n_anomalous"] == 7 and back["shape"] == [12, 12]
+
+
+def test_float64_option():
+    sim = simulate(shape=(8, 8), concentration=0.0, dtype=np.float64)
+    assert sim.si.data.dtype == sim.expected.dtype == np.float64
+
+
+@pytest.fixture(scope="module")
+def hs():
+    return pytest.importorskip("hyperspy.api", reason="HyperSpy not installed")
+
+
+def test_to_signal_passes_as_spectrum_image(hs):
+    sim = simulate(shape=(12, 20), seed=0)
+    sig = sim.to_signal()
+    assert sig.metadata.Signal.signal_type == "EELS"
+    si = as_spectrum_image(sig)
+    assert si.energy.same_as(sim.si.energy) and si.energy.units == "eV"
+    assert si.x.same_as(sim.si.x) and si.y.same_as(sim.si.y) and si.x.units == "nm"
+    np.testing.assert_array_equal(si.ground_truth, sim.truth)
+    np.testing.assert_array_equal(si.data, sim.si.data)
+
+
+@pytest.mark.parametrize("suffix", [".hspy", ".zspy"])
+def test_save_load_round_trip(hs, tmp_path, suffix):
+    sim = simulate(shape=(12, 20), concentration=0.05, seed=0)
+    path = sim.save(tmp_path / "sub" / f"sim{suffix}")
+    assert path.exists() and sorted(p.name for p in path.parent.iterdir()) == [path.name]
+    sig = hs.load(str(path))
+    ax = sig.axes_manager.signal_axes[0]
+    assert (ax.offset, ax.scale, ax.units) == (680.0, pytest.approx(0.3), "eV")
+    np.testing.assert_array_equal(np.asarray(sig.metadata.eelsanom.ground_truth), sim.truth)
+    np.testing.assert_array_equal(np.asarray(sig.metadata.eelsanom.bulk_mask), sim.bulk_mask)
+    assert json.loads(sig.metadata.eelsanom.simulation) == sim.params
+    si = as_spectrum_image(sig)
+    np.testing.assert_array_equal(si.ground_truth, sim.truth)
+    np.testing.assert_array_equal(np.asarray(si.data), sim.si.data)
+    assert si.energy.same_as(sim.si.energy)
+    # refuses to overwrite; overwrite=True replaces, leaving no temporary behind
+    with pytest.raises(InputError, match="already exists"):
+        sim.save(path)
+    other = simulate(shape=(12, 20), concentration=0.05, seed=1)
+    other.save(path, overwrite=True)
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+    np.testing.assert_array_equal(np.asarray(hs.load(str(path)).data), other.si.data)
+
+
+def test_save_refuses_other_formats(tmp_path):
+    sim = simulate(shape=(8, 8), concentration=0.0)
+    with pytest.raises(InputError, match=r"\.hspy or \.zspy"):
+        sim.save(tmp_path / "sim.tif")

@@ -1,0 +1,973 @@
+"""Reading and writing files — the only module of eelsanom that knows file formats.
+
+Reading goes through HyperSpy/RosettaSciIO (imported lazily, inside the
+functions, so ``import eelsanom.io`` stays cheap and the core never needs
+HyperSpy): :func:`load_spectrum_image` turns a ``.dm3/.dm4/.hspy/.zspy/.emd/...``
+file into a validated :class:`~eelsanom.spectrum.SpectrumImage`, eagerly or
+lazily (dask). :func:`list_signals` says what a file holds.
+
+Writing is atomic everywhere: every output is written under a temporary name
+in its destination folder and renamed into place, so an interrupted run never
+leaves a half-written file that looks complete, and the input file is never
+opened for writing (:func:`save_signal` refuses to write onto a ``protect``-ed
+path).
+
+Examples
+--------
+>>> import numpy as np
+>>> from eelsanom.spectrum import Axis, SpectrumImage
+>>> si = SpectrumImage(np.ones((2, 3, 8), np.float32), Axis(8, 0.5, 280.0, "eV"))
+>>> s = to_signal(si)                         # doctest: +SKIP
+>>> s.axes_manager.signal_axes[0].offset      # doctest: +SKIP
+280.0
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputError
+from .spectrum import Axis, SpectrumImage, _units_are_ev, as_spectrum_image
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "SUPPORTED_EXTENSIONS", "list_signals", "format_signal_list", "load_spectrum_image",
+    "to_signal", "map_to_signal", "save_signal", "save_png_map", "write_json", "save_result",
+    "load_result_maps",
+]
+
+#: Extensions we advertise for EELS spectrum images (lower case). Any other file
+#: HyperSpy can read is still tried by :func:`load_spectrum_image`.
+SUPPORTED_EXTENSIONS: tuple[str, ...] = (
+    ".dm3", ".dm4", ".hspy", ".zspy", ".emd", ".hdf5", ".nxs", ".rpl", ".emi", ".ser",
+)
+
+_SIGNAL_FORMATS = ("hspy", "zspy")
+_RESULT_FORMATS = ("hspy", "zspy", "png", "tiff")
+_MAX_META_LIST = 64
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _hs() -> Any:
+    import hyperspy.api as hs  # noqa: PLC0415 - heavy, imported on use only
+
+    return hs
+
+
+class _DropRsciioAdvice(logging.Filter):
+    """Hide HyperSpy's "please report this error" log line: we raise a clearer InputError."""
+
+    def filter(self, record: logging.LogRecord) -> bool:  # noqa: A003
+        return "please report this error" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_read_errors() -> Iterator[None]:
+    log = logging.getLogger("hyperspy.io")
+    flt = _DropRsciioAdvice()
+    log.addFilter(flt)
+    try:
+        yield
+    finally:
+        log.removeFilter(flt)
+
+
+def _one_line(text: Any, limit: int = 300) -> str:
+    s = " ".join(str(text).split())
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def _tmp_sibling(path: Path, tag: str = "tmp") -> Path:
+    """A hidden name in ``path``'s folder that keeps the extension (writers pick by it)."""
+    return path.with_name(f".{path.stem}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}{path.suffix}")
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def _commit(tmp: Path, path: Path) -> None:
+    """Move the complete ``tmp`` onto ``path``; an old directory is removed only afterwards."""
+    if tmp.is_dir() and path.is_dir() and not path.is_symlink():
+        old = _tmp_sibling(path, "old")
+        os.replace(path, old)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            os.replace(old, path)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    if tmp.is_dir() and path.exists():
+        path.unlink()
+    os.replace(tmp, path)
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def _check_output(path: Path, *, overwrite: bool, protect: Iterable[Any]) -> Path:
+    path = Path(path).expanduser()
+    for p in protect or ():
+        if p is not None and _same_path(path, Path(p).expanduser()):
+            raise InputError(
+                f"refusing to write {path}: expected an output path different from the input, "
+                f"found the input file {p}. Choose another output folder or name.")
+    if path.exists() and not overwrite:
+        raise InputError(
+            f"{path} already exists; expected a new output path. Allow overwriting "
+            "(overwrite=True, CLI --overwrite) or choose another name.")
+    if path.is_dir() and not path.is_symlink() and path.suffix.lower() != ".zspy":
+        raise InputError(f"cannot write {path}: it is an existing directory, expected a file "
+                         "path. Choose another name.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _atomic_write_bytes(path: Path, payload: bytes) -> Path:
+    tmp = _tmp_sibling(path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+    return path
+
+
+def _jsonify(obj: Any, *, max_list: int | None = None, _depth: int = 0) -> Any:
+    """Convert ``obj`` to plain JSON types: numpy scalars/arrays, NaN/inf -> None, Path -> str.
+
+    With ``max_list``, sequences longer than that are dropped (returned as ``_DROP``)
+    and so are objects of unknown type; without it they become ``str(obj)``.
+    """
+    if _depth > 20:
+        return _DROP
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    if isinstance(obj, (np.complexfloating, complex)):
+        return _DROP if max_list is not None else str(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, Axis):
+        return obj.to_dict()
+    if is_dataclass(obj) and not isinstance(obj, type):
+        obj = {f.name: getattr(obj, f.name) for f in fields(obj) if not f.name.startswith("_")}
+    if isinstance(obj, Mapping):
+        out = {}
+        for k, v in obj.items():
+            jv = _jsonify(v, max_list=max_list, _depth=_depth + 1)
+            if jv is not _DROP:
+                out[str(k)] = jv
+        return out
+    if isinstance(obj, np.ndarray) or isinstance(obj, (list, tuple, set, frozenset)):
+        seq = obj.tolist() if isinstance(obj, np.ndarray) else list(obj)
+        if isinstance(obj, np.ndarray) and obj.ndim == 0:
+            return _jsonify(seq, max_list=max_list, _depth=_depth + 1)
+        if max_list is not None and len(seq) > max_list:
+            return _DROP
+        out_l = [_jsonify(v, max_list=max_list, _depth=_depth + 1) for v in seq]
+        return [v for v in out_l if v is not _DROP]
+    if hasattr(obj, "as_dictionary"):  # HyperSpy DictionaryTreeBrowser
+        return _jsonify(obj.as_dictionary(), max_list=max_list, _depth=_depth + 1)
+    return _DROP if max_list is not None else str(obj)
+
+
+_DROP = object()
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _check_input_path(path: Any) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise InputError(
+            f"{p}: file not found. Expected an existing EELS spectrum-image file "
+            f"({', '.join(SUPPORTED_EXTENSIONS)}); check the path and its spelling.")
+    if p.is_dir() and p.suffix.lower() != ".zspy":
+        raise InputError(
+            f"{p} is a directory; expected a file ({', '.join(SUPPORTED_EXTENSIONS)}) or a .zspy "
+            "dataset folder. Give the path of the file inside it.")
+    return p
+
+
+def _read_all(path: Path, *, lazy: bool) -> list[Any]:
+    """All signals in ``path`` as a list of HyperSpy signals (the file opened read-only)."""
+    hs = _hs()
+    kw: dict[str, Any] = {}
+    suffix = path.suffix.lower()
+    if suffix == ".hspy" or (suffix == ".zspy" and path.is_dir()):
+        kw["mode"] = "r"  # the zspy reader would open a lazy file read-write by default
+    try:
+        with _quiet_read_errors():
+            out = hs.load(path, lazy=lazy, **kw)
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad input file
+        raise InputError(
+            f"{path}: could not be read ({type(exc).__name__}: {_one_line(exc)}). Expected a "
+            f"complete file in a format HyperSpy reads ({', '.join(SUPPORTED_EXTENSIONS)}, ...). "
+            "Check that the file is not truncated or still being written and that its "
+            "extension matches its format.") from exc
+    signals = list(out) if isinstance(out, (list, tuple)) else [out]
+    if not signals:
+        raise InputError(f"{path}: the file holds no signals; expected an EELS spectrum image.")
+    return [_normalise(s) for s in signals]
+
+
+def _normalise(sig: Any) -> Any:
+    """Undo formats that drop the navigation/signal split (e.g. NCEM EMD loads as ``(|E, x, y)``).
+
+    A signal with no navigation axis, 2-3 signal axes and exactly one axis in eV
+    becomes a Signal1D over that axis. Anything else is returned unchanged.
+    """
+    am = sig.axes_manager
+    if am.navigation_dimension != 0 or am.signal_dimension not in (2, 3):
+        return sig
+    ev = [ax for ax in am.signal_axes if _units_are_ev(str(getattr(ax, "units", "")))]
+    if len(ev) != 1:
+        return sig
+    try:
+        out = sig.as_signal1D(ev[0], optimize=False)
+    except Exception:  # noqa: BLE001 - leave it to the validation to explain
+        return sig
+    logger.info("%s: read as a spectrum image over its eV axis %r (the file stores no "
+                "navigation/signal split)", _title_of(sig), ev[0].name)
+    return out
+
+
+def _title_of(sig: Any) -> str:
+    try:
+        return str(sig.metadata.General.title or "")
+    except AttributeError:
+        return ""
+
+
+def _signal_type_of(sig: Any) -> str:
+    try:
+        return str(sig.metadata.Signal.signal_type or "")
+    except AttributeError:
+        return ""
+
+
+def _describe(sig: Any, index: int) -> dict[str, Any]:
+    am = sig.axes_manager
+    sig_axes = list(am.signal_axes)
+    nav_axes = list(am.navigation_axes)
+    stype = _signal_type_of(sig)
+    info: dict[str, Any] = {
+        "index": index,
+        "title": _title_of(sig),
+        "signal_type": stype,
+        "class": type(sig).__name__,
+        "shape": tuple(int(n) for n in sig.data.shape),
+        "nav_shape": tuple(int(ax.size) for ax in reversed(nav_axes)),
+        "signal_shape": tuple(int(ax.size) for ax in reversed(sig_axes)),
+        "dtype": str(sig.data.dtype),
+        "energy_offset": None, "energy_end": None, "energy_scale": None, "energy_units": None,
+        "is_candidate": False,
+    }
+    if len(sig_axes) == 1:
+        ax = sig_axes[0]
+        axis_vals = np.asarray(ax.axis, dtype=float)
+        units = str(getattr(ax, "units", ""))
+        units = "" if units == "<undefined>" else units
+        info.update(energy_offset=float(axis_vals[0]) if axis_vals.size else None,
+                    energy_end=float(axis_vals[-1]) if axis_vals.size else None,
+                    energy_scale=float(getattr(ax, "scale", np.nan) or np.nan),
+                    energy_units=units)
+        info["is_candidate"] = bool(
+            1 <= len(nav_axes) <= 2 and _units_are_ev(units)
+            and (stype == "" or "EELS" in stype.upper()))
+    return info
+
+
+def _format_one(info: Mapping[str, Any]) -> str:
+    kind = info["signal_type"] or info["class"]
+    nav, sig = info["nav_shape"], info["signal_shape"]
+    shape = f"({', '.join(map(str, nav))}|{', '.join(map(str, sig))})"
+    if info["energy_offset"] is not None:
+        units = info["energy_units"] or "uncalibrated"
+        rng = f"{info['energy_offset']:g} to {info['energy_end']:g} {units}"
+    else:
+        rng = f"{len(sig)} signal axes, no energy axis"
+    flag = " <- EELS spectrum image" if info["is_candidate"] else ""
+    return f"[{info['index']}] {info['title']!r} {kind} {shape} {rng}{flag}"
+
+
+def format_signal_list(infos: Sequence[Mapping[str, Any]]) -> str:
+    """One line per signal of :func:`list_signals`: index, title, type, shape, energy range.
+
+    Shapes are written HyperSpy-style, ``(navigation|signal)`` in array order.
+    """
+    return "; ".join(_format_one(i) for i in infos)
+
+
+def list_signals(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Describe every signal in a file (read lazily, so only headers are touched).
+
+    Parameters
+    ----------
+    path : str or Path
+        Any file HyperSpy reads.
+
+    Returns
+    -------
+    list of dict
+        One dict per signal with ``index``, ``title``, ``signal_type``, ``class``,
+        ``shape`` (data shape), ``nav_shape`` and ``signal_shape`` (array order),
+        ``dtype``, ``energy_offset``/``energy_end``/``energy_scale``/``energy_units``
+        (``None`` unless there is one signal axis) and ``is_candidate``: one signal
+        axis in eV, one or two navigation axes, and an EELS or unset signal type.
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable file.
+    """
+    p = _check_input_path(path)
+    signals = _read_all(p, lazy=True)
+    try:
+        return [_describe(s, i) for i, s in enumerate(signals)]
+    finally:
+        for s in signals:
+            _close(s)
+
+
+def _file_handle(data: Any) -> Any:
+    """The open file (h5py/tiff) behind a lazily loaded dask array, or None."""
+    if isinstance(data, np.ndarray):
+        return None
+    try:
+        from rsciio.utils.file import get_file_handle  # noqa: PLC0415
+
+        return get_file_handle(data, warn=False)
+    except Exception:  # noqa: BLE001 - no handle to close
+        return None
+
+
+def _close(sig: Any) -> None:
+    fh = _file_handle(getattr(sig, "data", None))
+    if fh is not None:
+        with contextlib.suppress(Exception):
+            fh.close()
+
+
+def _pick(path: Path, infos: list[dict[str, Any]], signal: Any) -> int:
+    n = len(infos)
+    how = ("Choose one with --signal INDEX (CLI) or load_spectrum_image(path, signal=INDEX) "
+           "(Python).")
+    if signal is None:
+        if n == 1:
+            return 0
+        cands = [i for i in infos if i["is_candidate"]]
+        if len(cands) == 1:
+            logger.info("%s holds %d signals; using [%d] %r, the only EELS spectrum image",
+                        path.name, n, cands[0]["index"], cands[0]["title"])
+            return int(cands[0]["index"])
+        found = ("none of them is" if not cands else
+                 f"{len(cands)} of them could be")
+        raise InputError(
+            f"{path.name}: expected one EELS spectrum image, found {n} signals and {found} an "
+            f"EELS spectrum image (one energy axis in eV, 1-2 navigation axes): "
+            f"{format_signal_list(infos)}. {how}")
+    if isinstance(signal, bool) or not isinstance(signal, (int, np.integer)):
+        raise InputError(f"signal: expected an integer index into the file's signals, found "
+                         f"{signal!r}. {how}")
+    idx = int(signal)
+    if idx < 0:
+        idx += n
+    if not 0 <= idx < n:
+        raise InputError(
+            f"{path.name}: signal index {signal} is out of range; expected 0 to {n - 1}. The "
+            f"file holds: {format_signal_list(infos)}.")
+    return idx
+
+
+def load_spectrum_image(path: str | os.PathLike, *, lazy: bool = False,
+                        signal: int | None = None) -> SpectrumImage:
+    """Read an EELS spectrum image from any HyperSpy-readable file.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.dm3``, ``.dm4``, ``.hspy``, ``.zspy``, ``.emd``, ... The file is opened
+        read-only and never modified.
+    lazy : bool
+        Keep the data as a dask array (read on demand). Non-finite values are
+        then refused chunk by chunk when the data is computed (an :class:`InputError`
+        raised from the computation); read errors of a damaged file also surface then.
+    signal : int, optional
+        Which signal to use when the file holds several (see :func:`list_signals`).
+        By default the only EELS spectrum-image candidate is used.
+
+    Returns
+    -------
+    SpectrumImage
+        ``data`` of shape ``(ny, nx, n_energy)``, float32 (a line scan has ``ny == 1``),
+        every axis calibrated as in the file; ``source`` the path; ``title`` from the
+        file's metadata (or the file name); ``metadata`` with ``signal_index``,
+        ``n_signals``, ``signal_type`` and ``original_metadata`` (a small JSON-able
+        dict of acquisition information when the file has it). A ground-truth map
+        stored by :func:`to_signal` is read back.
+
+    Raises
+    ------
+    InputError
+        Missing, unreadable or truncated file; a file with several candidate signals and
+        no ``signal``; a single spectrum, an image, 4-D data; an energy axis not in eV or
+        not increasing; NaN/inf values (eager load).
+    """
+    p = _check_input_path(path)
+    fh = None
+    try:
+        signals = _read_all(p, lazy=True)
+    except InputError:
+        if lazy:
+            raise
+        signals = _read_all(p, lazy=False)  # a reader without lazy support
+    try:
+        infos = [_describe(s, i) for i, s in enumerate(signals)]
+        idx = _pick(p, infos, signal)
+        sig = signals[idx]
+        label = (p.name if len(signals) == 1
+                 else f"{p.name} signal [{idx}] {infos[idx]['title']!r}")
+        fh = _file_handle(sig.data)
+        if not lazy and getattr(sig, "_lazy", False):
+            try:
+                sig.compute(show_progressbar=False)
+            except Exception as exc:  # noqa: BLE001 - e.g. a truncated dataset
+                raise InputError(
+                    f"{label}: could not be read ({type(exc).__name__}: {_one_line(exc)}). "
+                    "Check that the file is complete (not truncated or still being written)."
+                ) from exc
+        try:
+            si = as_spectrum_image(sig, what=label)  # also reads metadata arrays (ground truth)
+        except InputError as exc:
+            msg = str(exc)
+            raise InputError(msg if label in msg else f"{label}: {msg}") from None
+        meta = dict(si.metadata)
+        meta.update(signal_index=idx, n_signals=len(signals),
+                    signal_type=infos[idx]["signal_type"], original_metadata=_acquisition_info(sig))
+    except BaseException:
+        for s in signals:
+            _close(s)
+        if fh is not None:
+            with contextlib.suppress(Exception):
+                fh.close()
+        raise
+    if not lazy:  # everything is in memory: release the file
+        for s in signals:
+            _close(s)
+        if fh is not None:
+            with contextlib.suppress(Exception):
+                fh.close()
+    if si.is_lazy:
+        si = replace(si, data=_finite_guard(si.data, label))
+    return replace(si, title=si.title or p.stem, source=str(p), metadata=meta)
+
+
+def _finite_guard(data: Any, label: str) -> Any:
+    """Wrap a dask array so that computing a chunk with NaN/inf raises InputError."""
+
+    def check(block: np.ndarray, block_info: dict | None = None) -> np.ndarray:
+        bad = ~np.isfinite(block)
+        if bad.any():
+            first = np.argwhere(bad)[0]
+            if block_info and None not in block_info:
+                starts = [lo for lo, _ in block_info[0]["array-location"]]
+                first = first + np.asarray(starts)
+            raise InputError(
+                f"{label}: expected finite values, found {int(bad.sum())} NaN/inf values in one "
+                f"chunk (first at pixel y={first[0]}, x={first[1]}, channel {first[2]}). "
+                "Replace them first, e.g. in HyperSpy: s.data = np.nan_to_num(s.data), or crop "
+                "the affected pixels/channels.")
+        return block
+
+    return data.map_blocks(check, dtype=data.dtype, meta=np.empty((0, 0, 0), dtype=data.dtype))
+
+
+def _acquisition_info(sig: Any) -> dict[str, Any]:
+    """A small JSON-able digest of the file's metadata (acquisition, sample, date)."""
+    md = sig.metadata
+    out: dict[str, Any] = {}
+    for key in ("Acquisition_instrument", "Sample"):
+        if md.has_item(key):
+            node = _jsonify(md.get_item(key), max_list=_MAX_META_LIST)
+            if node not in (_DROP, {}, None):
+                out[key] = node
+    general = {}
+    for key in ("date", "time", "original_filename", "authors"):
+        if md.has_item(f"General.{key}"):
+            v = _jsonify(md.get_item(f"General.{key}"), max_list=_MAX_META_LIST)
+            if v is not _DROP:
+                general[key] = v
+    if general:
+        out["General"] = general
+    if md.has_item("Signal.quantity"):
+        out["quantity"] = str(md.get_item("Signal.quantity"))
+    return out
+
+
+# --------------------------------------------------------------------------- HyperSpy signals
+
+
+def _axis_dict(ax: Axis, default_name: str, navigate: bool | None = None) -> dict[str, Any]:
+    d: dict[str, Any] = {"size": int(ax.size), "scale": float(ax.scale),
+                         "offset": float(ax.offset), "name": ax.name or default_name}
+    if ax.units:
+        d["units"] = ax.units
+    if navigate is not None:
+        d["navigate"] = navigate
+    return d
+
+
+def _nav_axes(obj: Any) -> tuple[Axis, Axis]:
+    y, x = getattr(obj, "y", None), getattr(obj, "x", None)
+    if not isinstance(y, Axis) or not isinstance(x, Axis):
+        raise InputError(f"expected a SpectrumImage or AnomalyResult (with y and x axes), got "
+                         f"{type(obj).__name__}.")
+    if (y.name or "y") == (x.name or "x"):  # HyperSpy needs distinct names
+        y, x = replace(y, name="y"), replace(x, name="x")
+    return y, x
+
+
+def _check_map(arr: Any, y: Axis, x: Axis, what: str) -> np.ndarray:
+    a = np.asarray(arr)
+    if a.shape != (y.size, x.size):
+        raise InputError(f"{what}: expected a map of shape {(y.size, x.size)} (ny, nx), found "
+                         f"{a.shape}.")
+    return a
+
+
+def to_signal(si: Any) -> Any:
+    """The spectrum image as an exSpy ``EELSSpectrum`` (lazy when the data is dask).
+
+    Parameters
+    ----------
+    si : SpectrumImage (or anything :func:`~eelsanom.spectrum.as_spectrum_image` takes)
+
+    Returns
+    -------
+    exspy.signals.EELSSpectrum or LazyEELSSpectrum
+        Data ``(ny, nx, n_energy)`` with calibrated axes ``(y, x | energy)``; a line
+        scan (``ny == 1``) becomes a signal with one navigation axis again. The title,
+        the acquisition metadata read by :func:`load_spectrum_image` and the ground
+        truth (``metadata.eelsanom.ground_truth``) are carried over.
+    """
+    si = as_spectrum_image(si, what="to_signal")
+    hs = _hs()
+    y, x = _nav_axes(si)
+    axes = [_axis_dict(y, "y"), _axis_dict(x, "x"), _axis_dict(si.energy, "Energy loss")]
+    data = si.data
+    gt = si.ground_truth
+    if si.is_linescan:
+        data, axes = data[0], axes[1:]
+        gt = None if gt is None else gt[0]
+    sig = hs.signals.Signal1D(data, axes=axes)
+    if si.is_lazy:
+        sig = sig.as_lazy()
+    sig.set_signal_type("EELS")
+    sig.metadata.General.title = si.title or "spectrum image"
+    if si.source:
+        sig.metadata.set_item("General.original_filename", Path(si.source).name)
+    acq = (si.metadata.get("original_metadata") or {}).get("Acquisition_instrument")
+    if isinstance(acq, dict) and acq:
+        sig.metadata.add_dictionary({"Acquisition_instrument": acq})
+    if gt is not None:
+        sig.metadata.set_item("eelsanom.ground_truth", np.asarray(gt, dtype=bool))
+    return sig
+
+
+def map_to_signal(arr: Any, si_or_result: Any, *, title: str, quantity: str = "") -> Any:
+    """A per-pixel map as a HyperSpy ``Signal2D`` with the navigation calibration.
+
+    Parameters
+    ----------
+    arr : array of shape (ny, nx)
+        The map (bool masks stay bool).
+    si_or_result : SpectrumImage or AnomalyResult
+        Source of the ``y`` and ``x`` axes (scale, offset, units).
+    title, quantity : str
+        Stored as ``metadata.General.title`` and ``metadata.Signal.quantity``.
+    """
+    y, x = _nav_axes(si_or_result)
+    a = _check_map(arr, y, x, title or "map")
+    sig = _hs().signals.Signal2D(a, axes=[_axis_dict(y, "y"), _axis_dict(x, "x")])
+    sig.metadata.General.title = title
+    if quantity:
+        sig.metadata.Signal.quantity = quantity
+    return sig
+
+
+def _latent_signal(latent: np.ndarray, res: Any, *, title: str) -> Any:
+    y, x = _nav_axes(res)
+    lat = np.asarray(latent, dtype=np.float32)
+    if lat.ndim != 3 or lat.shape[:2] != (y.size, x.size):
+        raise InputError(f"latent codes: expected shape {(y.size, x.size)} + (d,), found "
+                         f"{lat.shape}.")
+    axes = [_axis_dict(y, "y"), _axis_dict(x, "x"),
+            {"size": int(lat.shape[2]), "name": "latent dimension"}]
+    sig = _hs().signals.Signal1D(lat, axes=axes)
+    sig.metadata.General.title = title
+    return sig
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _check_writable_format(path: Path) -> None:
+    ext = path.suffix.lower().lstrip(".")
+    try:
+        from rsciio import IO_PLUGINS  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - rosettasciio comes with hyperspy
+        return
+    ok = sorted({e.lower() for p in IO_PLUGINS if p.get("writes") for e in p["file_extensions"]})
+    if ext not in ok:
+        raise InputError(f"cannot write {path.name}: expected an extension HyperSpy writes "
+                         f"(e.g. .hspy, .zspy; any of {', '.join('.' + e for e in ok)}), found "
+                         f"{path.suffix or 'none'}.")
+
+
+def save_signal(signal: Any, path: str | os.PathLike, *, overwrite: bool = True,
+                protect: Iterable[Any] = ()) -> Path:
+    """Write a HyperSpy signal atomically (format from the extension: ``.hspy``, ``.zspy``...).
+
+    The signal is written under a hidden temporary name in the destination folder
+    and renamed into place; a ``.zspy`` folder that already exists is removed only
+    after the new one is complete. Nothing is left behind when writing fails.
+
+    Parameters
+    ----------
+    signal : hyperspy signal
+    path : str or Path
+    overwrite : bool
+        Replace an existing file (default). With ``False`` an existing path is refused.
+    protect : iterable of paths
+        Paths that must never be written (the input files).
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    path = _check_output(Path(path), overwrite=overwrite, protect=protect)
+    _check_writable_format(path)
+    tmp = _tmp_sibling(path)
+    try:
+        signal.save(tmp, overwrite=True)
+        _commit(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+    logger.debug("wrote %s", path)
+    return path
+
+
+_LENGTH_STEPS = (("m", 1e9), ("mm", 1e6), ("µm", 1e3), ("um", 1e3), ("nm", 1.0))
+
+
+def _readable_units(y: Axis, x: Axis) -> tuple[Axis, Axis]:
+    """Axes rescaled to nm/µm/mm so that tick labels are neither tiny nor huge."""
+    to_nm = dict(_LENGTH_STEPS)
+    if x.units not in to_nm or y.units not in to_nm:
+        return y, x
+    span_nm = max(abs(x.scale) * x.size * to_nm[x.units], abs(y.scale) * y.size * to_nm[y.units])
+    unit, f = ("nm", 1.0) if span_nm < 2e3 else ("µm", 1e3) if span_nm < 2e6 else ("mm", 1e6)
+
+    def conv(a: Axis) -> Axis:
+        k = to_nm[a.units] / f
+        return replace(a, scale=a.scale * k, offset=a.offset * k, units=unit)
+
+    return conv(y), conv(x)
+
+
+def save_png_map(arr: Any, path: str | os.PathLike, *, si_or_result: Any, title: str,
+                 cbar_label: str, cmap: str = "magma", mask_overlay: Any = None,
+                 log: bool = False, threshold: float | None = None,
+                 protect: Iterable[Any] = ()) -> Path:
+    """Plot a per-pixel map with a colour bar and physical axes, and write it atomically.
+
+    Parameters
+    ----------
+    arr : array of shape (ny, nx)
+        The map; NaN pixels are drawn grey.
+    path : str or Path
+        Output image (``.png``; ``.pdf``/``.svg`` also work).
+    si_or_result : SpectrumImage or AnomalyResult
+        Gives the axes' calibration: the image extent is in the navigation units and
+        the pixel size is written in the title.
+    title, cbar_label : str
+    cmap : str
+        Matplotlib colour map.
+    mask_overlay : bool array of shape (ny, nx), optional
+        Pixels drawn in translucent cyan on top.
+    log : bool
+        Logarithmic colour scale (symmetric-log when some values are <= 0).
+    threshold : float, optional
+        Marked as a line on the colour bar.
+    protect : iterable of paths
+        Paths that must never be written.
+    """
+    import matplotlib  # noqa: PLC0415
+    from matplotlib import colors as mcolors  # noqa: PLC0415
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
+
+    path = _check_output(Path(path), overwrite=True, protect=protect)
+    y, x = _nav_axes(si_or_result)
+    raw = _check_map(arr, y, x, title or "map")
+    is_bool = raw.dtype == bool
+    data = raw.astype(np.float64)
+    y, x = _readable_units(y, x)
+    ny, nx = data.shape
+    extent = (x.offset - x.scale / 2, x.end + x.scale / 2,
+              y.end + y.scale / 2, y.offset - y.scale / 2)
+    ratio = (ny * abs(y.scale)) / max(nx * abs(x.scale), 1e-300)
+    aspect = "equal" if (y.units == x.units and 1 / 20 <= ratio <= 20) else "auto"
+    finite = data[np.isfinite(data)]
+    norm = None
+    if log and finite.size:
+        if finite.min() > 0:
+            norm = mcolors.LogNorm(vmin=finite.min(), vmax=max(finite.max(), finite.min() * 1.0001))
+        else:
+            nz = np.abs(finite[finite != 0])
+            lin = float(np.percentile(nz, 10)) if nz.size else 1.0
+            norm = mcolors.SymLogNorm(linthresh=max(lin, 1e-12), vmin=finite.min(),
+                                      vmax=finite.max())
+    cm = matplotlib.colormaps[cmap].copy()
+    cm.set_bad("0.6")
+    fig = Figure(figsize=(6.4, 4.8 if ny > 1 else 2.6), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    im = ax.imshow(np.ma.masked_invalid(data), extent=extent, origin="upper", cmap=cm, norm=norm,
+                   interpolation="nearest", aspect=aspect)
+    cb = fig.colorbar(im, ax=ax)
+    cb.set_label(cbar_label)
+    if is_bool:
+        cb.set_ticks([0, 1], labels=["no", "yes"])
+    if threshold is not None and np.isfinite(threshold):
+        cb.ax.axhline(float(threshold), color="cyan", linewidth=1.5)
+    if mask_overlay is not None:
+        m = _check_map(mask_overlay, y, x, "mask_overlay").astype(bool)
+        rgba = np.zeros((ny, nx, 4))
+        rgba[m] = (0.0, 1.0, 1.0, 0.45)
+        ax.imshow(rgba, extent=extent, origin="upper", interpolation="nearest", aspect=aspect)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=6))
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=6))
+    ax.set_xlabel(f"x ({x.units or 'px'})")
+    if ny == 1:
+        ax.set_yticks([])
+        ax.set_ylabel("line scan")
+    else:
+        ax.set_ylabel(f"y ({y.units or 'px'})")
+    px = (f"{x.scale:.3g} {x.units or 'px'}" if math.isclose(x.scale, y.scale, rel_tol=1e-6)
+          or ny == 1 else f"{x.scale:.3g} x {y.scale:.3g} {x.units or 'px'}")
+    ax.set_title(f"{title}\n{ny} x {nx} px, pixel {px}", fontsize=10)
+    tmp = _tmp_sibling(path)
+    try:
+        fig.savefig(tmp, format=(path.suffix.lstrip(".").lower() or "png"))
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+    return path
+
+
+def write_json(obj: Any, path: str | os.PathLike, *, protect: Iterable[Any] = ()) -> Path:
+    """Write ``obj`` as strict JSON, atomically.
+
+    numpy scalars and arrays become numbers and lists, NaN/inf become ``null``,
+    paths become strings, :class:`Axis` and dataclasses become dicts.
+    """
+    path = _check_output(Path(path), overwrite=True, protect=protect)
+    text = json.dumps(_jsonify(obj), indent=2, allow_nan=False) + "\n"
+    return _atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _write_tiff(arr: np.ndarray, path: Path, protect: Iterable[Any]) -> Path | None:
+    path = _check_output(path, overwrite=True, protect=protect)
+    tmp = _tmp_sibling(path)
+    try:
+        try:
+            import tifffile  # noqa: PLC0415
+
+            tifffile.imwrite(tmp, arr)
+        except ImportError:
+            try:
+                import imageio.v3 as iio  # noqa: PLC0415
+            except ImportError:
+                logger.warning("TIFF output skipped for %s: install tifffile or imageio", path)
+                return None
+            iio.imwrite(tmp, arr, extension=".tif")
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+    return path
+
+
+def _normalise_formats(formats: Iterable[str]) -> list[str]:
+    if isinstance(formats, str):
+        formats = [formats]
+    out: list[str] = []
+    for f in formats:
+        k = str(f).lower().lstrip(".")
+        k = "tiff" if k == "tif" else k
+        if k not in _RESULT_FORMATS:
+            raise InputError(f"output format: expected some of {', '.join(_RESULT_FORMATS)}, "
+                             f"found {f!r}.")
+        if k not in out:
+            out.append(k)
+    return out
+
+
+def _safe_stem(stem: str) -> str:
+    s = str(stem).strip()
+    if not s or s in {".", ".."} or re.search(r"[\\/]", s):
+        raise InputError(f"stem: expected a file-name stem without folders, found {stem!r}.")
+    return s
+
+
+def save_result(result: Any, outdir: str | os.PathLike, *, stem: str,
+                formats: Iterable[str] = ("hspy", "png"),
+                protect: Iterable[Any] = ()) -> dict[str, Path]:
+    """Write an :class:`~eelsanom.result.AnomalyResult`'s maps into ``outdir``.
+
+    Files (each written atomically), for the formats requested:
+
+    - ``<stem>_nll.hspy|.zspy``: NLL map (Signal2D, navigation calibration; the
+      threshold, its method and the detector in ``metadata.eelsanom``);
+    - ``<stem>_mask.hspy|.zspy``: boolean anomaly mask (same calibration);
+    - ``<stem>_latent.hspy|.zspy``: latent codes ``(ny, nx, d)`` as a Signal1D over
+      the navigation grid, when the result has them;
+    - ``<stem>_nll.png``, ``<stem>_mask.png``: plots with colour bars and physical axes;
+    - ``<stem>_nll.tif``, ``<stem>_mask.tif`` (float32 / uint8) with ``"tiff"``, when
+      tifffile or imageio is installed.
+
+    Returns
+    -------
+    dict of str -> Path
+        Keys ``"<map>_<format>"``, e.g. ``"nll_hspy"``, ``"mask_png"``, ``"latent_zspy"``,
+        ``"nll_tiff"``.
+    """
+    fmts = _normalise_formats(formats)
+    stem = _safe_stem(stem)
+    out = Path(outdir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    nll = np.asarray(result.nll, dtype=np.float32)
+    mask = np.asarray(result.mask, dtype=bool)
+    thr = float(result.threshold)
+    tmethod = str(result.threshold_method)
+    method = str(result.method)
+    n_flag, n_tot = int(mask.sum()), int(mask.size)
+    info = {"threshold": thr if math.isfinite(thr) else None, "threshold_method": tmethod,
+            "method": method, "energy": result.energy.to_dict(),
+            "info_json": json.dumps(_jsonify(getattr(result, "info", {}) or {}),
+                                    allow_nan=False)}
+    written: dict[str, Path] = {}
+
+    sig_fmts = [f for f in fmts if f in _SIGNAL_FORMATS]
+    if sig_fmts:
+        nll_sig = map_to_signal(nll, result, title=f"{stem} NLL ({method})",
+                                quantity="NLL (higher = more anomalous)")
+        mask_sig = map_to_signal(mask, result, title=f"{stem} anomaly mask ({method})",
+                                 quantity=f"NLL > {thr:.6g} ({tmethod})")
+        for s in (nll_sig, mask_sig):
+            s.metadata.add_dictionary({"eelsanom": dict(info)})
+        lat_sig = None
+        if getattr(result, "latent", None) is not None:
+            lat_sig = _latent_signal(result.latent, result, title=f"{stem} latent codes ({method})")
+            lat_sig.metadata.add_dictionary({"eelsanom": dict(info)})
+        for f in sig_fmts:
+            written[f"nll_{f}"] = save_signal(nll_sig, out / f"{stem}_nll.{f}", protect=protect)
+            written[f"mask_{f}"] = save_signal(mask_sig, out / f"{stem}_mask.{f}", protect=protect)
+            if lat_sig is not None:
+                written[f"latent_{f}"] = save_signal(lat_sig, out / f"{stem}_latent.{f}",
+                                                     protect=protect)
+    if "png" in fmts:
+        written["nll_png"] = save_png_map(
+            nll, out / f"{stem}_nll.png", si_or_result=result,
+            title=f"{stem}: NLL ({method}); threshold {thr:.4g} ({tmethod})",
+            cbar_label="NLL (higher = more anomalous)", threshold=thr, protect=protect)
+        written["mask_png"] = save_png_map(
+            mask, out / f"{stem}_mask.png", si_or_result=result,
+            title=f"{stem}: anomaly mask, {n_flag} of {n_tot} px flagged ({method})",
+            cbar_label=f"flagged: NLL > {thr:.4g}", cmap="gray", protect=protect)
+    if "tiff" in fmts:
+        for name, arr in (("nll", nll), ("mask", mask.astype(np.uint8))):
+            p = _write_tiff(arr, out / f"{stem}_{name}.tif", protect)
+            if p is not None:
+                written[f"{name}_tiff"] = p
+    return written
+
+
+def load_result_maps(outdir: str | os.PathLike, stem: str) -> dict[str, np.ndarray]:
+    """Read back the maps :func:`save_result` wrote (``.hspy`` preferred, else ``.zspy``).
+
+    Returns
+    -------
+    dict of str -> ndarray
+        ``"nll"`` (ny, nx) float32, ``"mask"`` (ny, nx) bool when written, ``"latent"``
+        (ny, nx, d) when written, and ``"threshold"`` (a 0-d float64 array) when stored.
+
+    Raises
+    ------
+    InputError
+        No ``<stem>_nll`` file in ``outdir``.
+    """
+    out_dir = Path(outdir).expanduser()
+    stem = _safe_stem(stem)
+    maps: dict[str, np.ndarray] = {}
+    for name in ("nll", "mask", "latent"):
+        for ext in (".hspy", ".zspy"):
+            p = out_dir / f"{stem}_{name}{ext}"
+            if not p.exists():
+                continue
+            sig = _read_all(p, lazy=False)[0]
+            arr = np.asarray(sig.data)
+            maps[name] = arr.astype(bool) if name == "mask" else arr
+            if name == "nll" and sig.metadata.has_item("eelsanom.threshold"):
+                thr = sig.metadata.get_item("eelsanom.threshold")
+                maps["threshold"] = np.asarray(np.nan if thr is None else thr, dtype=np.float64)
+            break
+    if "nll" not in maps:
+        raise InputError(f"{out_dir}: expected {stem}_nll.hspy or {stem}_nll.zspy (written by "
+                         "save_result), found neither. Check the folder and the stem.")
+    return maps

@@ -106,7 +106,7 @@ class Simulation:
     si : SpectrumImage
         Noisy counts, float32 array of shape (ny, nx, n_energy); energy axis in eV
         ("Energy loss"), y/x axes in nm; ``ground_truth`` set; ``metadata =
-        {"simulation": params}``.
+        {"simulation": params, "bulk_mask": bulk_mask}``.
     truth : ndarray of bool, shape (ny, nx)
         Anomalous pixels.
     bulk_mask : ndarray of bool, shape (ny, nx)
@@ -757,7 +757,8 @@ def simulate(*, shape: tuple[int, int] = (64, 64), window: str = "fe-l", anomaly
     si = SpectrumImage(
         data=counts, energy=energy_axis,
         y=Axis(ny, PIXEL_SIZE_NM, 0.0, "nm", "y"), x=Axis(nx, PIXEL_SIZE_NM, 0.0, "nm", "x"),
-        title=title, ground_truth=truth, metadata={"simulation": params})
+        title=title, ground_truth=truth,
+        metadata={"simulation": params, "bulk_mask": bulk_mask.copy()})
     logger.info("simulated %d x %d x %d (%s, %s) in %.2f s", ny, nx, ne, window, anomaly,
                 time.perf_counter() - t_start)
     return Simulation(si=si, truth=truth, bulk_mask=bulk_mask, params=params,

@@ -39,6 +39,7 @@ def test_energy_axis_and_calibration(window, n, start):
     assert sim.expected.dtype == np.float32 and sim.expected_alt.dtype == np.float32
     assert sim.si.x.units == "nm" and sim.si.y.units == "nm" and sim.si.x.scale > 0
     assert sim.si.ground_truth is not None and sim.si.metadata["simulation"] is sim.params
+    np.testing.assert_array_equal(sim.si.metadata["bulk_mask"], sim.bulk_mask)
 
 
 def test_fe_l_edge_positions(clean_bfo):

@@ -53,13 +53,13 @@ def test_detect_writes_maps_pictures_and_summary(sim_file, tmp_path, method):
     assert summary["threshold"]["method"] == "otsu"
     assert summary["metrics"]["roc_auc"] > 0.9
     assert summary["eelsanom_version"]
-    for key in ("nll", "mask"):
+    for key in ("nll_hspy", "mask_hspy"):
         assert Path(summary["outputs"][key]).exists()
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert "sim_nll.png" in pngs and "sim_mask.png" in pngs
     import hyperspy.api as hs
 
-    nll = hs.load(summary["outputs"]["nll"])
+    nll = hs.load(summary["outputs"]["nll_hspy"])
     assert nll.data.shape == (32, 32)
     assert nll.axes_manager[0].units == "nm"
     assert sim_file.stat().st_mtime_ns == before  # the input is never modified

@@ -3,8 +3,9 @@
 Scores everywhere in eelsanom follow one convention: **higher NLL = more
 anomalous**. Thresholds need no ground truth:
 
-- ``"otsu"``: Otsu's method on ``log(nll - min + eps)`` (normal-pixel NLLs are
-  roughly chi-square distributed; their log is far more symmetric);
+- ``"otsu"``: Otsu's method on ``log(nll - min + eps)``, ``eps = median - min``
+  (normal-pixel NLLs are roughly chi-square distributed; their log is far more
+  symmetric);
 - ``"gmm"``: two-component Gaussian mixture on the same log scores; the
   threshold is where the posterior of the high component reaches 0.5;
 - a number ``P`` (``0 < P < 100``): contamination, flag the top ``P`` % of pixels;
@@ -37,7 +38,9 @@ def _log_scores(nll: np.ndarray) -> tuple[np.ndarray, float]:
     x = x[np.isfinite(x)]
     shift = float(x.min()) if x.size else 0.0
     spread = float(np.ptp(x)) if x.size else 1.0
-    eps = max(_EPS, 1e-6 * spread)
+    # eps of the order of the bulk's spread (median - min), not a tiny number: with a tiny
+    # eps the minimum pixel lands far below all others on the log scale and Otsu splits it off.
+    eps = max(_EPS, 1e-6 * spread, float(np.median(x)) - shift if x.size else 0.0)
     return np.log(x - shift + eps), shift - eps
 
 

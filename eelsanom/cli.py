@@ -1,6 +1,6 @@
 """The ``eelsanom`` command line: thin over the library.
 
-Subcommands: ``detect``, ``train``, ``apply``, ``simulate``, ``bench``, ``info``.
+Subcommands: ``detect``, ``train``, ``apply``, ``simulate``, ``bench``, ``info``, ``gui``.
 Refused inputs exit with status 2 and one line on stderr; progress bars go to
 stderr and ``--quiet`` silences them.
 """
@@ -357,6 +357,29 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_latent(args: argparse.Namespace) -> int:
+    from .latent import write_report
+
+    report = write_report(args.run_dir, args.run_dir_b, args.out, stem_a=args.stem,
+                          stem_b=args.stem_b, k=args.k, k_local=args.k_local,
+                          dse_points=args.dse_points, quantization=not args.no_quantization,
+                          seed=args.seed)
+    if not args.quiet:
+        print(f"latent-space report: {report}")
+    return 0
+
+
+def cmd_gui(args: argparse.Namespace) -> int:
+    """napari with the eelsanom panels docked and FILE (or the sample) loaded."""
+    try:  # Qt and napari are imported inside launch(), never by the core library
+        from eelsanom_napari._launch import launch
+    except ImportError as exc:
+        raise InputError(f"eelsanom gui needs the napari plugin: pip install 'eelsanom[napari]' "
+                         f"(import failed: {exc}).") from exc
+    launch(args.input)
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 def _add_common_io(p: argparse.ArgumentParser) -> None:
     p.add_argument("--signal", type=int, default=None, metavar="INDEX",
@@ -387,15 +410,29 @@ def _add_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=None, help="3D-CVAE: learning rate")
 
 
+def _add_global(p: argparse.ArgumentParser, default: Any) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", default=default,
+                   help="no progress bars or summaries")
+    p.add_argument("-v", "--verbose", action="store_true", default=default, help="log details")
+    p.add_argument("--debug", action="store_true", default=default, help="show tracebacks")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="eelsanom", description="Find where in an EELS spectrum image something is "
         "different: per-pixel NLL maps from a 3D-CVAE, PCA or RX bulk model.")
     ap.add_argument("--version", action="version", version=f"eelsanom {__version__}")
-    ap.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summaries")
-    ap.add_argument("-v", "--verbose", action="store_true", help="log details")
-    ap.add_argument("--debug", action="store_true", help="show tracebacks")
+    _add_global(ap, False)
+    # the same switches after the subcommand (``eelsanom detect ... --quiet``)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_global(common, argparse.SUPPRESS)
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    _add_parser = sub.add_parser
+
+    def add_parser(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return _add_parser(name, parents=[common], **kw)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     p = sub.add_parser("detect", help="train on a bulk region and score the same file")
     p.add_argument("input", help="spectrum image (.dm3/.dm4/.hspy/.zspy/.emd/...)")
@@ -450,6 +487,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="list the signals a file holds")
     p.add_argument("input")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("latent", help="latent-space report of a run (or comparison of two runs)")
+    p.add_argument("run_dir", help="run folder written by `eelsanom detect --out` (cvae or pca)")
+    p.add_argument("run_dir_b", nargs="?", default=None,
+                   help="second run of the same image: adds the comparison")
+    p.add_argument("--out", required=True, help="report folder (Markdown, PNG figures, JSON)")
+    p.add_argument("--stem", default=None, help="which run, when RUN_DIR holds several")
+    p.add_argument("--stem-b", default=None, help="which run, when RUN_DIR_B holds several")
+    p.add_argument("--k", type=int, default=10, help="neighbours for the k-NN comparisons")
+    p.add_argument("--k-local", type=int, default=50,
+                   help="neighbours of the local intrinsic-dimension map")
+    p.add_argument("--dse-points", type=int, default=1500,
+                   help="random pixels for the diffusion spectral entropy")
+    p.add_argument("--no-quantization", action="store_true", help="skip the storage table")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_latent)
+
+    p = sub.add_parser("gui", help="open napari with the eelsanom panels and FILE (or the sample)")
+    p.add_argument("input", nargs="?", default=None,
+                   help="spectrum image to open (default: the bundled simulated sample)")
+    p.set_defaults(func=cmd_gui)
     return ap
 
 

@@ -92,7 +92,7 @@ def test_apply_to_another_energy_axis_is_refused(sim_file, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["detect", "missing.hspy", "--out", "o"], "does not exist"),  # missing file
+        (["detect", "missing.hspy", "--out", "o"], "not found"),  # missing file
         (["detect", "{sim}", "--method", "pca", "--train-roi", "0:99,0:5", "--out", "o"],
          "outside"),  # ROI out of range
         (["detect", "{sim}", "--method", "pca", "--threshold", "banana", "--out", "o"],

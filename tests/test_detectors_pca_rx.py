@@ -333,8 +333,8 @@ def test_unavailable_cuda_is_refused(cube):
 def test_too_small_train_mask(cube, method):
     si, _ = cube
     mask = np.zeros((32, 32), bool)
-    mask[0, :3] = True
-    with pytest.raises(InputError, match="at least 10"):
+    mask[0, :2] = True
+    with pytest.raises(InputError, match="at least 3"):
         _det(method).fit(si, mask)
 
 

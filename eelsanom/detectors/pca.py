@@ -27,6 +27,7 @@ from ..progress import ProgressCallback, emit
 from ..spectrum import SpectrumImage
 from ._gaussian import (
     BLOCK_VALUES,
+    Gram,
     check_choice,
     check_common,
     check_int,
@@ -183,7 +184,7 @@ class PCADetector(BaseDetector):
     """
 
     method = "pca"
-    min_train_pixels = 10
+    min_train_pixels = 3
 
     def __init__(self, *, n_components: int | None = None, score_kind: str = "nll",
                  max_components: int = 20, energy_range: tuple[float, float] | None = None,
@@ -225,21 +226,31 @@ class PCADetector(BaseDetector):
 
     # ------------------------------------------------------------------ fitting
     @staticmethod
-    def _eig_cov(X: np.ndarray, dev: Any, dt: Any) -> _Eig:
-        """Mean and eigendecomposition (descending) of the ML covariance of rows of ``X``."""
+    def _torch_gram(dev: Any, dt: Any):
+        """A :class:`~._gaussian.Gram` summation running on ``dev`` in ``dt``."""
         import torch
 
-        n, d = X.shape
-        mean = X.mean(axis=0, dtype=np.float64)
-        mu = torch.as_tensor(mean, device=dev, dtype=dt)
-        cov = torch.zeros((d, d), device=dev, dtype=dt)
-        step = max(1, BLOCK_VALUES // d)
-        for i in range(0, n, step):
-            xc = torch.as_tensor(X[i:i + step], device=dev).to(dt) - mu
-            cov += xc.T @ xc
-        cov = cov.cpu().double() / n
-        cov = 0.5 * (cov + cov.T)
-        w, v = torch.linalg.eigh(cov)
+        def gram(X: np.ndarray, rows: np.ndarray, m0: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+            d = X.shape[1]
+            mu = torch.as_tensor(m0, device=dev, dtype=dt)
+            G = torch.zeros((d, d), device=dev, dtype=dt)
+            s = torch.zeros(d, device=dev, dtype=dt)
+            step = max(1, BLOCK_VALUES // d)
+            for i in range(0, len(rows), step):
+                xc = torch.as_tensor(X[rows[i:i + step]], device=dev).to(dt) - mu
+                G += xc.T @ xc
+                s += xc.sum(0)
+            return G.cpu().double().numpy(), s.cpu().double().numpy()
+
+        return gram
+
+    @staticmethod
+    def _eig(mean: np.ndarray, cov: np.ndarray) -> _Eig:
+        """Eigendecomposition (descending) of ``cov``, float64 on the CPU."""
+        import torch
+
+        w, v = torch.linalg.eigh(torch.as_tensor(cov, dtype=torch.float64))
         return _Eig(mean, np.clip(w.flip(0).numpy(), 0.0, None), v.flip(1).numpy())
 
     @staticmethod
@@ -251,22 +262,17 @@ class PCADetector(BaseDetector):
         lam = np.maximum(eig.evals[:q], s2 * (1 + 1e-12))
         return eig.evecs[:, :q].copy(), lam, s2
 
-    def _select_q(self, X: np.ndarray, rng: np.random.Generator, dev: Any, dt: Any
-                  ) -> tuple[int, dict[str, Any]]:
-        """Choose ``q`` by the held-out PPCA log-likelihood (see the class docstring)."""
+    def _heldout_loglik(self, eig: _Eig, X: np.ndarray, val_rows: np.ndarray, qmax: int,
+                        dev: Any, dt: Any) -> np.ndarray:
+        """Mean PPCA log-likelihood of ``X[val_rows]`` for ``q = 1 .. qmax``, shape (qmax,)."""
         import torch
 
-        n, d = X.shape
-        n_val = max(2, int(round(self.validation_fraction * n)))
-        perm = rng.permutation(n)
-        fit_rows, val_rows = np.sort(perm[n_val:]), np.sort(perm[:n_val])
-        eig = self._eig_cov(X[fit_rows], dev, dt)
-        qmax = max(1, min(int(self.max_components), fit_rows.size - 2, d - 1))
+        d = X.shape[1]
         V = torch.as_tensor(eig.evecs[:, :qmax], device=dev, dtype=dt)
         mu = torch.as_tensor(eig.mean, device=dev, dtype=dt)
         zs, sqs = [], []
         step = max(1, BLOCK_VALUES // d)
-        for i in range(0, n_val, step):
+        for i in range(0, len(val_rows), step):
             xc = torch.as_tensor(X[val_rows[i:i + step]], device=dev).to(dt) - mu
             zs.append((xc @ V).cpu().double().numpy())
             sqs.append((xc * xc).sum(1).cpu().double().numpy())
@@ -279,16 +285,34 @@ class PCADetector(BaseDetector):
             maha = (z2[:, :q] / lam).sum(1) + np.maximum(sq - cz[:, q - 1], 0.0) / s2
             ll[q - 1] = -0.5 * float(np.mean(maha + np.log(lam).sum() + (d - q) * np.log(s2)
                                              + d * _LOG2PI))
-        q_best = int(np.argmax(ll)) + 1
-        log.debug("PPCA held-out log-likelihood per q: %s -> q=%d", np.round(ll, 3), q_best)
-        return q_best, {"method": "heldout_loglik", "n_components": q_best,
-                        "heldout_loglik": ll.tolist(), "n_validation": int(n_val)}
+        return ll
 
-    def _fit_rows(self, X: np.ndarray, rng: np.random.Generator, dev: Any, dt: Any
-                  ) -> dict[str, Any]:
-        n, d = X.shape
+    def _fit_subset(self, gram: Gram, keep: np.ndarray, final: bool, rng: np.random.Generator,
+                    dev: Any, dt: Any) -> dict[str, Any]:
+        """PPCA on the rows ``keep`` of ``gram.X`` (see the class docstring for the choice of q).
+
+        With ``final=False`` (an intermediate trimming step) the model fitted on the
+        selection split is returned as is, saving one eigendecomposition.
+        """
+        X = gram.X
+        d = X.shape[1]
+        n = int(keep.sum())
+        G_out, s_out = gram.sums(np.flatnonzero(~keep))
+        G, s = gram.G - G_out, gram.s - s_out
         if self.n_components is None:
-            q, selection = self._select_q(X, rng, dev, dt)
+            kept = np.flatnonzero(keep)
+            n_val = max(2, int(round(self.validation_fraction * n)))
+            val = np.sort(rng.choice(kept, size=n_val, replace=False))
+            G_val, s_val = gram.sums(val)
+            eig_a = self._eig(*gram.moments(G - G_val, s - s_val, n - n_val))
+            qmax = max(1, min(int(self.max_components), n - n_val - 2, d - 1))
+            ll = self._heldout_loglik(eig_a, X, val, qmax, dev, dt)
+            q = int(np.argmax(ll)) + 1
+            log.debug("PPCA held-out log-likelihood per q: %s -> q=%d", np.round(ll, 3), q)
+            selection = {"method": "heldout_loglik", "n_components": q,
+                         "heldout_loglik": ll.tolist(), "n_validation": int(n_val)}
+            if not final:
+                return self._model(eig_a, q, selection)
         else:
             q = int(self.n_components)
             if q > min(n - 2, d - 1):
@@ -297,10 +321,12 @@ class PCADetector(BaseDetector):
                     f"channels; got {n} pixels and {d} channels. Use fewer components "
                     "(or n_components=None to choose), or a larger bulk region.")
             selection = {"method": "given", "n_components": q}
-        eig = self._eig_cov(X, dev, dt)
+        return self._model(self._eig(*gram.moments(G, s, n)), q, selection)
+
+    def _model(self, eig: _Eig, q: int, selection: dict[str, Any]) -> dict[str, Any]:
         U, lam, s2 = self._ppca_params(eig, q)
         return {"mean": eig.mean, "components": U, "explained_variance": lam,
-                "noise_variance": s2, "selection": selection, "n_rows": n}
+                "noise_variance": s2, "selection": selection}
 
     def _set_fitted(self, m: dict[str, Any]) -> None:
         self.mean_ = np.asarray(m["mean"], np.float64)
@@ -314,17 +340,18 @@ class PCADetector(BaseDetector):
              progress: ProgressCallback | None) -> None:
         dev, dt = self._torch_device(strict=True)
         X = gather_training(si, mask, self.transform)
+        gram = Gram(X, self._torch_gram(dev, dt))
         rng = np.random.default_rng(self.seed)
 
-        def fit(rows: np.ndarray) -> dict[str, Any]:
-            return self._fit_rows(rows, rng, dev, dt)
+        def fit(keep: np.ndarray, final: bool) -> dict[str, Any]:
+            return self._fit_subset(gram, keep, final, rng, dev, dt)
 
-        def score(model: dict[str, Any], rows: np.ndarray) -> np.ndarray:
+        def score(model: dict[str, Any]) -> np.ndarray:
             self._set_fitted(model)
-            return self._trim_score(rows)
+            return self._trim_score(X)
 
         min_keep = max(self.min_train_pixels, (self.n_components or 1) + 2)
-        model, keep = trimmed_fit(X, fit, score, robust=mask is None,
+        model, keep = trimmed_fit(X.shape[0], fit, score, robust=mask is None,
                                   robust_fraction=float(self.robust_fraction),
                                   robust_iter=int(self.robust_iter), min_keep=min_keep,
                                   progress=progress)

@@ -20,9 +20,11 @@ from ..progress import ProgressCallback, emit
 from ..spectrum import SpectrumImage
 from ._gaussian import (
     BLOCK_VALUES,
+    Gram,
     check_common,
     gather_training,
     iter_row_blocks,
+    numpy_gram,
     robust_z2,
     trimmed_fit,
 )
@@ -133,7 +135,7 @@ class RXDetector(BaseDetector):
     """
 
     method = "rx"
-    min_train_pixels = 10
+    min_train_pixels = 3
 
     def __init__(self, *, shrinkage: str | float = "ledoit-wolf",
                  energy_range: tuple[float, float] | None = None, threshold: Any = "otsu",
@@ -161,25 +163,25 @@ class RXDetector(BaseDetector):
         check_common(self)
 
     # ------------------------------------------------------------------ fitting
-    def _fit_rows(self, X: np.ndarray) -> dict[str, Any]:
-        n, d = X.shape
-        mean = X.mean(axis=0, dtype=np.float64)
-        S = np.zeros((d, d))
-        sq = np.empty(n)
-        step = max(1, BLOCK_VALUES // d)
-        for i in range(0, n, step):
-            xc = X[i:i + step].astype(np.float64) - mean
-            S += xc.T @ xc
-            sq[i:i + step] = np.sum(xc * xc, axis=1)
-        S /= n
-        if isinstance(self.shrinkage, str):
-            a = (ledoit_wolf_shrinkage(S, n, float(np.sum(sq * sq)))
-                 if self.shrinkage.lower() == "ledoit-wolf" else oas_shrinkage(S, n))
+    def _fit_subset(self, gram: Gram, keep: np.ndarray) -> dict[str, Any]:
+        X = gram.X
+        d = X.shape[1]
+        n = int(keep.sum())
+        G_out, s_out = gram.sums(np.flatnonzero(~keep))
+        mean, S = gram.moments(gram.G - G_out, gram.s - s_out, n)
+        if isinstance(self.shrinkage, str) and self.shrinkage.lower() == "ledoit-wolf":
+            rows = np.flatnonzero(keep)
+            step = max(1, BLOCK_VALUES // d)
+            s4 = sum(float(np.sum(np.sum((X[rows[i:i + step]] - mean) ** 2, axis=1) ** 2))
+                     for i in range(0, n, step))
+            a = ledoit_wolf_shrinkage(S, n, s4)
+        elif isinstance(self.shrinkage, str):
+            a = oas_shrinkage(S, n)
         else:
             a = float(self.shrinkage)
         Ss = (1.0 - a) * S
         Ss.flat[::d + 1] += a * float(np.trace(S)) / d
-        e, V = np.linalg.eigh(0.5 * (Ss + Ss.T))
+        e, V = np.linalg.eigh(Ss)
         e = np.maximum(e, 1e-10 * max(float(np.mean(np.abs(e))), 1e-30))
         return {"mean": mean, "whitener": V / np.sqrt(e), "logdet": float(np.sum(np.log(e))),
                 "shrinkage": float(a), "var": np.maximum(np.diag(Ss), 0.0)}
@@ -194,12 +196,14 @@ class RXDetector(BaseDetector):
     def _fit(self, si: SpectrumImage, mask: np.ndarray | None,
              progress: ProgressCallback | None) -> None:
         X = gather_training(si, mask, self.transform)
+        gram = Gram(X, numpy_gram)
 
-        def score(model: dict[str, Any], rows: np.ndarray) -> np.ndarray:
+        def score(model: dict[str, Any]) -> np.ndarray:
             self._set_fitted(model)
-            return self._trim_score(rows)
+            return self._trim_score(X)
 
-        model, keep = trimmed_fit(X, self._fit_rows, score, robust=mask is None,
+        model, keep = trimmed_fit(X.shape[0], lambda keep, final: self._fit_subset(gram, keep),
+                                  score, robust=mask is None,
                                   robust_fraction=float(self.robust_fraction),
                                   robust_iter=int(self.robust_iter),
                                   min_keep=self.min_train_pixels, progress=progress)

@@ -235,7 +235,7 @@ def _detector_params(method: str, device: str, seed: int) -> dict[str, Any]:
     return {"seed": seed}
 
 
-def _metrics(nll: np.ndarray, truth: np.ndarray, threshold_spec: Any = "otsu") -> dict[str, Any]:
+def _metrics(nll: np.ndarray, truth: np.ndarray, threshold_spec: Any = "robust") -> dict[str, Any]:
     t, label = scoring.compute_threshold(nll, threshold_spec)
     m = scoring.evaluate(nll, nll > t, truth)
     m.update(scoring.bimodality(nll))
@@ -290,7 +290,7 @@ def run_condition(cond: Condition, methods: list[str], *, device: str, seed: int
             t1 = time.perf_counter()
             res = det.score(sim.si)
             t2 = time.perf_counter()
-        m = _metrics(res.nll, truth, getattr(det, "threshold", "otsu"))
+        m = _metrics(res.nll, truth, getattr(det, "threshold", "robust"))
         rows.append({**base, "detector": method, **m, "fit_s": t1 - t0, "score_s": t2 - t1,
                      "device": _resolved_device(device) if method in ("cvae", "pca") else "cpu",
                      "peak_rss_mb": mem.peak_mb, "peak_gpu_mb": _cuda_peak_mb(device),

@@ -397,8 +397,9 @@ def _add_training(p: argparse.ArgumentParser) -> None:
                         "use the bulk mask stored in a simulated file. Without --train-roi/"
                         "--train-mask all pixels are used, robustly")
     p.add_argument("--energy-range", metavar="START:STOP", help="energy window in eV")
-    p.add_argument("--threshold", default="otsu",
-                   help="otsu | gmm | PERCENT of pixels to flag | value:X (default: otsu)")
+    p.add_argument("--threshold", default="robust",
+                   help="robust[:K] (median + K robust sigmas, K=4) | otsu | gmm | PERCENT of "
+                        "pixels to flag | value:X (default: robust)")
     p.add_argument("--components", type=int, default=None,
                    help="PCA components (default: automatic)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
@@ -455,7 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+")
     _add_common_io(p)
     p.add_argument("--threshold", default=None,
-                   help="override the model's threshold rule (otsu | gmm | PERCENT | value:X)")
+                   help="override the model's threshold rule (robust[:K] | otsu | gmm | "
+                        "PERCENT | value:X)")
     p.add_argument("--out", required=True)
     p.add_argument("--formats", default="hspy,png")
     p.set_defaults(func=cmd_apply)

@@ -57,7 +57,7 @@ class AnomalyResult:
     threshold : float
         NLL value above which a pixel is flagged.
     threshold_method : str
-        How ``threshold`` was chosen (``"otsu"``, ``"gmm"``, ``"2%"``, ``"value"``).
+        How ``threshold`` was chosen (``"robust"``, ``"otsu"``, ``"gmm"``, ``"2%"``, ``"value"``).
     mask : ndarray of bool, shape (ny, nx)
         ``nll > threshold``.
     method : str
@@ -100,7 +100,7 @@ class AnomalyResult:
         return int(self.mask.sum())
 
     def with_threshold(self, spec: Any) -> AnomalyResult:
-        """A copy thresholded by ``spec`` (``"otsu"``, ``"gmm"``, percent, ``"value:X"``)."""
+        """A copy thresholded by ``spec`` (``"robust"``, ``"otsu"``, ``"gmm"``, percent, ``"value:X"``)."""
         t, label = scoring.compute_threshold(self.nll, spec)
         return replace(self, threshold=t, threshold_method=label, mask=self.nll > t)
 

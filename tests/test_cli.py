@@ -50,7 +50,7 @@ def test_detect_writes_maps_pictures_and_summary(sim_file, tmp_path, method):
     summary = json.loads((out / "sim_summary.json").read_text())
     assert summary["method"] == method
     assert summary["counts"]["pixels"] == 32 * 32
-    assert summary["threshold"]["method"] == "otsu"
+    assert summary["threshold"]["method"] == "robust"
     assert summary["metrics"]["roc_auc"] > 0.9
     assert summary["eelsanom_version"]
     for key in ("nll_hspy", "mask_hspy"):

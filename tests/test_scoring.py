@@ -167,3 +167,28 @@ def test_evaluate_keys():
                         "precision", "recall", "f1"}
     assert out["roc_auc"] > 0.99 and out["f1"] > 0.97
     assert "f1" not in scoring.evaluate(nll, None, truth)
+
+
+def test_robust_threshold_flags_rare_outliers_where_otsu_splits_the_bulk():
+    # 98 % chi-square-like normal scores, 2 % well-separated anomalies: the k-sigma MAD rule
+    # isolates the anomalies (the case the benchmark showed Otsu failing on).
+    rng = np.random.default_rng(1)
+    normal = rng.chisquare(267, size=4014)
+    anomalous = rng.chisquare(267, size=82) + 160.0
+    nll = np.concatenate([normal, anomalous])
+    truth = np.r_[np.zeros(4014, bool), np.ones(82, bool)]
+    t, label = scoring.compute_threshold(nll, "robust")
+    assert label == "robust"
+    f1 = scoring.precision_recall_f1(nll > t, truth)["f1"]
+    assert f1 > 0.95
+    med = np.median(nll)
+    mad = 1.4826 * np.median(np.abs(nll - med))
+    assert t == pytest.approx(med + 4 * mad)
+    t6, label6 = scoring.compute_threshold(nll, "robust:6")
+    assert label6 == "robust:6" and t6 > t
+
+
+@pytest.mark.parametrize("spec", ["robust:0", "robust:-1", "robust:x"])
+def test_robust_threshold_rejects_bad_k(spec):
+    with pytest.raises(InputError, match="threshold"):
+        scoring.parse_threshold(spec)

@@ -100,7 +100,7 @@ class BaseDetector:
 
     def _validate_params(self) -> None:
         """Check hyperparameters (called by ``fit``); subclasses extend it."""
-        scoring.parse_threshold(getattr(self, "threshold", "otsu"))
+        scoring.parse_threshold(getattr(self, "threshold", "robust"))
         er = getattr(self, "energy_range", None)
         if er is not None:
             if len(er) != 2 or er[0] is not None and er[1] is not None and not er[0] < er[1]:
@@ -181,7 +181,7 @@ class BaseDetector:
         nll, latent, maps = self._score(siw, progress)
         dt = time.perf_counter() - t0
         nll = np.asarray(nll, dtype=np.float64).reshape(siw.nav_shape)
-        t, label = scoring.compute_threshold(nll, getattr(self, "threshold", "otsu"))
+        t, label = scoring.compute_threshold(nll, getattr(self, "threshold", "robust"))
         self.threshold_ = t
         return AnomalyResult(
             nll=nll, threshold=t, threshold_method=label, mask=nll > t, method=self.method,

@@ -33,7 +33,8 @@ from ._gaussian import (
     check_int,
     gather_training,
     iter_row_blocks,
-    robust_z2,
+    outlyingness,
+    tail_scale,
     trimmed_fit,
 )
 from .base import BaseDetector
@@ -131,12 +132,17 @@ class PCADetector(BaseDetector):
         ``train_mask=None`` trains on all pixels by trimmed likelihood (C-steps, as
         in MCD): fit on all pixels, rank them by outlyingness, refit on all but the
         ``robust_fraction`` most outlying, and repeat until the kept set no longer
-        changes, at most ``robust_iter`` times (``q`` is re-chosen at each refit).
-        Outlyingness is the NLL's Mahalanobis term with each principal coordinate
-        standardised by its median and MAD instead of its variance (as in ROBPCA):
-        a rare anomaly class that captured a component of its own inflates that
-        component's variance, which hides it from the plain NLL, but hardly its
-        MAD. With a mask the masked pixels are used as given, without trimming.
+        changes, at most ``robust_iter`` times (``q`` is re-chosen at each refit,
+        by the held-out log-likelihood trimmed by the same fraction). Outlyingness
+        (:func:`~._gaussian.outlyingness`) is the largest robust z-score (median,
+        MAD) over the principal coordinates and the residual norm: a rare anomaly
+        class that captured a component of its own inflates that component's
+        variance, which hides it from the plain NLL, but hardly its MAD. Finally
+        each ``lambda_i`` is replaced by a robust variance of the kept pixels'
+        coordinates (90 %-quantile scale, clipped to ``[sigma^2, lambda_i]``), so
+        that anomalies left in the kept set do not widen the model along their
+        direction. With a mask the masked pixels are used as given: no trimming,
+        classical estimates.
 
     Latent, reconstruction
         ``latent`` is the posterior mean ``E[z | x] = M^-1 W^T (x - mu)``,
@@ -188,7 +194,7 @@ class PCADetector(BaseDetector):
 
     def __init__(self, *, n_components: int | None = None, score_kind: str = "nll",
                  max_components: int = 20, energy_range: tuple[float, float] | None = None,
-                 threshold: Any = "otsu", transform: str = "anscombe",
+                 threshold: Any = "robust", transform: str = "anscombe",
                  robust_fraction: float = 0.05, robust_iter: int = 5,
                  validation_fraction: float = 0.2, device: str = "auto", seed: int = 0) -> None:
         self.n_components = n_components
@@ -263,8 +269,13 @@ class PCADetector(BaseDetector):
         return eig.evecs[:, :q].copy(), lam, s2
 
     def _heldout_loglik(self, eig: _Eig, X: np.ndarray, val_rows: np.ndarray, qmax: int,
-                        dev: Any, dt: Any) -> np.ndarray:
-        """Mean PPCA log-likelihood of ``X[val_rows]`` for ``q = 1 .. qmax``, shape (qmax,)."""
+                        dev: Any, dt: Any, trim: float = 0.0) -> np.ndarray:
+        """Mean PPCA log-likelihood of ``X[val_rows]`` for ``q = 1 .. qmax``, shape (qmax,).
+
+        ``trim > 0``: the mean over all but the ``trim`` fraction of least likely rows
+        (for each ``q`` separately), so that a few anomalous rows cannot buy a
+        component of their own.
+        """
         import torch
 
         d = X.shape[1]
@@ -283,12 +294,14 @@ class PCADetector(BaseDetector):
         for q in range(1, qmax + 1):
             _, lam, s2 = self._ppca_params(eig, q)
             maha = (z2[:, :q] / lam).sum(1) + np.maximum(sq - cz[:, q - 1], 0.0) / s2
+            if trim > 0:
+                maha = np.sort(maha)[:max(1, int(round((1.0 - trim) * maha.size)))]
             ll[q - 1] = -0.5 * float(np.mean(maha + np.log(lam).sum() + (d - q) * np.log(s2)
                                              + d * _LOG2PI))
         return ll
 
     def _fit_subset(self, gram: Gram, keep: np.ndarray, final: bool, rng: np.random.Generator,
-                    dev: Any, dt: Any) -> dict[str, Any]:
+                    dev: Any, dt: Any, trim: float = 0.0) -> dict[str, Any]:
         """PPCA on the rows ``keep`` of ``gram.X`` (see the class docstring for the choice of q).
 
         With ``final=False`` (an intermediate trimming step) the model fitted on the
@@ -306,7 +319,7 @@ class PCADetector(BaseDetector):
             G_val, s_val = gram.sums(val)
             eig_a = self._eig(*gram.moments(G - G_val, s - s_val, n - n_val))
             qmax = max(1, min(int(self.max_components), n - n_val - 2, d - 1))
-            ll = self._heldout_loglik(eig_a, X, val, qmax, dev, dt)
+            ll = self._heldout_loglik(eig_a, X, val, qmax, dev, dt, trim=trim)
             q = int(np.argmax(ll)) + 1
             log.debug("PPCA held-out log-likelihood per q: %s -> q=%d", np.round(ll, 3), q)
             selection = {"method": "heldout_loglik", "n_components": q,
@@ -343,8 +356,10 @@ class PCADetector(BaseDetector):
         gram = Gram(X, self._torch_gram(dev, dt))
         rng = np.random.default_rng(self.seed)
 
+        trim = float(self.robust_fraction) if mask is None else 0.0
+
         def fit(keep: np.ndarray, final: bool) -> dict[str, Any]:
-            return self._fit_subset(gram, keep, final, rng, dev, dt)
+            return self._fit_subset(gram, keep, final, rng, dev, dt, trim=trim)
 
         def score(model: dict[str, Any]) -> np.ndarray:
             self._set_fitted(model)
@@ -356,9 +371,11 @@ class PCADetector(BaseDetector):
                                   robust_iter=int(self.robust_iter), min_keep=min_keep,
                                   progress=progress)
         self._set_fitted(model)
+        self.n_trimmed_ = int(keep.size - keep.sum())
+        if self.n_trimmed_:
+            self._robust_variances(X[keep])
         self.selection_ = model["selection"]
         self.n_train_ = int(keep.sum())
-        self.n_trimmed_ = int(keep.size - keep.sum())
         log.info("PPCA: q=%d (%s), sigma^2=%.4g, %d training pixels (%d trimmed) on %s",
                  self.n_components_, self.selection_["method"], self.noise_variance_,
                  self.n_train_, self.n_trimmed_, dev)
@@ -385,12 +402,29 @@ class PCADetector(BaseDetector):
         maha = (p * p / t.lam).sum(1) + r2 / t.s2
         return 0.5 * (maha + t.logdet + self.mean_.size * _LOG2PI), r2
 
+    def _robust_variances(self, X: np.ndarray) -> None:
+        """Replace each ``lambda_i`` by a robust variance of the kept pixels' coordinates.
+
+        ``lambda_i <- clip(tail_scale(p_i)^2, sigma^2, lambda_i)``: anomalies left in
+        the trimmed training set inflate the variance of the direction they lie
+        along (often a real bulk direction too, e.g. energy jitter for a shift), so
+        they would be explained away; the 90 %-quantile scale ignores them.
+        """
+        t = self._tensors()
+        step = max(1, BLOCK_VALUES // X.shape[1])
+        p = np.concatenate([self._terms(X[i:i + step], t)[1].cpu().double().numpy()
+                            for i in range(0, X.shape[0], step)])
+        s2 = self.noise_variance_ * (1 + 1e-12)
+        lam = np.clip(tail_scale(p) ** 2, s2, self.explained_variance_)
+        log.debug("robust PPCA variances: %s -> %s", self.explained_variance_, lam)
+        self.explained_variance_ = lam
+        self._cache = None
+
     def _trim_score(self, X: np.ndarray) -> np.ndarray:
         """Outlyingness of transformed rows ``X`` (n, D) used to choose the pixels to trim.
 
-        The PPCA Mahalanobis term with each principal coordinate standardised by
-        its median and MAD over ``X`` instead of by ``lambda_i`` (see
-        :func:`~._gaussian.robust_z2`), plus the residual term ``||r||^2 / sigma^2``.
+        :func:`~._gaussian.outlyingness` of the principal coordinates (scale at
+        least ``sigma``) and of the residual ``||r||^2``.
         """
         t = self._tensors()
         step = max(1, BLOCK_VALUES // X.shape[1])
@@ -399,8 +433,8 @@ class PCADetector(BaseDetector):
             _, p, r = self._terms(X[i:i + step], t)
             ps.append(p.cpu().double().numpy())
             r2s.append((r * r).sum(1).cpu().double().numpy())
-        z2 = robust_z2(np.concatenate(ps), self.noise_variance_)
-        return z2 + np.concatenate(r2s) / self.noise_variance_
+        return outlyingness(np.concatenate(ps), np.concatenate(r2s),
+                            math.sqrt(self.noise_variance_))
 
     def _score(self, si: SpectrumImage, progress: ProgressCallback | None
                ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:

@@ -25,7 +25,7 @@ from ._gaussian import (
     gather_training,
     iter_row_blocks,
     numpy_gram,
-    robust_z2,
+    outlyingness,
     trimmed_fit,
 )
 from .base import BaseDetector
@@ -95,11 +95,12 @@ class RXDetector(BaseDetector):
         minimum-covariance-determinant-like estimate): fit on all pixels, rank them
         by outlyingness, refit on all but the ``robust_fraction`` most outlying, and
         repeat until the kept set no longer changes, at most ``robust_iter`` times.
-        Outlyingness is the Mahalanobis distance with each whitened coordinate
-        (eigendirection of ``S``) standardised by its median and MAD instead of its
-        variance: a rare anomaly class inflates the variance of the directions it
-        lies along, which hides it from the plain distance, but hardly their MAD.
-        With a mask the masked pixels are used as given.
+        Outlyingness (:func:`~._gaussian.outlyingness`) is the largest robust
+        z-score (median, MAD) over the whitened coordinates (eigendirections of
+        ``S``) and the Mahalanobis distance: a rare anomaly class inflates the
+        variance of the directions it lies along, which hides it from the plain
+        distance, but hardly their MAD. With a mask the masked pixels are used as
+        given.
 
     Reconstruction
         The mean is the bulk mean spectrum (the same for every pixel), mapped back to
@@ -138,7 +139,7 @@ class RXDetector(BaseDetector):
     min_train_pixels = 3
 
     def __init__(self, *, shrinkage: str | float = "ledoit-wolf",
-                 energy_range: tuple[float, float] | None = None, threshold: Any = "otsu",
+                 energy_range: tuple[float, float] | None = None, threshold: Any = "robust",
                  transform: str = "anscombe", robust_fraction: float = 0.05,
                  robust_iter: int = 5, seed: int = 0) -> None:
         self.shrinkage = shrinkage
@@ -221,7 +222,7 @@ class RXDetector(BaseDetector):
         """Outlyingness used to choose the pixels to trim (see the class docstring)."""
         step = max(1, BLOCK_VALUES // X.shape[1])
         w = np.concatenate([self._whiten(X[i:i + step]) for i in range(0, X.shape[0], step)])
-        return robust_z2(w, 1e-2)
+        return outlyingness(w, np.sum(w * w, axis=1), 0.1)
 
     # ------------------------------------------------------------------ scoring
     def _maha2_rows(self, X: np.ndarray) -> np.ndarray:

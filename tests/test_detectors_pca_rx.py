@@ -72,7 +72,7 @@ def test_contract(cube, method):
     assert np.isfinite(res.nll).all()
     assert res.mask.dtype == bool
     np.testing.assert_array_equal(res.mask, res.nll > res.threshold)
-    assert res.threshold_method == "otsu"
+    assert res.threshold_method == "robust"  # the default
     if method == "pca":
         assert res.latent.shape == (32, 32, det.n_components_)
         assert res.maps["reconstruction_error"].shape == (32, 32)

@@ -68,66 +68,162 @@ def gather_training(si: SpectrumImage, mask: np.ndarray | None, transform: str) 
     return np.concatenate(parts, axis=0)
 
 
-def trimmed_fit(X: np.ndarray, fit: Callable[[np.ndarray], Any],
-                score: Callable[[Any, np.ndarray], np.ndarray], *, robust: bool,
-                robust_fraction: float, robust_iter: int, min_keep: int,
-                progress: ProgressCallback | None, stage: str = "fit") -> tuple[Any, np.ndarray]:
-    """Fit on ``X``; when ``robust``, drop the worst-scored fraction of ``X`` and refit.
+class Gram:
+    """Row sums of ``X`` about a fixed reference, for cheap covariances of row subsets.
+
+    ``G = sum_i (x_i - m0)(x_i - m0)^T`` and ``s = sum_i (x_i - m0)`` over all rows
+    (``m0`` = mean of all rows) are computed once; the covariance of a subset that
+    leaves out a few rows then costs a pass over the left-out rows only
+    (``G_keep = G - G_left_out``). Centring on ``m0`` keeps the subtraction free of
+    cancellation.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, D)
+    gram : callable
+        ``gram(X, rows, m0) -> (G (D, D), s (D,))`` as float64 numpy arrays, summed
+        over ``X[rows]`` (the detector decides how: numpy, torch on a GPU, ...).
+    """
+
+    def __init__(self, X: np.ndarray, gram: Callable[[np.ndarray, np.ndarray, np.ndarray],
+                                                     tuple[np.ndarray, np.ndarray]]) -> None:
+        self.X = X
+        self.n = X.shape[0]
+        self.m0 = X.mean(axis=0, dtype=np.float64)
+        self._gram = gram
+        self.G, self.s = gram(X, np.arange(self.n), self.m0)
+
+    def sums(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(G, s)`` over ``X[rows]`` (zeros for no rows)."""
+        if len(rows) == 0:
+            return np.zeros_like(self.G), np.zeros_like(self.s)
+        return self._gram(self.X, np.asarray(rows), self.m0)
+
+    def moments(self, G: np.ndarray, s: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Mean (D,) and maximum-likelihood covariance (D, D) of ``n`` rows with sums ``G, s``."""
+        d = s / n
+        cov = G / n - np.outer(d, d)
+        return self.m0 + d, 0.5 * (cov + cov.T)
+
+
+def numpy_gram(X: np.ndarray, rows: np.ndarray, m0: np.ndarray,
+               block_values: int = BLOCK_VALUES) -> tuple[np.ndarray, np.ndarray]:
+    """``(sum (x - m0)(x - m0)^T, sum (x - m0))`` over ``X[rows]`` in float64, by blocks."""
+    d = X.shape[1]
+    G = np.zeros((d, d))
+    s = np.zeros(d)
+    step = max(1, block_values // d)
+    for i in range(0, len(rows), step):
+        xc = X[rows[i:i + step]].astype(np.float64) - m0
+        G += xc.T @ xc
+        s += xc.sum(axis=0)
+    return G, s
+
+
+def trimmed_fit(n: int, fit: Callable[[np.ndarray, bool], Any],
+                score: Callable[[Any], np.ndarray], *, robust: bool, robust_fraction: float,
+                robust_iter: int, min_keep: int, progress: ProgressCallback | None,
+                stage: str = "fit") -> tuple[Any, np.ndarray]:
+    """Fit on ``n`` rows; when ``robust``, trim the most outlying fraction and refit (C-steps).
 
     A C-step / trimmed-likelihood loop (as in MCD and least trimmed squares):
-    fit on all rows, score every row under that fit (``score(model, X)``), refit on all rows but the
-    ``robust_fraction`` with the highest NLL, and repeat ``robust_iter`` times.
-    Each refit chooses its kept rows from *all* rows (nothing is dropped for good).
+    fit on all rows (``fit(keep, final=False)``), score every row by
+    ``score(model)`` (outlyingness of all ``n`` rows, on a scale comparable
+    between fits, e.g. robust z-scores), keep all rows but the
+    ``robust_fraction`` most outlying, and repeat, at most ``robust_iter`` times
+    or until the kept rows stop changing; then ``fit(keep, final=True)``. A row's
+    outlyingness is the largest it had under any fit so far: without that memory
+    the loop can cycle (a clean fit misses an anomaly class that only a fit
+    containing it singles out, and back). Without ``robust`` it is one
+    ``fit(all, final=True)``. Intermediate fits may be cheaper approximations
+    (``final=False``).
 
     Returns
     -------
-    model : whatever ``fit`` returns (the last fit)
-    keep : ndarray of bool, shape (n_rows,)
-        Rows used by the last fit.
+    model : whatever ``fit`` returns (the final fit)
+    keep : ndarray of bool, shape (n,)
+        Rows used by the final fit.
     """
-    n = X.shape[0]
     keep = np.ones(n, dtype=bool)
     n_drop = int(round(robust_fraction * n)) if robust else 0
     n_drop = min(n_drop, max(0, n - min_keep))
-    n_fits = 1 + (robust_iter if n_drop > 0 else 0)
-    model = None
-    for it in range(n_fits):
-        model = fit(X[keep])
-        emit(progress, stage, it + 1, n_fits, n_pixels=int(keep.sum()))
-        if it + 1 < n_fits:
-            s = np.asarray(score(model, X), dtype=np.float64)
-            order = np.argsort(s, kind="stable")
-            new_keep = np.zeros(n, dtype=bool)
-            new_keep[order[:n - n_drop]] = True
-            changed = int(np.sum(new_keep != keep))
-            keep = new_keep
-            log.debug("trimmed refit %d: dropped %d of %d pixels (%d changed)", it + 1, n_drop,
-                      n, changed)
-            if changed == 0:  # converged: the next fit would repeat this one
-                break
+    n_trims = robust_iter if n_drop > 0 else 0
+    worst = np.full(n, -np.inf)
+    for it in range(n_trims):
+        model = fit(keep, False)
+        emit(progress, stage, it + 1, n_trims + 1, n_pixels=int(keep.sum()))
+        worst = np.maximum(worst, np.asarray(score(model), dtype=np.float64))
+        order = np.argsort(worst, kind="stable")
+        new_keep = np.zeros(n, dtype=bool)
+        new_keep[order[:n - n_drop]] = True
+        changed = int(np.sum(new_keep != keep))
+        keep = new_keep
+        log.debug("trim %d: dropped %d of %d pixels (%d changed)", it + 1, n_drop, n, changed)
+        if changed == 0:  # converged: another fit would repeat the last one
+            break
+    model = fit(keep, True)
+    emit(progress, stage, n_trims + 1, n_trims + 1, n_pixels=int(keep.sum()))
     return model, keep
 
 
-def robust_z2(z: np.ndarray, floor: float | np.ndarray) -> np.ndarray:
-    """Squared robust z-scores summed over columns: ``sum_j ((z_j - med_j) / s_j)^2``.
+def _robust_z(v: np.ndarray, floor: float | np.ndarray = 0.0) -> np.ndarray:
+    """``(v - median) / (1.4826 MAD)`` per column (scale at least ``floor``, and > 0)."""
+    med = np.median(v, axis=0)
+    d = v - med
+    s = np.maximum(1.4826 * np.median(np.abs(d), axis=0), floor)
+    return d / np.maximum(s, 1e-300)
 
-    ``s_j`` is 1.4826 x the median absolute deviation of column ``j`` (the standard
-    deviation for Gaussian data), at least ``sqrt(floor)``. Used to rank pixels for
-    trimming: a rare anomaly class that pulled a principal direction towards
-    itself inflates that direction's variance but hardly its MAD, so it still
-    stands out (the idea of ROBPCA's outlyingness).
+
+def outlyingness(coords: np.ndarray, total: np.ndarray, coord_floor: float) -> np.ndarray:
+    """Robust outlyingness of each row, used to choose the rows to trim.
+
+    ``max(max_j |z_j|, z_total)``, where ``z_j`` is coordinate ``j`` robustly
+    standardised (median, 1.4826 x MAD, scale at least ``coord_floor``) and
+    ``z_total`` the same for ``total`` (the residual or Mahalanobis term), as in
+    Stahel-Donoho / ROBPCA outlyingness. Robust scales matter: a rare anomaly class
+    that pulled a principal direction towards itself inflates that direction's
+    variance, which hides it from a plain likelihood, but hardly its MAD. The
+    maximum (not a sum) matters in many dimensions: a large deviation along one
+    direction is not drowned by the chi-square noise of the other channels.
+
+    Parameters
+    ----------
+    coords : ndarray of shape (n, k)
+        Coordinates in the model's principal (or whitened) directions.
+    total : ndarray of shape (n,)
+        A summary the coordinates miss (residual norm, Mahalanobis distance).
+    coord_floor : float
+        Smallest scale for the coordinates (e.g. the noise standard deviation).
+
+    Returns
+    -------
+    ndarray of shape (n,)
+    """
+    z = np.abs(_robust_z(np.asarray(coords, np.float64), coord_floor))
+    zt = _robust_z(np.asarray(total, np.float64)[:, None])[:, 0]
+    return np.maximum(z.max(axis=1) if z.shape[1] else -np.inf, zt)
+
+
+def tail_scale(z: np.ndarray, quantile: float = 0.9) -> np.ndarray:
+    """Robust standard deviation per column from the ``quantile`` of absolute deviations.
+
+    ``Q_quantile(|z - median|) / Phi^-1((1 + quantile) / 2)`` (the standard deviation
+    for Gaussian data). With ``quantile=0.9`` it ignores up to ~10 % of outlying
+    values along a direction, yet a phase occupying more of the pixels still counts.
 
     Parameters
     ----------
     z : ndarray of shape (n, k)
-    floor : float or ndarray of shape (k,)
-        Smallest variance allowed per column.
+
+    Returns
+    -------
+    ndarray of shape (k,)
     """
+    from scipy.stats import norm
+
     z = np.asarray(z, np.float64)
-    med = np.median(z, axis=0)
-    d = z - med
-    s2 = np.maximum((1.4826 * np.median(np.abs(d), axis=0)) ** 2, floor)
-    return np.sum(d * d / s2, axis=1)
+    dev = np.abs(z - np.median(z, axis=0))
+    return np.quantile(dev, quantile, axis=0) / float(norm.ppf(0.5 + 0.5 * quantile))
 
 
 # ----------------------------------------------------------------------------- parameter checks

@@ -180,11 +180,15 @@ def test_folder_with_several_runs_needs_a_stem(runs, pair, tmp_path):
 
 
 def test_map_tools_scale_to_a_192_by_192_image():
-    # 36,864 codes, d = 12: every per-pixel map tool runs without an n x n matrix; the
-    # timing is printed (see scripts/bench_latent.py) and only bounded loosely (shared CPU)
+    # 36,864 codes, d = 8, lying near a 3-D set as real latents do (a few physical factors
+    # plus noise): every per-pixel map tool runs without an n x n matrix. Timings of the
+    # worst case (isotropic random codes, d = 8 and 16) are in scripts/bench_latent.py; here
+    # the bound is loose because the CPU is shared.
     rng = np.random.default_rng(1)
-    z = rng.normal(size=(192, 192, 12)).astype(np.float32)
-    zb = z @ np.linalg.qr(rng.normal(size=(12, 12)))[0] + 0.1 * rng.normal(size=z.shape)
+    factors = rng.normal(size=(192 * 192, 3))
+    z = np.tanh(factors @ rng.normal(size=(3, 8))) + 0.001 * rng.normal(size=(192 * 192, 8))
+    z = z.reshape(192, 192, 8).astype(np.float32)
+    zb = z @ np.linalg.qr(rng.normal(size=(8, 8)))[0] + 0.001 * rng.normal(size=z.shape)
     t0 = time.perf_counter()
     maps = {
         "mutual_knn_map": latent.mutual_knn_map(z, zb, k=10),
@@ -197,4 +201,6 @@ def test_map_tools_scale_to_a_192_by_192_image():
     for name, m in maps.items():
         assert m.shape == (192, 192), name
         assert np.isfinite(m).all(), name
-    assert elapsed < 120, f"map tools took {elapsed:.1f} s on 36,864 codes"
+    # the codes' 3-D structure is visible (noise 0.001 is below the neighbour spacing)
+    assert 2.5 < np.median(maps["local_dimension_map"]) < 4.0
+    assert elapsed < 60, f"map tools took {elapsed:.1f} s on 36,864 codes"

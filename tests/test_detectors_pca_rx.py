@@ -223,6 +223,59 @@ def test_fixed_shrinkage():
     assert det.shrinkage_ == 0.5
 
 
+# ----------------------------------------------------------------------------- robust helpers
+def test_gram_subset_covariance_matches_direct():
+    from eelsanom.detectors._gaussian import Gram, numpy_gram
+
+    rng = np.random.default_rng(0)
+    X = (100.0 + rng.normal(size=(300, 7)) @ rng.normal(size=(7, 7))).astype(np.float32)
+    gram = Gram(X, numpy_gram)
+    keep = rng.random(300) > 0.2
+    G_out, s_out = gram.sums(np.flatnonzero(~keep))
+    mean, cov = gram.moments(gram.G - G_out, gram.s - s_out, int(keep.sum()))
+    Xk = X[keep].astype(np.float64)
+    np.testing.assert_allclose(mean, Xk.mean(0), rtol=1e-10)
+    np.testing.assert_allclose(cov, np.cov(Xk.T, bias=True), rtol=1e-8, atol=1e-10)
+
+
+def test_outlyingness_sees_a_rare_direction_the_sum_misses():
+    from eelsanom.detectors._gaussian import outlyingness
+
+    rng = np.random.default_rng(1)
+    coords = rng.normal(size=(2000, 3))
+    coords[:40, 1] += 8.0  # 2 % rare class along one direction
+    total = rng.chisquare(1000, 2000)  # residual noise of many channels
+    o = outlyingness(coords, total, 0.5)
+    assert np.all(np.argsort(o)[-40:] < 40)
+    s = (coords ** 2).sum(1) / coords.var(0).sum() * 3 + total  # a plain likelihood-like sum
+    assert np.sum(np.argsort(s)[-100:] < 40) < 40
+
+
+def test_trimming_remembers_outlying_rows():
+    from eelsanom.detectors._gaussian import trimmed_fit
+
+    # a score that alternates between two views of which rows are outlying: without
+    # memory the kept set would cycle; with it, rows 0-9 are dropped for good
+    calls = []
+
+    def fit(keep, final):
+        calls.append((keep.copy(), final))
+        return len(calls)
+
+    def score(model):
+        s = np.zeros(100)
+        s[:10 if model % 2 else 5] = 10.0
+        return s
+
+    _, keep = trimmed_fit(100, fit, score, robust=True, robust_fraction=0.1, robust_iter=5,
+                          min_keep=3, progress=None)
+    assert not keep[:10].any() and keep[10:].all()
+    assert calls[-1][1] is True and not any(f for _, f in calls[:-1])
+    _, keep = trimmed_fit(100, fit, score, robust=False, robust_fraction=0.1, robust_iter=5,
+                          min_keep=3, progress=None)
+    assert keep.all()
+
+
 # ----------------------------------------------------------------------------- persistence
 @pytest.mark.parametrize("method,params", [("pca", {}), ("pca", {"n_components": 2,
                                            "score_kind": "reconstruction"}), ("rx", {}),

@@ -137,12 +137,17 @@ class PCADetector(BaseDetector):
         (:func:`~._gaussian.outlyingness`) is the largest robust z-score (median,
         MAD) over the principal coordinates and the residual norm: a rare anomaly
         class that captured a component of its own inflates that component's
-        variance, which hides it from the plain NLL, but hardly its MAD. Finally
+        variance, which hides it from the plain NLL, but hardly its MAD. A pixel's
+        outlyingness is the largest it had under any fit so far (otherwise the loop
+        can cycle between a fit that contains an anomaly class, which singles it
+        out, and a clean one, which does not), and the intermediate fits are those
+        of the ``q``-selection split (one eigendecomposition each). Finally
         each ``lambda_i`` is replaced by a robust variance of the kept pixels'
         coordinates (90 %-quantile scale, clipped to ``[sigma^2, lambda_i]``), so
         that anomalies left in the kept set do not widen the model along their
-        direction. With a mask the masked pixels are used as given: no trimming,
-        classical estimates.
+        direction (so the robust model is PPCA-shaped but not exactly the PPCA
+        maximum-likelihood fit). With a mask the masked pixels are used as given:
+        no trimming, classical estimates.
 
     Latent, reconstruction
         ``latent`` is the posterior mean ``E[z | x] = M^-1 W^T (x - mu)``,

@@ -1,0 +1,174 @@
+"""``eelsanom gui [FILE]``: napari with every eelsanom panel docked and the data loaded.
+
+Everything here that needs Qt or napari is imported inside :func:`launch`, after
+checking that a display exists: on a headless machine Qt would otherwise abort
+the whole process ("could not connect to display") instead of saying why.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from eelsanom.errors import InputError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["display_problem", "launch"]
+
+_NO_DISPLAY_FIX = ("Run it on a machine with a screen, over `ssh -X`, or under a virtual X server "
+                   "(`xvfb-run -a eelsanom gui`); for headless work use `eelsanom detect`.")
+
+
+def _x_server_reachable(display: str) -> bool:
+    """Cheap probe of an X11 ``DISPLAY`` (``:N``, ``host:N``, ``unix:N``): socket or TCP port."""
+    try:
+        host, _, rest = display.rpartition(":")
+        num = int(rest.split(".")[0])
+    except ValueError:
+        return True  # unusual syntax: let Qt decide
+    if host in ("", "unix"):
+        path = f"/tmp/.X11-unix/X{num}"
+        return Path(path).exists() or _unix_open("\0" + path)
+    if host.startswith("/"):  # launchd-style path (macOS XQuartz)
+        return Path(f"{host}:{rest}").exists() or Path(host).exists()
+    return _tcp_open(host, 6000 + num)
+
+
+def _unix_open(address: str) -> bool:
+    if not hasattr(socket, "AF_UNIX"):
+        return False
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(1.0)
+            s.connect(address)
+            return True
+    except OSError:
+        return False
+
+
+def _tcp_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def display_problem(env: dict[str, str] | None = None, platform: str | None = None) -> str | None:
+    """Why napari cannot open a window here, or None when a display looks usable.
+
+    On Linux (and other X11 systems) a window needs ``DISPLAY`` (reachable) or
+    ``WAYLAND_DISPLAY``; ``QT_QPA_PLATFORM=offscreen`` cannot show napari either.
+    """
+    env = dict(os.environ if env is None else env)
+    platform = sys.platform if platform is None else platform
+    qpa = env.get("QT_QPA_PLATFORM", "").split(":")[0].strip().lower()
+    if qpa in ("offscreen", "minimal"):
+        return (f"eelsanom gui: QT_QPA_PLATFORM={qpa} has no screen to show napari on; unset it "
+                f"(or use QT_QPA_PLATFORM=xcb with an X server). {_NO_DISPLAY_FIX}")
+    if platform.startswith(("win", "darwin")):
+        return None
+    if env.get("WAYLAND_DISPLAY"):
+        return None
+    disp = env.get("DISPLAY", "").strip()
+    if not disp:
+        return f"eelsanom gui: no display (DISPLAY is not set), napari needs one. {_NO_DISPLAY_FIX}"
+    if not _x_server_reachable(disp):
+        return (f"eelsanom gui: no X server answers on DISPLAY={disp}, napari needs one. "
+                f"{_NO_DISPLAY_FIX}")
+    return None
+
+
+def launch(path: str | os.PathLike | None = None, *, block: bool = True,
+           show: bool = True) -> Any:
+    """Open napari with the eelsanom panels docked and ``path`` (or the sample) loaded.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        An EELS spectrum image (.dm3/.dm4/.hspy/.zspy/.emd/...). Default: the bundled
+        simulated sample with its ground truth and bulk region.
+    block : bool
+        Run the Qt event loop until the window is closed (the command line); False returns
+        at once (tests, notebooks).
+    show : bool
+        Show the window.
+
+    Returns
+    -------
+    napari.Viewer
+
+    Raises
+    ------
+    InputError
+        No display, napari/Qt not installed, or a file eelsanom cannot use (the message says
+        why); raised before any window opens.
+    """
+    problem = display_problem()
+    if problem:
+        raise InputError(problem)
+    try:
+        import napari  # noqa: PLC0415
+        from napari.layers import Layer  # noqa: PLC0415
+        from napari.qt import get_qapp  # noqa: PLC0415, F401 - fails without a Qt binding
+    except ImportError as exc:
+        raise InputError(f"eelsanom gui needs napari and a Qt binding: pip install "
+                         f"'eelsanom[napari]' (import failed: {exc}).") from exc
+    from ._layers import spectrum_image_layers  # noqa: PLC0415
+    from ._sample_data import SAMPLE_NAME, sample_spectrum_image  # noqa: PLC0415
+    from ._widgets import dock_all  # noqa: PLC0415
+
+    if path is not None:
+        from eelsanom.io import load_spectrum_image  # noqa: PLC0415
+
+        si = load_spectrum_image(path)
+        name = Path(path).stem
+    else:
+        si = sample_spectrum_image()
+        name = SAMPLE_NAME
+    viewer = napari.Viewer(title=f"eelsanom: {name}", show=show)
+    panels = dock_all(viewer)
+    for data, meta, kind in spectrum_image_layers(si, name=name):
+        viewer.add_layer(Layer.create(data, meta, kind))
+    _show_strongest_channel(viewer, si)
+    _fit_window(viewer)
+    _PANELS[id(viewer)] = panels
+    if block:
+        napari.run()
+    return viewer
+
+
+#: The panels docked by :func:`launch`, by ``id(viewer)`` (tests reach them here).
+_PANELS: dict[int, dict[str, Any]] = {}
+
+
+def panels_of(viewer: Any) -> dict[str, Any]:
+    """The panels :func:`launch` docked in ``viewer``."""
+    return _PANELS.get(id(viewer), {})
+
+
+def _show_strongest_channel(viewer: Any, si: Any) -> None:
+    """Put the energy slider on the channel with the highest mean intensity (the edge)."""
+    import numpy as np  # noqa: PLC0415
+
+    try:
+        mean = np.asarray(si.data[:: max(1, si.nav_shape[0] // 16),
+                                  :: max(1, si.nav_shape[1] // 16)], float).mean(axis=(0, 1))
+        viewer.dims.set_point(0, float(si.energy.values[int(np.argmax(mean))]))
+    except Exception as exc:  # noqa: BLE001 - cosmetic only
+        log.debug("could not set the energy slider: %s", exc)
+
+
+def _fit_window(viewer: Any, width: int = 1600, height: int = 1000) -> None:
+    """Give the docked panels room: up to ``width`` x ``height``, within the screen."""
+    try:
+        win = viewer.window._qt_window
+        geo = win.screen().availableGeometry()
+        win.resize(min(width, geo.width()), min(height, geo.height()))
+    except Exception as exc:  # noqa: BLE001 - cosmetic only
+        log.debug("could not resize the window: %s", exc)

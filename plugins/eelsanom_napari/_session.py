@@ -1,0 +1,267 @@
+"""Per-viewer state shared by the dock widgets (Qt-free).
+
+The five dock widgets are independent napari contributions; they meet in one
+:class:`Session` per viewer (:func:`get_session`), which holds the chosen
+spectrum-image layer, the bulk-region layer, the fitted detector and the
+current result, turns results into layers (NLL map and anomaly mask, on the
+data's spatial calibration) and re-thresholds live. It announces changes with
+psygnal signals; widgets only translate user actions into calls on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from psygnal import Signal
+
+from eelsanom.errors import InputError
+
+from ._layers import (
+    KEY,
+    is_cube_layer,
+    label_layer_kwargs,
+    layer_spectrum_image,
+    nav_scale_translate,
+    region_mask,
+    robust_limits,
+    role_of,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Session", "get_session", "threshold_spec"]
+
+NLL_NAME = "NLL map"
+MASK_NAME = "anomaly mask"
+
+_SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _none() -> None:
+    return None
+
+
+def _ref(obj: Any) -> Callable[[], Any]:
+    return _none if obj is None else weakref.ref(obj)
+
+
+def get_session(viewer: Any) -> Session:
+    """The :class:`Session` of ``viewer`` (made on first use, dropped with the viewer)."""
+    s = _SESSIONS.get(viewer)
+    if s is None:
+        s = Session(viewer)
+        _SESSIONS[viewer] = s
+    return s
+
+
+def threshold_spec(method: str, *, percent: float = 2.0, value: float | None = None) -> Any:
+    """A :func:`eelsanom.scoring.compute_threshold` spec from the Results panel's choice.
+
+    ``method`` is ``"default"`` (None: the detector's own rule, as trained), ``"otsu"``,
+    ``"gmm"``, ``"robust"``, ``"percent"`` (flag the top ``percent`` % of pixels) or
+    ``"manual"`` (NLL above ``value``).
+    """
+    m = str(method).lower()
+    if m in ("default", "none", "detector"):
+        return None
+    if m in ("otsu", "gmm", "robust"):
+        return m
+    if m in ("percent", "percentile"):
+        return float(percent)
+    if m in ("manual", "value"):
+        if value is None or not np.isfinite(value):
+            raise InputError(f"manual threshold: expected a finite NLL value, found {value!r}.")
+        return f"value:{float(value)!r}"
+    raise InputError(f"threshold method: expected default, otsu, gmm, robust, percent or manual, "
+                     f"found {method!r}.")
+
+
+class Session:
+    """What the eelsanom widgets of one viewer share.
+
+    Attributes
+    ----------
+    cube_layer : napari Image layer or None
+        The spectrum image chosen in the Bulk-region panel (None: the newest one).
+    region_layer : napari Shapes or Labels layer or None
+        The bulk region; None means all pixels, trained robustly.
+    detector : BaseDetector or None
+        The fitted (or loaded) detector.
+    raw_result : AnomalyResult or None
+        The last scoring result as the detector returned it.
+    result : AnomalyResult or None
+        ``raw_result`` thresholded by :attr:`threshold`: what the layers, the
+        inspector and the export show.
+    threshold : str or float or None
+        The current threshold spec (see :func:`threshold_spec`); None keeps the rule the
+        detector was trained with.
+    """
+
+    cube_changed = Signal()
+    region_changed = Signal()
+    detector_changed = Signal(object)
+    result_changed = Signal(object)
+    threshold_changed = Signal(object)
+
+    def __init__(self, viewer: Any) -> None:
+        self._viewer_ref = weakref.ref(viewer)
+        # layers are held weakly: a strong reference from this module-level registry would
+        # keep the closed viewer (and its Qt window) alive through the layers' callbacks
+        self._cube_ref: Callable[[], Any] = _none
+        self._region_ref: Callable[[], Any] = _none
+        self._result_cube_ref: Callable[[], Any] = _none
+        self.detector: Any = None
+        self.raw_result: Any = None
+        self.result: Any = None
+        self.threshold: Any = None
+
+    @property
+    def cube_layer(self) -> Any:
+        return self._cube_ref()
+
+    @property
+    def region_layer(self) -> Any:
+        return self._region_ref()
+
+    @property
+    def result_cube(self) -> Any:
+        """The cube layer the current result was computed on."""
+        return self._result_cube_ref()
+
+    # ------------------------------------------------------------------ layers
+    @property
+    def viewer(self) -> Any:
+        v = self._viewer_ref()
+        if v is None:
+            raise RuntimeError("the viewer of this eelsanom session was closed")
+        return v
+
+    def _alive(self, layer: Any) -> bool:
+        return layer is not None and layer in list(self.viewer.layers)
+
+    def cube(self) -> Any:
+        """The spectrum-image layer to work on: the chosen one, else the newest cube layer."""
+        if self._alive(self.cube_layer):
+            return self.cube_layer
+        cands = [ly for ly in self.viewer.layers if is_cube_layer(ly)]
+        ours = [ly for ly in cands if role_of(ly) == "cube"]
+        pick = (ours or cands or [None])[-1]
+        return pick
+
+    def set_cube(self, layer: Any) -> None:
+        if layer is not self.cube_layer:
+            self._cube_ref = _ref(layer)
+            self.cube_changed.emit()
+
+    def set_region(self, layer: Any) -> None:
+        if layer is not self.region_layer:
+            self._region_ref = _ref(layer)
+            self.region_changed.emit()
+
+    def spectrum_image(self) -> Any:
+        """The :class:`~eelsanom.spectrum.SpectrumImage` of :meth:`cube`.
+
+        Raises
+        ------
+        InputError
+            No spectrum image is open.
+        """
+        layer = self.cube()
+        if layer is None:
+            raise InputError("no spectrum image is open: expected a 3-D image layer (energy axis "
+                             "first). Open an EELS file (File > Open) or the sample (File > Open "
+                             "Sample > eelsanom).")
+        return layer_spectrum_image(layer)
+
+    def bulk_mask(self) -> tuple[np.ndarray | None, str]:
+        """The training mask ``(ny, nx)`` of the region layer (None: all pixels) and a note."""
+        region = self.region_layer if self._alive(self.region_layer) else None
+        return region_mask(region, self.spectrum_image())
+
+    # ------------------------------------------------------------------ model and results
+    def set_detector(self, detector: Any) -> None:
+        self.detector = detector
+        self.detector_changed.emit(detector)
+
+    def set_result(self, result: Any, cube_layer: Any = None) -> Any:
+        """Show a new scoring result: NLL image layer, mask labels layer, current threshold."""
+        self.raw_result = result
+        self._result_cube_ref = _ref(cube_layer if cube_layer is not None else self.cube())
+        self.result = self._thresholded(result)
+        self._show_nll(self.result)
+        self._show_mask(self.result)
+        self.result_changed.emit(self.result)
+        self.threshold_changed.emit(self.result)
+        return self.result
+
+    def _thresholded(self, result: Any) -> Any:
+        if self.threshold is None:
+            return result
+        try:
+            return result.with_threshold(self.threshold)
+        except InputError as exc:  # not applicable to this map: keep the detector's rule
+            log.info("threshold %r not applicable (%s); using the detector's", self.threshold,
+                     exc)
+            self.threshold = None
+            return result
+
+    def set_threshold(self, spec: Any) -> Any:
+        """Re-threshold the current result with ``spec`` (None: the detector's own rule);
+        update the mask layer (live)."""
+        from eelsanom.scoring import parse_threshold  # noqa: PLC0415
+
+        if spec is not None:
+            parse_threshold(spec)  # refuse a bad spec before changing anything
+        self.threshold = spec
+        if self.raw_result is None:
+            return None
+        self.result = self._thresholded(self.raw_result)
+        self._show_mask(self.result)
+        self.threshold_changed.emit(self.result)
+        return self.result
+
+    def layer_by_role(self, role: str) -> Any:
+        for ly in self.viewer.layers:
+            if role_of(ly) == role:
+                return ly
+        return None
+
+    def _keep_selection(self, add: Any) -> Any:
+        """Add a layer without stealing the active layer (e.g. the bulk shapes being drawn)."""
+        sel = self.viewer.layers.selection
+        active = sel.active
+        layer = add()
+        if active is not None and active in list(self.viewer.layers):
+            sel.active = active
+        return layer
+
+    def _show_nll(self, res: Any) -> None:
+        data = np.asarray(res.nll, dtype=np.float32)
+        scale, translate = nav_scale_translate(res.y, res.x)
+        limits = robust_limits(data, 1.0, 99.5)
+        layer = self.layer_by_role("nll")
+        if layer is None:
+            self._keep_selection(lambda: self.viewer.add_image(
+                data, name=NLL_NAME, scale=scale, translate=translate, colormap="magma",
+                contrast_limits=limits, metadata={KEY: {"role": "nll"}}))
+            return
+        layer.data = data
+        layer.scale, layer.translate = scale, translate
+        layer.contrast_limits_range = (float(np.nanmin(data)), float(np.nanmax(data)))
+        layer.contrast_limits = limits
+
+    def _show_mask(self, res: Any) -> None:
+        data = np.asarray(res.mask, dtype=np.uint8)
+        layer = self.layer_by_role("mask")
+        if layer is None:
+            kw = label_layer_kwargs(MASK_NAME, res, "cyan", role="mask", opacity=0.9)
+            layer = self._keep_selection(lambda: self.viewer.add_labels(data, **kw))
+            layer.contour = 1
+            return
+        scale, translate = nav_scale_translate(res.y, res.x)
+        layer.data = data
+        layer.scale, layer.translate = scale, translate

@@ -1,0 +1,1082 @@
+"""The eelsanom dock widgets (magicgui containers; the only Qt code of the plugin with _plot).
+
+Five thin panels over the library, sharing one :class:`~._session.Session` per viewer:
+
+1. :class:`BulkRegionWidget` - the spectrum image and the bulk (training) region;
+2. :class:`DetectorWidget` - method, hyperparameters, device; Train / Apply / Cancel in a
+   worker thread with a napari progress bar; load / save a model file;
+3. :class:`ResultsWidget` - threshold method (Otsu, GMM, top %, manual slider) applied live,
+   NLL histogram with the threshold line;
+4. :class:`SpectrumInspectorWidget` - click a pixel (or Shift+arrow keys) to plot its
+   spectrum, the model's mean with its ±sigma band, the residual and the energy window that
+   contributes most to its NLL;
+5. :class:`ExportWidget` - NLL map and mask (HyperSpy, TIFF, PNG) and the model file.
+
+Child widgets are private attributes (``self._method``, ``self._train_btn``...) and every
+button has a handler method (``_on_train``...), so tests drive the panels by setting values
+and calling handlers. Heavy imports (torch, the detectors) happen inside the worker
+functions, never in the GUI thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSlider,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    PushButton,
+    SpinBox,
+)
+from qtpy.QtCore import QEvent, QObject, QTimer
+from qtpy.QtCore import Signal as QtSignal
+
+from eelsanom.errors import Cancelled, InputError
+
+from . import _notify
+from ._layers import (
+    KEY,
+    is_cube_layer,
+    nav_scale_translate,
+    pixel_to_world,
+    role_of,
+    world_to_pixel,
+)
+from ._plot import HistogramCanvas, SpectrumCanvas
+from ._session import Session, get_session, threshold_spec
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BulkRegionWidget", "DetectorWidget", "ResultsWidget", "SpectrumInspectorWidget",
+           "ExportWidget", "dock_all"]
+
+ALL_PIXELS = "(none: all pixels, robust)"
+METHODS = [("3D-CVAE", "cvae"), ("PCA", "pca"), ("RX", "rx")]
+METHOD_NAMES = {v: k for k, v in METHODS}
+
+
+class _Panel(Container):
+    """Base of the panels: the viewer, its session, and layer-list change notifications."""
+
+    def __init__(self, viewer: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._viewer = viewer
+        self._session: Session = get_session(viewer)
+        self._closed = False
+        self.native.destroyed.connect(self._mark_closed_factory())
+        self._watcher: Any = None
+        try:
+            window = viewer.window._qt_window
+        except AttributeError:  # a viewer without a Qt window
+            window = None
+        if window is not None:
+            self._watcher = _CloseWatcher(window, self._mark_closed_factory())
+        ev = viewer.layers.events
+        for name in ("inserted", "removed", "moved", "reordered"):
+            emitter = getattr(ev, name, None)
+            if emitter is not None:
+                emitter.connect(self._on_layers_changed)
+
+    def _mark_closed_factory(self) -> Callable[..., None]:
+        ref = weakref.ref(self)
+
+        def mark(*_: Any) -> None:
+            w = ref()
+            if w is not None:
+                w._on_window_closed()
+        return mark
+
+    def _on_window_closed(self) -> None:
+        """The viewer (or this panel) is going away: stop touching Qt widgets."""
+        self._closed = True
+
+    def _on_layers_changed(self, event: Any = None) -> None:
+        if self._closed:
+            return
+        try:
+            self.reset_choices()
+        except RuntimeError:  # Qt side already deleted
+            self._closed = True
+
+    def _layer_choices(self, keep: Callable[[Any], bool]) -> list[tuple[str, Any]]:
+        return [(ly.name, ly) for ly in self._viewer.layers if keep(ly)]
+
+    def _add_qt(self, qwidget: Any) -> None:
+        self.native.layout().addWidget(qwidget)
+
+
+# ============================================================================ 1. bulk region
+class BulkRegionWidget(_Panel):
+    """Choose the spectrum image and the bulk (defect-free) region the detector learns from.
+
+    The region is a shapes layer (rectangles, polygons, ellipses; lines are ignored) or a
+    labels layer (non-zero = bulk) on the image's pixel grid. None means "all pixels": the
+    detectors then train robustly, down-weighting their worst-explained pixels.
+    """
+
+    def __init__(self, viewer: Any) -> None:
+        super().__init__(viewer, labels=True)
+        self._cube = ComboBox(label="spectrum image", choices=self._cube_choices, nullable=True)
+        self._region = ComboBox(label="bulk region", choices=self._region_choices)
+        self._new_rect = PushButton(text="New rectangle layer")
+        self._new_labels = PushButton(text="New labels layer (paint)")
+        self._count = Label(label="covers", value="")
+        self.extend([self._cube, self._region, self._new_rect, self._new_labels, self._count])
+        self._watched: Any = None
+        self._cube.changed.connect(self._on_cube)
+        self._region.changed.connect(self._on_region)
+        self._new_rect.changed.connect(self._on_new_rectangle)
+        self._new_labels.changed.connect(self._on_new_labels)
+        self._session.cube_changed.connect(self._update_count)
+        self._auto_pick()
+        self._on_cube()
+        self._on_region()
+
+    # ------------------------------------------------------------------ choices
+    def _cube_choices(self, _w: Any = None) -> list[tuple[str, Any]]:
+        return self._layer_choices(is_cube_layer)
+
+    def _region_choices(self, _w: Any = None) -> list[tuple[str, Any]]:
+        layers = self._layer_choices(lambda ly: type(ly).__name__ in ("Shapes", "Labels")
+                                     and role_of(ly) not in ("mask", "truth"))
+        return [(ALL_PIXELS, ALL_PIXELS), *layers]
+
+    def _on_layers_changed(self, event: Any = None) -> None:
+        super()._on_layers_changed(event)
+        if self._closed:
+            return
+        inserted = event is not None and getattr(event, "type", "") == "inserted"
+        self._auto_pick(getattr(event, "value", None) if inserted else None)
+        self._on_cube()
+        self._on_region()
+
+    def _auto_pick(self, new: Any = None) -> None:
+        """Pick a newly added cube, and a bulk layer when none is chosen yet."""
+        if new is not None and is_cube_layer(new) and role_of(new) == "cube" and \
+                new in list(self._viewer.layers):
+            self._cube.value = new
+        if self._region.value == ALL_PIXELS:
+            for ly in reversed(list(self._viewer.layers)):
+                if (role_of(ly) == "bulk" or ly.name.lower().startswith("bulk")) and \
+                        type(ly).__name__ in ("Shapes", "Labels"):
+                    self._region.value = ly
+                    break
+
+    # ------------------------------------------------------------------ handlers
+    def _on_cube(self, *_: Any) -> None:
+        self._session.set_cube(self._cube.value)
+        self._update_count()
+
+    def _on_region(self, *_: Any) -> None:
+        layer = self._region.value
+        layer = None if layer == ALL_PIXELS else layer
+        self._watch(layer)
+        self._session.set_region(layer)
+        self._update_count()
+
+    def _watch(self, layer: Any) -> None:
+        """Recount whenever the region layer's shapes or painted pixels change."""
+        if self._watched is layer:
+            return
+        for old_layer in [self._watched] if self._watched is not None else []:
+            for name in ("data", "set_data", "paint", "labels_update"):
+                em = getattr(old_layer.events, name, None)
+                if em is not None:
+                    em.disconnect(self._update_count)
+        self._watched = layer
+        if layer is not None:
+            for name in ("data", "set_data", "paint", "labels_update"):
+                em = getattr(layer.events, name, None)
+                if em is not None:
+                    em.connect(self._update_count)
+
+    def _update_count(self, *_: Any) -> None:
+        if self._closed:
+            return
+        self._count.value = self.describe()
+
+    def describe(self) -> str:
+        """What the bulk region covers, e.g. ``'1216 of 4096 pixels (29.7 %)'``."""
+        try:
+            si = self._session.spectrum_image()
+        except InputError:
+            return "no spectrum image open"
+        n = si.nav_shape[0] * si.nav_shape[1]
+        try:
+            mask, note = self._session.bulk_mask()
+        except InputError as exc:
+            return str(exc)
+        if mask is None:
+            return f"none selected: all {n} pixels, trained robustly"
+        k = int(mask.sum())
+        text = f"{k} of {n} pixels ({100.0 * k / n:.1f} %)"
+        if k == 0:
+            text = "0 pixels: draw a rectangle or polygon on it (or choose none)"
+        return f"{text}; {note}" if note else text
+
+    def _on_new_rectangle(self, *_: Any) -> Any:
+        """Add a 2-D shapes layer on the image's grid, in rectangle mode, and select it."""
+        try:
+            si = self._session.spectrum_image()
+        except InputError as exc:
+            _notify.error(str(exc))
+            return None
+        scale, translate = nav_scale_translate(si.y, si.x)
+        layer = self._viewer.add_shapes(
+            ndim=2, name="bulk region", scale=scale, translate=translate,
+            edge_color="dodgerblue", face_color=[0.12, 0.56, 1.0, 0.2], edge_width=0.5,
+            metadata={KEY: {"role": "bulk"}})
+        layer.mode = "add_rectangle"
+        self._region.value = layer
+        return layer
+
+    def _on_new_labels(self, *_: Any) -> Any:
+        """Add a labels layer on the image's grid, in paint mode, and select it."""
+        from ._layers import label_layer_kwargs  # noqa: PLC0415
+
+        try:
+            si = self._session.spectrum_image()
+        except InputError as exc:
+            _notify.error(str(exc))
+            return None
+        kw = label_layer_kwargs("bulk region (painted)", si, "dodgerblue", role="bulk",
+                                opacity=0.5)
+        layer = self._viewer.add_labels(np.zeros(si.nav_shape, np.uint8), **kw)
+        layer.selected_label = 1
+        layer.brush_size = max(3, min(si.nav_shape) // 8)
+        layer.mode = "paint"
+        self._region.value = layer
+        return layer
+
+
+# ============================================================================ 2. detector
+class _Bridge(QObject):
+    """Carries progress events from the worker thread to the GUI thread (queued signal)."""
+
+    event = QtSignal(object)
+
+
+class _CloseWatcher(QObject):
+    """Calls ``on_close`` once when the viewer's main window closes (or is destroyed)."""
+
+    def __init__(self, window: Any, on_close: Callable[[], None]) -> None:
+        super().__init__(window)
+        self._window = window
+        self._on_close = on_close
+        window.installEventFilter(self)
+        window.destroyed.connect(lambda *_: on_close())
+
+    def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 - Qt API
+        if event.type() == QEvent.Type.Close:
+            QTimer.singleShot(0, self._check)
+        return False
+
+    def _check(self) -> None:
+        """After the close event: only a window that really went away counts (the user may
+        have answered "cancel" to napari's close dialog)."""
+        try:
+            gone = not self._window.isVisible()
+        except RuntimeError:
+            gone = True
+        if gone:
+            self._on_close()
+
+
+def _energy_window(text: str) -> tuple[float, float] | None:
+    """``'700:740'`` -> (700.0, 740.0); empty or ``'all'`` -> None (the whole axis)."""
+    t = str(text or "").strip()
+    if not t or t.lower() in ("all", "full"):
+        return None
+    try:
+        a, b = (float(v) for v in t.split(":"))
+    except ValueError as exc:
+        raise InputError(f"energy window: expected START:STOP in eV (e.g. 700:740) or empty for "
+                         f"the whole axis, found {text!r}.") from exc
+    if not a < b:
+        raise InputError(f"energy window: expected START < STOP, found {text!r}.")
+    return (a, b)
+
+
+_EXTRA = "__extra__"
+
+
+def _parse_extra(text: str) -> dict[str, Any]:
+    """``'batch_size=64, robust_fraction=0.1'`` -> dict (values as Python literals or strings)."""
+    import ast  # noqa: PLC0415
+
+    out: dict[str, Any] = {}
+    for part in (p.strip() for p in str(text or "").split(",")):
+        if not part:
+            continue
+        key, sep, val = part.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise InputError(f"other parameters: expected NAME=VALUE pairs separated by commas "
+                             f"(e.g. batch_size=64, robust_fraction=0.1), found {part!r}.")
+        val = val.strip()
+        try:
+            out[key] = ast.literal_eval(val)
+        except (ValueError, SyntaxError):
+            out[key] = val
+    return out
+
+
+def _log_warning(args: tuple) -> None:
+    """A warning raised in a worker thread (``warnings.showwarning`` arguments): log it."""
+    message, category = (args + (None, None))[:2]
+    log.warning("%s: %s", getattr(category, "__name__", "Warning"), message)
+
+
+class DetectorWidget(_Panel):
+    """Method, hyperparameters and device; Train, Apply, Cancel; load and save a model file.
+
+    Training and scoring run in a napari ``thread_worker`` with a progress bar in the
+    activity dock (epoch / loss for the 3D-CVAE); the viewer stays responsive, and
+    Cancel (here or in the activity dock) stops the work at the next step. Closing the
+    viewer cancels running work too.
+    """
+
+    def __init__(self, viewer: Any) -> None:
+        super().__init__(viewer, labels=True)
+        self._method = ComboBox(label="method", choices=METHODS, value="cvae")
+        self._device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
+        self._energy = LineEdit(label="energy window (eV)", value="")
+        self._energy.native.setPlaceholderText("all, or e.g. 700:740")
+        self._seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
+        # PCA
+        self._pca_components = SpinBox(label="components (0 = auto)", value=0, min=0, max=500)
+        # RX
+        self._rx_shrinkage = ComboBox(label="shrinkage", choices=["ledoit-wolf", "oas"])
+        # 3D-CVAE
+        self._cvae_epochs = SpinBox(label="epochs", value=60, min=1, max=100_000)
+        self._cvae_latent = SpinBox(label="latent size", value=8, min=1, max=256)
+        self._cvae_width = SpinBox(label="width (channels)", value=16, min=1, max=256)
+        self._cvae_patch = SpinBox(label="patch (px)", value=16, min=1, max=4096)
+        self._cvae_lr = LineEdit(label="learning rate", value="0.003")
+        self._cvae_beta = FloatSpinBox(label="KL weight (beta)", value=1.0, min=0.0, max=100.0,
+                                       step=0.1)
+        self._extra = LineEdit(label="other parameters", value="")
+        self._extra.native.setPlaceholderText("e.g. batch_size=64, robust_fraction=0.1")
+        self._auto_apply = CheckBox(text="score after training", value=True)
+        self._train_btn = PushButton(text="Train")
+        self._apply_btn = PushButton(text="Apply")
+        self._cancel_btn = PushButton(text="Cancel")
+        self._model_file = FileEdit(label="model file", mode="w", filter="*.h5")
+        self._load_btn = PushButton(text="Load model")
+        self._save_btn = PushButton(text="Save model")
+        self._status = Label(label="status", value="no model")
+        self._per_method = {
+            "pca": [self._pca_components],
+            "rx": [self._rx_shrinkage],
+            "cvae": [self._cvae_epochs, self._cvae_latent, self._cvae_width, self._cvae_patch,
+                     self._cvae_lr, self._cvae_beta],
+        }
+        run_row = Container(widgets=[self._train_btn, self._apply_btn, self._cancel_btn],
+                            layout="horizontal", labels=False)
+        model_row = Container(widgets=[self._load_btn, self._save_btn], layout="horizontal",
+                              labels=False)
+        self.extend([self._method, self._device, self._energy, self._seed,
+                     *[w for ws in self._per_method.values() for w in ws],
+                     self._extra, self._auto_apply, run_row, self._model_file, model_row, self._status])
+        self._jobs: set[threading.Event] = set()
+        self._cancel_event: threading.Event | None = None
+        self._worker: Any = None
+        self._pbar: Any = None
+        self._bridge: Any = None
+        self.n_progress_events = 0
+        self.last_event: Any = None
+        self._method.changed.connect(self._on_method)
+        self._train_btn.changed.connect(self._on_train)
+        self._apply_btn.changed.connect(self._on_apply)
+        self._cancel_btn.changed.connect(self._on_cancel)
+        self._load_btn.changed.connect(self._on_load)
+        self._save_btn.changed.connect(self._on_save)
+        self._on_method()
+        self._set_busy(False)
+
+    def _on_window_closed(self) -> None:
+        """Closing the viewer cancels running work (it stops at its next step)."""
+        for ev in list(self._jobs):
+            ev.set()
+        super()._on_window_closed()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def busy(self) -> bool:
+        """True while training, scoring or loading runs."""
+        return self._worker is not None
+
+    def _set_busy(self, busy: bool) -> None:
+        if self._closed:
+            return
+        try:
+            for b in (self._train_btn, self._apply_btn, self._load_btn, self._save_btn):
+                b.enabled = not busy
+            self._cancel_btn.enabled = busy
+        except RuntimeError:
+            self._closed = True
+
+    def _on_method(self, *_: Any) -> None:
+        m = self._method.value
+        for key, ws in self._per_method.items():
+            for w in ws:
+                w.visible = key == m
+        self._device.enabled = m in ("pca", "cvae")
+
+    def _set_status(self, text: str) -> None:
+        if self._closed:
+            return
+        try:
+            self._status.value = text
+        except RuntimeError:
+            self._closed = True
+
+    # ------------------------------------------------------------------ parameters
+    def detector_params(self) -> tuple[str, dict[str, Any]]:
+        """The chosen method and its keyword arguments (unknown ones are dropped later)."""
+        m = self._method.value
+        p: dict[str, Any] = {"energy_range": _energy_window(self._energy.value),
+                             "seed": int(self._seed.value), "device": self._device.value}
+        if m == "pca":
+            k = int(self._pca_components.value)
+            p["n_components"] = k or None
+        elif m == "rx":
+            p["shrinkage"] = self._rx_shrinkage.value
+        elif m == "cvae":
+            try:
+                lr = float(self._cvae_lr.value)
+            except ValueError as exc:
+                raise InputError(f"learning rate: expected a number such as 0.003, found "
+                                 f"{self._cvae_lr.value!r}.") from exc
+            p.update(epochs=int(self._cvae_epochs.value), latent_dim=int(self._cvae_latent.value),
+                     width=int(self._cvae_width.value), patch_size=int(self._cvae_patch.value),
+                     lr=lr, beta=float(self._cvae_beta.value))
+        p.update(_parse_extra(self._extra.value))
+        p[_EXTRA] = sorted(_parse_extra(self._extra.value))
+        return m, p
+
+    @staticmethod
+    def _make_detector(method: str, params: dict[str, Any]) -> Any:
+        """Build the detector (called in the worker thread: imports torch for PCA/CVAE)."""
+        from eelsanom.detectors import detector_class  # noqa: PLC0415
+
+        cls = detector_class(method)
+        names = set(cls._param_names())
+        params = dict(params)
+        unknown = [k for k in params.pop(_EXTRA, []) if k not in names]
+        if unknown:
+            raise InputError(f"other parameters: {METHOD_NAMES.get(method, method)} has no "
+                             f"parameter {', '.join(map(repr, unknown))}; expected some of "
+                             f"{', '.join(sorted(names))}.")
+        return cls(**{k: v for k, v in params.items() if k in names})
+
+    # ------------------------------------------------------------------ actions
+    def _on_train(self, *_: Any) -> None:
+        """Fit the chosen detector on the bulk region (worker thread), then score the image."""
+        if self.busy:
+            _notify.warning("eelsanom is already running; cancel it first.")
+            return
+        session = self._session
+        try:
+            cube = session.cube()
+            si = session.spectrum_image()
+            mask, _note = session.bulk_mask()
+            if mask is not None and not mask.any():
+                raise InputError(
+                    f"the bulk region {session.region_layer.name!r} covers 0 pixels of the "
+                    f"{si.nav_shape[0]} x {si.nav_shape[1]} image; expected a region inside the "
+                    "image. Draw a rectangle or polygon on it, or choose none to train on all "
+                    "pixels (robustly).")
+            method, params = self.detector_params()
+        except InputError as exc:
+            _notify.error(str(exc))
+            return
+        auto_apply = bool(self._auto_apply.value)
+        make = self._make_detector
+        name = METHOD_NAMES.get(method, method)
+        n_train = "all" if mask is None else int(mask.sum())
+        cube_ref = weakref.ref(cube)
+
+        # The closures handed to the worker hold no strong reference to this panel or to a
+        # layer: napari keeps finished workers in its task list, and a strong reference
+        # would keep the closed viewer alive.
+        def work(progress: Callable[[Any], bool]) -> tuple[Any, Any]:
+            det = make(method, params)
+            det.fit(si, mask, progress=progress)
+            res = det.score(si, progress=progress) if auto_apply else None
+            return det, res
+
+        def done(w: DetectorWidget, out: tuple[Any, Any]) -> None:
+            det, res = out
+            w._session.set_detector(det)
+            w._set_status(f"{name} fitted on {n_train} pixels in "
+                          f"{getattr(det, 'fit_seconds_', float('nan')):.1f} s")
+            if res is not None:
+                w._session.set_result(res, cube_ref())
+                _notify.info(f"{name}: {res.n_flagged} of {res.nll.size} pixels flagged "
+                             f"({res.threshold_method}).")
+
+        self._run(f"training {name}", work, done)
+
+    def _on_apply(self, *_: Any) -> None:
+        """Score the current spectrum image with the current detector (worker thread)."""
+        if self.busy:
+            _notify.warning("eelsanom is already running; cancel it first.")
+            return
+        det = self._session.detector
+        if det is None:
+            _notify.error("no model to apply: train one (Train) or load a model file first.")
+            return
+        try:
+            cube = self._session.cube()
+            si = self._session.spectrum_image()
+        except InputError as exc:
+            _notify.error(str(exc))
+            return
+        cube_ref, cube_name = weakref.ref(cube), str(getattr(cube, "name", "the image"))
+        name = METHOD_NAMES.get(det.method, det.method)
+
+        def work(progress: Callable[[Any], bool]) -> Any:
+            return det.score(si, progress=progress)
+
+        def done(w: DetectorWidget, res: Any) -> None:
+            w._session.set_result(res, cube_ref())
+            w._set_status(f"{name} applied to {cube_name}")
+
+        self._run("scoring", work, done)
+
+    def _on_cancel(self, *_: Any) -> None:
+        """Ask the running work to stop at its next step."""
+        if self._cancel_event is not None:
+            self._cancel_event.set()
+            self._set_status("cancelling...")
+
+    def _on_load(self, *_: Any) -> None:
+        """Load the model file (worker thread) and check it against the open image."""
+        if self.busy:
+            _notify.warning("eelsanom is already running; cancel it first.")
+            return
+        path = Path(str(self._model_file.value or ""))
+        if not str(self._model_file.value or "").strip() or not path.is_file():
+            _notify.error(f"model file {str(path)!r} not found; expected a .h5 file written by "
+                          "eelsanom (Save model, `eelsanom train`).")
+            return
+
+        def work(progress: Callable[[Any], bool]) -> Any:
+            from eelsanom.detectors import load_detector  # noqa: PLC0415
+
+            return load_detector(path)
+
+        def done(w: DetectorWidget, det: Any) -> None:
+            w._session.set_detector(det)
+            if det.method in METHOD_NAMES:
+                w._method.value = det.method
+            w._set_status(f"loaded {METHOD_NAMES.get(det.method, det.method)} model "
+                          f"{path.name} ({det.energy_axis_.describe()})")
+            w._check_axis(det)
+
+        self._run("loading model", work, done)
+
+    def _check_axis(self, det: Any) -> None:
+        from eelsanom.errors import EnergyAxisMismatch  # noqa: PLC0415
+
+        try:
+            det.window(self._session.spectrum_image())
+        except EnergyAxisMismatch as exc:
+            _notify.warning(f"{exc} Apply will refuse this image.")
+        except InputError:
+            pass
+
+    def _on_save(self, *_: Any) -> None:
+        """Write the current detector to the model file."""
+        det = self._session.detector
+        if det is None:
+            _notify.error("no model to save: train one first.")
+            return
+        text = str(self._model_file.value or "").strip()
+        if not text or text == ".":
+            _notify.error("choose a model file name first (e.g. model.h5).")
+            return
+        try:
+            p = det.save(Path(text))
+        except (InputError, OSError) as exc:
+            _notify.error(f"could not save the model: {exc}")
+            return
+        self._set_status(f"model saved to {p}")
+        _notify.info(f"model saved to {p}")
+
+    # ------------------------------------------------------------------ worker plumbing
+    def _run(self, what: str, fn: Callable[[Callable[[Any], bool]], Any],
+             on_done: Callable[[Any, Any], None]) -> Any:
+        """Run ``fn(progress_callback)`` in a napari thread worker with a progress bar.
+
+        ``on_done(panel, value)`` runs in the GUI thread with the return value, unless the
+        viewer was closed meanwhile. Errors become notifications; ``Cancelled`` an info.
+        """
+        from napari.utils import cancelable_progress  # noqa: PLC0415
+
+        # superqt's worker is the thread_worker napari wraps, without napari's extras: its
+        # generic traceback notifications (ours say what went wrong) and its registration
+        # with the "current viewer" task list, which can be another viewer than ours (its
+        # close would quit our worker) and keeps finished workers alive
+        from superqt.utils import create_worker  # noqa: PLC0415
+
+        cancel = threading.Event()
+        self._jobs.add(cancel)
+        self._cancel_event = cancel
+        state = {"done": False}
+        bridge = _Bridge()
+        ref = weakref.ref(self)
+
+        def on_progress(ev: Any) -> None:
+            w = ref()
+            if w is not None and not state["done"] and not w._closed:
+                w._on_progress(ev)
+
+        bridge.event.connect(on_progress)
+        self._bridge = bridge
+        pbar = cancelable_progress(total=0, desc=f"eelsanom: {what}", cancel_callback=cancel.set)
+        self._pbar = pbar
+        self.n_progress_events = 0
+
+        def callback(ev: Any) -> bool:
+            bridge.event.emit(ev)
+            return not cancel.is_set()
+
+        worker = create_worker(fn, callback, _start_thread=False, _ignore_errors=True)
+        worker.warned.connect(_log_warning)  # warnings from the worker thread go to the log
+
+        def returned(value: Any) -> None:
+            state["done"] = True  # progress events still queued are stale now
+            w = ref()
+            if w is None or w._closed:
+                return
+            try:
+                on_done(w, value)
+            except InputError as exc:
+                _notify.error(str(exc))
+            except RuntimeError as exc:  # Qt objects deleted while closing
+                log.debug("ignored after close: %s", exc)
+
+        def errored(exc: BaseException) -> None:
+            state["done"] = True
+            w = ref()
+            closed = w is None or w._closed
+            if isinstance(exc, Cancelled):
+                if not closed:
+                    _notify.info(f"eelsanom: {what} cancelled.")
+                    w._set_status(f"{what} cancelled")
+                return
+            if isinstance(exc, InputError):
+                msg = str(exc)
+            else:
+                log.error("%s failed", what, exc_info=exc)
+                msg = f"{what} failed: {type(exc).__name__}: {exc}"
+            if not closed:
+                _notify.error(msg)
+                w._set_status(f"{what} failed")
+
+        jobs = self._jobs
+
+        def finished() -> None:
+            state["done"] = True
+            jobs.discard(cancel)
+            pbar.close()
+            w = ref()
+            if w is None:
+                return
+            w._worker = None
+            w._cancel_event = None
+            w._set_busy(False)
+
+        worker.returned.connect(returned)
+        worker.errored.connect(errored)
+        worker.finished.connect(finished)
+        self._worker = worker
+        self._set_busy(True)
+        self._set_status(f"{what}...")
+        worker.start()
+        return worker
+
+    def _on_progress(self, ev: Any) -> None:
+        """A progress event from the worker (GUI thread): update the status and the bar.
+
+        The status is set first: napari's progress bar may process pending events while it
+        redraws, which can deliver the worker's result before this handler returns.
+        """
+        self.n_progress_events += 1
+        self.last_event = ev
+        metrics = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                           for k, v in ev.metrics.items())
+        label = "epoch" if ev.stage == "train" else "step"
+        text = f"{ev.stage}: {label} {ev.step}/{ev.total or '?'}" + \
+            (f", {metrics}" if metrics else "")
+        self._set_status(text)
+        pbar = self._pbar
+        if pbar is None:
+            return
+        if ev.total and pbar.total != ev.total:
+            pbar.total = ev.total
+        pbar.set_description(f"eelsanom {text}")
+        if ev.step >= pbar.n:
+            pbar.update(ev.step - pbar.n)
+
+
+# ============================================================================ 3. results
+def threshold_methods() -> list[tuple[str, str]]:
+    """The Results panel's threshold choices (``robust`` where eelsanom.scoring has it)."""
+    from eelsanom.scoring import parse_threshold  # noqa: PLC0415
+
+    out = [("detector's rule", "default"), ("Otsu", "otsu"), ("GMM", "gmm")]
+    try:
+        parse_threshold("robust")
+        out.append(("robust (median + 4 MAD)", "robust"))
+    except InputError:
+        pass
+    return [*out, ("top % of pixels", "percent"), ("manual", "manual")]
+
+
+class ResultsWidget(_Panel):
+    """Threshold the NLL map live and show its histogram with the threshold line.
+
+    The NLL map is an image layer (``magma``, contrast from the 1st-99.5th percentile,
+    the data's spatial scale) and the anomaly mask a labels layer drawn as outlines;
+    both are updated by the session whenever a result arrives or the threshold moves.
+    """
+
+    def __init__(self, viewer: Any) -> None:
+        super().__init__(viewer, labels=True)
+        self._method = ComboBox(label="threshold", choices=threshold_methods(), value="default")
+        self._percent = FloatSpinBox(label="top %", value=2.0, min=0.01, max=50.0, step=0.1)
+        self._manual = FloatSlider(label="NLL threshold", min=0.0, max=1.0, value=0.5)
+        self._stats = Label(label="flagged", value="no result yet")
+        self.extend([self._method, self._percent, self._manual, self._stats])
+        self._hist = HistogramCanvas()
+        self._add_qt(self._hist)
+        self._method.changed.connect(self._on_method)
+        self._percent.changed.connect(self._apply)
+        self._manual.changed.connect(self._apply)
+        self._session.result_changed.connect(self._on_result)
+        self._session.threshold_changed.connect(self._on_threshold)
+        self._on_method(apply=False)
+        if self._session.result is not None:
+            self._on_result(self._session.result)
+            self._on_threshold(self._session.result)
+
+    def _on_method(self, *_: Any, apply: bool = True) -> None:
+        m = self._method.value
+        self._percent.visible = m == "percent"
+        self._manual.visible = m == "manual"
+        if apply:
+            self._apply()
+
+    def spec(self) -> Any:
+        """The threshold spec of the current choice (see :func:`~._session.threshold_spec`)."""
+        return threshold_spec(self._method.value, percent=float(self._percent.value),
+                              value=float(self._manual.value))
+
+    def _apply(self, *_: Any) -> None:
+        if self._closed:
+            return
+        try:
+            self._session.set_threshold(self.spec())
+        except InputError as exc:
+            _notify.error(str(exc))
+
+    def _on_result(self, res: Any) -> None:
+        if self._closed:
+            return
+        finite = np.asarray(res.nll, float)[np.isfinite(res.nll)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        hi = hi if hi > lo else lo + 1.0
+        with self._manual.changed.blocked():
+            self._manual.min, self._manual.max = lo - 1e-9 * abs(lo), hi
+            self._manual.step = (hi - lo) / 1000.0
+            self._manual.value = float(np.clip(res.threshold, lo, hi))
+        self._hist.show(res.nll, res.threshold)
+
+    def _on_threshold(self, res: Any) -> None:
+        if self._closed or res is None:
+            return
+        n, k = res.nll.size, res.n_flagged
+        self._stats.value = (f"{k} of {n} px ({100.0 * k / n:.2f} %); NLL > "
+                             f"{res.threshold:.5g} ({res.threshold_method})")
+        self._hist.set_threshold(res.threshold)
+        if self._method.value != "manual":
+            with self._manual.changed.blocked():
+                self._manual.value = float(np.clip(res.threshold, self._manual.min,
+                                                   self._manual.max))
+
+
+# ============================================================================ 4. inspector
+_KEYS = {"Shift-Up": (-1, 0), "Shift-Down": (1, 0), "Shift-Left": (0, -1), "Shift-Right": (0, 1)}
+
+
+def _click_callback(widget: SpectrumInspectorWidget) -> Callable[..., Any]:
+    ref = weakref.ref(widget)
+
+    def on_mouse(viewer: Any, event: Any) -> Any:
+        """Left click without dragging: inspect the pixel under the cursor."""
+        if getattr(event, "type", "mouse_press") != "mouse_press" or \
+                getattr(event, "button", 1) != 1:
+            return
+        position = tuple(event.position)
+        dragged = False
+        yield
+        while event.type == "mouse_move":
+            dragged = True
+            yield
+        w = ref()
+        if w is not None and not w._closed and not dragged:
+            w.inspect_world(position)
+
+    return on_mouse
+
+
+def _key_callback(widget: SpectrumInspectorWidget, dy: int, dx: int) -> Callable[..., None]:
+    ref = weakref.ref(widget)
+
+    def move(viewer: Any) -> None:
+        w = ref()
+        if w is not None and not w._closed:
+            w.move(dy, dx)
+
+    return move
+
+
+class SpectrumInspectorWidget(_Panel):
+    """Click a pixel (or move with Shift + arrow keys) to plot its spectrum against the model.
+
+    The docked plot shows the observed counts, the model's mean with its ±sigma band, the
+    residual, and shades the energy window that contributes most to the pixel's NLL.
+    Before a model exists it shows the observed spectrum alone.
+    """
+
+    def __init__(self, viewer: Any) -> None:
+        super().__init__(viewer, labels=True)
+        self._iy = SpinBox(label="row (y)", value=0, min=0, max=0)
+        self._ix = SpinBox(label="column (x)", value=0, min=0, max=0)
+        self._window = FloatSpinBox(label="window (eV)", value=5.0, min=0.1, max=500.0, step=0.5)
+        row = Container(widgets=[self._iy, self._ix, self._window], layout="horizontal",
+                        labels=True)
+        self.extend([row])
+        self._canvas = SpectrumCanvas()
+        self._add_qt(self._canvas)
+        self.pixel: tuple[int, int] | None = None
+        self.spectrum: Any = None
+        self._iy.changed.connect(self._on_spin)
+        self._ix.changed.connect(self._on_spin)
+        self._window.changed.connect(self._refresh)
+        self._click = _click_callback(self)
+        viewer.mouse_drag_callbacks.append(self._click)
+        for key, (dy, dx) in _KEYS.items():
+            viewer.bind_key(key, _key_callback(self, dy, dx), overwrite=True)
+        self._session.result_changed.connect(self._refresh)
+        self._session.threshold_changed.connect(self._refresh)
+        self._session.cube_changed.connect(self._on_cube)
+        self._on_cube()
+
+    def _on_cube(self, *_: Any) -> None:
+        if self._closed:
+            return
+        try:
+            ny, nx = self._session.spectrum_image().nav_shape
+        except InputError:
+            ny = nx = 1
+        with self._iy.changed.blocked(), self._ix.changed.blocked():
+            self._iy.max, self._ix.max = ny - 1, nx - 1
+
+    def _on_spin(self, *_: Any) -> None:
+        self.inspect(int(self._iy.value), int(self._ix.value))
+
+    def _refresh(self, *_: Any) -> None:
+        if self.pixel is not None and not self._closed:
+            self.inspect(*self.pixel)
+
+    def inspect_world(self, position: Any) -> tuple[int, int] | None:
+        """Inspect the pixel at a world position (y, x last); None when outside the image."""
+        try:
+            si = self._session.spectrum_image()
+        except InputError:
+            return None
+        px = world_to_pixel(position, si)
+        if px is not None:
+            self.inspect(*px)
+        return px
+
+    def move(self, dy: int, dx: int) -> None:
+        """Move the inspected pixel by (dy, dx), staying inside the image."""
+        try:
+            ny, nx = self._session.spectrum_image().nav_shape
+        except InputError:
+            return
+        iy, ix = self.pixel or (0, 0)
+        self.inspect(int(np.clip(iy + dy, 0, ny - 1)), int(np.clip(ix + dx, 0, nx - 1)))
+
+    def _result_for(self, cube: Any) -> Any:
+        s = self._session
+        if s.result is None or s.result_cube is not cube:
+            return None
+        return s.result
+
+    def inspect(self, iy: int, ix: int) -> Any:
+        """Plot pixel (iy, ix); returns its :class:`~eelsanom.result.PixelSpectrum` (or None)."""
+        try:
+            cube = self._session.cube()
+            si = self._session.spectrum_image()
+        except InputError as exc:
+            _notify.error(str(exc))
+            return None
+        ny, nx = si.nav_shape
+        if not (0 <= iy < ny and 0 <= ix < nx):
+            return None
+        self.pixel = (iy, ix)
+        with self._iy.changed.blocked(), self._ix.changed.blocked():
+            self._iy.value, self._ix.value = iy, ix
+        res = self._result_for(cube)
+        ps = None
+        where = f"pixel y={iy}, x={ix}"
+        if res is not None:
+            try:
+                ps = res.pixel(iy, ix)
+            except Exception as exc:  # noqa: BLE001 - never let a click crash the viewer
+                log.exception("pixel spectrum failed")
+                _notify.error(f"cannot show the model for {where}: {type(exc).__name__}: {exc}")
+        if ps is not None:
+            flag = "ANOMALOUS" if bool(res.mask[iy, ix]) else "normal"
+            title = f"{where}: NLL {ps.nll:.5g} ({flag}; threshold {res.threshold:.5g})"
+        else:
+            title = f"{where}: observed (no model yet)"
+        self.spectrum = ps
+        self._canvas.show_pixel(si.energy.values, np.asarray(si.data[iy, ix], float),
+                                title=title, pixel=(iy, ix), spectrum=ps,
+                                window_ev=float(self._window.value))
+        self._mark(si, iy, ix)
+        return ps
+
+    def _mark(self, si: Any, iy: int, ix: int) -> None:
+        pos = np.array([pixel_to_world(iy, ix, si)])
+        layer = self._session.layer_by_role("marker")
+        if layer is None:
+            size = 1.5 * max(abs(si.y.scale), abs(si.x.scale))
+            self._session._keep_selection(lambda: self._viewer.add_points(
+                pos, name="inspected pixel", symbol="square", size=size,
+                face_color="transparent", border_color="yellow", border_width=0.15,
+                metadata={KEY: {"role": "marker"}}))
+        else:
+            layer.data = pos
+
+
+# ============================================================================ 5. export
+class ExportWidget(_Panel):
+    """Write the NLL map and mask (HyperSpy ``.hspy``, TIFF, PNG) and the model file."""
+
+    def __init__(self, viewer: Any) -> None:
+        super().__init__(viewer, labels=True)
+        self._folder = FileEdit(label="folder", mode="d")
+        self._stem = LineEdit(label="name", value="")
+        self._hspy = CheckBox(text="HyperSpy (.hspy)", value=True)
+        self._tiff = CheckBox(text="TIFF", value=False)
+        self._png = CheckBox(text="PNG", value=True)
+        self._model = CheckBox(text="model (.h5)", value=True)
+        self._export_btn = PushButton(text="Export")
+        self._written = Label(label="written", value="")
+        fmt = Container(widgets=[self._hspy, self._tiff, self._png, self._model],
+                        layout="horizontal", labels=False)
+        self.extend([self._folder, self._stem, fmt, self._export_btn, self._written])
+        self._export_btn.changed.connect(self._on_export)
+        self._session.result_changed.connect(self._default_stem)
+
+    def _default_stem(self, res: Any = None) -> None:
+        if self._closed or str(self._stem.value).strip():
+            return
+        cube = self._session.result_cube
+        base = Path(str(getattr(cube, "name", "") or "eelsanom")).stem
+        self._stem.value = f"{base}_{res.method}" if res is not None else base
+
+    def _on_export(self, *_: Any) -> dict[str, Path] | None:
+        """Write the chosen files; returns ``{key: path}`` (see :func:`eelsanom.io.save_result`)."""
+        from eelsanom.io import save_result  # noqa: PLC0415
+
+        s = self._session
+        res = s.result
+        if res is None:
+            _notify.error("nothing to export yet: train a model (or load one and Apply) first.")
+            return None
+        folder = str(self._folder.value or "").strip()
+        if not folder or folder == ".":
+            _notify.error("choose an output folder first.")
+            return None
+        self._default_stem(res)
+        stem = str(self._stem.value).strip()
+        fmts = [f for f, w in (("hspy", self._hspy), ("tiff", self._tiff), ("png", self._png))
+                if w.value]
+        protect = [getattr(s.raw_result, "_si", None) and s.raw_result._si.source]
+        written: dict[str, Path] = {}
+        try:
+            if fmts:
+                written.update(save_result(res, folder, stem=stem, formats=fmts,
+                                           protect=[p for p in protect if p]))
+            if self._model.value and s.detector is not None:
+                written["model"] = s.detector.save(Path(folder) / f"{stem}_model.h5")
+        except (InputError, OSError) as exc:
+            _notify.error(f"export failed: {exc}")
+            return None
+        if not written:
+            _notify.warning("nothing selected to export.")
+            return written
+        self._written.value = f"{len(written)} files in {folder}"
+        _notify.info("eelsanom wrote " + ", ".join(p.name for p in written.values()))
+        return written
+
+
+# ============================================================================ all together
+PANELS: dict[str, type[_Panel]] = {
+    "Bulk region": BulkRegionWidget,
+    "Detector": DetectorWidget,
+    "Results": ResultsWidget,
+    "Spectrum inspector": SpectrumInspectorWidget,
+    "Export": ExportWidget,
+}
+
+
+#: Where :func:`dock_all` puts each panel: (area, panel to tabify with or None).
+LAYOUT: dict[str, tuple[str, str | None]] = {
+    "Bulk region": ("right", None),
+    "Detector": ("right", None),
+    "Export": ("right", "Bulk region"),
+    "Spectrum inspector": ("bottom", None),
+    "Results": ("bottom", None),
+}
+
+
+def dock_all(viewer: Any) -> dict[str, _Panel]:
+    """Dock the five eelsanom panels in ``viewer``; returns them by name.
+
+    Bulk region (with Export as a tab) and Detector on the right; the spectrum plot and
+    the Results panel (threshold and histogram) side by side below the canvas.
+    """
+    win = viewer.window
+    out: dict[str, _Panel] = {}
+    docks: dict[str, Any] = {}
+    for name, (area, tab_with) in LAYOUT.items():
+        w = PANELS[name](viewer)
+        docks[name] = win.add_dock_widget(w, name=f"eelsanom: {name}", area=area,
+                                          tabify=False)
+        if tab_with is not None:
+            win._qt_window.tabifyDockWidget(docks[tab_with], docks[name])
+            docks[tab_with].raise_()
+        out[name] = w
+    return {k: out[k] for k in PANELS}

@@ -7,6 +7,7 @@ the whole process ("could not connect to display") instead of saying why.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -136,7 +137,15 @@ def launch(path: str | os.PathLike | None = None, *, block: bool = True,
     for data, meta, kind in spectrum_image_layers(si, name=name):
         viewer.add_layer(Layer.create(data, meta, kind))
     _show_strongest_channel(viewer, si)
-    _fit_window(viewer)
+    _fit_window(panels["Detector"].native.window())
+    from qtpy.QtCore import QTimer  # noqa: PLC0415
+
+    def settle() -> None:  # once the window is laid out: first panel in front, image fitted
+        with contextlib.suppress(RuntimeError, AttributeError):
+            panels["Bulk region"]._dock.raise_()
+            viewer.reset_view()
+
+    QTimer.singleShot(0, settle)
     _PANELS[id(viewer)] = panels
     if block:
         napari.run()
@@ -164,11 +173,10 @@ def _show_strongest_channel(viewer: Any, si: Any) -> None:
         log.debug("could not set the energy slider: %s", exc)
 
 
-def _fit_window(viewer: Any, width: int = 1600, height: int = 1000) -> None:
+def _fit_window(window: Any, width: int = 1600, height: int = 1000) -> None:
     """Give the docked panels room: up to ``width`` x ``height``, within the screen."""
     try:
-        win = viewer.window._qt_window
-        geo = win.screen().availableGeometry()
-        win.resize(min(width, geo.width()), min(height, geo.height()))
+        geo = window.screen().availableGeometry()
+        window.resize(min(width, geo.width()), min(height, geo.height()))
     except Exception as exc:  # noqa: BLE001 - cosmetic only
         log.debug("could not resize the window: %s", exc)

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import napari
 import numpy as np
 from magicgui.widgets import (
     CheckBox,
@@ -70,19 +71,16 @@ METHOD_NAMES = {v: k for k, v in METHODS}
 class _Panel(Container):
     """Base of the panels: the viewer, its session, and layer-list change notifications."""
 
-    def __init__(self, viewer: Any, **kwargs: Any) -> None:
+    def __init__(self, viewer: napari.viewer.Viewer, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        # napari hands plugin widgets a public-only proxy of the viewer; the panels of one
+        # viewer share state through the viewer itself
+        viewer = getattr(viewer, "__wrapped__", viewer)
         self._viewer = viewer
         self._session: Session = get_session(viewer)
         self._closed = False
         self.native.destroyed.connect(self._mark_closed_factory())
         self._watcher: Any = None
-        try:
-            window = viewer.window._qt_window
-        except AttributeError:  # a viewer without a Qt window
-            window = None
-        if window is not None:
-            self._watcher = _CloseWatcher(window, self._mark_closed_factory())
         ev = viewer.layers.events
         for name in ("inserted", "removed", "moved", "reordered"):
             emitter = getattr(ev, name, None)
@@ -101,6 +99,12 @@ class _Panel(Container):
     def _on_window_closed(self) -> None:
         """The viewer (or this panel) is going away: stop touching Qt widgets."""
         self._closed = True
+
+    def _watch_window(self) -> None:
+        """Once docked, watch the main window so that closing the viewer is noticed at once."""
+        window = self.native.window()
+        if self._watcher is None and window is not None and window is not self.native:
+            self._watcher = _CloseWatcher(window, self._mark_closed_factory())
 
     def _on_layers_changed(self, event: Any = None) -> None:
         if self._closed:
@@ -126,7 +130,7 @@ class BulkRegionWidget(_Panel):
     detectors then train robustly, down-weighting their worst-explained pixels.
     """
 
-    def __init__(self, viewer: Any) -> None:
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer, labels=True)
         self._cube = ComboBox(label="spectrum image", choices=self._cube_choices, nullable=True)
         self._region = ComboBox(label="bulk region", choices=self._region_choices)
@@ -348,7 +352,7 @@ class DetectorWidget(_Panel):
     viewer cancels running work too.
     """
 
-    def __init__(self, viewer: Any) -> None:
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer, labels=True)
         self._method = ComboBox(label="method", choices=METHODS, value="cvae")
         self._device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
@@ -633,6 +637,7 @@ class DetectorWidget(_Panel):
         # close would quit our worker) and keeps finished workers alive
         from superqt.utils import create_worker  # noqa: PLC0415
 
+        self._watch_window()
         cancel = threading.Event()
         self._jobs.add(cancel)
         self._cancel_event = cancel
@@ -756,7 +761,7 @@ class ResultsWidget(_Panel):
     both are updated by the session whenever a result arrives or the threshold moves.
     """
 
-    def __init__(self, viewer: Any) -> None:
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer, labels=True)
         self._method = ComboBox(label="threshold", choices=threshold_methods(), value="default")
         self._percent = FloatSpinBox(label="top %", value=2.0, min=0.01, max=50.0, step=0.1)
@@ -864,7 +869,7 @@ class SpectrumInspectorWidget(_Panel):
     Before a model exists it shows the observed spectrum alone.
     """
 
-    def __init__(self, viewer: Any) -> None:
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer, labels=True)
         self._iy = SpinBox(label="row (y)", value=0, min=0, max=0)
         self._ix = SpinBox(label="column (x)", value=0, min=0, max=0)
@@ -983,7 +988,7 @@ class SpectrumInspectorWidget(_Panel):
 class ExportWidget(_Panel):
     """Write the NLL map and mask (HyperSpy ``.hspy``, TIFF, PNG) and the model file."""
 
-    def __init__(self, viewer: Any) -> None:
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer, labels=True)
         self._folder = FileEdit(label="folder", mode="d")
         self._stem = LineEdit(label="name", value="")
@@ -1052,18 +1057,19 @@ PANELS: dict[str, type[_Panel]] = {
 }
 
 
-#: Where :func:`dock_all` puts each panel: (area, panel to tabify with or None).
-LAYOUT: dict[str, tuple[str, str | None]] = {
-    "Bulk region": ("right", None),
-    "Detector": ("right", None),
-    "Export": ("right", "Bulk region"),
-    "Spectrum inspector": ("bottom", None),
-    "Results": ("bottom", None),
+#: Where :func:`dock_all` puts each panel, in docking order: (area, tabify with the
+#: previous panel docked in that area).
+LAYOUT: dict[str, tuple[str, bool]] = {
+    "Bulk region": ("right", False),
+    "Export": ("right", True),
+    "Detector": ("right", False),
+    "Spectrum inspector": ("bottom", False),
+    "Results": ("bottom", False),
 }
 
 
-def dock_all(viewer: Any) -> dict[str, _Panel]:
-    """Dock the five eelsanom panels in ``viewer``; returns them by name.
+def dock_all(viewer: napari.viewer.Viewer) -> dict[str, _Panel]:
+    """Dock the five eelsanom panels in ``viewer``; returns them by name (workflow order).
 
     Bulk region (with Export as a tab) and Detector on the right; the spectrum plot and
     the Results panel (threshold and histogram) side by side below the canvas.
@@ -1071,12 +1077,11 @@ def dock_all(viewer: Any) -> dict[str, _Panel]:
     win = viewer.window
     out: dict[str, _Panel] = {}
     docks: dict[str, Any] = {}
-    for name, (area, tab_with) in LAYOUT.items():
+    for name, (area, tabify) in LAYOUT.items():
         w = PANELS[name](viewer)
-        docks[name] = win.add_dock_widget(w, name=f"eelsanom: {name}", area=area,
-                                          tabify=False)
-        if tab_with is not None:
-            win._qt_window.tabifyDockWidget(docks[tab_with], docks[name])
-            docks[tab_with].raise_()
+        docks[name] = win.add_dock_widget(w, name=f"eelsanom: {name}", area=area, tabify=tabify)
         out[name] = w
+        w._dock = docks[name]
+        w._watch_window()
+    docks["Bulk region"].raise_()
     return {k: out[k] for k in PANELS}

@@ -124,6 +124,26 @@ def test_open_sample_through_reader(viewer, sample_file):
     assert int(truth.data.sum()) == 82
 
 
+def test_manifest_contributions_in_napari(viewer):
+    """The sample and the five panels as napari's menus open them (npe2, viewer injected)."""
+    from npe2 import PluginManager
+
+    if "eelsanom" not in PluginManager.instance():
+        pytest.skip("the eelsanom plugin is not registered (pip install -e '.[dev]')")
+    layers = viewer.open_sample("eelsanom", "fe_l_shift")
+    assert [ly.name for ly in layers][:2] == ["sample_fe-l_shift1.5",
+                                              "sample_fe-l_shift1.5 summed intensity"]
+    assert by_role(viewer, "truth").data.sum() == 82
+    names = ["1. Bulk region", "2. Detector", "3. Results", "4. Spectrum inspector",
+             "5. Export"]
+    kinds = []
+    for name in names:
+        _dock, widget = viewer.window.add_plugin_dock_widget("eelsanom", name)
+        kinds.append(type(widget).__name__)
+    assert kinds == ["BulkRegionWidget", "DetectorWidget", "ResultsWidget",
+                     "SpectrumInspectorWidget", "ExportWidget"]
+
+
 def test_bad_files_notify_and_add_nothing(viewer, bad_files, notifications):
     for kind, path in bad_files.items():
         n_before = len(viewer.layers)
@@ -452,9 +472,6 @@ def test_workstation_screenshot(qtbot, tmp_path, notifications):
         s = get_session(viewer)
         iy, ix = map(int, np.argwhere(s.result.mask & s.raw_result._si.ground_truth)[3])
         panels["Spectrum inspector"].inspect(iy, ix)
-        win = viewer.window._qt_window
-        screen = win.screen().availableGeometry()
-        win.resize(min(1600, screen.width()), min(1000, screen.height()))
         qtbot.wait(500)
         out = Path(os.environ.get("EELSANOM_SCREENSHOT_DIR") or tmp_path)
         out.mkdir(parents=True, exist_ok=True)
@@ -467,3 +484,15 @@ def test_workstation_screenshot(qtbot, tmp_path, notifications):
         assert not errors(notifications), notifications
     finally:
         viewer.close()
+
+
+def test_launch_refuses_bad_file_before_any_window(bad_files):
+    from eelsanom_napari._launch import launch
+    from napari._qt.qt_viewer import QtViewer
+
+    from eelsanom.errors import InputError
+
+    n = len(QtViewer._instances)
+    with pytest.raises(InputError, match="signal axes"):
+        launch(bad_files["2-D image"], block=False, show=False)
+    assert len(QtViewer._instances) == n

@@ -9,17 +9,19 @@ a headless machine; CI runs them under Xvfb (``xvfb-run -a`` with
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 
 
 def require_napari() -> None:
     """Skip the calling module unless napari, magicgui and a Qt binding import."""
-    pytest.importorskip("napari", reason="napari is not installed (pip install 'eelsanom[napari]')")
-    pytest.importorskip("magicgui", reason="magicgui is not installed")
-    try:
-        import qtpy.QtCore  # noqa: F401
-    except Exception as exc:  # noqa: BLE001 - qtpy raises its own error types
-        pytest.skip(f"no Qt binding for napari ({exc})", allow_module_level=True)
+    for module in ("napari", "magicgui", "qtpy.QtCore"):
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # noqa: BLE001 - missing, broken, or no Qt binding (qtpy)
+            pytest.skip(f"{module} cannot be imported ({type(exc).__name__}: {exc}); install "
+                        "the GUI extra: pip install 'eelsanom[napari]'", allow_module_level=True)
 
 
 def require_display() -> None:

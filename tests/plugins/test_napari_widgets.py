@@ -449,7 +449,7 @@ def test_tiny_cvae(viewer, qtbot, sample_file, notifications, monkeypatch):
     assert s.raw_result.latent.shape == (64, 64, 2)
     assert by_role(viewer, "nll").data.shape == (64, 64)
     train_events = [e for e in events if e.stage == "train"]
-    assert [e.step for e in train_events] == [1, 2] and train_events[-1].total == 2
+    assert train_events and train_events[-1].step == train_events[-1].total == 2
     assert "loss" in train_events[-1].metrics  # epoch and loss reach the progress bar
     insp = panels["Spectrum inspector"]
     ps = insp.inspect(5, 5)

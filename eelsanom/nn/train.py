@@ -1,0 +1,720 @@
+"""Training loop, tiled inference and device helpers of the 3D-CVAE.
+
+Everything here works on the *scaled, variance-stabilised* cube (see
+:class:`Scaler`); the detector (:mod:`eelsanom.detectors.cvae3d`) does the
+conversion from counts. Tensors use the ``Conv3d`` layout ``(batch, 1, energy,
+y, x)`` in ``channels_last_3d`` memory format (about 3x faster on the CPU and
+what cuDNN prefers).
+
+Spatial context
+---------------
+The network is valid (unpadded) in space and needs ``model.halo`` pixels of
+context on each side. Context beyond the image border is the border pixel
+repeated (index clipping, i.e. replicate padding), always applied to the whole
+image, so any tiling gives the same numbers as scoring the whole image at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import Cancelled, InputError
+from ..progress import ProgressCallback, emit
+from .losses import beta_nll_weight, gaussian_nll, kl_standard_normal, sigma_from_raw
+from .model import CVAE3D
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Scaler", "TrainConfig", "resolve_device", "torch_threads", "autocast",
+           "train_cvae", "score_cube", "neighbourhood_kernel", "spatial_split",
+           "save_checkpoint", "load_checkpoint", "fingerprint"]
+
+
+# ----------------------------------------------------------------------------- device
+def resolve_device(device: str | None = "auto") -> torch.device:
+    """``"auto"`` -> CUDA, then MPS, then CPU; else the named device (InputError if absent)."""
+    from ..device import resolve_device as _resolve
+
+    return _resolve(device)
+
+
+@contextlib.contextmanager
+def torch_threads(device: torch.device) -> Iterator[None]:
+    """On the CPU, use one torch thread per core for the duration (restored afterwards)."""
+    if device.type != "cpu":
+        yield
+        return
+    old = torch.get_num_threads()
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(max(1, int(n or 1)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when ``enabled``; a no-op elsewhere."""
+    if enabled and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _cl(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last_3d)
+
+
+# ----------------------------------------------------------------------------- scaling
+@dataclass
+class Scaler:
+    """Map Anscombe-transformed spectra ``a`` to network inputs and outputs back.
+
+    ``input = (a - mean) / scale``; the network's mean output ``m`` is
+    ``mean + scale * m`` in Anscombe units and its sigma is
+    ``noise * (floor + softplus(raw))``.
+
+    Attributes
+    ----------
+    mean : ndarray of shape (n_energy,)
+        Per-channel mean of the training spectra (Anscombe units).
+    scale : float
+        Robust standard deviation of ``a - mean`` over the training voxels.
+    noise : float
+        Noise standard deviation of one channel (Anscombe units; ~1 for Poisson
+        counts), estimated from second differences along energy.
+    floor : float
+        Smallest sigma, as a fraction of ``noise``.
+    """
+
+    mean: np.ndarray
+    scale: float
+    noise: float
+    floor: float
+
+    @classmethod
+    def fit(cls, a: np.ndarray, floor: float) -> Scaler:
+        """Estimate from training spectra ``a`` of shape (n_pixels, n_energy) (Anscombe units)."""
+        a = np.asarray(a, np.float64)
+        mean = a.mean(axis=0)
+        dev = a - mean
+        mad = np.median(np.abs(dev - np.median(dev)))
+        scale = float(max(1.4826 * mad, dev.std() * 0.1, 1e-6))
+        if a.shape[1] >= 3:
+            d2 = (a[:, :-2] - 2.0 * a[:, 1:-1] + a[:, 2:]) / math.sqrt(6.0)
+            noise = float(1.4826 * np.median(np.abs(d2 - np.median(d2))))
+        else:
+            noise = 0.0
+        if not np.isfinite(noise) or noise <= 1e-6:
+            noise = max(scale * 0.1, 1e-3)
+        return cls(mean=mean.astype(np.float32), scale=scale, noise=noise, floor=float(floor))
+
+    def to_dict(self) -> dict[str, float]:
+        return {"scale": float(self.scale), "noise": float(self.noise), "floor": float(self.floor)}
+
+    def tensors(self, device: torch.device) -> tuple[torch.Tensor, float, float]:
+        """``(mean (1, E, 1, 1) float32, scale, noise)`` on ``device``."""
+        m = torch.as_tensor(self.mean, dtype=torch.float32, device=device).reshape(1, -1, 1, 1)
+        return m, float(self.scale), float(self.noise)
+
+
+def to_input(a: np.ndarray, scaler: Scaler) -> np.ndarray:
+    """Anscombe spectra ``(..., E)`` -> scaled float32 network input ``(..., E)``."""
+    return ((np.asarray(a, np.float32) - scaler.mean) / np.float32(scaler.scale)).astype(
+        np.float32, copy=False)
+
+
+def gaussian_outputs(model: CVAE3D, x: torch.Tensor, mean_t: torch.Tensor, scaler: Scaler, *,
+                     sample: bool, generator: torch.Generator | None, amp: bool
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                torch.Tensor]:
+    """Run the model on scaled input ``x`` ``(B, 1, E, h + 2H, w + 2H)``.
+
+    Returns ``(target, mean, sigma, mu, logvar)`` in float32, the first three
+    of shape ``(B, E, h, w)`` in Anscombe units (``target`` is the central
+    region of ``x`` mapped back), ``mu, logvar`` of shape ``(B, d, h, w)``.
+    """
+    hal = model.halo
+    with autocast(x.device, amp):
+        out_mean, raw, mu, logvar = model(x, sample=sample, generator=generator)
+    out_mean, raw = out_mean.float(), raw.float()
+    mu, logvar = mu.float(), logvar.float()
+    core = x[:, 0, :, hal:x.shape[3] - hal, hal:x.shape[4] - hal].float()
+    s = float(scaler.scale)
+    target = mean_t + s * core
+    mean = mean_t + s * out_mean
+    sigma = sigma_from_raw(raw, scaler.floor, float(scaler.noise))
+    return target, mean, sigma, mu, logvar
+
+
+# ----------------------------------------------------------------------------- config
+@dataclass
+class TrainConfig:
+    """Training hyperparameters (see :class:`~eelsanom.detectors.cvae3d.CVAE3DDetector`)."""
+
+    patch_size: int = 16
+    batch_size: int | None = None
+    epochs: int = 40
+    steps_per_epoch: int | None = None
+    lr: float = 3e-3
+    beta: float = 1.0
+    beta_nll: float = 0.0
+    robust_fraction: float = 0.05
+    robust: bool = False
+    val_fraction: float = 0.12
+    patience: int = 8
+    min_delta: float = 5e-5
+    seed: int = 0
+    amp: bool = False
+    checkpoint_every: int = 5
+    weight_decay: float = 0.0
+
+
+# ----------------------------------------------------------------------------- data split
+def spatial_split(mask: np.ndarray, fraction: float, seed: int, *, block: int | None = None,
+                  min_pixels: int = 64
+                  ) -> tuple[np.ndarray, np.ndarray | None, list[tuple[int, int, int, int]]]:
+    """Split training pixels into train / validation by whole square blocks (spatially held out).
+
+    Returns ``(train_mask, val_mask, val_boxes)``: ``val_boxes`` are the held-out
+    blocks ``(y0, y1, x0, x1)``; ``val_mask`` is ``None`` (and no boxes) when there
+    are fewer than ``min_pixels`` pixels or ``fraction == 0``.
+    """
+    n = int(mask.sum())
+    if fraction <= 0 or n < min_pixels:
+        return mask, None, []
+    ny, nx = mask.shape
+    if block is None:
+        block = int(max(2, min(8, round(math.sqrt(n * fraction / 3.0)))))
+    nbx = (nx + block - 1) // block
+    ids = (np.arange(ny) // block)[:, None] * nbx + (np.arange(nx) // block)[None, :]
+    cand = np.unique(ids[mask])
+    rng = np.random.default_rng(seed + 7919)
+    rng.shuffle(cand)
+    val = np.zeros_like(mask)
+    boxes = []
+    target = fraction * n
+    for c in cand:
+        if val.sum() >= target:
+            break
+        val |= (ids == c) & mask
+        by, bx = divmod(int(c), nbx)
+        boxes.append((by * block, min((by + 1) * block, ny), bx * block,
+                      min((bx + 1) * block, nx)))
+    train = mask & ~val
+    if train.sum() < max(1, n // 2) or val.sum() == 0:
+        return mask, None, []
+    return train, val, boxes
+
+
+def fingerprint(*parts: Any) -> str:
+    """SHA-1 of arrays / JSON-serialisable values (used to match checkpoints to their data)."""
+    h = hashlib.sha1()
+    for p in parts:
+        if isinstance(p, np.ndarray):
+            h.update(str((p.shape, str(p.dtype))).encode())
+            h.update(np.ascontiguousarray(p).tobytes())
+        else:
+            h.update(json.dumps(p, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """``torch.save`` of tensors and plain types, written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any] | None:
+    """Read a checkpoint (``weights_only=True``: no code runs); ``None`` when unreadable."""
+    try:
+        return torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file means "start fresh"
+        log.warning("checkpoint %s could not be read (%s); training from scratch", path, exc)
+        return None
+
+
+def _state_cpu(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------- training
+def _pixel_loss(target: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor, mu: torch.Tensor,
+                logvar: torch.Tensor, beta: float, beta_nll: float
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel ``(loss, elbo)`` ``(B, h, w)``: loss may carry the beta-NLL weighting."""
+    nll_e = gaussian_nll(target, mean, sigma)
+    kl = kl_standard_normal(mu, logvar).sum(1)
+    elbo = nll_e.sum(1) + kl
+    if beta_nll:
+        rec = (nll_e * beta_nll_weight(sigma, beta_nll)).sum(1)
+    else:
+        rec = nll_e.sum(1)
+    return rec + beta * kl, elbo
+
+
+def _masked_mean(v: torch.Tensor, m: torch.Tensor, trim: float,
+                 cutoff: float | None = None) -> torch.Tensor:
+    """Mean of ``v[m]``, leaving out values above ``cutoff`` or else the top ``trim`` fraction."""
+    vals = v[m]
+    if vals.numel() == 0:
+        return v.sum() * 0.0
+    if cutoff is not None:
+        kept = vals[vals <= cutoff]
+        if kept.numel() >= max(1, vals.numel() // 2):
+            return kept.mean()
+    if trim > 0 and vals.numel() >= 10:
+        k = int(math.floor(vals.numel() * (1.0 - trim)))
+        vals = torch.topk(vals, max(k, 1), largest=False).values
+    return vals.mean()
+
+
+def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
+               val_mask: np.ndarray | None, val_boxes: list[tuple[int, int, int, int]],
+               scaler: Scaler, cfg: TrainConfig, *,
+               device: torch.device, progress: ProgressCallback | None = None,
+               checkpoint: str | os.PathLike | None = None, fp: str = "") -> dict[str, Any]:
+    """Train ``model`` on the pixels of ``train_mask``; early-stop on ``val_mask``.
+
+    Parameters
+    ----------
+    model : CVAE3D
+        Freshly initialised (or to be overwritten by the checkpoint).
+    x_region : ndarray of shape (E, h + 2 * halo, w + 2 * halo)
+        Scaled input of the training region, already padded by ``model.halo``
+        (replicate padding at the image border).
+    train_mask, val_mask : ndarray of bool, shape (h, w)
+        Pixels whose loss is trained on / validated on (disjoint).
+    val_boxes : list of (y0, y1, x0, x1)
+        Blocks holding the validation pixels (each is run through the model).
+    scaler : Scaler
+    cfg : TrainConfig
+    device : torch.device
+    progress : callable, optional
+        Receives ``ProgressEvent("train", epoch, epochs, loss=..., val_nll=...)``;
+        returning ``False`` cancels (the checkpoint is written first).
+    checkpoint : path, optional
+        Resumable checkpoint, written every ``cfg.checkpoint_every`` epochs, on
+        cancellation and at the end; read at the start when its fingerprint
+        equals ``fp``.
+    fp : str
+        Fingerprint of the data and parameters the checkpoint must match.
+
+    Returns
+    -------
+    dict
+        History: ``loss`` and ``val_nll`` per epoch (mean per-pixel negative
+        ELBO, nats), ``best_epoch``, ``best_val``, ``epochs_run``, ``stopped_early``,
+        ``resumed_from``. The model holds the best weights on return.
+    """
+    halo = model.halo
+    h, w = train_mask.shape
+    py, px = min(cfg.patch_size, h), min(cfg.patch_size, w)
+    n_train = int(train_mask.sum())
+    if cfg.batch_size is None:
+        target_px = 4096 if device.type == "cuda" else 768
+        batch = int(max(1, min(64, round(target_px / (py * px)))))
+    else:
+        batch = int(cfg.batch_size)
+    steps = cfg.steps_per_epoch or int(max(2, math.ceil(n_train / (batch * py * px))))
+    total_steps = max(1, cfg.epochs * steps)
+
+    x_all = torch.as_tensor(np.ascontiguousarray(x_region), dtype=torch.float32)
+    x_all = _cl(x_all[None, None].to(device))
+    tm = torch.as_tensor(train_mask, device=device)
+    vm = None if val_mask is None else torch.as_tensor(val_mask, device=device)
+    mean_t, _, _ = scaler.tensors(device)
+
+    # crops are centred near training pixels (any crop containing one is equally likely)
+    ty, tx = np.nonzero(train_mask)
+
+    model.to(device).to(memory_format=torch.channels_last_3d)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps,
+                                                pct_start=0.15, div_factor=10.0,
+                                                final_div_factor=100.0)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    hist: dict[str, Any] = {"loss": [], "val_nll": [], "best_epoch": 0,
+                            "best_val": float("inf"), "epochs_run": 0, "stopped_early": False,
+                            "resumed_from": 0, "steps_per_epoch": steps, "batch_size": batch,
+                            "patch": [py, px]}
+    best_state = _state_cpu(model)
+    start_epoch = 0
+    done = False
+    # the checkpoint must match the data, the parameters and the batch geometry
+    fp = f"{fp}|{steps}x{batch}x{py}x{px}"
+
+    if checkpoint is not None and Path(checkpoint).is_file():
+        ck = load_checkpoint(checkpoint)
+        if ck is not None and ck.get("fingerprint") == fp:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            sched.load_state_dict(ck["scheduler"])
+            gen.set_state(ck["torch_rng"].to(gen.get_state().device)
+                          if device.type == "cpu" else ck["torch_rng"])
+            rng.bit_generator.state = json.loads(ck["numpy_rng"])
+            best_state = ck["best_state"]
+            hist = json.loads(ck["history"])
+            start_epoch = int(ck["epoch"])
+            done = bool(ck.get("finished", False))
+            hist["resumed_from"] = start_epoch
+            log.info("resuming training from checkpoint %s at epoch %d/%d%s", checkpoint,
+                     start_epoch, cfg.epochs, " (already finished)" if done else "")
+        elif ck is not None:
+            log.warning("checkpoint %s was written for other data or parameters; training from "
+                        "scratch (it will be overwritten)", checkpoint)
+
+    def write_ck(epoch: int, finished: bool) -> None:
+        if checkpoint is None:
+            return
+        save_checkpoint(checkpoint, {
+            "fingerprint": fp, "epoch": int(epoch), "finished": bool(finished),
+            "model": _state_cpu(model), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "best_state": best_state,
+            "torch_rng": gen.get_state(), "numpy_rng": json.dumps(rng.bit_generator.state),
+            "history": json.dumps(hist)})
+
+    def evaluate() -> float:
+        if vm is None:
+            return float("nan")
+        model.eval()
+        vals = []
+        with torch.no_grad():
+            for y0, y1, x0, x1 in val_boxes:
+                target, mean, sigma, mu, logvar = gaussian_outputs(
+                    model, x_all[:, :, :, y0:y1 + 2 * halo, x0:x1 + 2 * halo], mean_t, scaler,
+                    sample=False, generator=None, amp=cfg.amp)
+                _, elbo = _pixel_loss(target, mean, sigma, mu, logvar, cfg.beta, 0.0)
+                vals.append(elbo[0][vm[y0:y1, x0:x1]])
+        model.train()
+        v = torch.cat(vals)
+        return float(_masked_mean(v, torch.ones_like(v, dtype=torch.bool),
+                                  cfg.robust_fraction if cfg.robust else 0.0))
+
+    bad_epochs = int(hist.get("bad_epochs", 0))
+    epoch = start_epoch
+    cutoff: float | None = hist.get("robust_cutoff")
+    try:
+        model.train()
+        while not done and epoch < cfg.epochs:
+            t0 = time.perf_counter()
+            losses: list[float] = []
+            seen: list[torch.Tensor] = []
+            for _ in range(steps):
+                k = rng.integers(0, n_train, size=batch)
+                oy = np.clip(ty[k] - rng.integers(0, py, size=batch), 0, h - py)
+                ox = np.clip(tx[k] - rng.integers(0, px, size=batch), 0, w - px)
+                xb = torch.cat([x_all[:, :, :, y:y + py + 2 * halo, x:x + px + 2 * halo]
+                                for y, x in zip(oy, ox)])
+                mb = torch.stack([tm[y:y + py, x:x + px] for y, x in zip(oy, ox)])
+                target, mean, sigma, mu, logvar = gaussian_outputs(
+                    model, _cl(xb), mean_t, scaler, sample=True, generator=gen, amp=cfg.amp)
+                loss_px, _ = _pixel_loss(target, mean, sigma, mu, logvar, cfg.beta, cfg.beta_nll)
+                loss = _masked_mean(loss_px, mb, cfg.robust_fraction if cfg.robust else 0.0,
+                                    cutoff)
+                if cfg.robust:
+                    seen.append(loss_px.detach()[mb])
+                opt.zero_grad(set_to_none=True)
+                (loss / model.n_energy).backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+                opt.step()
+                sched.step()
+                losses.append(float(loss.detach()))
+            epoch += 1
+            if cfg.robust and seen:
+                # robust training: from now on leave out pixels worse than the worst
+                # robust_fraction of the last epoch's (a global cut, so that a batch full of
+                # one anomalous cluster cannot slip past a per-batch trim)
+                cutoff = float(torch.quantile(torch.cat(seen).float().cpu()[:1_000_000],
+                                              1.0 - cfg.robust_fraction))
+            val = evaluate()
+            tr = float(np.mean(losses))
+            check_finite_loss(tr)
+            hist["loss"].append(tr)
+            hist["val_nll"].append(val)
+            hist["epochs_run"] = epoch
+            hist["robust_cutoff"] = cutoff
+            crit = val if np.isfinite(val) else tr
+            if crit < hist["best_val"] - cfg.min_delta * abs(hist["best_val"]) or epoch == 1:
+                hist["best_val"] = crit
+                hist["best_epoch"] = epoch
+                best_state = _state_cpu(model)
+                bad_epochs = 0
+            else:
+                bad_epochs += 1
+            hist["bad_epochs"] = bad_epochs
+            log.debug("epoch %d/%d loss %.3f val %.3f (%.2f s)", epoch, cfg.epochs, tr, val,
+                      time.perf_counter() - t0)
+            if bad_epochs >= cfg.patience:
+                hist["stopped_early"] = True
+                done = True
+            elif cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0:
+                write_ck(epoch, False)
+            emit(progress, "train", epoch, cfg.epochs, loss=tr, val_nll=val)
+        done = True
+    except Cancelled:
+        write_ck(epoch, False)
+        raise
+    model.load_state_dict(best_state)
+    write_ck(epoch, True)
+    return hist
+
+
+# ----------------------------------------------------------------------------- inference
+def neighbourhood_kernel(sigma: float) -> np.ndarray:
+    """1-D Gaussian weights (sum 1) of half-width ``ceil(2 sigma)``; ``[1.]`` for sigma 0."""
+    if sigma <= 0:
+        return np.ones(1)
+    r = int(math.ceil(2.0 * sigma))
+    o = np.arange(-r, r + 1, dtype=np.float64)
+    g = np.exp(-0.5 * (o / sigma) ** 2)
+    return g / g.sum()
+
+
+def _pool_matrix(out0: int, out1: int, src0: int, src1: int, n: int,
+                 g: np.ndarray) -> np.ndarray:
+    """Weights ``A[p, s]`` of source index ``s`` (clipped to the image) in output ``p``."""
+    r = (g.size - 1) // 2
+    a = np.zeros((out1 - out0, src1 - src0))
+    for i, p in enumerate(range(out0, out1)):
+        for k, o in enumerate(range(-r, r + 1)):
+            a[i, min(max(p + o, 0), n - 1) - src0] += g[k]
+    return a
+
+
+def _tiles(ny: int, nx: int, tile: int) -> list[tuple[int, int, int, int]]:
+    return [(y, min(y + tile, ny), x, min(x + tile, nx))
+            for y in range(0, ny, tile) for x in range(0, nx, tile)]
+
+
+def auto_tile(n_energy: int, width: int, device: torch.device, halo: int) -> int:
+    """Tile side (pixels) whose working memory fits the device (CPU: ~0.5 GB)."""
+    per_px = 4.0 * max(n_energy, 1) * (1.5 * width + 16)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = 0.25 * free
+    else:
+        budget = 0.5e9
+    side = int(math.sqrt(budget / per_px)) - 2 * halo
+    return int(max(8, min(side, 4096)))
+
+
+def _neighbourhood_nll(parts: tuple[torch.Tensor, ...], ay: torch.Tensor, ax: torch.Tensor,
+                       origin: tuple[int, int], radius: int, mean_c: torch.Tensor,
+                       sig_c: torch.Tensor, spill: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel NLL ``(E, th, tw)`` of each output pixel's neighbourhood statistic, and its KL.
+
+    ``parts = (dev, v_inc, s_coh, own, kl)`` over the source region (``dev``,
+    ``v_inc``, ``s_coh`` of shape ``(E, hs, ws)``; ``own``, ``kl`` ``(hs, ws)``);
+    ``ay (th, hs)``, ``ax (tw, ws)`` are the (border-aggregated) pooling weights;
+    ``origin`` is the output block's offset in the source region; ``radius`` the
+    kernel's half-width.
+    """
+    dev, v_inc, s_coh, own, kl = parts
+    th, hs = ay.shape
+    tw, ws = ax.shape
+    oy0, ox0 = origin
+    r = int(radius)
+    pad4 = (r, r, r, r)
+    dev_p, vi_p, sc_p = (torch.nn.functional.pad(t, pad4) for t in (dev, v_inc, s_coh))
+    own_p, kl_p = (torch.nn.functional.pad(t[None], pad4)[0] for t in (own, kl))
+    ay_p = torch.nn.functional.pad(ay, (r, r))
+    ax_p = torch.nn.functional.pad(ax, (r, r))
+    own_c = own[oy0:oy0 + th, ox0:ox0 + tw]
+    iy, ix = torch.arange(th, device=ay.device), torch.arange(tw, device=ax.device)
+    d_acc = torch.zeros_like(mean_c)
+    v_acc = torch.zeros_like(mean_c)
+    c_acc = torch.zeros_like(mean_c)
+    k_acc = torch.zeros_like(own_c)
+    w_acc = torch.zeros_like(own_c)
+    for dy in range(-r, r + 1):
+        wy = ay_p[iy, iy + oy0 + dy + r]
+        if not bool((wy > 0).any()):
+            continue
+        ys = slice(oy0 + dy + r, oy0 + dy + r + th)
+        for dx in range(-r, r + 1):
+            wx = ax_p[ix, ix + ox0 + dx + r]
+            if not bool((wx > 0).any()):
+                continue
+            xs = slice(ox0 + dx + r, ox0 + dx + r + tw)
+            w = wy[:, None] * wx[None, :]
+            if dy or dx:
+                w = w * (own_p[ys, xs] - own_c <= spill)
+            d_acc += w * dev_p[:, ys, xs]
+            v_acc += w ** 2 * vi_p[:, ys, xs]
+            c_acc += w * sc_p[:, ys, xs]
+            k_acc += w * kl_p[ys, xs]
+            w_acc += w
+    vbar = v_acc + c_acc ** 2
+    nb_e = gaussian_nll(mean_c + d_acc * sig_c / torch.sqrt(vbar), mean_c, sig_c)
+    return nb_e, k_acc / w_acc
+
+
+def score_cube(model: CVAE3D, read: Callable[[slice, slice], np.ndarray], ny: int, nx: int,
+               scaler: Scaler, *, scales: Sequence[float], with_kl: bool, device: torch.device,
+               amp: bool, tile: int | None = None, want_recon: bool = False,
+               want_channels: tuple[int, int] | None = None,
+               region: tuple[int, int, int, int] | None = None, spill: float = 3.0,
+               progress: ProgressCallback | None = None) -> dict[str, np.ndarray]:
+    """Score every pixel of a ``(ny, nx, E)`` cube, tile by tile, seam-free.
+
+    For each scale ``s`` (Gaussian sigma in pixels, 0 = the pixel alone) the
+    statistic is the weighted mean spectrum of the pixel's neighbourhood; under
+    the model (independent Gaussian voxels) it is Gaussian with mean
+    ``sum_i w_i mu_i`` and variance ``sum_i w_i^2 v_i`` for the noise part of the
+    predicted variance ``v_i`` (up to the data's noise level) plus
+    ``(sum_i w_i t_i)^2`` for any excess ``t_i^2`` (model uncertainty, coherent
+    between neighbours). Replicate padding at the border is accounted for
+    exactly (repeated pixels' weights are added before squaring). The statistic
+    is rescaled to the pixel's own predicted sigma, so every scale's Gaussian NLL
+    (summed over channels) has the null distribution of the pixel's own NLL;
+    scale 0 *is* the pixel's own NLL. A pixel's score is the largest of them
+    (with ``with_kl``, each scale's NLL plus the same-weighted mean KL).
+    Neighbours whose own NLL exceeds the pixel's by more than ``spill`` null
+    standard deviations (``sqrt(E / 2)``) are left out of its neighbourhood, so
+    a strong anomaly does not spill over onto the normal pixels around it.
+
+    Parameters
+    ----------
+    model : CVAE3D
+    read : callable
+        ``read(rows, cols)`` returns the scaled input spectra of that block,
+        ``ndarray (len(rows), len(cols), E)`` float32 (it may read lazily).
+    ny, nx : int
+        Image size.
+    scaler : Scaler
+    scales : sequence of float
+        Neighbourhood sigmas (pixels); include 0 to keep single-pixel sensitivity.
+    with_kl : bool
+        Add the (neighbourhood-weighted) KL term to each scale's NLL.
+    device, amp
+        Where and how to run.
+    tile : int, optional
+        Output tile side; ``None`` picks one that fits the device's memory.
+    want_recon : bool
+        Also return per-pixel ``mean`` and ``sigma`` (h, w, E), Anscombe units.
+    want_channels : (iy, ix), optional
+        Also return ``channel_nll`` (E,): that pixel's per-channel NLL at its winning scale.
+    region : (y0, y1, x0, x1), optional
+        Score only this block of the image (context still comes from the image).
+    spill : float
+        See above; ``inf`` pools every neighbour.
+    progress : callable, optional
+
+    Returns
+    -------
+    dict
+        Maps of shape (h, w) over the region: ``score`` (the pixel's score),
+        ``nb_nll`` (its NLL part at the winning scale), ``scale`` (that sigma),
+        ``recon_nll`` (the pixel's own NLL), ``kl``; ``latent`` (h, w, d);
+        plus ``mean``, ``sigma``, ``channel_nll`` when asked.
+    """
+    y0r, y1r, x0r, x1r = region if region is not None else (0, ny, 0, nx)
+    hh, ww = y1r - y0r, x1r - x0r
+    scales = sorted({float(s) for s in scales} or {0.0})
+    kernels = [neighbourhood_kernel(s) for s in scales]
+    rn = max((g.size - 1) // 2 for g in kernels)
+    hal = model.halo
+    if tile is None:
+        tile = auto_tile(model.n_energy, model.width, device, hal + rn)
+    d = model.latent_dim
+    out = {k: np.zeros((hh, ww), np.float64)
+           for k in ("score", "nb_nll", "scale", "recon_nll", "kl")}
+    out["latent"] = np.zeros((hh, ww, d), np.float32)
+    if want_recon:
+        out["mean"] = np.zeros((hh, ww, model.n_energy), np.float32)
+        out["sigma"] = np.zeros((hh, ww, model.n_energy), np.float32)
+    mean_t, _, _ = scaler.tensors(device)
+    noise2 = float(scaler.noise) ** 2
+    tiles = _tiles(hh, ww, tile)
+    model.eval()
+    for it, (ty0, ty1, tx0, tx1) in enumerate(tiles):
+        ay0, ay1, ax0, ax1 = ty0 + y0r, ty1 + y0r, tx0 + x0r, tx1 + x0r  # absolute output
+        sy0, sy1 = max(0, ay0 - rn), min(ny, ay1 + rn)  # distinct source pixels
+        sx0, sx1 = max(0, ax0 - rn), min(nx, ax1 + rn)
+        # network input: source region + halo, replicate-padded at the image border
+        ry = np.clip(np.arange(sy0 - hal, sy1 + hal), 0, ny - 1)
+        rx = np.clip(np.arange(sx0 - hal, sx1 + hal), 0, nx - 1)
+        blk = read(slice(int(ry.min()), int(ry.max()) + 1), slice(int(rx.min()), int(rx.max()) + 1))
+        blk = np.asarray(blk, np.float32)[ry - ry.min()][:, rx - rx.min()]
+        x = torch.as_tensor(np.ascontiguousarray(np.moveaxis(blk, -1, 0)), device=device)
+        oy0, ox0 = ay0 - sy0, ax0 - sx0
+        sl = (slice(oy0, oy0 + ty1 - ty0), slice(ox0, ox0 + tx1 - tx0))
+        with torch.no_grad():
+            target, mean, sigma, mu, logvar = gaussian_outputs(
+                model, _cl(x[None, None]), mean_t, scaler, sample=False, generator=None, amp=amp)
+            target, mean, sigma = target[0], mean[0], sigma[0]  # (E, hs, ws)
+            kl = kl_standard_normal(mu[0], logvar[0]).sum(0)  # (hs, ws)
+            v = sigma ** 2
+            v_inc = torch.clamp(v, max=noise2)
+            s_coh = torch.sqrt(torch.clamp(v - noise2, min=0.0))
+            mean_c, sig_c = mean[:, sl[0], sl[1]], sigma[:, sl[0], sl[1]]
+            own_s = gaussian_nll(target, mean, sigma).sum(0)  # (hs, ws) each pixel's own NLL
+            parts = (target - mean, v_inc, s_coh, own_s, kl)
+            best = best_nll = best_scale = best_e = None
+            for scale, g in zip(scales, kernels):
+                ay = torch.as_tensor(_pool_matrix(ay0, ay1, sy0, sy1, ny, g), device=device,
+                                     dtype=torch.float32)
+                ax = torch.as_tensor(_pool_matrix(ax0, ax1, sx0, sx1, nx, g), device=device,
+                                     dtype=torch.float32)
+                nb_e, kl_nb = _neighbourhood_nll(parts, ay, ax, (oy0, ox0), (g.size - 1) // 2,
+                                                 mean_c, sig_c,
+                                                 spill * math.sqrt(0.5 * model.n_energy))
+                nb = nb_e.sum(0)
+                tot = nb + kl_nb if with_kl else nb
+                if best is None:
+                    best, best_nll, best_e = tot, nb, nb_e
+                    best_scale = torch.full_like(tot, scale)
+                else:
+                    up = tot > best
+                    best = torch.where(up, tot, best)
+                    best_nll = torch.where(up, nb, best_nll)
+                    best_scale = torch.where(up, torch.full_like(tot, scale), best_scale)
+                    if want_channels is not None:
+                        best_e = torch.where(up[None], nb_e, best_e)
+            own = own_s[sl]
+        dst = (slice(ty0, ty1), slice(tx0, tx1))
+        out["score"][dst] = best.double().cpu().numpy()
+        out["nb_nll"][dst] = best_nll.double().cpu().numpy()
+        out["scale"][dst] = best_scale.double().cpu().numpy()
+        out["recon_nll"][dst] = own.double().cpu().numpy()
+        out["kl"][dst] = kl[sl].double().cpu().numpy()
+        out["latent"][dst] = mu[0][:, sl[0], sl[1]].permute(1, 2, 0).cpu().numpy()
+        if want_recon:
+            out["mean"][dst] = mean_c.permute(1, 2, 0).cpu().numpy()
+            out["sigma"][dst] = sig_c.permute(1, 2, 0).cpu().numpy()
+        if want_channels is not None:
+            cy, cx = want_channels
+            if ay0 <= cy < ay1 and ax0 <= cx < ax1:
+                out["channel_nll"] = best_e[:, cy - ay0, cx - ax0].double().cpu().numpy()
+        emit(progress, "score", it + 1, len(tiles))
+    return out
+
+
+def check_finite_loss(value: float) -> None:
+    """Refuse a non-finite training loss with a message that says what to try."""
+    if not np.isfinite(value):
+        raise InputError("3D-CVAE training diverged (non-finite loss); lower lr or check the data "
+                         "for extreme values.")

@@ -33,7 +33,7 @@ import torch
 
 from ..errors import Cancelled, InputError
 from ..progress import ProgressCallback, emit
-from .losses import beta_nll_weight, gaussian_nll, kl_standard_normal, sigma_from_raw
+from .losses import LOG_2PI, beta_nll_weight, gaussian_nll, kl_standard_normal, sigma_from_raw
 from .model import CVAE3D
 
 log = logging.getLogger(__name__)
@@ -521,62 +521,35 @@ def auto_tile(n_energy: int, width: int, device: torch.device, halo: int) -> int
     return int(max(8, min(side, 4096)))
 
 
-def _neighbourhood_nll(parts: tuple[torch.Tensor, ...], ay: torch.Tensor, ax: torch.Tensor,
-                       origin: tuple[int, int], radius: int, mean_c: torch.Tensor,
-                       sig_c: torch.Tensor, spill: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel NLL ``(E, th, tw)`` of each output pixel's neighbourhood statistic, and its KL.
+def device_transform(x: torch.Tensor, transform: str, scaler: Scaler) -> torch.Tensor:
+    """Counts ``(..., E)`` -> scaled network input on ``x``'s device (float32).
 
-    ``parts = (dev, v_inc, s_coh, own, kl)`` over the source region (``dev``,
-    ``v_inc``, ``s_coh`` of shape ``(E, hs, ws)``; ``own``, ``kl`` ``(hs, ws)``);
-    ``ay (th, hs)``, ``ax (tw, ws)`` are the (border-aggregated) pooling weights;
-    ``origin`` is the output block's offset in the source region; ``radius`` the
-    kernel's half-width.
+    The same arithmetic as :func:`eelsanom.preprocess.forward_transform` then
+    :func:`to_input`, done where the data already are (the GPU) instead of in numpy.
     """
-    dev, v_inc, s_coh, own, kl = parts
-    th, hs = ay.shape
-    tw, ws = ax.shape
-    oy0, ox0 = origin
-    r = int(radius)
-    pad4 = (r, r, r, r)
-    dev_p, vi_p, sc_p = (torch.nn.functional.pad(t, pad4) for t in (dev, v_inc, s_coh))
-    own_p, kl_p = (torch.nn.functional.pad(t[None], pad4)[0] for t in (own, kl))
-    ay_p = torch.nn.functional.pad(ay, (r, r))
-    ax_p = torch.nn.functional.pad(ax, (r, r))
-    own_c = own[oy0:oy0 + th, ox0:ox0 + tw]
-    iy, ix = torch.arange(th, device=ay.device), torch.arange(tw, device=ax.device)
-    d_acc = torch.zeros_like(mean_c)
-    v_acc = torch.zeros_like(mean_c)
-    c_acc = torch.zeros_like(mean_c)
-    k_acc = torch.zeros_like(own_c)
-    w_acc = torch.zeros_like(own_c)
-    for dy in range(-r, r + 1):
-        wy = ay_p[iy, iy + oy0 + dy + r]
-        if not bool((wy > 0).any()):
-            continue
-        ys = slice(oy0 + dy + r, oy0 + dy + r + th)
-        for dx in range(-r, r + 1):
-            wx = ax_p[ix, ix + ox0 + dx + r]
-            if not bool((wx > 0).any()):
-                continue
-            xs = slice(ox0 + dx + r, ox0 + dx + r + tw)
-            w = wy[:, None] * wx[None, :]
-            if dy or dx:
-                w = w * (own_p[ys, xs] - own_c <= spill)
-            d_acc += w * dev_p[:, ys, xs]
-            v_acc += w ** 2 * vi_p[:, ys, xs]
-            c_acc += w * sc_p[:, ys, xs]
-            k_acc += w * kl_p[ys, xs]
-            w_acc += w
-    vbar = v_acc + c_acc ** 2
-    nb_e = gaussian_nll(mean_c + d_acc * sig_c / torch.sqrt(vbar), mean_c, sig_c)
-    return nb_e, k_acc / w_acc
+    x = x.float()
+    if transform == "anscombe":
+        x = 2.0 * torch.sqrt(torch.clamp(x, min=0.0) + 0.375)
+    m = torch.as_tensor(scaler.mean, dtype=torch.float32, device=x.device)
+    return (x - m) / float(scaler.scale)
+
+
+def expected_nll(sigma: torch.Tensor) -> torch.Tensor:
+    """Expected Gaussian NLL summed over channels, ``sum_e (0.5 + log sigma_e + 0.5 log 2 pi)``.
+
+    What a pixel scores on average when its data follow the model; ``sigma``
+    has shape ``(E, h, w)``, the result ``(h, w)``.
+    """
+    return (0.5 + torch.log(sigma) + 0.5 * LOG_2PI).sum(0)
 
 
 def score_cube(model: CVAE3D, read: Callable[[slice, slice], np.ndarray], ny: int, nx: int,
-               scaler: Scaler, *, scales: Sequence[float], with_kl: bool, device: torch.device,
-               amp: bool, tile: int | None = None, want_recon: bool = False,
+               scaler: Scaler, *, transform: str, scales: Sequence[float], with_kl: bool,
+               device: torch.device, amp: bool,
+               spill: tuple[float, float] = (0.0, float("inf")),
+               tile: int | None = None, want_recon: bool = False,
                want_channels: tuple[int, int] | None = None,
-               region: tuple[int, int, int, int] | None = None, spill: float = 3.0,
+               region: tuple[int, int, int, int] | None = None,
                progress: ProgressCallback | None = None) -> dict[str, np.ndarray]:
     """Score every pixel of a ``(ny, nx, E)`` cube, tile by tile, seam-free.
 
@@ -592,25 +565,31 @@ def score_cube(model: CVAE3D, read: Callable[[slice, slice], np.ndarray], ny: in
     (summed over channels) has the null distribution of the pixel's own NLL;
     scale 0 *is* the pixel's own NLL. A pixel's score is the largest of them
     (with ``with_kl``, each scale's NLL plus the same-weighted mean KL).
-    Neighbours whose own NLL exceeds the pixel's by more than ``spill`` null
-    standard deviations (``sqrt(E / 2)``) are left out of its neighbourhood, so
-    a strong anomaly does not spill over onto the normal pixels around it.
+    Each pixel's excess NLL (own NLL minus its expectation under the model)
+    gives it an outlier level (:func:`outlier_level`, from ``spill = (median,
+    step)``); a pixel pools only neighbours whose level is at most its own plus
+    one, so a strong anomaly does not spill onto the normal pixels around it
+    while an anomalous cluster still pools its members.
 
     Parameters
     ----------
     model : CVAE3D
     read : callable
-        ``read(rows, cols)`` returns the scaled input spectra of that block,
-        ``ndarray (len(rows), len(cols), E)`` float32 (it may read lazily).
+        ``read(rows, cols)`` returns the *counts* of that block of the image,
+        ``ndarray (len(rows), len(cols), E)`` (it may read lazily); the transform
+        and scaling run on ``device``.
     ny, nx : int
         Image size.
     scaler : Scaler
+    transform : {"anscombe", "none"}
     scales : sequence of float
         Neighbourhood sigmas (pixels); include 0 to keep single-pixel sensitivity.
     with_kl : bool
         Add the (neighbourhood-weighted) KL term to each scale's NLL.
     device, amp
-        Where and how to run.
+        Where and how to run (``amp``: bf16 autocast of the network on CUDA).
+    spill : (float, float)
+        ``(median, step)`` of the outlier levels; ``step = inf`` pools every neighbour.
     tile : int, optional
         Output tile side; ``None`` picks one that fits the device's memory.
     want_recon : bool
@@ -619,8 +598,6 @@ def score_cube(model: CVAE3D, read: Callable[[slice, slice], np.ndarray], ny: in
         Also return ``channel_nll`` (E,): that pixel's per-channel NLL at its winning scale.
     region : (y0, y1, x0, x1), optional
         Score only this block of the image (context still comes from the image).
-    spill : float
-        See above; ``inf`` pools every neighbour.
     progress : callable, optional
 
     Returns
@@ -628,8 +605,9 @@ def score_cube(model: CVAE3D, read: Callable[[slice, slice], np.ndarray], ny: in
     dict
         Maps of shape (h, w) over the region: ``score`` (the pixel's score),
         ``nb_nll`` (its NLL part at the winning scale), ``scale`` (that sigma),
-        ``recon_nll`` (the pixel's own NLL), ``kl``; ``latent`` (h, w, d);
-        plus ``mean``, ``sigma``, ``channel_nll`` when asked.
+        ``recon_nll`` (the pixel's own NLL), ``expected`` (its expectation under
+        the model), ``kl``; ``latent`` (h, w, d); plus ``mean``, ``sigma``,
+        ``channel_nll`` when asked.
     """
     y0r, y1r, x0r, x1r = region if region is not None else (0, ny, 0, nx)
     hh, ww = y1r - y0r, x1r - x0r
@@ -641,7 +619,7 @@ def score_cube(model: CVAE3D, read: Callable[[slice, slice], np.ndarray], ny: in
         tile = auto_tile(model.n_energy, model.width, device, hal + rn)
     d = model.latent_dim
     out = {k: np.zeros((hh, ww), np.float64)
-           for k in ("score", "nb_nll", "scale", "recon_nll", "kl")}
+           for k in ("score", "nb_nll", "scale", "recon_nll", "expected", "kl")}
     out["latent"] = np.zeros((hh, ww, d), np.float32)
     if want_recon:
         out["mean"] = np.zeros((hh, ww, model.n_energy), np.float32)
@@ -654,34 +632,40 @@ def score_cube(model: CVAE3D, read: Callable[[slice, slice], np.ndarray], ny: in
         ay0, ay1, ax0, ax1 = ty0 + y0r, ty1 + y0r, tx0 + x0r, tx1 + x0r  # absolute output
         sy0, sy1 = max(0, ay0 - rn), min(ny, ay1 + rn)  # distinct source pixels
         sx0, sx1 = max(0, ax0 - rn), min(nx, ax1 + rn)
-        # network input: source region + halo, replicate-padded at the image border
-        ry = np.clip(np.arange(sy0 - hal, sy1 + hal), 0, ny - 1)
-        rx = np.clip(np.arange(sx0 - hal, sx1 + hal), 0, nx - 1)
-        blk = read(slice(int(ry.min()), int(ry.max()) + 1), slice(int(rx.min()), int(rx.max()) + 1))
-        blk = np.asarray(blk, np.float32)[ry - ry.min()][:, rx - rx.min()]
-        x = torch.as_tensor(np.ascontiguousarray(np.moveaxis(blk, -1, 0)), device=device)
+        # network input: source region + halo; beyond the image border the border pixel is
+        # repeated (replicate padding, applied on the device)
+        iy0, iy1 = max(0, sy0 - hal), min(ny, sy1 + hal)
+        ix0, ix1 = max(0, sx0 - hal), min(nx, sx1 + hal)
+        pads = (ix0 - (sx0 - hal), (sx1 + hal) - ix1, iy0 - (sy0 - hal), (sy1 + hal) - iy1)
+        raw = torch.as_tensor(np.asarray(read(slice(iy0, iy1), slice(ix0, ix1))))
+        x = device_transform(raw.to(device), transform, scaler).permute(2, 0, 1)[None, None]
+        if any(pads):
+            x = torch.nn.functional.pad(x, (*pads, 0, 0), mode="replicate")
         oy0, ox0 = ay0 - sy0, ax0 - sx0
         sl = (slice(oy0, oy0 + ty1 - ty0), slice(ox0, ox0 + tx1 - tx0))
         with torch.no_grad():
             target, mean, sigma, mu, logvar = gaussian_outputs(
-                model, _cl(x[None, None]), mean_t, scaler, sample=False, generator=None, amp=amp)
+                model, _cl(x), mean_t, scaler, sample=False, generator=None, amp=amp)
             target, mean, sigma = target[0], mean[0], sigma[0]  # (E, hs, ws)
             kl = kl_standard_normal(mu[0], logvar[0]).sum(0)  # (hs, ws)
+            dev = target - mean
             v = sigma ** 2
-            v_inc = torch.clamp(v, max=noise2)
-            s_coh = torch.sqrt(torch.clamp(v - noise2, min=0.0))
+            own_s = (0.5 * dev ** 2 / v + torch.log(sigma) + 0.5 * LOG_2PI).sum(0)
+            exp_s = expected_nll(sigma)
             mean_c, sig_c = mean[:, sl[0], sl[1]], sigma[:, sl[0], sl[1]]
-            own_s = gaussian_nll(target, mean, sigma).sum(0)  # (hs, ws) each pixel's own NLL
-            parts = (target - mean, v_inc, s_coh, own_s, kl)
             best = best_nll = best_scale = best_e = None
             for scale, g in zip(scales, kernels):
-                ay = torch.as_tensor(_pool_matrix(ay0, ay1, sy0, sy1, ny, g), device=device,
-                                     dtype=torch.float32)
-                ax = torch.as_tensor(_pool_matrix(ax0, ax1, sx0, sx1, nx, g), device=device,
-                                     dtype=torch.float32)
-                nb_e, kl_nb = _neighbourhood_nll(parts, ay, ax, (oy0, ox0), (g.size - 1) // 2,
-                                                 mean_c, sig_c,
-                                                 spill * math.sqrt(0.5 * model.n_energy))
+                if g.size == 1:  # the pixel itself
+                    nb_e = gaussian_nll(target[:, sl[0], sl[1]], mean_c, sig_c)
+                    kl_nb = kl[sl]
+                else:
+                    ay = torch.as_tensor(_pool_matrix(ay0, ay1, sy0, sy1, ny, g), device=device,
+                                         dtype=torch.float32)
+                    ax = torch.as_tensor(_pool_matrix(ax0, ax1, sx0, sx1, nx, g),
+                                         device=device, dtype=torch.float32)
+                    level = outlier_level(own_s - exp_s, spill[0], spill[1])
+                    nb_e, kl_nb = _neighbourhood_nll(dev, v, kl, level, noise2, ay, ax,
+                                                     (oy0, ox0), sig_c)
                 nb = nb_e.sum(0)
                 tot = nb + kl_nb if with_kl else nb
                 if best is None:
@@ -694,12 +678,12 @@ def score_cube(model: CVAE3D, read: Callable[[slice, slice], np.ndarray], ny: in
                     best_scale = torch.where(up, torch.full_like(tot, scale), best_scale)
                     if want_channels is not None:
                         best_e = torch.where(up[None], nb_e, best_e)
-            own = own_s[sl]
         dst = (slice(ty0, ty1), slice(tx0, tx1))
         out["score"][dst] = best.double().cpu().numpy()
         out["nb_nll"][dst] = best_nll.double().cpu().numpy()
         out["scale"][dst] = best_scale.double().cpu().numpy()
-        out["recon_nll"][dst] = own.double().cpu().numpy()
+        out["recon_nll"][dst] = own_s[sl].double().cpu().numpy()
+        out["expected"][dst] = exp_s[sl].double().cpu().numpy()
         out["kl"][dst] = kl[sl].double().cpu().numpy()
         out["latent"][dst] = mu[0][:, sl[0], sl[1]].permute(1, 2, 0).cpu().numpy()
         if want_recon:
@@ -711,6 +695,59 @@ def score_cube(model: CVAE3D, read: Callable[[slice, slice], np.ndarray], ny: in
                 out["channel_nll"] = best_e[:, cy - ay0, cx - ax0].double().cpu().numpy()
         emit(progress, "score", it + 1, len(tiles))
     return out
+
+
+def outlier_level(excess: torch.Tensor, median: float, step: float) -> torch.Tensor:
+    """How much of an outlier each pixel is by itself: 0 up to ``median + step``, then
+    ``1 + floor(log2(u))`` with ``u = (excess - median) / step`` (1 for u in (1, 2], 2 for
+    (2, 4], ...)."""
+    u = (excess - median) / step
+    lev = torch.floor(torch.log2(torch.clamp(u, min=1.0))) + 1.0
+    return torch.where(u <= 1.0, torch.zeros_like(u), lev)
+
+
+def _neighbourhood_nll(dev: torch.Tensor, v: torch.Tensor, kl: torch.Tensor, level: torch.Tensor,
+                       noise2: float, ay: torch.Tensor, ax: torch.Tensor,
+                       origin: tuple[int, int], sig_c: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel NLL ``(E, th, tw)`` of each output pixel's neighbourhood statistic, and its KL.
+
+    ``dev = data - mean`` and ``v = sigma^2`` ``(E, hs, ws)``, ``kl`` and ``level``
+    (:func:`outlier_level`) ``(hs, ws)`` over the source region; ``ay (th, hs)``
+    and ``ax (tw, ws)`` the (border-aggregated) pooling weights; ``origin`` the
+    output block's offset in the source region; ``sig_c`` the output pixels' own
+    sigma. A pixel pools the neighbours whose level is at most its own plus one,
+    so a neighbour far more anomalous than the pixel itself does not spill into it.
+    """
+    th, tw = ay.shape[0], ax.shape[0]
+    oy0, ox0 = origin
+    a2y, a2x = ay ** 2, ax ** 2
+
+    def pool(t: torch.Tensor, a_y: torch.Tensor = ay, a_x: torch.Tensor = ax) -> torch.Tensor:
+        return torch.einsum("ps,...sr,qr->...pq", a_y, t, a_x)
+
+    v_inc = torch.clamp(v, max=noise2)
+    s_coh = torch.sqrt(torch.clamp(v - noise2, min=0.0))
+    lev_c = level[oy0:oy0 + th, ox0:ox0 + tw]
+    z = torch.zeros_like(sig_c)
+    k_out = torch.zeros_like(lev_c)
+    top = float(level.max())
+    for lv in torch.unique(lev_c).tolist():
+        if lv + 1.0 >= top:  # every neighbour qualifies
+            keep = None
+        else:
+            keep = (level <= lv + 1.0).to(dev.dtype)
+        m = lev_c == lv
+        if keep is None:
+            d, vb, cb, kb, wb = (pool(dev), pool(v_inc, a2y, a2x), pool(s_coh), pool(kl),
+                                 pool(torch.ones_like(kl)))
+        else:
+            d, vb, cb = pool(dev * keep), pool(v_inc * keep, a2y, a2x), pool(s_coh * keep)
+            kb, wb = pool(kl * keep), pool(keep)
+        z = torch.where(m, d / torch.sqrt(vb + cb ** 2), z)
+        k_out = torch.where(m, kb / wb, k_out)
+    nb_e = 0.5 * z ** 2 + torch.log(sig_c) + 0.5 * LOG_2PI
+    return nb_e, k_out
 
 
 def check_finite_loss(value: float) -> None:

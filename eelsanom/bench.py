@@ -403,13 +403,13 @@ def _figures(cond_maps: list[tuple[str, dict[str, Any]]], out: Path) -> list[Pat
             axes[0][j].set_title(det, fontsize=9)
             fig.colorbar(im, ax=axes[0][j], fraction=0.046, pad=0.04, label="NLL")
             t = maps["thresholds"][det]
-            x = nll - nll.min() + 1e-6
-            axes[1][j].hist(np.log10(x[~maps["truth"]]), bins=60, alpha=0.6, label="normal",
-                            density=True)
-            axes[1][j].hist(np.log10(x[maps["truth"]]), bins=30, alpha=0.6, label="anomalous",
-                            density=True)
-            axes[1][j].axvline(np.log10(t - nll.min() + 1e-6), color="k", lw=1, label="threshold")
-            axes[1][j].set_xlabel("log10(NLL - min)")
+            bins = np.linspace(np.percentile(nll, 0.1), nll.max(), 80)
+            axes[1][j].hist(nll[~maps["truth"]], bins=bins, alpha=0.6, label="normal")
+            axes[1][j].hist(nll[maps["truth"]], bins=bins, alpha=0.6, label="anomalous")
+            axes[1][j].axvline(t, color="k", lw=1, label="threshold")
+            axes[1][j].set_yscale("log")
+            axes[1][j].set_xlabel("NLL")
+            axes[1][j].set_ylabel("pixels")
         axes[1][1].legend(fontsize=7)
         for a in axes[0]:
             a.set_xticks([])

@@ -546,7 +546,7 @@ def expected_nll(sigma: torch.Tensor) -> torch.Tensor:
 def score_cube(model: CVAE3D, read: Callable[[slice, slice], np.ndarray], ny: int, nx: int,
                scaler: Scaler, *, transform: str, scales: Sequence[float], with_kl: bool,
                device: torch.device, amp: bool,
-               spill: tuple[float, float] = (0.0, float("inf")),
+               spill: tuple[float, float] = (0.0, float("inf")), background: float = 10.0,
                tile: int | None = None, want_recon: bool = False,
                want_channels: tuple[int, int] | None = None,
                region: tuple[int, int, int, int] | None = None,
@@ -590,6 +590,11 @@ def score_cube(model: CVAE3D, read: Callable[[slice, slice], np.ndarray], ny: in
         Where and how to run (``amp``: bf16 autocast of the network on CUDA).
     spill : (float, float)
         ``(median, step)`` of the outlier levels; ``step = inf`` pools every neighbour.
+    background : float
+        The neighbourhood statistic is taken relative to a wide Gaussian
+        neighbourhood of this sigma (pixels): a local background of the
+        residuals, so that a smooth misfit of the model across the image (e.g.
+        thickness beyond the training range) cancels; 0 switches it off.
     tile : int, optional
         Output tile side; ``None`` picks one that fits the device's memory.
     want_recon : bool
@@ -613,7 +618,9 @@ def score_cube(model: CVAE3D, read: Callable[[slice, slice], np.ndarray], ny: in
     hh, ww = y1r - y0r, x1r - x0r
     scales = sorted({float(s) for s in scales} or {0.0})
     kernels = [neighbourhood_kernel(s) for s in scales]
-    rn = max((g.size - 1) // 2 for g in kernels)
+    backs = [neighbourhood_kernel(max(background, s)) if s > 0 and background > 0 else None
+             for s in scales]
+    rn = max((g.size - 1) // 2 for g in kernels + [b for b in backs if b is not None])
     hal = model.halo
     if tile is None:
         tile = auto_tile(model.n_energy, model.width, device, hal + rn)
@@ -654,17 +661,22 @@ def score_cube(model: CVAE3D, read: Callable[[slice, slice], np.ndarray], ny: in
             exp_s = expected_nll(sigma)
             mean_c, sig_c = mean[:, sl[0], sl[1]], sigma[:, sl[0], sl[1]]
             best = best_nll = best_scale = best_e = None
-            for scale, g in zip(scales, kernels):
+            for scale, g, gb in zip(scales, kernels, backs):
                 if g.size == 1:  # the pixel itself
                     nb_e = gaussian_nll(target[:, sl[0], sl[1]], mean_c, sig_c)
                     kl_nb = kl[sl]
                 else:
-                    ay = torch.as_tensor(_pool_matrix(ay0, ay1, sy0, sy1, ny, g), device=device,
-                                         dtype=torch.float32)
-                    ax = torch.as_tensor(_pool_matrix(ax0, ax1, sx0, sx1, nx, g),
-                                         device=device, dtype=torch.float32)
+                    def mat(kern: np.ndarray | None, o0: int, o1: int, s0: int, s1: int,
+                            n: int) -> torch.Tensor | None:
+                        if kern is None:
+                            return None
+                        return torch.as_tensor(_pool_matrix(o0, o1, s0, s1, n, kern),
+                                               device=device, dtype=torch.float32)
+
+                    mats = (mat(g, ay0, ay1, sy0, sy1, ny), mat(g, ax0, ax1, sx0, sx1, nx),
+                            mat(gb, ay0, ay1, sy0, sy1, ny), mat(gb, ax0, ax1, sx0, sx1, nx))
                     level = outlier_level(own_s - exp_s, spill[0], spill[1])
-                    nb_e, kl_nb = _neighbourhood_nll(dev, v, kl, level, noise2, ay, ax,
+                    nb_e, kl_nb = _neighbourhood_nll(dev, v, kl, level, noise2, mats,
                                                      (oy0, ox0), sig_c)
                 nb = nb_e.sum(0)
                 tot = nb + kl_nb if with_kl else nb
@@ -698,33 +710,49 @@ def score_cube(model: CVAE3D, read: Callable[[slice, slice], np.ndarray], ny: in
 
 
 def outlier_level(excess: torch.Tensor, median: float, step: float) -> torch.Tensor:
-    """How much of an outlier each pixel is by itself: 0 up to ``median + step``, then
-    ``1 + floor(log2(u))`` with ``u = (excess - median) / step`` (1 for u in (1, 2], 2 for
-    (2, 4], ...)."""
+    """How much of an outlier each pixel is by itself, from ``u = (excess - median) / step``:
+    0 for ``u <= 1``, 1 for ``u`` in (1, 2], 2 above (so that pooling needs at most three
+    passes: pixels at level 2 pool every neighbour)."""
     u = (excess - median) / step
-    lev = torch.floor(torch.log2(torch.clamp(u, min=1.0))) + 1.0
-    return torch.where(u <= 1.0, torch.zeros_like(u), lev)
+    return (u > 1.0).to(u.dtype) + (u > 2.0).to(u.dtype)
 
 
 def _neighbourhood_nll(dev: torch.Tensor, v: torch.Tensor, kl: torch.Tensor, level: torch.Tensor,
-                       noise2: float, ay: torch.Tensor, ax: torch.Tensor,
+                       noise2: float, mats: tuple[torch.Tensor | None, ...],
                        origin: tuple[int, int], sig_c: torch.Tensor
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel NLL ``(E, th, tw)`` of each output pixel's neighbourhood statistic, and its KL.
 
     ``dev = data - mean`` and ``v = sigma^2`` ``(E, hs, ws)``, ``kl`` and ``level``
-    (:func:`outlier_level`) ``(hs, ws)`` over the source region; ``ay (th, hs)``
-    and ``ax (tw, ws)`` the (border-aggregated) pooling weights; ``origin`` the
-    output block's offset in the source region; ``sig_c`` the output pixels' own
-    sigma. A pixel pools the neighbours whose level is at most its own plus one,
-    so a neighbour far more anomalous than the pixel itself does not spill into it.
+    (:func:`outlier_level`) ``(hs, ws)`` over the source region; ``mats = (ay, ax,
+    by, bx)`` the (border-aggregated) weights ``(th, hs)`` / ``(tw, ws)`` of the
+    neighbourhood and of its background (``by, bx`` may be ``None``); ``origin``
+    the output block's offset in the source region; ``sig_c`` the output
+    pixels' own sigma. The statistic is ``sum_q (a_pq - b_pq) dev_q`` with its
+    exact variance under the model. A pixel pools the sources whose level is at
+    most its own plus one, so a neighbour far more anomalous than the pixel
+    itself does not spill into it.
     """
+    ay, ax, by, bx = mats
     th, tw = ay.shape[0], ax.shape[0]
     oy0, ox0 = origin
-    a2y, a2x = ay ** 2, ax ** 2
 
-    def pool(t: torch.Tensor, a_y: torch.Tensor = ay, a_x: torch.Tensor = ax) -> torch.Tensor:
+    def pool(t: torch.Tensor, a_y: torch.Tensor, a_x: torch.Tensor) -> torch.Tensor:
         return torch.einsum("ps,...sr,qr->...pq", a_y, t, a_x)
+
+    def stats(keep: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        d_, vi_, sc_, k_ = (dev, v_inc, s_coh, kl) if keep is None else (
+            dev * keep, v_inc * keep, s_coh * keep, kl * keep)
+        w_ = torch.ones_like(kl) if keep is None else keep
+        d = pool(d_, ay, ax)
+        var = pool(vi_, ay ** 2, ax ** 2)
+        coh = pool(sc_, ay, ax)
+        if by is not None:
+            d = d - pool(d_, by, bx)
+            var = var - 2.0 * pool(vi_, ay * by, ax * bx) + pool(vi_, by ** 2, bx ** 2)
+            coh = coh - pool(sc_, by, bx)
+        var = torch.clamp(var, min=1e-12) + coh ** 2
+        return d / torch.sqrt(var), pool(k_, ay, ax) / pool(w_, ay, ax)
 
     v_inc = torch.clamp(v, max=noise2)
     s_coh = torch.sqrt(torch.clamp(v - noise2, min=0.0))
@@ -733,19 +761,10 @@ def _neighbourhood_nll(dev: torch.Tensor, v: torch.Tensor, kl: torch.Tensor, lev
     k_out = torch.zeros_like(lev_c)
     top = float(level.max())
     for lv in torch.unique(lev_c).tolist():
-        if lv + 1.0 >= top:  # every neighbour qualifies
-            keep = None
-        else:
-            keep = (level <= lv + 1.0).to(dev.dtype)
+        zz, kk = stats(None if lv + 1.0 >= top else (level <= lv + 1.0).to(dev.dtype))
         m = lev_c == lv
-        if keep is None:
-            d, vb, cb, kb, wb = (pool(dev), pool(v_inc, a2y, a2x), pool(s_coh), pool(kl),
-                                 pool(torch.ones_like(kl)))
-        else:
-            d, vb, cb = pool(dev * keep), pool(v_inc * keep, a2y, a2x), pool(s_coh * keep)
-            kb, wb = pool(kl * keep), pool(keep)
-        z = torch.where(m, d / torch.sqrt(vb + cb ** 2), z)
-        k_out = torch.where(m, kb / wb, k_out)
+        z = torch.where(m, zz, z)
+        k_out = torch.where(m, kk, k_out)
     nb_e = 0.5 * z ** 2 + torch.log(sig_c) + 0.5 * LOG_2PI
     return nb_e, k_out
 

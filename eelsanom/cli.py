@@ -165,8 +165,9 @@ def _energy_range(text: str | None) -> tuple[float, float] | None:
 
 
 def _detector_params(args: argparse.Namespace) -> dict[str, Any]:
-    p: dict[str, Any] = {"threshold": args.threshold,
-                         "energy_range": _energy_range(args.energy_range)}
+    p: dict[str, Any] = {"energy_range": _energy_range(args.energy_range)}
+    if args.threshold is not None:  # else the detector's own default rule
+        p["threshold"] = args.threshold
     if args.method in ("pca",):
         p["n_components"] = args.components
         p["device"] = args.device
@@ -397,9 +398,10 @@ def _add_training(p: argparse.ArgumentParser) -> None:
                         "use the bulk mask stored in a simulated file. Without --train-roi/"
                         "--train-mask all pixels are used, robustly")
     p.add_argument("--energy-range", metavar="START:STOP", help="energy window in eV")
-    p.add_argument("--threshold", default="robust",
+    p.add_argument("--threshold", default=None,
                    help="robust[:K] (median + K robust sigmas, K=4) | otsu | gmm | PERCENT of "
-                        "pixels to flag | value:X (default: robust)")
+                        "pixels to flag | value:X (default: the detector's rule: robust for "
+                        "pca/rx, gmm for cvae)")
     p.add_argument("--components", type=int, default=None,
                    help="PCA components (default: automatic)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")

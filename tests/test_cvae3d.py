@@ -70,6 +70,21 @@ def test_fit_with_bulk_mask_and_line_scan_mask():
     assert res.nll.shape == (1, 40)
 
 
+def test_lazy_dask_input_scores_like_numpy(fitted):
+    da = pytest.importorskip("dask.array")
+    det, si = fitted
+    lazy = SpectrumImage(data=da.from_array(si.data, chunks=(7, 9, 40)), energy=si.energy)
+    np.testing.assert_allclose(det.score(lazy).nll, det.score(si).nll, rtol=1e-6)
+
+
+def test_energy_range_models_the_window_only():
+    si = _si(10, 10, ne=60)
+    det = CVAE3DDetector(**dict(TINY, energy_range=(703.0, 712.0))).fit(si)
+    res = det.score(si)
+    assert res.energy.size == det.model_.n_energy == 31
+    assert res.energy.offset == pytest.approx(703.0)
+
+
 # ----------------------------------------------------------------------------- seams
 def test_constant_image_gives_flat_nll():
     """Every pixel has the same noise-free spectrum: no border or tile artefacts."""

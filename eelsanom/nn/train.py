@@ -510,15 +510,20 @@ def _tiles(ny: int, nx: int, tile: int) -> list[tuple[int, int, int, int]]:
 
 
 def auto_tile(n_energy: int, width: int, device: torch.device, halo: int) -> int:
-    """Tile side (pixels) whose working memory fits the device (CPU: ~0.5 GB)."""
-    per_px = 4.0 * max(n_energy, 1) * (1.5 * width + 16)
+    """Output tile side (pixels) whose working memory, halo included, fits the device.
+
+    Budget: a quarter of the free GPU memory, or 2 GB on the CPU; about
+    ``4 (width + 24)`` bytes per voxel (network activations and the
+    neighbourhood statistics).
+    """
+    per_px = 4.0 * max(n_energy, 1) * (width + 24)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         budget = 0.25 * free
     else:
-        budget = 0.5e9
+        budget = 2e9
     side = int(math.sqrt(budget / per_px)) - 2 * halo
-    return int(max(8, min(side, 4096)))
+    return int(max(16, min(side, 4096)))
 
 
 def device_transform(x: torch.Tensor, transform: str, scaler: Scaler) -> torch.Tensor:

@@ -303,6 +303,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     det = load_detector(args.model)
     if args.threshold is not None:
         det.threshold = args.threshold
+    if args.device is not None and "device" in det.get_params():
+        det.set_params(device=args.device)
     out = Path(args.out)
     failures = 0
     for path, stem in zip(args.inputs, stems):
@@ -460,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", default=None,
                    help="override the model's threshold rule (robust[:K] | otsu | gmm | "
                         "PERCENT | value:X)")
+    p.add_argument("--device", default=None,
+                   help="auto | cpu | cuda | cuda:N | mps (default: as saved, or auto)")
     p.add_argument("--out", required=True)
     p.add_argument("--formats", default="hspy,png")
     p.set_defaults(func=cmd_apply)

@@ -488,3 +488,25 @@ def test_quality_floor_on_the_quick_benchmark():
     for method in METHODS:
         res = _det(method).fit(sim.si, sim.bulk_mask).score(sim.si)
         assert res.evaluate(sim.truth)["roc_auc"] >= 0.95, method
+
+
+def test_model_saved_for_a_missing_device_loads_with_auto(cube, tmp_path):
+    # A model trained on a GPU box (device="cuda") must still load and score on a CPU-only one.
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    si, _ = cube
+    det = PCADetector(n_components=2, device="cpu").fit(si)
+    path = det.save(tmp_path / "m.h5")
+    import json
+
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        params = json.loads(f.attrs["params"])
+        params["device"] = "cuda"
+        f.attrs["params"] = json.dumps(params)
+    loaded = load_detector(path)
+    assert loaded.device == "auto"
+    np.testing.assert_allclose(loaded.score(si).nll, det.score(si).nll, rtol=1e-6)

@@ -262,6 +262,16 @@ def load_detector(path: str | Path, expected: type[BaseDetector] | None = None) 
     cls = detector_class(header["detector"])
     if expected is not None and not issubclass(cls, expected):
         raise InputError(f"{str(path)!r} holds a {cls.__name__} model, not a {expected.__name__}.")
+    dev = params.get("device")
+    if dev not in (None, "auto", "cpu"):
+        from ..device import resolve_device
+
+        try:
+            resolve_device(dev)
+        except InputError:
+            log.warning("%s was saved with device=%r, which this machine lacks; using 'auto'",
+                        path, dev)
+            params = {**params, "device": "auto"}
     det = cls(**params)
     det._set_state(state, arrays)
     det.energy_axis_ = Axis.from_dict(state["energy_axis"])

@@ -128,13 +128,9 @@ def load_mask_file(path: str, nav_shape: tuple[int, int]) -> np.ndarray:
         raise
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad input
         raise InputError(f"--train-mask: could not read {path!r} as a mask ({exc}).") from exc
-    m = np.asarray(m)
-    if m.ndim == 1 and nav_shape[0] == 1:
-        m = m[None]
-    if m.shape != tuple(nav_shape):
-        raise InputError(f"--train-mask: expected a mask of shape {tuple(nav_shape)} (the image's "
-                         f"navigation shape), got {m.shape} from {path!r}.")
-    return m != 0
+    from .detectors.base import check_train_mask
+
+    return check_train_mask(np.asarray(m) != 0, nav_shape, what=f"--train-mask {path!r}")
 
 
 def _train_mask(args: argparse.Namespace, si) -> np.ndarray | None:
@@ -256,16 +252,22 @@ def _print_summary(summary: dict[str, Any], quiet: bool) -> None:
 
 
 # ----------------------------------------------------------------------------- commands
-def cmd_detect(args: argparse.Namespace) -> int:
+def _fit(args: argparse.Namespace, *, score: bool):
+    """Load the input, build the bulk mask and detector, fit (and score): ``(si, mask, det, res)``."""
     si = _load_input(args, args.input)
     mask = _train_mask(args, si)
     det = _build_detector(args)
     bar = _Bar(args.quiet)
     try:
         det.fit(si, mask, progress=bar)
-        result = det.score(si, progress=bar)
+        result = det.score(si, progress=bar) if score else None
     finally:
         bar.close()
+    return si, mask, det, result
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    si, mask, det, result = _fit(args, score=True)
     out = Path(args.out)
     extra: dict[str, Any] = {"train_pixels": int(mask.sum()) if mask is not None else "all (robust)"}
     if args.model_out:
@@ -276,14 +278,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    si = _load_input(args, args.input)
-    mask = _train_mask(args, si)
-    det = _build_detector(args)
-    bar = _Bar(args.quiet)
-    try:
-        det.fit(si, mask, progress=bar)
-    finally:
-        bar.close()
+    _, mask, det, _ = _fit(args, score=False)
     path = det.save(args.model_out)
     if not args.quiet:
         print(f"{det.method} model trained on {int(mask.sum()) if mask is not None else 'all'} "

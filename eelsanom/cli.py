@@ -397,8 +397,7 @@ def _add_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--energy-range", metavar="START:STOP", help="energy window in eV")
     p.add_argument("--threshold", default=None,
                    help="robust[:K] (median + K robust sigmas, K=4) | otsu | gmm | PERCENT of "
-                        "pixels to flag | value:X (default: the detector's rule: robust for "
-                        "pca/rx, gmm for cvae)")
+                        "pixels to flag | value:X (default: the detector's own rule, robust)")
     p.add_argument("--components", type=int, default=None,
                    help="PCA components (default: automatic)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")

@@ -36,6 +36,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -245,11 +246,13 @@ def _bad(name: str, expected: str, found: Any, fix: str) -> InputError:
     return InputError(f"simulate: {name} expected {expected}, found {found!r}. {fix}")
 
 
-def _real(name: str, value: Any, expected: str, fix: str) -> float:
+def _real(name: str, value: Any, expected: str, fix: str,
+          ok: Callable[[float], bool] | None = None) -> float:
+    """``value`` as a finite float satisfying ``ok``, else InputError(expected, fix)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise _bad(name, expected, value, fix)
     v = float(value)
-    if not math.isfinite(v):
+    if not math.isfinite(v) or (ok is not None and not ok(v)):
         raise _bad(name, expected, value, fix)
     return v
 
@@ -280,43 +283,30 @@ def _validate(shape, window, anomaly, magnitude, anomaly_shape, concentration, d
         magnitude = DEFAULT_MAGNITUDE[anomaly]
     if anomaly == "shift":
         mag = _real("magnitude", magnitude, f"a shift in eV with |dE| <= {_MAX_ABS_SHIFT:g}",
-                    "Use e.g. magnitude=1.5 (eV).")
-        if abs(mag) > _MAX_ABS_SHIFT:
-            raise _bad("magnitude", f"a shift in eV with |dE| <= {_MAX_ABS_SHIFT:g}", magnitude,
-                       "Use a smaller shift, e.g. 0.3-5 eV.")
+                    "Use e.g. magnitude=1.5 (eV), typically 0.3-5 eV.",
+                    ok=lambda v: abs(v) <= _MAX_ABS_SHIFT)
     elif anomaly == "ratio":
         mag = _real("magnitude", magnitude, "a ratio factor > 0 and <= 10",
-                    "Use e.g. magnitude=0.7 (L3/L2 ratio reduced by 30 %).")
-        if not 0.0 < mag <= 10.0:
-            raise _bad("magnitude", "a ratio factor > 0 and <= 10", magnitude,
-                       "Use e.g. magnitude=0.7 (L3/L2 ratio reduced by 30 %).")
+                    "Use e.g. magnitude=0.7 (L3/L2 ratio reduced by 30 %).",
+                    ok=lambda v: 0.0 < v <= 10.0)
     else:
         mag = _real("magnitude", magnitude, "a relative peak height >= 0 and <= 5",
-                    "Use e.g. magnitude=0.1 (Mn L3 at 10 % of the Fe L3 height).")
-        if not 0.0 <= mag <= 5.0:
-            raise _bad("magnitude", "a relative peak height >= 0 and <= 5", magnitude,
-                       "Use e.g. magnitude=0.1 (Mn L3 at 10 % of the Fe L3 height).")
-    conc = _real("concentration", concentration, "a fraction 0 <= c < 1", "Use e.g. 0.02 (2 %).")
-    if not 0.0 <= conc < 1.0:
-        raise _bad("concentration", "a fraction 0 <= c < 1 (not a percentage)", concentration,
-                   "Use e.g. concentration=0.02 for 2 % of the pixels.")
-    dose_f = _real("dose", dose, "counts > 0 at the Fe L3 maximum", "Use e.g. dose=200.")
-    if not 0.0 < dose_f <= 1e7:
-        raise _bad("dose", "counts > 0 (and <= 1e7) at the Fe L3 maximum", dose,
-                   "Use e.g. dose=200 (standard), 50 (low) or 1000 (high).")
+                    "Use e.g. magnitude=0.1 (Mn L3 at 10 % of the Fe L3 height).",
+                    ok=lambda v: 0.0 <= v <= 5.0)
+    conc = _real("concentration", concentration, "a fraction 0 <= c < 1 (not a percentage)",
+                 "Use e.g. concentration=0.02 for 2 % of the pixels.", ok=lambda v: 0.0 <= v < 1.0)
+    dose_f = _real("dose", dose, "counts > 0 (and <= 1e7) at the Fe L3 maximum",
+                   "Use e.g. dose=200 (standard), 50 (low) or 1000 (high).",
+                   ok=lambda v: 0.0 < v <= 1e7)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or int(seed) < 0:
         raise _bad("seed", "a non-negative integer", seed, "Use e.g. seed=0.")
     if not isinstance(nuisances, (bool, np.bool_)):
         raise _bad("nuisances", "True or False", nuisances, "Pass a bool.")
-    rn = _real("read_noise", read_noise, "a standard deviation in counts >= 0", "Use e.g. 1.0.")
-    if rn < 0:
-        raise _bad("read_noise", "a standard deviation in counts >= 0", read_noise,
-                   "Use e.g. read_noise=1.0, or 0 for Poisson noise only.")
+    rn = _real("read_noise", read_noise, "a standard deviation in counts >= 0",
+               "Use e.g. read_noise=1.0, or 0 for Poisson noise only.", ok=lambda v: v >= 0)
     jit = _real("energy_jitter", energy_jitter, "a standard deviation in eV, 0 <= s <= 1",
-                "Use e.g. 0.03.")
-    if not 0.0 <= jit <= 1.0:
-        raise _bad("energy_jitter", "a standard deviation in eV, 0 <= s <= 1", energy_jitter,
-                   "Use e.g. energy_jitter=0.03 (a few hundredths of an eV).")
+                "Use e.g. energy_jitter=0.03 (a few hundredths of an eV).",
+                ok=lambda v: 0.0 <= v <= 1.0)
     bf = _real("bulk_fraction", bulk_fraction, "a fraction 0 < f < 1 of the rows", "Use e.g. 0.3.")
     n_bulk = int(round(bf * ny)) if 0.0 < bf < 1.0 else 0
     if not (0.0 < bf < 1.0) or n_bulk < 1 or n_bulk > ny - 1:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,18 @@ log = logging.getLogger(__name__)
 
 __all__ = ["intrinsic_dimension", "LatentSummary", "summarize", "LatentComparison", "compare"]
 
+
+
+def _timer(timings: dict[str, float]) -> Callable[[str, Callable[[], Any]], Any]:
+    """``timed(name, fn)``: call ``fn()``, record its wall time in ``timings[name]``."""
+
+    def timed(name: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        out = fn()
+        timings[name] = time.perf_counter() - t0
+        return out
+
+    return timed
 
 def intrinsic_dimension(z: Any, method: str = "twonn", **kwargs: Any) -> float:
     """Global intrinsic dimension of a result's latent codes (or any codes / spectra).
@@ -211,12 +224,7 @@ def summarize(z: Any, *, mask: Any = None, k_local: int = 50, dse_points: int = 
     two_class = m is not None and 0 < m.sum() < m.size
     notes: list[str] = []
     timings: dict[str, float] = {}
-
-    def timed(name: str, fn: Any) -> Any:
-        t0 = time.perf_counter()
-        out = fn()
-        timings[name] = time.perf_counter() - t0
-        return out
+    timed = _timer(timings)
 
     # one k-NN query serves TwoNN, the MLE and the local dimension map
     k_mle = min(10, c.n - 1)
@@ -393,12 +401,7 @@ def compare(z_a: Any, z_b: Any, *, k: int = 10, n_anchors: int = 32, cca_points:
     check_pair(a, b)
     k = check_neighbours(a.n, k)
     timings: dict[str, float] = {}
-
-    def timed(name: str, fn: Any) -> Any:
-        t0 = time.perf_counter()
-        out = fn()
-        timings[name] = time.perf_counter() - t0
-        return out
+    timed = _timer(timings)
 
     cka = timed("cka", lambda: similarity.linear_cka(a, b))
     ckau = timed("cka_unbiased", lambda: similarity.linear_cka(a, b, unbiased=True))

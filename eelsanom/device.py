@@ -10,10 +10,23 @@ __all__ = ["resolve_device"]
 def resolve_device(device: str | None = "auto"):
     """Return a ``torch.device`` for ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
 
+    Parameters
+    ----------
+    device : str or None, default "auto"
+        Device name (case and surrounding spaces ignored). ``"auto"`` or ``None``
+        picks CUDA if available, then MPS, then the CPU. Anything
+        ``torch.device`` accepts is passed through after the checks below.
+
+    Returns
+    -------
+    torch.device
+        The device to run on.
+
     Raises
     ------
     InputError
-        When the requested device does not exist on this machine.
+        When ``device`` is not a valid torch device name, or names a CUDA device
+        (or CUDA index) or MPS that does not exist on this machine.
     """
     import torch
 

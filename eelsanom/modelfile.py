@@ -30,14 +30,50 @@ FORMAT_VERSION = 1
 
 
 def atomic_path(path: str | os.PathLike) -> Path:
-    """Temporary sibling path used while writing ``path``."""
+    """Temporary sibling path used while writing ``path``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Final path of the model file.
+
+    Returns
+    -------
+    pathlib.Path
+        ``.<name>.<pid>.tmp`` in the same folder as ``path`` (same file system,
+        so the final rename is atomic).
+    """
     p = Path(path)
     return p.with_name(f".{p.name}.{os.getpid()}.tmp")
 
 
 def write_model(path: str | os.PathLike, *, detector: str, params: dict[str, Any],
                 state: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
-    """Write a model file atomically and return its path."""
+    """Write a model file atomically and return its path.
+
+    The file is written to :func:`atomic_path` and renamed into place; the
+    temporary file is removed if writing fails. Missing parent folders are
+    created.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Where to write the model (HDF5, conventionally ``*.h5``).
+    detector : str
+        Class key of the detector, stored in the ``detector`` attribute.
+    params : dict
+        The detector's ``__init__`` hyperparameters; must be JSON-serialisable.
+    state : dict
+        Fitted scalars, axes, threshold, ...; must be JSON-serialisable.
+    arrays : dict of str to ndarray
+        Fitted arrays of any shape, stored as gzip-compressed datasets under
+        ``/arrays/<name>``.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path`` as a ``Path``.
+    """
     import h5py
 
     from . import __version__
@@ -69,10 +105,32 @@ def read_model(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any],
                                                    dict[str, np.ndarray]]:
     """Read a model file: ``(header, params, state, arrays)``.
 
+    Only JSON and arrays are read, so loading a model file cannot execute code.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file written by :func:`write_model`.
+
+    Returns
+    -------
+    header : dict
+        Root attributes other than ``params`` and ``state`` (``format``,
+        ``format_version``, ``eelsanom_version``, ``detector``, ``created``),
+        decoded to ``str``/Python scalars.
+    params : dict
+        The detector's hyperparameters.
+    state : dict
+        Fitted scalars, axes, threshold, ...
+    arrays : dict of str to ndarray
+        Fitted arrays, each with the shape it was saved with.
+
     Raises
     ------
     InputError
-        When the file is missing, not HDF5, or not an eelsanom model.
+        When the file is missing, not HDF5, not an eelsanom model (wrong
+        ``format`` attribute), or written in a newer format version than this
+        eelsanom reads.
     """
     import h5py
 

@@ -24,7 +24,27 @@ def _check(name: str) -> None:
 
 
 def forward_transform(x: np.ndarray, name: str = "anscombe") -> np.ndarray:
-    """Apply the variance-stabilising transform (float32 out)."""
+    """Apply the variance-stabilising transform (float32 out).
+
+    Parameters
+    ----------
+    x : array_like of any shape, e.g. (ny, nx, n_energy)
+        Data in counts. With ``"anscombe"`` negative values are clipped at zero
+        before the transform.
+    name : {"anscombe", "none"}, default "anscombe"
+        ``"anscombe"`` computes ``2 sqrt(max(x, 0) + 3/8)`` (unit noise variance
+        for Poisson counts); ``"none"`` returns the data unchanged (as float32).
+
+    Returns
+    -------
+    ndarray of float32, same shape as ``x``
+        Transformed values (Anscombe units, or counts for ``"none"``).
+
+    Raises
+    ------
+    InputError
+        When ``name`` is not one of :data:`TRANSFORMS`.
+    """
     _check(name)
     x = np.asarray(x, dtype=np.float32)
     if name == "none":
@@ -33,7 +53,27 @@ def forward_transform(x: np.ndarray, name: str = "anscombe") -> np.ndarray:
 
 
 def inverse_transform(y: np.ndarray, name: str = "anscombe") -> np.ndarray:
-    """Map transformed values back to counts (algebraic inverse)."""
+    """Map transformed values back to counts (algebraic inverse).
+
+    Parameters
+    ----------
+    y : array_like of any shape, e.g. (ny, nx, n_energy)
+        Values in transformed units (output of :func:`forward_transform`).
+    name : {"anscombe", "none"}, default "anscombe"
+        The transform that produced ``y``. ``"anscombe"`` returns
+        ``max(y / 2, 0)**2 - 3/8``; ``"none"`` returns ``y`` unchanged.
+
+    Returns
+    -------
+    ndarray, same shape as ``y``
+        Values in counts. The algebraic inverse is not bias-corrected, so
+        clipped inputs map back to ``-3/8`` at most, not to zero.
+
+    Raises
+    ------
+    InputError
+        When ``name`` is not one of :data:`TRANSFORMS`.
+    """
     _check(name)
     y = np.asarray(y)
     if name == "none":
@@ -42,7 +82,27 @@ def inverse_transform(y: np.ndarray, name: str = "anscombe") -> np.ndarray:
 
 
 def transform_sigma(y: np.ndarray, sigma_y: np.ndarray, name: str = "anscombe") -> np.ndarray:
-    """Sigma in counts from sigma in transformed units (delta method: dx/dy = y/2)."""
+    """Sigma in counts from sigma in transformed units (delta method: dx/dy = y/2).
+
+    Parameters
+    ----------
+    y : array_like of any shape, e.g. (ny, nx, n_energy)
+        Mean values in transformed units.
+    sigma_y : array_like, broadcastable with ``y``
+        Standard deviations in transformed units.
+    name : {"anscombe", "none"}, default "anscombe"
+        The transform in use. With ``"none"`` ``sigma_y`` is returned unchanged.
+
+    Returns
+    -------
+    ndarray, broadcast shape of ``y`` and ``sigma_y``
+        Standard deviation in counts, ``|y / 2| * sigma_y`` for ``"anscombe"``.
+
+    Raises
+    ------
+    InputError
+        When ``name`` is not one of :data:`TRANSFORMS`.
+    """
     _check(name)
     if name == "none":
         return np.asarray(sigma_y)

@@ -46,7 +46,27 @@ ProgressCallback = Callable[[ProgressEvent], Any]
 
 def emit(progress: ProgressCallback | None, stage: str, step: int, total: int,
          message: str = "", **metrics: Any) -> None:
-    """Send an event to ``progress`` (if any); raise Cancelled when it returns ``False``."""
+    """Send an event to ``progress`` (if any); raise Cancelled when it returns ``False``.
+
+    Parameters
+    ----------
+    progress : callable or None
+        Callback receiving a :class:`ProgressEvent`; ``None`` makes this a no-op.
+    stage : str
+        What is running, e.g. ``"fit"``, ``"train"``, ``"score"``.
+    step, total : int
+        Steps done so far and the expected total (0 when unknown).
+    message : str, default ""
+        Optional text for the event.
+    **metrics
+        Numbers worth showing (e.g. ``loss=1.2``); stored in ``ProgressEvent.metrics``.
+
+    Raises
+    ------
+    Cancelled
+        When ``progress`` returns exactly ``False`` (other return values, ``None``
+        included, let the work continue).
+    """
     if progress is None:
         return
     if progress(ProgressEvent(stage, step, total, dict(metrics), message)) is False:

@@ -19,7 +19,24 @@ _REGISTRY = {
 
 
 def detector_class(name: str) -> type[BaseDetector]:
-    """The detector class registered under ``name`` (``"pca"``, ``"rx"``, ``"cvae"``)."""
+    """The detector class registered under ``name`` (``"pca"``, ``"rx"``, ``"cvae"``).
+
+    Parameters
+    ----------
+    name : str
+        Method key, case-insensitive; ``-`` and ``3d`` are ignored, so
+        ``"CVAE-3D"`` and ``"cvae3d"`` both mean ``"cvae"``.
+
+    Returns
+    -------
+    type of BaseDetector
+        The detector class (its module is imported on demand).
+
+    Raises
+    ------
+    InputError
+        When ``name`` is not a registered method.
+    """
     from ..errors import InputError
 
     key = str(name).lower().replace("-", "").replace("3d", "")
@@ -30,7 +47,26 @@ def detector_class(name: str) -> type[BaseDetector]:
 
 
 def get_detector(name: str, **params: Any) -> BaseDetector:
-    """Instantiate the detector registered under ``name`` with ``params``."""
+    """Instantiate the detector registered under ``name`` with ``params``.
+
+    Parameters
+    ----------
+    name : str
+        Method key, as for :func:`detector_class`.
+    **params
+        Keyword hyperparameters of that detector's ``__init__`` (stored, not
+        validated, until ``fit``).
+
+    Returns
+    -------
+    BaseDetector
+        An unfitted detector.
+
+    Raises
+    ------
+    InputError
+        When ``name`` is not a registered method.
+    """
     return detector_class(name)(**params)
 
 

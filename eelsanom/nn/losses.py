@@ -32,12 +32,39 @@ def sigma_from_raw(raw: torch.Tensor, floor: float, scale: float = 1.0) -> torch
     would otherwise run to minus infinity and dominate every score). ``scale``
     is the data's noise level (about 1 for Anscombe-transformed counts), so
     ``floor`` is a fraction of the noise standard deviation.
+
+    Parameters
+    ----------
+    raw : torch.Tensor of any shape, e.g. (batch, n_energy)
+        Unconstrained network output.
+    floor : float
+        Lower bound of ``sigma / scale``.
+    scale : float, default 1.0
+        Noise level of the data (same units as the data, e.g. Anscombe units).
+
+    Returns
+    -------
+    torch.Tensor, same shape as ``raw``
+        Standard deviation, at least ``scale * floor``.
     """
     return scale * (floor + F.softplus(raw))
 
 
 def gaussian_nll(x: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Elementwise Gaussian NLL: ``0.5 ((x - mean) / sigma)^2 + log(sigma) + 0.5 log(2 pi)``."""
+    """Elementwise Gaussian NLL: ``0.5 ((x - mean) / sigma)^2 + log(sigma) + 0.5 log(2 pi)``.
+
+    Parameters
+    ----------
+    x : torch.Tensor of any shape, e.g. (batch, n_energy)
+        Observed values (Anscombe-transformed counts).
+    mean, sigma : torch.Tensor, broadcastable with ``x``
+        Predicted mean and standard deviation (``sigma > 0``), same units as ``x``.
+
+    Returns
+    -------
+    torch.Tensor, broadcast shape of the inputs
+        Negative log-likelihood per element, in nats (higher = less likely).
+    """
     return 0.5 * ((x - mean) / sigma) ** 2 + torch.log(sigma) + 0.5 * LOG_2PI
 
 
@@ -47,6 +74,18 @@ def beta_nll_weight(sigma: torch.Tensor, beta: float) -> torch.Tensor:
     Multiplying the Gaussian NLL by it (``beta`` in [0, 1]; 0 = plain NLL, 0.5
     is the paper's recommendation) stops the gradient from favouring
     low-variance voxels, another guard against variance collapse.
+
+    Parameters
+    ----------
+    sigma : torch.Tensor of any shape, e.g. (batch, n_energy)
+        Predicted standard deviation.
+    beta : float
+        Exponent in [0, 1]; 0 returns ones.
+
+    Returns
+    -------
+    torch.Tensor, same shape as ``sigma``
+        ``sigma.detach() ** (2 beta)`` (no gradient flows through it).
     """
     if beta == 0:
         return torch.ones_like(sigma)
@@ -57,5 +96,17 @@ def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """Elementwise ``KL(N(mu, exp(logvar)) || N(0, 1)) = 0.5 (mu^2 + exp(logvar) - logvar - 1)``.
 
     (Kingma & Welling 2014, appendix B.)
+
+    Parameters
+    ----------
+    mu, logvar : torch.Tensor of shape (batch, latent_dim)
+        Mean and log-variance of the approximate posterior (any matching
+        shapes work: the formula is elementwise).
+
+    Returns
+    -------
+    torch.Tensor, same shape as ``mu``
+        KL divergence per latent dimension, in nats (sum over the last axis for
+        the total).
     """
     return 0.5 * (mu ** 2 + torch.exp(logvar) - logvar - 1.0)

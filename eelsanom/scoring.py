@@ -54,7 +54,25 @@ def _from_log(t: float, shift: float) -> float:
 
 
 def threshold_otsu(nll: np.ndarray, *, log: bool = True, bins: int = 256) -> float:
-    """Otsu's threshold (maximum between-class variance) on the (log) scores."""
+    """Otsu's threshold (maximum between-class variance) on the (log) scores.
+
+    Parameters
+    ----------
+    nll : array_like of any shape, e.g. (ny, nx)
+        NLL map (higher = more anomalous). With ``log=True`` non-finite values are
+        dropped first.
+    log : bool, default True
+        Work on ``log(nll - min + eps)`` with ``eps = median - min`` (see the
+        module docstring) instead of the raw scores.
+    bins : int, default 256
+        Number of histogram bins.
+
+    Returns
+    -------
+    float
+        Threshold in NLL units; pixels with ``nll > threshold`` are flagged.
+        ``max(nll)`` (nothing flagged) when fewer than 2 values or all equal.
+    """
     if log:
         x, shift = _log_scores(nll)
     else:
@@ -87,6 +105,19 @@ def threshold_gmm(nll: np.ndarray, *, seed: int = 0) -> float:
 
     Falls back to Otsu when the mixture does not yield a crossing above the
     lower mode's mean (a unimodal map).
+
+    Parameters
+    ----------
+    nll : array_like of any shape, e.g. (ny, nx)
+        NLL map (higher = more anomalous). Non-finite values are dropped.
+    seed : int, default 0
+        Random state of the mixture fit (scikit-learn ``GaussianMixture``, 2 inits).
+
+    Returns
+    -------
+    float
+        Threshold in NLL units (``nll > threshold`` is flagged). ``max(nll)``
+        when fewer than 4 values or all equal.
     """
     x0 = np.asarray(nll, float).ravel()
     if x0.size < 4 or np.ptp(x0) == 0:
@@ -107,6 +138,18 @@ def threshold_robust(nll: np.ndarray, k: float = 4.0) -> float:
 
     Falls back to the standard deviation when the MAD is 0 (more than half the
     pixels share one value).
+
+    Parameters
+    ----------
+    nll : array_like of any shape, e.g. (ny, nx)
+        NLL map (higher = more anomalous). Non-finite values are ignored.
+    k : float, default 4.0
+        Number of robust standard deviations above the median.
+
+    Returns
+    -------
+    float
+        Threshold in NLL units (``nll > threshold`` is flagged).
     """
     x = np.asarray(nll, float).ravel()
     x = x[np.isfinite(x)]
@@ -118,7 +161,25 @@ def threshold_robust(nll: np.ndarray, k: float = 4.0) -> float:
 
 
 def threshold_contamination(nll: np.ndarray, percent: float) -> float:
-    """Threshold that flags the top ``percent`` % of pixels."""
+    """Threshold that flags the top ``percent`` % of pixels.
+
+    Parameters
+    ----------
+    nll : array_like of any shape, e.g. (ny, nx)
+        NLL map (higher = more anomalous).
+    percent : float
+        Percent of pixels to flag, ``0 < percent < 100``.
+
+    Returns
+    -------
+    float
+        The ``100 - percent`` percentile of ``nll``.
+
+    Raises
+    ------
+    InputError
+        When ``percent`` is not in (0, 100).
+    """
     if not 0 < percent < 100:
         raise InputError(f"contamination must be a percentage in (0, 100), got {percent}.")
     return float(np.percentile(np.asarray(nll, float), 100.0 - percent))
@@ -129,6 +190,27 @@ def parse_threshold(spec: Any) -> tuple[str, float | None]:
 
     Accepted: ``"robust"`` / ``"robust:K"`` (K > 0, default 4), ``"otsu"``, ``"gmm"``, a number or numeric string ``P`` (percent of pixels
     to flag, 0 < P < 100), ``"P%"``, ``"value:X"`` (fixed NLL value).
+    ``"mad"`` / ``"mad:K"`` are aliases of ``"robust"`` / ``"robust:K"``; strings
+    are case-insensitive and stripped.
+
+    Parameters
+    ----------
+    spec : str or float
+        The threshold specification.
+
+    Returns
+    -------
+    kind : {"robust", "otsu", "gmm", "percent", "value"}
+        The threshold rule.
+    number : float or None
+        K for ``"robust"`` (4.0 by default), the percent for ``"percent"``, the
+        NLL value for ``"value"``; ``None`` for ``"otsu"`` and ``"gmm"``.
+
+    Raises
+    ------
+    InputError
+        When ``spec`` matches none of the accepted forms, a percent is outside
+        (0, 100), or ``K`` is not a positive number.
     """
     if isinstance(spec, (int, float)) and not isinstance(spec, bool):
         p = float(spec)
@@ -163,7 +245,29 @@ def parse_threshold(spec: Any) -> tuple[str, float | None]:
 
 
 def compute_threshold(nll: np.ndarray, spec: Any = "robust") -> tuple[float, str]:
-    """Threshold of an NLL map by ``spec`` (see :func:`parse_threshold`): ``(value, label)``."""
+    """Threshold of an NLL map by ``spec`` (see :func:`parse_threshold`): ``(value, label)``.
+
+    Parameters
+    ----------
+    nll : array_like of any shape, e.g. (ny, nx)
+        NLL map (higher = more anomalous). Only finite values are used.
+    spec : str or float, default "robust"
+        Threshold specification, see :func:`parse_threshold`.
+
+    Returns
+    -------
+    value : float
+        Threshold in NLL units; pixels with ``nll > value`` are anomalous.
+    label : str
+        Short description for display: ``"robust"``, ``"robust:K"``, ``"otsu"``,
+        ``"gmm"``, ``"P%"`` or ``"value"``.
+
+    Raises
+    ------
+    InputError
+        When ``spec`` is invalid (see :func:`parse_threshold`) or ``nll`` has no
+        finite value.
+    """
     kind, num = parse_threshold(spec)
     finite = np.asarray(nll, float)[np.isfinite(nll)]
     if finite.size == 0:
@@ -190,7 +294,26 @@ def _check_pair(scores: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def roc_auc(scores: np.ndarray, truth: np.ndarray) -> float:
-    """ROC-AUC of ``scores`` against boolean ``truth`` (NaN when only one class is present)."""
+    """ROC-AUC of ``scores`` against boolean ``truth`` (NaN when only one class is present).
+
+    Parameters
+    ----------
+    scores : array_like of shape (ny, nx) or any shape
+        Scores, higher = more anomalous (e.g. the NLL map).
+    truth : array_like of bool, same size as ``scores``
+        Ground-truth anomaly mask.
+
+    Returns
+    -------
+    float
+        Area under the ROC curve in [0, 1] (0.5 = chance), NaN when ``truth`` is
+        all True or all False.
+
+    Raises
+    ------
+    InputError
+        When ``scores`` and ``truth`` have different sizes.
+    """
     from sklearn.metrics import roc_auc_score
 
     s, t = _check_pair(scores, truth)
@@ -200,7 +323,26 @@ def roc_auc(scores: np.ndarray, truth: np.ndarray) -> float:
 
 
 def average_precision(scores: np.ndarray, truth: np.ndarray) -> float:
-    """Average precision (area under the precision-recall curve)."""
+    """Average precision (area under the precision-recall curve).
+
+    Parameters
+    ----------
+    scores : array_like of shape (ny, nx) or any shape
+        Scores, higher = more anomalous (e.g. the NLL map).
+    truth : array_like of bool, same size as ``scores``
+        Ground-truth anomaly mask.
+
+    Returns
+    -------
+    float
+        Average precision in [0, 1] (chance level = fraction of anomalous
+        pixels), NaN when ``truth`` has no True pixel.
+
+    Raises
+    ------
+    InputError
+        When ``scores`` and ``truth`` have different sizes.
+    """
     from sklearn.metrics import average_precision_score
 
     s, t = _check_pair(scores, truth)
@@ -210,7 +352,26 @@ def average_precision(scores: np.ndarray, truth: np.ndarray) -> float:
 
 
 def precision_recall_f1(mask: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """Precision, recall and F1 of a boolean mask against boolean truth."""
+    """Precision, recall and F1 of a boolean mask against boolean truth.
+
+    Parameters
+    ----------
+    mask : array_like of bool, shape (ny, nx) or any shape
+        Predicted anomaly mask.
+    truth : array_like of bool, same size as ``mask``
+        Ground-truth anomaly mask.
+
+    Returns
+    -------
+    dict
+        ``{"precision", "recall", "f1"}``, each a float in [0, 1] (0.0 where the
+        ratio is undefined).
+
+    Raises
+    ------
+    InputError
+        When ``mask`` and ``truth`` have different sizes.
+    """
     m, t = _check_pair(mask, truth)
     m = m.astype(bool)
     tp = float(np.sum(m & t))
@@ -223,7 +384,28 @@ def precision_recall_f1(mask: np.ndarray, truth: np.ndarray) -> dict[str, float]
 
 
 def best_f1(scores: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    """Best achievable F1 over all thresholds and the threshold reaching it."""
+    """Best achievable F1 over all thresholds and the threshold reaching it.
+
+    Parameters
+    ----------
+    scores : array_like of shape (ny, nx) or any shape
+        Scores, higher = more anomalous (e.g. the NLL map).
+    truth : array_like of bool, same size as ``scores``
+        Ground-truth anomaly mask.
+
+    Returns
+    -------
+    f1 : float
+        Best F1 (NaN when ``truth`` has no True pixel).
+    threshold : float
+        Score at which it is reached (pixels with ``score >= threshold``
+        flagged), NaN likewise.
+
+    Raises
+    ------
+    InputError
+        When ``scores`` and ``truth`` have different sizes.
+    """
     from sklearn.metrics import precision_recall_curve
 
     s, t = _check_pair(scores, truth)
@@ -240,6 +422,20 @@ def bimodality(nll: np.ndarray, *, seed: int = 0) -> dict[str, float]:
 
     ``D = sqrt(2) |mu1 - mu2| / sqrt(s1^2 + s2^2)``; D > 2 indicates two well
     separated modes (normal and anomalous pixels).
+
+    Parameters
+    ----------
+    nll : array_like of any shape, e.g. (ny, nx)
+        NLL map (higher = more anomalous). Non-finite values are dropped.
+    seed : int, default 0
+        Random state of the mixture fit.
+
+    Returns
+    -------
+    dict
+        ``{"ashman_d": D, "upper_weight": w}``: Ashman's D and the mixture weight
+        of the higher-mean component (the fraction of pixels in the upper mode).
+        Both 0.0 when fewer than 4 values or all equal.
     """
     x0 = np.asarray(nll, float).ravel()
     if x0.size < 4 or np.ptp(x0) == 0:
@@ -252,7 +448,28 @@ def bimodality(nll: np.ndarray, *, seed: int = 0) -> dict[str, float]:
 
 
 def evaluate(nll: np.ndarray, mask: np.ndarray | None, truth: np.ndarray) -> dict[str, float]:
-    """All ground-truth metrics of an NLL map (and its mask, when given)."""
+    """All ground-truth metrics of an NLL map (and its mask, when given).
+
+    Parameters
+    ----------
+    nll : array_like of shape (ny, nx)
+        NLL map (higher = more anomalous).
+    mask : array_like of bool, shape (ny, nx), or None
+        Thresholded anomaly mask; ``None`` skips precision/recall/F1.
+    truth : array_like of bool, shape (ny, nx)
+        Ground-truth anomaly mask.
+
+    Returns
+    -------
+    dict of str to float
+        ``roc_auc``, ``average_precision``, ``best_f1``, ``best_f1_threshold``
+        and, when ``mask`` is given, ``precision``, ``recall``, ``f1``.
+
+    Raises
+    ------
+    InputError
+        When the arrays differ in size.
+    """
     out = {"roc_auc": roc_auc(nll, truth), "average_precision": average_precision(nll, truth)}
     bf, bt = best_f1(nll, truth)
     out["best_f1"] = bf

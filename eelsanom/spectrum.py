@@ -22,7 +22,24 @@ __all__ = ["Axis", "SpectrumImage", "as_spectrum_image", "validate_energy_axis"]
 
 @dataclass(frozen=True)
 class Axis:
-    """A uniform, calibrated axis: ``value[i] = offset + i * scale``."""
+    """A uniform, calibrated axis: ``value[i] = offset + i * scale``.
+
+    Frozen (immutable); build a changed copy with :func:`dataclasses.replace`.
+
+    Parameters
+    ----------
+    size : int
+        Number of samples (channels for an energy axis, pixels for a
+        navigation axis).
+    scale : float, default 1.0
+        Step between samples, in ``units`` (eV/channel for an energy axis).
+    offset : float, default 0.0
+        Coordinate of the first sample, in ``units``.
+    units : str, default ""
+        Units, e.g. ``"eV"``, ``"nm"``, ``"px"``; ``""`` = uncalibrated.
+    name : str, default ""
+        Axis name, e.g. ``"Energy loss"``, ``"x"``.
+    """
 
     size: int
     scale: float = 1.0
@@ -41,21 +58,63 @@ class Axis:
         return self.offset + self.scale * (self.size - 1)
 
     def describe(self) -> str:
-        """Short human-readable form, e.g. ``'680.0-759.9 eV (267 ch, 0.3 eV/ch)'``."""
+        """Short human-readable form, e.g. ``'680.0-759.9 eV (267 ch, 0.3 eV/ch)'``.
+
+        Returns
+        -------
+        str
+            ``"<offset>-<end> <units> (<size> ch, <scale> <units>/ch)"``.
+        """
         u = f" {self.units}" if self.units else ""
         return (f"{self.offset:g}-{self.end:g}{u} ({self.size} ch, {self.scale:g}{u}/ch)")
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form of the axis (used in model files).
+
+        Returns
+        -------
+        dict
+            ``{"size": int, "scale": float, "offset": float, "units": str, "name": str}``.
+        """
         return {"size": int(self.size), "scale": float(self.scale), "offset": float(self.offset),
                 "units": str(self.units), "name": str(self.name)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Axis:
+        """Rebuild an axis from :meth:`to_dict` output.
+
+        Parameters
+        ----------
+        d : dict
+            Needs ``"size"``, ``"scale"`` and ``"offset"``; ``"units"`` and
+            ``"name"`` default to ``""``.
+
+        Returns
+        -------
+        Axis
+            The axis.
+        """
         return cls(size=int(d["size"]), scale=float(d["scale"]), offset=float(d["offset"]),
                    units=str(d.get("units", "")), name=str(d.get("name", "")))
 
     def same_as(self, other: Axis, rtol: float = 1e-6) -> bool:
-        """True when both axes sample the same coordinates (size, offset, scale)."""
+        """True when both axes sample the same coordinates (size, offset, scale).
+
+        Units and names are not compared.
+
+        Parameters
+        ----------
+        other : Axis
+            Axis to compare with.
+        rtol : float, default 1e-6
+            Relative tolerance on ``scale``; offsets may differ by
+            ``rtol * |scale|`` (at least 1e-9).
+
+        Returns
+        -------
+        bool
+            Whether the sizes are equal and scale and offset agree within tolerance.
+        """
         tol = rtol * max(abs(self.scale), 1e-12)
         return (self.size == other.size and math.isclose(self.scale, other.scale, rel_tol=rtol)
                 and abs(self.offset - other.offset) <= max(tol, 1e-9))
@@ -68,10 +127,20 @@ def _units_are_ev(units: str) -> bool:
 def validate_energy_axis(axis: Axis, *, what: str = "the data") -> None:
     """Refuse an energy axis that is not increasing or not calibrated in eV.
 
+    Parameters
+    ----------
+    axis : Axis
+        The energy-loss axis to check.
+    what : str, default "the data"
+        Name of the data, used at the start of error messages.
+
     Raises
     ------
     InputError
-        With a message saying what was expected, what was found and the fix.
+        With a message saying what was expected, what was found and the fix:
+        when the axis has fewer than 2 channels, its units are not eV
+        (``"eV"``, ``"electron volt"``, ...; case-insensitive), its scale is not a
+        finite positive number (eV/channel), or its offset is not finite.
     """
     if axis.size < 2:
         raise InputError(f"{what}: expected an energy axis with at least 2 channels, found "
@@ -110,6 +179,13 @@ class SpectrumImage:
         Known anomaly mask (simulated data); used for metrics only.
     metadata : dict
         Free-form extra information carried to outputs.
+
+    Raises
+    ------
+    InputError
+        When ``data`` is not 3-D, has no pixel, or its shape disagrees with the
+        sizes of ``energy``, ``y``, ``x`` or with ``ground_truth`` (which must be
+        ``(ny, nx)``).
     """
 
     data: Any
@@ -147,32 +223,61 @@ class SpectrumImage:
 
     @property
     def shape(self) -> tuple[int, int, int]:
+        """Data shape ``(ny, nx, n_energy)``."""
         return tuple(self.data.shape)  # type: ignore[return-value]
 
     @property
     def nav_shape(self) -> tuple[int, int]:
+        """Navigation shape ``(ny, nx)`` in pixels."""
         return (int(self.data.shape[0]), int(self.data.shape[1]))
 
     @property
     def n_energy(self) -> int:
+        """Number of energy channels."""
         return int(self.data.shape[2])
 
     @property
     def is_lazy(self) -> bool:
+        """Whether ``data`` is not a numpy array (e.g. a dask array)."""
         return not isinstance(self.data, np.ndarray)
 
     @property
     def is_linescan(self) -> bool:
+        """Whether the image is one pixel high (``ny == 1``)."""
         return self.nav_shape[0] == 1
 
     def compute(self) -> SpectrumImage:
-        """Return an eager copy (numpy float32) when the data is lazy; ``self`` otherwise."""
+        """Return an eager copy (numpy float32) when the data is lazy; ``self`` otherwise.
+
+        Returns
+        -------
+        SpectrumImage
+            With ``data`` a numpy array of shape ``(ny, nx, n_energy)``.
+        """
         if not self.is_lazy:
             return self
         return replace(self, data=np.asarray(self.data.compute(), dtype=np.float32))
 
     def crop_energy(self, start: float | None = None, stop: float | None = None) -> SpectrumImage:
-        """Return the channels with ``start <= E <= stop`` (eV) as a new SpectrumImage (a view)."""
+        """Return the channels with ``start <= E <= stop`` (eV) as a new SpectrumImage (a view).
+
+        Parameters
+        ----------
+        start, stop : float or None, default None
+            Energy-loss bounds in eV, inclusive (within ``1e-6`` of a channel);
+            ``None`` keeps the data's first / last channel.
+
+        Returns
+        -------
+        SpectrumImage
+            Data of shape ``(ny, nx, n_kept)`` sharing memory with ``self.data``,
+            with the energy axis offset to the first kept channel.
+
+        Raises
+        ------
+        InputError
+            When fewer than 2 channels fall inside the window.
+        """
         e = self.energy.values
         lo = 0 if start is None else int(np.searchsorted(e, start - 1e-6 * self.energy.scale))
         hi = self.energy.size if stop is None else int(
@@ -185,7 +290,14 @@ class SpectrumImage:
         return replace(self, data=self.data[:, :, lo:hi], energy=energy)
 
     def check_finite(self) -> None:
-        """Refuse NaN or infinite values (eager data only; lazy data is checked per chunk)."""
+        """Refuse NaN or infinite values (eager data only; lazy data is checked per chunk).
+
+        Raises
+        ------
+        InputError
+            When the data holds NaN or infinite values; the message gives their
+            number and the first one's pixel and channel.
+        """
         if self.is_lazy:
             return
         bad = ~np.isfinite(self.data)
@@ -224,11 +336,27 @@ def as_spectrum_image(obj: Any, *, what: str = "input") -> SpectrumImage:
     is accepted with an energy axis of 1 eV/channel starting at 0 — use
     :class:`SpectrumImage` directly to give its calibration.
 
+    Parameters
+    ----------
+    obj : SpectrumImage, HyperSpy signal or array_like of shape (ny, nx, n_energy)
+        The data. Eager data are converted to float32; lazy (dask) data stay lazy.
+    what : str, default "input"
+        Name of the data, used at the start of error messages.
+
+    Returns
+    -------
+    SpectrumImage
+        Validated, with data of shape ``(ny, nx, n_energy)`` and an increasing
+        energy axis in eV. A HyperSpy signal's ``eelsanom.ground_truth`` and
+        ``eelsanom.bulk_mask`` metadata nodes become ``ground_truth`` and
+        ``metadata["bulk_mask"]``.
+
     Raises
     ------
     InputError
         Wrong dimensionality, an energy axis that is not increasing or not in eV,
-        non-finite values (eager data).
+        non-finite values (eager data), a non-uniform or complex-valued HyperSpy
+        signal, or an object of another type.
     """
     if isinstance(obj, SpectrumImage):
         si = obj

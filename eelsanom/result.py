@@ -25,6 +25,21 @@ class PixelSpectrum:
     to the pixel's NLL (its sum is the pixel's score, up to the detector's
     constant terms), so its large values show *where in energy* the pixel departs
     from the bulk.
+
+    Attributes
+    ----------
+    energy : ndarray of shape (n_energy,)
+        Energy loss of each channel, in eV (the detector's energy window).
+    observed : ndarray of shape (n_energy,)
+        The pixel's spectrum, in counts.
+    mean, sigma : ndarray of shape (n_energy,)
+        The model's predicted mean and standard deviation, in counts.
+    residual : ndarray of shape (n_energy,)
+        ``observed - mean``, in counts.
+    channel_nll : ndarray of shape (n_energy,)
+        Per-channel contribution to the NLL (nats).
+    nll : float
+        The pixel's score (higher = more anomalous).
     """
 
     energy: np.ndarray
@@ -36,7 +51,20 @@ class PixelSpectrum:
     nll: float
 
     def top_window(self, width_ev: float = 5.0) -> tuple[float, float]:
-        """Energy window of ``width_ev`` that contributes most to the NLL."""
+        """Energy window of ``width_ev`` that contributes most to the NLL.
+
+        Parameters
+        ----------
+        width_ev : float, default 5.0
+            Window width in eV (rounded to a whole number of channels, at least 1).
+
+        Returns
+        -------
+        start, stop : float
+            Energies (eV) of the first and last channel of the window whose
+            summed ``channel_nll`` (NaN counted as 0) is largest. Both equal the
+            single channel's energy when the spectrum has one channel.
+        """
         if self.energy.size < 2:
             return float(self.energy[0]), float(self.energy[0])
         de = float(self.energy[1] - self.energy[0])
@@ -93,14 +121,33 @@ class AnomalyResult:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """Navigation shape ``(ny, nx)`` of the NLL map."""
         return tuple(self.nll.shape)  # type: ignore[return-value]
 
     @property
     def n_flagged(self) -> int:
+        """Number of pixels flagged by the threshold (``mask.sum()``)."""
         return int(self.mask.sum())
 
     def with_threshold(self, spec: Any) -> AnomalyResult:
-        """A copy thresholded by ``spec`` (``"robust"``, ``"otsu"``, ``"gmm"``, percent, ``"value:X"``)."""
+        """A copy thresholded by ``spec`` (``"robust"``, ``"otsu"``, ``"gmm"``, percent, ``"value:X"``).
+
+        Parameters
+        ----------
+        spec : str or float
+            Threshold specification, see :func:`eelsanom.scoring.parse_threshold`.
+
+        Returns
+        -------
+        AnomalyResult
+            Same scores with new ``threshold``, ``threshold_method`` and ``mask``
+            (``nll > threshold``, shape ``(ny, nx)``); ``self`` is unchanged.
+
+        Raises
+        ------
+        InputError
+            When ``spec`` is invalid or the NLL map has no finite value.
+        """
         t, label = scoring.compute_threshold(self.nll, spec)
         return replace(self, threshold=t, threshold_method=label, mask=self.nll > t)
 
@@ -108,6 +155,26 @@ class AnomalyResult:
         """ROC-AUC, AP, precision/recall/F1 (own threshold) and best F1 against ``truth``.
 
         ``truth`` defaults to the scored image's ground truth (simulated data).
+
+        Parameters
+        ----------
+        truth : ndarray of bool, shape (ny, nx), optional
+            Ground-truth anomaly mask.
+
+        Returns
+        -------
+        dict of str to float
+            ``roc_auc``, ``average_precision``, ``best_f1``,
+            ``best_f1_threshold``, ``precision``, ``recall``, ``f1`` (of
+            ``mask``), plus ``ashman_d`` and ``upper_weight`` from
+            :func:`eelsanom.scoring.bimodality`.
+
+        Raises
+        ------
+        ValueError
+            When no ``truth`` is given and the scored image has no ground truth.
+        InputError
+            When ``truth`` does not have the NLL map's size.
         """
         if truth is None:
             truth = None if self._si is None else self._si.ground_truth
@@ -124,12 +191,44 @@ class AnomalyResult:
         return self._detector, self._si
 
     def reconstruct(self) -> tuple[np.ndarray, np.ndarray]:
-        """Model mean and sigma for every pixel, each of shape (ny, nx, n_energy), in counts."""
+        """Model mean and sigma for every pixel, each of shape (ny, nx, n_energy), in counts.
+
+        ``n_energy`` is the number of channels of the detector's energy window.
+
+        Returns
+        -------
+        mean, sigma : ndarray of shape (ny, nx, n_energy)
+            Predicted mean and standard deviation, in counts.
+
+        Raises
+        ------
+        RuntimeError
+            When the result has no detector and data attached (loaded from disk).
+        """
         det, si = self._need_source()
         return det.reconstruct(si)
 
     def pixel(self, iy: int, ix: int) -> PixelSpectrum:
-        """Spectrum, reconstruction (mean, sigma), residual and per-channel NLL of pixel (iy, ix)."""
+        """Spectrum, reconstruction (mean, sigma), residual and per-channel NLL of pixel (iy, ix).
+
+        Parameters
+        ----------
+        iy, ix : int
+            Row and column of the pixel (0-based, no negative indices).
+
+        Returns
+        -------
+        PixelSpectrum
+            Arrays of shape ``(n_energy,)`` over the detector's energy window;
+            its ``nll`` is this result's score of the pixel.
+
+        Raises
+        ------
+        IndexError
+            When the pixel is outside the ``(ny, nx)`` image.
+        RuntimeError
+            When the result has no detector and data attached (loaded from disk).
+        """
         det, si = self._need_source()
         ny, nx = self.shape
         if not (0 <= iy < ny and 0 <= ix < nx):
@@ -137,7 +236,18 @@ class AnomalyResult:
         return det.pixel_spectrum(si, iy, ix, nll=float(self.nll[iy, ix]))
 
     def residual(self) -> np.ndarray:
-        """Observed minus reconstructed counts, shape (ny, nx, n_energy)."""
+        """Observed minus reconstructed counts, shape (ny, nx, n_energy).
+
+        Returns
+        -------
+        ndarray of float32, shape (ny, nx, n_energy)
+            ``observed - mean`` in counts over the detector's energy window.
+
+        Raises
+        ------
+        RuntimeError
+            When the result has no detector and data attached (loaded from disk).
+        """
         det, si = self._need_source()
         mean, _ = det.reconstruct(si)
         data = det.window(si).data

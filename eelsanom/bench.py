@@ -51,25 +51,58 @@ REFERENCES = ("supervised-limit", "perfect-bulk", "perfect-bulk-3x3")
 
 @dataclass
 class Condition:
-    """One simulated test case."""
+    """One simulated test case.
+
+    Attributes
+    ----------
+    name : str
+        Label used in tables and figure titles, e.g. ``"shift 0.9 eV"``.
+    sim : dict
+        Keyword arguments of :func:`eelsanom.simulate.simulate` (without ``seed``).
+    supervised : bool, default True
+        Fit the detectors on the simulated bulk mask; ``False`` fits on all
+        pixels (robustly), as on real data without a known bulk region.
+    """
 
     name: str
     sim: dict[str, Any]
     supervised: bool = True  # train on the bulk mask (else: all pixels, robustly)
 
     def label(self) -> str:
+        """The condition's display label (its ``name``).
+
+        Returns
+        -------
+        str
+            ``self.name``.
+        """
         return self.name
 
 
 def quick_conditions() -> list[Condition]:
-    """CPU subset: 64 x 64, fe-l window, dose 200, 2 % clusters, the shift sweep, bulk-trained."""
+    """CPU subset: 64 x 64, fe-l window, dose 200, 2 % clusters, the shift sweep, bulk-trained.
+
+    Returns
+    -------
+    list of Condition
+        One condition per edge shift in :data:`SHIFTS` (eV).
+    """
     base = dict(shape=(64, 64), window="fe-l", anomaly="shift", anomaly_shape="clusters",
                 concentration=0.02, dose=200.0)
     return [Condition(f"shift {s:g} eV", {**base, "magnitude": s}) for s in SHIFTS]
 
 
 def full_conditions() -> list[Condition]:
-    """Full sweep: 192 x 192, bfo window, 1 % clusters; shift, concentration, dose, types, modes."""
+    """Full sweep: 192 x 192, bfo window, 1 % clusters; shift, concentration, dose, types, modes.
+
+    Returns
+    -------
+    list of Condition
+        The shift sweep (:data:`SHIFTS`), the concentration sweep
+        (:data:`CONCENTRATIONS`) and dose sweep (:data:`DOSES`, counts) at a
+        0.9 eV shift, isolated pixels and a line instead of clusters, a
+        ratio and an impurity anomaly, and one unsupervised condition.
+    """
     base = dict(shape=(192, 192), window="bfo", anomaly="shift", anomaly_shape="clusters",
                 concentration=0.01, dose=200.0)
     conds = [Condition(f"shift {s:g} eV", {**base, "magnitude": s}) for s in SHIFTS]
@@ -99,6 +132,20 @@ def reference_scores(sim) -> dict[str, np.ndarray]:
     clipped at 0). Under H1 (anomalous) the expectation is ``lam1`` and under H0
     ``lam0``: for anomalous pixels ``lam1 = expected`` and ``lam0 = expected_alt``;
     for normal pixels the reverse.
+
+    Parameters
+    ----------
+    sim : Simulation
+        Output of :func:`eelsanom.simulate.simulate`; uses ``si.data``,
+        ``expected``, ``expected_alt`` (counts, shape ``(ny, nx, n_energy)``)
+        and ``truth`` (bool, ``(ny, nx)``).
+
+    Returns
+    -------
+    dict of str to ndarray of shape (ny, nx)
+        ``"supervised-limit"`` (Poisson log-likelihood ratio), ``"perfect-bulk"``
+        (Poisson deviance from the normal spectrum) and ``"perfect-bulk-3x3"``
+        (that deviance summed over each 3 x 3 neighbourhood, edges replicated).
     """
     x = np.maximum(np.asarray(sim.si.data, np.float64), 0.0)
     exp = np.asarray(sim.expected, np.float64)
@@ -119,7 +166,20 @@ def reference_scores(sim) -> dict[str, np.ndarray]:
 
 # ----------------------------------------------------------------------------- measuring
 class PeakRSS:
-    """Sample the process's resident memory in a thread; ``peak_mb`` after the block."""
+    """Sample the process's resident memory in a thread; ``peak_mb`` after the block.
+
+    Use as a context manager: ``with PeakRSS() as mem: ...; mem.peak_mb``.
+
+    Parameters
+    ----------
+    interval : float, default 0.01
+        Seconds between samples.
+
+    Attributes
+    ----------
+    peak : int
+        Highest resident set size seen, in bytes.
+    """
 
     def __init__(self, interval: float = 0.01):
         self.interval = interval
@@ -128,6 +188,14 @@ class PeakRSS:
 
     @staticmethod
     def rss() -> int:
+        """Resident memory of this process, in bytes.
+
+        Returns
+        -------
+        int
+            Current RSS from ``/proc/self/statm`` on Linux; elsewhere the peak
+            RSS so far from ``resource.getrusage`` (``ru_maxrss * 1024``).
+        """
         try:
             with open("/proc/self/statm") as f:
                 return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -154,6 +222,7 @@ class PeakRSS:
 
     @property
     def peak_mb(self) -> float:
+        """Peak resident memory in MiB."""
         return self.peak / 2**20
 
 
@@ -209,6 +278,23 @@ def hyperspy_decomposition_score(si) -> tuple[np.ndarray, dict[str, Any]]:
     Poisson-normalised SVD (``normalize_poissonian_noise=True``), number of
     components from HyperSpy's own elbow estimate (at least 2) — the workflow a
     microscopist uses today. Returns ``(score map (ny, nx), info)``.
+
+    Needs HyperSpy (imported here). Negative counts are clipped at 0 before
+    the decomposition; the error is computed against the unclipped data.
+
+    Parameters
+    ----------
+    si : SpectrumImage
+        Data of shape ``(ny, nx, n_energy)`` in counts.
+
+    Returns
+    -------
+    score : ndarray of shape (ny, nx)
+        Squared reconstruction error summed over energy (counts^2); higher =
+        more anomalous.
+    info : dict
+        ``{"n_components": k}``, the number of components used (2 to 20; 5
+        when the elbow estimate fails).
     """
     import hyperspy.api as hs
 
@@ -249,6 +335,31 @@ def run_condition(cond: Condition, methods: list[str], *, device: str, seed: int
     """Simulate one condition and run every detector and reference on it.
 
     Returns ``(rows, maps)``; ``maps`` holds the truth and each detector's NLL map.
+
+    Parameters
+    ----------
+    cond : Condition
+        The test case.
+    methods : list of str
+        Detectors to run (``"cvae"``, ``"pca"``, ``"rx"``, ``"hyperspy"``); the
+        references always run. ``"hyperspy"`` is skipped, with a warning, when
+        HyperSpy is not installed.
+    device : str
+        Torch device for the CVAE and PCA (see :func:`eelsanom.device.resolve_device`).
+    seed : int
+        Seed of the simulation and of the detectors.
+    progress : callable, optional
+        Progress callback passed to each detector's ``fit``.
+
+    Returns
+    -------
+    rows : list of dict
+        One row per detector and reference: condition, simulation parameters,
+        metrics (see :func:`eelsanom.scoring.evaluate`, plus bimodality and the
+        automatic threshold), fit/score seconds, device, peak memory (MiB).
+    maps : dict
+        ``"truth"`` (bool, ``(ny, nx)``), ``"nll"`` (detector -> ``(ny, nx)``
+        NLL map) and ``"thresholds"`` (detector -> float).
     """
     from .detectors import get_detector
     from .simulate import simulate
@@ -330,7 +441,21 @@ def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def markdown_table(rows: list[dict[str, Any]], metric: str) -> str:
-    """Conditions as rows, detectors as columns, ``metric`` in the cells."""
+    """Conditions as rows, detectors as columns, ``metric`` in the cells.
+
+    Parameters
+    ----------
+    rows : list of dict
+        Benchmark rows with ``"condition"`` and ``"detector"`` keys.
+    metric : str
+        Row key shown in the cells (floats with 3 decimals; missing or NaN
+        values empty).
+
+    Returns
+    -------
+    str
+        A Markdown table, conditions and detectors in first-seen order.
+    """
     conds = list(dict.fromkeys(r["condition"] for r in rows))
     dets = list(dict.fromkeys(r["detector"] for r in rows))
     lines = ["| condition | " + " | ".join(dets) + " |", "|---" * (len(dets) + 1) + "|"]
@@ -451,6 +576,39 @@ def run_benchmark(out: Path, *, quick: bool = True, methods: list[str] | None = 
     """Run the benchmark sweep and write CSV, Markdown and figures into ``out``.
 
     Returns the rows (one per condition x detector).
+
+    ``results.csv`` is rewritten after each condition, so an interrupted run
+    keeps what it finished; ``results.md`` and the figures (``roc_curves.png``,
+    ``maps_<condition>.png``) are written at the end.
+
+    Parameters
+    ----------
+    out : path-like
+        Output folder (created if missing).
+    quick : bool, default True
+        Use :func:`quick_conditions` (CPU-sized) rather than :func:`full_conditions`.
+    methods : list of str or None, default None
+        Detectors to run: ``"cvae"``, ``"pca"``, ``"rx"`` and ``"hyperspy"``
+        (HyperSpy's decomposition peer, skipped when HyperSpy is not
+        installed). ``None`` runs all four.
+    device : str, default "auto"
+        Torch device for the CVAE and PCA.
+    quiet : bool, default False
+        Do not print the header, per-detector lines, table and progress bar.
+    seed : int, default 0
+        Seed of every simulation and detector.
+    conditions : list of Condition, optional
+        Run these instead of the quick/full set.
+
+    Returns
+    -------
+    list of dict
+        The rows written to ``results.csv`` (see :func:`run_condition`).
+
+    Raises
+    ------
+    InputError
+        When a method or ``device`` is unknown or unavailable.
     """
     tqdm = _tqdm()
     methods = list(methods or ["cvae", "pca", "rx", "hyperspy"])
@@ -498,6 +656,39 @@ def run_speed(out: Path, *, methods: list[str] | None = None, device: str = "aut
     Sizes: the quick CPU cube (64 x 64 x 267) always; on a GPU (unless ``quick``)
     also 192 x 192 x 1334 and 512 x 512 x 1334 (bfo window). All methods run in
     the same process so their ratios hold on a noisy machine.
+
+    The score is timed on a second call, after a warm-up call. Writes
+    ``speed.csv`` and ``speed.md`` into ``out``.
+
+    Parameters
+    ----------
+    out : path-like
+        Output folder (created if missing).
+    methods : list of str or None, default None
+        Detectors to run: ``"cvae"``, ``"pca"``, ``"rx"`` and ``"hyperspy"``
+        (HyperSpy's decomposition peer, skipped when HyperSpy is not
+        installed). ``None`` runs all four.
+    device : str, default "auto"
+        Torch device for the CVAE and PCA; the larger sizes run only on CUDA.
+    quick : bool, default False
+        Only the 64 x 64 x 267 cube, even on a GPU.
+    quiet : bool, default False
+        Do not print per-run lines and the table.
+    seed : int, default 0
+        Seed of the simulations and detectors.
+
+    Returns
+    -------
+    list of dict
+        One row per size and detector: ``size``, ``detector``, ``device``,
+        ``fit_s``, ``score_s`` (seconds), ``score_spectra_per_s``,
+        ``peak_rss_mb``, ``peak_gpu_mb`` (MiB; NaN off CUDA) and, for the
+        eelsanom detectors, ``n_parameters``.
+
+    Raises
+    ------
+    InputError
+        When a method or ``device`` is unknown or unavailable.
     """
     from .detectors import get_detector
     from .simulate import simulate

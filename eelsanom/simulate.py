@@ -139,6 +139,12 @@ class Simulation:
         ``eelsanom.simulation`` (the parameters as a JSON string); microscope
         parameters (beam energy, angles) in ``Acquisition_instrument.TEM``.
 
+        Returns
+        -------
+        exspy.signals.EELSSpectrum or hyperspy Signal1D
+            Data of shape ``(ny, nx, n_energy)`` in counts; navigation axes x, y
+            and the energy axis (eV) calibrated as in ``si``.
+
         Raises
         ------
         ImportError
@@ -183,6 +189,14 @@ class Simulation:
         -------
         Path
             The path written.
+
+        Raises
+        ------
+        InputError
+            When ``path`` does not end in ``.hspy`` or ``.zspy``, or exists and
+            ``overwrite`` is False.
+        ImportError
+            When neither exSpy nor HyperSpy is installed.
         """
         path = Path(path)
         suffix = path.suffix.lower()
@@ -600,6 +614,9 @@ def simulate(*, shape: tuple[int, int] = (64, 64), window: str = "fe-l", anomaly
     Returns
     -------
     Simulation
+        Noisy counts ``si`` of shape ``(ny, nx, n_energy)``, ``truth`` and
+        ``bulk_mask`` of shape ``(ny, nx)``, ``params``, and the noise-free
+        ``expected`` / ``expected_alt`` counts of shape ``(ny, nx, n_energy)``.
 
     Raises
     ------

@@ -61,6 +61,7 @@ class ProcrustesResult:
     scale : float
         Isotropic scale (1 with ``scale=False``).
     translation : ndarray of shape (d_b,)
+        Shift ``t`` added after rotating and scaling, in the units of ``Z_b``.
     residual_map : ndarray of shape (ny, nx), or (n,) for flat input
         ``||z_b - (scale z_a Q + t)||`` per pixel, in the units of ``Z_b``.
     relative_residual : float
@@ -78,7 +79,23 @@ class ProcrustesResult:
     rms_b: float
 
     def transform(self, z_a: Any) -> np.ndarray:
-        """Map codes of space A into space B: ``scale * z_a @ rotation + translation``."""
+        """Map codes of space A into space B: ``scale * z_a @ rotation + translation``.
+
+        Parameters
+        ----------
+        z_a : AnomalyResult or array of shape (n, d_a) or (ny, nx, d_a)
+            Codes in space A (need not be the pixels the map was fitted on).
+
+        Returns
+        -------
+        ndarray of shape (n, d_b) or (ny, nx, d_b)
+            The codes in space B, shaped like the input's pixels.
+
+        Raises
+        ------
+        InputError
+            When ``z_a`` is not a valid code array (see the module docstring).
+        """
         c = as_codes(z_a, name="Z_a")
         out = self.scale * c.z @ self.rotation + self.translation
         return out.reshape(*c.shape, -1) if c.shape is not None else out
@@ -100,12 +117,23 @@ def procrustes(z_a: Any, z_b: Any, *, scale: bool = True) -> ProcrustesResult:
     Parameters
     ----------
     z_a, z_b : AnomalyResult or array of shape (n, d_a) / (ny, nx, d_a) and (n, d_b)
-    scale : bool
+        Latent codes of the same pixels in the two spaces (an array or torch
+        tensor, or a result's ``.latent``); ``(ny, nx, d_b)`` works for B too.
+    scale : bool, default True
         Fit an isotropic scale as well as the rotation and shift.
 
     Returns
     -------
     ProcrustesResult
+        Rotation ``(d_a, d_b)``, scale, translation ``(d_b,)``, the residual map
+        ``(ny, nx)`` (or ``(n,)`` for flat input) and its relative size.
+
+    Raises
+    ------
+    InputError
+        When either input has no latent codes, the wrong number of axes or
+        non-finite values, too few pixels (fewer than 2), or the two do not cover the
+        same pixels.
 
     Examples
     --------
@@ -140,11 +168,24 @@ def procrustes(z_a: Any, z_b: Any, *, scale: bool = True) -> ProcrustesResult:
 def unit_correlation(z_a: Any, z_b: Any) -> np.ndarray:
     """Pearson correlation between every latent unit of A and every unit of B.
 
+    Parameters
+    ----------
+    z_a, z_b : AnomalyResult or array of shape (n, d_a) / (ny, nx, d_a) and (n, d_b)
+        Latent codes of the same pixels in the two spaces (an array or torch
+        tensor, or a result's ``.latent``); ``(ny, nx, d_b)`` works for B too.
+
     Returns
     -------
     ndarray of shape (d_a, d_b)
         Entry ``(i, j)`` is the correlation over pixels of unit ``i`` of ``Z_a`` with
         unit ``j`` of ``Z_b``; NaN for a constant unit.
+
+    Raises
+    ------
+    InputError
+        When either input has no latent codes, the wrong number of axes or
+        non-finite values, too few pixels (fewer than 3), or the two do not cover the
+        same pixels.
     """
     a, b = _pair(z_a, z_b, min_points=3)
     xa, xb = centre(a.z), centre(b.z)
@@ -170,6 +211,7 @@ class UnitMatching:
     correlations : ndarray of shape (m,)
         Signed correlation of each pair (the sign says whether B's unit is flipped).
     correlation_matrix : ndarray of shape (d_a, d_b)
+        Pearson correlation of every unit pair (:func:`unit_correlation`).
     """
 
     method: str
@@ -179,6 +221,7 @@ class UnitMatching:
 
     @property
     def mean_abs_correlation(self) -> float:
+        """Mean |correlation| over the matched pairs (NaN when there is none); 1 = same units."""
         return float(np.mean(np.abs(self.correlations))) if self.correlations.size else np.nan
 
     @property
@@ -188,14 +231,34 @@ class UnitMatching:
 
     def permutation(self) -> np.ndarray:
         """Signed permutation matrix ``(d_a, d_b)``: ``Z_a @ P`` approximates ``Z_b`` up to
-        scale per unit (one-to-one matchings)."""
+        scale per unit (one-to-one matchings).
+
+        Returns
+        -------
+        ndarray of shape (d_a, d_b)
+            ``P[i, j] = +1`` or ``-1`` (the sign of the correlation) for each
+            matched pair ``(i, j)``, 0 elsewhere.
+        """
         d_a, d_b = self.correlation_matrix.shape
         p = np.zeros((d_a, d_b))
         p[self.pairs[:, 0], self.pairs[:, 1]] = self.signs
         return p
 
     def plot(self, ax: Any = None) -> Any:
-        """Heat map of |correlation| with the matched pairs marked; returns the Figure."""
+        """Heat map of |correlation| with the matched pairs marked; returns the Figure.
+
+        Needs matplotlib.
+
+        Parameters
+        ----------
+        ax : matplotlib.axes.Axes, optional
+            Axes to draw into; a new figure is made when ``None``.
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+            The figure holding the axes.
+        """
         from ._plot import new_axes  # noqa: PLC0415
 
         fig, ax = new_axes(ax)
@@ -230,11 +293,23 @@ def match_units(z_a: Any, z_b: Any, *, method: str = "hungarian") -> UnitMatchin
     Parameters
     ----------
     z_a, z_b : AnomalyResult or array of shape (n, d_a) / (ny, nx, d_a) and (n, d_b)
-    method : {"hungarian", "semi"}
+        Latent codes of the same pixels in the two spaces (an array or torch
+        tensor, or a result's ``.latent``); ``(ny, nx, d_b)`` works for B too.
+    method : {"hungarian", "semi"}, default "hungarian"
+        One-to-one assignment or semi-matching (see above).
 
     Returns
     -------
     UnitMatching
+        The pairs ``(m, 2)``, their signed correlations ``(m,)`` and the full
+        correlation matrix ``(d_a, d_b)``; ``m = min(d_a, d_b)`` for
+        ``"hungarian"``, ``d_a`` for ``"semi"``.
+
+    Raises
+    ------
+    InputError
+        When ``method`` is unknown, or the codes are invalid as for
+        :func:`unit_correlation`.
     """
     if method not in _MATCH_METHODS:
         raise InputError(f"method: expected one of {_MATCH_METHODS}, found {method!r}.")
@@ -266,6 +341,7 @@ class SparsePrediction:
         A units used per B unit (1: a one-to-one correspondence; many: B's unit is a
         mixture of A's).
     alpha : float
+        The L1 penalty used.
     """
 
     coef: np.ndarray
@@ -288,14 +364,26 @@ def sparse_unit_prediction(z_a: Any, z_b: Any, *, alpha: float = 0.05,
     Parameters
     ----------
     z_a, z_b : AnomalyResult or array of shape (n, d_a) / (ny, nx, d_a) and (n, d_b)
-    alpha : float
+        Latent codes of the same pixels in the two spaces (an array or torch
+        tensor, or a result's ``.latent``); ``(ny, nx, d_b)`` works for B too.
+    alpha : float, default 0.05
         L1 penalty (on standardised units; 0.05 keeps weights above ~0.05).
-    max_points : int or None
-    seed : int
+    max_points : int or None, default 20000
+        Fit on at most this many randomly chosen pixels; ``None`` uses all.
+    seed : int, default 0
+        Seed of the pixel subsample.
 
     Returns
     -------
     SparsePrediction
+        Coefficients ``(d_b, d_a)``, in-sample R^2 ``(d_b,)`` and the number of
+        A units used per B unit ``(d_b,)``.
+
+    Raises
+    ------
+    InputError
+        When ``alpha`` is not a positive number, or the codes are invalid as
+        for :func:`unit_correlation`.
     """
     from sklearn.linear_model import Lasso  # noqa: PLC0415
 
@@ -333,14 +421,23 @@ def cluster_units(z_a: Any, z_b: Any, n_clusters: int, *, seed: int = 0) -> np.n
     Parameters
     ----------
     z_a, z_b : AnomalyResult or array of shape (n, d_a) / (ny, nx, d_a) and (n, d_b)
+        Latent codes of the same pixels in the two spaces (an array or torch
+        tensor, or a result's ``.latent``); ``(ny, nx, d_b)`` works for B too.
     n_clusters : int
         ``1 <= n_clusters <= d_a + d_b``.
-    seed : int
+    seed : int, default 0
+        Random state of the spectral clustering.
 
     Returns
     -------
     ndarray of int, shape (d_a + d_b,)
         Cluster label of each unit: first A's ``d_a`` units, then B's.
+
+    Raises
+    ------
+    InputError
+        When ``n_clusters`` is not an integer in ``[1, d_a + d_b]``, or the
+        codes are invalid as for :func:`unit_correlation`.
     """
     from sklearn.cluster import SpectralClustering  # noqa: PLC0415
 

@@ -37,7 +37,28 @@ __all__ = [
 
 
 def default_sigma(z: np.ndarray, k: int = 10) -> float:
-    """Median distance of each code to its ``k``-th nearest neighbour (the default kernel width)."""
+    """Median distance of each code to its ``k``-th nearest neighbour (the default kernel width).
+
+    Falls back to the mean distance when the median is 0.
+
+    Parameters
+    ----------
+    z : ndarray of shape (n, d)
+        Latent codes (float), at least 2 rows.
+    k : int, default 10
+        Neighbour rank, clipped to ``[1, n - 1]``.
+
+    Returns
+    -------
+    float
+        Kernel width in code units (> 0).
+
+    Raises
+    ------
+    InputError
+        When the codes are (nearly) all identical, so both the median and the
+        mean distance are 0.
+    """
     kk = max(1, min(k, z.shape[0] - 1))
     dist, _ = knn(z, kk)
     s = float(np.median(dist[:, -1]))
@@ -109,19 +130,28 @@ def diffusion_spectral_entropy(z: Any, *, sigma: float | None = None, t: float =
     Parameters
     ----------
     z : AnomalyResult or array of shape (n, d) / (ny, nx, d)
+        Latent codes (an array or torch tensor, or a result's ``.latent``).
     sigma : float, optional
         Kernel width in code units. Default: the median distance of the
         subsampled codes to their 10th nearest neighbour (scale-free).
-    t : float
+    t : float, default 1.0
         Diffusion time (power of the eigenvalues).
-    max_points : int or None
+    max_points : int or None, default 1500
         Subsample size (``None``: all codes; cost O(N^3)).
-    seed : int
+    seed : int, default 0
+        Seed of the subsample.
 
     Returns
     -------
     float
         Entropy in bits, between 0 and ``log2(N)``.
+
+    Raises
+    ------
+    InputError
+        When ``z`` has no latent codes, the wrong number of axes, non-finite
+        values or fewer than 2 pixels, or when ``t`` or ``sigma`` is not a positive number,
+        ``max_points < 2``, or the codes are all identical (no default ``sigma``).
     """
     c, sel, s, t = _dse_setup(z, sigma, t, max_points, seed)
     zs = c.z if sel is None else c.z[sel]
@@ -146,6 +176,7 @@ def diffusion_spectral_mutual_information(z: Any, labels: Any, *, sigma: float |
     Parameters
     ----------
     z : AnomalyResult or array of shape (n, d) / (ny, nx, d)
+        Latent codes (an array or torch tensor, or a result's ``.latent``).
     labels : array of shape (n,) or (ny, nx)
         Class of each pixel (e.g. ``result.mask``).
     sigma, t, max_points, seed
@@ -154,6 +185,16 @@ def diffusion_spectral_mutual_information(z: Any, labels: Any, *, sigma: float |
     Returns
     -------
     float
+        Mutual information in bits (about 0 for unrelated labels, at most about
+        ``log2`` of the number of classes).
+
+    Raises
+    ------
+    InputError
+        When ``z`` has no latent codes, the wrong number of axes, non-finite
+        values or fewer than 2 pixels, when ``labels`` does not give one finite label per
+        pixel, or the other arguments are invalid as in
+        :func:`diffusion_spectral_entropy`.
     """
     c, sel, s, t = _dse_setup(z, sigma, t, max_points, seed)
     lab = as_labels(labels, c.n)
@@ -181,6 +222,11 @@ def _conditional_dse(z: np.ndarray, lab: np.ndarray, sigma: float, t: float,
 def covariance_spectrum(z: Any) -> np.ndarray:
     """Eigenvalues of the normalised covariance ``C / trace(C)`` of the codes, descending.
 
+    Parameters
+    ----------
+    z : AnomalyResult or array of shape (n, d) / (ny, nx, d)
+        Latent codes (an array or torch tensor, or a result's ``.latent``).
+
     Returns
     -------
     ndarray of shape (d,)
@@ -189,7 +235,9 @@ def covariance_spectrum(z: Any) -> np.ndarray:
     Raises
     ------
     InputError
-        A one-dimensional latent (its spectrum is trivially ``[1]``), or no variance.
+        A one-dimensional latent (its spectrum is trivially ``[1]``), or no variance;
+        also invalid codes (no latent, wrong axes, non-finite values, fewer than
+        2 pixels).
     """
     c = as_codes(z, name="Z", min_points=2, min_dim=2)
     x = c.z - c.z.mean(axis=0)
@@ -216,10 +264,17 @@ def von_neumann_entropy(z: Any) -> float:
     Parameters
     ----------
     z : AnomalyResult or array of shape (n, d) / (ny, nx, d)
+        Latent codes (an array or torch tensor, or a result's ``.latent``).
 
     Returns
     -------
     float
+        Entropy in nats, between 0 and ``ln d``.
+
+    Raises
+    ------
+    InputError
+        As :func:`covariance_spectrum` (``d < 2``, no variance, invalid codes).
     """
     lam = covariance_spectrum(z)
     lam = lam[lam > 0]
@@ -227,7 +282,23 @@ def von_neumann_entropy(z: Any) -> float:
 
 
 def effective_rank(z: Any) -> float:
-    """Effective rank ``exp(von Neumann entropy)`` (Roy and Vetterli, 2007), in [1, d]."""
+    """Effective rank ``exp(von Neumann entropy)`` (Roy and Vetterli, 2007), in [1, d].
+
+    Parameters
+    ----------
+    z : AnomalyResult or array of shape (n, d) / (ny, nx, d)
+        Latent codes (an array or torch tensor, or a result's ``.latent``).
+
+    Returns
+    -------
+    float
+        Number of latent directions effectively used, between 1 and ``d``.
+
+    Raises
+    ------
+    InputError
+        As :func:`covariance_spectrum` (``d < 2``, no variance, invalid codes).
+    """
     return float(np.exp(von_neumann_entropy(z)))
 
 
@@ -264,14 +335,23 @@ def coding_rate(z: Any, *, eps2: float = 0.5, normalize: bool = False) -> float:
     Parameters
     ----------
     z : AnomalyResult or array of shape (n, d) / (ny, nx, d)
-    eps2 : float
-        Allowed squared distortion ``eps^2``.
-    normalize : bool
+        Latent codes (an array or torch tensor, or a result's ``.latent``).
+    eps2 : float, default 0.5
+        Allowed squared distortion ``eps^2`` (code units squared).
+    normalize : bool, default False
         Put every code on the unit sphere first (MCR^2 features are normalised).
 
     Returns
     -------
     float
+        Coding rate in nats (>= 0).
+
+    Raises
+    ------
+    InputError
+        When ``z`` has no latent codes, the wrong number of axes, non-finite
+        values or fewer than 1 pixels, when ``eps2`` is not a positive number, or a code is
+        zero with ``normalize=True``.
     """
     e = check_positive(eps2, "eps2")
     x = _rate_codes(z, normalize)
@@ -293,6 +373,7 @@ class RateReduction:
     class_rates : dict
         Each class's own rate ``1/2 logdet(I + d / (n_j eps^2) Z_j^T Z_j)``.
     eps2 : float
+        The squared distortion ``eps^2`` used.
     """
 
     delta_r: float
@@ -321,15 +402,26 @@ def rate_reduction(z: Any, labels: Any, *, eps2: float = 0.5,
     Parameters
     ----------
     z : AnomalyResult or array of shape (n, d) / (ny, nx, d)
+        Latent codes (an array or torch tensor, or a result's ``.latent``).
     labels : array of shape (n,) or (ny, nx)
         Class of each pixel.
-    eps2 : float
-    normalize : bool
+    eps2 : float, default 0.5
+        Allowed squared distortion ``eps^2``.
+    normalize : bool, default False
         Put every code on the unit sphere first.
 
     Returns
     -------
     RateReduction
+        ``delta_r``, ``r``, ``rc`` and the per-class rates, in nats.
+
+    Raises
+    ------
+    InputError
+        When ``z`` has no latent codes, the wrong number of axes, non-finite
+        values or fewer than 1 pixels, when ``labels`` does not give one finite label per
+        pixel, ``eps2`` is not a positive number, or a code is zero with
+        ``normalize=True``.
     """
     e = check_positive(eps2, "eps2")
     x = _rate_codes(z, normalize)

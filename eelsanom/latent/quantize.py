@@ -46,7 +46,13 @@ DEFAULT_KINDS = ("float32", "float16", "float8", "int8", "binary")
 
 
 def float8_available() -> bool:
-    """Whether the installed torch has ``float8_e4m3fn``."""
+    """Whether the installed torch has ``float8_e4m3fn``.
+
+    Returns
+    -------
+    bool
+        False also when torch is not installed.
+    """
     try:
         import torch  # noqa: PLC0415
     except ImportError:  # pragma: no cover - torch is a dependency
@@ -61,7 +67,8 @@ class QuantizedCodes:
     Attributes
     ----------
     kind : str
-    codes : ndarray
+        The format, as passed to :func:`quantize` (e.g. ``"int8"``, ``"pca:4"``).
+    codes : ndarray of shape (n, d) or (ny, nx, d)
         Decoded (dequantized) codes, same shape as the input, float64.
     bytes_per_pixel : float
         Payload bytes per pixel in the stored format.
@@ -81,9 +88,23 @@ class QuantizedCodes:
 def binary_codes(z: Any, *, center: bool = True) -> np.ndarray:
     """One bit per latent dimension: ``z_j > mean_j`` (``center=True``) or ``z_j > 0``.
 
+    Parameters
+    ----------
+    z : AnomalyResult or array of shape (n, d) / (ny, nx, d)
+        Latent codes (an array or torch tensor, or a result's ``.latent``).
+    center : bool, default True
+        Compare each dimension with its mean over pixels; ``False`` compares with 0.
+
     Returns
     -------
     ndarray of bool, shape (n, d)
+        The bits, one row per pixel (image input is flattened row-major).
+
+    Raises
+    ------
+    InputError
+        When ``z`` has no latent codes, the wrong number of axes, non-finite
+        values or fewer than 2 pixels.
     """
     c = as_codes(z, name="Z")
     ref = c.z.mean(axis=0) if center else 0.0
@@ -100,10 +121,17 @@ def hamming_fraction(bits_a: Any, bits_b: Any) -> np.ndarray:
     Parameters
     ----------
     bits_a, bits_b : array of bool, shape (..., d)
+        Binary codes (e.g. from :func:`binary_codes`); converted with ``astype(bool)``.
 
     Returns
     -------
     ndarray of shape (...)
+        Fraction of the ``d`` bits that differ, in [0, 1].
+
+    Raises
+    ------
+    InputError
+        When the shapes differ or the codes have no bit (``d == 0``).
     """
     a, b = np.asarray(bits_a, dtype=bool), np.asarray(bits_b, dtype=bool)
     if a.shape != b.shape:
@@ -144,11 +172,22 @@ def quantize(z: Any, kind: str) -> QuantizedCodes:
     Parameters
     ----------
     z : AnomalyResult or array of shape (n, d) / (ny, nx, d)
+        Latent codes (an array or torch tensor, or a result's ``.latent``).
     kind : str
+        ``"float32"``, ``"float16"``, ``"int8"``, ``"float8"``, ``"binary"`` or
+        ``"pca:K"`` with ``1 <= K <= d`` (case-insensitive).
 
     Returns
     -------
     QuantizedCodes
+        Decoded float64 codes shaped like the input and the payload bytes per
+        pixel (``4 d``, ``2 d``, ``d``, ``d``, ``ceil(d / 8)``, ``4 K``).
+
+    Raises
+    ------
+    InputError
+        When ``kind`` is unknown or ``K`` out of range, codes overflow float16,
+        the installed torch has no float8, or ``z`` is not valid latent codes.
     """
     c = as_codes(z, name="Z")
     kname, m = _parse_kind(kind, c.d)
@@ -203,14 +242,23 @@ def latent_anomaly_score(z: Any, reference: Any = None, *, ridge: float = 1e-6) 
     Parameters
     ----------
     z : AnomalyResult or array of shape (n, d) / (ny, nx, d)
+        Latent codes (an array or torch tensor, or a result's ``.latent``).
     reference : array of bool, shape (n,) or (ny, nx), optional
         Pixels defining "normal" (default: all).
-    ridge : float
+    ridge : float, default 1e-6
         Added to the covariance diagonal, relative to its mean variance.
 
     Returns
     -------
     ndarray of shape (ny, nx), or (n,)
+        Squared Mahalanobis distance per pixel (code units; higher = more
+        anomalous), shaped like the input's pixels.
+
+    Raises
+    ------
+    InputError
+        When ``reference`` does not have one value per pixel or selects fewer
+        than 2 pixels, or ``z`` is not valid latent codes.
     """
     c = as_codes(z, name="Z")
     return c.to_map(_mahalanobis(c.z, reference, ridge))
@@ -241,7 +289,9 @@ class QuantizationReport:
     Attributes
     ----------
     kinds : list of str
+        The evaluated formats, in order; every array below has shape ``(len(kinds),)``.
     bytes_per_pixel : ndarray
+        Payload bytes per pixel of each format.
     rms_error : ndarray
         RMS code error relative to the RMS spread of the centred codes.
     max_abs_error : ndarray
@@ -259,7 +309,9 @@ class QuantizationReport:
     reference_auc : float
         ROC-AUC of the unquantized map (NaN without truth).
     k : int
+        Neighbours used for the recall.
     n_queries : int
+        Query pixels used for the recall.
     skipped : dict of str -> str
         Formats that could not be evaluated, with the reason.
     """
@@ -278,7 +330,14 @@ class QuantizationReport:
     skipped: dict[str, str] = field(default_factory=dict)
 
     def rows(self) -> list[dict[str, Any]]:
-        """One dict per format (a pandas-free table)."""
+        """One dict per format (a pandas-free table).
+
+        Returns
+        -------
+        list of dict
+            Keys ``kind``, ``bytes_per_pixel``, ``rms_error``, ``max_abs_error``,
+            ``map_change``, ``top_overlap``, ``auc``, ``knn_recall``.
+        """
         return [{"kind": k, "bytes_per_pixel": float(b), "rms_error": float(r),
                  "max_abs_error": float(m), "map_change": float(c), "top_overlap": float(t),
                  "auc": float(a), "knn_recall": float(kr)}
@@ -287,6 +346,14 @@ class QuantizationReport:
                     self.map_change, self.top_overlap, self.auc, self.knn_recall)]
 
     def to_markdown(self) -> str:
+        """The report as a Markdown table, skipped formats listed below it.
+
+        Returns
+        -------
+        str
+            One row per format: bytes/px, RMS code error, map change, top-1 %
+            kept, ROC-AUC (``n/a`` without truth) and k-NN recall.
+        """
         head = ("| format | bytes/px | RMS code error | map change | top-1 % kept | ROC-AUC | "
                 f"{self.k}-NN recall |\n|---|---|---|---|---|---|---|\n")
         body = "".join(
@@ -298,7 +365,21 @@ class QuantizationReport:
         return head + body + extra
 
     def plot(self, ax: Any = None) -> Any:
-        """k-NN recall and map change against bytes per pixel; returns the Figure."""
+        """k-NN recall and map change against bytes per pixel; returns the Figure.
+
+        Plots the k-NN recall and the top-1 % overlap against bytes per pixel
+        (log2 axis). Needs matplotlib.
+
+        Parameters
+        ----------
+        ax : matplotlib.axes.Axes, optional
+            Axes to draw into; a new figure is made when ``None``.
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+            The figure holding the axes.
+        """
         from ._plot import new_axes  # noqa: PLC0415
 
         fig, ax = new_axes(ax)
@@ -333,6 +414,7 @@ def quantization_report(z: Any, *, kinds: Sequence[str] | None = None,
     Parameters
     ----------
     z : AnomalyResult or array of shape (n, d) / (ny, nx, d)
+        Latent codes (an array or torch tensor, or a result's ``.latent``).
     kinds : sequence of str, optional
         Formats (see :func:`quantize`). Default: :data:`DEFAULT_KINDS` plus
         ``pca:K`` for ``K = ceil(d/2)`` and ``ceil(d/4)`` (those below ``d``).
@@ -343,16 +425,26 @@ def quantization_report(z: Any, *, kinds: Sequence[str] | None = None,
         result).
     truth : array of bool, shape (n,) or (ny, nx), optional
         Ground truth for the AUC (default: none, AUC is NaN).
-    k : int
+    k : int, default 10
         Neighbours for the recall.
-    max_points : int or None
+    max_points : int or None, default 2000
         Query pixels for the k-NN recall (random subsample, seeded; neighbours are
         searched among all pixels).
-    seed : int
+    seed : int, default 0
+        Seed of the query subsample.
 
     Returns
     -------
     QuantizationReport
+        One entry per format; formats that fail to quantize (float16 overflow,
+        no float8 in torch) are listed in ``skipped`` instead.
+
+    Raises
+    ------
+    InputError
+        When ``z`` is not valid latent codes (at least 3 pixels), ``k`` is not
+        an integer in ``[1, n - 1]``, a kind is unknown, or ``truth`` /
+        ``score_fn``'s output does not have one value per pixel.
     """
     from ..scoring import roc_auc  # noqa: PLC0415
 

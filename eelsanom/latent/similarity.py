@@ -98,13 +98,21 @@ def linear_cka(z_a: Any, z_b: Any, *, unbiased: bool = False) -> float:
     ----------
     z_a, z_b : AnomalyResult or array of shape (n, d_a) / (ny, nx, d_a) and (n, d_b)
         Codes of the same pixels.
-    unbiased : bool
+    unbiased : bool, default False
         Use the unbiased HSIC estimator (needs n >= 4).
 
     Returns
     -------
     float
-        CKA in [0, 1] (the unbiased form can be slightly negative).
+        CKA in [0, 1] (the unbiased form can be slightly negative); NaN, with a
+        logged warning, when a space has no variance.
+
+    Raises
+    ------
+    InputError
+        When either input is not valid latent codes (none, wrong axes, non-finite
+        values, fewer than 2 pixels, or 4 with ``unbiased=True``), or the two do
+        not cover the same pixels.
 
     Examples
     --------
@@ -174,15 +182,25 @@ def mutual_knn_map(z_a: Any, z_b: Any, *, k: int = 10, metric: str = "euclidean"
     Parameters
     ----------
     z_a, z_b : AnomalyResult or array of shape (n, d_a) / (ny, nx, d_a) and (n, d_b)
-    k : int
+        Codes of the same pixels in the two spaces (arrays, torch tensors or
+        results' ``.latent``).
+    k : int, default 10
         Neighbours per pixel, ``1 <= k < n``.
-    metric : {"euclidean", "cosine"}
+    metric : {"euclidean", "cosine"}, default "euclidean"
         Euclidean distance between codes, or cosine distance between centred codes.
 
     Returns
     -------
     ndarray of shape (ny, nx), or (n,) for flat input
         Overlap fraction in [0, 1].
+
+    Raises
+    ------
+    InputError
+        When either input is not valid latent codes (none, wrong axes, non-finite
+        values, fewer than 2 pixels), the two do not cover the same pixels,
+        ``k`` is not an integer in ``[1, n - 1]``, ``metric`` is unknown, or
+        ``metric="cosine"`` meets ``d < 2`` or a code equal to the mean.
 
     Examples
     --------
@@ -205,6 +223,29 @@ def mutual_knn(z_a: Any, z_b: Any, *, k: int = 10, metric: str = "euclidean") ->
 
     The image mean of :func:`mutual_knn_map`. 1: identical neighbourhoods; for
     unrelated spaces about ``k / n``.
+
+    Parameters
+    ----------
+    z_a, z_b : AnomalyResult or array of shape (n, d_a) / (ny, nx, d_a) and (n, d_b)
+        Codes of the same pixels in the two spaces (arrays, torch tensors or
+        results' ``.latent``).
+    k : int, default 10
+        Neighbours per pixel, ``1 <= k < n``.
+    metric : {"euclidean", "cosine"}, default "euclidean"
+        As in :func:`mutual_knn_map`.
+
+    Returns
+    -------
+    float
+        Mean overlap fraction in [0, 1].
+
+    Raises
+    ------
+    InputError
+        When either input is not valid latent codes (none, wrong axes, non-finite
+        values, fewer than 2 pixels), the two do not cover the same pixels,
+        ``k`` is not an integer in ``[1, n - 1]``, ``metric`` is unknown, or
+        ``metric="cosine"`` meets ``d < 2`` or a code equal to the mean.
     """
     return float(np.mean(mutual_knn_map(z_a, z_b, k=k, metric=metric)))
 
@@ -249,13 +290,27 @@ def cknna(z_a: Any, z_b: Any, *, k: int = 10, metric: str = "euclidean") -> floa
     Parameters
     ----------
     z_a, z_b : AnomalyResult or array of shape (n, d_a) / (ny, nx, d_a) and (n, d_b)
-    k : int
+        Codes of the same pixels in the two spaces (arrays, torch tensors or
+        results' ``.latent``).
+    k : int, default 10
         Neighbours per pixel, ``1 <= k < n``; needs ``n >= 4``.
-    metric : {"euclidean", "cosine"}
+    metric : {"euclidean", "cosine"}, default "euclidean"
+        Neighbours and kernels from the centred codes, or from the centred,
+        unit-normalised codes.
 
     Returns
     -------
     float
+        CKNNA, at most 1; 0.0 when no pair is a neighbour in both spaces, NaN
+        (with a logged warning) when a self-alignment is not positive.
+
+    Raises
+    ------
+    InputError
+        When either input is not valid latent codes (none, wrong axes, non-finite
+        values, fewer than 4 pixels), the two do not cover the same pixels,
+        ``k`` is not an integer in ``[1, n - 1]``, ``metric`` is unknown, or
+        ``metric="cosine"`` meets ``d < 2`` or a code equal to the mean.
     """
     a, b = _pair(z_a, z_b, min_points=4)
     k = check_neighbours(a.n, k)
@@ -308,6 +363,7 @@ class CCA:
         Canonical directions: ``(Z_a - mean_a) @ weights_a`` are the canonical
         variates of ``Z_a``, each with unit variance.
     mean_a, mean_b : ndarray of shape (d_a,), (d_b,)
+        Mean code of each space, subtracted before projecting.
     """
 
     correlations: np.ndarray
@@ -317,11 +373,37 @@ class CCA:
     mean_b: np.ndarray
 
     def transform_a(self, z: np.ndarray, k: int | None = None) -> np.ndarray:
-        """First ``k`` canonical variates of codes ``z`` ``(n, d_a)`` of space A."""
+        """First ``k`` canonical variates of codes ``z`` ``(n, d_a)`` of space A.
+
+        Parameters
+        ----------
+        z : array_like of shape (n, d_a)
+            Codes of space A (flat; reshape an image ``(ny, nx, d_a)`` first).
+        k : int or None, default None
+            Number of variates; ``None`` keeps all ``r``.
+
+        Returns
+        -------
+        ndarray of shape (n, k)
+            ``(z - mean_a) @ weights_a[:, :k]``.
+        """
         return (np.asarray(z, float) - self.mean_a) @ self.weights_a[:, :k]
 
     def transform_b(self, z: np.ndarray, k: int | None = None) -> np.ndarray:
-        """First ``k`` canonical variates of codes ``z`` ``(n, d_b)`` of space B."""
+        """First ``k`` canonical variates of codes ``z`` ``(n, d_b)`` of space B.
+
+        Parameters
+        ----------
+        z : array_like of shape (n, d_b)
+            Codes of space B (flat; reshape an image ``(ny, nx, d_b)`` first).
+        k : int or None, default None
+            Number of variates; ``None`` keeps all ``r``.
+
+        Returns
+        -------
+        ndarray of shape (n, k)
+            ``(z - mean_b) @ weights_b[:, :k]``.
+        """
         return (np.asarray(z, float) - self.mean_b) @ self.weights_b[:, :k]
 
 
@@ -346,11 +428,23 @@ def canonical_correlations(z_a: Any, z_b: Any, *, rank_tol: float = 1e-8) -> CCA
     Parameters
     ----------
     z_a, z_b : AnomalyResult or array of shape (n, d_a) / (ny, nx, d_a) and (n, d_b)
-    rank_tol : float
+        Codes of the same pixels in the two spaces (arrays, torch tensors or
+        results' ``.latent``).
+    rank_tol : float, default 1e-8
+        Relative singular-value cut-off of each space's rank.
 
     Returns
     -------
     CCA
+        Canonical correlations ``(r,)``, directions ``(d_a, r)`` / ``(d_b, r)``
+        and the means.
+
+    Raises
+    ------
+    InputError
+        When either input is not valid latent codes (none, wrong axes, non-finite
+        values, fewer than 3 pixels), the two do not cover the same pixels, or a
+        space has no variance.
     """
     a, b = _pair(z_a, z_b, min_points=3)
     xa, xb = centre(a.z), centre(b.z)
@@ -385,6 +479,7 @@ class CCAAlignment:
     n_points : int
         Pixels used for alignment and retrieval (a random subsample).
     n_neighbours : int
+        ``k`` used for the mutual k-NN overlap.
     """
 
     correlations: np.ndarray
@@ -396,7 +491,18 @@ class CCAAlignment:
     n_neighbours: int
 
     def plot(self, ax: Any = None) -> Any:
-        """Correlations and retrieval vs subspace size; returns the matplotlib Figure."""
+        """Correlations and retrieval vs subspace size; returns the matplotlib Figure.
+
+        Parameters
+        ----------
+        ax : matplotlib.axes.Axes, optional
+            Axes to draw into; a new figure is made when ``None``.
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+            The figure holding the axes.
+        """
         from ._plot import new_axes  # noqa: PLC0415
 
         fig, ax = new_axes(ax)
@@ -432,18 +538,31 @@ def cca_alignment(z_a: Any, z_b: Any, *, ks: Any = None, k: int = 10,
     Parameters
     ----------
     z_a, z_b : AnomalyResult or array of shape (n, d_a) / (ny, nx, d_a) and (n, d_b)
+        Codes of the same pixels in the two spaces (arrays, torch tensors or
+        results' ``.latent``).
     ks : sequence of int, optional
         Subspace sizes; default: up to 8 sizes spaced geometrically from 1 to ``r``
         (all of ``1 .. r`` when ``r <= 8``).
-    k : int
+    k : int, default 10
         Neighbours for the mutual k-NN overlap.
-    max_points : int or None
+    max_points : int or None, default 4000
         Subsample size for alignment and retrieval (``None``: all pixels).
-    seed : int
+    seed : int, default 0
+        Seed of the subsample.
 
     Returns
     -------
     CCAAlignment
+        Canonical correlations and, per size in ``ks``, the mutual k-NN overlap
+        and top-1 / top-10 retrieval rates.
+
+    Raises
+    ------
+    InputError
+        When either input is not valid latent codes (none, wrong axes, non-finite
+        values, fewer than 3 pixels), the two do not cover the same pixels, a
+        space has no variance, ``ks`` holds a size outside ``1 .. r``, or ``k`` is
+        not an integer in ``[1, m - 1]`` for the ``m`` subsampled pixels.
     """
     a, b = _pair(z_a, z_b, min_points=3)
     cca = canonical_correlations(a, b)

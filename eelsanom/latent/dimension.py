@@ -72,15 +72,27 @@ def twonn(z: Any, *, discard_fraction: float = 0.1, max_points: int | None = Non
     Parameters
     ----------
     z : AnomalyResult or array of shape (n, d) / (ny, nx, d)
-    discard_fraction : float
+        Latent codes (an array or torch tensor, or a result's ``.latent``); any
+        feature vectors work, e.g. spectra reshaped to ``(n, n_energy)``.
+    discard_fraction : float, default 0.1
         Fraction in [0, 1) of the largest ratios left out of the fit.
-    max_points : int or None
+    max_points : int or None, default None
         Use a random subsample of this many codes (seeded); ``None``: all.
-    seed : int
+    seed : int, default 0
+        Seed of the subsample.
 
     Returns
     -------
     float
+        Intrinsic dimension (codes with an exact duplicate are left out, with a
+        logged warning).
+
+    Raises
+    ------
+    InputError
+        When ``discard_fraction`` is not in [0, 1), ``z`` is not valid latent
+        codes (at least 4 pixels), fewer than 3 distinct codes remain, or all
+        neighbour-distance ratios are 1.
 
     Examples
     --------
@@ -131,15 +143,27 @@ def mle_dimension(z: Any, *, k: int = 10, max_points: int | None = None,
     Parameters
     ----------
     z : AnomalyResult or array of shape (n, d) / (ny, nx, d)
-    k : int
+        Latent codes (an array or torch tensor, or a result's ``.latent``); any
+        feature vectors work, e.g. spectra reshaped to ``(n, n_energy)``.
+    k : int, default 10
         Neighbours, ``2 <= k < n``.
-    max_points : int or None
+    max_points : int or None, default None
         Random subsample size (seeded); ``None``: all codes.
-    seed : int
+    seed : int, default 0
+        Seed of the subsample.
 
     Returns
     -------
     float
+        Intrinsic dimension (codes with an exact duplicate are left out, with a
+        logged warning).
+
+    Raises
+    ------
+    InputError
+        When ``z`` is not valid latent codes (at least 3 pixels), ``k`` is not
+        an integer in ``[2, n - 1]``, every code has a duplicate, or all
+        neighbour distances are equal.
     """
     c = _codes(z, max_points, seed, min_points=3)
     k = check_neighbours(c.n, k)
@@ -186,14 +210,23 @@ def local_dimension_map(z: Any, *, k: int = 50, method: str = "twonn") -> np.nda
     Parameters
     ----------
     z : AnomalyResult or array of shape (n, d) / (ny, nx, d)
-    k : int
+        Latent codes (an array or torch tensor, or a result's ``.latent``); any
+        feature vectors work, e.g. spectra reshaped to ``(n, n_energy)``.
+    k : int, default 50
         Neighbourhood size, ``2 <= k < n``.
-    method : {"twonn", "mle"}
+    method : {"twonn", "mle"}, default "twonn"
+        Estimator, see above.
 
     Returns
     -------
     ndarray of shape (ny, nx), or (n,) for flat input
         NaN where undefined (duplicated codes).
+
+    Raises
+    ------
+    InputError
+        When ``method`` is unknown, ``z`` is not valid latent codes (at least 3
+        pixels), or ``k`` is not an integer in ``[2, n - 1]``.
     """
     if method not in _LOCAL_METHODS:
         raise InputError(f"method: expected one of {_LOCAL_METHODS}, found {method!r}.")

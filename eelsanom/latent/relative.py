@@ -36,20 +36,28 @@ def select_anchors(z: Any, n_anchors: int = 32, *, method: str = "kmeans",
     Parameters
     ----------
     z : AnomalyResult or array of shape (n, d) / (ny, nx, d)
-    n_anchors : int
+        Latent codes (an array or torch tensor, or a result's ``.latent``), ``d >= 2``.
+    n_anchors : int, default 32
         How many anchors (at most the number of pixels).
-    method : {"kmeans", "random"}
+    method : {"kmeans", "random"}, default "kmeans"
         ``"random"``: distinct random pixels (seeded). ``"kmeans"``: k-means
         (``KMeans``, one initialisation, on at most 10,000 randomly chosen codes,
         seeded) and, for
         each centre, the pixel whose code is nearest to it (its medoid); duplicates
         are dropped, so fewer anchors may come back for highly repetitive codes.
-    seed : int
+    seed : int, default 0
+        Seed of the random choice and of k-means.
 
     Returns
     -------
     ndarray of int, shape (m,)
-        Flat pixel indices (row-major over ``(ny, nx)``).
+        Flat pixel indices (row-major over ``(ny, nx)``), sorted, ``m <= n_anchors``.
+
+    Raises
+    ------
+    InputError
+        When ``z`` is not valid latent codes (``d >= 2``, at least 2 pixels),
+        ``n_anchors`` is not an integer in ``[1, n]``, or ``method`` is unknown.
     """
     c = as_codes(z, name="Z", min_dim=2)
     m = check_int(n_anchors, "n_anchors", 1)
@@ -128,21 +136,26 @@ def relative_representation(z: Any, anchors: Any = "kmeans", *, n_anchors: int =
     Parameters
     ----------
     z : AnomalyResult or array of shape (n, d) / (ny, nx, d)
+        Latent codes (an array or torch tensor, or a result's ``.latent``), ``d >= 2``.
     anchors : {"kmeans", "random"}, array of int (m,) or bool array (m, ny, nx)
         Anchor choice (see :func:`select_anchors`), flat pixel indices, or boolean
         masks of reference regions (anchor = the region's mean code).
-    n_anchors : int
+    n_anchors : int, default 32
         Number of anchors when ``anchors`` is a method name.
-    center : bool
+    center : bool, default True
         Subtract the mean code of all pixels first (makes the result invariant to
         shifts of the latent space as well). Moschella et al. use raw codes
         (``center=False``).
-    seed : int
+    seed : int, default 0
+        Seed of the anchor selection when ``anchors`` is a method name.
 
     Raises
     ------
     InputError
-        A one-dimensional latent (cosine similarities of 1-D codes are only signs).
+        A one-dimensional latent (cosine similarities of 1-D codes are only signs);
+        also invalid codes, anchor indices outside ``0 .. n - 1``, region masks
+        that are empty or not one value per pixel, or an anchor code that is
+        zero (at the mean with ``center=True``).
 
     Returns
     -------
@@ -182,6 +195,7 @@ def relative_agreement(z_a: Any, z_b: Any, anchors: Any = "kmeans", *, n_anchors
     Parameters
     ----------
     z_a, z_b : AnomalyResult or array of shape (n, d_a) / (ny, nx, d_a) and (n, d_b)
+        Codes of the same pixels in the two spaces, ``d_a, d_b >= 2``.
     anchors, n_anchors, center, seed
         As in :func:`relative_representation`.
 
@@ -189,6 +203,12 @@ def relative_agreement(z_a: Any, z_b: Any, anchors: Any = "kmeans", *, n_anchors
     -------
     ndarray of shape (ny, nx), or (n,) for flat input
         Cosine similarity in [-1, 1]; NaN where a relative vector is zero.
+
+    Raises
+    ------
+    InputError
+        When the two inputs do not cover the same pixels, or for any reason
+        :func:`relative_representation` refuses either of them.
     """
     a = as_codes(z_a, name="Z_a", min_dim=2)
     b = as_codes(z_b, name="Z_b", min_dim=2)

@@ -43,7 +43,9 @@ def intrinsic_dimension(z: Any, method: str = "twonn", **kwargs: Any) -> float:
     Parameters
     ----------
     z : AnomalyResult or array of shape (n, d) / (ny, nx, d)
-    method : {"twonn", "mle"}
+        Latent codes (an array or torch tensor, or a result's ``.latent``), or
+        spectra reshaped to ``(n, n_energy)``.
+    method : {"twonn", "mle"}, default "twonn"
         :func:`~eelsanom.latent.dimension.twonn` or
         :func:`~eelsanom.latent.dimension.mle_dimension`.
     **kwargs
@@ -52,6 +54,13 @@ def intrinsic_dimension(z: Any, method: str = "twonn", **kwargs: Any) -> float:
     Returns
     -------
     float
+        The intrinsic dimension.
+
+    Raises
+    ------
+    InputError
+        When ``method`` is unknown, or the estimator refuses the codes or
+        ``kwargs`` (see its documentation).
     """
     if method == "twonn":
         return dimension.twonn(z, **kwargs)
@@ -90,6 +99,7 @@ class LatentSummary:
     shape : tuple of int or None
         ``(ny, nx)`` of the image.
     n_pixels, latent_dim : int
+        Number of codes ``n`` and latent dimension ``d``.
     twonn, mle : float
         Global intrinsic dimension (TwoNN; Levina-Bickel MLE, k = 10).
     von_neumann_entropy : float
@@ -113,7 +123,9 @@ class LatentSummary:
     latent_score : ndarray of shape (ny, nx) or (n,)
         Squared Mahalanobis distance of each code from the unflagged codes.
     quantization : QuantizationReport or None
+        Storage formats vs map change (``None`` with ``quantization=False``).
     dse_points, k_local : int
+        Codes used for DSE/DSMI, and neighbours of the local dimension map.
     timings : dict of str -> float
         Seconds per tool.
     notes : list of str
@@ -143,7 +155,14 @@ class LatentSummary:
     notes: list[str] = field(default_factory=list)
 
     def table(self) -> list[tuple[str, Any, str]]:
-        """``(quantity, value, what it means)`` rows."""
+        """``(quantity, value, what it means)`` rows.
+
+        Returns
+        -------
+        list of tuple (str, value, str)
+            One row per scalar: pixels, dimensions, effective rank, entropies,
+            DSMI and rate reduction of the mask, median local dimensions.
+        """
         return [
             ("pixels", self.n_pixels, "codes analysed"),
             ("latent dimension d", self.latent_dim, "size of each code"),
@@ -167,6 +186,13 @@ class LatentSummary:
         ]
 
     def to_markdown(self) -> str:
+        """:meth:`table` as a Markdown table, followed by the notes as a list.
+
+        Returns
+        -------
+        str
+            Markdown text; NaN values read ``n/a``.
+        """
         lines = ["| quantity | value | meaning |", "|---|---|---|"]
         lines += [f"| {q} | {_fmt(v)} | {m} |" for q, v, m in self.table()]
         if self.notes:
@@ -174,7 +200,15 @@ class LatentSummary:
         return "\n".join(lines)
 
     def plot(self) -> Any:
-        """Local-dimension map, latent score map and covariance spectrum; returns the Figure."""
+        """Local-dimension map, latent score map and covariance spectrum; returns the Figure.
+
+        Needs matplotlib.
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+            Three panels side by side.
+        """
         from ._plot import image, new_figure  # noqa: PLC0415
 
         fig = new_figure(size=(14.0, 4.2))
@@ -204,19 +238,31 @@ def summarize(z: Any, *, mask: Any = None, k_local: int = 50, dse_points: int = 
     Parameters
     ----------
     z : AnomalyResult or array of shape (n, d) / (ny, nx, d)
+        Latent codes (an array or torch tensor, or a result's ``.latent``), at
+        least 4 pixels.
     mask : array of bool, shape (ny, nx) or (n,), optional
         Anomaly mask (default: ``result.mask``).
-    k_local : int
-        Neighbours of the local dimension map.
-    dse_points : int
+    k_local : int, default 50
+        Neighbours of the local dimension map, ``1 <= k_local < n``.
+    dse_points : int, default 1500
         Random codes for DSE/DSMI.
-    quantization : bool
+    quantization : bool, default True
         Also compute the quantization table.
-    seed : int
+    seed : int, default 0
+        Seed of every random subsample.
 
     Returns
     -------
     LatentSummary
+        The numbers, the ``(ny, nx)`` maps (``(n,)`` for flat input), timings
+        and notes on skipped tools.
+
+    Raises
+    ------
+    InputError
+        When ``z`` is not valid latent codes, ``k_local`` is out of range,
+        ``mask`` does not have one value per pixel, or the codes are degenerate
+        (e.g. all identical, so no intrinsic dimension or kernel width exists).
     """
     c = as_codes(z, name="latent", min_points=4)
     k_local = check_neighbours(c.n, k_local, name="k_local")
@@ -280,13 +326,19 @@ class LatentComparison:
     Attributes
     ----------
     methods : tuple of str
+        Detectors of the two results (``"array"`` for plain codes).
     shape : tuple of int or None
+        ``(ny, nx)`` of the image.
     latent_dims : tuple of int
+        ``(d_a, d_b)``.
     cka, cka_unbiased : float
         Linear CKA (biased / unbiased HSIC).
     mutual_knn : float
         Mean mutual k-NN overlap; ``mutual_knn_map`` is the per-pixel map.
+    mutual_knn_map : ndarray of shape (ny, nx) or (n,)
+        Per-pixel fraction of the ``k`` neighbours shared by both spaces.
     cknna : float
+        CKA restricted to mutual k-nearest neighbours.
     cca : CCAAlignment
         Canonical correlations, alignment and retrieval vs subspace size.
     procrustes : ProcrustesResult
@@ -300,7 +352,9 @@ class LatentComparison:
     mask_jaccard : float
         Intersection over union of the two anomaly masks (NaN without masks).
     k : int
+        Neighbours used by the k-NN tools.
     timings : dict of str -> float
+        Seconds per tool.
     """
 
     methods: tuple[str, str]
@@ -321,7 +375,15 @@ class LatentComparison:
     timings: dict[str, float] = field(default_factory=dict)
 
     def table(self) -> list[tuple[str, Any, str]]:
-        """``(quantity, value, what it means)`` rows."""
+        """``(quantity, value, what it means)`` rows.
+
+        Returns
+        -------
+        list of tuple (str, value, str)
+            One row per scalar: dimensions, CKA, mutual k-NN, CKNNA, shared
+            canonical directions, Procrustes residual, relative agreement, unit
+            matching, NLL rank correlation and mask Jaccard.
+        """
         top = self.cca.correlations
         n_shared = int(np.sum(top > 0.9))
         return [
@@ -345,12 +407,27 @@ class LatentComparison:
         ]
 
     def to_markdown(self) -> str:
+        """:meth:`table` as a Markdown table.
+
+        Returns
+        -------
+        str
+            Markdown text; NaN values read ``n/a``.
+        """
         lines = ["| quantity | value | meaning |", "|---|---|---|"]
         lines += [f"| {q} | {_fmt(v)} | {m} |" for q, v, m in self.table()]
         return "\n".join(lines)
 
     def plot(self) -> Any:
-        """Mutual k-NN, relative-agreement and Procrustes-residual maps; returns the Figure."""
+        """Mutual k-NN, relative-agreement and Procrustes-residual maps; returns the Figure.
+
+        Needs matplotlib.
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+            Three map panels side by side.
+        """
         from ._plot import image, new_figure  # noqa: PLC0415
 
         fig = new_figure(size=(14.0, 4.2))
@@ -382,17 +459,28 @@ def compare(z_a: Any, z_b: Any, *, k: int = 10, n_anchors: int = 32, cca_points:
     Parameters
     ----------
     z_a, z_b : AnomalyResult or array of shape (n, d_a) / (ny, nx, d_a) and (n, d_b)
-    k : int
-        Neighbours for the k-NN tools.
-    n_anchors : int
+        Codes of the same pixels (at least 4) in the two spaces.
+    k : int, default 10
+        Neighbours for the k-NN tools, ``1 <= k < n``.
+    n_anchors : int, default 32
         k-means anchors for the relative representations.
-    cca_points : int
+    cca_points : int, default 4000
         Random pixels for CCA alignment and retrieval.
-    seed : int
+    seed : int, default 0
+        Seed of the subsamples and anchor selection.
 
     Returns
     -------
     LatentComparison
+        The numbers, the per-pixel maps (``(ny, nx)``, or ``(n,)`` for flat
+        input) and timings.
+
+    Raises
+    ------
+    InputError
+        When either input is not valid latent codes, the two do not cover the
+        same pixels, ``k`` is out of range, or a tool refuses the codes (e.g. a
+        space with no variance).
     """
     from scipy.stats import spearmanr  # noqa: PLC0415
 

@@ -33,7 +33,17 @@ _KDTREE_MAX_DIM = 8
 
 @dataclass(frozen=True)
 class Codes:
-    """Validated latent codes: ``z`` of shape ``(n, d)`` float64 and the image ``shape``."""
+    """Validated latent codes: ``z`` of shape ``(n, d)`` float64 and the image ``shape``.
+
+    Attributes
+    ----------
+    z : ndarray of float64, shape (n, d)
+        One code per pixel (row-major over the image).
+    shape : tuple of int or None
+        ``(ny, nx)`` when the codes came as an image, else ``None``.
+    name : str
+        How the codes are called in error messages.
+    """
 
     z: np.ndarray
     shape: tuple[int, int] | None
@@ -41,14 +51,27 @@ class Codes:
 
     @property
     def n(self) -> int:
+        """Number of codes (pixels)."""
         return int(self.z.shape[0])
 
     @property
     def d(self) -> int:
+        """Latent dimension."""
         return int(self.z.shape[1])
 
     def to_map(self, values: np.ndarray) -> np.ndarray:
-        """Per-pixel values ``(n,)`` reshaped to the image ``(ny, nx)`` when there is one."""
+        """Per-pixel values ``(n,)`` reshaped to the image ``(ny, nx)`` when there is one.
+
+        Parameters
+        ----------
+        values : array_like of shape (n,)
+            One value per code.
+
+        Returns
+        -------
+        ndarray of shape (ny, nx), or (n,) when ``shape`` is ``None``
+            The values.
+        """
         v = np.asarray(values)
         return v.reshape(self.shape) if self.shape is not None else v
 
@@ -76,6 +99,8 @@ def as_codes(obj: Any, *, name: str = "Z", min_dim: int = 1, min_points: int = 2
     Returns
     -------
     Codes
+        ``z`` as float64 ``(n, d)`` (an image is flattened row-major) and the
+        image shape. A :class:`Codes` input is only re-checked.
 
     Raises
     ------
@@ -126,7 +151,18 @@ def as_codes(obj: Any, *, name: str = "Z", min_dim: int = 1, min_points: int = 2
 
 
 def check_pair(a: Codes, b: Codes) -> None:
-    """Refuse two spaces that do not cover the same pixels."""
+    """Refuse two spaces that do not cover the same pixels.
+
+    Parameters
+    ----------
+    a, b : Codes
+        The two spaces.
+
+    Raises
+    ------
+    InputError
+        When the numbers of pixels differ, or both have image shapes that differ.
+    """
     if a.n != b.n:
         raise InputError(f"{a.name} and {b.name} must hold codes of the same pixels: expected "
                          f"equal pixel counts, found {a.n} and {b.n}. Compare results of the "
@@ -137,11 +173,45 @@ def check_pair(a: Codes, b: Codes) -> None:
 
 
 def pair_shape(a: Codes, b: Codes) -> tuple[int, int] | None:
+    """Image shape of a pair of spaces: ``a``'s, else ``b``'s.
+
+    Parameters
+    ----------
+    a, b : Codes
+        The two spaces (already checked with :func:`check_pair`).
+
+    Returns
+    -------
+    tuple of int or None
+        ``(ny, nx)``, or ``None`` when neither came as an image.
+    """
     return a.shape if a.shape is not None else b.shape
 
 
 def check_neighbours(n: int, k: int, *, name: str = "k", what: str = "pixels") -> int:
-    """``k`` as an int in ``[1, n - 1]``; refuse fewer points than neighbours."""
+    """``k`` as an int in ``[1, n - 1]``; refuse fewer points than neighbours.
+
+    Parameters
+    ----------
+    n : int
+        Number of points.
+    k : int
+        Neighbours asked for.
+    name : str, default "k"
+        Parameter name for error messages.
+    what : str, default "pixels"
+        What the points are, for error messages.
+
+    Returns
+    -------
+    int
+        ``k``.
+
+    Raises
+    ------
+    InputError
+        When ``k`` is not an integer >= 1 or ``k >= n``.
+    """
     k = check_int(k, name, 1)
     if k >= n:
         raise InputError(f"{name} = {k} neighbours asked for, but there are only {n} {what}; "
@@ -150,6 +220,27 @@ def check_neighbours(n: int, k: int, *, name: str = "k", what: str = "pixels") -
 
 
 def check_int(v: Any, name: str, lo: int) -> int:
+    """``v`` as an int ``>= lo`` (bools refused).
+
+    Parameters
+    ----------
+    v : int
+        The value.
+    name : str
+        Parameter name for error messages.
+    lo : int
+        Smallest allowed value.
+
+    Returns
+    -------
+    int
+        ``int(v)``.
+
+    Raises
+    ------
+    InputError
+        When ``v`` is not an integer (Python or numpy; bools refused) or ``v < lo``.
+    """
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
         raise InputError(f"{name}: expected an integer >= {lo}, found {v!r}.")
     if int(v) < lo:
@@ -158,6 +249,25 @@ def check_int(v: Any, name: str, lo: int) -> int:
 
 
 def check_positive(v: Any, name: str) -> float:
+    """``v`` as a finite float > 0.
+
+    Parameters
+    ----------
+    v : float
+        The value.
+    name : str
+        Parameter name for error messages.
+
+    Returns
+    -------
+    float
+        ``float(v)``.
+
+    Raises
+    ------
+    InputError
+        When ``v`` is not a number, not finite, or not positive.
+    """
     try:
         f = float(v)
     except (TypeError, ValueError):
@@ -168,7 +278,27 @@ def check_positive(v: Any, name: str) -> float:
 
 
 def as_labels(labels: Any, n: int, *, name: str = "labels") -> np.ndarray:
-    """Per-pixel labels ``(n,)`` from an array ``(n,)`` or a map ``(ny, nx)``."""
+    """Per-pixel labels ``(n,)`` from an array ``(n,)`` or a map ``(ny, nx)``.
+
+    Parameters
+    ----------
+    labels : array_like of shape (n,) or (ny, nx), or torch.Tensor
+        Class of each pixel (any dtype).
+    n : int
+        Number of pixels expected.
+    name : str, default "labels"
+        Parameter name for error messages.
+
+    Returns
+    -------
+    ndarray of shape (n,)
+        The labels, flattened row-major.
+
+    Raises
+    ------
+    InputError
+        When there is not one label per pixel, or float labels are not finite.
+    """
     lab = np.asarray(_to_numpy(labels))
     if lab.size != n:
         raise InputError(f"{name}: expected one label per pixel ({n}), found {lab.size} "
@@ -180,7 +310,22 @@ def as_labels(labels: Any, n: int, *, name: str = "labels") -> np.ndarray:
 
 
 def subsample(n: int, max_points: int | None, seed: int) -> np.ndarray | None:
-    """Sorted random indices of ``max_points`` of ``n`` items, or ``None`` to keep all."""
+    """Sorted random indices of ``max_points`` of ``n`` items, or ``None`` to keep all.
+
+    Parameters
+    ----------
+    n : int
+        Number of items.
+    max_points : int or None
+        Subsample size; ``None`` or ``>= n`` keeps all.
+    seed : int
+        Seed of ``numpy.random.default_rng``.
+
+    Returns
+    -------
+    ndarray of int, shape (max_points,), or None
+        Distinct indices in ascending order, or ``None`` when all items are kept.
+    """
     if max_points is None or n <= max_points:
         return None
     rng = np.random.default_rng(seed)
@@ -197,6 +342,17 @@ def knn(x: np.ndarray, k: int, query: np.ndarray | None = None,
     (``scipy.spatial.cKDTree``) is used for ``d <= 8``, blocked brute force
     (``sklearn.neighbors.NearestNeighbors``) above, where trees lose to BLAS. No
     dense ``n x n`` matrix is formed.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n, d)
+        Points searched.
+    k : int
+        Neighbours per query (``1 <= k < n`` for self-queries).
+    query : ndarray of shape (n_query, d), optional
+        Points to search for; ``None`` queries rows of ``x`` itself.
+    query_index : ndarray of int, shape (n_query,), optional
+        With ``query=None``, the rows of ``x`` to query (default: all).
 
     Returns
     -------
@@ -232,4 +388,16 @@ def knn(x: np.ndarray, k: int, query: np.ndarray | None = None,
 
 
 def centre(z: np.ndarray) -> np.ndarray:
+    """Subtract the column means.
+
+    Parameters
+    ----------
+    z : ndarray of shape (n, d)
+        Codes.
+
+    Returns
+    -------
+    ndarray of shape (n, d)
+        ``z - z.mean(axis=0)``.
+    """
     return z - z.mean(axis=0, keepdims=True)

@@ -88,25 +88,48 @@ epoch's quantile). A spatially held-out ``val_fraction`` of the training pixels
 (whole blocks) drives early stopping and the choice of the kept weights.
 Adam with a one-cycle learning-rate schedule; seeded (CPU runs are
 reproducible); resumable checkpoints.
+
+Latent training options
+-----------------------
+``nested_prefixes`` trains *Matryoshka* latents (Kusupati et al., "Matryoshka
+representation learning", NeurIPS 2022): the reconstruction NLL is averaged
+over the latent prefixes ``z[:m]`` (the decoder sees ``z`` with the dimensions
+``>= m`` set to 0, the prior's mean), so the first ``m`` dimensions form a
+working code for every listed ``m``. :meth:`CVAE3DDetector.prefix_scorer`
+gives the anomaly map decoded from a prefix, for
+:func:`eelsanom.latent.prefix_curve` (AUC / NLL vs prefix size). It works on a
+model trained without nesting too (same truncation), where it shows how much
+of the map the leading dimensions carry by accident: the PCA start orders
+them by variance, but nothing in the ordinary loss keeps them ordered.
+
+``n_seeds`` trains a *seed ensemble* (Zhang and Bottou, ICML 2023): networks
+with seeds ``seed, seed + 1, ...`` (initialisation, crops, validation split);
+the score is the mean of the members' scores, ``result.latent`` their codes
+side by side ``(ny, nx, n_seeds * latent_dim)``, and ``result.maps`` gains
+``"seed_mean_nll"``, ``"seed_std_nll"`` and ``"seed_disagreement"`` (as in
+:func:`eelsanom.latent.seed_ensemble`). :meth:`CVAE3DDetector.seed_results`
+gives one result per member.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ..errors import InputError, NotFittedError
 from ..preprocess import TRANSFORMS, forward_transform, inverse_transform, transform_sigma
-from ..progress import ProgressCallback
+from ..progress import ProgressCallback, ProgressEvent, emit
+from ..result import AnomalyResult
 from ..spectrum import SpectrumImage
 from .base import BaseDetector
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CVAE3DDetector"]
+__all__ = ["CVAE3DDetector", "PrefixScorer"]
 
 _SCORES = ("elbo", "recon")
 #: width, in bulk standard deviations of the excess NLL, of the first outlier level (see the
@@ -136,6 +159,36 @@ def _is_num(v: Any, lo: float, hi: float | None = None, *, lo_open: bool = False
 
 def _inv_softplus(y: float) -> float:
     return float(y + math.log(-math.expm1(-y)))
+
+
+class PrefixScorer:
+    """``m -> (ny, nx)`` map of a fitted 3D-CVAE decoded from the first ``m`` latent dimensions.
+
+    Made by :meth:`CVAE3DDetector.prefix_scorer`; pass it to
+    :func:`eelsanom.latent.prefix_curve` (which then defaults to ``prefixes``).
+
+    Attributes
+    ----------
+    prefixes : tuple of int
+        The trained Matryoshka prefixes of a nested model, else ``1..latent_dim``.
+    nested : bool
+        Whether the model was trained with nested latents.
+    kind : str
+        Which map: ``"score"`` or ``"recon_nll"``.
+    """
+
+    def __init__(self, fn: Any, prefixes: tuple[int, ...], nested: bool, kind: str) -> None:
+        self._fn = fn
+        self.prefixes = tuple(int(p) for p in prefixes)
+        self.nested = bool(nested)
+        self.kind = kind
+
+    def __call__(self, m: int) -> np.ndarray:
+        return self._fn(m)
+
+    def __repr__(self) -> str:
+        return (f"PrefixScorer(kind={self.kind!r}, prefixes={self.prefixes}, "
+                f"nested={self.nested})")
 
 
 def _pca(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -195,6 +248,12 @@ class CVAE3DDetector(BaseDetector):
         ``"gmm"``, ``"otsu"``, a contamination percentage, or ``"value:X"``.
     latent_dim : int
         Size of each pixel's latent code (small: a bulk manifold, not a copy).
+    nested_prefixes : sequence of int or "all", optional
+        Matryoshka training (see the module docstring): the prefix sizes ``m``
+        (strictly increasing, in ``1..latent_dim``; ``latent_dim`` itself is
+        always included) whose reconstruction NLLs are averaged in the loss;
+        ``"all"`` = ``1..latent_dim``; ``None`` (default) trains the ordinary loss.
+        Training costs one decoder pass per prefix.
     width : int
         Channels of the finest energy level (coarser levels use twice as many).
     spatial_layers : int
@@ -240,10 +299,14 @@ class CVAE3DDetector(BaseDetector):
         Tiling never changes the scores (each tile gets its full context).
     seed : int
         Seeds initialisation, crops, sampling and the validation split.
+    n_seeds : int
+        Members of a seed ensemble (seeds ``seed, seed + 1, ...``), each trained
+        in full (``n_seeds`` times the training and scoring time); the score is
+        the members' mean. 1 (default) trains one network.
     checkpoint : str or path, optional
         Resumable training checkpoint: written every 5 epochs, when training is
         cancelled and at its end; ``fit`` resumes from it when it matches the
-        data and parameters.
+        data and parameters. Ensemble member ``i > 0`` uses ``<checkpoint>.member<i>``.
 
     Examples
     --------
@@ -257,17 +320,19 @@ class CVAE3DDetector(BaseDetector):
     min_train_pixels: ClassVar[int] = 4
 
     def __init__(self, *, energy_range: tuple[float, float] | None = None,
-                 threshold: str | float = "robust", latent_dim: int = 8, width: int = 16,
+                 threshold: str | float = "robust", latent_dim: int = 8,
+                 nested_prefixes: Sequence[int] | str | None = None, width: int = 16,
                  spatial_layers: int = 2, neighbourhood: float = 0.8, patch_size: int = 16,
                  epochs: int = 40, batch_size: int | None = None, lr: float = 1e-3,
                  beta: float = 1.0, beta_nll: float = 0.0, sigma_floor: float = 0.8,
                  robust_fraction: float = 0.05, val_fraction: float = 0.12, patience: int = 8,
                  scoring: str = "elbo", transform: str = "anscombe", device: str = "auto",
                  amp: bool | str = "auto", tile_size: int | None = None, seed: int = 0,
-                 checkpoint: str | None = None) -> None:
+                 n_seeds: int = 1, checkpoint: str | None = None) -> None:
         self.energy_range = energy_range
         self.threshold = threshold
         self.latent_dim = latent_dim
+        self.nested_prefixes = nested_prefixes
         self.width = width
         self.spatial_layers = spatial_layers
         self.neighbourhood = neighbourhood
@@ -287,6 +352,7 @@ class CVAE3DDetector(BaseDetector):
         self.amp = amp
         self.tile_size = tile_size
         self.seed = seed
+        self.n_seeds = n_seeds
         self.checkpoint = checkpoint
 
     # ------------------------------------------------------------------ params
@@ -300,6 +366,11 @@ class CVAE3DDetector(BaseDetector):
             if not _is_int(v, lo, hi):
                 rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
                 raise InputError(f"{name}: expected an integer {rng}, got {v!r}.")
+        if not _is_int(self.n_seeds, 1, 64):
+            raise InputError(f"n_seeds: expected an integer in [1, 64] (members of the seed "
+                             f"ensemble), found {self.n_seeds!r}. Fix: n_seeds=1 trains one "
+                             "network; 3-5 seeds give a mean map and a disagreement map.")
+        self._prefixes()
         for name in ("batch_size", "tile_size"):
             v = getattr(self, name)
             if v is not None and not _is_int(v, 1):
@@ -325,6 +396,32 @@ class CVAE3DDetector(BaseDetector):
             raise InputError(f"checkpoint: expected None or a file path, got {self.checkpoint!r}.")
         self._device()
 
+    def _prefixes(self) -> tuple[int, ...] | None:
+        """The Matryoshka prefixes to train (validated), ending at ``latent_dim``; or ``None``."""
+        v, d = self.nested_prefixes, int(self.latent_dim)
+        if v is None:
+            return None
+        fix = (f"Fix: pass nested_prefixes=None (ordinary training), 'all' (1..{d}) or "
+               f"increasing sizes such as {tuple(p for p in (1, 2, 4, 8, 16) if p < d) + (d,)}.")
+        if isinstance(v, str):
+            if v.strip().lower() == "all":
+                return tuple(range(1, d + 1))
+            raise InputError(f"nested_prefixes: expected None, 'all' or a sequence of integers, "
+                             f"found the string {v!r}. {fix}")
+        try:
+            ps = list(v)
+        except TypeError:
+            raise InputError(f"nested_prefixes: expected None, 'all' or a sequence of integers, "
+                             f"found {v!r}. {fix}") from None
+        bad = [p for p in ps if not _is_int(p, 1, d)]
+        if not ps or bad:
+            raise InputError(f"nested_prefixes: expected latent prefix sizes in 1..latent_dim "
+                             f"= {d}, found {v!r}. {fix}")
+        if any(b <= a for a, b in zip(ps, ps[1:])):
+            raise InputError(f"nested_prefixes: expected strictly increasing sizes, found "
+                             f"{v!r}. {fix}")
+        return tuple(int(p) for p in ps) + (() if ps[-1] == d else (d,))
+
     def _device(self):
         from ..nn.train import resolve_device
 
@@ -335,13 +432,13 @@ class CVAE3DDetector(BaseDetector):
 
     @property
     def n_parameters(self) -> int:
-        """Trainable parameters of the fitted network.
+        """Trainable parameters of the fitted network (all members' of a seed ensemble).
 
         Unfitted, the count for a 1334-channel window (the ``bfo`` benchmark
         window; it depends on the number of channels only through the bottleneck).
         """
         if hasattr(self, "model_"):
-            return int(self.model_.n_parameters)
+            return int(sum(m.n_parameters for m, _ in self._members()))
         from ..nn.model import CVAE3D, energy_levels_for
 
         return int(CVAE3D(1334, self.latent_dim, self.width, energy_levels_for(1334),
@@ -396,92 +493,284 @@ class CVAE3DDetector(BaseDetector):
         scaler = Scaler.fit(a_core[region_mask], float(self.sigma_floor))
         self.scaler_ = scaler
         x_region = np.moveaxis(to_input(a, scaler), -1, 0)
-        train_m, val_m, boxes = spatial_split(region_mask, float(self.val_fraction),
-                                              int(self.seed))
-        cfg = TrainConfig(patch_size=int(self.patch_size), batch_size=self.batch_size,
-                          epochs=int(self.epochs), lr=float(self.lr), beta=float(self.beta),
-                          beta_nll=float(self.beta_nll),
-                          robust_fraction=float(self.robust_fraction), robust=robust,
-                          val_fraction=float(self.val_fraction), patience=int(self.patience),
-                          seed=int(self.seed), amp=self._amp(device))
+        prefixes = self._prefixes()
+        n_seeds = int(self.n_seeds)
+        # the checkpoint fingerprint leaves out n_seeds (each member has its own) and, when
+        # off, nested_prefixes: a default model matches the checkpoints of earlier versions
         params = {k: v for k, v in self.get_params().items()
                   if k not in ("threshold", "device", "amp", "tile_size", "checkpoint", "scoring",
-                               "neighbourhood")}
-        fp = fingerprint("cvae3d-v1", params, arch, a_core, region_mask)
+                               "neighbourhood", "n_seeds")}
+        if prefixes is None:
+            params.pop("nested_prefixes", None)
+        else:
+            params["nested_prefixes"] = list(prefixes)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(self.seed))
-            model = CVAE3D(**arch)
-        xt = x_region[:, halo:halo + (r1 - r0), halo:halo + (c1 - c0)][:, train_m].T
         noise_var = (scaler.noise / scaler.scale) ** 2
-        comps, var, centre = _pca_init(xt, int(self.latent_dim), noise_var,
-                                       float(self.robust_fraction) if robust else 0.0)
-        k = len(var)
-        model.init_from_pca(comps, var, noise_var, centre)
-        log.info("3D-CVAE: initialised from %d principal component(s) above the noise level", k)
-        with torch_threads(device):
-            hist = train_cvae(model, x_region, train_m, val_m, boxes, scaler, cfg, device=device,
-                              progress=progress, checkpoint=self.checkpoint, fp=fp)
-        self.model_ = model.eval()
-        self.history_ = hist
-        # the bulk's own-NLL excess over its expectation (sets the spill cut of the scoring)
-        out = self._run(si, region=(r0, r1, c0, c1), scales=[0.0])
-        exc = (out["recon_nll"] - out["expected"])[region_mask]
-        med = float(np.median(exc))
-        sd = float(1.4826 * np.median(np.abs(exc - med)))
-        self.excess_stats_ = (med, max(sd, 0.25 * math.sqrt(0.5 * ne)))
-        log.info("3D-CVAE: %d parameters, best epoch %d of %d (val NLL %.2f)%s",
-                 model.n_parameters, hist["best_epoch"], hist["epochs_run"], hist["best_val"],
-                 ", stopped early" if hist["stopped_early"] else "")
+        models: list[Any] = []
+        excess: list[tuple[float, float]] = []
+        hists: list[dict[str, Any]] = []
+        seeds = [int(self.seed) + i for i in range(n_seeds)]
+        for i, seed in enumerate(seeds):
+            train_m, val_m, boxes = spatial_split(region_mask, float(self.val_fraction), seed)
+            cfg = TrainConfig(patch_size=int(self.patch_size), batch_size=self.batch_size,
+                              epochs=int(self.epochs), lr=float(self.lr), beta=float(self.beta),
+                              beta_nll=float(self.beta_nll),
+                              robust_fraction=float(self.robust_fraction), robust=robust,
+                              val_fraction=float(self.val_fraction), patience=int(self.patience),
+                              seed=seed, amp=self._amp(device), prefixes=prefixes)
+            fp = fingerprint("cvae3d-v1", {**params, "seed": seed}, arch, a_core, region_mask)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = CVAE3D(**arch)
+            xt = x_region[:, halo:halo + (r1 - r0), halo:halo + (c1 - c0)][:, train_m].T
+            comps, var, centre = _pca_init(xt, int(self.latent_dim), noise_var,
+                                           float(self.robust_fraction) if robust else 0.0)
+            model.init_from_pca(comps, var, noise_var, centre)
+            log.info("3D-CVAE%s: initialised from %d principal component(s) above the noise "
+                     "level", f" (seed {i + 1}/{n_seeds})" if n_seeds > 1 else "", len(var))
+            ck = self.checkpoint
+            if ck is not None and i > 0:
+                ck = f"{ck!s}.member{i}"
+            with torch_threads(device):
+                hist = train_cvae(model, x_region, train_m, val_m, boxes, scaler, cfg,
+                                  device=device, progress=self._member_progress(progress, i,
+                                                                                n_seeds),
+                                  checkpoint=ck, fp=fp)
+            model.eval()
+            # the bulk's own-NLL excess over its expectation (sets the spill cut of the scoring)
+            out = self._run(si, region=(r0, r1, c0, c1), scales=[0.0], model=model)
+            exc = (out["recon_nll"] - out["expected"])[region_mask]
+            med = float(np.median(exc))
+            sd = float(1.4826 * np.median(np.abs(exc - med)))
+            models.append(model)
+            excess.append((med, max(sd, 0.25 * math.sqrt(0.5 * ne))))
+            hists.append(hist)
+            log.info("3D-CVAE%s: %d parameters, best epoch %d of %d (val NLL %.2f)%s",
+                     f" seed {seed}" if n_seeds > 1 else "", model.n_parameters,
+                     hist["best_epoch"], hist["epochs_run"], hist["best_val"],
+                     ", stopped early" if hist["stopped_early"] else "")
+            if n_seeds > 1:
+                emit(progress, "seeds", i + 1, n_seeds, seed=seed, best_val=hist["best_val"])
+        self.models_ = models
+        self.member_excess_stats_ = excess
+        self.member_histories_ = hists
+        self.member_seeds_ = seeds
+        self.nested_prefixes_ = prefixes
+        self.model_ = models[0]
+        self.excess_stats_ = excess[0]
+        self.history_ = hists[0]
+
+    @staticmethod
+    def _member_progress(progress: ProgressCallback | None, i: int, n: int
+                         ) -> ProgressCallback | None:
+        """Forward training events, tagged with ``member`` / ``members`` in an ensemble."""
+        if progress is None or n == 1:
+            return progress
+
+        def cb(ev: ProgressEvent) -> Any:
+            return progress(ProgressEvent(ev.stage, ev.step, ev.total,
+                                          {**ev.metrics, "member": i + 1, "members": n},
+                                          ev.message or f"seed {i + 1}/{n}"))
+
+        return cb
+
+    def _members(self) -> list[tuple[Any, tuple[float, float]]]:
+        """``(network, excess_stats)`` of every ensemble member (one without an ensemble)."""
+        if not hasattr(self, "model_"):
+            raise NotFittedError("this CVAE3DDetector has no network: fit or load it first.")
+        models = getattr(self, "models_", None) or [self.model_]
+        stats = getattr(self, "member_excess_stats_", None)
+        if stats is None or len(stats) != len(models):
+            stats = [getattr(self, "excess_stats_", None)] * len(models)
+        return list(zip(models, stats))
 
     # ------------------------------------------------------------------ score
     def _run(self, si: SpectrumImage, progress: ProgressCallback | None = None,
-             scales: list[float] | None = None, **kw: Any) -> dict[str, np.ndarray]:
+             scales: list[float] | None = None, *, model: Any = None,
+             excess: tuple[float, float] | None = None, **kw: Any) -> dict[str, np.ndarray]:
+        """Score with one network (default: the first member) through :func:`score_cube`."""
         import torch
 
         from ..nn.train import score_cube, torch_threads
 
-        if not hasattr(self, "model_"):
-            raise NotFittedError("this CVAE3DDetector has no network: fit or load it first.")
+        if model is None:
+            if not hasattr(self, "model_"):
+                raise NotFittedError("this CVAE3DDetector has no network: fit or load it first.")
+            model = self.model_
+            excess = getattr(self, "excess_stats_", None) if excess is None else excess
         device = self._device()
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        model = self.model_.to(device).to(memory_format=torch.channels_last_3d)
+        model = model.to(device).to(memory_format=torch.channels_last_3d)
         ny, nx = si.nav_shape
         with torch_threads(device):
             return score_cube(model, self._reader(si), ny, nx, self.scaler_,
                               transform=self.transform,
                               scales=self._scales() if scales is None else scales,
                               with_kl=self.scoring == "elbo", device=device,
-                              amp=self._amp(device), spill=self._spill(),
+                              amp=self._amp(device), spill=self._spill(excess, model),
                               background=BACKGROUND,
                               tile=self.tile_size, progress=progress, **kw)
 
-    def _spill(self) -> tuple[float, float]:
+    def _run_members(self, si: SpectrumImage, progress: ProgressCallback | None = None,
+                     **kw: Any) -> list[dict[str, np.ndarray]]:
+        members = self._members()
+        return [self._run(si, progress if len(members) == 1 else
+                          self._member_progress(progress, i, len(members)),
+                          model=m, excess=e, **kw)
+                for i, (m, e) in enumerate(members)]
+
+    def _spill(self, excess: tuple[float, float] | None = None,
+               model: Any = None) -> tuple[float, float]:
         """``(median, step)`` of the outlier levels: the training pixels' median excess NLL
         (own NLL minus its expectation under the model) and ``SPILL`` robust standard
         deviations of it."""
-        med, sd = getattr(self, "excess_stats_", (0.0, math.sqrt(0.5 * self.model_.n_energy)))
+        if excess is None:
+            n_energy = (model if model is not None else self.model_).n_energy
+            excess = (0.0, math.sqrt(0.5 * n_energy))
+        med, sd = excess
         return float(med), float(SPILL * sd)
+
+    @property
+    def score_context(self) -> int:  # type: ignore[override]
+        """Pixels on each side that a pixel's score depends on: the network's receptive
+        field (``spatial_layers``) plus the radius of the widest pooling kernel (the
+        ``BACKGROUND`` neighbourhood when ``neighbourhood > 0``); what
+        :meth:`score_block` (streaming) reads around each block."""
+        from ..nn.train import neighbourhood_kernel
+
+        radii = [(neighbourhood_kernel(max(BACKGROUND, s) if s > 0 else 0.0).size - 1) // 2
+                 for s in self._scales()]
+        return int(self.spatial_layers) + max(radii)
+
+    def _score_region(self, si: SpectrumImage, region: tuple[int, int, int, int],
+                      progress: ProgressCallback | None
+                      ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
+        """Score ``region`` only: :func:`~eelsanom.nn.train.score_cube` reads each tile's
+        ``score_context`` from ``si`` (lazily), so it equals that block of ``_score(si)``."""
+        return self._score(si, progress, region=region)
 
     def _scales(self) -> list[float]:
         nb = float(self.neighbourhood)
         return [0.0, nb] if nb > 0 else [0.0]
 
-    def _score(self, si: SpectrumImage, progress: ProgressCallback | None
-               ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
-        out = self._run(si, progress)
-        maps = {"recon_nll": out["recon_nll"], "kl": out["kl"],
+    @staticmethod
+    def _maps(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"recon_nll": out["recon_nll"], "kl": out["kl"],
                 "elbo": out["recon_nll"] + out["kl"], "neighbourhood_nll": out["nb_nll"],
                 "scale": out["scale"]}
-        return out["score"], out["latent"], maps
+
+    def _score(self, si: SpectrumImage, progress: ProgressCallback | None, **kw: Any
+               ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
+        from ..latent.ensembles import seed_maps
+
+        outs = self._run_members(si, progress, **kw)
+        if len(outs) == 1:
+            return outs[0]["score"], outs[0]["latent"], self._maps(outs[0])
+        per = [self._maps(o) for o in outs]
+        maps = {k: np.mean([p[k] for p in per], axis=0) for k in per[0]}
+        ens = seed_maps([o["score"] for o in outs])
+        maps.update(seed_mean_nll=ens["mean"], seed_std_nll=ens["std"],
+                    seed_disagreement=ens["disagreement"])
+        latent = np.concatenate([o["latent"] for o in outs], axis=-1)
+        return ens["mean"], latent, maps
+
+    def seed_results(self, si: Any, *, progress: ProgressCallback | None = None
+                     ) -> list[AnomalyResult]:
+        """One :class:`~eelsanom.result.AnomalyResult` per ensemble member.
+
+        Each has the member's own NLL map, threshold (the detector's rule) and
+        latent codes ``(ny, nx, latent_dim)``, ready for
+        :func:`eelsanom.latent.seed_ensemble`; a single network gives a list of one.
+        The results carry no detector (no per-member reconstructions);
+        ``info["seed"]`` is the member's seed.
+
+        Parameters
+        ----------
+        si : SpectrumImage, HyperSpy EELS signal or ndarray (ny, nx, n_energy)
+        progress : callable, optional
+
+        Returns
+        -------
+        list of AnomalyResult
+        """
+        from .. import scoring
+
+        siw = self.window(si)
+        seeds = getattr(self, "member_seeds_", None) or [int(self.seed)]
+        out = []
+        for i, o in enumerate(self._run_members(siw, progress)):
+            nll = np.asarray(o["score"], np.float64).reshape(siw.nav_shape)
+            t, label = scoring.compute_threshold(nll, getattr(self, "threshold", "robust"))
+            out.append(AnomalyResult(
+                nll=nll, threshold=t, threshold_method=label, mask=nll > t, method=self.method,
+                y=siw.y, x=siw.x, energy=siw.energy, latent=o["latent"], maps=self._maps(o),
+                info={"params": self.get_params(), "seed": int(seeds[i]) if i < len(seeds)
+                      else int(self.seed) + i, "member": i}))
+        return out
+
+    def prefix_scorer(self, si: Any, *, kind: str = "score") -> PrefixScorer:
+        """A function ``m -> (ny, nx)`` map decoded from the first ``m`` latent dimensions.
+
+        For :func:`eelsanom.latent.prefix_curve`::
+
+            curve = latent.prefix_curve(det.prefix_scorer(si), truth=truth)
+
+        The map for prefix ``m`` is computed exactly as the detector's score (or
+        ``maps["recon_nll"]``), except that the decoder sees ``z`` with the
+        dimensions ``>= m`` set to 0 (the prior's mean) and only the first ``m``
+        dimensions' KL is counted; ``m = latent_dim`` gives the full score. For a
+        model trained with ``nested_prefixes`` every trained prefix is a working
+        code (Matryoshka); for an ordinary model this is plain truncation, which
+        shows how much the leading dimensions carry without being trained to. A
+        seed ensemble averages its members' maps.
+
+        Parameters
+        ----------
+        si : SpectrumImage, HyperSpy EELS signal or ndarray (ny, nx, n_energy)
+        kind : {"score", "recon_nll"}
+            The anomaly score, or the pixel's own reconstruction NLL (no KL, no
+            neighbourhood).
+
+        Returns
+        -------
+        PrefixScorer
+            Callable ``m -> ndarray (ny, nx)``; ``.prefixes`` are the trained
+            prefixes (nested) or ``1..latent_dim``.
+        """
+        if kind not in ("score", "recon_nll"):
+            raise InputError(f"kind: expected 'score' or 'recon_nll', found {kind!r}.")
+        siw = self.window(si)
+        d = int(self.model_.latent_dim)
+        nested = getattr(self, "nested_prefixes_", None)
+
+        def fn(m: int) -> np.ndarray:
+            if not _is_int(m, 1, d):
+                raise InputError(f"prefix: expected an integer in 1..latent_dim = {d}, found "
+                                 f"{m!r}.")
+            outs = self._run_members(siw, prefix=int(m),
+                                     scales=[0.0] if kind == "recon_nll" else None)
+            return np.mean([o[kind] for o in outs], axis=0).reshape(siw.nav_shape)
+
+        return PrefixScorer(fn, tuple(nested) if nested else tuple(range(1, d + 1)),
+                            bool(nested), kind)
 
     def _reconstruct(self, si: SpectrumImage) -> tuple[np.ndarray, np.ndarray]:
-        out = self._run(si, want_recon=True)
-        mean_a, sig_a = out["mean"], out["sigma"]
+        outs = self._run_members(si, want_recon=True)
+        mean_a, sig_a = self._mixture(outs)
         return (inverse_transform(mean_a, self.transform).astype(np.float32),
                 transform_sigma(mean_a, sig_a, self.transform).astype(np.float32))
+
+    @staticmethod
+    def _mixture(outs: list[dict[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and sigma (Anscombe units) of the members' equal-weight Gaussian mixture."""
+        if len(outs) == 1:
+            return outs[0]["mean"], outs[0]["sigma"]
+        means = np.stack([o["mean"] for o in outs]).astype(np.float64)
+        var = np.stack([o["sigma"] for o in outs]).astype(np.float64) ** 2
+        mean = means.mean(axis=0)
+        return mean, np.sqrt(var.mean(axis=0) + means.var(axis=0))
 
     def _pixel(self, si: SpectrumImage, iy: int, ix: int
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -489,31 +778,61 @@ class CVAE3DDetector(BaseDetector):
 
         ``channel_nll`` are the per-channel terms of the neighbourhood NLL (their
         sum is the score without the KL term); only a ``(2 * halo + 1)^2`` block
-        around the pixel is run through the network.
+        around the pixel is run through the network. A seed ensemble gives its
+        members' mixture (mean, sigma) and their mean ``channel_nll``.
         """
-        out = self._run(si, want_recon=True, want_channels=(iy, ix),
-                        region=(iy, iy + 1, ix, ix + 1))
-        mean_a, sig_a = out["mean"][0, 0].astype(np.float64), out["sigma"][0, 0].astype(np.float64)
+        outs = self._run_members(si, want_recon=True, want_channels=(iy, ix),
+                                 region=(iy, iy + 1, ix, ix + 1))
+        mean_a, sig_a = self._mixture(outs)
+        mean_a = np.asarray(mean_a[0, 0], np.float64)
+        sig_a = np.asarray(sig_a[0, 0], np.float64)
+        chan = np.mean([o["channel_nll"] for o in outs], axis=0)
         return (inverse_transform(mean_a, self.transform),
-                transform_sigma(mean_a, sig_a, self.transform), out["channel_nll"])
+                transform_sigma(mean_a, sig_a, self.transform), chan)
 
     # ------------------------------------------------------------------ persistence
-    def _get_state(self) -> dict[str, Any]:
-        h = getattr(self, "history_", {})
+    @staticmethod
+    def _history_summary(h: dict[str, Any]) -> dict[str, Any]:
         summary = {k: h[k] for k in ("best_epoch", "best_val", "epochs_run", "stopped_early",
                                      "steps_per_epoch", "batch_size") if k in h}
         summary["loss"] = [float(v) for v in h.get("loss", [])]
         summary["val_nll"] = [float(v) if np.isfinite(v) else None for v in h.get("val_nll", [])]
         if not math.isfinite(float(summary.get("best_val", 0.0))):
             summary["best_val"] = None
-        return {"arch": self.model_.arch(), "scaler": self.scaler_.to_dict(),
-                "excess_stats": [float(v) for v in self.excess_stats_],
-                "history": summary, "n_parameters": int(self.model_.n_parameters)}
+        return summary
+
+    @staticmethod
+    def _history_restore(summary: dict[str, Any]) -> dict[str, Any]:
+        hist = dict(summary)
+        hist["val_nll"] = [float("nan") if v is None else v for v in hist.get("val_nll", [])]
+        return hist
+
+    def _get_state(self) -> dict[str, Any]:
+        state = {"arch": self.model_.arch(), "scaler": self.scaler_.to_dict(),
+                 "excess_stats": [float(v) for v in self.excess_stats_],
+                 "history": self._history_summary(getattr(self, "history_", {})),
+                 "n_parameters": int(self.model_.n_parameters)}
+        nested = getattr(self, "nested_prefixes_", None)
+        if nested:
+            state["nested_prefixes"] = [int(p) for p in nested]
+        members = self._members()
+        if len(members) > 1:  # members 1..n-1 (member 0 is the keys above)
+            seeds = getattr(self, "member_seeds_", None) or [int(self.seed) + i
+                                                              for i in range(len(members))]
+            hists = getattr(self, "member_histories_", None) or [{}] * len(members)
+            state["members"] = [{"seed": int(seeds[i]),
+                                 "excess_stats": [float(v) for v in members[i][1]],
+                                 "history": self._history_summary(hists[i])}
+                                for i in range(1, len(members))]
+            state["member_seeds"] = [int(s) for s in seeds]
+        return state
 
     def _get_arrays(self) -> dict[str, np.ndarray]:
         arrays = {"scaler_mean": np.asarray(self.scaler_.mean, np.float32)}
-        for k, v in self.model_.state_dict().items():
-            arrays[f"net.{k}"] = v.detach().float().cpu().numpy()
+        for i, (model, _) in enumerate(self._members()):
+            pre = "net." if i == 0 else f"member{i}.net."
+            for k, v in model.state_dict().items():
+                arrays[f"{pre}{k}"] = v.detach().float().cpu().numpy()
         return arrays
 
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
@@ -527,13 +846,27 @@ class CVAE3DDetector(BaseDetector):
                               scale=float(sc["scale"]), noise=float(sc["noise"]),
                               floor=float(sc["floor"]))
         arch = {k: (float(v) if k == "raw_init" else int(v)) for k, v in state["arch"].items()}
-        model = CVAE3D(**arch)
-        sd = {k[4:]: torch.as_tensor(np.asarray(v)) for k, v in arrays.items()
-              if k.startswith("net.")}
-        model.load_state_dict(sd)
-        self.model_ = model.eval()
+
+        def net(pre: str) -> Any:
+            model = CVAE3D(**arch)
+            sd = {k[len(pre):]: torch.as_tensor(np.asarray(v)) for k, v in arrays.items()
+                  if k.startswith(pre)}
+            model.load_state_dict(sd)
+            return model.eval()
+
+        self.model_ = net("net.")
         if "excess_stats" in state:
             self.excess_stats_ = tuple(float(v) for v in state["excess_stats"])
-        hist = dict(state.get("history", {}))
-        hist["val_nll"] = [float("nan") if v is None else v for v in hist.get("val_nll", [])]
-        self.history_ = hist
+        self.history_ = self._history_restore(state.get("history", {}))
+        nested = state.get("nested_prefixes")
+        self.nested_prefixes_ = tuple(int(p) for p in nested) if nested else None
+        members = state.get("members", [])
+        self.models_ = [self.model_] + [net(f"member{i}.net.")
+                                        for i in range(1, len(members) + 1)]
+        base = getattr(self, "excess_stats_", None)
+        self.member_excess_stats_ = [base] + [tuple(float(v) for v in m["excess_stats"])
+                                              for m in members]
+        self.member_histories_ = [self.history_] + [self._history_restore(m.get("history", {}))
+                                                    for m in members]
+        self.member_seeds_ = [int(s) for s in state.get(
+            "member_seeds", [int(self.seed) + i for i in range(len(self.models_))])]

@@ -7,8 +7,9 @@ any single one -- a linear read-out from the concatenation does at least as well
 as from the best seed. For anomaly maps, averaging over seeds gives a steadier
 map and the spread across seeds says where the map depends on the seed.
 
-The seed-ensemble *training* option (training the seeds) belongs to the
-detector; this module analyses results that were already produced.
+The seed-ensemble *training* option belongs to the detector
+(``CVAE3DDetector(n_seeds=3)``; its ``seed_results(si)`` feeds
+:func:`seed_ensemble`); this module analyses results that were already produced.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from ._common import as_codes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SeedEnsemble", "seed_ensemble", "least_squares_r2", "EnsembleR2", "ensemble_r2"]
+__all__ = ["SeedEnsemble", "seed_ensemble", "seed_maps", "least_squares_r2", "EnsembleR2",
+           "ensemble_r2"]
 
 
 def _get(obj: Any, key: str) -> Any:
@@ -86,6 +88,31 @@ def _rank_quantile(x: np.ndarray) -> np.ndarray:
     return ((r - 1.0) / max(x.size - 1, 1)).reshape(x.shape)
 
 
+def seed_maps(nlls: Sequence[Any]) -> dict[str, np.ndarray]:
+    """Mean, standard deviation and disagreement of several seeds' NLL maps.
+
+    The one definition used by :func:`seed_ensemble` and by the 3D-CVAE's
+    ``n_seeds`` option (``result.maps["seed_mean_nll"]``, ``"seed_std_nll"``,
+    ``"seed_disagreement"``).
+
+    Parameters
+    ----------
+    nlls : sequence of arrays, each (ny, nx)
+        The seeds' NLL maps (finite; the caller checks shapes).
+
+    Returns
+    -------
+    dict
+        ``"mean"`` and ``"std"`` (population std) of the NLL over seeds, and
+        ``"disagreement"``: the std over seeds of each pixel's rank quantile in its
+        own seed's map (see :class:`SeedEnsemble`), all (ny, nx).
+    """
+    stack = np.stack([np.asarray(a, dtype=np.float64) for a in nlls])
+    ranks = np.stack([_rank_quantile(a) for a in stack])
+    return {"mean": stack.mean(axis=0), "std": stack.std(axis=0),
+            "disagreement": ranks.std(axis=0)}
+
+
 def seed_ensemble(results: Sequence[Any]) -> SeedEnsemble:
     """Combine the results of several seeds: mean NLL map, disagreement map, concatenated latents.
 
@@ -135,7 +162,7 @@ def seed_ensemble(results: Sequence[Any]) -> SeedEnsemble:
             raise InputError(f"seed_ensemble: expected results of the same image: result 0 is "
                              f"{shape}, result {i} is {a.shape}.")
     stack = np.stack(nlls)
-    ranks = np.stack([_rank_quantile(a) for a in nlls])
+    sm = seed_maps(nlls)
     masks = [_get(r, "mask") for r in res]
     vote = (np.mean(np.stack([np.asarray(m, bool) for m in masks]), axis=0)
             if all(m is not None for m in masks) else np.full(shape, np.nan))
@@ -155,8 +182,8 @@ def seed_ensemble(results: Sequence[Any]) -> SeedEnsemble:
                 cka[i, j] = cka[j, i] = linear_cka(codes[i], codes[j])
     elif any(v is not None for v in lats):
         log.warning("seed_ensemble: only some results have latent codes; no concatenation")
-    return SeedEnsemble(mean_nll=stack.mean(axis=0), std_nll=stack.std(axis=0),
-                        disagreement=ranks.std(axis=0), vote=vote, latent=latent, cka=cka,
+    return SeedEnsemble(mean_nll=sm["mean"], std_nll=sm["std"],
+                        disagreement=sm["disagreement"], vote=vote, latent=latent, cka=cka,
                         n_seeds=len(res))
 
 

@@ -7,7 +7,9 @@ PCA exactly -- each prefix spans the top-``m`` principal subspace (the nested
 dropout result of Rippel, Gelbart and Adams, ICML 2014) -- and PCA itself is
 prefix-optimal (Eckart-Young for every ``m``). :func:`fit_linear_nested_ae` is a
 small reference trainer used to check that claim; the 3D-CVAE's Matryoshka
-training option belongs to the detector.
+training option belongs to the detector
+(``CVAE3DDetector(nested_prefixes="all")``; ``det.prefix_scorer(si)`` is the
+scorer :func:`prefix_curve` takes).
 
 :func:`prefix_curve` reads the result of such training: anomaly-map quality
 (ROC-AUC with a ground truth, NLL statistics) as a function of the prefix size.
@@ -299,10 +301,12 @@ def prefix_curve(scorer_or_maps: Callable[[int], Any] | Sequence[Any],
     ----------
     scorer_or_maps : callable ``m -> nll map`` or sequence of maps
         Either a function returning the NLL map (any shape, higher = more
-        anomalous) using the first ``m`` latent dimensions, or the maps themselves,
-        one per prefix.
+        anomalous) using the first ``m`` latent dimensions -- e.g. the 3D-CVAE's
+        ``det.prefix_scorer(si)`` -- or the maps themselves, one per prefix.
     prefixes : sequence of int, optional
-        Prefix sizes; required with a callable, default ``1..len(maps)`` with maps.
+        Prefix sizes. With a callable, default its ``prefixes`` attribute (the
+        detector's scorer has one: the trained Matryoshka prefixes, else
+        ``1..latent_dim``), else required; with maps, default ``1..len(maps)``.
     truth : array of bool, optional
         Ground truth, same number of pixels as the maps.
 
@@ -313,6 +317,8 @@ def prefix_curve(scorer_or_maps: Callable[[int], Any] | Sequence[Any],
     from ..scoring import roc_auc  # noqa: PLC0415
 
     if callable(scorer_or_maps):
+        if prefixes is None:
+            prefixes = getattr(scorer_or_maps, "prefixes", None)
         if prefixes is None:
             raise InputError("prefix_curve: with a scorer, expected prefixes=[...] (the prefix "
                              "sizes to evaluate).")

@@ -202,18 +202,39 @@ class CVAE3D(nn.Module):
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + torch.exp(0.5 * logvar) * eps
 
-    def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, d, h, w)`` -> ``mean, raw`` each ``(B, E, h, w)`` (scaled units; raw -> sigma)."""
-        z5 = z[:, :, None]
+    @staticmethod
+    def truncate(z: torch.Tensor, prefix: int | None) -> torch.Tensor:
+        """``z (B, d, h, w)`` with the dimensions ``>= prefix`` set to 0 (the prior's mean).
+
+        This is how a Matryoshka prefix ``z[:m]`` is decoded (Kusupati et al. 2022):
+        the decoder keeps its full input size and sees zeros in the dropped dimensions.
+        ``None`` (or ``prefix >= d``) returns ``z`` unchanged.
+        """
+        if prefix is None or prefix >= z.shape[1]:
+            return z
+        keep = (torch.arange(z.shape[1], device=z.device) < prefix).to(z.dtype)
+        return z * keep.reshape(1, -1, *([1] * (z.dim() - 2)))
+
+    def decode(self, z: torch.Tensor, prefix: int | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, d, h, w)`` -> ``mean, raw`` each ``(B, E, h, w)`` (scaled units; raw -> sigma).
+
+        ``prefix = m`` decodes the first ``m`` latent dimensions only (see :meth:`truncate`).
+        """
+        z5 = self.truncate(z, prefix)[:, :, None]
         mlp = self.dec_mlp(z5)[:, :, 0]  # (B, 2E, h, w)
         mean = self.dec_lin(z5)[:, :, 0] + mlp[:, :self.n_energy]
         return mean, mlp[:, self.n_energy:]
 
     def forward(self, x: torch.Tensor, *, sample: bool = True,
-                generator: torch.Generator | None = None
+                generator: torch.Generator | None = None, prefix: int | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return ``(mean, raw, mu, logvar)``; ``sample=False`` decodes the posterior mean."""
+        """Return ``(mean, raw, mu, logvar)``; ``sample=False`` decodes the posterior mean.
+
+        ``prefix = m`` decodes only the first ``m`` latent dimensions (``mu, logvar``
+        are returned whole).
+        """
         mu, logvar = self.encode(x)
         z = self.reparameterize(mu, logvar, generator) if sample else mu
-        mean, raw = self.decode(z)
+        mean, raw = self.decode(z, prefix)
         return mean, raw, mu, logvar

@@ -137,7 +137,8 @@ def to_input(a: np.ndarray, scaler: Scaler) -> np.ndarray:
 
 
 def gaussian_outputs(model: CVAE3D, x: torch.Tensor, mean_t: torch.Tensor, scaler: Scaler, *,
-                     sample: bool, generator: torch.Generator | None, amp: bool
+                     sample: bool, generator: torch.Generator | None, amp: bool,
+                     prefix: int | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                 torch.Tensor]:
     """Run the model on scaled input ``x`` ``(B, 1, E, h + 2H, w + 2H)``.
@@ -145,18 +146,56 @@ def gaussian_outputs(model: CVAE3D, x: torch.Tensor, mean_t: torch.Tensor, scale
     Returns ``(target, mean, sigma, mu, logvar)`` in float32, the first three
     of shape ``(B, E, h, w)`` in Anscombe units (``target`` is the central
     region of ``x`` mapped back), ``mu, logvar`` of shape ``(B, d, h, w)``.
+    ``prefix = m`` decodes only the first ``m`` latent dimensions.
     """
-    hal = model.halo
     with autocast(x.device, amp):
-        out_mean, raw, mu, logvar = model(x, sample=sample, generator=generator)
-    out_mean, raw = out_mean.float(), raw.float()
-    mu, logvar = mu.float(), logvar.float()
+        out_mean, raw, mu, logvar = model(x, sample=sample, generator=generator, prefix=prefix)
+    target, mean, sigma = _to_gaussian(model, x, out_mean, raw, mean_t, scaler)
+    return target, mean, sigma, mu.float(), logvar.float()
+
+
+def _to_gaussian(model: CVAE3D, x: torch.Tensor, out_mean: torch.Tensor, raw: torch.Tensor,
+                 mean_t: torch.Tensor, scaler: Scaler
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Network outputs -> ``(target, mean, sigma)`` ``(B, E, h, w)``, Anscombe units, float32."""
+    hal = model.halo
     core = x[:, 0, :, hal:x.shape[3] - hal, hal:x.shape[4] - hal].float()
     s = float(scaler.scale)
     target = mean_t + s * core
-    mean = mean_t + s * out_mean
-    sigma = sigma_from_raw(raw, scaler.floor, float(scaler.noise))
-    return target, mean, sigma, mu, logvar
+    mean = mean_t + s * out_mean.float()
+    sigma = sigma_from_raw(raw.float(), scaler.floor, float(scaler.noise))
+    return target, mean, sigma
+
+
+def nested_pixel_loss(model: CVAE3D, x: torch.Tensor, mean_t: torch.Tensor, scaler: Scaler,
+                      prefixes: Sequence[int], *, sample: bool,
+                      generator: torch.Generator | None, amp: bool, beta: float,
+                      beta_nll: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Matryoshka loss (Kusupati et al., NeurIPS 2022) per pixel, ``(loss, elbo)`` ``(B, h, w)``.
+
+    The input is encoded once (one sample ``z`` when ``sample``); the decoder is
+    run on every prefix ``z[:m]`` (dimensions ``>= m`` set to 0, the prior's mean)
+    and the reconstruction NLLs are *averaged* over the prefixes, so the loss
+    keeps the scale of the ordinary one (same learning rate, same ``beta``). The
+    KL term is that of the whole code, counted once: the dropped dimensions'
+    share of it does not depend on ``m``. ``elbo`` is the prefix-averaged
+    negative ELBO (the validation criterion of nested training).
+    """
+    with autocast(x.device, amp):
+        mu, logvar = model.encode(x)
+        z = model.reparameterize(mu, logvar, generator) if sample else mu
+        outs = [model.decode(z, m) for m in prefixes]
+    mu, logvar = mu.float(), logvar.float()
+    kl = kl_standard_normal(mu, logvar).sum(1)
+    rec = nll = None
+    for out_mean, raw in outs:
+        target, mean, sigma = _to_gaussian(model, x, out_mean, raw, mean_t, scaler)
+        nll_e = gaussian_nll(target, mean, sigma)
+        r = (nll_e * beta_nll_weight(sigma, beta_nll)).sum(1) if beta_nll else nll_e.sum(1)
+        rec = r if rec is None else rec + r
+        nll = nll_e.sum(1) if nll is None else nll + nll_e.sum(1)
+    k = float(len(outs))
+    return rec / k + beta * kl, nll / k + kl
 
 
 # ----------------------------------------------------------------------------- config
@@ -180,6 +219,8 @@ class TrainConfig:
     amp: bool = False
     checkpoint_every: int = 5
     weight_decay: float = 0.0
+    #: Matryoshka prefixes (increasing, the last = latent_dim); ``None`` trains the usual loss
+    prefixes: tuple[int, ...] | None = None
 
 
 # ----------------------------------------------------------------------------- data split
@@ -403,10 +444,15 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
         vals = []
         with torch.no_grad():
             for y0, y1, x0, x1 in val_boxes:
-                target, mean, sigma, mu, logvar = gaussian_outputs(
-                    model, x_all[:, :, :, y0:y1 + 2 * halo, x0:x1 + 2 * halo], mean_t, scaler,
-                    sample=False, generator=None, amp=cfg.amp)
-                _, elbo = _pixel_loss(target, mean, sigma, mu, logvar, cfg.beta, 0.0)
+                xv = x_all[:, :, :, y0:y1 + 2 * halo, x0:x1 + 2 * halo]
+                if cfg.prefixes:
+                    _, elbo = nested_pixel_loss(model, xv, mean_t, scaler, cfg.prefixes,
+                                                sample=False, generator=None, amp=cfg.amp,
+                                                beta=cfg.beta, beta_nll=0.0)
+                else:
+                    target, mean, sigma, mu, logvar = gaussian_outputs(
+                        model, xv, mean_t, scaler, sample=False, generator=None, amp=cfg.amp)
+                    _, elbo = _pixel_loss(target, mean, sigma, mu, logvar, cfg.beta, 0.0)
                 vals.append(elbo[0][vm[y0:y1, x0:x1]])
         model.train()
         v = torch.cat(vals)
@@ -429,9 +475,15 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
                 xb = torch.cat([x_all[:, :, :, y:y + py + 2 * halo, x:x + px + 2 * halo]
                                 for y, x in zip(oy, ox)])
                 mb = torch.stack([tm[y:y + py, x:x + px] for y, x in zip(oy, ox)])
-                target, mean, sigma, mu, logvar = gaussian_outputs(
-                    model, _cl(xb), mean_t, scaler, sample=True, generator=gen, amp=cfg.amp)
-                loss_px, _ = _pixel_loss(target, mean, sigma, mu, logvar, cfg.beta, cfg.beta_nll)
+                if cfg.prefixes:
+                    loss_px, _ = nested_pixel_loss(model, _cl(xb), mean_t, scaler, cfg.prefixes,
+                                                   sample=True, generator=gen, amp=cfg.amp,
+                                                   beta=cfg.beta, beta_nll=cfg.beta_nll)
+                else:
+                    target, mean, sigma, mu, logvar = gaussian_outputs(
+                        model, _cl(xb), mean_t, scaler, sample=True, generator=gen, amp=cfg.amp)
+                    loss_px, _ = _pixel_loss(target, mean, sigma, mu, logvar, cfg.beta,
+                                             cfg.beta_nll)
                 loss = _masked_mean(loss_px, mb, cfg.robust_fraction if cfg.robust else 0.0,
                                     cutoff)
                 if cfg.robust:
@@ -555,7 +607,8 @@ def score_cube(model: CVAE3D, read: Callable[[slice, slice], np.ndarray], ny: in
                tile: int | None = None, want_recon: bool = False,
                want_channels: tuple[int, int] | None = None,
                region: tuple[int, int, int, int] | None = None,
-               progress: ProgressCallback | None = None) -> dict[str, np.ndarray]:
+               progress: ProgressCallback | None = None,
+               prefix: int | None = None) -> dict[str, np.ndarray]:
     """Score every pixel of a ``(ny, nx, E)`` cube, tile by tile, seam-free.
 
     For each scale ``s`` (Gaussian sigma in pixels, 0 = the pixel alone) the
@@ -609,6 +662,9 @@ def score_cube(model: CVAE3D, read: Callable[[slice, slice], np.ndarray], ny: in
     region : (y0, y1, x0, x1), optional
         Score only this block of the image (context still comes from the image).
     progress : callable, optional
+    prefix : int, optional
+        Decode only the first ``prefix`` latent dimensions (the others set to 0,
+        the prior's mean; a Matryoshka prefix) and count only their KL.
 
     Returns
     -------
@@ -657,9 +713,10 @@ def score_cube(model: CVAE3D, read: Callable[[slice, slice], np.ndarray], ny: in
         sl = (slice(oy0, oy0 + ty1 - ty0), slice(ox0, ox0 + tx1 - tx0))
         with torch.no_grad():
             target, mean, sigma, mu, logvar = gaussian_outputs(
-                model, _cl(x), mean_t, scaler, sample=False, generator=None, amp=amp)
+                model, _cl(x), mean_t, scaler, sample=False, generator=None, amp=amp,
+                prefix=prefix)
             target, mean, sigma = target[0], mean[0], sigma[0]  # (E, hs, ws)
-            kl = kl_standard_normal(mu[0], logvar[0]).sum(0)  # (hs, ws)
+            kl = kl_standard_normal(mu[0], logvar[0])[:prefix].sum(0)  # (hs, ws)
             dev = target - mean
             v = sigma ** 2
             own_s = (0.5 * dev ** 2 / v + torch.log(sigma) + 0.5 * LOG_2PI).sum(0)

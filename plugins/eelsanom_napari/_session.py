@@ -106,6 +106,10 @@ class Session:
     detector_changed = Signal(object)
     result_changed = Signal(object)
     threshold_changed = Signal(object)
+    #: (iy, ix): a panel asks the spectrum inspector to show this pixel (:meth:`select_pixel`)
+    pixel_requested = Signal(int, int)
+    #: (iy, ix): the spectrum inspector now shows this pixel (click, keys, request)
+    pixel_changed = Signal(int, int)
 
     def __init__(self, viewer: Any) -> None:
         self._viewer_ref = weakref.ref(viewer)
@@ -117,6 +121,7 @@ class Session:
         self.detector: Any = None
         self.raw_result: Any = None
         self.result: Any = None
+        self.previous_result: Any = None  # the raw result before the current one
         self.threshold: Any = None
 
     @property
@@ -188,7 +193,12 @@ class Session:
         self.detector_changed.emit(detector)
 
     def set_result(self, result: Any, cube_layer: Any = None) -> Any:
-        """Show a new scoring result: NLL image layer, mask labels layer, current threshold."""
+        """Show a new scoring result: NLL image layer, mask labels layer, current threshold.
+
+        The result it replaces stays available as :attr:`previous_result` (e.g. for the
+        latent panel's two-space maps)."""
+        if self.raw_result is not None and self.raw_result is not result:
+            self.previous_result = self.raw_result
         self.raw_result = result
         self._result_cube_ref = _ref(cube_layer if cube_layer is not None else self.cube())
         self.result = self._thresholded(result)
@@ -223,6 +233,10 @@ class Session:
         self._show_mask(self.result)
         self.threshold_changed.emit(self.result)
         return self.result
+
+    def select_pixel(self, iy: int, ix: int) -> None:
+        """Ask the spectrum inspector (and every linked view) to show pixel ``(iy, ix)``."""
+        self.pixel_requested.emit(int(iy), int(ix))
 
     def layer_by_role(self, role: str) -> Any:
         for ly in self.viewer.layers:

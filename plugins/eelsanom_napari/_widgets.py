@@ -891,7 +891,13 @@ class SpectrumInspectorWidget(_Panel):
         self._session.result_changed.connect(self._refresh)
         self._session.threshold_changed.connect(self._refresh)
         self._session.cube_changed.connect(self._on_cube)
+        self._session.pixel_requested.connect(self._on_pixel_requested)
         self._on_cube()
+
+    def _on_pixel_requested(self, iy: int, ix: int) -> None:
+        """Another panel (e.g. the latent scatter) asks for pixel (iy, ix)."""
+        if not self._closed:
+            self.inspect(int(iy), int(ix))
 
     def _on_cube(self, *_: Any) -> None:
         if self._closed:
@@ -969,6 +975,7 @@ class SpectrumInspectorWidget(_Panel):
                                 title=title, pixel=(iy, ix), spectrum=ps,
                                 window_ev=float(self._window.value))
         self._mark(si, iy, ix)
+        self._session.pixel_changed.emit(iy, ix)
         return ps
 
     def _mark(self, si: Any, iy: int, ix: int) -> None:

@@ -110,10 +110,17 @@ def load_run(run_dir: str | os.PathLike, stem: str | None = None) -> Any:
         latent = np.asarray(latent, dtype=np.float32)
         if latent.ndim == 2:  # a line scan
             latent = latent[None]
+    extra = {}
+    for name in ("seed_disagreement", "seed_std_nll"):  # written for 3D-CVAE seed ensembles
+        p = d / f"{stem}_{name}.npy"
+        if p.is_file():
+            arr = np.load(p, allow_pickle=False)
+            if arr.size == ny * nx:
+                extra[name] = arr.reshape(ny, nx)
     return AnomalyResult(nll=nll, threshold=thr,
                          threshold_method=str(thr_info.get("method", "unknown")), mask=mask,
                          method=str(summary.get("method", "unknown")), y=y, x=x, energy=energy,
-                         latent=latent,
+                         latent=latent, maps=extra,
                          info={"run_dir": str(d), "stem": stem, "summary": summary})
 
 
@@ -173,6 +180,12 @@ def _single_figures(s: Any, res: Any, out: Path, tag: str) -> dict[str, Path]:
     ax.set_title(f"{tag}: covariance spectrum, effective rank {s.effective_rank:.2f} of "
                  f"d = {s.latent_dim}", fontsize=10)
     figs["covariance_spectrum"] = _save_fig(fig, out / f"{tag}_covariance_spectrum.png")
+    maps = getattr(res, "maps", None) or {}
+    if "seed_disagreement" in maps:
+        figs["seed_disagreement"] = _map_png(
+            maps["seed_disagreement"], res, out / f"{tag}_seed_disagreement.png",
+            f"{tag}: seed disagreement ({res.method}, seed ensemble)",
+            "std of rank quantile over seeds", cmap="viridis")
     if s.quantization is not None and len(s.quantization.kinds):
         figs["quantization"] = _save_fig(s.quantization.plot(),
                                          out / f"{tag}_quantization.png")
@@ -284,6 +297,10 @@ def write_report(run_a: Any, run_b: Any = None, out: str | os.PathLike = "latent
         md += ["The local intrinsic dimension map shows where the codes live on a set of "
                "higher or lower dimension than the bulk; the latent score is each code's "
                "distance from the unflagged pixels' codes.", ""]
+        if "seed_disagreement" in figs:
+            md += ["Seed ensemble: the NLL map is the members' mean; the seed-disagreement map "
+                   "is the std over seeds of each pixel's rank quantile in its seed's map (0 = "
+                   "all seeds agree; treat pixels with high values with caution).", ""]
         md += [f"![{tag} {name}]({p.name})" for name, p in figs.items()] + [""]
         if s.quantization is not None:
             md += ["### Storage of the latent codes", "",

@@ -465,24 +465,31 @@ def process_file(path: str, folder: str, name: str, *, model: str, model_sha256:
 
 
 # ----------------------------------------------------------------------------- the batch
-def _cuda_gpus(det: Any, device: str | None) -> int:
-    """Number of local CUDA devices the model would use (0: CPU or no torch device)."""
-    params = det.get_params()
+def _cuda_gpus(params: dict[str, Any], device: str | None) -> int:
+    """Number of local CUDA devices a model with ``params`` would use (0: the CPU).
+
+    torch is imported only where a GPU may exist (NVIDIA device nodes on Linux),
+    so a CPU-only client starts quickly.
+    """
     if "device" not in params:
         return 0
     dev = device if device is not None else params.get("device")
     if str(dev).lower() in ("cpu", "mps"):
         return 0
-    try:
-        from .device import resolve_device
+    if device is None and sys.platform.startswith("linux") and not glob.glob("/dev/nvidia[0-9]*"):
+        return 0
+    from .device import resolve_device
 
+    try:
         if resolve_device(dev).type != "cuda":
             return 0
-        import torch
-
-        return 1 if ":" in str(dev) else int(torch.cuda.device_count())
-    except Exception:  # noqa: BLE001 - no torch/CUDA: the CPU
+    except InputError:
+        if device is not None:
+            raise  # an explicit --device this machine lacks
         return 0
+    import torch
+
+    return 1 if ":" in str(dev) else int(torch.cuda.device_count())
 
 
 def _start_client(scheduler: str | None, n_workers: int, n_gpus: int) -> tuple[Any, Any]:
@@ -490,9 +497,9 @@ def _start_client(scheduler: str | None, n_workers: int, n_gpus: int) -> tuple[A
 
     if scheduler:
         if Path(scheduler).expanduser().is_file():
-            return Client(scheduler_file=str(Path(scheduler).expanduser()), timeout="60s"), None
+            return Client(scheduler_file=str(Path(scheduler).expanduser()), timeout="30s"), None
         try:
-            return Client(scheduler, timeout="60s"), None
+            return Client(scheduler, timeout="30s"), None
         except (OSError, TimeoutError, ValueError) as exc:
             raise InputError(f"--scheduler: could not connect to {scheduler!r} ({exc}). Expected "
                              "the address of a running dask scheduler (tcp://HOST:PORT) or its "
@@ -581,14 +588,17 @@ def run_batch(inputs: Iterable[str | os.PathLike], model: str | os.PathLike,
     if not model_p.is_file():
         raise InputError(f"--model: {str(model)!r} is not a file. Expected a model file written "
                          "by `eelsanom train` or `eelsanom detect --model-out`.")
-    from .detectors import load_detector
+    from .detectors import detector_class
     from .io import _normalise_formats
+    from .modelfile import read_model
     from .scoring import parse_threshold
 
-    det = load_detector(model_p)  # refuses a bad model before any cluster starts
+    header, params, _, _ = read_model(model_p)  # refuses a bad model before any cluster starts
+    detector_class(header["detector"])
     if threshold is not None:
         parse_threshold(threshold)
         threshold = str(threshold)
+    n_gpus = _cuda_gpus(params, device) if scheduler is None and client is None else 0
     fmts = ",".join(_normalise_formats(formats.split(",") if isinstance(formats, str)
                                        else formats))
     out_p = Path(out).expanduser().absolute()
@@ -642,7 +652,6 @@ def run_batch(inputs: Iterable[str | os.PathLike], model: str | os.PathLike,
     cluster = None
     futures: dict[Any, FileRecord] = {}
     try:
-        n_gpus = _cuda_gpus(det, device) if scheduler is None and client is None else 0
         if own_client:
             n = workers or (n_gpus or os.cpu_count() or 1)
             if n_gpus and n > n_gpus:
@@ -655,7 +664,7 @@ def run_batch(inputs: Iterable[str | os.PathLike], model: str | os.PathLike,
         summary.workers = len(info.get("workers", {}))
         summary.dashboard = _dashboard(client)
         gpu_res = bool(n_gpus)
-        if not gpu_res and str(device).lower() != "cpu" and "device" in det.get_params():
+        if not gpu_res and str(device).lower() != "cpu" and "device" in params:
             gpu_res = any("GPU" in (w.get("resources") or {})
                           for w in info.get("workers", {}).values())
         if summary.dashboard:
@@ -735,6 +744,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     """Run ``eelsanom batch``; return the exit status (0, :data:`EXIT_FAILED`)."""
     quiet = bool(getattr(args, "quiet", False))
+    if not getattr(args, "verbose", False):  # dask logs its INFO lines (cluster start/stop)
+        import distributed  # noqa: F401 - its import sets its loggers' levels: override after
+
+        for name in ("distributed", "bokeh"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     bar = None
 
     def progress(ev: Any) -> None:

@@ -60,6 +60,11 @@ def ensemble() -> tuple[CVAE3DDetector, SpectrumImage]:
     return CVAE3DDetector(**TINY, n_seeds=2).fit(si), si
 
 
+@pytest.fixture(scope="module")
+def single(ensemble) -> CVAE3DDetector:
+    return CVAE3DDetector(**TINY).fit(ensemble[1])
+
+
 # ----------------------------------------------------------------------------- Matryoshka
 def test_nested_training_makes_the_first_dimension_a_working_code(manifold_pair):
     """Known answer: the bulk is a 1-D manifold, so a 1-dimensional code suffices.
@@ -165,9 +170,8 @@ def test_ensemble_score_is_the_mean_of_its_members(ensemble):
                                rtol=1e-5)
 
 
-def test_first_member_is_the_single_seed_model(ensemble):
+def test_first_member_is_the_single_seed_model(ensemble, single):
     det, si = ensemble
-    single = CVAE3DDetector(**TINY).fit(si)
     np.testing.assert_allclose(det.seed_results(si)[0].nll, single.score(si).nll, rtol=1e-5)
     assert "seed_disagreement" not in single.score(si).maps
     assert len(single.seed_results(si)) == 1
@@ -194,10 +198,9 @@ def test_ensemble_round_trips(ensemble, tmp_path):
     assert back.n_parameters == det.n_parameters == 2 * det.model_.n_parameters
 
 
-def test_model_file_without_the_new_keys_loads(tmp_path):
+def test_model_file_without_the_new_keys_loads(ensemble, single, tmp_path):
     """A model file from before these options (no n_seeds / nested_prefixes) still loads."""
-    si = _smooth_si(8, 8)
-    det = CVAE3DDetector(**TINY).fit(si)
+    si, det = ensemble[1], single
     path = det.save(tmp_path / "m.h5")
     header, params, state, arrays = read_model(path)
     assert "members" not in state and "nested_prefixes" not in state  # format unchanged
@@ -234,3 +237,36 @@ def test_bad_n_seeds_refused(bad):
         CVAE3DDetector(**TINY, n_seeds=bad).fit(_smooth_si(6, 6))
     msg = str(exc.value)
     assert "expected" in msg and "found" in msg and "Fix" in msg
+
+
+def test_latent_report_shows_the_seed_disagreement(ensemble, tmp_path):
+    from eelsanom.latent.report import write_report
+
+    det, si = ensemble
+    report = write_report(det.score(si), out=tmp_path / "rep", quantization=False,
+                          k_local=10, dse_points=100)
+    assert (tmp_path / "rep" / "A_seed_disagreement.png").is_file()
+    assert "seed-disagreement map" in report.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("argv, want", [
+    ([], {}),
+    (["--n-seeds", "3"], {"n_seeds": 3}),
+    (["--nested-latent"], {"nested_prefixes": "all"}),
+    (["--nested-latent", "1,2,4"], {"nested_prefixes": [1, 2, 4]}),
+])
+def test_cli_reaches_the_options(argv, want):
+    from eelsanom.cli import _detector_params, build_parser
+
+    args = build_parser().parse_args(["detect", "x.hspy", "--out", "o", *argv])
+    p = _detector_params(args)
+    for k in ("n_seeds", "nested_prefixes"):
+        assert p.get(k) == want.get(k)
+
+
+def test_cli_refuses_a_bad_prefix_list():
+    from eelsanom.cli import _detector_params, build_parser
+
+    args = build_parser().parse_args(["detect", "x.hspy", "--out", "o", "--nested-latent", "1,a"])
+    with pytest.raises(InputError, match="--nested-latent"):
+        _detector_params(args)

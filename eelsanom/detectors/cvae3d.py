@@ -167,6 +167,13 @@ class PrefixScorer:
     Made by :meth:`CVAE3DDetector.prefix_scorer`; pass it to
     :func:`eelsanom.latent.prefix_curve` (which then defaults to ``prefixes``).
 
+    Parameters
+    ----------
+    fn : callable
+        ``m -> ndarray (ny, nx)``.
+    prefixes, nested, kind
+        See Attributes.
+
     Attributes
     ----------
     prefixes : tuple of int

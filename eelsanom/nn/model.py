@@ -209,6 +209,18 @@ class CVAE3D(nn.Module):
         This is how a Matryoshka prefix ``z[:m]`` is decoded (Kusupati et al. 2022):
         the decoder keeps its full input size and sees zeros in the dropped dimensions.
         ``None`` (or ``prefix >= d``) returns ``z`` unchanged.
+
+        Parameters
+        ----------
+        z : Tensor of shape (B, d, ...)
+            Latent codes.
+        prefix : int or None
+            Number of leading dimensions kept.
+
+        Returns
+        -------
+        Tensor
+            Same shape as ``z``.
         """
         if prefix is None or prefix >= z.shape[1]:
             return z
@@ -220,6 +232,18 @@ class CVAE3D(nn.Module):
         """``(B, d, h, w)`` -> ``mean, raw`` each ``(B, E, h, w)`` (scaled units; raw -> sigma).
 
         ``prefix = m`` decodes the first ``m`` latent dimensions only (see :meth:`truncate`).
+
+        Parameters
+        ----------
+        z : Tensor of shape (B, d, h, w)
+            Latent codes.
+        prefix : int, optional
+            Decode only the first ``prefix`` dimensions (the others set to 0).
+
+        Returns
+        -------
+        mean, raw : Tensor of shape (B, E, h, w)
+            Predicted mean (scaled units) and the unconstrained sigma output.
         """
         z5 = self.truncate(z, prefix)[:, :, None]
         mlp = self.dec_mlp(z5)[:, :, 0]  # (B, 2E, h, w)
@@ -233,6 +257,22 @@ class CVAE3D(nn.Module):
 
         ``prefix = m`` decodes only the first ``m`` latent dimensions (``mu, logvar``
         are returned whole).
+
+        Parameters
+        ----------
+        x : Tensor of shape (B, 1, E, h + 2 halo, w + 2 halo)
+            Scaled input with ``halo`` pixels of context on each side.
+        sample : bool
+            Decode a reparameterised sample (training) instead of the posterior mean.
+        generator : torch.Generator, optional
+            Source of the sample's noise.
+        prefix : int, optional
+            Decode only the first ``prefix`` latent dimensions.
+
+        Returns
+        -------
+        mean, raw : Tensor of shape (B, E, h, w)
+        mu, logvar : Tensor of shape (B, d, h, w)
         """
         mu, logvar = self.encode(x)
         z = self.reparameterize(mu, logvar, generator) if sample else mu

@@ -147,6 +147,27 @@ def gaussian_outputs(model: CVAE3D, x: torch.Tensor, mean_t: torch.Tensor, scale
     of shape ``(B, E, h, w)`` in Anscombe units (``target`` is the central
     region of ``x`` mapped back), ``mu, logvar`` of shape ``(B, d, h, w)``.
     ``prefix = m`` decodes only the first ``m`` latent dimensions.
+
+    Parameters
+    ----------
+    model : CVAE3D
+    x : Tensor of shape (B, 1, E, h + 2H, w + 2H)
+        Scaled input (``H = model.halo``).
+    mean_t : Tensor of shape (1, E, 1, 1)
+        The scaler's per-channel mean on the device.
+    scaler : Scaler
+    sample : bool
+        Decode a reparameterised sample instead of the posterior mean.
+    generator : torch.Generator, optional
+    amp : bool
+        bf16 autocast of the network on CUDA.
+    prefix : int, optional
+        Decode only the first ``prefix`` latent dimensions.
+
+    Returns
+    -------
+    target, mean, sigma : Tensor of shape (B, E, h, w)
+    mu, logvar : Tensor of shape (B, d, h, w)
     """
     with autocast(x.device, amp):
         out_mean, raw, mu, logvar = model(x, sample=sample, generator=generator, prefix=prefix)
@@ -180,6 +201,30 @@ def nested_pixel_loss(model: CVAE3D, x: torch.Tensor, mean_t: torch.Tensor, scal
     KL term is that of the whole code, counted once: the dropped dimensions'
     share of it does not depend on ``m``. ``elbo`` is the prefix-averaged
     negative ELBO (the validation criterion of nested training).
+
+    Parameters
+    ----------
+    model : CVAE3D
+    x : Tensor of shape (B, 1, E, h + 2H, w + 2H)
+        Scaled input (``H = model.halo``).
+    mean_t : Tensor of shape (1, E, 1, 1)
+        The scaler's per-channel mean on the device.
+    scaler : Scaler
+    prefixes : sequence of int
+        Increasing prefix sizes (the last is normally ``latent_dim``).
+    sample : bool
+        Decode one reparameterised sample (training) or the posterior mean.
+    generator : torch.Generator, optional
+    amp : bool
+        bf16 autocast of the network on CUDA.
+    beta : float
+        Weight of the KL term in ``loss``.
+    beta_nll : float
+        Seitzer et al.'s beta-NLL exponent for ``loss`` (0 = plain NLL).
+
+    Returns
+    -------
+    loss, elbo : Tensor of shape (B, h, w)
     """
     with autocast(x.device, amp):
         mu, logvar = model.encode(x)

@@ -693,9 +693,20 @@ def run_batch(inputs: Iterable[str | os.PathLike], model: str | os.PathLike,
     except (KeyboardInterrupt, Cancelled):
         for fut in futures:
             fut.cancel()
-        for rec in summary.records:
-            if rec.status == "pending":
-                rec.status = "cancelled"
+        if own_client and client is not None:  # wait for the workers to stop writing
+            client.close()
+            if cluster is not None:
+                cluster.close()
+            client = cluster = None
+        for rec, folder in todo:
+            if rec.status != "pending":
+                continue
+            rec.status = "cancelled"
+            done = _complete(folder, Path(rec.input), sha, settings)
+            if done is not None:  # finished while the batch stopped
+                rec.status, rec.output = "done", str(folder)
+                for k in ("seconds", "anomaly_fraction", "n_pixels", "n_flagged", "threshold"):
+                    setattr(rec, k, done.get(k))
         summary.seconds = time.perf_counter() - t_start
         summary.write()
         raise

@@ -865,6 +865,16 @@ def _safe_stem(stem: str) -> str:
     return s
 
 
+def _result_info(result: Any) -> dict[str, Any]:
+    """The ``metadata.eelsanom`` node of the maps :func:`save_result` writes."""
+    thr = float(result.threshold)
+    return {"threshold": thr if math.isfinite(thr) else None,
+            "threshold_method": str(result.threshold_method), "method": str(result.method),
+            "energy": result.energy.to_dict(),
+            "info_json": json.dumps(_jsonify(getattr(result, "info", {}) or {}),
+                                    allow_nan=False)}
+
+
 def save_result(result: Any, outdir: str | os.PathLike, *, stem: str,
                 formats: Iterable[str] = ("hspy", "png"),
                 protect: Iterable[Any] = ()) -> dict[str, Path]:
@@ -897,10 +907,7 @@ def save_result(result: Any, outdir: str | os.PathLike, *, stem: str,
     tmethod = str(result.threshold_method)
     method = str(result.method)
     n_flag, n_tot = int(mask.sum()), int(mask.size)
-    info = {"threshold": thr if math.isfinite(thr) else None, "threshold_method": tmethod,
-            "method": method, "energy": result.energy.to_dict(),
-            "info_json": json.dumps(_jsonify(getattr(result, "info", {}) or {}),
-                                    allow_nan=False)}
+    info = _result_info(result)
     written: dict[str, Path] = {}
 
     sig_fmts = [f for f in fmts if f in _SIGNAL_FORMATS]

@@ -65,8 +65,8 @@ __all__ = ["STREAM_ENV", "BLOCK_VALUES", "TRAIN_VALUES", "stream_threshold_bytes
 STREAM_ENV = "EELSANOM_STREAM_BYTES"
 #: default values (pixels x channels) per streamed block: 64 MiB of float32
 BLOCK_VALUES = 1 << 24
-#: default cap on the values gathered for training a per-pixel model: 256 MiB of float32
-TRAIN_VALUES = 1 << 26
+#: default cap on the values gathered for training: 128 MiB of float32 spectra
+TRAIN_VALUES = 1 << 25
 
 
 # ----------------------------------------------------------------------------- when to stream
@@ -241,7 +241,7 @@ def fit_streaming(detector: Any, si: Any, train_mask: Any = None, *,
     si : SpectrumImage (numpy or dask data)
     train_mask : ndarray of bool, shape (ny, nx), optional
     max_train_pixels : int, optional
-        Default ``TRAIN_VALUES // n_energy`` (256 MiB of float32 spectra).
+        Default ``TRAIN_VALUES // n_energy`` (128 MiB of float32 spectra).
     chunk_pixels : int, optional
         Pixels read at once (see :func:`plan_blocks`).
     seed : int

@@ -14,7 +14,10 @@ Modelled on scikit-learn and PyOD, adapted to spectrum images:
 - applying a model to data whose energy axis does not contain the model's axis
   on the same grid raises :class:`~eelsanom.errors.EnergyAxisMismatch` naming both.
 
-Subclasses implement ``_fit``, ``_score``, ``_reconstruct`` and the state hooks.
+Subclasses implement ``_fit``, ``_score``, ``_reconstruct`` and the state hooks;
+one whose score depends on neighbouring pixels also sets ``score_context`` (how
+many pixels away), so that :meth:`BaseDetector.score_block` (what streaming
+calls) reads enough context around a block.
 """
 
 from __future__ import annotations
@@ -189,6 +192,38 @@ class BaseDetector:
             timings={"fit": float(getattr(self, "fit_seconds_", float("nan"))), "score": dt},
             info={"params": self.get_params()}, _detector=self, _si=siw)
 
+    def score_block(self, si: Any, region: tuple[int, int, int, int], *,
+                    progress: ProgressCallback | None = None
+                    ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
+        """Score one spatial block of ``si`` only (the hook :mod:`eelsanom.stream` streams with).
+
+        The result equals (to float rounding) that block of :meth:`score`'s maps, so
+        a large image can be scored block by block, reading lazy (dask) data one
+        block at a time: per-pixel models (PCA, RX) read just the block; models whose
+        score depends on neighbours (the 3D-CVAE) read :attr:`score_context` pixels
+        of context around it. No threshold is applied (it needs the whole NLL map).
+
+        Parameters
+        ----------
+        si : SpectrumImage (numpy or dask data) or anything ``score`` takes
+        region : (y0, y1, x0, x1)
+            Pixel block, stop exclusive.
+
+        Returns
+        -------
+        nll : ndarray of shape (y1 - y0, x1 - x0), float64
+        latent : ndarray of shape (y1 - y0, x1 - x0, d), or None
+        maps : dict of name -> ndarray (y1 - y0, x1 - x0)
+        """
+        siw = self.window(si)
+        ny, nx = siw.nav_shape
+        y0, y1, x0, x1 = (int(v) for v in region)
+        if not (0 <= y0 < y1 <= ny and 0 <= x0 < x1 <= nx):
+            raise InputError(f"region: expected (y0, y1, x0, x1) inside the {ny} x {nx} image, "
+                             f"got {tuple(region)}.")
+        nll, latent, maps = self._score_region(siw, (y0, y1, x0, x1), progress)
+        return np.asarray(nll, dtype=np.float64).reshape(y1 - y0, x1 - x0), latent, maps
+
     def reconstruct(self, si: Any) -> tuple[np.ndarray, np.ndarray]:
         """Model mean and sigma in counts, each (ny, nx, n_energy) on the model's energy axis."""
         siw = self.window(si)
@@ -230,6 +265,54 @@ class BaseDetector:
                ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
         """Return ``(nll (ny, nx), latent (ny, nx, d) or None, extra maps)``."""
         raise NotImplementedError
+
+    #: pixels on each side of a pixel that its score depends on (0: a per-pixel model);
+    #: :meth:`score_block` scores a block with this much context around it
+    score_context: int = 0
+
+    def _score_region(self, si: SpectrumImage, region: tuple[int, int, int, int],
+                      progress: ProgressCallback | None
+                      ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
+        """``_score`` of the block ``region = (y0, y1, x0, x1)`` of the windowed ``si``.
+
+        Reads the block plus ``score_context`` pixels around it (clipped at the
+        image border; lazy data is computed, and NaN/inf refused), ``_score``-s that
+        crop and keeps the block: the crop's own border then lies at least
+        ``score_context`` pixels from every kept pixel, or is the image's border,
+        so the kept scores equal the whole image's.
+        """
+        from dataclasses import replace
+
+        ny, nx = si.nav_shape
+        y0, y1, x0, x1 = region
+        c = max(0, int(self.score_context))
+        sy0, sy1, sx0, sx1 = max(0, y0 - c), min(ny, y1 + c), max(0, x0 - c), min(nx, x1 + c)
+        crop = si.data[sy0:sy1, sx0:sx1]
+        if si.is_lazy:
+            crop = np.asarray(crop.compute() if hasattr(crop, "compute") else crop,
+                              dtype=np.float32)
+            bad = ~np.isfinite(crop)
+            if bad.any():
+                i = np.argwhere(bad)[0]
+                raise InputError(
+                    f"expected finite values, found NaN/inf in the lazy data (first at pixel "
+                    f"y={sy0 + i[0]}, x={sx0 + i[1]}, channel {i[2]}). Replace them first, e.g. "
+                    "s.data = np.nan_to_num(s.data).")
+        sub = replace(si, data=crop, ground_truth=None,
+                      y=replace(si.y, size=sy1 - sy0, offset=si.y.offset + sy0 * si.y.scale),
+                      x=replace(si.x, size=sx1 - sx0, offset=si.x.offset + sx0 * si.x.scale))
+        nll, latent, maps = self._score(sub, progress)
+        if (sy0, sy1, sx0, sx1) == (y0, y1, x0, x1):
+            return nll, latent, maps
+        shape = (sy1 - sy0, sx1 - sx0)
+        core = (slice(y0 - sy0, y1 - sy0), slice(x0 - sx0, x1 - sx0))
+
+        def keep(a: Any) -> Any:
+            a = np.asarray(a)
+            return a[core] if a.shape[:2] == shape else a
+
+        return (keep(np.asarray(nll).reshape(shape)), None if latent is None else keep(latent),
+                {k: keep(v) for k, v in maps.items()})
 
     def _reconstruct(self, si: SpectrumImage) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError

@@ -32,6 +32,13 @@ and every file asks for ``GPU=1`` -- one file per GPU at a time. With an
 existing scheduler whose workers declare a ``GPU`` resource (``dask worker
 --resources GPU=1``, one worker per GPU), every file asks for ``GPU=1`` too
 (unless the model is forced onto the CPU).
+
+The per-file work is :func:`process_file` (load, ``detector.score``, the
+outputs of ``apply``); its ``lazy`` flag is passed to the loader, the hook for
+streaming single large files. The CLI (``eelsanom batch``, :func:`add_parser`
+and :func:`main`) exits with 0 when every file is done or skipped,
+:data:`EXIT_FAILED` (1) when some failed, 2 for bad arguments and 130 when
+interrupted (the summaries then list the unfinished files as ``"cancelled"``).
 """
 
 from __future__ import annotations
@@ -430,7 +437,9 @@ def process_file(path: str, folder: str, name: str, *, model: str, model_sha256:
             det = _detector(model, model_sha256)
             if settings.get("threshold") is not None:
                 det.threshold = settings["threshold"]
-            dev = _worker_gpu(local_gpus) or settings.get("device")
+            dev = settings.get("device")
+            if local_gpus and ":" not in str(dev):  # one LocalCluster worker per GPU
+                dev = _worker_gpu(local_gpus)
             if dev is not None and "device" in det.get_params():
                 det.set_params(device=dev)
             si = load_spectrum_image(path, lazy=lazy, signal=settings.get("signal"))
@@ -607,8 +616,6 @@ def run_batch(inputs: Iterable[str | os.PathLike], model: str | os.PathLike,
         raise InputError(f"no input files: expected spectrum-image files, folders holding "
                          f"{'/'.join(BATCH_EXTENSIONS)} files or glob patterns; found nothing "
                          f"at {missing or list(inputs)}.")
-    for m in missing:
-        log.warning("batch input %r matches no file", m)
     model_abs = str(model_p.absolute())
     sha = file_sha256(model_p)
     settings = {"threshold": threshold, "signal": signal, "formats": fmts, "device": device}
@@ -617,7 +624,8 @@ def run_batch(inputs: Iterable[str | os.PathLike], model: str | os.PathLike,
     summary = BatchSummary(records=[], out=out_p, model=model_abs, model_sha256=sha,
                            settings=settings)
     summary.records = [FileRecord(input=m, name=_clean_name(m), status="failed",
-                                  seconds=0.0, error=f"{m}: matches no file (check the path)")
+                                  seconds=0.0, error="matches no file; expected an existing file, folder or glob "
+                                  "pattern (check the path)")
                        for m in missing]
     todo: list[tuple[FileRecord, Path]] = []
     for path, name in zip(files, names):
@@ -766,13 +774,13 @@ def main(args: argparse.Namespace) -> int:
         nonlocal bar
         if quiet:
             return
-        if ev.message:
-            print(ev.message, file=sys.stderr)
         from tqdm.auto import tqdm
 
         if bar is None:
             bar = tqdm(total=ev.total, desc="batch", unit="file", file=sys.stderr,
                        dynamic_ncols=True)
+        if ev.message:
+            bar.write(ev.message, file=sys.stderr)
         bar.n = ev.step
         bar.set_postfix(ev.metrics, refresh=False)
         bar.refresh()

@@ -108,7 +108,13 @@ the score is the mean of the members' scores, ``result.latent`` their codes
 side by side ``(ny, nx, n_seeds * latent_dim)``, and ``result.maps`` gains
 ``"seed_mean_nll"``, ``"seed_std_nll"`` and ``"seed_disagreement"`` (as in
 :func:`eelsanom.latent.seed_ensemble`). :meth:`CVAE3DDetector.seed_results`
-gives one result per member.
+gives one result per member. Block-wise scoring (:meth:`score_block`, used by
+:mod:`eelsanom.stream`) ranks the disagreement within each block, not the image.
+
+Measured on the quick benchmark's image (64 x 64 ``fe-l``, dose 200, 0.6 eV
+clusters, bulk-trained, seed 0): the bulk has one principal axis above the noise
+(thickness), so every prefix ``m >= 1`` gives the same map, nested or not (AUC
+1.000, AP 0.9999 for all ``m``), and three seeds give the same AP as one (0.9999).
 """
 
 from __future__ import annotations
@@ -321,6 +327,14 @@ class CVAE3DDetector(BaseDetector):
     >>> sim = simulate(shape=(32, 32), magnitude=2.4, seed=0)  # doctest: +SKIP
     >>> det = CVAE3DDetector(epochs=20).fit(sim.si, sim.bulk_mask)  # doctest: +SKIP
     >>> res = det.score(sim.si)  # res.nll: (32, 32), res.latent: (32, 32, 8)  # doctest: +SKIP
+
+    Nested latents and a seed ensemble:
+
+    >>> from eelsanom import latent  # doctest: +SKIP
+    >>> det = CVAE3DDetector(nested_prefixes=(1, 2, 4, 8), n_seeds=3)  # doctest: +SKIP
+    >>> det.fit(sim.si, sim.bulk_mask)  # doctest: +SKIP
+    >>> curve = latent.prefix_curve(det.prefix_scorer(sim.si), truth=sim.truth)  # doctest: +SKIP
+    >>> ens = latent.seed_ensemble(det.seed_results(sim.si))  # doctest: +SKIP
     """
 
     method: ClassVar[str] = "cvae"

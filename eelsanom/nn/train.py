@@ -39,7 +39,7 @@ from .model import CVAE3D
 log = logging.getLogger(__name__)
 
 __all__ = ["Scaler", "TrainConfig", "resolve_device", "torch_threads", "autocast",
-           "train_cvae", "score_cube", "neighbourhood_kernel", "spatial_split",
+           "train_cvae", "nested_pixel_loss", "score_cube", "neighbourhood_kernel", "spatial_split",
            "save_checkpoint", "load_checkpoint", "fingerprint"]
 
 
@@ -410,7 +410,7 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
     -------
     dict
         History: ``loss`` and ``val_nll`` per epoch (mean per-pixel negative
-        ELBO, nats), ``best_epoch``, ``best_val``, ``epochs_run``, ``stopped_early``,
+        ELBO, nats; averaged over the prefixes with ``cfg.prefixes``), ``best_epoch``, ``best_val``, ``epochs_run``, ``stopped_early``,
         ``resumed_from``. The model holds the best weights on return.
     """
     halo = model.halo

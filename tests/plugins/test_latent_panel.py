@@ -303,49 +303,51 @@ def test_manifest_registers_latent_panel(make_napari_viewer):
     assert widget._status.value == "no result yet: train or apply a detector"
 
 
-def test_latent_panel_screenshot(qtbot, tmp_path, notifications):
-    """The workstation with the latent panel after a PCA run; saved for review
-    (``EELSANOM_SCREENSHOT_DIR=docs/images`` writes ``latent_panel.png`` there)."""
-    from eelsanom_napari._launch import launch, panels_of
+def test_latent_panel_screenshot(make_napari_viewer, sample_file, qtbot, tmp_path,
+                                 notifications):
+    """The workstation (the panels as ``eelsanom gui`` docks them) with the latent panel
+    after a PCA run; saved for review (``EELSANOM_SCREENSHOT_DIR=docs/images`` writes
+    ``latent_panel.png`` there)."""
+    from eelsanom_napari._launch import _fit_window, _show_strongest_channel
 
-    viewer = launch(block=False, show=True)
-    try:
-        panels = panels_of(viewer)
-        panel = LatentPanel(viewer)
-        dock = viewer.window.add_dock_widget(panel, name="eelsanom: Latent space",
-                                             area="right")
-        # a tab beside the Detector panel, so that the window keeps its size
-        viewer.window._qt_window.tabifyDockWidget(panels["Detector"]._dock, dock)
-        session = get_session(viewer)
-        si = session.spectrum_image()
-        # a PCA trained robustly on all pixels, compared with a PCA of the bulk region:
-        # the anomalies are the codes the two spaces do not share
-        res = get_detector("pca", n_components=6, device="cpu").fit(si, None).score(si)
-        session.set_result(res, session.cube())
-        compute(qtbot, panel, _reference="pca")
-        layers = panel.map_layers()
-        assert layers["procrustes_residual"].name == \
-            "latent: Procrustes residual (vs PCA-6, bulk)"
-        layers["local_dimension"].visible = False
-        layers["procrustes_residual"].visible = True
-        viewer.layers.selection.active = layers["procrustes_residual"]
-        mask = next(ly for ly in viewer.layers if role_of(ly) == "mask")
-        viewer.layers.move(viewer.layers.index(mask), len(viewer.layers))  # outlines on top
-        iy, ix = map(int, np.argwhere(res.mask & si.ground_truth)[3])
-        panels["Spectrum inspector"].inspect(iy, ix)
-        dock.raise_()
-        qtbot.wait(500)
-        viewer.reset_view()
-        qtbot.wait(300)
-        out = Path(os.environ.get("EELSANOM_SCREENSHOT_DIR") or tmp_path)
-        out.mkdir(parents=True, exist_ok=True)
-        img = viewer.screenshot(str(out / "latent_panel.png"), canvas_only=False, flash=False)
-        assert img.ndim == 3 and img.shape[0] >= 600 and img.shape[1] >= 900
-        assert img[..., :3].std() > 20
-        assert panel._canvas.pixel == (iy, ix)
-        shown = [role_of(ly) for ly in viewer.layers if ly.visible]
-        assert [r for r in shown if r and r.startswith("latent:")] == \
-            ["latent:procrustes_residual"]
-        assert not errors(notifications), notifications
-    finally:
-        viewer.close()
+    viewer = make_napari_viewer(show=True)
+    panels = dock_all(viewer)
+    viewer.open(str(sample_file), plugin="eelsanom")
+    _show_strongest_channel(viewer, get_session(viewer).spectrum_image())
+    _fit_window(panels["Detector"].native.window())
+    panel = LatentPanel(viewer)
+    dock = viewer.window.add_dock_widget(panel, name="eelsanom: Latent space", area="right")
+    # a tab beside the Detector panel, so that the window keeps its size
+    viewer.window._qt_window.tabifyDockWidget(panels["Detector"]._dock, dock)
+    session = get_session(viewer)
+    si = session.spectrum_image()
+    # a PCA trained robustly on all pixels, compared with a PCA of the bulk region:
+    # the anomalies are the codes the two spaces do not share
+    res = get_detector("pca", n_components=6, device="cpu").fit(si, None).score(si)
+    session.set_result(res, session.cube())
+    compute(qtbot, panel, _reference="pca")
+    layers = panel.map_layers()
+    assert layers["procrustes_residual"].name == \
+        "latent: Procrustes residual (vs PCA-6, bulk)"
+    layers["local_dimension"].visible = False
+    layers["procrustes_residual"].visible = True
+    viewer.layers.selection.active = layers["procrustes_residual"]
+    mask = next(ly for ly in viewer.layers if role_of(ly) == "mask")
+    viewer.layers.move(viewer.layers.index(mask), len(viewer.layers))  # outlines on top
+    iy, ix = map(int, np.argwhere(res.mask & si.ground_truth)[3])
+    panels["Spectrum inspector"].inspect(iy, ix)
+    dock.raise_()
+    panels["Bulk region"]._dock.raise_()
+    qtbot.wait(500)
+    viewer.reset_view()
+    qtbot.wait(300)
+    out = Path(os.environ.get("EELSANOM_SCREENSHOT_DIR") or tmp_path)
+    out.mkdir(parents=True, exist_ok=True)
+    img = viewer.screenshot(str(out / "latent_panel.png"), canvas_only=False, flash=False)
+    assert img.ndim == 3 and img.shape[0] >= 600 and img.shape[1] >= 900
+    assert img[..., :3].std() > 20
+    assert panel._canvas.pixel == (iy, ix)
+    shown = [role_of(ly) for ly in viewer.layers if ly.visible]
+    assert [r for r in shown if r and r.startswith("latent:")] == \
+        ["latent:procrustes_residual"]
+    assert not errors(notifications), notifications

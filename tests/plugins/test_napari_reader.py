@@ -28,7 +28,7 @@ def test_npe2_validate_passes():
     pm.validate_imports()  # every python_name imports
     assert {c.command for c in pm.contributions.widgets} == {
         "eelsanom.bulk_region", "eelsanom.detector", "eelsanom.results",
-        "eelsanom.spectrum_inspector", "eelsanom.export"}
+        "eelsanom.spectrum_inspector", "eelsanom.export", "eelsanom.latent_space"}
     exe = shutil.which("npe2", path=str(Path(sys.executable).parent)) or shutil.which("npe2")
     if exe is None:
         pytest.skip("npe2 command-line tool not found")

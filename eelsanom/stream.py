@@ -132,12 +132,14 @@ def _regular_chunk(chunks: Any, axis: int) -> int | None:
 
 
 def plan_blocks(nav_shape: tuple[int, int], n_energy: int, *, chunk_pixels: int | None = None,
-                chunks: Any = None) -> tuple[int, int, list[tuple[int, int, int, int]]]:
+                chunks: Any = None, context: int = 0
+                ) -> tuple[int, int, list[tuple[int, int, int, int]]]:
     """Split the navigation grid into blocks of at most about ``chunk_pixels`` pixels.
 
-    Whole-width bands of rows when a row fits, else near-square tiles; a block
-    side larger than the data's (regular) dask chunk is rounded down to a
-    multiple of it so that no chunk is read twice.
+    Whole-width bands of rows when a row fits and ``context`` is 0, else
+    near-square tiles (a block read with ``context`` pixels around it wastes least
+    when square); a block side larger than the data's (regular) dask chunk is
+    rounded down to a multiple of it so that no chunk is read twice.
 
     Parameters
     ----------
@@ -146,6 +148,8 @@ def plan_blocks(nav_shape: tuple[int, int], n_energy: int, *, chunk_pixels: int 
     chunk_pixels : int, optional
         Pixels per block; default ``BLOCK_VALUES // n_energy`` (64 MiB of float32).
     chunks : dask ``.chunks`` of the data, optional
+    context : int
+        The detector's ``score_context``.
 
     Returns
     -------
@@ -156,7 +160,7 @@ def plan_blocks(nav_shape: tuple[int, int], n_energy: int, *, chunk_pixels: int 
     if chunk_pixels is None:
         chunk_pixels = BLOCK_VALUES // max(1, int(n_energy))
     cp = max(1, int(chunk_pixels))
-    if nx <= cp:
+    if nx <= (cp if context <= 0 else math.isqrt(cp)):
         bw, bh = nx, max(1, min(ny, cp // nx))
     else:
         bh = max(1, min(ny, math.isqrt(cp)))
@@ -439,9 +443,9 @@ def score_streaming(detector: Any, si: Any, *, out: str | os.PathLike | None = N
     siw = detector.window(si)
     ny, nx = siw.nav_shape
     chunks = getattr(siw.data, "chunks", None)
-    bh, bw, blocks = plan_blocks((ny, nx), siw.n_energy, chunk_pixels=chunk_pixels,
-                                 chunks=chunks)
     ctx = int(getattr(detector, "score_context", 0))
+    bh, bw, blocks = plan_blocks((ny, nx), siw.n_energy, chunk_pixels=chunk_pixels,
+                                 chunks=chunks, context=ctx)
     log.info("streaming %s over %d block(s) of up to %d x %d px (context %d px)",
              type(detector).__name__, len(blocks), bh, bw, ctx)
     method = str(detector.method)

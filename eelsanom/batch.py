@@ -90,8 +90,9 @@ class FileRecord:
     ``status`` is ``"pending"`` while queued, then ``"done"`` (scored now),
     ``"skipped"`` (complete outputs from an earlier run), ``"failed"`` (``error``
     says why) or ``"cancelled"`` (the batch was interrupted first). ``seconds`` is
-    the time this run spent on the file (load, score, write); ``output`` the
-    file's output folder (empty when it failed).
+    the time this run spent on the file (load, score, write) from ``started`` (Unix
+    time); ``output`` the file's output folder (empty when it failed); ``worker`` the
+    Dask worker's address.
     """
 
     input: str
@@ -105,6 +106,7 @@ class FileRecord:
     output: str = ""
     error: str = ""
     worker: str = ""
+    started: float | None = None
 
     def csv_row(self) -> dict[str, Any]:
         row = {k: getattr(self, k) for k in CSV_COLUMNS}
@@ -413,7 +415,8 @@ def process_file(path: str, folder: str, name: str, *, model: str, model_sha256:
     """
     t0 = time.perf_counter()
     out = Path(folder)
-    rec: dict[str, Any] = {"input": path, "name": name, "status": "failed", "output": ""}
+    rec: dict[str, Any] = {"input": path, "name": name, "status": "failed", "output": "",
+                           "started": time.time()}
     try:
         from distributed import get_worker
 
@@ -421,7 +424,12 @@ def process_file(path: str, folder: str, name: str, *, model: str, model_sha256:
     except (ImportError, ValueError):
         rec["worker"] = "local"
     try:
-        with warnings.catch_warnings():
+        import dask
+
+        # dask arrays inside the task (HyperSpy's lazy reading) compute here, in this thread:
+        # on a worker dask would otherwise send them to the cluster and let this worker start
+        # more files than it has threads (and move the data between workers)
+        with warnings.catch_warnings(), dask.config.set(scheduler="synchronous"):
             warnings.simplefilter("ignore")
             if torch_threads:
                 import torch

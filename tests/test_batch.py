@@ -155,6 +155,13 @@ def test_two_worker_local_cluster_matches_serial_and_reports_failures(data, firs
     assert s.workers == 2
     assert s.counts["done"] == len(GOOD) and s.counts["failed"] == len(BAD) and not s.ok
     _check_results(data, out)
+    spans: dict[str, list] = {}  # one file at a time per single-thread worker
+    for r in json.loads((out / SUMMARY_JSON).read_text())["files"]:
+        spans.setdefault(r["worker"], []).append((r["started"], r["started"] + r["seconds"]))
+    assert len(spans) == 2
+    for sp in spans.values():
+        sp.sort()
+        assert all(b[0] >= a[1] - 0.05 for a, b in zip(sp, sp[1:])), sp
     steps = [e.step for e in events if e.stage == "batch"]
     assert steps[-1] == len(GOOD) + len(BAD) and steps == sorted(steps)
     per_file = json.loads((out / "s2" / "s2_summary.json").read_text())  # apply's summary

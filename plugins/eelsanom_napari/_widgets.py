@@ -806,10 +806,16 @@ class ResultsWidget(_Panel):
         finite = np.asarray(res.nll, float)[np.isfinite(res.nll)]
         lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
         hi = hi if hi > lo else lo + 1.0
+        new_min = lo - 1e-9 * abs(lo)
         with self._manual.changed.blocked():
-            self._manual.min, self._manual.max = lo - 1e-9 * abs(lo), hi
-            self._manual.step = (hi - lo) / 1000.0
+            # widen first, move the value into the new range, then narrow: magicgui refuses
+            # a range that excludes the current value (a new result entirely below the old
+            # threshold, or entirely above it)
+            self._manual.min = min(float(self._manual.min), new_min)
+            self._manual.max = max(float(self._manual.max), hi)
             self._manual.value = float(np.clip(res.threshold, lo, hi))
+            self._manual.min, self._manual.max = new_min, hi
+            self._manual.step = (hi - lo) / 1000.0
         self._hist.show(res.nll, res.threshold)
 
     def _on_threshold(self, res: Any) -> None:
@@ -1076,10 +1082,11 @@ LAYOUT: dict[str, tuple[str, bool]] = {
 
 
 def dock_all(viewer: napari.viewer.Viewer) -> dict[str, _Panel]:
-    """Dock the five eelsanom panels in ``viewer``; returns them by name (workflow order).
+    """Dock the six eelsanom panels in ``viewer``; returns them by name (workflow order).
 
     Bulk region (with Export as a tab) and Detector on the right; the spectrum plot and
-    the Results panel (threshold and histogram) side by side below the canvas.
+    the Results panel (threshold and histogram) side by side below the canvas; the
+    latent-space panel as a tab beside the Detector.
     """
     win = viewer.window
     out: dict[str, _Panel] = {}
@@ -1090,5 +1097,14 @@ def dock_all(viewer: napari.viewer.Viewer) -> dict[str, _Panel]:
         out[name] = w
         w._dock = docks[name]
         w._watch_window()
+    # the latent-space panel (its own module: it builds on _Panel) as a tab beside the Detector
+    from ._latent_panel import LatentPanel  # noqa: PLC0415
+
+    latent = LatentPanel(viewer)
+    docks["Latent space"] = win.add_dock_widget(latent, name="eelsanom: Latent space",
+                                                area="right")
+    latent._dock = docks["Latent space"]
+    win._qt_window.tabifyDockWidget(docks["Detector"], docks["Latent space"])
+    docks["Detector"].raise_()
     docks["Bulk region"].raise_()
-    return {k: out[k] for k in PANELS}
+    return {**{k: out[k] for k in PANELS}, "Latent space": latent}

@@ -82,12 +82,12 @@ def compute(qtbot, panel, **values):
 
 @pytest.fixture
 def ws(make_napari_viewer, sample_file):
-    """A viewer with the sample, the five panels, the latent panel and a PCA result."""
+    """A viewer with the sample, the six panels (latent panel included) and a PCA result."""
     viewer = make_napari_viewer()
     viewer.open(str(sample_file), plugin="eelsanom")
     panels = dock_all(viewer)
-    panel = LatentPanel(viewer)
-    viewer.window.add_dock_widget(panel, name="eelsanom: Latent space", area="right")
+    panel = panels["Latent space"]
+    assert isinstance(panel, LatentPanel)
     session = get_session(viewer)
     cube = session.cube()
     res = fit(session, n_components=4)
@@ -315,10 +315,8 @@ def test_latent_panel_screenshot(make_napari_viewer, sample_file, qtbot, tmp_pat
     viewer.open(str(sample_file), plugin="eelsanom")
     _show_strongest_channel(viewer, get_session(viewer).spectrum_image())
     _fit_window(panels["Detector"].native.window())
-    panel = LatentPanel(viewer)
-    dock = viewer.window.add_dock_widget(panel, name="eelsanom: Latent space", area="right")
-    # a tab beside the Detector panel, so that the window keeps its size
-    viewer.window._qt_window.tabifyDockWidget(panels["Detector"]._dock, dock)
+    panel = panels["Latent space"]  # docked by dock_all as a tab beside the Detector panel
+    panel._dock.raise_()
     session = get_session(viewer)
     si = session.spectrum_image()
     # a PCA trained robustly on all pixels, compared with a PCA of the bulk region:
@@ -336,7 +334,7 @@ def test_latent_panel_screenshot(make_napari_viewer, sample_file, qtbot, tmp_pat
     viewer.layers.move(viewer.layers.index(mask), len(viewer.layers))  # outlines on top
     iy, ix = map(int, np.argwhere(res.mask & si.ground_truth)[3])
     panels["Spectrum inspector"].inspect(iy, ix)
-    dock.raise_()
+    panel._dock.raise_()
     panels["Bulk region"]._dock.raise_()
     qtbot.wait(500)
     viewer.reset_view()

@@ -465,7 +465,7 @@ def test_workstation_screenshot(qtbot, tmp_path, notifications):
     try:
         panels = panels_of(viewer)
         assert set(panels) == {"Bulk region", "Detector", "Results", "Spectrum inspector",
-                               "Export"}
+                               "Export", "Latent space"}
         assert by_role(viewer, "cube").data.shape == (267, 64, 64)
         det = panels["Detector"]
         train(qtbot, det, "pca", _pca_components=6, _device="cpu")

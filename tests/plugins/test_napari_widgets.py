@@ -300,6 +300,33 @@ def test_rx_all_pixels_and_save_model(viewer, qtbot, sample_file, tmp_path, noti
     assert (tmp_path / "rx.h5").is_file() and not errors(notifications)
 
 
+def test_results_slider_follows_a_result_outside_the_old_range(viewer, sample_file,
+                                                               notifications):
+    """A new result whose NLL lies wholly below (then above) the previous threshold: the
+    manual-threshold slider takes the new range instead of raising (magicgui refuses a
+    range that excludes the current value)."""
+    import dataclasses
+
+    from eelsanom.detectors import get_detector
+
+    open_sample(viewer, sample_file)
+    panels = dock_all(viewer)
+    session = get_session(viewer)
+    si = session.spectrum_image()
+    res = get_detector("pca", n_components=4, device="cpu").fit(si, None).score(si)
+    session.set_result(res, session.cube())
+    slider = panels["Results"]._manual
+    for factor in (1e-3, 10.0):  # every NLL below the old threshold, then above the old max
+        scaled = dataclasses.replace(res, nll=res.nll * factor,
+                                     threshold=res.threshold * factor)
+        session.set_result(scaled, session.cube())
+        assert slider.min <= scaled.threshold <= slider.max
+        assert slider.max == pytest.approx(float(scaled.nll.max()))
+        assert slider.min == pytest.approx(float(scaled.nll.min()), rel=1e-6)
+        assert slider.value == pytest.approx(scaled.threshold, rel=1e-3)
+    assert not errors(notifications), notifications
+
+
 # ----------------------------------------------------------------------------- faults
 def test_training_refusals(viewer, qtbot, sample_file, notifications):
     open_sample(viewer, sample_file)

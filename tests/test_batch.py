@@ -188,9 +188,11 @@ def loopback_scheduler(tmp_path_factory):
     d = tmp_path_factory.mktemp("dask")
     sfile = d / "scheduler.json"
     procs: list[subprocess.Popen] = []
+    logs = []
 
     def start(*args: str, log: str) -> subprocess.Popen:
-        fh = open(d / log, "w")  # noqa: SIM115 - closed with the process
+        fh = open(d / log, "w")  # noqa: SIM115 - closed at teardown
+        logs.append(fh)
         p = subprocess.Popen([sys.executable, "-m", "dask", *args], cwd=d, env=ENV, stdout=fh,
                              stderr=subprocess.STDOUT, start_new_session=True)
         procs.append(p)
@@ -217,6 +219,8 @@ def loopback_scheduler(tmp_path_factory):
         yield address
     finally:
         _stop(procs)
+        for fh in logs:
+            fh.close()
 
 
 def test_batch_through_a_running_scheduler(data, loopback_scheduler, tmp_path):

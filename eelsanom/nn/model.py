@@ -39,6 +39,19 @@ def energy_levels_for(n_energy: int, target: int = 48) -> int:
     """Number of stride-2 energy levels that bring ``n_energy`` to about ``target`` channels.
 
     At least 1; e.g. 267 channels -> 3 levels (34 coarse), 1334 -> 5 levels (42 coarse).
+
+    Parameters
+    ----------
+    n_energy : int
+        Number of energy channels of the spectra.
+    target : int
+        Wanted number of coarse channels after the downsampling.
+
+    Returns
+    -------
+    int
+        ``max(1, ceil(log2(n_energy / target)))``, the ``levels`` argument of
+        :class:`CVAE3D`.
     """
     return max(1, int(math.ceil(math.log2(max(n_energy, 2) / target))))
 
@@ -168,10 +181,19 @@ class CVAE3D(nn.Module):
 
     @property
     def n_parameters(self) -> int:
+        """Total number of elements of the module's parameters (trainable weights)."""
         return sum(p.numel() for p in self.parameters())
 
     def arch(self) -> dict[str, float]:
-        """Constructor arguments (JSON-serialisable) that rebuild this module."""
+        """Constructor arguments (JSON-serialisable) that rebuild this module.
+
+        Returns
+        -------
+        dict of str to float
+            ``n_energy``, ``latent_dim``, ``width``, ``levels``, ``spatial_layers``,
+            ``hidden`` (ints) and ``raw_init`` (float); ``CVAE3D(**arch())`` rebuilds
+            the architecture (not the weights).
+        """
         return {"n_energy": self.n_energy, "latent_dim": self.latent_dim, "width": self.width,
                 "levels": self.levels, "spatial_layers": self.spatial_layers,
                 "hidden": self.hidden, "raw_init": self.raw_init}
@@ -184,7 +206,23 @@ class CVAE3D(nn.Module):
         return torch.cat([x, x[:, :, -1:].expand(-1, -1, extra, -1, -1)], dim=2)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, 1, E, h + 2 halo, w + 2 halo)`` -> ``mu, logvar`` each ``(B, d, h, w)``."""
+        """``(B, 1, E, h + 2 halo, w + 2 halo)`` -> ``mu, logvar`` each ``(B, d, h, w)``.
+
+        The sum of the linear per-pixel path (central pixels only) and the
+        3D-convolutional path (valid in space, so it consumes the ``halo``).
+
+        Parameters
+        ----------
+        x : Tensor of shape (B, 1, E, h + 2 halo, w + 2 halo)
+            Scaled input with ``halo`` pixels of context on each side; ``E == n_energy``.
+
+        Returns
+        -------
+        mu : Tensor of shape (B, d, h, w)
+            Posterior mean of each pixel's latent code.
+        logvar : Tensor of shape (B, d, h, w)
+            Posterior log-variance, clamped to ``[-12, 8]``.
+        """
         hal = self.halo
         centre = x[:, :, :, hal:x.shape[3] - hal, hal:x.shape[4] - hal]
         lin = self.enc_lin(centre)[:, :, 0]
@@ -198,7 +236,23 @@ class CVAE3D(nn.Module):
     @staticmethod
     def reparameterize(mu: torch.Tensor, logvar: torch.Tensor,
                        generator: torch.Generator | None = None) -> torch.Tensor:
-        """``z = mu + exp(logvar / 2) * eps``, ``eps ~ N(0, I)`` (drawn from ``generator``)."""
+        """``z = mu + exp(logvar / 2) * eps``, ``eps ~ N(0, I)`` (drawn from ``generator``).
+
+        Parameters
+        ----------
+        mu : Tensor of shape (B, d, h, w)
+            Posterior mean.
+        logvar : Tensor of shape (B, d, h, w)
+            Posterior log-variance.
+        generator : torch.Generator, optional
+            Source of ``eps`` (default: torch's global generator); must be on
+            ``mu``'s device.
+
+        Returns
+        -------
+        Tensor of shape (B, d, h, w)
+            One sample ``z`` per pixel, same dtype and device as ``mu``.
+        """
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + torch.exp(0.5 * logvar) * eps
 

@@ -46,7 +46,6 @@ PENDING = {
     "eelsanom.latent.matryoshka",
     "eelsanom.latent.report",
     "eelsanom.nn",
-    "eelsanom.nn.train",
     "eelsanom.stream",
 }
 

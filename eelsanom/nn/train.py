@@ -45,7 +45,25 @@ __all__ = ["Scaler", "TrainConfig", "resolve_device", "torch_threads", "autocast
 
 # ----------------------------------------------------------------------------- device
 def resolve_device(device: str | None = "auto") -> torch.device:
-    """``"auto"`` -> CUDA, then MPS, then CPU; else the named device (InputError if absent)."""
+    """``"auto"`` -> CUDA, then MPS, then CPU; else the named device (InputError if absent).
+
+    Thin wrapper of :func:`eelsanom.device.resolve_device`.
+
+    Parameters
+    ----------
+    device : str or None, default "auto"
+        ``"auto"`` (or ``None``), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+
+    Returns
+    -------
+    torch.device
+        The device to run on.
+
+    Raises
+    ------
+    InputError
+        When ``device`` is not a valid device name or names one this machine lacks.
+    """
     from ..device import resolve_device as _resolve
 
     return _resolve(device)
@@ -53,7 +71,22 @@ def resolve_device(device: str | None = "auto") -> torch.device:
 
 @contextlib.contextmanager
 def torch_threads(device: torch.device) -> Iterator[None]:
-    """On the CPU, use one torch thread per core for the duration (restored afterwards)."""
+    """On the CPU, use one torch thread per core for the duration (restored afterwards).
+
+    The cores counted are those this process may run on (its CPU affinity); on
+    other devices the thread count is left alone.
+
+    Parameters
+    ----------
+    device : torch.device
+        Device the work inside the ``with`` block runs on.
+
+    Yields
+    ------
+    None
+        Control returns to the ``with`` block; the previous thread count is
+        restored on exit, also after an exception.
+    """
     if device.type != "cpu":
         yield
         return
@@ -67,7 +100,21 @@ def torch_threads(device: torch.device) -> Iterator[None]:
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when ``enabled``; a no-op elsewhere."""
+    """bf16 autocast on CUDA when ``enabled``; a no-op elsewhere.
+
+    Parameters
+    ----------
+    device : torch.device
+        Device the network runs on.
+    enabled : bool
+        Whether mixed precision is wanted (ignored unless ``device`` is CUDA).
+
+    Returns
+    -------
+    contextlib.AbstractContextManager
+        ``torch.autocast("cuda", dtype=torch.bfloat16)`` or a
+        ``contextlib.nullcontext()``.
+    """
     if enabled and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -106,7 +153,26 @@ class Scaler:
 
     @classmethod
     def fit(cls, a: np.ndarray, floor: float) -> Scaler:
-        """Estimate from training spectra ``a`` of shape (n_pixels, n_energy) (Anscombe units)."""
+        """Estimate from training spectra ``a`` of shape (n_pixels, n_energy) (Anscombe units).
+
+        ``scale`` is ``1.4826`` times the median absolute deviation of ``a - mean``
+        (at least a tenth of its standard deviation and ``1e-6``); ``noise`` is the
+        same robust estimate applied to second differences along energy divided
+        by ``sqrt(6)`` (``max(0.1 scale, 1e-3)`` when that is not positive or
+        there are fewer than 3 channels).
+
+        Parameters
+        ----------
+        a : ndarray of shape (n_pixels, n_energy)
+            Anscombe-transformed training spectra.
+        floor : float
+            Smallest sigma, as a fraction of the noise (stored unchanged).
+
+        Returns
+        -------
+        Scaler
+            With ``mean`` of shape ``(n_energy,)`` (float32).
+        """
         a = np.asarray(a, np.float64)
         mean = a.mean(axis=0)
         dev = a - mean
@@ -122,16 +188,50 @@ class Scaler:
         return cls(mean=mean.astype(np.float32), scale=scale, noise=noise, floor=float(floor))
 
     def to_dict(self) -> dict[str, float]:
+        """The scalar fields as plain floats (JSON-serialisable).
+
+        Returns
+        -------
+        dict of str to float
+            ``scale``, ``noise`` and ``floor``; ``mean`` is not included (it is
+            stored as an array).
+        """
         return {"scale": float(self.scale), "noise": float(self.noise), "floor": float(self.floor)}
 
     def tensors(self, device: torch.device) -> tuple[torch.Tensor, float, float]:
-        """``(mean (1, E, 1, 1) float32, scale, noise)`` on ``device``."""
+        """``(mean (1, E, 1, 1) float32, scale, noise)`` on ``device``.
+
+        Parameters
+        ----------
+        device : torch.device
+            Where the mean tensor goes.
+
+        Returns
+        -------
+        mean : Tensor of shape (1, E, 1, 1)
+            Per-channel mean, float32, on ``device``.
+        scale, noise : float
+            The scaler's ``scale`` and ``noise``.
+        """
         m = torch.as_tensor(self.mean, dtype=torch.float32, device=device).reshape(1, -1, 1, 1)
         return m, float(self.scale), float(self.noise)
 
 
 def to_input(a: np.ndarray, scaler: Scaler) -> np.ndarray:
-    """Anscombe spectra ``(..., E)`` -> scaled float32 network input ``(..., E)``."""
+    """Anscombe spectra ``(..., E)`` -> scaled float32 network input ``(..., E)``.
+
+    Parameters
+    ----------
+    a : ndarray of shape (..., E)
+        Anscombe-transformed spectra.
+    scaler : Scaler
+        Supplies ``mean`` and ``scale``.
+
+    Returns
+    -------
+    ndarray of shape (..., E)
+        ``(a - scaler.mean) / scaler.scale``, float32.
+    """
     return ((np.asarray(a, np.float32) - scaler.mean) / np.float32(scaler.scale)).astype(
         np.float32, copy=False)
 
@@ -246,7 +346,51 @@ def nested_pixel_loss(model: CVAE3D, x: torch.Tensor, mean_t: torch.Tensor, scal
 # ----------------------------------------------------------------------------- config
 @dataclass
 class TrainConfig:
-    """Training hyperparameters (see :class:`~eelsanom.detectors.cvae3d.CVAE3DDetector`)."""
+    """Training hyperparameters (see :class:`~eelsanom.detectors.cvae3d.CVAE3DDetector`).
+
+    Attributes
+    ----------
+    patch_size : int
+        Side (pixels) of the random training crops (clipped to the training region).
+    batch_size : int or None
+        Crops per step; ``None`` picks about 4096 (CUDA) or 768 (CPU) output
+        pixels per batch, at most 64 crops.
+    epochs : int
+        Maximum number of epochs.
+    steps_per_epoch : int or None
+        Optimiser steps per epoch; ``None``: enough crops to cover the training
+        pixels about once (at least 2).
+    lr : float
+        Peak learning rate of Adam's one-cycle schedule.
+    beta : float
+        Weight of the KL term in the loss.
+    beta_nll : float
+        Seitzer et al.'s beta-NLL exponent (0 = plain Gaussian NLL).
+    robust_fraction : float
+        With ``robust``, the fraction of the worst training pixels left out of
+        the loss (per batch in the first epoch, then beyond the previous epoch's
+        quantile) and trimmed from the validation mean.
+    robust : bool
+        Train robustly (for training pixels that may contain anomalies).
+    val_fraction : float
+        Fraction of the training pixels held out for validation (the caller
+        makes the split, see :func:`spatial_split`).
+    patience : int
+        Epochs without improvement of the validation criterion before stopping early.
+    min_delta : float
+        Smallest relative improvement (fraction of the best value) that counts.
+    seed : int
+        Seed of the crops and the reparameterisation noise.
+    amp : bool
+        bf16 autocast of the network on CUDA.
+    checkpoint_every : int
+        Epochs between checkpoint writes (0: only on cancellation and at the end).
+    weight_decay : float
+        Adam's weight decay.
+    prefixes : tuple of int or None
+        Matryoshka prefixes (increasing, the last = ``latent_dim``); ``None``
+        trains the usual loss (see :func:`nested_pixel_loss`).
+    """
 
     patch_size: int = 16
     batch_size: int | None = None
@@ -277,6 +421,32 @@ def spatial_split(mask: np.ndarray, fraction: float, seed: int, *, block: int | 
     Returns ``(train_mask, val_mask, val_boxes)``: ``val_boxes`` are the held-out
     blocks ``(y0, y1, x0, x1)``; ``val_mask`` is ``None`` (and no boxes) when there
     are fewer than ``min_pixels`` pixels or ``fraction == 0``.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, shape (ny, nx)
+        The training pixels.
+    fraction : float
+        Wanted fraction of them in the validation set; blocks containing
+        training pixels are added in random order until it is reached.
+    seed : int
+        Seed of the block order.
+    block : int, optional
+        Side of the square blocks (pixels); default
+        ``round(sqrt(n_pixels * fraction / 3))`` clipped to ``[2, 8]``.
+    min_pixels : int
+        No split below this many training pixels.
+
+    Returns
+    -------
+    train_mask : ndarray of bool, shape (ny, nx)
+        The training pixels outside the held-out blocks (``mask`` itself when
+        there is no split).
+    val_mask : ndarray of bool, shape (ny, nx), or None
+        The held-out training pixels; ``None`` when there is no split (also
+        when fewer than half the pixels would remain for training).
+    val_boxes : list of (y0, y1, x0, x1)
+        The held-out blocks (end-exclusive, clipped to the image).
     """
     n = int(mask.sum())
     if fraction <= 0 or n < min_pixels:
@@ -306,7 +476,19 @@ def spatial_split(mask: np.ndarray, fraction: float, seed: int, *, block: int | 
 
 
 def fingerprint(*parts: Any) -> str:
-    """SHA-1 of arrays / JSON-serialisable values (used to match checkpoints to their data)."""
+    """SHA-1 of arrays / JSON-serialisable values (used to match checkpoints to their data).
+
+    Parameters
+    ----------
+    *parts
+        ndarrays (hashed by shape, dtype and bytes) or values hashed as their
+        JSON text (keys sorted; ``str`` of anything JSON cannot encode).
+
+    Returns
+    -------
+    str
+        40 hexadecimal digits.
+    """
     h = hashlib.sha1()
     for p in parts:
         if isinstance(p, np.ndarray):
@@ -319,7 +501,18 @@ def fingerprint(*parts: Any) -> str:
 
 # ----------------------------------------------------------------------------- checkpoints
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """``torch.save`` of tensors and plain types, written atomically."""
+    """``torch.save`` of tensors and plain types, written atomically.
+
+    The state goes to a temporary file beside ``path`` that then replaces it, so
+    a reader never sees a half-written checkpoint; missing parent folders are made.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Checkpoint file.
+    state : dict
+        Tensors and plain Python values (readable with ``weights_only=True``).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -332,7 +525,19 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any] | None:
-    """Read a checkpoint (``weights_only=True``: no code runs); ``None`` when unreadable."""
+    """Read a checkpoint (``weights_only=True``: no code runs); ``None`` when unreadable.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Checkpoint file written by :func:`save_checkpoint`.
+
+    Returns
+    -------
+    dict or None
+        The saved state, tensors on the CPU; ``None`` (with a logged warning)
+        when the file cannot be read.
+    """
     try:
         return torch.load(Path(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file means "start fresh"
@@ -412,6 +617,13 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
         History: ``loss`` and ``val_nll`` per epoch (mean per-pixel negative
         ELBO, nats; averaged over the prefixes with ``cfg.prefixes``), ``best_epoch``, ``best_val``, ``epochs_run``, ``stopped_early``,
         ``resumed_from``. The model holds the best weights on return.
+
+    Raises
+    ------
+    InputError
+        When the training loss becomes non-finite (:func:`check_finite_loss`).
+    Cancelled
+        When ``progress`` returns ``False`` (after the checkpoint is written).
     """
     halo = model.halo
     h, w = train_mask.shape
@@ -581,7 +793,18 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
 
 # ----------------------------------------------------------------------------- inference
 def neighbourhood_kernel(sigma: float) -> np.ndarray:
-    """1-D Gaussian weights (sum 1) of half-width ``ceil(2 sigma)``; ``[1.]`` for sigma 0."""
+    """1-D Gaussian weights (sum 1) of half-width ``ceil(2 sigma)``; ``[1.]`` for sigma 0.
+
+    Parameters
+    ----------
+    sigma : float
+        Gaussian standard deviation, pixels (``<= 0``: the pixel alone).
+
+    Returns
+    -------
+    ndarray of shape (2 ceil(2 sigma) + 1,)
+        float64 weights, centred, summing to 1.
+    """
     if sigma <= 0:
         return np.ones(1)
     r = int(math.ceil(2.0 * sigma))
@@ -612,6 +835,23 @@ def auto_tile(n_energy: int, width: int, device: torch.device, halo: int) -> int
     Budget: a quarter of the free GPU memory, or 2 GB on the CPU; about
     ``4 (width + 24)`` bytes per voxel (network activations and the
     neighbourhood statistics).
+
+    Parameters
+    ----------
+    n_energy : int
+        Energy channels of the model.
+    width : int
+        The model's ``width`` (channels of its first energy level).
+    device : torch.device
+        Where the scoring runs (CUDA: its free memory is queried).
+    halo : int
+        Pixels of context needed on each side of a tile (network halo plus
+        neighbourhood radius).
+
+    Returns
+    -------
+    int
+        Tile side in pixels, between 16 and 4096.
     """
     per_px = 4.0 * max(n_energy, 1) * (width + 24)
     if device.type == "cuda":
@@ -628,6 +868,20 @@ def device_transform(x: torch.Tensor, transform: str, scaler: Scaler) -> torch.T
 
     The same arithmetic as :func:`eelsanom.preprocess.forward_transform` then
     :func:`to_input`, done where the data already are (the GPU) instead of in numpy.
+
+    Parameters
+    ----------
+    x : Tensor of shape (..., E)
+        Counts.
+    transform : {"anscombe", "none"}
+        Variance-stabilising transform (anything but ``"anscombe"`` applies none).
+    scaler : Scaler
+        Supplies ``mean`` and ``scale``.
+
+    Returns
+    -------
+    Tensor of shape (..., E)
+        Scaled network input, float32, on ``x``'s device.
     """
     x = x.float()
     if transform == "anscombe":
@@ -641,6 +895,16 @@ def expected_nll(sigma: torch.Tensor) -> torch.Tensor:
 
     What a pixel scores on average when its data follow the model; ``sigma``
     has shape ``(E, h, w)``, the result ``(h, w)``.
+
+    Parameters
+    ----------
+    sigma : Tensor of shape (E, h, w)
+        Predicted standard deviations (Anscombe units).
+
+    Returns
+    -------
+    Tensor of shape (h, w)
+        Expected NLL per pixel, nats.
     """
     return (0.5 + torch.log(sigma) + 0.5 * LOG_2PI).sum(0)
 
@@ -817,9 +1081,26 @@ def score_cube(model: CVAE3D, read: Callable[[slice, slice], np.ndarray], ny: in
 
 
 def outlier_level(excess: torch.Tensor, median: float, step: float) -> torch.Tensor:
-    """How much of an outlier each pixel is by itself, from ``u = (excess - median) / step``:
+    """How much of an outlier each pixel is by itself: level 0, 1 or 2.
+
+    From ``u = (excess - median) / step``:
     0 for ``u <= 1``, 1 for ``u`` in (1, 2], 2 above (so that pooling needs at most three
-    passes: pixels at level 2 pool every neighbour)."""
+    passes: pixels at level 2 pool every neighbour).
+
+    Parameters
+    ----------
+    excess : Tensor of shape (h, w)
+        Each pixel's own NLL minus its expectation under the model (nats).
+    median : float
+        Median excess of the training pixels.
+    step : float
+        Width of one level (``inf``: every pixel is at level 0).
+
+    Returns
+    -------
+    Tensor of shape (h, w)
+        The levels 0., 1. or 2., same dtype as ``excess``.
+    """
     u = (excess - median) / step
     return (u > 1.0).to(u.dtype) + (u > 2.0).to(u.dtype)
 
@@ -877,7 +1158,18 @@ def _neighbourhood_nll(dev: torch.Tensor, v: torch.Tensor, kl: torch.Tensor, lev
 
 
 def check_finite_loss(value: float) -> None:
-    """Refuse a non-finite training loss with a message that says what to try."""
+    """Refuse a non-finite training loss with a message that says what to try.
+
+    Parameters
+    ----------
+    value : float
+        An epoch's mean training loss.
+
+    Raises
+    ------
+    InputError
+        When ``value`` is NaN or infinite (training diverged).
+    """
     if not np.isfinite(value):
         raise InputError("3D-CVAE training diverged (non-finite loss); lower lr or check the data "
                          "for extreme values.")

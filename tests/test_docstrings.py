@@ -43,7 +43,6 @@ PENDING = {
     "eelsanom.io",
     "eelsanom.latent",
     "eelsanom.latent.ensembles",
-    "eelsanom.latent.matryoshka",
     "eelsanom.latent.report",
     "eelsanom.nn",
     "eelsanom.stream",

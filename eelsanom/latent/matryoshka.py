@@ -71,16 +71,58 @@ class LinearNestedAE:
     losses: list[float] = field(default_factory=list)
 
     def encode(self, x: Any) -> np.ndarray:
-        """Codes ``(n, d)`` of data ``(n, D)``."""
+        """Codes ``(n, d)`` of data ``(n, D)``.
+
+        Parameters
+        ----------
+        x : array of shape (n, D) or (ny, nx, D)
+            Data in the units the model was fitted on (at least 2 rows; an image
+            is flattened row-major).
+
+        Returns
+        -------
+        ndarray of shape (n, d)
+            ``(x - mean) @ encoder``.
+
+        Raises
+        ------
+        InputError
+            When ``x`` is not a finite 2-D/3-D array of at least 2 rows.
+        """
         return (_data(x) - self.mean) @ self.encoder
 
     def reconstruct(self, x: Any, m: int | None = None) -> np.ndarray:
-        """Reconstruction ``(n, D)`` from the first ``m`` codes (default all)."""
+        """Reconstruction ``(n, D)`` from the first ``m`` codes (default all).
+
+        Parameters
+        ----------
+        x : array of shape (n, D) or (ny, nx, D)
+            Data, as for :meth:`encode`.
+        m : int, optional
+            Prefix size: number of leading codes used (default all ``d``).
+
+        Returns
+        -------
+        ndarray of shape (n, D)
+            ``mean + z[:, :m] @ decoder[:m]``.
+        """
         z = self.encode(x)[:, :m]
         return self.mean + z @ self.decoder[:m]
 
     def prefix_subspace(self, m: int) -> np.ndarray:
-        """Orthonormal basis ``(D, m)`` of the span of the first ``m`` decoder rows."""
+        """Orthonormal basis ``(D, m)`` of the span of the first ``m`` decoder rows.
+
+        Parameters
+        ----------
+        m : int
+            Prefix size, ``1 <= m <= d``.
+
+        Returns
+        -------
+        ndarray of shape (D, m)
+            Orthonormal columns (QR of ``decoder[:m].T``), for
+            :func:`principal_angles` against PCA's first ``m`` components.
+        """
         q, _ = np.linalg.qr(self.decoder[:m].T)
         return q
 
@@ -164,6 +206,17 @@ def principal_angles(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     Parameters
     ----------
     a, b : ndarray of shape (D, p), (D, q)
+        Bases (columns need not be orthonormal) of two subspaces of the same space.
+
+    Returns
+    -------
+    ndarray of shape (min(p, q),)
+        The angles in radians, largest first (:func:`scipy.linalg.subspace_angles`).
+
+    Raises
+    ------
+    InputError
+        When ``a`` and ``b`` are not 2-D with the same number of rows.
     """
     from scipy.linalg import subspace_angles  # noqa: PLC0415
 
@@ -184,6 +237,13 @@ def _pca(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def pca_prefix_errors(x: Any, prefixes: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """Optimal rank-``m`` reconstruction errors (Eckart-Young) and PCA's basis.
 
+    Parameters
+    ----------
+    x : array of shape (n, D) or (ny, nx, D)
+        Data (at least 2 rows).
+    prefixes : sequence of int, optional
+        Prefix sizes ``m`` in ``1..min(n, D)`` (default all of them).
+
     Returns
     -------
     errors : ndarray of shape (len(prefixes),)
@@ -192,6 +252,11 @@ def pca_prefix_errors(x: Any, prefixes: Any = None) -> tuple[np.ndarray, np.ndar
         attain it for every ``m`` at once.
     components : ndarray of shape (D, min(n, D))
         Principal directions, by decreasing variance.
+
+    Raises
+    ------
+    InputError
+        When ``x`` is not valid data or a prefix is outside ``1..min(n, D)``.
     """
     data = _data(x)
     _, lam, comps = _pca(data)
@@ -252,11 +317,29 @@ class PrefixCurve:
         return int(self.prefixes[np.nonzero(self.auc >= 0.99 * best)[0][0]])
 
     def rows(self) -> list[dict[str, float]]:
+        """One dict per prefix (``prefix``, ``auc``, ``mean_nll``, ``median_nll``), for tables.
+
+        Returns
+        -------
+        list of dict of str to float
+            Plain Python numbers (``prefix`` an int), in the order of ``prefixes``.
+        """
         return [{"prefix": int(p), "auc": float(a), "mean_nll": float(m), "median_nll": float(md)}
                 for p, a, m, md in zip(self.prefixes, self.auc, self.mean_nll, self.median_nll)]
 
     def plot(self, ax: Any = None) -> Any:
-        """AUC (or the median NLL without truth) vs prefix size; returns the Figure."""
+        """AUC (or the median NLL without truth) vs prefix size; returns the Figure.
+
+        Parameters
+        ----------
+        ax : matplotlib.axes.Axes, optional
+            Axes to draw on (default: a new figure, no pyplot state).
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+            The figure holding the plot.
+        """
         from ._plot import new_axes  # noqa: PLC0415
 
         fig, ax = new_axes(ax)
@@ -278,6 +361,25 @@ def latent_prefix_scorer(z: Any, reference: Any = None) -> Callable[[int], np.nd
     Scores each pixel by the squared Mahalanobis distance of its first ``m``
     codes (see :func:`~eelsanom.latent.quantize.latent_anomaly_score`). Use it when
     the decoder is not at hand; with it, pass the detector's own prefix scorer.
+
+    Parameters
+    ----------
+    z : AnomalyResult or array of shape (n, d) / (ny, nx, d)
+        Latent codes (an array or torch tensor, or a result's ``.latent``).
+    reference : array of bool, shape (n,) or (ny, nx), optional
+        Pixels defining "normal" (default: all).
+
+    Returns
+    -------
+    callable
+        ``scorer(m)`` -> ndarray of shape (ny, nx) (or (n,) for codes given as
+        a matrix): the squared Mahalanobis distance of the first ``m`` codes.
+
+    Raises
+    ------
+    InputError
+        When ``z`` is not valid latent codes (raised at once; ``reference`` is
+        checked when the scorer is called).
     """
     from .quantize import latent_anomaly_score  # noqa: PLC0415
 

@@ -58,6 +58,7 @@ class SeedEnsemble:
     cka : ndarray of shape (n_seeds, n_seeds)
         Linear CKA between the seeds' latents (NaN without latents).
     n_seeds : int
+        Number of seeds (maps) combined.
     """
 
     mean_nll: np.ndarray
@@ -69,7 +70,13 @@ class SeedEnsemble:
     n_seeds: int
 
     def plot(self) -> Any:
-        """Mean-NLL and disagreement maps side by side; returns the matplotlib Figure."""
+        """Mean-NLL and disagreement maps side by side; returns the matplotlib Figure.
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+            A new two-panel figure (no pyplot state): ``mean_nll`` and ``disagreement``.
+        """
         from ._plot import image, new_figure  # noqa: PLC0415
 
         fig = new_figure(size=(10.5, 4.2))

@@ -42,7 +42,6 @@ PENDING = {
     "eelsanom.detectors.rx",
     "eelsanom.io",
     "eelsanom.latent",
-    "eelsanom.latent.report",
     "eelsanom.nn",
     "eelsanom.stream",
 }

@@ -30,7 +30,27 @@ _SUMMARY_SUFFIX = "_summary.json"
 
 
 def find_stem(run_dir: str | os.PathLike, stem: str | None = None) -> str:
-    """The output stem of a run folder, from its ``<stem>_summary.json``."""
+    """The output stem of a run folder, from its ``<stem>_summary.json``.
+
+    Parameters
+    ----------
+    run_dir : str or os.PathLike
+        Folder written by ``eelsanom detect --out`` (``~`` is expanded).
+    stem : str, optional
+        The run to pick when the folder holds several (default: the only one).
+
+    Returns
+    -------
+    str
+        The stem: ``<stem>_summary.json`` exists in ``run_dir``.
+
+    Raises
+    ------
+    InputError
+        When ``run_dir`` is not a folder, holds no ``*_summary.json``, holds no
+        ``<stem>_summary.json`` for the given ``stem``, or holds several runs and
+        ``stem`` is not given.
+    """
     d = Path(run_dir).expanduser()
     if not d.is_dir():
         raise InputError(f"{d}: expected a run folder written by `eelsanom detect --out`, found "

@@ -37,7 +37,6 @@ PENDING = {
     "eelsanom.batch",
     "eelsanom.cli",
     "eelsanom.detectors.base",
-    "eelsanom.detectors.cvae3d",
     "eelsanom.detectors.pca",
     "eelsanom.detectors.rx",
     "eelsanom.io",

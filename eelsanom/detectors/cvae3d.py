@@ -710,11 +710,25 @@ class CVAE3DDetector(BaseDetector):
         Parameters
         ----------
         si : SpectrumImage, HyperSpy EELS signal or ndarray (ny, nx, n_energy)
+            Data to score (counts), on the fitted energy axis or a wider one.
         progress : callable, optional
+            Receives :class:`~eelsanom.progress.ProgressEvent`; return ``False`` to cancel.
 
         Returns
         -------
         list of AnomalyResult
+            One per member, in seed order; ``nll`` of shape ``(ny, nx)``.
+
+        Raises
+        ------
+        NotFittedError
+            When the detector has not been fitted.
+        EnergyAxisMismatch
+            When ``si`` does not contain the fitted energy window on the same grid.
+        InputError
+            When ``si`` is not a valid spectrum image.
+        Cancelled
+            When ``progress`` returns ``False``.
         """
         from .. import scoring
 
@@ -750,6 +764,7 @@ class CVAE3DDetector(BaseDetector):
         Parameters
         ----------
         si : SpectrumImage, HyperSpy EELS signal or ndarray (ny, nx, n_energy)
+            Data to score (counts), on the fitted energy axis or a wider one.
         kind : {"score", "recon_nll"}
             The anomaly score, or the pixel's own reconstruction NLL (no KL, no
             neighbourhood).
@@ -759,6 +774,16 @@ class CVAE3DDetector(BaseDetector):
         PrefixScorer
             Callable ``m -> ndarray (ny, nx)``; ``.prefixes`` are the trained
             prefixes (nested) or ``1..latent_dim``.
+
+        Raises
+        ------
+        InputError
+            When ``kind`` is not one of the two or ``si`` is not a valid spectrum
+            image; the scorer raises it for ``m`` outside ``1..latent_dim``.
+        NotFittedError
+            When the detector has not been fitted.
+        EnergyAxisMismatch
+            When ``si`` does not contain the fitted energy window on the same grid.
         """
         if kind not in ("score", "recon_nll"):
             raise InputError(f"kind: expected 'score' or 'recon_nll', found {kind!r}.")

@@ -63,10 +63,10 @@ __all__ = ["STREAM_ENV", "BLOCK_VALUES", "TRAIN_VALUES", "stream_threshold_bytes
 
 #: environment variable: stream cubes larger than this many bytes (overrides the RAM rule)
 STREAM_ENV = "EELSANOM_STREAM_BYTES"
-#: default values (pixels x channels) per streamed block: 64 MiB of float32
-BLOCK_VALUES = 1 << 24
-#: default cap on the values gathered for training: 128 MiB of float32 spectra
-TRAIN_VALUES = 1 << 25
+#: default values (pixels x channels) per streamed block: 32 MiB of float32
+BLOCK_VALUES = 1 << 23
+#: default cap on the values gathered for training: 64 MiB of float32 spectra
+TRAIN_VALUES = 1 << 24
 
 
 # ----------------------------------------------------------------------------- when to stream
@@ -146,7 +146,7 @@ def plan_blocks(nav_shape: tuple[int, int], n_energy: int, *, chunk_pixels: int 
     nav_shape : (ny, nx)
     n_energy : int
     chunk_pixels : int, optional
-        Pixels per block; default ``BLOCK_VALUES // n_energy`` (64 MiB of float32).
+        Pixels per block; default ``BLOCK_VALUES // n_energy`` (32 MiB of float32).
     chunks : dask ``.chunks`` of the data, optional
     context : int
         The detector's ``score_context``.
@@ -245,7 +245,7 @@ def fit_streaming(detector: Any, si: Any, train_mask: Any = None, *,
     si : SpectrumImage (numpy or dask data)
     train_mask : ndarray of bool, shape (ny, nx), optional
     max_train_pixels : int, optional
-        Default ``TRAIN_VALUES // n_energy`` (128 MiB of float32 spectra).
+        Default ``TRAIN_VALUES // n_energy`` (64 MiB of float32 spectra).
     chunk_pixels : int, optional
         Pixels read at once (see :func:`plan_blocks`).
     seed : int
@@ -424,7 +424,7 @@ def score_streaming(detector: Any, si: Any, *, out: str | os.PathLike | None = N
     stem : str, optional
         File-name stem; default the input file's name (or ``"result"``).
     chunk_pixels : int, optional
-        Pixels per block (see :func:`plan_blocks`); default 64 MiB of spectra per block.
+        Pixels per block (see :func:`plan_blocks`); default 32 MiB of spectra per block.
         Resident memory is about this block plus its ``score_context`` halo, plus
         the detector's working memory for it (the 3D-CVAE's ``tile_size`` bounds that).
     protect : iterable of paths

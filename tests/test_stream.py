@@ -83,9 +83,9 @@ def test_pca_rx_streamed_equal_eager(sim, method, chunk_pixels):
 def test_cvae_streamed_equal_eager_with_context(sim, cvae):
     assert cvae.score_context == 22  # 2 conv layers + the 10-px-sigma background kernel
     eager = cvae.score(sim.si)
-    # blocks of 12 x 10 pixels, each needs context from far outside it
-    res = score_streaming(cvae, lazy(sim.si, (4, 5, -1)), chunk_pixels=200)
-    assert res.info["streaming"]["block_shape"] == [12, 10]
+    # blocks of 16 x 15 and 16 x 6 pixels, each needs context from outside it
+    res = score_streaming(cvae, lazy(sim.si, (4, 5, -1)), chunk_pixels=300)
+    assert res.info["streaming"]["block_shape"] == [16, 15]
     assert_same(eager, res)
     ls = line_scan(sim.si, 7)
     assert_same(cvae.score(ls), score_streaming(cvae, lazy(ls, (1, 5, -1)), chunk_pixels=5))
@@ -175,7 +175,7 @@ def test_plan_blocks_cover_once_and_follow_chunks():
     assert plan_blocks((1, 1000), 10, chunk_pixels=64)[:2] == (1, 64)
     assert plan_blocks((30, 40), 10, chunk_pixels=100)[:2] == (2, 40)  # whole rows
     assert plan_blocks((30, 40), 10, chunk_pixels=100, context=5)[:2] == (10, 10)  # squares
-    assert plan_blocks((30, 40), 1 << 16)[:2] == (6, 40)  # default: 64 MiB of float32
+    assert plan_blocks((30, 40), 1 << 16)[:2] == (3, 40)  # default: 32 MiB of float32
 
 
 def test_should_stream_threshold(monkeypatch, sim):

@@ -178,6 +178,16 @@ def _detector_params(args: argparse.Namespace) -> dict[str, Any]:
                 p[k] = v
         if args.patch is not None:
             p["patch_size"] = args.patch
+        if getattr(args, "n_seeds", None) is not None:
+            p["n_seeds"] = args.n_seeds
+        nested = getattr(args, "nested_latent", None)
+        if nested is not None:
+            try:
+                p["nested_prefixes"] = ("all" if nested.strip().lower() == "all"
+                                        else [int(t) for t in nested.split(",") if t.strip()])
+            except ValueError:
+                raise InputError(f"--nested-latent: expected 'all' or comma-separated prefix "
+                                 f"sizes such as 1,2,4,8, found {nested!r}.") from None
     return p
 
 
@@ -188,10 +198,41 @@ def _build_detector(args: argparse.Namespace):
 
 
 def _load_input(args: argparse.Namespace, path: str):
+    """Load ``path`` eagerly, or lazily to be streamed: with ``--lazy``, or (no ``--lazy`` /
+    ``--no-lazy``) when :func:`eelsanom.stream.should_stream` says the cube is too large."""
     from .io import load_spectrum_image
 
-    return load_spectrum_image(path, lazy=getattr(args, "lazy", False),
-                               signal=getattr(args, "signal", None))
+    lazy, signal = getattr(args, "lazy", None), getattr(args, "signal", None)
+    if lazy is False:
+        return load_spectrum_image(path, lazy=False, signal=signal)
+    if lazy:
+        si = load_spectrum_image(path, lazy=True, signal=signal)
+        log.info("streaming %s block by block: --lazy given", Path(path).name)
+        return si
+    from .stream import should_stream
+
+    try:
+        si = load_spectrum_image(path, lazy=True, signal=signal)
+    except InputError:  # e.g. a format without lazy reading: the eager load says what is wrong
+        return load_spectrum_image(path, lazy=False, signal=signal)
+    stream, why = should_stream(si)
+    if stream:
+        log.info("streaming %s block by block: %s (--no-lazy loads it whole)", Path(path).name,
+                 why)
+        return si
+    return load_spectrum_image(path, lazy=False, signal=signal)
+
+
+def _score(det, si, args: argparse.Namespace, stem: str, bar):
+    """``det.score(si)``, or block by block when ``si`` is lazy (``.zspy`` maps written as
+    they are scored when ``zspy`` is among ``--formats``)."""
+    if not si.is_lazy:
+        return det.score(si, progress=bar)
+    from .stream import score_streaming
+
+    fmts = {f.strip().lower().lstrip(".") for f in args.formats.split(",")}
+    return score_streaming(det, si, out=Path(args.out) if "zspy" in fmts else None, stem=stem,
+                           protect=[si.source] if si.source else [], progress=bar)
 
 
 def _stem(path: str) -> str:
@@ -208,8 +249,16 @@ def _write_outputs(result, si, out: Path, stem: str, args: argparse.Namespace,
     from .io import save_result, write_json
 
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    streamed = {k: Path(v) for k, v in (result.info.get("outputs") or {}).items()}
+    if streamed:  # written block by block by eelsanom.stream.score_streaming
+        formats = tuple(f for f in formats if f.lower().lstrip(".") != "zspy")
     paths = save_result(result, out, stem=stem, formats=formats,
                         protect=[si.source] if si.source else [])
+    paths.update(streamed)
+    for name in ("seed_disagreement", "seed_std_nll"):  # seed ensembles (3D-CVAE --n-seeds)
+        if name in result.maps:  # read back by `eelsanom latent` (eelsanom.latent.report)
+            np.save(out / f"{stem}_{name}.npy", np.asarray(result.maps[name], np.float32))
+            paths[f"{name}_npy"] = out / f"{stem}_{name}.npy"
     summary: dict[str, Any] = {
         "eelsanom_version": __version__,
         "input": si.source,
@@ -226,6 +275,7 @@ def _write_outputs(result, si, out: Path, stem: str, args: argparse.Namespace,
         "nll_stats": {"min": float(np.min(result.nll)), "median": float(np.median(result.nll)),
                       "max": float(np.max(result.nll))},
         "timings_s": result.timings,
+        **({"streaming": result.info["streaming"]} if "streaming" in result.info else {}),
         "outputs": {k: str(v) for k, v in paths.items()},
     }
     summary.update(extra)
@@ -259,8 +309,13 @@ def _fit(args: argparse.Namespace, *, score: bool):
     det = _build_detector(args)
     bar = _Bar(args.quiet)
     try:
-        det.fit(si, mask, progress=bar)
-        result = det.score(si, progress=bar) if score else None
+        if si.is_lazy:  # never reads the whole cube (eelsanom.stream)
+            from .stream import fit_streaming
+
+            fit_streaming(det, si, mask, seed=args.seed, progress=bar)
+        else:
+            det.fit(si, mask, progress=bar)
+        result = _score(det, si, args, _stem(args.input), bar) if score else None
     finally:
         bar.close()
     return si, mask, det, result
@@ -307,7 +362,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
             si = _load_input(args, path)
             bar = _Bar(args.quiet)
             try:
-                result = det.score(si, progress=bar)
+                result = _score(det, si, args, stem, bar)
             finally:
                 bar.close()
             summary = _write_outputs(result, si, out, stem, args, {"model": str(args.model)})
@@ -382,7 +437,11 @@ def cmd_gui(args: argparse.Namespace) -> int:
 def _add_common_io(p: argparse.ArgumentParser) -> None:
     p.add_argument("--signal", type=int, default=None, metavar="INDEX",
                    help="which signal to use in a file holding several (see `eelsanom info FILE`)")
-    p.add_argument("--lazy", action="store_true", help="load lazily (dask) instead of into memory")
+    p.add_argument("--lazy", action=argparse.BooleanOptionalAction, default=None,
+                   help="stream the file block by block (read lazily with dask; memory bounded "
+                        "by the block, not the file). Default: streams when the cube is larger "
+                        "than a quarter of the available memory (or $EELSANOM_STREAM_BYTES "
+                        "bytes); --no-lazy always loads it whole")
 
 
 def _add_training(p: argparse.ArgumentParser) -> None:
@@ -407,6 +466,12 @@ def _add_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patch", type=int, default=None, help="3D-CVAE: training crop size (pixels)")
     p.add_argument("--beta", type=float, default=None, help="3D-CVAE: KL weight")
     p.add_argument("--lr", type=float, default=None, help="3D-CVAE: learning rate")
+    p.add_argument("--n-seeds", type=int, default=None,
+                   help="3D-CVAE: train a seed ensemble of N networks (seeds SEED..SEED+N-1); "
+                        "the map is their mean, plus a seed-disagreement map")
+    p.add_argument("--nested-latent", nargs="?", const="all", default=None, metavar="PREFIXES",
+                   help="3D-CVAE: Matryoshka nested latents; optional comma-separated prefix "
+                        "sizes (default: all, 1..latent-dim)")
 
 
 def _add_global(p: argparse.ArgumentParser, default: Any) -> None:
@@ -510,6 +575,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", nargs="?", default=None,
                    help="spectrum image to open (default: the bundled simulated sample)")
     p.set_defaults(func=cmd_gui)
+
+    from .batch import add_parser as add_batch_parser  # ``batch``: many files on Dask
+
+    add_batch_parser(sub)
     return ap
 
 

@@ -383,7 +383,8 @@ def _worker_gpu(n_gpus: int) -> str | None:
 
 
 def process_file(path: str, folder: str, name: str, *, model: str, model_sha256: str,
-                 settings: dict[str, Any], lazy: bool = False, torch_threads: int | None = None,
+                 settings: dict[str, Any], lazy: bool | None = None,
+                 torch_threads: int | None = None,
                  local_gpus: int = 0) -> dict[str, Any]:
     """Score one file with the model and write its outputs; never raises for a bad file.
 
@@ -401,8 +402,9 @@ def process_file(path: str, folder: str, name: str, *, model: str, model_sha256:
         Model file and its hash (recorded in ``done.json``).
     settings : dict
         ``threshold`` (None: the model's rule), ``signal``, ``formats``, ``device``.
-    lazy : bool
-        Load the input lazily (dask); the scoring path is the same.
+    lazy : bool, optional
+        True: stream the file block by block (:mod:`eelsanom.stream`); False: load it
+        whole; None: stream when it is larger than a quarter of the free memory.
     torch_threads : int, optional
         Limit torch's intra-op threads (one-thread workers).
     local_gpus : int
@@ -437,8 +439,8 @@ def process_file(path: str, folder: str, name: str, *, model: str, model_sha256:
                 torch.set_num_threads(int(torch_threads))
             from types import SimpleNamespace
 
-            from .cli import _write_outputs
-            from .io import _remove, load_spectrum_image, write_json
+            from .cli import _load_input, _score, _write_outputs
+            from .io import _remove, write_json
 
             _remove(out / DONE_NAME)  # the folder is incomplete until done.json is back
             fp = _fingerprint(Path(path))
@@ -450,10 +452,13 @@ def process_file(path: str, folder: str, name: str, *, model: str, model_sha256:
                 dev = _worker_gpu(local_gpus)
             if dev is not None and "device" in det.get_params():
                 det.set_params(device=dev)
-            si = load_spectrum_image(path, lazy=lazy, signal=settings.get("signal"))
-            result = det.score(si)
-            summary = _write_outputs(result, si, out, name,
-                                     SimpleNamespace(formats=settings["formats"]),
+            # eager, or streamed block by block (--lazy, or automatically for a cube larger
+            # than a quarter of the worker's free memory): the same path as `apply`
+            opts = SimpleNamespace(formats=settings["formats"], lazy=lazy,
+                                   signal=settings.get("signal"))
+            si = _load_input(opts, path)
+            result = _score(det, si, opts, name, None, out=out)
+            summary = _write_outputs(result, si, out, name, opts,
                                      {"model": model, "model_sha256": model_sha256})
             c = summary["counts"]
             rec.update(status="done", n_pixels=int(c["pixels"]), n_flagged=int(c["flagged"]),
@@ -543,8 +548,8 @@ def run_batch(inputs: Iterable[str | os.PathLike], model: str | os.PathLike,
               out: str | os.PathLike, *, workers: int | None = None,
               scheduler: str | None = None, client: Any = None, force: bool = False,
               threshold: str | float | None = None, signal: int | None = None,
-              device: str | None = None, formats: str | Sequence[str] = "hspy,png",
-              lazy: bool = False, progress: ProgressCallback | None = None) -> BatchSummary:
+              device: str | None = None, formats: str | Sequence[str] | None = None,
+              lazy: bool | None = None, progress: ProgressCallback | None = None) -> BatchSummary:
     """Score every input with ``model``, one Dask task per file; see the module docstring.
 
     Parameters
@@ -573,10 +578,12 @@ def run_batch(inputs: Iterable[str | os.PathLike], model: str | os.PathLike,
         Which signal of multi-signal files.
     device : str, optional
         Override the model's torch device (``cpu``, ``cuda``, ...).
-    formats : str or sequence of str
-        Map formats (``hspy``, ``zspy``, ``png``, ``tiff``).
-    lazy : bool
-        Load each input lazily (passed to the per-file task).
+    formats : str or sequence of str, optional
+        Map formats (``hspy``, ``zspy``, ``png``, ``tiff``); None: ``hspy,png``, plus
+        ``zspy`` written block by block for a streamed file.
+    lazy : bool, optional
+        Stream each input block by block (True), load it whole (False), or decide per
+        file by its size against the worker's free memory (None).
     progress : callable, optional
         Receives a :class:`~eelsanom.progress.ProgressEvent` (stage ``"batch"``,
         step = files finished, total = files) as files finish, with ``message`` set
@@ -616,8 +623,8 @@ def run_batch(inputs: Iterable[str | os.PathLike], model: str | os.PathLike,
         parse_threshold(threshold)
         threshold = str(threshold)
     n_gpus = _cuda_gpus(params, device) if scheduler is None and client is None else 0
-    fmts = ",".join(_normalise_formats(formats.split(",") if isinstance(formats, str)
-                                       else formats))
+    fmts = None if formats is None else ",".join(  # None: hspy,png (+ zspy when streamed)
+        _normalise_formats(formats.split(",") if isinstance(formats, str) else formats))
     out_p = Path(out).expanduser().absolute()
     files, missing = expand_inputs(inputs, exclude=[out_p])
     if not files:
@@ -763,7 +770,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="override the model's device (cpu | cuda)")
     p.add_argument("--signal", type=int, default=None, metavar="INDEX",
                    help="which signal in files holding several")
-    p.add_argument("--formats", default="hspy,png", help="map formats: hspy,zspy,tiff,png")
+    p.add_argument("--formats", default=None,
+                   help="map formats, comma-separated from hspy,zspy,tiff,png (default: "
+                        "hspy,png; zspy,hspy,png for a streamed file)")
+    p.add_argument("--lazy", action=argparse.BooleanOptionalAction, default=None,
+                   help="stream each file block by block (default: when the cube is larger "
+                        "than a quarter of the worker's free memory or $EELSANOM_STREAM_BYTES)")
     p.set_defaults(func=main)
     return p
 
@@ -797,7 +809,7 @@ def main(args: argparse.Namespace) -> int:
         s = run_batch(args.inputs, args.model, args.out, workers=args.workers,
                       scheduler=args.scheduler, force=args.force, threshold=args.threshold,
                       signal=args.signal, device=args.device, formats=args.formats,
-                      progress=progress)
+                      lazy=args.lazy, progress=progress)
     finally:
         if bar is not None:
             bar.close()

@@ -223,15 +223,25 @@ def _load_input(args: argparse.Namespace, path: str):
     return load_spectrum_image(path, lazy=False, signal=signal)
 
 
-def _score(det, si, args: argparse.Namespace, stem: str, bar):
-    """``det.score(si)``, or block by block when ``si`` is lazy (``.zspy`` maps written as
-    they are scored when ``zspy`` is among ``--formats``)."""
+def _formats(args: argparse.Namespace, si) -> tuple[str, ...]:
+    """The map formats to write: ``--formats``, or by default ``hspy,png``, plus ``zspy``
+    (written block by block as it is scored) when ``si`` is streamed."""
+    spec = getattr(args, "formats", None)
+    if spec is None:
+        spec = "zspy,hspy,png" if si.is_lazy else "hspy,png"
+    return tuple(f.strip() for f in spec.split(",") if f.strip())
+
+
+def _score(det, si, args: argparse.Namespace, stem: str, bar, out: Path | None = None):
+    """``det.score(si)``, or block by block when ``si`` is lazy (``.zspy`` maps written to
+    ``out`` (default ``--out``) as they are scored when ``zspy`` is among the formats)."""
     if not si.is_lazy:
         return det.score(si, progress=bar)
     from .stream import score_streaming
 
-    fmts = {f.strip().lower().lstrip(".") for f in args.formats.split(",")}
-    return score_streaming(det, si, out=Path(args.out) if "zspy" in fmts else None, stem=stem,
+    fmts = {f.lower().lstrip(".") for f in _formats(args, si)}
+    out = Path(out if out is not None else args.out)
+    return score_streaming(det, si, out=out if "zspy" in fmts else None, stem=stem,
                            protect=[si.source] if si.source else [], progress=bar)
 
 
@@ -248,7 +258,7 @@ def _write_outputs(result, si, out: Path, stem: str, args: argparse.Namespace,
                    extra: dict[str, Any]) -> dict[str, Any]:
     from .io import save_result, write_json
 
-    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    formats = _formats(args, si)
     streamed = {k: Path(v) for k, v in (result.info.get("outputs") or {}).items()}
     if streamed:  # written block by block by eelsanom.stream.score_streaming
         formats = tuple(f for f in formats if f.lower().lstrip(".") != "zspy")
@@ -504,7 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model-out", help="also save the trained model here (.h5)")
-    p.add_argument("--formats", default="hspy,png", help="map formats: hspy,zspy,tiff,png")
+    p.add_argument("--formats", default=None,
+                   help="map formats, comma-separated from hspy,zspy,tiff,png (default: "
+                        "hspy,png; zspy,hspy,png when the file is streamed)")
     p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("train", help="train a detector and save the model")
@@ -524,7 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None,
                    help="auto | cpu | cuda | cuda:N | mps (default: as saved, or auto)")
     p.add_argument("--out", required=True)
-    p.add_argument("--formats", default="hspy,png")
+    p.add_argument("--formats", default=None,
+                   help="map formats, comma-separated from hspy,zspy,tiff,png (default: "
+                        "hspy,png; zspy,hspy,png when the file is streamed)")
     p.set_defaults(func=cmd_apply)
 
     p = sub.add_parser("simulate", help="write a simulated spectrum image with ground truth")

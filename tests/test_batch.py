@@ -269,6 +269,26 @@ def test_rerun_skips_complete_files_and_force_redoes_them(data, first_batch, loo
     assert all(after[p] > before[p] for p in before if p.endswith(DONE_NAME))
 
 
+def test_streamed_batch_gives_the_eager_maps_and_zspy_stores(data, loopback_scheduler,
+                                                              tmp_path):
+    """``lazy=True``: each file is streamed block by block (eelsanom.stream); the maps equal
+    the serial eager ones and, by default, the NLL map is also written as a ``.zspy`` store."""
+    out = tmp_path / "out"
+    s = run_batch([data["dir"] / rel for rel in GOOD], data["model"], out,
+                  scheduler=loopback_scheduler, lazy=True)
+    assert s.ok and s.counts["done"] == len(GOOD)
+    from eelsanom.io import load_result_maps
+
+    for r in s.records:
+        folder = Path(r.output)
+        assert (folder / f"{r.name}_nll.zspy").is_dir() and (folder / f"{r.name}_nll.hspy").exists()
+        rel = str(Path(r.input).relative_to(data["dir"]))
+        maps = load_result_maps(folder, r.name)
+        np.testing.assert_allclose(maps["nll"], data["ref"][rel], rtol=1e-4, atol=1e-3)
+        summary = json.loads((folder / f"{r.name}_summary.json").read_text())
+        assert "streaming" in summary  # recorded by the streamed path
+
+
 def test_cancelling_keeps_the_finished_files(data, loopback_scheduler, tmp_path):
     out = tmp_path / "out"
 

@@ -259,3 +259,9 @@ def test_cli_detect_lazy_and_auto_stream_match_eager(sim, tmp_path):
     for path in (tmp_path / "auto" / "sim_nll.zspy", tmp_path / "auto" / "sim_nll.hspy",
                  tmp_path / "applied" / "sim_nll.zspy"):
         np.testing.assert_allclose(np.asarray(hs.load(path).data), ref, rtol=1e-6)
+    # default formats: hspy and png, plus the .zspy stores written block by block when streamed
+    r = run_cli("apply", str(tmp_path / "pca.h5"), str(src), "--lazy",
+                "--out", str(tmp_path / "default"), "-q")
+    assert r.returncode == 0, r.stderr
+    names = {p.name for p in (tmp_path / "default").iterdir()}
+    assert {"sim_nll.zspy", "sim_mask.zspy", "sim_nll.hspy", "sim_nll.png"} <= names, names

@@ -72,7 +72,18 @@ TRAIN_VALUES = 1 << 24
 # ----------------------------------------------------------------------------- when to stream
 def stream_threshold_bytes() -> int:
     """Cube size (bytes) above which eelsanom streams: ``$EELSANOM_STREAM_BYTES``, else a
-    quarter of the available memory (``psutil.virtual_memory().available``)."""
+    quarter of the available memory (``psutil.virtual_memory().available``).
+
+    Returns
+    -------
+    int
+        Threshold in bytes (a float32 cube larger than this is streamed).
+
+    Raises
+    ------
+    InputError
+        When ``$EELSANOM_STREAM_BYTES`` is set but is not a number, or is negative.
+    """
     env = os.environ.get(STREAM_ENV, "").strip()
     if env:
         try:
@@ -104,6 +115,7 @@ def should_stream(si: SpectrumImage, *, threshold_bytes: int | None = None) -> t
     Returns
     -------
     (bool, str)
+        Whether to stream, and the sizes and rule behind the decision (for the log).
     """
     ny, nx, ne = si.shape
     size = 4 * ny * nx * ne

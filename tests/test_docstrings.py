@@ -37,12 +37,8 @@ PENDING = {
     "eelsanom.batch",
     "eelsanom.cli",
     "eelsanom.detectors.base",
-    "eelsanom.detectors.pca",
     "eelsanom.detectors.rx",
     "eelsanom.io",
-    "eelsanom.latent",
-    "eelsanom.nn",
-    "eelsanom.stream",
 }
 
 # argparse command handlers take the parsed ``argparse.Namespace`` and return an

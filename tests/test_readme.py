@@ -11,8 +11,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_readme_python_example_runs(tmp_path, monkeypatch):
     text = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert blocks, "README has no Python example"
+    assert "## Python API" in text, "README has no Python API section"
+    section = text.split("## Python API", 1)[1]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert blocks, "README's Python API section has no example"
     code = blocks[0].replace('"sample_data/', f'"{ROOT.as_posix()}/sample_data/')
     monkeypatch.chdir(tmp_path)  # det.save("pca.h5") lands in tmp, not in the checkout
     ns: dict = {}

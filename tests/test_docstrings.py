@@ -37,7 +37,6 @@ PENDING = {
     "eelsanom.batch",
     "eelsanom.cli",
     "eelsanom.detectors.base",
-    "eelsanom.detectors.rx",
     "eelsanom.io",
 }
 

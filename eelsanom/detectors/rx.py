@@ -50,6 +50,11 @@ def ledoit_wolf_shrinkage(S: np.ndarray, n: int, sum_sq_norm2: float) -> float:
     sum_sq_norm2 : float
         ``sum_i ||x_i - mean||^4`` over the rows (the ``sum(X2.T @ X2)`` term,
         computed in ``O(n D)`` instead of ``O(n D^2)``).
+
+    Returns
+    -------
+    float
+        Shrinkage coefficient ``a`` in ``[0, 1]`` (0 when the estimate's ``beta`` is 0).
     """
     d = S.shape[0]
     tr = float(np.trace(S))
@@ -62,7 +67,21 @@ def ledoit_wolf_shrinkage(S: np.ndarray, n: int, sum_sq_norm2: float) -> float:
 
 
 def oas_shrinkage(S: np.ndarray, n: int) -> float:
-    """Oracle-approximating shrinkage (Chen et al. 2010, as in scikit-learn)."""
+    """Oracle-approximating shrinkage (Chen et al. 2010, as in scikit-learn).
+
+    Parameters
+    ----------
+    S : ndarray of shape (D, D)
+        Empirical (maximum-likelihood, divide by ``n``) covariance of centred rows.
+    n : int
+        Number of rows.
+
+    Returns
+    -------
+    float
+        Shrinkage coefficient ``a``, at most 1 (0 when ``D == 1``, 1 when the
+        denominator vanishes).
+    """
     d = S.shape[0]
     if d == 1:
         return 0.0

@@ -334,6 +334,17 @@ def format_signal_list(infos: Sequence[Mapping[str, Any]]) -> str:
     """One line per signal of :func:`list_signals`: index, title, type, shape, energy range.
 
     Shapes are written HyperSpy-style, ``(navigation|signal)`` in array order.
+
+    Parameters
+    ----------
+    infos : sequence of mapping
+        The dicts :func:`list_signals` returns, one per signal.
+
+    Returns
+    -------
+    str
+        The lines joined by ``"; "`` (the EELS spectrum image candidates are marked
+        ``<- EELS spectrum image``).
     """
     return "; ".join(_format_one(i) for i in infos)
 
@@ -624,7 +635,19 @@ def map_to_signal(arr: Any, si_or_result: Any, *, title: str, quantity: str = ""
     si_or_result : SpectrumImage or AnomalyResult
         Source of the ``y`` and ``x`` axes (scale, offset, units).
     title, quantity : str
-        Stored as ``metadata.General.title`` and ``metadata.Signal.quantity``.
+        Stored as ``metadata.General.title`` and ``metadata.Signal.quantity``
+        (``quantity`` only when not empty).
+
+    Returns
+    -------
+    hyperspy.signals.Signal2D
+        Data ``arr`` of shape (ny, nx), with the ``y`` and ``x`` axes of ``si_or_result``.
+
+    Raises
+    ------
+    InputError
+        When ``si_or_result`` has no ``y``/``x`` :class:`Axis`, or ``arr`` is not
+        of shape (ny, nx).
     """
     y, x = _nav_axes(si_or_result)
     a = _check_map(arr, y, x, title or "map")
@@ -733,6 +756,8 @@ def save_png_map(arr: Any, path: str | os.PathLike, *, si_or_result: Any, title:
         Gives the axes' calibration: the image extent is in the navigation units and
         the pixel size is written in the title.
     title, cbar_label : str
+        Plot title (the map size in pixels and the pixel size are added below it) and
+        colour-bar label.
     cmap : str
         Matplotlib colour map.
     mask_overlay : bool array of shape (ny, nx), optional
@@ -743,6 +768,18 @@ def save_png_map(arr: Any, path: str | os.PathLike, *, si_or_result: Any, title:
         Marked as a line on the colour bar.
     protect : iterable of paths
         Paths that must never be written.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    InputError
+        When ``path`` is one of ``protect`` or an existing directory, when
+        ``si_or_result`` has no ``y``/``x`` :class:`Axis`, or when ``arr`` or
+        ``mask_overlay`` is not of shape (ny, nx).
     """
     import matplotlib  # noqa: PLC0415
     from matplotlib import colors as mcolors  # noqa: PLC0415
@@ -815,6 +852,26 @@ def write_json(obj: Any, path: str | os.PathLike, *, protect: Iterable[Any] = ()
 
     numpy scalars and arrays become numbers and lists, NaN/inf become ``null``,
     paths become strings, :class:`Axis` and dataclasses become dicts.
+
+    Parameters
+    ----------
+    obj : object
+        Any mix of dicts, sequences, numpy scalars/arrays, paths, axes and dataclasses;
+        objects of other types are written as ``str(obj)``.
+    path : str or Path
+        Output file (overwritten when it exists; its folder is created).
+    protect : iterable of paths
+        Paths that must never be written (the input files).
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    InputError
+        When ``path`` is one of ``protect`` or an existing directory.
     """
     path = _check_output(Path(path), overwrite=True, protect=protect)
     text = json.dumps(_jsonify(obj), indent=2, allow_nan=False) + "\n"
@@ -891,11 +948,32 @@ def save_result(result: Any, outdir: str | os.PathLike, *, stem: str,
     - ``<stem>_nll.tif``, ``<stem>_mask.tif`` (float32 / uint8) with ``"tiff"``, when
       tifffile or imageio is installed.
 
+    Parameters
+    ----------
+    result : AnomalyResult
+        The result: ``nll`` (ny, nx), ``mask`` (ny, nx) bool, optional ``latent``
+        (ny, nx, d), threshold and navigation axes.
+    outdir : str or Path
+        Output folder (created when missing).
+    stem : str
+        File-name stem, without folders.
+    formats : iterable of str or str
+        Any of ``"hspy"``, ``"zspy"``, ``"png"``, ``"tiff"`` (``"tif"`` accepted;
+        case and a leading dot ignored).
+    protect : iterable of paths
+        Paths that must never be written (the input files).
+
     Returns
     -------
     dict of str -> Path
         Keys ``"<map>_<format>"``, e.g. ``"nll_hspy"``, ``"mask_png"``, ``"latent_zspy"``,
         ``"nll_tiff"``.
+
+    Raises
+    ------
+    InputError
+        When a format is unknown, ``stem`` is empty or contains a folder, or an output
+        path is one of ``protect`` or an existing directory.
     """
     fmts = _normalise_formats(formats)
     stem = _safe_stem(stem)
@@ -948,6 +1026,13 @@ def save_result(result: Any, outdir: str | os.PathLike, *, stem: str,
 def load_result_maps(outdir: str | os.PathLike, stem: str) -> dict[str, np.ndarray]:
     """Read back the maps :func:`save_result` wrote (``.hspy`` preferred, else ``.zspy``).
 
+    Parameters
+    ----------
+    outdir : str or Path
+        The folder :func:`save_result` wrote into.
+    stem : str
+        The file-name stem given to :func:`save_result`.
+
     Returns
     -------
     dict of str -> ndarray
@@ -957,7 +1042,7 @@ def load_result_maps(outdir: str | os.PathLike, stem: str) -> dict[str, np.ndarr
     Raises
     ------
     InputError
-        No ``<stem>_nll`` file in ``outdir``.
+        No ``<stem>_nll`` file in ``outdir``, or ``stem`` is empty or contains a folder.
     """
     out_dir = Path(outdir).expanduser()
     stem = _safe_stem(stem)

@@ -37,7 +37,6 @@ PENDING = {
     "eelsanom.batch",
     "eelsanom.cli",
     "eelsanom.detectors.base",
-    "eelsanom.io",
 }
 
 # argparse command handlers take the parsed ``argparse.Namespace`` and return an

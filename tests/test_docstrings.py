@@ -36,7 +36,6 @@ import eelsanom
 PENDING = {
     "eelsanom.batch",
     "eelsanom.cli",
-    "eelsanom.detectors.base",
 }
 
 # argparse command handlers take the parsed ``argparse.Namespace`` and return an

@@ -44,7 +44,30 @@ __all__ = ["BaseDetector", "load_detector", "check_train_mask"]
 
 def check_train_mask(train_mask: Any, nav_shape: tuple[int, int], *, min_pixels: int = 1,
                      what: str = "train_mask") -> np.ndarray | None:
-    """Validate a bulk mask: boolean ``(ny, nx)`` (a line scan's ``(n,)`` is accepted)."""
+    """Validate a bulk mask: boolean ``(ny, nx)`` (a line scan's ``(n,)`` is accepted).
+
+    Parameters
+    ----------
+    train_mask : array-like of bool or 0/1, shape (ny, nx) or (nx,) for a line scan, or None
+        Bulk (defect-free) pixels.
+    nav_shape : (int, int)
+        The image's navigation shape ``(ny, nx)``, in pixels.
+    min_pixels : int
+        Smallest number of ``True`` pixels accepted.
+    what : str
+        Name of the mask in error messages.
+
+    Returns
+    -------
+    ndarray of bool, shape (ny, nx), or None
+        The mask as booleans; ``None`` when ``train_mask`` is ``None``.
+
+    Raises
+    ------
+    InputError
+        When the shape is not ``nav_shape``, the values are not booleans or 0/1, or
+        fewer than ``min_pixels`` pixels are ``True``.
+    """
     if train_mask is None:
         return None
     m = np.asarray(train_mask)
@@ -81,7 +104,13 @@ class BaseDetector:
                 if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
     def get_params(self) -> dict[str, Any]:
-        """Hyperparameters as given to ``__init__`` (JSON-serialisable)."""
+        """Hyperparameters as given to ``__init__`` (JSON-serialisable).
+
+        Returns
+        -------
+        dict of str -> object
+            One entry per ``__init__`` keyword, its current value (tuples as lists).
+        """
         out = {}
         for k in self._param_names():
             v = getattr(self, k)
@@ -89,6 +118,22 @@ class BaseDetector:
         return out
 
     def set_params(self, **params: Any) -> BaseDetector:
+        """Set hyperparameters by name (stored unchanged; validated by the next ``fit``).
+
+        Parameters
+        ----------
+        **params
+            ``__init__`` keywords and their new values.
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        InputError
+            When a name is not an ``__init__`` parameter of this detector.
+        """
         names = set(self._param_names())
         for k, v in params.items():
             if k not in names:
@@ -113,6 +158,7 @@ class BaseDetector:
     # ------------------------------------------------------------------ fitted state
     @property
     def is_fitted(self) -> bool:
+        """Whether the detector has been fitted or loaded (it has ``energy_axis_``)."""
         return hasattr(self, "energy_axis_")
 
     def _check_fitted(self) -> None:
@@ -121,7 +167,30 @@ class BaseDetector:
                                  "train_mask) or load a saved model first.")
 
     def window(self, si: Any) -> SpectrumImage:
-        """Validate ``si`` and cut it to the fitted energy axis (or refuse, naming both axes)."""
+        """Validate ``si`` and cut it to the fitted energy axis (or refuse, naming both axes).
+
+        Parameters
+        ----------
+        si : SpectrumImage, HyperSpy EELS signal, or ndarray of shape (ny, nx, n_energy)
+            Data whose energy axis contains the model's window on the same channel grid.
+
+        Returns
+        -------
+        SpectrumImage
+            ``si`` with data of shape (ny, nx, n_model) on the model's energy axis
+            (``si`` itself when the axes already agree; otherwise a new
+            SpectrumImage holding a channel slice of its data).
+
+        Raises
+        ------
+        NotFittedError
+            When the detector is not fitted.
+        InputError
+            When ``si`` is not a valid spectrum image.
+        EnergyAxisMismatch
+            When the data's energy axis does not contain the model's on the same grid
+            (scale within 1e-4 relative, offset within 0.05 channel).
+        """
         self._check_fitted()
         si = as_spectrum_image(si, what="data to score")
         ax: Axis = self.energy_axis_
@@ -178,7 +247,33 @@ class BaseDetector:
         return self
 
     def score(self, si: Any, *, progress: ProgressCallback | None = None) -> AnomalyResult:
-        """Per-pixel NLL of ``si`` under the fitted bulk model (higher = more anomalous)."""
+        """Per-pixel NLL of ``si`` under the fitted bulk model (higher = more anomalous).
+
+        The threshold (parameter ``threshold``) is computed on this NLL map and
+        stored as ``threshold_``.
+
+        Parameters
+        ----------
+        si : SpectrumImage, HyperSpy EELS signal, or ndarray of shape (ny, nx, n_energy)
+            Data containing the model's energy window.
+        progress : callable, optional
+            Receives :class:`~eelsanom.progress.ProgressEvent`; return ``False`` to cancel.
+
+        Returns
+        -------
+        AnomalyResult
+            ``nll`` (ny, nx) float64, ``mask`` (ny, nx) bool (``nll > threshold``), the
+            threshold, optional ``latent`` (ny, nx, d), extra ``maps``, axes and timings.
+
+        Raises
+        ------
+        NotFittedError
+            When the detector is not fitted.
+        InputError
+            When ``si`` is not a valid spectrum image.
+        EnergyAxisMismatch
+            When the data's energy axis does not contain the model's.
+        """
         siw = self.window(si)
         t0 = time.perf_counter()
         nll, latent, maps = self._score(siw, progress)
@@ -208,12 +303,21 @@ class BaseDetector:
         si : SpectrumImage (numpy or dask data) or anything ``score`` takes
         region : (y0, y1, x0, x1)
             Pixel block, stop exclusive.
+        progress : callable, optional
+            Receives :class:`~eelsanom.progress.ProgressEvent`; return ``False`` to cancel.
 
         Returns
         -------
         nll : ndarray of shape (y1 - y0, x1 - x0), float64
         latent : ndarray of shape (y1 - y0, x1 - x0, d), or None
         maps : dict of name -> ndarray (y1 - y0, x1 - x0)
+
+        Raises
+        ------
+        InputError
+            When ``region`` is empty or not inside the image, or lazy data holds NaN/inf.
+        NotFittedError, EnergyAxisMismatch
+            As :meth:`window`.
         """
         siw = self.window(si)
         ny, nx = siw.nav_shape
@@ -225,13 +329,52 @@ class BaseDetector:
         return np.asarray(nll, dtype=np.float64).reshape(y1 - y0, x1 - x0), latent, maps
 
     def reconstruct(self, si: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Model mean and sigma in counts, each (ny, nx, n_energy) on the model's energy axis."""
+        """Model mean and sigma in counts, each (ny, nx, n_energy) on the model's energy axis.
+
+        Parameters
+        ----------
+        si : SpectrumImage, HyperSpy EELS signal, or ndarray of shape (ny, nx, n_energy)
+            Data containing the model's energy window.
+
+        Returns
+        -------
+        mean, sigma : ndarray of shape (ny, nx, n_model)
+            Predicted mean and standard deviation in counts, ``n_model`` channels of
+            the model's energy axis.
+
+        Raises
+        ------
+        NotFittedError, InputError, EnergyAxisMismatch
+            As :meth:`window`.
+        """
         siw = self.window(si)
         return self._reconstruct(siw)
 
     def pixel_spectrum(self, si: Any, iy: int, ix: int, *, nll: float | None = None
                        ) -> PixelSpectrum:
-        """Observed spectrum of pixel (iy, ix) against the model (see :class:`PixelSpectrum`)."""
+        """Observed spectrum of pixel (iy, ix) against the model (see :class:`PixelSpectrum`).
+
+        Parameters
+        ----------
+        si : SpectrumImage, HyperSpy EELS signal, or ndarray of shape (ny, nx, n_energy)
+            Data containing the model's energy window.
+        iy, ix : int
+            Pixel row and column (indices, in pixels).
+        nll : float, optional
+            The pixel's score to report (e.g. from :meth:`score`); default: the sum of
+            the per-channel NLL.
+
+        Returns
+        -------
+        PixelSpectrum
+            Energy (eV), observed, mean, sigma, residual (counts) and per-channel NLL,
+            each of shape (n_model,).
+
+        Raises
+        ------
+        NotFittedError, InputError, EnergyAxisMismatch
+            As :meth:`window`.
+        """
         siw = self.window(si)
         mean, sigma, chan = self._pixel(siw, iy, ix)
         obs = np.asarray(siw.data[iy, ix], dtype=np.float64)
@@ -241,7 +384,26 @@ class BaseDetector:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
-        """Write the fitted detector to one HDF5 model file (atomically); return its path."""
+        """Write the fitted detector to one HDF5 model file (atomically); return its path.
+
+        The file holds the hyperparameters, the fitted state and arrays, the energy
+        axis, the last threshold and the package version (JSON and arrays, no pickle).
+
+        Parameters
+        ----------
+        path : str or Path
+            Output model file (conventionally ``*.h5``); missing folders are created.
+
+        Returns
+        -------
+        Path
+            The path written.
+
+        Raises
+        ------
+        NotFittedError
+            When the detector is not fitted.
+        """
         self._check_fitted()
         state = dict(self._get_state())
         state["energy_axis"] = self.energy_axis_.to_dict()
@@ -253,7 +415,24 @@ class BaseDetector:
 
     @classmethod
     def load(cls, path: str | Path) -> BaseDetector:
-        """Read a model file written by :meth:`save` (any detector when called on the base)."""
+        """Read a model file written by :meth:`save` (any detector when called on the base).
+
+        Parameters
+        ----------
+        path : str or Path
+            A model file written by :meth:`save`.
+
+        Returns
+        -------
+        BaseDetector
+            The fitted detector, an instance of the class the file names.
+
+        Raises
+        ------
+        InputError
+            As :func:`load_detector`; also when called on a subclass and the file
+            holds another detector.
+        """
         return load_detector(path, expected=None if cls is BaseDetector else cls)
 
     # ------------------------------------------------------------------ subclass hooks
@@ -338,7 +517,29 @@ class BaseDetector:
 
 
 def load_detector(path: str | Path, expected: type[BaseDetector] | None = None) -> BaseDetector:
-    """Load any eelsanom model file and return the fitted detector."""
+    """Load any eelsanom model file and return the fitted detector.
+
+    A model saved with a ``device`` this machine lacks is loaded with
+    ``device="auto"`` (with a warning).
+
+    Parameters
+    ----------
+    path : str or Path
+        A model file written by :meth:`BaseDetector.save`.
+    expected : type of BaseDetector, optional
+        Refuse files holding a detector that is not this class or a subclass of it.
+
+    Returns
+    -------
+    BaseDetector
+        The fitted detector (``energy_axis_``, ``threshold_``, ``model_header_`` set).
+
+    Raises
+    ------
+    InputError
+        When the file is missing, not an eelsanom model file, in a newer format, names
+        an unknown detector, or holds a detector other than ``expected``.
+    """
     from . import detector_class
 
     header, params, state, arrays = read_model(path)

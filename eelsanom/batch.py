@@ -93,6 +93,31 @@ class FileRecord:
     the time this run spent on the file (load, score, write) from ``started`` (Unix
     time); ``output`` the file's output folder (empty when it failed); ``worker`` the
     Dask worker's address.
+
+    Attributes
+    ----------
+    input : str
+        The input file's path (or, for an input that matched nothing, the text given).
+    name : str
+        Name of the file's output folder in the batch's ``out`` (see :func:`folder_names`).
+    status : str
+        ``"pending"``, ``"done"``, ``"skipped"``, ``"failed"`` or ``"cancelled"``.
+    seconds : float or None
+        Time this run spent on the file, in seconds (0 when skipped).
+    anomaly_fraction : float or None
+        Fraction of the pixels flagged anomalous (0 to 1).
+    n_pixels, n_flagged : int or None
+        Number of pixels scored, and of pixels flagged (NLL above the threshold).
+    threshold : float or None
+        The NLL threshold applied.
+    output : str
+        The file's output folder (empty when it failed).
+    error : str
+        Why the file failed (empty otherwise).
+    worker : str
+        Address of the Dask worker that scored it (``"local"`` outside a worker).
+    started : float or None
+        When the worker started on the file (Unix time, seconds).
     """
 
     input: str
@@ -109,6 +134,14 @@ class FileRecord:
     started: float | None = None
 
     def csv_row(self) -> dict[str, Any]:
+        """The record as one row of ``summary.csv``.
+
+        Returns
+        -------
+        dict of str -> object
+            The ``CSV_COLUMNS`` fields; ``seconds`` and ``anomaly_fraction`` formatted
+            to 6 significant digits, ``None`` as ``""``.
+        """
         row = {k: getattr(self, k) for k in CSV_COLUMNS}
         for k in ("seconds", "anomaly_fraction"):
             if row[k] is not None:
@@ -118,7 +151,28 @@ class FileRecord:
 
 @dataclass
 class BatchSummary:
-    """What :func:`run_batch` did: one :class:`FileRecord` per input, in input order."""
+    """What :func:`run_batch` did: one :class:`FileRecord` per input, in input order.
+
+    Attributes
+    ----------
+    records : list of FileRecord
+        One per input, in input order (inputs that matched no file first).
+    out : Path
+        The batch's output folder (absolute).
+    model : str
+        Absolute path of the model file.
+    model_sha256 : str
+        SHA-256 of the model file (hex).
+    seconds : float
+        Wall-clock time of the whole batch, in seconds.
+    dashboard : str or None
+        Address of the Dask dashboard, when there is one.
+    workers : int
+        Number of Dask workers used.
+    settings : dict
+        ``threshold``, ``signal``, ``formats`` and ``device`` overrides (None: the
+        model's own), recorded in each ``done.json``.
+    """
 
     records: list[FileRecord]
     out: Path
@@ -131,6 +185,11 @@ class BatchSummary:
 
     @property
     def counts(self) -> dict[str, int]:
+        """Number of records per status.
+
+        Keys ``done``, ``skipped``, ``failed``, ``cancelled`` and ``pending``, each
+        present even when 0.
+        """
         c = {s: 0 for s in ("done", "skipped", "failed", "cancelled", "pending")}
         for r in self.records:
             c[r.status] = c.get(r.status, 0) + 1
@@ -143,9 +202,19 @@ class BatchSummary:
 
     @property
     def failed(self) -> list[FileRecord]:
+        """The records whose status is ``"failed"``, in input order."""
         return [r for r in self.records if r.status == "failed"]
 
     def to_dict(self) -> dict[str, Any]:
+        """The summary as written to ``summary.json``.
+
+        Returns
+        -------
+        dict of str -> object
+            Package version, model and its SHA-256, ``out``, ``settings``, ``workers``,
+            ``dashboard``, ``seconds``, ``counts``, ``updated`` (UTC, ISO 8601) and
+            ``files`` (one dict of :class:`FileRecord` fields per input).
+        """
         return {"eelsanom_version": __version__, "model": self.model,
                 "model_sha256": self.model_sha256, "out": str(self.out),
                 "settings": self.settings, "workers": self.workers, "dashboard": self.dashboard,
@@ -276,6 +345,17 @@ def folder_names(paths: Sequence[Path]) -> list[str]:
     The stem (``data/a/x.dm4`` -> ``x``); where stems collide, the parent
     folder's name is put in front (``a_x``), then the extension is kept
     (``a_x_dm4``), and last a hash of the path is appended (``x-1a2b3c4d``).
+
+    Parameters
+    ----------
+    paths : sequence of Path
+        The input files.
+
+    Returns
+    -------
+    list of str
+        One folder name per path, in the same order (path separators, control
+        characters and a leading ``.`` replaced by ``_``).
     """
     def level(p: Path, k: int) -> str:
         stem = _stem(p)
@@ -314,7 +394,18 @@ def _fingerprint(p: Path) -> dict[str, Any]:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes (hex)."""
+    """SHA-256 of a file's bytes (hex).
+
+    Parameters
+    ----------
+    path : str or Path
+        The file (read in 1 MiB blocks).
+
+    Returns
+    -------
+    str
+        The 64-character hexadecimal digest.
+    """
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -745,7 +836,18 @@ def run_batch(inputs: Iterable[str | os.PathLike], model: str | os.PathLike,
 
 # ----------------------------------------------------------------------------- CLI
 def add_parser(sub: Any) -> argparse.ArgumentParser:
-    """Add the ``batch`` subcommand to the ``eelsanom`` subparsers ``sub``."""
+    """Add the ``batch`` subcommand to the ``eelsanom`` subparsers ``sub``.
+
+    Parameters
+    ----------
+    sub : argparse subparsers action
+        What ``ArgumentParser.add_subparsers()`` returned.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The ``batch`` subparser (its ``func`` default is :func:`main`).
+    """
     p = sub.add_parser(
         "batch", help="score many files with a saved model on Dask (one task per file)",
         description="Score many files with one saved model, one Dask task per file, on a "
@@ -781,7 +883,30 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run ``eelsanom batch``; return the exit status (0, :data:`EXIT_FAILED`)."""
+    """Run ``eelsanom batch``; return the exit status (0, :data:`EXIT_FAILED`).
+
+    Shows a progress bar on stderr (unless ``args.quiet``), then prints each failed
+    file's error and, unless quiet, a one-line count of the files.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed arguments of the parser :func:`add_parser` built (``inputs``, ``model``,
+        ``out``, ``workers``, ``scheduler``, ``force``, ``threshold``, ``signal``,
+        ``device``, ``formats``, ``lazy``; ``quiet`` and ``verbose`` when present).
+
+    Returns
+    -------
+    int
+        0 when every file is done or skipped, :data:`EXIT_FAILED` when some failed.
+
+    Raises
+    ------
+    InputError
+        As :func:`run_batch` (the CLI turns it into exit status 2).
+    Cancelled, KeyboardInterrupt
+        When interrupted, after the summaries are written.
+    """
     quiet = bool(getattr(args, "quiet", False))
     if not getattr(args, "verbose", False):  # dask logs its INFO lines (cluster start/stop)
         import distributed  # noqa: F401 - its import sets its loggers' levels: override after

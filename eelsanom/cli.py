@@ -86,7 +86,27 @@ def _parse_slice(part: str, n: int, what: str) -> slice:
 def parse_roi(text: str, nav_shape: tuple[int, int]) -> np.ndarray:
     """``'Y0:Y1,X0:X1'`` (pixel indices, stop exclusive) -> boolean mask of ``nav_shape``.
 
-    A line scan (ny == 1) also accepts a single ``'X0:X1'``.
+    A line scan (ny == 1) also accepts a single ``'X0:X1'``. An empty part or ``:``
+    means the whole range, an omitted start or stop the edge, and negative indices
+    count from the end.
+
+    Parameters
+    ----------
+    text : str
+        The ``--train-roi`` value, ``'Y0:Y1,X0:X1'`` in pixel indices.
+    nav_shape : (int, int)
+        The image's navigation shape ``(ny, nx)``, in pixels.
+
+    Returns
+    -------
+    ndarray of bool, shape (ny, nx)
+        ``True`` inside the rectangle.
+
+    Raises
+    ------
+    InputError
+        When ``text`` is not two ``START:STOP`` parts of integers, or a range is
+        empty or outside the image.
     """
     parts = text.split(",")
     ny, nx = nav_shape
@@ -103,7 +123,27 @@ def parse_roi(text: str, nav_shape: tuple[int, int]) -> np.ndarray:
 
 def load_mask_file(path: str, nav_shape: tuple[int, int]) -> np.ndarray:
     """Read a bulk mask: ``.npy``/``.npz`` array, an image (``.png``/``.tif``: nonzero = bulk)
-    or a HyperSpy file holding a 2-D signal."""
+    or a HyperSpy file holding a 2-D signal.
+
+    Parameters
+    ----------
+    path : str
+        Mask file: ``.npy``, ``.npz`` (its first array), ``.png``/``.tif``/``.tiff``/
+        ``.bmp`` (colour images: the maximum of R, G, B), or anything HyperSpy reads.
+    nav_shape : (int, int)
+        The image's navigation shape ``(ny, nx)``, in pixels.
+
+    Returns
+    -------
+    ndarray of bool, shape (ny, nx)
+        ``True`` where the file is nonzero (bulk pixels).
+
+    Raises
+    ------
+    InputError
+        When the file does not exist or cannot be read, its shape is not ``nav_shape``,
+        or it selects no pixel.
+    """
     p = Path(path)
     if not p.exists():
         raise InputError(f"--train-mask: file {path!r} does not exist.")
@@ -332,6 +372,7 @@ def _fit(args: argparse.Namespace, *, score: bool):
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
+    """``eelsanom detect``: train on a bulk region, score the same file and write the maps."""
     si, mask, det, result = _fit(args, score=True)
     out = Path(args.out)
     extra: dict[str, Any] = {"train_pixels": int(mask.sum()) if mask is not None else "all (robust)"}
@@ -343,6 +384,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """``eelsanom train``: train a detector and save the model file."""
     _, mask, det, _ = _fit(args, score=False)
     path = det.save(args.model_out)
     if not args.quiet:
@@ -353,6 +395,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
+    """``eelsanom apply``: score files with a saved model (exit 2 when any file fails)."""
     from .detectors import load_detector
 
     stems = [_stem(p) for p in args.inputs]
@@ -384,6 +427,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    """``eelsanom simulate``: write a simulated spectrum image with its ground truth."""
     from .simulate import simulate
 
     sim = simulate(shape=tuple(args.shape), window=args.window, anomaly=args.anomaly,
@@ -399,6 +443,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    """``eelsanom bench``: run the detection benchmark, or the speed benchmark (``--speed``)."""
     from .bench import run_benchmark, run_speed
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -412,6 +457,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    """``eelsanom info``: print one JSON line per signal in the file."""
     from .io import list_signals
 
     rows = list_signals(args.input)
@@ -421,6 +467,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_latent(args: argparse.Namespace) -> int:
+    """``eelsanom latent``: write the latent-space report of a run (or compare two runs)."""
     from .latent import write_report
 
     report = write_report(args.run_dir, args.run_dir_b, args.out, stem_a=args.stem,
@@ -492,6 +539,17 @@ def _add_global(p: argparse.ArgumentParser, default: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``eelsanom`` argument parser with every subcommand.
+
+    ``-q/--quiet``, ``-v/--verbose`` and ``--debug`` are accepted before or after the
+    subcommand; each subparser's ``func`` default is its ``cmd_*`` handler.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        Subcommands ``detect``, ``train``, ``apply``, ``simulate``, ``bench``, ``info``,
+        ``latent``, ``gui`` and ``batch``.
+    """
     ap = argparse.ArgumentParser(
         prog="eelsanom", description="Find where in an EELS spectrum image something is "
         "different: per-pixel NLL maps from a 3D-CVAE, PCA or RX bulk model.")
@@ -597,6 +655,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``eelsanom`` command line; return its exit status (0, 1, 2 or 130).
+
+    0: success; 1: an internal error, or some ``batch`` files failed; 2: bad input
+    (an :class:`~eelsanom.errors.InputError`, or no subcommand); 130: cancelled or
+    interrupted.
+    """
     ap = build_parser()
     args = ap.parse_args(argv)
     if not getattr(args, "command", None):

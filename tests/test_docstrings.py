@@ -30,13 +30,6 @@ import pytest
 
 import eelsanom
 
-# Modules whose docstrings are being written by another session; the lead
-# removes entries as they are finished.  strict=False: an entry that already
-# passes shows as XPASS rather than failing the run.
-PENDING = {
-    "eelsanom.cli",
-}
-
 # argparse command handlers take the parsed ``argparse.Namespace`` and return an
 # exit code; their user documentation is the ``--help`` text built in the
 # parser, so they need a docstring but not Parameters/Returns sections.
@@ -186,15 +179,7 @@ def module_problems(modname: str) -> list[str]:
     return problems
 
 
-def _param(modname: str):
-    marks = []
-    if modname in PENDING:
-        marks.append(pytest.mark.xfail(
-            reason="docstrings being written by another session", strict=False))
-    return pytest.param(modname, marks=marks, id=modname)
-
-
-@pytest.mark.parametrize("modname", [_param(m) for m in public_modules()])
+@pytest.mark.parametrize("modname", public_modules())
 def test_public_docstrings(modname):
     try:
         importlib.import_module(modname)
@@ -270,7 +255,6 @@ if __name__ == "__main__":  # pragma: no cover - reporting helper
     wanted = sys.argv[1:] or public_modules()
     for m in wanted:
         found = module_problems(m)
-        tag = " (pending)" if m in PENDING else ""
-        print(f"{m}{tag}: {len(found)}")
+        print(f"{m}: {len(found)}")
         for p in found:
             print("    " + p)

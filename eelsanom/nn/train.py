@@ -631,7 +631,15 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
     n_train = int(train_mask.sum())
     if cfg.batch_size is None:
         target_px = 4096 if device.type == "cuda" else 768
-        batch = int(max(1, min(64, round(target_px / (py * px)))))
+        area = py * px
+        if area < cfg.patch_size ** 2:
+            # an image smaller than a crop (line scans, a few pixels): count the halo the
+            # network reads around each crop, and never take more crops than training pixels
+            # (a 2 x 2 image would otherwise run 64 padded copies of itself per step)
+            area = (py + 2 * halo) * (px + 2 * halo)
+        batch = int(max(1, min(64, round(target_px / area))))
+        if area != py * px:
+            batch = min(batch, max(1, n_train))
     else:
         batch = int(cfg.batch_size)
     steps = cfg.steps_per_epoch or int(max(2, math.ceil(n_train / (batch * py * px))))

@@ -47,7 +47,7 @@ from eelsanom.errors import InputError
 from . import _notify
 from ._layers import KEY, nav_scale_translate, robust_limits
 from ._plot import _FG, _style
-from ._widgets import METHOD_NAMES, _Panel
+from ._widgets import METHOD_NAMES, _Panel, deliver
 
 log = logging.getLogger(__name__)
 
@@ -539,15 +539,7 @@ class LatentPanel(_Panel):
         worker = create_worker(fn, _start_thread=False, _ignore_errors=True)
 
         def returned(value: Any) -> None:
-            w = ref()
-            if w is None or w._closed:
-                return
-            try:
-                on_done(w, value)
-            except InputError as exc:
-                _notify.error(str(exc))
-            except RuntimeError as exc:  # Qt objects deleted while closing
-                log.debug("ignored after close: %s", exc)
+            deliver(ref, on_done, value)
 
         def errored(exc: BaseException) -> None:
             w = ref()

@@ -337,6 +337,33 @@ def _parse_extra(text: str) -> dict[str, Any]:
     return out
 
 
+def deliver(ref: Callable[[], Any], on_done: Callable[[Any, Any], None], value: Any) -> None:
+    """Hand a worker's return ``value`` to ``on_done(panel, value)`` on the GUI thread.
+
+    Nothing happens when the panel (``ref()``, a weak reference) is gone or closed; a
+    refused input becomes a notification, and Qt objects deleted while the viewer
+    closes are ignored.
+
+    Parameters
+    ----------
+    ref : callable
+        Weak reference to the panel.
+    on_done : callable
+        ``on_done(panel, value)``: shows the result.
+    value : object
+        What the worker returned.
+    """
+    w = ref()
+    if w is None or w._closed:
+        return
+    try:
+        on_done(w, value)
+    except InputError as exc:
+        _notify.error(str(exc))
+    except RuntimeError as exc:  # Qt objects deleted while closing
+        log.debug("ignored after close: %s", exc)
+
+
 def _log_warning(args: tuple) -> None:
     """A warning raised in a worker thread (``warnings.showwarning`` arguments): log it."""
     message, category = (args + (None, None))[:2]
@@ -665,15 +692,7 @@ class DetectorWidget(_Panel):
 
         def returned(value: Any) -> None:
             state["done"] = True  # progress events still queued are stale now
-            w = ref()
-            if w is None or w._closed:
-                return
-            try:
-                on_done(w, value)
-            except InputError as exc:
-                _notify.error(str(exc))
-            except RuntimeError as exc:  # Qt objects deleted while closing
-                log.debug("ignored after close: %s", exc)
+            deliver(ref, on_done, value)
 
         def errored(exc: BaseException) -> None:
             state["done"] = True

@@ -50,7 +50,6 @@ from typing import Any
 
 import numpy as np
 
-from . import scoring
 from .errors import InputError
 from .progress import ProgressCallback, emit
 from .result import AnomalyResult
@@ -507,13 +506,9 @@ def score_streaming(detector: Any, si: Any, *, out: str | os.PathLike | None = N
             emit(progress, "score", i + 1, len(blocks))
         dt = time.perf_counter() - t0
         # the threshold needs the whole NLL map (ny x nx floats, small): only now the mask
-        t, label = scoring.compute_threshold(nll, getattr(detector, "threshold", "robust"))
+        result = detector._result(siw, nll, latent, maps, score_seconds=dt)
+        t, label = result.threshold, result.threshold_method
         detector.threshold_ = t
-        result = AnomalyResult(
-            nll=nll, threshold=t, threshold_method=label, mask=nll > t, method=method,
-            y=siw.y, x=siw.x, energy=siw.energy, latent=latent, maps=maps,
-            timings={"fit": float(getattr(detector, "fit_seconds_", float("nan"))), "score": dt},
-            info=dict(info_params), _detector=detector, _si=siw)
         if out is not None:
             final = _result_info(result)
             stores["mask"] = _map_store(

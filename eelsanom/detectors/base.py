@@ -277,15 +277,47 @@ class BaseDetector:
         siw = self.window(si)
         t0 = time.perf_counter()
         nll, latent, maps = self._score(siw, progress)
-        dt = time.perf_counter() - t0
+        res = self._result(siw, nll, latent, maps, score_seconds=time.perf_counter() - t0)
+        self.threshold_ = res.threshold
+        return res
+
+    def _result(self, siw: SpectrumImage, nll: Any, latent: np.ndarray | None,
+                maps: dict[str, np.ndarray], *, score_seconds: float | None = None,
+                info: dict[str, Any] | None = None, attach: bool = True) -> AnomalyResult:
+        """An :class:`AnomalyResult` of a whole NLL map on ``siw`` (the windowed data),
+        thresholded by the ``threshold`` rule; what :meth:`score`, streaming
+        (:func:`eelsanom.stream.score_streaming`) and per-member results build.
+
+        Parameters
+        ----------
+        siw : SpectrumImage
+            The data as scored (after :meth:`window`); gives the axes.
+        nll : array-like of shape (ny, nx) or (ny * nx,)
+            Scores, higher = more anomalous.
+        latent : ndarray of shape (ny, nx, d), optional
+            Latent codes.
+        maps : dict of str -> ndarray (ny, nx)
+            Extra per-pixel maps.
+        score_seconds : float, optional
+            Scoring time; with it, ``timings`` holds ``fit`` and ``score`` seconds.
+        info : dict, optional
+            Added to ``info`` after ``params``.
+        attach : bool
+            Keep the detector and data in the result (for ``pixel`` / ``reconstruct``).
+
+        Returns
+        -------
+        AnomalyResult
+        """
         nll = np.asarray(nll, dtype=np.float64).reshape(siw.nav_shape)
         t, label = scoring.compute_threshold(nll, getattr(self, "threshold", "robust"))
-        self.threshold_ = t
+        timings = {} if score_seconds is None else {
+            "fit": float(getattr(self, "fit_seconds_", float("nan"))), "score": score_seconds}
         return AnomalyResult(
             nll=nll, threshold=t, threshold_method=label, mask=nll > t, method=self.method,
-            y=siw.y, x=siw.x, energy=siw.energy, latent=latent, maps=maps,
-            timings={"fit": float(getattr(self, "fit_seconds_", float("nan"))), "score": dt},
-            info={"params": self.get_params()}, _detector=self, _si=siw)
+            y=siw.y, x=siw.x, energy=siw.energy, latent=latent, maps=maps, timings=timings,
+            info={"params": self.get_params(), **(info or {})},
+            _detector=self if attach else None, _si=siw if attach else None)
 
     def score_block(self, si: Any, region: tuple[int, int, int, int], *,
                     progress: ProgressCallback | None = None

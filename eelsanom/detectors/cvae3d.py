@@ -730,20 +730,12 @@ class CVAE3DDetector(BaseDetector):
         Cancelled
             When ``progress`` returns ``False``.
         """
-        from .. import scoring
-
         siw = self.window(si)
         seeds = getattr(self, "member_seeds_", None) or [int(self.seed)]
-        out = []
-        for i, o in enumerate(self._run_members(siw, progress)):
-            nll = np.asarray(o["score"], np.float64).reshape(siw.nav_shape)
-            t, label = scoring.compute_threshold(nll, getattr(self, "threshold", "robust"))
-            out.append(AnomalyResult(
-                nll=nll, threshold=t, threshold_method=label, mask=nll > t, method=self.method,
-                y=siw.y, x=siw.x, energy=siw.energy, latent=o["latent"], maps=self._maps(o),
-                info={"params": self.get_params(), "seed": int(seeds[i]) if i < len(seeds)
-                      else int(self.seed) + i, "member": i}))
-        return out
+        return [self._result(siw, o["score"], o["latent"], self._maps(o), attach=False,
+                             info={"seed": int(seeds[i]) if i < len(seeds)
+                                   else int(self.seed) + i, "member": i})
+                for i, o in enumerate(self._run_members(siw, progress))]
 
     def prefix_scorer(self, si: Any, *, kind: str = "score") -> PrefixScorer:
         """A function ``m -> (ny, nx)`` map decoded from the first ``m`` latent dimensions.

@@ -239,28 +239,16 @@ def _build_detector(args: argparse.Namespace):
 
 def _load_input(args: argparse.Namespace, path: str):
     """Load ``path`` eagerly, or lazily to be streamed: with ``--lazy``, or (no ``--lazy`` /
-    ``--no-lazy``) when :func:`eelsanom.stream.should_stream` says the cube is too large."""
+    ``--no-lazy``) when :func:`eelsanom.stream.should_stream` says the cube is too large
+    (``load_spectrum_image(lazy="auto")`` decides and logs it)."""
     from .io import load_spectrum_image
 
-    lazy, signal = getattr(args, "lazy", None), getattr(args, "signal", None)
-    if lazy is False:
-        return load_spectrum_image(path, lazy=False, signal=signal)
+    lazy = getattr(args, "lazy", None)
+    si = load_spectrum_image(path, lazy="auto" if lazy is None else bool(lazy),
+                             signal=getattr(args, "signal", None))
     if lazy:
-        si = load_spectrum_image(path, lazy=True, signal=signal)
         log.info("streaming %s block by block: --lazy given", Path(path).name)
-        return si
-    from .stream import should_stream
-
-    try:
-        si = load_spectrum_image(path, lazy=True, signal=signal)
-    except InputError:  # e.g. a format without lazy reading: the eager load says what is wrong
-        return load_spectrum_image(path, lazy=False, signal=signal)
-    stream, why = should_stream(si)
-    if stream:
-        log.info("streaming %s block by block: %s (--no-lazy loads it whole)", Path(path).name,
-                 why)
-        return si
-    return load_spectrum_image(path, lazy=False, signal=signal)
+    return si
 
 
 def _formats(args: argparse.Namespace, si) -> tuple[str, ...]:

@@ -430,7 +430,7 @@ def _pick(path: Path, infos: list[dict[str, Any]], signal: Any) -> int:
     return idx
 
 
-def load_spectrum_image(path: str | os.PathLike, *, lazy: bool = False,
+def load_spectrum_image(path: str | os.PathLike, *, lazy: bool | str = False,
                         signal: int | None = None) -> SpectrumImage:
     """Read an EELS spectrum image from any HyperSpy-readable file.
 
@@ -439,10 +439,13 @@ def load_spectrum_image(path: str | os.PathLike, *, lazy: bool = False,
     path : str or Path
         ``.dm3``, ``.dm4``, ``.hspy``, ``.zspy``, ``.emd``, ... The file is opened
         read-only and never modified.
-    lazy : bool
+    lazy : bool or "auto"
         Keep the data as a dask array (read on demand). Non-finite values are
         then refused chunk by chunk when the data is computed (an :class:`InputError`
         raised from the computation); read errors of a damaged file also surface then.
+        ``"auto"``: lazy when the cube is too large to hold (see
+        :func:`eelsanom.stream.should_stream`; an INFO log line says so), else read
+        into memory; the file is opened once either way.
     signal : int, optional
         Which signal to use when the file holds several (see :func:`list_signals`).
         By default the only EELS spectrum-image candidate is used.
@@ -464,12 +467,14 @@ def load_spectrum_image(path: str | os.PathLike, *, lazy: bool = False,
         no ``signal``; a single spectrum, an image, 4-D data; an energy axis not in eV or
         not increasing; NaN/inf values (eager load).
     """
+    if lazy not in (True, False, "auto"):
+        raise InputError(f"lazy: expected True, False or 'auto', found {lazy!r}.")
     p = _check_input_path(path)
     fh = None
     try:
         signals = _read_all(p, lazy=True)
     except InputError:
-        if lazy:
+        if lazy is True:
             raise
         signals = _read_all(p, lazy=False)  # a reader without lazy support
     try:
@@ -479,6 +484,15 @@ def load_spectrum_image(path: str | os.PathLike, *, lazy: bool = False,
         label = (p.name if len(signals) == 1
                  else f"{p.name} signal [{idx}] {infos[idx]['title']!r}")
         fh = _file_handle(sig.data)
+        if lazy == "auto":
+            from .stream import stream_decision
+
+            lazy = False
+            if getattr(sig, "_lazy", False):
+                lazy, why = stream_decision(tuple(sig.data.shape))
+                if lazy:
+                    logger.info("streaming %s block by block: %s (lazy=False / --no-lazy loads "
+                                "it whole)", p.name, why)
         if not lazy and getattr(sig, "_lazy", False):
             try:
                 sig.compute(show_progressbar=False)

@@ -116,8 +116,26 @@ def should_stream(si: SpectrumImage, *, threshold_bytes: int | None = None) -> t
     (bool, str)
         Whether to stream, and the sizes and rule behind the decision (for the log).
     """
-    ny, nx, ne = si.shape
-    size = 4 * ny * nx * ne
+    return stream_decision(si.shape, threshold_bytes=threshold_bytes)
+
+
+def stream_decision(shape: tuple[int, ...], *, threshold_bytes: int | None = None
+                    ) -> tuple[bool, str]:
+    """:func:`should_stream` for a data shape (what a loader knows before reading the data).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Data shape, ``(ny, nx, n_energy)`` (or ``(n, n_energy)`` for a line scan).
+    threshold_bytes : int, optional
+        Default :func:`stream_threshold_bytes`.
+
+    Returns
+    -------
+    (bool, str)
+        Whether to stream, and the sizes and rule behind the decision (for the log).
+    """
+    size = 4 * math.prod(int(n) for n in shape)
     env = os.environ.get(STREAM_ENV, "").strip()
     if threshold_bytes is None:
         threshold_bytes = stream_threshold_bytes()
@@ -125,7 +143,8 @@ def should_stream(si: SpectrumImage, *, threshold_bytes: int | None = None) -> t
     else:
         rule = "the threshold given"
     if size > threshold_bytes:
-        return True, (f"the cube ({ny} x {nx} x {ne}, {_gb(size)} as float32) is larger than "
+        dims = " x ".join(str(int(n)) for n in shape)
+        return True, (f"the cube ({dims}, {_gb(size)} as float32) is larger than "
                       f"{_gb(threshold_bytes)} ({rule})")
     return False, (f"the cube ({_gb(size)}) fits under {_gb(threshold_bytes)} ({rule})")
 

@@ -946,6 +946,16 @@ def _result_info(result: Any) -> dict[str, Any]:
                                     allow_nan=False)}
 
 
+def _map_labels(stem: str, method: str, threshold: float = float("nan"),
+                threshold_method: str = "") -> dict[str, tuple[str, str | None]]:
+    """``name -> (title, quantity)`` of the saved maps (``nll``, ``mask``, ``latent``): one
+    wording for :func:`save_result` and the block-by-block writer of :mod:`eelsanom.stream`."""
+    return {"nll": (f"{stem} NLL ({method})", "NLL (higher = more anomalous)"),
+            "mask": (f"{stem} anomaly mask ({method})",
+                     f"NLL > {float(threshold):.6g} ({threshold_method})"),
+            "latent": (f"{stem} latent codes ({method})", None)}
+
+
 def save_result(result: Any, outdir: str | os.PathLike, *, stem: str,
                 formats: Iterable[str] = ("hspy", "png"),
                 protect: Iterable[Any] = ()) -> dict[str, Path]:
@@ -1004,15 +1014,15 @@ def save_result(result: Any, outdir: str | os.PathLike, *, stem: str,
 
     sig_fmts = [f for f in fmts if f in _SIGNAL_FORMATS]
     if sig_fmts:
-        nll_sig = map_to_signal(nll, result, title=f"{stem} NLL ({method})",
-                                quantity="NLL (higher = more anomalous)")
-        mask_sig = map_to_signal(mask, result, title=f"{stem} anomaly mask ({method})",
-                                 quantity=f"NLL > {thr:.6g} ({tmethod})")
+        labels = _map_labels(stem, method, thr, tmethod)
+        nll_sig = map_to_signal(nll, result, title=labels["nll"][0], quantity=labels["nll"][1])
+        mask_sig = map_to_signal(mask, result, title=labels["mask"][0],
+                                 quantity=labels["mask"][1])
         for s in (nll_sig, mask_sig):
             s.metadata.add_dictionary({"eelsanom": dict(info)})
         lat_sig = None
         if getattr(result, "latent", None) is not None:
-            lat_sig = _latent_signal(result.latent, result, title=f"{stem} latent codes ({method})")
+            lat_sig = _latent_signal(result.latent, result, title=labels["latent"][0])
             lat_sig.metadata.add_dictionary({"eelsanom": dict(info)})
         for f in sig_fmts:
             written[f"nll_{f}"] = save_signal(nll_sig, out / f"{stem}_nll.{f}", protect=protect)

@@ -468,7 +468,7 @@ def score_streaming(detector: Any, si: Any, *, out: str | os.PathLike | None = N
         Equal to ``detector.score(si)`` to float tolerance. ``info["streaming"]``
         records the blocks; ``info["outputs"]`` the files written (with ``out``).
     """
-    from .io import _result_info, _safe_stem
+    from .io import _map_labels, _result_info, _safe_stem
 
     siw = detector.window(si)
     ny, nx = siw.nav_shape
@@ -495,9 +495,9 @@ def score_streaming(detector: Any, si: Any, *, out: str | os.PathLike | None = N
     t0 = time.perf_counter()
     try:
         if out is not None:
+            title, quantity = _map_labels(stem, method)["nll"]
             stores["nll"] = _map_store(siw, (ny, nx), np.float32, outdir / f"{stem}_nll.zspy",
-                                       title=f"{stem} NLL ({method})",
-                                       quantity="NLL (higher = more anomalous)",
+                                       title=title, quantity=quantity,
                                        info=_result_info(placeholder), chunks=(bh, bw),
                                        protect=protect)
         for i, region in enumerate(blocks):
@@ -510,7 +510,7 @@ def score_streaming(detector: Any, si: Any, *, out: str | os.PathLike | None = N
                     if out is not None:
                         stores["latent"] = _latent_store(
                             siw, latent.shape, outdir / f"{stem}_latent.zspy",
-                            title=f"{stem} latent codes ({method})",
+                            title=_map_labels(stem, method)["latent"][0],
                             info=_result_info(placeholder), chunks=(bh, bw), protect=protect)
                 latent[y0:y1, x0:x1] = b_lat
                 if "latent" in stores:
@@ -530,11 +530,10 @@ def score_streaming(detector: Any, si: Any, *, out: str | os.PathLike | None = N
         detector.threshold_ = t
         if out is not None:
             final = _result_info(result)
+            title, quantity = _map_labels(stem, method, t, label)["mask"]
             stores["mask"] = _map_store(
-                siw, (ny, nx), bool, outdir / f"{stem}_mask.zspy",
-                title=f"{stem} anomaly mask ({method})",
-                quantity=f"NLL > {float(t):.6g} ({label})", info=final, chunks=(bh, bw),
-                protect=protect)
+                siw, (ny, nx), bool, outdir / f"{stem}_mask.zspy", title=title,
+                quantity=quantity, info=final, chunks=(bh, bw), protect=protect)
             for region in blocks:
                 y0, y1, x0, x1 = region
                 stores["mask"].write(region, result.mask[y0:y1, x0:x1])

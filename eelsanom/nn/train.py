@@ -331,16 +331,11 @@ def nested_pixel_loss(model: CVAE3D, x: torch.Tensor, mean_t: torch.Tensor, scal
         z = model.reparameterize(mu, logvar, generator) if sample else mu
         outs = [model.decode(z, m) for m in prefixes]
     mu, logvar = mu.float(), logvar.float()
-    kl = kl_standard_normal(mu, logvar).sum(1)
-    rec = nll = None
-    for out_mean, raw in outs:
-        target, mean, sigma = _to_gaussian(model, x, out_mean, raw, mean_t, scaler)
-        nll_e = gaussian_nll(target, mean, sigma)
-        r = (nll_e * beta_nll_weight(sigma, beta_nll)).sum(1) if beta_nll else nll_e.sum(1)
-        rec = r if rec is None else rec + r
-        nll = nll_e.sum(1) if nll is None else nll + nll_e.sum(1)
-    k = float(len(outs))
-    return rec / k + beta * kl, nll / k + kl
+    # each prefix's (loss, elbo) carries the same KL once, so their mean counts it once
+    per = [_pixel_loss(*_to_gaussian(model, x, out_mean, raw, mean_t, scaler), mu, logvar,
+                       beta, beta_nll) for out_mean, raw in outs]
+    k = float(len(per))
+    return sum(p[0] for p in per) / k, sum(p[1] for p in per) / k
 
 
 # ----------------------------------------------------------------------------- config

@@ -440,7 +440,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                   quiet=args.quiet, seed=args.seed)
     else:
         run_benchmark(Path(args.out), quick=args.quick, methods=methods, device=args.device,
-                      quiet=args.quiet, seed=args.seed)
+                      quiet=args.quiet, seed=args.seed, suite=args.suite)
     return 0
 
 
@@ -602,7 +602,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("bench", help="the detection benchmark (BENCHMARK.md)")
+    p = sub.add_parser("bench", help="the detection benchmark (docs/benchmark.md)")
+    p.add_argument("--suite", choices=("paper", "realistic"), default="paper",
+                   help="paper: the paper's shift sweep on a simple bulk; realistic: shifts "
+                        "under energy drift, valence gradient, thickness and detector response")
     p.add_argument("--quick", action="store_true", help="CPU-sized subset (64x64, fe-l)")
     p.add_argument("--speed", action="store_true", help="time fit and score on fixed sizes")
     p.add_argument("--out", required=True)

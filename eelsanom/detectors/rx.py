@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..pooling import excess_stats, pooling_from
 from ..preprocess import forward_transform, inverse_transform, transform_sigma
 from ..progress import ProgressCallback, emit
 from ..spectrum import SpectrumImage
@@ -26,6 +27,7 @@ from ._gaussian import (
     iter_row_blocks,
     numpy_gram,
     outlyingness,
+    pooled_scores,
     trimmed_fit,
 )
 from .base import BaseDetector
@@ -140,6 +142,10 @@ class RXDetector(BaseDetector):
     robust_iter : int
         Most trimmed refits (0: plain fit on all pixels); stops early once the kept
         pixels no longer change.
+    pooling : float
+        Neighbourhood evidence pooling (:mod:`eelsanom.pooling`) on the whitened
+        deviations: the Gaussian sigma in pixels (0, the default, scores each
+        pixel by its own Gaussian NLL; ``maps["gaussian_nll"]`` keeps it when pooled).
     seed : int
         Kept for a uniform interface (the fit is deterministic).
 
@@ -161,13 +167,14 @@ class RXDetector(BaseDetector):
     def __init__(self, *, shrinkage: str | float = "ledoit-wolf",
                  energy_range: tuple[float, float] | None = None, threshold: Any = "robust",
                  transform: str = "anscombe", robust_fraction: float = 0.05,
-                 robust_iter: int = 5, seed: int = 0) -> None:
+                 robust_iter: int = 5, pooling: float = 0.0, seed: int = 0) -> None:
         self.shrinkage = shrinkage
         self.energy_range = energy_range
         self.threshold = threshold
         self.transform = transform
         self.robust_fraction = robust_fraction
         self.robust_iter = robust_iter
+        self.pooling = pooling
         self.seed = seed
 
     # ------------------------------------------------------------------ params
@@ -182,6 +189,7 @@ class RXDetector(BaseDetector):
             raise InputError(f"shrinkage: expected one of {list(SHRINKAGE_RULES)} or a number in "
                              f"[0, 1], got {sh!r}.")
         check_common(self)
+        pooling_from(self.pooling)
 
     # ------------------------------------------------------------------ fitting
     def _fit_subset(self, gram: Gram, keep: np.ndarray) -> dict[str, Any]:
@@ -231,6 +239,9 @@ class RXDetector(BaseDetector):
         self._set_fitted(model)
         self.n_train_ = int(keep.sum())
         self.n_trimmed_ = int(keep.size - keep.sum())
+        m2 = self._maha2_rows(X[keep])
+        self.pool_excess_ = excess_stats(0.5 * m2, np.full(m2.shape, 0.5 * X.shape[1]),
+                                         X.shape[1])
         log.info("RX: shrinkage %.4g, %d training pixels (%d trimmed)", self.shrinkage_,
                  self.n_train_, self.n_trimmed_)
 
@@ -262,7 +273,35 @@ class RXDetector(BaseDetector):
             maha2[y0:y1] = self._maha2_rows(x).reshape(y1 - y0, nx)
             emit(progress, "score", y1, ny)
         nll = 0.5 * (maha2 + self.logdet_ + self.mean_.size * _LOG2PI)
-        return nll, None, {"mahalanobis2": maha2}
+        maps = {"mahalanobis2": maha2}
+        pool = pooling_from(self.pooling)
+        if pool.enabled:
+            pm = self._pooled(si, pool)
+            maps.update(gaussian_nll=nll, neighbourhood_nll=pm["nb_nll"], scale=pm["scale"])
+            nll = pm["score"]
+        return nll, None, maps
+
+    # ------------------------------------------------------------------ pooled scoring
+    @property
+    def score_context(self) -> int:  # type: ignore[override]
+        """Pixels on each side a pixel's score depends on: the pooling radius (0 unpooled)."""
+        return pooling_from(self.pooling).radius()
+
+    def _gauss_rows(self, x_counts: np.ndarray) -> tuple[Any, Any, Any, None]:
+        """RX as a per-pixel Gaussian in whitened coordinates: ``(w, 0, 1, None)``.
+
+        Under ``N(mu, S)`` the whitened deviations ``w = W^T (x - mu)`` are
+        independent unit Gaussians, so the pooling stage sees ``D`` channels of
+        unit variance and the own term is ``0.5 maha^2`` plus constants.
+        """
+        import torch
+
+        w = torch.as_tensor(self._whiten(forward_transform(x_counts, self.transform)))
+        return w, torch.zeros_like(w), torch.ones_like(w), None
+
+    def _pooled(self, si: SpectrumImage, pool: Any, **kw: Any) -> dict[str, np.ndarray]:
+        return pooled_scores(si, self._gauss_rows, pooling=pool, noise2=1.0,
+                             excess=getattr(self, "pool_excess_", None), **kw)
 
     # ------------------------------------------------------------------ reconstruction
     def _mean_sigma(self) -> tuple[np.ndarray, np.ndarray]:
@@ -289,6 +328,10 @@ class RXDetector(BaseDetector):
         mean, sigma = self._mean_sigma()
         x = forward_transform(np.asarray(si.data[iy, ix], np.float32)[None], self.transform)
         xc = np.asarray(x, np.float64)[0] - self.mean_
+        pool = pooling_from(self.pooling)
+        if pool.enabled:
+            pm = self._pooled(si, pool, region=(iy, iy + 1, ix, ix + 1), want_channels=(iy, ix))
+            return mean, sigma, pm["channel_nll"]
         sinv_x = self.whitener_ @ (xc @ self.whitener_)
         chan = 0.5 * (xc * sinv_x + self.logdet_ / xc.size + _LOG2PI)
         return mean, sigma, chan
@@ -296,7 +339,8 @@ class RXDetector(BaseDetector):
     # ------------------------------------------------------------------ persistence
     def _get_state(self) -> dict[str, Any]:
         return {"logdet": self.logdet_, "shrinkage": self.shrinkage_, "n_train": self.n_train_,
-                "n_trimmed": self.n_trimmed_}
+                "n_trimmed": self.n_trimmed_,
+                "pool_excess": [float(v) for v in self.pool_excess_]}
 
     def _get_arrays(self) -> dict[str, np.ndarray]:
         return {"mean": self.mean_, "whitener": self.whitener_, "var": self.var_}
@@ -307,3 +351,6 @@ class RXDetector(BaseDetector):
                           "var": arrays["var"]})
         self.n_train_ = int(state.get("n_train", 0))
         self.n_trimmed_ = int(state.get("n_trimmed", 0))
+        pe = state.get("pool_excess")
+        self.pool_excess_ = (tuple(float(v) for v in pe) if pe is not None
+                             else (0.0, math.sqrt(0.5 * self.mean_.size)))

@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import pooling as pooling_stage
 from ..errors import Cancelled, InputError
-from ..pooling import Pooling, pool_region
+from ..pooling import Pooling
 from ..progress import ProgressCallback, emit
 from .losses import beta_nll_weight, gaussian_nll, kl_standard_normal, sigma_from_raw
 from .model import CVAE3D
@@ -972,10 +973,11 @@ def score_cube(model: CVAE3D, read: Callable[[slice, slice], np.ndarray], ny: in
                 prefix=prefix)
             target, mean, sigma = target[0], mean[0], sigma[0]  # (E, hs, ws)
             kl = kl_standard_normal(mu[0], logvar[0])[:prefix].sum(0)  # (hs, ws)
-            res = pool_region(target, mean, sigma, kl if with_kl else None,
-                              out_box=(ay0, ay1, ax0, ax1), src_box=(sy0, sy1, sx0, sx1),
-                              image_shape=(ny, nx), pooling=pooling, noise2=noise2,
-                              excess=excess, want_channels=want_channels)
+            res = pooling_stage.pool_region(target, mean, sigma, kl if with_kl else None,
+                                            out_box=(ay0, ay1, ax0, ax1),
+                                            src_box=(sy0, sy1, sx0, sx1), image_shape=(ny, nx),
+                                            pooling=pooling, noise2=noise2, excess=excess,
+                                            want_channels=want_channels)
         dst = (slice(ty0, ty1), slice(tx0, tx1))
         out["score"][dst] = res["score"].double().cpu().numpy()
         out["nb_nll"][dst] = res["nb_nll"].double().cpu().numpy()

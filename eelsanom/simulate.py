@@ -207,7 +207,9 @@ class Simulation:
         ``sim.normal_expected(drift_eV=0.3)``: what a perfect bulk model would
         predict if that nuisance had that value (a "manifold oracle" scans it on
         a grid). Overriding ``t_over_lambda`` also rescales ``intensity``
-        (``t / t_ref``) unless ``intensity`` is given too.
+        (``t / t_ref``) unless ``intensity`` is given too. No anomaly and no
+        detector (gain, offset, noise) are applied; the arithmetic is that of
+        :func:`simulate`, so the result is bit-identical where nothing changed.
 
         Parameters
         ----------
@@ -478,7 +480,8 @@ def _validate_bulk(drift, drift_pattern, valence_gradient, thickness, gain,
               ok=lambda v: 0.0 <= v <= _MAX_DRIFT)
     if drift_pattern not in DRIFT_PATTERNS:
         raise _bad("drift_pattern", f"one of {DRIFT_PATTERNS}", drift_pattern,
-                   "'field': a smooth random 2-D field; 'ramp': linear along y (slow scan).")
+                   "Use 'field' (a smooth random 2-D field) or 'ramp' (linear along y, the "
+                   "slow-scan axis).")
     vg = _real("valence_gradient", valence_gradient,
                f"an Fe L2,3 onset change across x in eV, 0 <= v <= {_MAX_VALENCE:g}",
                "Use e.g. valence_gradient=1.0 (eV), or 0 for none.",

@@ -843,7 +843,10 @@ def simulate(*, shape: tuple[int, int] = (64, 64), window: str = "fe-l", anomaly
         t_max``: a smooth field spanning it, with plural scattering (above).
         None (default): single scattering, intensity +-15 % (``nuisances``).
     gain : float
-        Detector counts per electron, > 0.
+        Detector counts per electron, > 0. Real DM4/LSMO files are gain-scaled
+        like this; a detector that assumes Poisson counts should score
+        ``sim.to_electrons(counts)``, i.e. ``(counts - dark_offset) / gain``
+        (then the read noise is ``read_noise / gain`` electrons).
     dark_offset : float
         Counts added to every channel.
 

@@ -442,8 +442,94 @@ def _check_input_path(path: Any) -> Path:
     return p
 
 
+def _check_declared(path: Path) -> None:
+    """Check what an HDF5 file (``.hspy``, ``.emd``, ``.h5``, ...) declares before any reader
+    touches its data: no dataset stored outside the file (external links, virtual datasets,
+    external raw storage); every dataset's declared size actually stored (a chunked dataset
+    whose chunks were never written, e.g. a crafted 200000 x 200000 x 2048 header, is
+    refused in milliseconds instead of being read as zeros for hours); and, in HyperSpy
+    files, each ``axis-i`` size equal to the data's size along that axis."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(8) != b"\x89HDF\r\n\x1a\n":
+                return
+    except OSError:
+        return  # a folder (.zspy) or unreadable: the reader says why
+    import h5py  # noqa: PLC0415
+
+    problems: list[str] = []
+
+    def visit(group: Any, prefix: str, depth: int) -> None:
+        if depth > 64 or len(problems) > 0:
+            return
+        for name in group:
+            link = group.get(name, getlink=True)
+            where = f"{prefix}/{name}"
+            if isinstance(link, h5py.ExternalLink):
+                problems.append(f"{where} is a link to another file ({link.filename}); expected "
+                                "data stored inside this file")
+                return
+            if isinstance(link, h5py.SoftLink):
+                continue
+            obj = group.get(name)
+            if isinstance(obj, h5py.Group):
+                visit(obj, where, depth + 1)
+            elif isinstance(obj, h5py.Dataset):
+                check_dataset(obj, where)
+            if problems:
+                return
+        if "data" in group and isinstance(group.get("data"), h5py.Dataset):
+            check_axes(group, prefix)
+
+    def check_dataset(ds: Any, where: str) -> None:
+        if ds.is_virtual or ds.external:
+            problems.append(f"{where} is a virtual dataset or stored in external files; expected "
+                            "data stored inside this file")
+            return
+        if ds.size == 0 or ds.shape is None:
+            return
+        nbytes = int(ds.size) * ds.dtype.itemsize
+        if ds.chunks is not None:
+            expected = math.prod(math.ceil(n / c) for n, c in zip(ds.shape, ds.chunks))
+            stored = ds.id.get_num_chunks()
+            if stored < expected and nbytes > (1 << 20):
+                problems.append(
+                    f"{where} declares shape {ds.shape} ({nbytes / 1e9:.3g} GB) but only "
+                    f"{stored} of its {expected} chunks hold data")
+        elif ds.id.get_storage_size() < nbytes and nbytes > (1 << 20):
+            problems.append(f"{where} declares shape {ds.shape} ({nbytes / 1e9:.3g} GB) but "
+                            f"stores {ds.id.get_storage_size()} bytes")
+
+    def check_axes(group: Any, prefix: str) -> None:
+        shape = group["data"].shape or ()
+        for i in range(len(shape)):
+            ax = group.get(f"axis-{i}")
+            if not isinstance(ax, h5py.Group) or "size" not in ax.attrs:
+                continue
+            try:
+                size = int(ax.attrs["size"])
+            except (TypeError, ValueError):
+                size = -1
+            if size != shape[i]:
+                told = size if size >= 0 else repr(ax.attrs["size"])
+                problems.append(f"{prefix}/axis-{i} declares {told} points but the data has "
+                                f"{shape[i]} along that axis (data shape {shape})")
+                return
+
+    try:
+        with h5py.File(path, "r") as f:
+            visit(f, "", 0)
+    except (OSError, RuntimeError, KeyError, ValueError):
+        return  # damaged beyond h5py: the reader refuses it with its own message
+    if problems:
+        raise InputError(f"{path}: {problems[0]}. The file is incomplete, damaged or crafted; "
+                         "expected a complete file as the instrument software or HyperSpy wrote "
+                         "it. Export it again from the original data.")
+
+
 def _read_all(path: Path, *, lazy: bool) -> list[Any]:
     """All signals in ``path`` as a list of HyperSpy signals (the file opened read-only)."""
+    _check_declared(path)
     hs = _hs()
     kw: dict[str, Any] = {}
     suffix = path.suffix.lower()
@@ -708,6 +794,7 @@ def load_spectrum_image(path: str | os.PathLike, *, lazy: bool | str = False,
                     logger.info("streaming %s block by block: %s (lazy=False / --no-lazy loads "
                                 "it whole)", p.name, why)
         if not lazy and getattr(sig, "_lazy", False):
+            _check_fits(label, tuple(sig.data.shape))
             try:
                 sig.compute(show_progressbar=False)
             except Exception as exc:  # noqa: BLE001 - e.g. a truncated dataset
@@ -739,6 +826,23 @@ def load_spectrum_image(path: str | os.PathLike, *, lazy: bool | str = False,
     if si.is_lazy:
         si = replace(si, data=_finite_guard(si.data, label))
     return replace(si, title=si.title or p.stem, source=str(p), metadata=meta)
+
+
+def _check_fits(label: str, shape: tuple[int, ...]) -> None:
+    """Refuse to read a cube into memory when it cannot fit (float32), before reading it."""
+    need = 4 * math.prod(int(n) for n in shape)
+    try:
+        import psutil  # noqa: PLC0415
+
+        avail = int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 - cannot tell: let the read try
+        return
+    if need > avail:
+        raise InputError(
+            f"{label}: the cube {' x '.join(map(str, shape))} needs {need / 1e9:.3g} GB as float32, "
+            f"more than the {avail / 1e9:.3g} GB of memory available; expected a cube that fits "
+            "to load it whole. Stream it block by block instead (--lazy, or lazy=True), or crop "
+            "it first.")
 
 
 def _finite_guard(data: Any, label: str) -> Any:

@@ -8,6 +8,7 @@ stderr and ``--quiet`` silences them.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ log = logging.getLogger("eelsanom")
 EXIT_INPUT = 2
 EXIT_INTERNAL = 1
 EXIT_CANCELLED = 130
+_ENV_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -816,6 +818,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"eelsanom: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except OSError as exc:  # the environment (a full disk, no permission), not eelsanom
+        if args.debug or exc.errno not in _ENV_ERRNOS:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"eelsanom: error: could not write{where}: {exc.strerror or exc}; free some disk "
+              "space, or choose an output folder you can write (--out)", file=sys.stderr)
         return EXIT_INPUT
     except Cancelled as exc:
         print(f"eelsanom: cancelled: {exc}", file=sys.stderr)

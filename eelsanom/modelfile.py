@@ -272,7 +272,10 @@ def validate_model(path: str | os.PathLike, header: dict[str, Any], params: dict
     from .detectors import detector_class
 
     path = Path(path)
-    cls = detector_class(str(header.get("detector")))
+    try:
+        cls = detector_class(str(header.get("detector")))
+    except InputError as exc:
+        raise _bad(path, "a detector eelsanom knows", f"{exc}") from None
     known = set(cls._param_names())
     unknown = sorted(set(params) - known)
     if unknown:

@@ -363,6 +363,12 @@ _WRITE_FIX = {
 }
 
 
+class WriteFailed(InputError, OSError):
+    """Writing an output failed for a reason of the machine (a full disk, no permission):
+    an :class:`~eelsanom.errors.InputError` (the CLI exits 2 naming the path and the fix)
+    that is also an ``OSError``, so callers catching the operating-system error still do."""
+
+
 @contextlib.contextmanager
 def _writing(path: Path) -> Iterator[None]:
     """Turn an operating-system failure while writing ``path`` into an InputError that names
@@ -373,7 +379,7 @@ def _writing(path: Path) -> Iterator[None]:
         raise
     except OSError as exc:
         fix = _WRITE_FIX.get(exc.errno or 0, "check the output folder (space, permissions)")
-        raise InputError(
+        raise WriteFailed(
             f"could not write {path}: {exc.strerror or exc}; expected a writable folder with free "
             f"space. {fix[0].upper() + fix[1:]}. Nothing partial was left under that name.") from exc
 

@@ -38,7 +38,8 @@ outputs of ``apply``); its ``lazy`` flag is passed to the loader, the hook for
 streaming single large files. The CLI (``eelsanom batch``, :func:`add_parser`
 and :func:`main`) exits with 0 when every file is done or skipped,
 :data:`EXIT_FAILED` (1) when some failed, 2 for bad arguments and 130 when
-interrupted (the summaries then list the unfinished files as ``"cancelled"``).
+interrupted by Ctrl-C or SIGTERM (a SLURM time limit); the summaries are then
+written first, listing the unfinished files as ``"cancelled"``.
 """
 
 from __future__ import annotations

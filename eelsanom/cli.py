@@ -563,7 +563,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                    magnitude=args.magnitude, anomaly_shape=args.anomaly_shape,
                    concentration=args.concentration, dose=args.dose, seed=args.seed,
                    nuisances=not args.no_nuisances)
-    path = sim.save(path, overwrite=args.overwrite or path.exists())  # checked above
+    path = sim.save(path, overwrite=args.overwrite)  # a simulated file is data: never replaced
     if not args.quiet:
         print(f"simulated {sim.si.shape} ({sim.params.get('window')} window, "
               f"{int(sim.truth.sum())} anomalous pixels) -> {path}; ground truth and bulk mask are "

@@ -455,12 +455,15 @@ def _check_declared(path: Path) -> None:
     whose chunks were never written, e.g. a crafted 200000 x 200000 x 2048 header, is
     refused in milliseconds instead of being read as zeros for hours); and, in HyperSpy
     files, each ``axis-i`` size equal to the data's size along that axis."""
+    if path.is_dir():
+        _check_declared_zarr(path)
+        return
     try:
         with open(path, "rb") as fh:
             if fh.read(8) != b"\x89HDF\r\n\x1a\n":
                 return
     except OSError:
-        return  # a folder (.zspy) or unreadable: the reader says why
+        return  # unreadable: the reader says why
     import h5py  # noqa: PLC0415
 
     problems: list[str] = []
@@ -502,6 +505,10 @@ def _check_declared(path: Path) -> None:
                 problems.append(
                     f"{where} declares shape {ds.shape} ({nbytes / 1e9:.3g} GB) but only "
                     f"{stored} of its {expected} chunks hold data")
+            elif nbytes > _BOMB_MIN_BYTES and ds.id.get_storage_size() * _BOMB_RATIO < nbytes:
+                problems.append(
+                    f"{where} declares shape {ds.shape} ({nbytes / 1e9:.3g} GB) but stores only "
+                    f"{ds.id.get_storage_size()} bytes (more than {_BOMB_RATIO}x compression)")
         elif ds.id.get_storage_size() < nbytes and nbytes > (1 << 20):
             problems.append(f"{where} declares shape {ds.shape} ({nbytes / 1e9:.3g} GB) but "
                             f"stores {ds.id.get_storage_size()} bytes")
@@ -531,6 +538,38 @@ def _check_declared(path: Path) -> None:
         raise InputError(f"{path}: {problems[0]}. The file is incomplete, damaged or crafted; "
                          "expected a complete file as the instrument software or HyperSpy wrote "
                          "it. Export it again from the original data.")
+
+
+#: a dataset declaring more than _BOMB_MIN_BYTES that stores under 1/_BOMB_RATIO of it is
+#: refused (real EELS counts compress a few times, not a thousand)
+_BOMB_MIN_BYTES = 1 << 28
+_BOMB_RATIO = 1000
+
+
+def _check_declared_zarr(path: Path) -> None:
+    """:func:`_check_declared` for a ``.zspy`` (zarr) folder: each array's declared size
+    against the bytes its folder stores."""
+    for root, _dirs, names in os.walk(path):
+        if ".zarray" not in names:
+            continue
+        try:
+            meta = json.loads((Path(root) / ".zarray").read_text(encoding="utf-8"))
+            shape = [int(n) for n in meta["shape"]]
+            nbytes = math.prod(shape) * np.dtype(meta["dtype"]).itemsize
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # the reader refuses it with its own message
+        if nbytes <= _BOMB_MIN_BYTES:
+            continue
+        stored = sum(e.stat().st_size for e in os.scandir(root) if e.is_file())
+        for sub_root, _d, sub in os.walk(root):
+            if sub_root != root:
+                stored += sum(os.path.getsize(os.path.join(sub_root, n)) for n in sub)
+        if stored * _BOMB_RATIO < nbytes:
+            where = os.path.relpath(root, path)
+            raise InputError(
+                f"{path}: {where} declares shape {tuple(shape)} ({nbytes / 1e9:.3g} GB) but stores "
+                f"only {stored} bytes. The file is incomplete, damaged or crafted; expected a "
+                "complete file as HyperSpy wrote it. Export it again from the original data.")
 
 
 def _read_all(path: Path, *, lazy: bool) -> list[Any]:

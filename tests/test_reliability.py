@@ -134,6 +134,18 @@ def test_declared_sizes_are_checked_before_reading(files, tmp_path):
     assert r.returncode == 2, r.stderr
     assert "9999" in r.stderr and "267" in r.stderr
 
+    import hyperspy.api as hs
+
+    zbomb = tmp_path / "bomb.zspy"
+    hs.load(files["c"]).save(zbomb)
+    (zarray,) = [p for p in zbomb.rglob(".zarray") if p.parent.name == "data"]
+    meta = json.loads(zarray.read_text())
+    meta["shape"] = [200000, 200000, meta["shape"][2]]
+    zarray.write_text(json.dumps(meta))
+    r = run_cli("detect", zbomb, "--method", "pca", "--out", tmp_path / "o3", "-q", timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "200000" in r.stderr and "stores only" in r.stderr
+
 
 # ----------------------------------------------------------------------------- items 4 and 6
 @pytest.fixture

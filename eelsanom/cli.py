@@ -8,6 +8,7 @@ stderr and ``--quiet`` silences them.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ log = logging.getLogger("eelsanom")
 EXIT_INPUT = 2
 EXIT_INTERNAL = 1
 EXIT_CANCELLED = 130
+_ENV_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -197,6 +199,8 @@ def _energy_range(text: str | None) -> tuple[float, float] | None:
         a, b = (float(v) for v in text.split(":"))
     except ValueError as exc:
         raise InputError(f"--energy-range: expected START:STOP in eV, got {text!r}.") from exc
+    if not (np.isfinite(a) and np.isfinite(b) and a < b):
+        raise InputError(f"--energy-range: expected finite START < STOP in eV, got {text!r}.")
     return (a, b)
 
 
@@ -248,6 +252,33 @@ def _load_input(args: argparse.Namespace, path: str):
                              signal=getattr(args, "signal", None))
     if lazy:
         log.info("streaming %s block by block: --lazy given", Path(path).name)
+    return _check_content(si, path)
+
+
+def _check_content(si, path: str):
+    """Refuse data with nothing to learn or score (every value equal, or none positive); warn
+    (log line, and ``metadata['warnings']`` for the summary) when every pixel holds the same
+    spectrum. Streamed data is not read for this."""
+    if si.is_lazy:
+        return si
+    d = si.data
+    lo, hi = float(np.min(d)), float(np.max(d))
+    if lo == hi:
+        raise InputError(f"{path}: every value in the spectrum image is {lo:g}; expected EELS "
+                         "counts that vary (this looks like a blank or empty acquisition). "
+                         "Check that this is the file you meant.")
+    if hi <= 0:
+        raise InputError(f"{path}: expected EELS counts (mostly positive), found no positive "
+                         f"value (values from {lo:g} to {hi:g}). Check the file (a dark reference, "
+                         "a sign flip, or dark-subtracted data clipped to 0?).")
+    if si.nav_shape[0] * si.nav_shape[1] > 1 and not np.ptp(d, axis=(0, 1)).any():
+        msg = (f"{path}: every pixel holds the same spectrum, so no pixel can stand out (the NLL "
+               "map will be flat); check that this is the file you meant")
+        log.warning(msg)
+        from dataclasses import replace
+
+        si = replace(si, metadata={**si.metadata,
+                                   "warnings": [*si.metadata.get("warnings", []), msg]})
     return si
 
 
@@ -284,19 +315,28 @@ def _stem(path: str) -> str:
 
 def _write_outputs(result, si, out: Path, stem: str, args: argparse.Namespace,
                    extra: dict[str, Any]) -> dict[str, Any]:
-    from .io import save_result, write_json
+    import io as _bytes_io
 
+    from .io import _atomic_write_bytes, record_outputs, save_result, write_json
+
+    protect = [*_run_inputs(args), *([si.source] if si.source else [])]
     formats = _formats(args, si)
     streamed = {k: Path(v) for k, v in (result.info.get("outputs") or {}).items()}
     if streamed:  # written block by block by eelsanom.stream.score_streaming
         formats = tuple(f for f in formats if f.lower().lstrip(".") != "zspy")
-    paths = save_result(result, out, stem=stem, formats=formats,
-                        protect=[si.source] if si.source else [])
+    paths = save_result(result, out, stem=stem, formats=formats, protect=protect)
     paths.update(streamed)
     for name in ("seed_disagreement", "seed_std_nll"):  # seed ensembles (3D-CVAE --n-seeds)
         if name in result.maps:  # read back by `eelsanom latent` (eelsanom.latent.report)
-            np.save(out / f"{stem}_{name}.npy", np.asarray(result.maps[name], np.float32))
-            paths[f"{name}_npy"] = out / f"{stem}_{name}.npy"
+            buf = _bytes_io.BytesIO()
+            np.save(buf, np.asarray(result.maps[name], np.float32))
+            paths[f"{name}_npy"] = _atomic_write_bytes(out / f"{stem}_{name}.npy", buf.getvalue())
+    warnings = list(si.metadata.get("warnings", []))
+    finite = np.asarray(result.nll)[np.isfinite(result.nll)]
+    if finite.size > 1 and float(np.ptp(finite)) == 0.0:
+        warnings.append("the NLL map is constant: no pixel differs from the others under this "
+                        "model, so none can be flagged")
+        log.warning("%s: %s", stem, warnings[-1])
     summary: dict[str, Any] = {
         "eelsanom_version": __version__,
         "input": si.source,
@@ -317,10 +357,13 @@ def _write_outputs(result, si, out: Path, stem: str, args: argparse.Namespace,
         "outputs": {k: str(v) for k, v in paths.items()},
     }
     summary.update(extra)
+    if warnings:
+        summary["warnings"] = warnings
     if si.ground_truth is not None and si.ground_truth.any() and not si.ground_truth.all():
         summary["metrics"] = result.evaluate(si.ground_truth)
-    summary_path = write_json(summary, out / f"{stem}_summary.json")
+    summary_path = write_json(summary, out / f"{stem}_summary.json", protect=protect)
     summary["outputs"]["summary"] = str(summary_path)
+    record_outputs(Path(v) for v in summary["outputs"].values())
     return summary
 
 
@@ -339,12 +382,93 @@ def _print_summary(summary: dict[str, Any], quiet: bool) -> None:
     print(f"outputs in {Path(summary['outputs']['summary']).parent}")
 
 
+# ----------------------------------------------------------------------------- checks first
+def _run_inputs(args: argparse.Namespace) -> list[str]:
+    """Every file the run reads (data, mask file, model): none of them is ever written."""
+    files = [getattr(args, "input", None), *(getattr(args, "inputs", None) or [])]
+    mask = getattr(args, "train_mask", None)
+    if mask and mask != "file":
+        files.append(mask)
+    files.append(getattr(args, "model", None))
+    return [str(f) for f in files if f]
+
+
+def _precheck(args: argparse.Namespace) -> None:
+    """Parse and validate every option that needs no data, before any file is read: the
+    threshold, energy range, ROI syntax, mask file and map formats (issue 15, item 2)."""
+    from .io import _normalise_formats
+    from .scoring import parse_threshold
+
+    if getattr(args, "threshold", None) is not None:
+        parse_threshold(args.threshold)
+    _energy_range(getattr(args, "energy_range", None))
+    roi, mask = getattr(args, "train_roi", None), getattr(args, "train_mask", None)
+    if roi and mask:
+        raise InputError("give either --train-roi or --train-mask, not both.")
+    if roi:
+        parts = roi.split(",")
+        if len(parts) not in (1, 2):
+            raise InputError(f"--train-roi: expected 'Y0:Y1,X0:X1' (pixel indices), got {roi!r}.")
+        for part in parts:  # the syntax now; the ranges against the image once it is read
+            _parse_slice(part, 1 << 62, "--train-roi")
+    if mask and mask != "file" and not Path(mask).exists():
+        raise InputError(f"--train-mask: file {mask!r} does not exist.")
+    if getattr(args, "formats", None) is not None:
+        fm = [f for f in args.formats.split(",") if f.strip()]
+        if not fm:
+            raise InputError(f"--formats: expected some of hspy,zspy,png,tiff, got "
+                             f"{args.formats!r}.")
+        _normalise_formats(fm)
+
+
+def _planned_outputs(args: argparse.Namespace, stem: str, method: str, *,
+                     streamed: bool = False) -> list[Path]:
+    """The files a detect/apply run writes for one input (checked before it is read)."""
+    from .io import result_paths
+
+    spec = getattr(args, "formats", None) or ("zspy,hspy,png" if streamed else "hspy,png")
+    out = Path(args.out)
+    paths = list(result_paths(out, stem, [f for f in spec.split(",") if f.strip()],
+                              latent=method in ("cvae", "pca")).values())
+    if method == "cvae" and (getattr(args, "n_seeds", None) or 1) > 1:
+        paths += [out / f"{stem}_{n}.npy" for n in ("seed_disagreement", "seed_std_nll")]
+    return [*paths, out / f"{stem}_summary.json"]
+
+
+def _check_outputs(args: argparse.Namespace, paths: Sequence[Any], what: str) -> None:
+    from .io import check_outputs
+
+    check_outputs(paths, _run_inputs(args), overwrite=bool(getattr(args, "overwrite", False)),
+                  what=what)
+
+
+def _prepare(args: argparse.Namespace, *, outputs: bool):
+    """Check everything that needs no data (options, detector parameters, every output path),
+    then read the input and check what needs its axes (ROI and mask ranges, the energy range,
+    streamed outputs), all before any fitting: ``(det, si, mask)``."""
+    _precheck(args)
+    det = _build_detector(args)
+    det._validate_params()
+    stem = _stem(args.input)
+    if outputs:
+        _check_outputs(args, _planned_outputs(args, stem, det.method), "--out")
+    if getattr(args, "model_out", None):
+        _check_outputs(args, [args.model_out], "--model-out")
+    si = _load_input(args, args.input)
+    if outputs and si.is_lazy and getattr(args, "formats", None) is None:
+        _check_outputs(args, _planned_outputs(args, stem, det.method, streamed=True), "--out")
+    mask = _train_mask(args, si)
+    er = getattr(det, "energy_range", None)
+    if er is not None:
+        si.crop_energy(er[0], er[1])  # refuses a window outside the data, before fitting
+    return det, si, mask
+
+
 # ----------------------------------------------------------------------------- commands
 def _fit(args: argparse.Namespace, *, score: bool):
-    """Load the input, build the bulk mask and detector, fit (and score): ``(si, mask, det, res)``."""
-    si = _load_input(args, args.input)
-    mask = _train_mask(args, si)
-    det = _build_detector(args)
+    """Check, load the input, build the bulk mask and detector, fit (and score):
+    ``(si, mask, det, res)``."""
+    det, si, mask = _prepare(args, outputs=score)
     bar = _Bar(args.quiet)
     try:
         if si.is_lazy:  # never reads the whole cube (eelsanom.stream)
@@ -359,13 +483,22 @@ def _fit(args: argparse.Namespace, *, score: bool):
     return si, mask, det, result
 
 
+def _save_model(det, args: argparse.Namespace) -> Path:
+    from .io import _writing, record_outputs
+
+    with _writing(Path(args.model_out)):
+        path = det.save(args.model_out)
+    record_outputs([path])
+    return path
+
+
 def cmd_detect(args: argparse.Namespace) -> int:
     """``eelsanom detect``: train on a bulk region, score the same file and write the maps."""
     si, mask, det, result = _fit(args, score=True)
     out = Path(args.out)
     extra: dict[str, Any] = {"train_pixels": int(mask.sum()) if mask is not None else "all (robust)"}
     if args.model_out:
-        extra["model"] = str(det.save(args.model_out))
+        extra["model"] = str(_save_model(det, args))
     summary = _write_outputs(result, si, out, _stem(args.input), args, extra)
     _print_summary(summary, args.quiet)
     return 0
@@ -374,7 +507,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """``eelsanom train``: train a detector and save the model file."""
     _, mask, det, _ = _fit(args, score=False)
-    path = det.save(args.model_out)
+    path = _save_model(det, args)
     if not args.quiet:
         print(f"{det.method} model trained on {int(mask.sum()) if mask is not None else 'all'} "
               f"pixels in {det.fit_seconds_:.1f} s, energy axis {det.energy_axis_.describe()}; "
@@ -391,16 +524,22 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if dup:
         raise InputError(f"inputs share the output name(s) {sorted(dup)}; score them into "
                          "separate --out folders.")
-    det = load_detector(args.model)
+    _precheck(args)
+    det = load_detector(args.model)  # the whole model file is checked before any data is read
     if args.threshold is not None:
         det.threshold = args.threshold
     if args.device is not None and "device" in det.get_params():
         det.set_params(device=args.device)
+    _check_outputs(args, [p for stem in stems for p in _planned_outputs(args, stem, det.method)],
+                   "--out")
     out = Path(args.out)
     failures = 0
     for path, stem in zip(args.inputs, stems):
         try:
             si = _load_input(args, path)
+            if si.is_lazy and getattr(args, "formats", None) is None:
+                _check_outputs(args, _planned_outputs(args, stem, det.method, streamed=True),
+                               "--out")
             bar = _Bar(args.quiet)
             try:
                 result = _score(det, si, args, stem, bar)
@@ -416,6 +555,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """``eelsanom simulate``: write a simulated spectrum image with its ground truth."""
+    from .io import check_outputs
     from .simulate import simulate
 
     thickness = None
@@ -428,6 +568,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         except ValueError:
             raise InputError(f"--thickness: expected T_MIN:T_MAX (t/lambda), found "
                              f"{args.thickness!r}. Use e.g. --thickness 0.2:1.0.") from None
+    (path,) = check_outputs([args.out], overwrite=args.overwrite, what="--out")
     sim = simulate(shape=tuple(args.shape), window=args.window, anomaly=args.anomaly,
                    magnitude=args.magnitude, anomaly_shape=args.anomaly_shape,
                    concentration=args.concentration, dose=args.dose, seed=args.seed,
@@ -435,7 +576,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                    drift=args.drift, drift_pattern=args.drift_pattern,
                    valence_gradient=args.valence_gradient, thickness=thickness,
                    gain=args.gain, dark_offset=args.dark_offset)
-    path = sim.save(args.out, overwrite=args.overwrite)
+    path = sim.save(path, overwrite=args.overwrite)  # a simulated file is data: never replaced
     if not args.quiet:
         print(f"simulated {sim.si.shape} ({sim.params.get('window')} window, "
               f"{int(sim.truth.sum())} anomalous pixels) -> {path}; ground truth and bulk mask are "
@@ -573,6 +714,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model-out", help="also save the trained model here (.h5)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="also replace existing files that eelsanom did not write (its own "
+                        "earlier outputs are replaced without it; inputs never are)")
     p.add_argument("--formats", default=None,
                    help="map formats, comma-separated from hspy,zspy,tiff,png (default: "
                         "hspy,png; zspy,hspy,png when the file is streamed)")
@@ -583,6 +727,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_io(p)
     _add_training(p)
     p.add_argument("--model-out", required=True, help="model file to write (.h5)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="also replace existing files that eelsanom did not write (its own "
+                        "earlier outputs are replaced without it; inputs never are)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("apply", help="score files with a saved model")
@@ -595,6 +742,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None,
                    help="auto | cpu | cuda | cuda:N | mps (default: as saved, or auto)")
     p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true",
+                   help="also replace existing files that eelsanom did not write (its own "
+                        "earlier outputs are replaced without it; inputs never are)")
     p.add_argument("--formats", default=None,
                    help="map formats, comma-separated from hspy,zspy,tiff,png (default: "
                         "hspy,png; zspy,hspy,png when the file is streamed)")
@@ -697,6 +847,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"eelsanom: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except OSError as exc:  # the environment (a full disk, no permission), not eelsanom
+        if args.debug or exc.errno not in _ENV_ERRNOS:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"eelsanom: error: could not write{where}: {exc.strerror or exc}; free some disk "
+              "space, or choose an output folder you can write (--out)", file=sys.stderr)
         return EXIT_INPUT
     except Cancelled as exc:
         print(f"eelsanom: cancelled: {exc}", file=sys.stderr)

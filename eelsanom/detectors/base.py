@@ -32,7 +32,7 @@ import numpy as np
 
 from .. import scoring
 from ..errors import EnergyAxisMismatch, InputError, NotFittedError
-from ..modelfile import read_model, write_model
+from ..modelfile import PATH_PARAMS, read_model, write_model
 from ..progress import ProgressCallback
 from ..result import AnomalyResult, PixelSpectrum
 from ..spectrum import Axis, SpectrumImage, as_spectrum_image
@@ -571,8 +571,12 @@ def load_detector(path: str | Path, expected: type[BaseDetector] | None = None) 
     Raises
     ------
     InputError
-        When the file is missing, not an eelsanom model file, in a newer format, names
-        an unknown detector, or holds a detector other than ``expected``.
+        "model file M: expected ..., found ..." when the file is missing, not an eelsanom
+        model file, in a newer format, breaks the model-file schema
+        (:func:`eelsanom.modelfile.validate_model`), holds a hyperparameter its detector
+        refuses (a bad threshold rule or transform), names an unknown detector, or holds
+        a detector other than ``expected``. Path hyperparameters (the 3D-CVAE's
+        ``checkpoint``) are reset to None: a model file never chooses a file to write.
     """
     from . import detector_class
 
@@ -591,8 +595,21 @@ def load_detector(path: str | Path, expected: type[BaseDetector] | None = None) 
             log.warning("%s was saved with device=%r, which this machine lacks; using 'auto'",
                         path, dev)
             params = {**params, "device": "auto"}
-    det = cls(**params)
-    det._set_state(state, arrays)
+    for k in PATH_PARAMS:  # nothing read from a model file may choose a path to write
+        if params.get(k) is not None:
+            log.info("%s: ignoring its saved %s=%r (a model file never chooses an output path)",
+                     path, k, params[k])
+            params = {**params, k: None}
+    try:  # validate_model (in read_model) checked the shapes; a bad rule or value is the model's
+        det = cls(**params)
+        det._validate_params()
+        det._set_state(state, arrays)
+    except InputError as exc:
+        raise InputError(f"model file {str(path)!r}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - whatever else a damaged file does is a refusal
+        raise InputError(f"model file {str(path)!r}: could not rebuild the {cls.__name__} "
+                         f"({type(exc).__name__}: {exc}); the file is damaged. Train the model "
+                         "again or use another model file.") from None
     det.energy_axis_ = Axis.from_dict(state["energy_axis"])
     det.threshold_ = state.get("threshold_value", float("nan"))
     det.trained_on_mask_ = state.get("trained_on_mask", False)

@@ -277,7 +277,7 @@ def validate_model(path: str | os.PathLike, header: dict[str, Any], params: dict
     except InputError as exc:
         raise _bad(path, "a detector eelsanom knows", f"{exc}") from None
     known = set(cls._param_names())
-    unknown = sorted(set(params) - known)
+    unknown = sorted(set(params) - known - set(cls.renamed_params))
     if unknown:
         raise _bad(path, f"{cls.__name__} hyperparameters ({', '.join(sorted(known))})",
                    f"unknown {unknown}")

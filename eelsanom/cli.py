@@ -301,7 +301,8 @@ def _score(det, si, args: argparse.Namespace, stem: str, bar, out: Path | None =
     fmts = {f.lower().lstrip(".") for f in _formats(args, si)}
     out = Path(out if out is not None else args.out)
     return score_streaming(det, si, out=out if "zspy" in fmts else None, stem=stem,
-                           protect=[si.source] if si.source else [], progress=bar)
+                           protect=[*_run_inputs(args), *([si.source] if si.source else [])],
+                           progress=bar)
 
 
 def _stem(path: str) -> str:

@@ -246,14 +246,17 @@ def test_full_disk_leaves_nothing_partial_under_a_final_name(files, tmp_path, ca
     assert not [p.name for p in out.iterdir() if p.name.startswith(".c_")]
 
 
-def test_ranges_needing_the_axes_are_checked_before_fitting(files, tmp_path, capsys,
+def test_ranges_needing_the_axes_are_checked_before_reading_and_fitting(files, tmp_path, capsys,
                                                             monkeypatch):
+    from hyperspy._signals.lazy import LazySignal
+
     from eelsanom.detectors.pca import PCADetector
 
     def no_fit(*a, **k):
-        raise AssertionError("fitted before the ranges were checked")
+        raise AssertionError("fitted (or read) before the ranges were checked")
 
     monkeypatch.setattr(PCADetector, "fit", no_fit)
+    monkeypatch.setattr(LazySignal, "compute", no_fit)  # checked once the axes are known
     np.save(tmp_path / "mask.npy", np.ones((3, 3), bool))
     for extra, needle in ((["--train-roi", "0:50,0:4"], "0:50"),
                           (["--energy-range", "100:200"], "energy"),

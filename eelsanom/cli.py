@@ -241,15 +241,16 @@ def _build_detector(args: argparse.Namespace):
     return get_detector(args.method, **_detector_params(args))
 
 
-def _load_input(args: argparse.Namespace, path: str):
+def _load_input(args: argparse.Namespace, path: str, on_axes=None):
     """Load ``path`` eagerly, or lazily to be streamed: with ``--lazy``, or (no ``--lazy`` /
     ``--no-lazy``) when :func:`eelsanom.stream.should_stream` says the cube is too large
-    (``load_spectrum_image(lazy="auto")`` decides and logs it)."""
+    (``load_spectrum_image(lazy="auto")`` decides and logs it). ``on_axes(si)`` runs the
+    checks that need only the axes before the data is read."""
     from .io import load_spectrum_image
 
     lazy = getattr(args, "lazy", None)
     si = load_spectrum_image(path, lazy="auto" if lazy is None else bool(lazy),
-                             signal=getattr(args, "signal", None))
+                             signal=getattr(args, "signal", None), on_axes=on_axes)
     if lazy:
         log.info("streaming %s block by block: --lazy given", Path(path).name)
     return _check_content(si, path)
@@ -301,7 +302,8 @@ def _score(det, si, args: argparse.Namespace, stem: str, bar, out: Path | None =
     fmts = {f.lower().lstrip(".") for f in _formats(args, si)}
     out = Path(out if out is not None else args.out)
     return score_streaming(det, si, out=out if "zspy" in fmts else None, stem=stem,
-                           protect=[si.source] if si.source else [], progress=bar)
+                           protect=[*_run_inputs(args), *([si.source] if si.source else [])],
+                           progress=bar)
 
 
 def _stem(path: str) -> str:
@@ -454,14 +456,17 @@ def _prepare(args: argparse.Namespace, *, outputs: bool):
         _check_outputs(args, _planned_outputs(args, stem, det.method), "--out")
     if getattr(args, "model_out", None):
         _check_outputs(args, [args.model_out], "--model-out")
-    si = _load_input(args, args.input)
+    def ranges(si) -> np.ndarray | None:  # need the axes only: before the data is read
+        mask = _train_mask(args, si)
+        er = getattr(det, "energy_range", None)
+        if er is not None:
+            si.crop_energy(er[0], er[1])  # refuses a window outside the data
+        return mask
+
+    si = _load_input(args, args.input, on_axes=ranges)
     if outputs and si.is_lazy and getattr(args, "formats", None) is None:
         _check_outputs(args, _planned_outputs(args, stem, det.method, streamed=True), "--out")
-    mask = _train_mask(args, si)
-    er = getattr(det, "energy_range", None)
-    if er is not None:
-        si.crop_energy(er[0], er[1])  # refuses a window outside the data, before fitting
-    return det, si, mask
+    return det, si, ranges(si)
 
 
 # ----------------------------------------------------------------------------- commands

@@ -34,7 +34,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -776,7 +776,8 @@ def _pick(path: Path, infos: list[dict[str, Any]], signal: Any) -> int:
 
 
 def load_spectrum_image(path: str | os.PathLike, *, lazy: bool | str = False,
-                        signal: int | None = None) -> SpectrumImage:
+                        signal: int | None = None,
+                        on_axes: Callable[[SpectrumImage], None] | None = None) -> SpectrumImage:
     """Read an EELS spectrum image from any HyperSpy-readable file.
 
     Parameters
@@ -794,6 +795,12 @@ def load_spectrum_image(path: str | os.PathLike, *, lazy: bool | str = False,
     signal : int, optional
         Which signal to use when the file holds several (see :func:`list_signals`).
         By default the only EELS spectrum-image candidate is used.
+    on_axes : callable, optional
+        Called with the spectrum image as soon as its axes are known and before its
+        data is read (lazily opened: ``data`` is a dask array; ``metadata`` without
+        the keys added here), so that checks needing only the axes (a region, a mask
+        shape, an energy window) refuse in seconds; an exception it raises ends the
+        load, with the file closed.
 
     Returns
     -------
@@ -838,6 +845,15 @@ def load_spectrum_image(path: str | os.PathLike, *, lazy: bool | str = False,
                 if lazy:
                     logger.info("streaming %s block by block: %s (lazy=False / --no-lazy loads "
                                 "it whole)", p.name, why)
+        checked = False
+        if on_axes is not None and getattr(sig, "_lazy", False):
+            try:
+                early = as_spectrum_image(sig, what=label)
+            except InputError:
+                early = None  # refused below, with the full message
+            if early is not None:
+                on_axes(replace(early, source=str(p)))
+                checked = True
         if not lazy and getattr(sig, "_lazy", False):
             _check_fits(label, tuple(sig.data.shape))
             try:
@@ -852,6 +868,8 @@ def load_spectrum_image(path: str | os.PathLike, *, lazy: bool | str = False,
         except InputError as exc:
             msg = str(exc)
             raise InputError(msg if label in msg else f"{label}: {msg}") from None
+        if on_axes is not None and not checked:
+            on_axes(replace(si, source=str(p)))
         meta = dict(si.metadata)
         meta.update(signal_index=idx, n_signals=len(signals),
                     signal_type=infos[idx]["signal_type"], original_metadata=_acquisition_info(sig))

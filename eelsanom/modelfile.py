@@ -151,7 +151,18 @@ def _json_depth(text: str) -> int:
     return best
 
 
+def _attr_bytes(f: Any, name: str) -> int:
+    """Stored size of the root attribute ``name`` (read from its header, not its value)."""
+    try:
+        return int(f.attrs.get_id(name).get_storage_size())
+    except Exception:  # noqa: BLE001 - a variable-length string: its value is read then
+        return 0
+
+
 def _json_attr(path: Path, f: Any, name: str) -> dict[str, Any]:
+    if _attr_bytes(f, name) > 4 * MAX_JSON_CHARS:
+        raise _bad(path, f"{name} JSON of at most {MAX_JSON_CHARS} characters",
+                   f"an attribute of {_attr_bytes(f, name)} bytes")
     raw = f.attrs.get(name)
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8", "replace")
@@ -434,6 +445,9 @@ def read_model(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any],
         for k in f.attrs:
             if k in ("params", "state"):
                 continue
+            if _attr_bytes(f, k) > 1 << 16:
+                raise _bad(path, f"a short root attribute {k!r}",
+                           f"{_attr_bytes(f, k)} bytes")
             v = f.attrs[k]
             v = v.decode("utf-8", "replace") if isinstance(v, bytes) else v
             header[k] = v.item() if isinstance(v, np.generic) else v

@@ -189,13 +189,13 @@ def realistic_conditions(quick: bool = True) -> list[Condition]:
     families = (("drift", DRIFT, "drift_eV"), ("valence", VALENCE, "valence_eV"),
                 ("thickness", THICKNESS, "t_over_lambda"),
                 ("drift+thickness+gain", combined, "drift_eV"))
-    conds = [Condition(f"{name} | shift {s:g} eV", {**base, **nuis, "magnitude": s}, oracle=o)
+    conds = [Condition(f"{name} / shift {s:g} eV", {**base, **nuis, "magnitude": s}, oracle=o)
              for name, nuis, o in families for s in (0.3, 0.6, 0.9)]
     conds += [
-        Condition("drift | shift 0.6 eV, isolated pixels",
+        Condition("drift / shift 0.6 eV, isolated pixels",
                   {**base, **DRIFT, "magnitude": 0.6, "anomaly_shape": "pixels",
                    "concentration": 0.01}, oracle="drift_eV"),
-        Condition("drift ramp, bulk not spanning it | shift 0.6 eV",
+        Condition("drift ramp, bulk not spanning it / shift 0.6 eV",
                   {**base, **DRIFT, "drift_pattern": "ramp", "magnitude": 0.6},
                   oracle="drift_eV"),
         Condition("anomaly-free, drift+thickness+gain",
@@ -702,7 +702,7 @@ def markdown_table(rows: list[dict[str, Any]], metric: str) -> str:
                      None)
             cells.append("" if v is None or (isinstance(v, float) and np.isnan(v))
                          else f"{v:.3f}" if isinstance(v, float) else str(v))
-        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+        lines.append(f"| {str(c).replace('|', '/')} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

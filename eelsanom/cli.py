@@ -437,7 +437,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.speed:
         run_speed(Path(args.out), methods=methods, device=args.device, quick=args.quick,
-                  quiet=args.quiet, seed=args.seed)
+                  quiet=args.quiet, seed=args.seed, large=args.large)
     else:
         run_benchmark(Path(args.out), quick=args.quick, methods=methods, device=args.device,
                       quiet=args.quiet, seed=args.seed)
@@ -605,6 +605,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="the detection benchmark (BENCHMARK.md)")
     p.add_argument("--quick", action="store_true", help="CPU-sized subset (64x64, fe-l)")
     p.add_argument("--speed", action="store_true", help="time fit and score on fixed sizes")
+    p.add_argument("--large", action="store_true",
+                   help="with --speed on the CPU: also PCA vs HyperSpy on 192x192x1334")
     p.add_argument("--out", required=True)
     p.add_argument("--methods", default="cvae,pca,rx,hyperspy")
     p.add_argument("--device", default="auto")

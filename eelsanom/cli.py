@@ -315,7 +315,15 @@ def _write_outputs(result, si, out: Path, stem: str, args: argparse.Namespace,
         "timings_s": result.timings,
         **({"streaming": result.info["streaming"]} if "streaming" in result.info else {}),
         "outputs": {k: str(v) for k, v in paths.items()},
+        "cautions": list(result.info.get("cautions", [])),
+        "notes": list(result.info.get("notes", [])),
     }
+    logged = set(getattr(getattr(result, "_detector", None), "fit_cautions_", None) or [])
+    for c in summary["cautions"]:  # fit cautions were logged by the detector as it fitted
+        if c not in logged:
+            log.warning("caution: %s", c)
+    for note in summary["notes"]:
+        log.warning("%s", note)
     summary.update(extra)
     if si.ground_truth is not None and si.ground_truth.any() and not si.ground_truth.all():
         summary["metrics"] = result.evaluate(si.ground_truth)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import cautions
 from ..errors import InputError
 from ..preprocess import forward_transform, inverse_transform, transform_sigma
 from ..progress import ProgressCallback, emit
@@ -421,6 +422,8 @@ class PCADetector(BaseDetector):
         log.info("PPCA: q=%d (%s), sigma^2=%.4g, %d training pixels (%d trimmed) on %s",
                  self.n_components_, self.selection_["method"], self.noise_variance_,
                  self.n_train_, self.n_trimmed_, dev)
+        cautions.add(self, cautions.fit_cautions("pca", self.n_train_, X.shape[1],
+                                                 self.n_components_))
 
     # ------------------------------------------------------------------ scoring
     def _tensors(self) -> _Tensors:

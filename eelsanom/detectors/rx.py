@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import cautions
 from ..errors import InputError
 from ..preprocess import forward_transform, inverse_transform, transform_sigma
 from ..progress import ProgressCallback, emit
@@ -291,6 +292,7 @@ class RXDetector(BaseDetector):
         self.n_trimmed_ = int(keep.size - keep.sum())
         log.info("RX: shrinkage %.4g, %d training pixels (%d trimmed)", self.shrinkage_,
                  self.n_train_, self.n_trimmed_)
+        cautions.add(self, cautions.fit_cautions("rx", self.n_train_, X.shape[1]))
 
     def _whiten(self, X: np.ndarray) -> np.ndarray:
         """Whitened coordinates ``W^T (x - mu)`` of transformed rows, shape (n, r).

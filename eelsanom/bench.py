@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import logging
+import math
 import os
 import platform
 import subprocess
@@ -427,6 +428,44 @@ def _header(quick: bool, device: str, seed: int, methods: list[str]) -> dict[str
             "seed": seed, "mode": "quick" if quick else "full", "methods": ",".join(methods)}
 
 
+def cvae_parameter_count(conds: list[Condition], *, device: str = "auto",
+                         seed: int = 0) -> str:
+    """Trainable parameters of the 3D-CVAE the benchmark trains on ``conds``.
+
+    The network depends on the number of energy channels, so the count is that
+    of the detector built as :func:`run_condition` builds it, for each energy
+    window the conditions simulate (``"N"``, or ``"N (window), M (window)"``).
+
+    Parameters
+    ----------
+    conds : list of Condition
+    device : str, default "auto"
+    seed : int, default 0
+
+    Returns
+    -------
+    str
+    """
+    from .detectors import get_detector
+    from .nn.model import CVAE3D, energy_levels_for
+    from .simulate import ENERGY_SCALE, WINDOWS
+
+    det = get_detector("cvae", **_detector_params("cvae", device, seed))
+    counts = {}
+    for cond in conds:
+        window = cond.sim.get("window", "fe-l")
+        if window in counts:
+            continue
+        e0, e1 = WINDOWS[window]
+        ne = int(math.floor((e1 - e0) / ENERGY_SCALE + 1e-9)) + 1
+        net = CVAE3D(ne, int(det.latent_dim), int(det.width), energy_levels_for(ne),
+                     int(det.spatial_layers))
+        counts[window] = int(net.n_parameters) * max(1, int(getattr(det, "n_seeds", 1) or 1))
+    if len(set(counts.values())) == 1:
+        return str(next(iter(counts.values())))
+    return ", ".join(f"{n} ({w})" for w, n in counts.items())
+
+
 def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     keys: list[str] = []
     for r in rows:
@@ -617,13 +656,8 @@ def run_benchmark(out: Path, *, quick: bool = True, methods: list[str] | None = 
     conds = conditions if conditions is not None else (
         quick_conditions() if quick else full_conditions())
     header = _header(quick, device, seed, methods)
-    try:
-        from .detectors import get_detector
-
-        if "cvae" in methods:
-            header["cvae_parameters"] = int(get_detector("cvae").n_parameters)
-    except Exception:  # noqa: BLE001 - the count is informative only
-        pass
+    if "cvae" in methods:
+        header["cvae_parameters"] = cvae_parameter_count(conds, device=device, seed=seed)
     if not quiet:
         print(" | ".join(f"{k}: {v}" for k, v in header.items()))
     rows: list[dict[str, Any]] = []

@@ -116,11 +116,15 @@ def energy_clip_caution(asked: tuple[float | None, float | None], lo: float, hi:
     above = stop is not None and stop > hi + tol
     if not (below or above):
         return []
-    used_lo = lo if below else start
-    used_hi = hi if above else stop
-    return [f"the energy range {start:g}-{stop:g} eV reaches beyond the data ({lo:g}-{hi:g} eV); "
-            f"used {used_lo:g}-{used_hi:g} eV ({n_channels} channels). Give a range inside "
-            "the data to silence this."]
+    used_lo = lo if below or start is None else start
+    used_hi = hi if above or stop is None else stop
+
+    def fmt(v: float | None, end: str) -> str:
+        return end if v is None else f"{v:g}"
+
+    return [f"the energy range {fmt(start, 'start')}-{fmt(stop, 'end')} eV reaches beyond the "
+            f"data ({lo:g}-{hi:g} eV); used {used_lo:g}-{used_hi:g} eV ({n_channels} channels). "
+            "Give a range inside the data to silence this."]
 
 
 def training_notes(det: Any) -> list[str]:

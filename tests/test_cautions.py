@@ -119,3 +119,10 @@ def test_cvae_early_stop_is_said_with_epochs():
     notes = det.score(sim.si).info["notes"]
     assert f"training stopped early at epoch {h['epochs_run']} (best epoch {h['best_epoch']})" \
         in notes
+
+
+def test_energy_clip_rule():
+    assert not cautions.energy_clip_caution((300.0, 400.0), 300.0, 2347.0, 101)
+    assert not cautions.energy_clip_caution((None, 400.0), 300.0, 2347.0, 101)
+    (msg,) = cautions.energy_clip_caution((None, 3000.0), 300.0, 2347.0, 2048)
+    assert "start-3000 eV reaches beyond the data (300-2347 eV); used 300-2347 eV" in msg

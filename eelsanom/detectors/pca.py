@@ -100,9 +100,9 @@ class PCADetector(BaseDetector):
         decomposition runs on the smaller side of the data: with fewer training
         pixels ``n`` than channels ``D``, the ``n x n`` pixel Gram matrix (cost
         ``O(n^2 D)``, no ``D x D`` matrix formed); otherwise the ``D x D``
-        covariance, accumulated with torch on ``device`` (float64 on the CPU,
-        float32 on a GPU), of which only the leading eigenvectors are computed
-        (float64, on the CPU). Both are exact (LAPACK), not randomized.
+        covariance (float64 BLAS on the CPU, torch float32 on a GPU), of which
+        only the leading eigenvectors are computed (float64; on the GPU when the
+        device has one). Both are exact (LAPACK), not randomized.
 
     Score
         ``score_kind="nll"``: the PPCA negative log-likelihood per pixel, in

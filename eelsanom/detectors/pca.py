@@ -475,6 +475,13 @@ class PCADetector(BaseDetector):
         step = max(1, BLOCK_VALUES // X.shape[1])
         ps, r2s = [], []
         for i in range(0, X.shape[0], step):
+            if t.dev.type == "cpu":  # float64 BLAS; ||r||^2 = ||x - mu||^2 - ||p||^2 (U orthonormal)
+                xc = np.asarray(X[i:i + step], np.float64) - self.mean_
+                p = xc @ self.components_
+                ps.append(p)
+                r2s.append(np.maximum(np.einsum("ij,ij->i", xc, xc)
+                                      - np.einsum("ij,ij->i", p, p), 0.0))
+                continue
             _, p, r = self._terms(X[i:i + step], t)
             ps.append(p.cpu().double().numpy())
             r2s.append((r * r).sum(1).cpu().double().numpy())

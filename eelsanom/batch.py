@@ -921,6 +921,39 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
+def error_line(path: str | os.PathLike, error: str) -> str:
+    """The stderr line of a failed file, naming its path once.
+
+    Errors raised while reading a file usually name it already; then the path is
+    not put in front of the message a second time.
+
+    Parameters
+    ----------
+    path : str or Path
+        The input as listed in the summary.
+    error : str
+        Its error message.
+
+    Returns
+    -------
+    str
+        ``"eelsanom: error: <error>"`` when the message contains the path (as given
+        or resolved), else ``"eelsanom: error: <path>: <error>"`` (a message that
+        starts with the file's name and a colon loses that start).
+    """
+    p = str(path)
+    try:
+        resolved = str(Path(p).resolve())
+    except (OSError, RuntimeError):
+        resolved = p
+    if p in error or resolved in error:
+        return f"eelsanom: error: {error}"
+    name = Path(p).name
+    if name and error.startswith(f"{name}: "):  # the loader's "<file name>: ..." prefix
+        error = error[len(name) + 2:]
+    return f"eelsanom: error: {p}: {error}"
+
+
 def main(args: argparse.Namespace) -> int:
     """Run ``eelsanom batch``; return the exit status (0, :data:`EXIT_FAILED`).
 
@@ -988,7 +1021,7 @@ def main(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     for r in s.failed:
-        print(f"eelsanom: error: {r.input}: {r.error}", file=sys.stderr)
+        print(error_line(r.input, r.error), file=sys.stderr)
     if not quiet:
         c = s.counts
         print(f"batch: {c['done']} done, {c['skipped']} skipped, {c['failed']} failed of "

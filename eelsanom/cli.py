@@ -357,7 +357,15 @@ def _write_outputs(result, si, out: Path, stem: str, args: argparse.Namespace,
         "timings_s": result.timings,
         **({"streaming": result.info["streaming"]} if "streaming" in result.info else {}),
         "outputs": {k: str(v) for k, v in paths.items()},
+        "cautions": list(result.info.get("cautions", [])),
+        "notes": list(result.info.get("notes", [])),
     }
+    logged = set(getattr(getattr(result, "_detector", None), "fit_cautions_", None) or [])
+    for c in summary["cautions"]:  # fit cautions were logged by the detector as it fitted
+        if c not in logged:
+            log.warning("caution: %s", c)
+    for note in summary["notes"]:
+        log.warning("%s", note)
     summary.update(extra)
     if warnings:
         summary["warnings"] = warnings
@@ -596,20 +604,52 @@ def cmd_bench(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.speed:
         run_speed(Path(args.out), methods=methods, device=args.device, quick=args.quick,
-                  quiet=args.quiet, seed=args.seed)
+                  quiet=args.quiet, seed=args.seed, large=args.large)
     else:
         run_benchmark(Path(args.out), quick=args.quick, methods=methods, device=args.device,
                       quiet=args.quiet, seed=args.seed, suite=args.suite)
     return 0
 
 
+def _info_table(name: str, rows: list[dict[str, Any]]) -> str:
+    """The signals of a file as an aligned text table (``eelsanom info`` without ``--json``)."""
+    def num(v: Any) -> str:
+        return f"{float(v):.6g}"
+
+    table = [("#", "title", "type", "navigation", "channels", "energy axis", "dtype",
+              "spectrum image?")]
+    for r in rows:
+        nav = " x ".join(str(n) for n in r.get("nav_shape") or []) or "-"
+        sig = " x ".join(str(n) for n in r.get("signal_shape") or []) or "-"
+        if r.get("energy_offset") is not None:
+            units = r.get("energy_units") or ""
+            energy = (f"{num(r['energy_offset'])} to {num(r['energy_end'])} {units}, "
+                      f"{num(r['energy_scale'])} {units}/channel")
+        else:
+            energy = "-"
+        title = str(r.get("title") or "")
+        table.append((str(r.get("index", "")), title if len(title) <= 40 else title[:39] + "…",
+                      str(r.get("signal_type") or "-"), nav, sig, energy, str(r.get("dtype", "")),
+                      "yes" if r.get("is_candidate") else "no"))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = [f"{name}: {len(rows)} signal{'s' if len(rows) != 1 else ''}"]
+    for j, row in enumerate(table):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
-    """``eelsanom info``: print one JSON line per signal in the file."""
+    """``eelsanom info``: a table of the signals in the file (``--json``: one JSON line each)."""
     from .io import list_signals
 
     rows = list_signals(args.input)
-    for r in rows:
-        print(json.dumps(r, default=str))
+    if args.json:
+        for r in rows:
+            print(json.dumps(r, default=str))
+    else:
+        print(_info_table(Path(args.input).name, rows))
     return 0
 
 
@@ -789,6 +829,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "under energy drift, valence gradient, thickness and detector response")
     p.add_argument("--quick", action="store_true", help="CPU-sized subset (64x64, fe-l)")
     p.add_argument("--speed", action="store_true", help="time fit and score on fixed sizes")
+    p.add_argument("--large", action="store_true",
+                   help="with --speed on the CPU: also PCA vs HyperSpy on 192x192x1334")
     p.add_argument("--out", required=True)
     p.add_argument("--methods", default="cvae,pca,rx,hyperspy")
     p.add_argument("--device", default="auto")
@@ -797,6 +839,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="list the signals a file holds")
     p.add_argument("input")
+    p.add_argument("--json", action="store_true", help="one JSON line per signal")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("latent", help="latent-space report of a run (or comparison of two runs)")

@@ -1136,6 +1136,10 @@ def _readable_units(y: Axis, x: Axis) -> tuple[Axis, Axis]:
     return conv(y), conv(x)
 
 
+#: colours of a boolean map's PNG: (not flagged, flagged)
+MASK_COLOURS = ("#1f1f1f", "#ff8c00")
+
+
 def save_png_map(arr: Any, path: str | os.PathLike, *, si_or_result: Any, title: str,
                  cbar_label: str, cmap: str = "magma", mask_overlay: Any = None,
                  log: bool = False, threshold: float | None = None,
@@ -1145,7 +1149,8 @@ def save_png_map(arr: Any, path: str | os.PathLike, *, si_or_result: Any, title:
     Parameters
     ----------
     arr : array of shape (ny, nx)
-        The map; NaN pixels are drawn grey.
+        The map; NaN pixels are drawn grey. A boolean map is drawn in the two
+        :data:`MASK_COLOURS` with a legend (counts per colour) instead of a colour bar.
     path : str or Path
         Output image (``.png``; ``.pdf``/``.svg`` also work).
     si_or_result : SpectrumImage or AnomalyResult
@@ -1204,19 +1209,32 @@ def save_png_map(arr: Any, path: str | os.PathLike, *, si_or_result: Any, title:
             lin = float(np.percentile(nz, 10)) if nz.size else 1.0
             norm = mcolors.SymLogNorm(linthresh=max(lin, 1e-12), vmin=finite.min(),
                                       vmax=finite.max())
-    cm = matplotlib.colormaps[cmap].copy()
+    if is_bool:  # two colours and a legend, fixed whatever the mask holds (all False too)
+        cm = mcolors.ListedColormap(list(MASK_COLOURS))
+        norm = mcolors.BoundaryNorm([-0.5, 0.5, 1.5], 2)
+    else:
+        cm = matplotlib.colormaps[cmap].copy()
     cm.set_bad("0.6")
     fig = Figure(figsize=(6.4, 4.8 if ny > 1 else 2.6), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     im = ax.imshow(np.ma.masked_invalid(data), extent=extent, origin="upper", cmap=cm, norm=norm,
                    interpolation="nearest", aspect=aspect)
-    cb = fig.colorbar(im, ax=ax)
-    cb.set_label(cbar_label)
     if is_bool:
-        cb.set_ticks([0, 1], labels=["no", "yes"])
-    if threshold is not None and np.isfinite(threshold):
-        cb.ax.axhline(float(threshold), color="cyan", linewidth=1.5)
+        from matplotlib.patches import Patch  # noqa: PLC0415
+
+        n_yes = int(raw.sum())
+        handles = [Patch(facecolor=MASK_COLOURS[0], edgecolor="0.5",
+                         label=f"not flagged ({raw.size - n_yes} px)"),
+                   Patch(facecolor=MASK_COLOURS[1], edgecolor="0.5",
+                         label=f"flagged ({n_yes} px)")]
+        fig.legend(handles=handles, title=cbar_label, loc="outside right center", fontsize=9,
+                   title_fontsize=9)
+    else:
+        cb = fig.colorbar(im, ax=ax)
+        cb.set_label(cbar_label)
+        if threshold is not None and np.isfinite(threshold):
+            cb.ax.axhline(float(threshold), color="cyan", linewidth=1.5)
     if mask_overlay is not None:
         m = _check_map(mask_overlay, y, x, "mask_overlay").astype(bool)
         rgba = np.zeros((ny, nx, 4))

@@ -322,7 +322,19 @@ def validate_model(path: str | os.PathLike, header: dict[str, Any], params: dict
             raise _bad(path, "a positive finite noise_variance", _short(nv))
     elif method == "rx":
         _shape(path, arrays, "mean", (D,))
-        _shape(path, arrays, "whitener", (D, D))
+        wh = arrays.get("whitener")
+        r = wh.shape[1] if wh is not None and wh.ndim == 2 else D
+        if not 1 <= r <= D:
+            raise _bad(path, f"1..{D} whitened directions", str(r))
+        _shape(path, arrays, "whitener", (D, r))
+        if "basis" in arrays:  # fitted on fewer pixels than channels (Woodbury form)
+            _shape(path, arrays, "basis", (D, r))
+            iso = state.get("iso_precision")
+            if not (_num(iso) and iso > 0):
+                raise _bad(path, "a positive finite iso_precision with /arrays/basis", _short(iso))
+        elif r != D:
+            raise _bad(path, f"/arrays/whitener of shape ({D}, {D}) or an /arrays/basis",
+                       f"shape {wh.shape} and no basis")
         _positive(path, "channel variances (var)", _shape(path, arrays, "var", (D,)))
         for k in ("logdet", "shrinkage"):
             if not _num(state.get(k)):

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .. import scoring
+from .. import cautions, scoring
 from ..errors import EnergyAxisMismatch, InputError, NotFittedError
 from ..modelfile import PATH_PARAMS, read_model, write_model
 from ..progress import ProgressCallback
@@ -233,12 +233,16 @@ class BaseDetector:
         self._validate_params()
         si = as_spectrum_image(si, what="training data")
         er = getattr(self, "energy_range", None)
+        self.fit_cautions_ = []
         if er is not None:
+            lo, hi = float(si.energy.values[0]), float(si.energy.values[-1])
             si = si.crop_energy(er[0], er[1])
+            cautions.add(self, cautions.energy_clip_caution(tuple(er), lo, hi, si.n_energy))
         mask = check_train_mask(train_mask, si.nav_shape, min_pixels=self.min_train_pixels)
         if mask is None and si.nav_shape[0] * si.nav_shape[1] < self.min_train_pixels:
             raise InputError(f"training data has {si.nav_shape[0] * si.nav_shape[1]} pixels; "
                              f"{type(self).__name__} needs at least {self.min_train_pixels}.")
+        self.n_fit_pixels_ = int(mask.sum()) if mask is not None else int(np.prod(si.nav_shape))
         t0 = time.perf_counter()
         self._fit(si, mask, progress)
         self.energy_axis_ = si.energy
@@ -318,7 +322,8 @@ class BaseDetector:
         return AnomalyResult(
             nll=nll, threshold=t, threshold_method=label, mask=nll > t, method=self.method,
             y=siw.y, x=siw.x, energy=siw.energy, latent=latent, maps=maps, timings=timings,
-            info={"params": self.get_params(), **(info or {})},
+            info={"params": self.get_params(), **(info or {}),
+                  **cautions.collect(self, nll.size, label)},
             _detector=self if attach else None, _si=siw if attach else None)
 
     def score_block(self, si: Any, region: tuple[int, int, int, int], *,

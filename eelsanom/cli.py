@@ -317,64 +317,11 @@ def _stem(path: str) -> str:
 
 def _write_outputs(result, si, out: Path, stem: str, args: argparse.Namespace,
                    extra: dict[str, Any]) -> dict[str, Any]:
-    import io as _bytes_io
+    """The run folder (:func:`eelsanom.run.write_run`) with the formats and inputs of ``args``."""
+    from .run import write_run
 
-    from .io import _atomic_write_bytes, record_outputs, save_result, write_json
-
-    protect = [*_run_inputs(args), *([si.source] if si.source else [])]
-    formats = _formats(args, si)
-    streamed = {k: Path(v) for k, v in (result.info.get("outputs") or {}).items()}
-    if streamed:  # written block by block by eelsanom.stream.score_streaming
-        formats = tuple(f for f in formats if f.lower().lstrip(".") != "zspy")
-    paths = save_result(result, out, stem=stem, formats=formats, protect=protect)
-    paths.update(streamed)
-    for name in ("seed_disagreement", "seed_std_nll"):  # seed ensembles (3D-CVAE --n-seeds)
-        if name in result.maps:  # read back by `eelsanom latent` (eelsanom.latent.report)
-            buf = _bytes_io.BytesIO()
-            np.save(buf, np.asarray(result.maps[name], np.float32))
-            paths[f"{name}_npy"] = _atomic_write_bytes(out / f"{stem}_{name}.npy", buf.getvalue())
-    warnings = list(si.metadata.get("warnings", []))
-    finite = np.asarray(result.nll)[np.isfinite(result.nll)]
-    if finite.size > 1 and float(np.ptp(finite)) == 0.0:
-        warnings.append("the NLL map is constant: no pixel differs from the others under this "
-                        "model, so none can be flagged")
-        log.warning("%s: %s", stem, warnings[-1])
-    summary: dict[str, Any] = {
-        "eelsanom_version": __version__,
-        "input": si.source,
-        "title": si.title,
-        "shape": list(si.shape),
-        "energy_axis": si.energy.to_dict(),
-        "model_energy_axis": result.energy.to_dict(),
-        "navigation": {"y": si.y.to_dict(), "x": si.x.to_dict()},
-        "method": result.method,
-        "params": result.info.get("params", {}),
-        "threshold": {"method": result.threshold_method, "value": result.threshold},
-        "counts": {"pixels": int(result.nll.size), "flagged": result.n_flagged,
-                   "flagged_fraction": result.n_flagged / result.nll.size},
-        "nll_stats": {"min": float(np.min(result.nll)), "median": float(np.median(result.nll)),
-                      "max": float(np.max(result.nll))},
-        "timings_s": result.timings,
-        **({"streaming": result.info["streaming"]} if "streaming" in result.info else {}),
-        "outputs": {k: str(v) for k, v in paths.items()},
-        "cautions": list(result.info.get("cautions", [])),
-        "notes": list(result.info.get("notes", [])),
-    }
-    logged = set(getattr(getattr(result, "_detector", None), "fit_cautions_", None) or [])
-    for c in summary["cautions"]:  # fit cautions were logged by the detector as it fitted
-        if c not in logged:
-            log.warning("caution: %s", c)
-    for note in summary["notes"]:
-        log.warning("%s", note)
-    summary.update(extra)
-    if warnings:
-        summary["warnings"] = warnings
-    if si.ground_truth is not None and si.ground_truth.any() and not si.ground_truth.all():
-        summary["metrics"] = result.evaluate(si.ground_truth)
-    summary_path = write_json(summary, out / f"{stem}_summary.json", protect=protect)
-    summary["outputs"]["summary"] = str(summary_path)
-    record_outputs(Path(v) for v in summary["outputs"].values())
-    return summary
+    return write_run(result, si, out, stem, formats=_formats(args, si),
+                     protect=_run_inputs(args), extra=extra)
 
 
 def _print_summary(summary: dict[str, Any], quiet: bool) -> None:

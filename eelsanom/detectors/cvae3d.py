@@ -57,6 +57,20 @@ model worse on held-out bulk than the PPCA it started from, and
 ``init_won``). Adam with a one-cycle learning-rate schedule; seeded (CPU runs
 are reproducible); resumable checkpoints.
 
+Context mode
+------------
+``context="blind-spot"`` predicts each pixel from its neighbourhood with the
+pixel itself masked (:class:`eelsanom.nn.model.CVAE3D` with
+``context_radius``): per-pixel codes of the neighbours (the PPCA-initialised
+encoder, no spatial layers), their median over a ``(2R + 1)^2`` ring with a
+learned masked correction, the per-pixel decoder, and a sigma that adds the
+spread of the neighbours' codes. The score is the pixel's NLL under that
+prediction (no KL term: the pixel's own code is not used), through the same
+pooling stage. A smooth nuisance that the neighbours share (energy drift,
+thickness) is predicted; a local change they do not share is not. Training
+fits the NLL of every bulk pixel predicted from its neighbourhood; the
+untrained model (epoch 0) is the median-of-PPCA-codes predictor.
+
 Latent training options
 -----------------------
 ``nested_prefixes`` trains *Matryoshka* latents (Kusupati et al., "Matryoshka
@@ -294,6 +308,14 @@ class CVAE3DDetector(BaseDetector):
         Resumable training checkpoint: written every 5 epochs, when training is
         cancelled and at its end; ``fit`` resumes from it when it matches the
         data and parameters. Ensemble member ``i > 0`` uses ``<checkpoint>.member<i>``.
+    context : {None, "pixel", "blind-spot"}
+        ``None``/``"pixel"`` (default): each pixel is encoded and scored from its own
+        spectrum (plus ``spatial_layers`` of context). ``"blind-spot"``: each pixel
+        is predicted from its neighbourhood with the pixel itself masked (see the
+        module docstring, "Context mode"); ``spatial_layers`` is then not used.
+    context_radius : int
+        Blind-spot mode: the neighbourhood is the ``(2 R + 1)^2`` square around the
+        pixel, without it (default 4: 9 x 9).
 
     Examples
     --------
@@ -324,7 +346,8 @@ class CVAE3DDetector(BaseDetector):
                  robust_fraction: float = 0.05, val_fraction: float = 0.12, patience: int = 8,
                  scoring: str = "elbo", transform: str = "anscombe", device: str = "auto",
                  amp: bool | str = "auto", tile_size: int | None = None, seed: int = 0,
-                 n_seeds: int = 1, checkpoint: str | None = None) -> None:
+                 n_seeds: int = 1, checkpoint: str | None = None,
+                 context: str | None = None, context_radius: int = 4) -> None:
         self.energy_range = energy_range
         self.threshold = threshold
         self.latent_dim = latent_dim
@@ -350,6 +373,8 @@ class CVAE3DDetector(BaseDetector):
         self.seed = seed
         self.n_seeds = n_seeds
         self.checkpoint = checkpoint
+        self.context = context
+        self.context_radius = context_radius
 
     # ------------------------------------------------------------------ params
     def _validate_params(self) -> None:
@@ -367,6 +392,7 @@ class CVAE3DDetector(BaseDetector):
                              f"ensemble), found {self.n_seeds!r}. Fix: n_seeds=1 trains one "
                              "network; 3-5 seeds give a mean map and a disagreement map.")
         self._prefixes()
+        self._context_radius()
         for name in ("batch_size", "tile_size"):
             v = getattr(self, name)
             if v is not None and not _is_int(v, 1):
@@ -392,6 +418,24 @@ class CVAE3DDetector(BaseDetector):
                 not hasattr(self.checkpoint, "__fspath__"):
             raise InputError(f"checkpoint: expected None or a file path, got {self.checkpoint!r}.")
         self._device()
+
+    def _context_radius(self) -> int:
+        """0 in per-pixel mode, else the validated ring radius of the blind-spot context mode."""
+        if self.context is None or self.context == "pixel":
+            return 0
+        if self.context != "blind-spot":
+            raise InputError(f"context: expected None (per-pixel mode), 'pixel' or 'blind-spot', "
+                             f"found {self.context!r}. Fix: context='blind-spot' predicts each "
+                             "pixel from its neighbourhood with the pixel itself masked.")
+        if not _is_int(self.context_radius, 1, 16):
+            raise InputError(f"context_radius: expected an integer in [1, 16] (pixels of "
+                             f"neighbourhood on each side), found {self.context_radius!r}. Fix: "
+                             "context_radius=4 uses a 9 x 9 neighbourhood.")
+        if self.nested_prefixes is not None:
+            raise InputError(f"nested_prefixes: expected None with context='blind-spot' (a "
+                             f"context model is not trained with nested latents), found "
+                             f"{self.nested_prefixes!r}. Fix: nested_prefixes=None.")
+        return int(self.context_radius)
 
     def _prefixes(self) -> tuple[int, ...] | None:
         """The Matryoshka prefixes to train (validated), ending at ``latent_dim``; or ``None``."""
@@ -477,10 +521,13 @@ class CVAE3DDetector(BaseDetector):
         region_mask = full[r0:r1, c0:c1]
         levels = energy_levels_for(ne)
         floor = float(self.sigma_floor)
+        ctx = self._context_radius()
         arch = {"n_energy": ne, "latent_dim": int(self.latent_dim), "width": int(self.width),
-                "levels": levels, "spatial_layers": int(self.spatial_layers), "hidden": 64,
-                "raw_init": _inv_softplus(max(1.0 - floor, 0.05))}
-        halo = int(self.spatial_layers)
+                "levels": levels, "spatial_layers": 0 if ctx else int(self.spatial_layers),
+                "hidden": 64, "raw_init": _inv_softplus(max(1.0 - floor, 0.05))}
+        if ctx:  # blind-spot context mode: per-pixel codes, a ring of neighbours predicts
+            arch["context_radius"] = ctx
+        halo = ctx if ctx else int(self.spatial_layers)
         ry = np.clip(np.arange(r0 - halo, r1 + halo), 0, ny - 1)
         rx = np.clip(np.arange(c0 - halo, c1 + halo), 0, nx - 1)
         block = np.asarray(si.data[int(ry.min()):int(ry.max()) + 1,
@@ -501,6 +548,9 @@ class CVAE3DDetector(BaseDetector):
             params.pop("nested_prefixes", None)
         else:
             params["nested_prefixes"] = list(prefixes)
+        if not ctx:  # per-pixel mode keeps the fingerprints of earlier versions
+            params.pop("context", None)
+            params.pop("context_radius", None)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         noise_var = (scaler.noise / scaler.scale) ** 2
@@ -627,9 +677,13 @@ class CVAE3DDetector(BaseDetector):
     @property
     def score_context(self) -> int:  # type: ignore[override]
         """Pixels on each side that a pixel's score depends on: the network's receptive
-        field (``spatial_layers``) plus the pooling stage's radius; what
-        :meth:`score_block` (streaming) reads around each block."""
-        return int(self.spatial_layers) + self._pooling().radius()
+        field (``spatial_layers``, or ``context_radius`` in the blind-spot context
+        mode) plus the pooling stage's radius; what :meth:`score_block` (streaming)
+        reads around each block."""
+        if hasattr(self, "model_"):
+            return int(self.model_.halo) + self._pooling().radius()
+        ctx = self._context_radius()
+        return (ctx if ctx else int(self.spatial_layers)) + self._pooling().radius()
 
     def _score_region(self, si: SpectrumImage, region: tuple[int, int, int, int],
                       progress: ProgressCallback | None

@@ -248,7 +248,10 @@ def gaussian_outputs(model: CVAE3D, x: torch.Tensor, mean_t: torch.Tensor, scale
     Returns ``(target, mean, sigma, mu, logvar)`` in float32, the first three
     of shape ``(B, E, h, w)`` in Anscombe units (``target`` is the central
     region of ``x`` mapped back), ``mu, logvar`` of shape ``(B, d, h, w)``.
-    ``prefix = m`` decodes only the first ``m`` latent dimensions.
+    ``prefix = m`` decodes only the first ``m`` latent dimensions. A context
+    model (``model.context_radius > 0``) predicts each central pixel from its
+    neighbours (:meth:`CVAE3D.context_forward`; ``sample`` and ``prefix`` are
+    ignored) and its sigma includes the neighbours' code spread.
 
     Parameters
     ----------
@@ -271,6 +274,15 @@ def gaussian_outputs(model: CVAE3D, x: torch.Tensor, mean_t: torch.Tensor, scale
     target, mean, sigma : Tensor of shape (B, E, h, w)
     mu, logvar : Tensor of shape (B, d, h, w)
     """
+    if getattr(model, "context_radius", 0):
+        # blind-spot context mode: the centre is predicted from its neighbours' codes; the
+        # prediction's variance adds the spread of those codes (deterministic, no sampling)
+        with autocast(x.device, amp):
+            out_mean, raw, extra, mu, logvar = model.context_forward(x)
+        target, mean, sigma = _to_gaussian(model, x, out_mean, raw, mean_t, scaler)
+        s = float(scaler.scale)
+        sigma = torch.sqrt(sigma * sigma + (s * s) * extra.float())
+        return target, mean, sigma, mu.float(), logvar.float()
     with autocast(x.device, amp):
         out_mean, raw, mu, logvar = model(x, sample=sample, generator=generator, prefix=prefix)
     target, mean, sigma = _to_gaussian(model, x, out_mean, raw, mean_t, scaler)
@@ -548,11 +560,15 @@ def _state_cpu(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 # ----------------------------------------------------------------------------- training
 def _pixel_loss(target: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor, mu: torch.Tensor,
-                logvar: torch.Tensor, beta: float, beta_nll: float
+                logvar: torch.Tensor, beta: float, beta_nll: float, with_kl: bool = True
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-pixel ``(loss, elbo)`` ``(B, h, w)``: loss may carry the beta-NLL weighting."""
+    """Per-pixel ``(loss, elbo)`` ``(B, h, w)``: loss may carry the beta-NLL weighting.
+
+    ``with_kl=False`` (a context model, whose prediction does not use the
+    pixel's own code): both are the NLL alone.
+    """
     nll_e = gaussian_nll(target, mean, sigma)
-    kl = kl_standard_normal(mu, logvar).sum(1)
+    kl = kl_standard_normal(mu, logvar).sum(1) if with_kl else torch.zeros_like(nll_e[:, 0])
     elbo = nll_e.sum(1) + kl
     if beta_nll:
         rec = (nll_e * beta_nll_weight(sigma, beta_nll)).sum(1)
@@ -612,7 +628,8 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
     -------
     dict
         History: ``loss`` and ``val_nll`` per epoch (mean per-pixel negative
-        ELBO, nats; averaged over the prefixes with ``cfg.prefixes``),
+        ELBO, nats; averaged over the prefixes with ``cfg.prefixes``; the NLL of
+        each pixel under its neighbourhood's prediction for a context model),
         ``init_val`` (the initialisation's held-out value, NaN without a
         validation split), ``best_epoch`` (0 = the initialisation), ``best_val``,
         ``init_won``, ``epochs_run``, ``stopped_early``, ``resumed_from``. The
@@ -626,6 +643,11 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
         When ``progress`` returns ``False`` (after the checkpoint is written).
     """
     halo = model.halo
+    # a context model's prediction of a pixel does not use the pixel's own code: NLL only
+    use_kl = not getattr(model, "context_radius", 0)
+    if cfg.prefixes and not use_kl:
+        raise InputError("nested (Matryoshka) training is not available for a context model; "
+                         "pass nested_prefixes=None.")
     h, w = train_mask.shape
     py, px = min(cfg.patch_size, h), min(cfg.patch_size, w)
     n_train = int(train_mask.sum())
@@ -717,7 +739,8 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
                 else:
                     target, mean, sigma, mu, logvar = gaussian_outputs(
                         model, xv, mean_t, scaler, sample=False, generator=None, amp=cfg.amp)
-                    _, elbo = _pixel_loss(target, mean, sigma, mu, logvar, cfg.beta, 0.0)
+                    _, elbo = _pixel_loss(target, mean, sigma, mu, logvar, cfg.beta, 0.0,
+                                          use_kl)
                 vals.append(elbo[0][vm[y0:y1, x0:x1]])
         model.train()
         v = torch.cat(vals)
@@ -756,7 +779,7 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
                     target, mean, sigma, mu, logvar = gaussian_outputs(
                         model, _cl(xb), mean_t, scaler, sample=True, generator=gen, amp=cfg.amp)
                     loss_px, _ = _pixel_loss(target, mean, sigma, mu, logvar, cfg.beta,
-                                             cfg.beta_nll)
+                                             cfg.beta_nll, use_kl)
                 loss = _masked_mean(loss_px, mb, cfg.robust_fraction if cfg.robust else 0.0,
                                     cutoff)
                 if cfg.robust:
@@ -911,7 +934,9 @@ def score_cube(model: CVAE3D, read: Callable[[slice, slice], np.ndarray], ny: in
     pooling : Pooling
         The pooling stage's settings (``Pooling(sigma=0)``: each pixel alone).
     with_kl : bool
-        Add the (neighbourhood-weighted) KL term to each scale's NLL.
+        Add the (neighbourhood-weighted) KL term to each scale's NLL (never for a
+        context model, whose score is the centre's NLL under its neighbourhood's
+        prediction; ``kl`` is still reported).
     device, amp
         Where and how to run (``amp``: bf16 autocast of the network on CUDA).
     excess : (float, float), optional
@@ -977,7 +1002,10 @@ def score_cube(model: CVAE3D, read: Callable[[slice, slice], np.ndarray], ny: in
                 prefix=prefix)
             target, mean, sigma = target[0], mean[0], sigma[0]  # (E, hs, ws)
             kl = kl_standard_normal(mu[0], logvar[0])[:prefix].sum(0)  # (hs, ws)
-            res = pooling_stage.pool_region(target, mean, sigma, kl if with_kl else None,
+            # a context model's score is the centre's NLL under its neighbourhood's
+            # prediction: its own code's KL is reported, not added
+            use_kl = with_kl and not getattr(model, "context_radius", 0)
+            res = pooling_stage.pool_region(target, mean, sigma, kl if use_kl else None,
                                             out_box=(ay0, ay1, ax0, ax1),
                                             src_box=(sy0, sy1, sx0, sx1), image_shape=(ny, nx),
                                             pooling=pooling, noise2=noise2, excess=excess,

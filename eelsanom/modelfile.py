@@ -110,6 +110,8 @@ MAX_MEMBERS = 256
 #: 3D-CVAE architecture keys and their allowed integer ranges (``raw_init``: any finite number)
 CVAE_ARCH = {"n_energy": (1, MAX_CHANNELS), "latent_dim": (1, 4096), "width": (1, 4096),
              "levels": (0, 16), "spatial_layers": (0, 64), "hidden": (1, 16384)}
+#: architecture keys only some models have: the blind-spot context radius (pixels)
+CVAE_ARCH_OPTIONAL = {"context_radius": (0, 64)}
 #: hyperparameters that name files: never taken from a model file (reset to None on load)
 PATH_PARAMS = ("checkpoint",)
 
@@ -346,12 +348,17 @@ def validate_model(path: str | os.PathLike, header: dict[str, Any], params: dict
 def _validate_cvae(path: Path, state: dict[str, Any], arrays: dict[str, np.ndarray],
                    D: int) -> None:
     arch = state.get("arch")
-    if not isinstance(arch, dict) or set(arch) != set(CVAE_ARCH) | {"raw_init"}:
-        raise _bad(path, f"a CVAE architecture with the keys "
-                   f"{sorted(set(CVAE_ARCH) | {'raw_init'})}", _short(arch))
-    for k, (lo, hi) in CVAE_ARCH.items():
-        if not _int(arch[k], lo, hi):
+    required = set(CVAE_ARCH) | {"raw_init"}
+    if not isinstance(arch, dict) or not required <= set(arch) \
+            or set(arch) - required - set(CVAE_ARCH_OPTIONAL):
+        raise _bad(path, f"a CVAE architecture with the keys {sorted(required)} (optionally "
+                   f"{sorted(CVAE_ARCH_OPTIONAL)})", _short(arch))
+    for k, (lo, hi) in {**CVAE_ARCH, **CVAE_ARCH_OPTIONAL}.items():
+        if k in arch and not _int(arch[k], lo, hi):
             raise _bad(path, f"arch.{k} an integer in {lo}..{hi}", _short(arch[k]))
+    if arch.get("context_radius", 0) and arch["spatial_layers"]:
+        raise _bad(path, "arch.spatial_layers 0 in a context (blind-spot) model",
+                   str(arch["spatial_layers"]))
     if not _num(arch["raw_init"]):
         raise _bad(path, "arch.raw_init a finite number", _short(arch["raw_init"]))
     if arch["n_energy"] != D:

@@ -169,8 +169,9 @@ class CVAE3D(nn.Module):
             mask = torch.ones(k, k)
             mask[self.context_radius, self.context_radius] = 0.0
             self.register_buffer("ctx_mask", mask, persistent=False)
-            ring = torch.arange(k * k)
-            self.register_buffer("ctx_ring", ring[ring != (k * k) // 2], persistent=False)
+            c = (k * k) // 2  # the centre, left out (no boolean indexing: works on "meta")
+            ring = torch.cat([torch.arange(0, c), torch.arange(c + 1, k * k)])
+            self.register_buffer("ctx_ring", ring, persistent=False)
         self.raw_init = float(raw_init)
         self.reset_outputs()
 

@@ -204,7 +204,7 @@ def _detector_params(args: argparse.Namespace) -> dict[str, Any]:
     p: dict[str, Any] = {"energy_range": _energy_range(args.energy_range)}
     if args.threshold is not None:  # else the detector's own default rule
         p["threshold"] = args.threshold
-    if args.method in ("pca",):
+    if args.method in ("pca", "context-pca"):
         p["n_components"] = args.components
         p["device"] = args.device
         p["seed"] = args.seed
@@ -490,8 +490,9 @@ def _add_common_io(p: argparse.ArgumentParser) -> None:
 
 
 def _add_training(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", choices=["cvae", "pca", "rx"], default="cvae",
-                   help="detector (default: cvae, the 3D convolutional VAE)")
+    p.add_argument("--method", choices=["cvae", "pca", "context-pca", "rx"], default="cvae",
+                   help="detector (default: cvae, the 3D convolutional VAE; context-pca: PCA "
+                        "whose codes are predicted from each pixel's neighbourhood)")
     p.add_argument("--train-roi", metavar="Y0:Y1,X0:X1",
                    help="bulk (defect-free) rectangle in pixel indices, stop exclusive")
     p.add_argument("--train-mask", metavar="MASK",

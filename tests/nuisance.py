@@ -56,7 +56,8 @@ def clusters(rng: np.random.Generator, ny: int, nx: int, fraction: float,
 
 def nuisance_image(*, shape: tuple[int, int] = (64, 64), shift: float = 0.6, drift: float = 0.8,
                    fraction: float = 0.04, dose: float = 300.0, intensity: float = 0.15,
-                   bulk_rows: int | None = None, drift_sigma: float = 10.0, seed: int = 0
+                   bulk_rows: int | None = None, drift_sigma: float = 10.0,
+                   drift_pattern: str = "field", seed: int = 0
                    ) -> tuple[SpectrumImage, np.ndarray, np.ndarray]:
     """A drifted Fe L2,3 spectrum image with planted shifted clusters.
 
@@ -77,6 +78,9 @@ def nuisance_image(*, shape: tuple[int, int] = (64, 64), shift: float = 0.6, dri
         The bulk region is the top ``bulk_rows`` rows (default 30 %); no cluster touches it.
     drift_sigma : float
         Correlation length of the drift field, pixels.
+    drift_pattern : {"field", "ramp-x"}
+        A smooth random field, or a linear ramp from ``-drift`` to ``+drift``
+        along x (then every row, the bulk rows included, spans the whole drift).
     seed : int
 
     Returns
@@ -90,6 +94,8 @@ def nuisance_image(*, shape: tuple[int, int] = (64, 64), shift: float = 0.6, dri
     rng = np.random.default_rng(seed)
     e = E0 + DE * np.arange(NE)
     d = smooth_field(rng, ny, nx, drift, drift_sigma)
+    if drift_pattern == "ramp-x":
+        d = np.broadcast_to(np.linspace(-drift, drift, nx), (ny, nx))
     amp = 1.0 + smooth_field(rng, ny, nx, intensity, 12.0)
     nb = int(round(0.3 * ny)) if bulk_rows is None else bulk_rows
     bulk = np.zeros((ny, nx), bool)

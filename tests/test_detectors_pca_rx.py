@@ -289,7 +289,7 @@ def test_save_load_round_trip(cube, tmp_path, method, params):
     assert type(loaded) is type(det)
     assert loaded.get_params() == det.get_params()
     assert loaded.energy_axis_ == det.energy_axis_
-    assert loaded.threshold_ == pytest.approx(res.threshold)
+    assert np.isnan(loaded.threshold_)  # an image-relative rule: no fitted threshold
     res2 = loaded.score(si)
     np.testing.assert_allclose(res2.nll, res.nll, rtol=1e-6)
     assert res2.threshold == pytest.approx(res.threshold, rel=1e-6)

@@ -123,7 +123,7 @@ class ContextPCADetector(PCADetector):
     def __init__(self, *, neighbourhood: int = 9, n_components: int | None = None,
                  score_kind: str = "nll", max_components: int = 20,
                  energy_range: tuple[float, float] | None = None, threshold: Any = "robust",
-                 transform: str = "anscombe", robust_fraction: float = 0.05,
+                 transform: str = "anscombe", robust_fraction: float | str = "auto",
                  robust_iter: int = 5, validation_fraction: float = 0.2, device: str = "auto",
                  seed: int = 0) -> None:
         super().__init__(n_components=n_components, score_kind=score_kind,

@@ -28,12 +28,14 @@ from ..spectrum import SpectrumImage
 from ._gaussian import (
     BLOCK_VALUES,
     Gram,
+    auto_cutoff,
     check_choice,
     check_common,
     check_int,
     gather_training,
     iter_row_blocks,
     outlyingness,
+    robust_rule,
     tail_scale,
     trimmed_fit,
 )
@@ -131,7 +133,9 @@ class PCADetector(BaseDetector):
     Training without a mask (robust)
         ``train_mask=None`` trains on all pixels by trimmed likelihood (C-steps, as
         in MCD): fit on all pixels, rank them by outlyingness, refit on all but the
-        ``robust_fraction`` most outlying, and repeat until the kept set no longer
+        most outlying (``robust_fraction``: by default every pixel beyond a cut
+        chosen from the score's null distribution, so the trimmed fraction
+        follows the data), and repeat until the kept set no longer
         changes, at most ``robust_iter`` times (``q`` is re-chosen at each refit,
         by the held-out log-likelihood trimmed by the same fraction). Outlyingness
         (:func:`~._gaussian.outlyingness`) is the largest robust z-score (median,
@@ -170,8 +174,14 @@ class PCADetector(BaseDetector):
         Threshold spec (see :func:`eelsanom.scoring.parse_threshold`).
     transform : {"anscombe", "none"}
         Variance-stabilising transform of the counts before the model.
-    robust_fraction : float
-        Fraction of pixels dropped at each trimmed refit when there is no mask.
+    robust_fraction : "auto" or float
+        Pixels dropped at each trimmed refit when there is no mask. ``"auto"``
+        (default): every pixel whose outlyingness exceeds the cut a clean pixel
+        passes with 1 % chance (:func:`~._gaussian.auto_cutoff`), at least 5 % and
+        at most 45 % of them, chosen again at each refit, so an anomaly class
+        covering 10-20 % of the image is trimmed whole; a number: that fixed
+        fraction (the rule before "auto", which left all but 5 % of a 15 %
+        anomaly class in the fit: ROC-AUC 0.59-0.67 instead of 0.98).
     robust_iter : int
         Most trimmed refits (0: plain fit on all pixels); stops early once the kept
         pixels no longer change.
@@ -200,7 +210,7 @@ class PCADetector(BaseDetector):
     def __init__(self, *, n_components: int | None = None, score_kind: str = "nll",
                  max_components: int = 20, energy_range: tuple[float, float] | None = None,
                  threshold: Any = "robust", transform: str = "anscombe",
-                 robust_fraction: float = 0.05, robust_iter: int = 5,
+                 robust_fraction: float | str = "auto", robust_iter: int = 5,
                  validation_fraction: float = 0.2, device: str = "auto", seed: int = 0) -> None:
         self.n_components = n_components
         self.score_kind = score_kind
@@ -361,7 +371,11 @@ class PCADetector(BaseDetector):
         gram = Gram(X, self._torch_gram(dev, dt))
         rng = np.random.default_rng(self.seed)
 
-        trim = float(self.robust_fraction) if mask is None else 0.0
+        fraction, adaptive = robust_rule(self.robust_fraction)
+        trim = fraction if mask is None else 0.0
+
+        def cutoff(model: dict[str, Any]) -> float:  # the q principal coordinates + the residual
+            return auto_cutoff(np.shape(model["components"])[1] + 1)
 
         def fit(keep: np.ndarray, final: bool) -> dict[str, Any]:
             return self._fit_subset(gram, keep, final, rng, dev, dt, trim=trim)
@@ -372,7 +386,8 @@ class PCADetector(BaseDetector):
 
         min_keep = max(self.min_train_pixels, (self.n_components or 1) + 2)
         model, keep = trimmed_fit(X.shape[0], fit, score, robust=mask is None,
-                                  robust_fraction=float(self.robust_fraction),
+                                  robust_fraction=fraction,
+                                  cutoff=cutoff if adaptive else None,
                                   robust_iter=int(self.robust_iter), min_keep=min_keep,
                                   progress=progress)
         self._set_fitted(model)

@@ -62,7 +62,8 @@ def iter_row_blocks(si: SpectrumImage, block_values: int = BLOCK_VALUES
         yield y0, y1, np.asarray(block, dtype=np.float32)
 
 
-def gather_training(si: SpectrumImage, mask: np.ndarray | None, transform: str) -> np.ndarray:
+def gather_training(si: SpectrumImage, mask: np.ndarray | None, transform: str,
+                    gain: float = 1.0) -> np.ndarray:
     """Transformed training spectra, shape (n_pixels, n_energy), float32 (row-major pixel order)."""
     parts = []
     for y0, y1, block in iter_row_blocks(si):
@@ -70,8 +71,37 @@ def gather_training(si: SpectrumImage, mask: np.ndarray | None, transform: str) 
         if mask is not None:
             b = b[mask[y0:y1].ravel()]
         if b.shape[0]:
-            parts.append(forward_transform(b, transform))
+            parts.append(forward_transform(b, transform, gain))
     return np.concatenate(parts, axis=0)
+
+
+def training_gain(si: SpectrumImage, mask: np.ndarray | None, gain: Any, transform: str,
+                  max_values: int = 1 << 21) -> float:
+    """The gain a detector uses: ``gain`` itself, or (``"auto"``) estimated on the training pixels.
+
+    With ``transform="none"`` the gain is not used and 1.0 is returned. The
+    estimate (:func:`~eelsanom.preprocess.estimate_gain`) reads at most about
+    ``max_values`` values, spread over the image.
+    """
+    from ..preprocess import estimate_gain
+
+    if transform != "anscombe":
+        return 1.0
+    if not (isinstance(gain, str) and gain.lower() == "auto"):
+        return float(gain)
+    ny, nx = si.nav_shape
+    n_pix = ny * nx if mask is None else int(mask.sum())
+    stride = max(1, int(np.ceil(n_pix * si.n_energy / max_values)))
+    parts, seen = [], 0
+    for y0, y1, block in iter_row_blocks(si):
+        b = block.reshape(-1, block.shape[-1])
+        if mask is not None:
+            b = b[mask[y0:y1].ravel()]
+        idx = np.arange((-seen) % stride, b.shape[0], stride)
+        seen += b.shape[0]
+        if idx.size:
+            parts.append(b[idx])
+    return estimate_gain(np.concatenate(parts, axis=0)) if parts else 1.0
 
 
 class Gram:

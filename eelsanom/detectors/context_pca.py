@@ -101,7 +101,7 @@ class ContextPCADetector(PCADetector):
     neighbourhood : int
         Odd side of the neighbourhood square in pixels (default 9).
     n_components, score_kind, max_components, energy_range, threshold, transform,
-    robust_fraction, robust_iter, validation_fraction, device, seed
+    robust_fraction, robust_iter, validation_fraction, device, seed, gain
         As :class:`~.pca.PCADetector` (``score_kind="reconstruction"`` scores the
         pixel by ``||x - mu - U m||^2``, the squared distance from the
         neighbourhood's prediction).
@@ -125,12 +125,13 @@ class ContextPCADetector(PCADetector):
                  energy_range: tuple[float, float] | None = None, threshold: Any = "robust",
                  transform: str = "anscombe", robust_fraction: float | str = "auto",
                  robust_iter: int = 5, validation_fraction: float = 0.2, device: str = "auto",
-                 seed: int = 0) -> None:
+                 seed: int = 0, gain: float | str = "auto") -> None:
         super().__init__(n_components=n_components, score_kind=score_kind,
                          max_components=max_components, energy_range=energy_range,
                          threshold=threshold, transform=transform,
                          robust_fraction=robust_fraction, robust_iter=robust_iter,
-                         validation_fraction=validation_fraction, device=device, seed=seed)
+                         validation_fraction=validation_fraction, device=device, seed=seed,
+                         gain=gain)
         self.neighbourhood = neighbourhood
 
     def _validate_params(self) -> None:
@@ -162,7 +163,8 @@ class ContextPCADetector(PCADetector):
         data = si.data
         if si.is_lazy:
             data = data.compute() if hasattr(data, "compute") else np.asarray(data)
-        x = forward_transform(np.asarray(data, np.float32).reshape(-1, d), self.transform)
+        x = forward_transform(np.asarray(data, np.float32).reshape(-1, d), self.transform,
+                              self.gain_)
         _, p, r = self._terms(x, t)
         p = p.cpu().double().numpy().reshape(ny, nx, q)
         r2 = (r * r).sum(1).cpu().double().numpy().reshape(ny, nx)
@@ -236,8 +238,8 @@ class ContextPCADetector(PCADetector):
         s2 = float(self.noise_variance_)
         my = self.mean_ + c["m"] @ self.components_.T
         sig_y = np.sqrt(s2 + (c["v"] - s2) @ (self.components_ ** 2).T)
-        return (np.asarray(inverse_transform(my, self.transform), np.float32),
-                np.asarray(transform_sigma(my, sig_y, self.transform), np.float32))
+        return (np.asarray(inverse_transform(my, self.transform, self.gain_), np.float32),
+                np.asarray(transform_sigma(my, sig_y, self.transform, self.gain_), np.float32))
 
     def _pixel(self, si: SpectrumImage, iy: int, ix: int
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

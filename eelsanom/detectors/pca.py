@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..preprocess import forward_transform, inverse_transform, transform_sigma
+from ..preprocess import check_gain, forward_transform, inverse_transform, transform_sigma
 from ..progress import ProgressCallback, emit
 from ..spectrum import SpectrumImage
 from ._gaussian import (
@@ -37,6 +37,7 @@ from ._gaussian import (
     outlyingness,
     robust_rule,
     tail_scale,
+    training_gain,
     trimmed_fit,
 )
 from .base import BaseDetector
@@ -191,6 +192,16 @@ class PCADetector(BaseDetector):
         ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``.
     seed : int
         Seeds the validation split.
+    gain : "auto" or float
+        Data units per detected electron; the data are divided by it before the
+        Anscombe transform, so that the transform sees counts. ``"auto"``
+        (default) estimates it on the training pixels
+        (:func:`~eelsanom.preprocess.estimate_gain`, stored as ``gain_``); 1 for
+        raw counts. Without it gain-scaled data (e.g. 0.003 units per electron)
+        make an intensity field a curved direction the PPCA cannot follow: on an
+        Fe L2,3 image with a beam-current field, 1.0 eV shifts, dose 150, ROC-AUC
+        0.63 without, 0.92 with (the same as on the raw counts). Unused with
+        ``transform="none"``.
 
     Examples
     --------
@@ -211,7 +222,8 @@ class PCADetector(BaseDetector):
                  max_components: int = 20, energy_range: tuple[float, float] | None = None,
                  threshold: Any = "robust", transform: str = "anscombe",
                  robust_fraction: float | str = "auto", robust_iter: int = 5,
-                 validation_fraction: float = 0.2, device: str = "auto", seed: int = 0) -> None:
+                 validation_fraction: float = 0.2, device: str = "auto", seed: int = 0,
+                 gain: float | str = "auto") -> None:
         self.n_components = n_components
         self.score_kind = score_kind
         self.max_components = max_components
@@ -223,6 +235,7 @@ class PCADetector(BaseDetector):
         self.validation_fraction = validation_fraction
         self.device = device
         self.seed = seed
+        self.gain = gain
 
     # ------------------------------------------------------------------ params
     def _validate_params(self) -> None:
@@ -231,6 +244,7 @@ class PCADetector(BaseDetector):
         check_int("max_components", self.max_components, low=1)
         check_choice("score_kind", self.score_kind, SCORE_KINDS)
         check_common(self)
+        check_gain(self.gain)
         vf = self.validation_fraction
         if isinstance(vf, bool) or not isinstance(vf, (int, float)) or not 0 < vf <= 0.5:
             raise InputError(f"validation_fraction: expected a fraction in (0, 0.5], got {vf!r}.")
@@ -367,7 +381,8 @@ class PCADetector(BaseDetector):
     def _fit(self, si: SpectrumImage, mask: np.ndarray | None,
              progress: ProgressCallback | None) -> None:
         dev, dt = self._torch_device(strict=True)
-        X = gather_training(si, mask, self.transform)
+        self.gain_ = training_gain(si, mask, self.gain, self.transform)
+        X = gather_training(si, mask, self.transform, self.gain_)
         gram = Gram(X, self._torch_gram(dev, dt))
         rng = np.random.default_rng(self.seed)
 
@@ -465,7 +480,7 @@ class PCADetector(BaseDetector):
         rerr = np.empty((ny, nx), np.float64)
         latent = np.empty((ny, nx, q), np.float32)
         for y0, y1, block in iter_row_blocks(si):
-            x = forward_transform(block.reshape(-1, block.shape[-1]), self.transform)
+            x = forward_transform(block.reshape(-1, block.shape[-1]), self.transform, self.gain_)
             _, p, r = self._terms(x, t)
             b_nll, r2 = self._nll_from(p, r, t)
             nll[y0:y1] = b_nll.cpu().double().numpy().reshape(y1 - y0, nx)
@@ -493,11 +508,12 @@ class PCADetector(BaseDetector):
         mean = np.empty((ny, nx, d), np.float32)
         sigma = np.empty((ny, nx, d), np.float32)
         for y0, y1, block in iter_row_blocks(si):
-            x = forward_transform(block.reshape(-1, d), self.transform)
+            x = forward_transform(block.reshape(-1, d), self.transform, self.gain_)
             _, p, _ = self._terms(x, t)
             my = self._mean_y(p, t)
-            mean[y0:y1] = inverse_transform(my, self.transform).reshape(y1 - y0, nx, d)
-            sigma[y0:y1] = transform_sigma(my, sig_y, self.transform).reshape(y1 - y0, nx, d)
+            mean[y0:y1] = inverse_transform(my, self.transform, self.gain_).reshape(y1 - y0, nx, d)
+            sigma[y0:y1] = transform_sigma(my, sig_y, self.transform,
+                                           self.gain_).reshape(y1 - y0, nx, d)
         return mean, sigma
 
     def _pixel(self, si: SpectrumImage, iy: int, ix: int
@@ -512,11 +528,13 @@ class PCADetector(BaseDetector):
         it is ``r_k^2`` (sums to the reconstruction error).
         """
         t = self._tensors()
-        x = forward_transform(np.asarray(si.data[iy, ix], np.float32)[None], self.transform)
+        x = forward_transform(np.asarray(si.data[iy, ix], np.float32)[None], self.transform,
+                              self.gain_)
         xc, p, r = self._terms(x, t)
         my = self._mean_y(p, t)[0]
-        mean = np.asarray(inverse_transform(my, self.transform), np.float64)
-        sigma = np.asarray(transform_sigma(my, self._sigma_y(), self.transform), np.float64)
+        mean = np.asarray(inverse_transform(my, self.transform, self.gain_), np.float64)
+        sigma = np.asarray(transform_sigma(my, self._sigma_y(), self.transform, self.gain_),
+                           np.float64)
         rr = r.cpu().double().numpy()[0]
         if self.score_kind == "reconstruction":
             return mean, sigma, rr ** 2
@@ -529,7 +547,7 @@ class PCADetector(BaseDetector):
     def _get_state(self) -> dict[str, Any]:
         return {"n_components": self.n_components_, "noise_variance": self.noise_variance_,
                 "selection": self.selection_, "n_train": self.n_train_,
-                "n_trimmed": self.n_trimmed_}
+                "n_trimmed": self.n_trimmed_, "gain": self.gain_}
 
     def _get_arrays(self) -> dict[str, np.ndarray]:
         return {"mean": self.mean_, "components": self.components_,
@@ -542,3 +560,4 @@ class PCADetector(BaseDetector):
         self.selection_ = state.get("selection", {})
         self.n_train_ = int(state.get("n_train", 0))
         self.n_trimmed_ = int(state.get("n_trimmed", 0))
+        self.gain_ = float(state.get("gain", 1.0))  # files from before the gain: counts

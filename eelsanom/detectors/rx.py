@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..preprocess import forward_transform, inverse_transform, transform_sigma
+from ..preprocess import check_gain, forward_transform, inverse_transform, transform_sigma
 from ..progress import ProgressCallback, emit
 from ..spectrum import SpectrumImage
 from ._gaussian import (
@@ -28,6 +28,7 @@ from ._gaussian import (
     numpy_gram,
     outlyingness,
     robust_rule,
+    training_gain,
     trimmed_fit,
 )
 from .base import BaseDetector
@@ -151,6 +152,10 @@ class RXDetector(BaseDetector):
         pixels no longer change.
     seed : int
         Kept for a uniform interface (the fit is deterministic).
+    gain : "auto" or float
+        Data units per detected electron, divided out before the Anscombe
+        transform (``"auto"``: estimated on the training pixels, stored as
+        ``gain_``); as :class:`~.pca.PCADetector`.
 
     Examples
     --------
@@ -170,7 +175,7 @@ class RXDetector(BaseDetector):
     def __init__(self, *, shrinkage: str | float = "ledoit-wolf",
                  energy_range: tuple[float, float] | None = None, threshold: Any = "robust",
                  transform: str = "anscombe", robust_fraction: float | str = "auto",
-                 robust_iter: int = 5, seed: int = 0) -> None:
+                 robust_iter: int = 5, seed: int = 0, gain: float | str = "auto") -> None:
         self.shrinkage = shrinkage
         self.energy_range = energy_range
         self.threshold = threshold
@@ -178,6 +183,7 @@ class RXDetector(BaseDetector):
         self.robust_fraction = robust_fraction
         self.robust_iter = robust_iter
         self.seed = seed
+        self.gain = gain
 
     # ------------------------------------------------------------------ params
     def _validate_params(self) -> None:
@@ -191,6 +197,7 @@ class RXDetector(BaseDetector):
             raise InputError(f"shrinkage: expected one of {list(SHRINKAGE_RULES)} or a number in "
                              f"[0, 1], got {sh!r}.")
         check_common(self)
+        check_gain(self.gain)
 
     # ------------------------------------------------------------------ fitting
     def _fit_subset(self, gram: Gram, keep: np.ndarray) -> dict[str, Any]:
@@ -225,7 +232,8 @@ class RXDetector(BaseDetector):
 
     def _fit(self, si: SpectrumImage, mask: np.ndarray | None,
              progress: ProgressCallback | None) -> None:
-        X = gather_training(si, mask, self.transform)
+        self.gain_ = training_gain(si, mask, self.gain, self.transform)
+        X = gather_training(si, mask, self.transform, self.gain_)
         gram = Gram(X, numpy_gram)
 
         def score(model: dict[str, Any]) -> np.ndarray:
@@ -270,7 +278,7 @@ class RXDetector(BaseDetector):
         ny, nx = si.nav_shape
         maha2 = np.empty((ny, nx))
         for y0, y1, block in iter_row_blocks(si):
-            x = forward_transform(block.reshape(-1, block.shape[-1]), self.transform)
+            x = forward_transform(block.reshape(-1, block.shape[-1]), self.transform, self.gain_)
             maha2[y0:y1] = self._maha2_rows(x).reshape(y1 - y0, nx)
             emit(progress, "score", y1, ny)
         nll = 0.5 * (maha2 + self.logdet_ + self.mean_.size * _LOG2PI)
@@ -278,9 +286,9 @@ class RXDetector(BaseDetector):
 
     # ------------------------------------------------------------------ reconstruction
     def _mean_sigma(self) -> tuple[np.ndarray, np.ndarray]:
-        mean = np.asarray(inverse_transform(self.mean_, self.transform), np.float64)
-        sigma = np.asarray(transform_sigma(self.mean_, np.sqrt(self.var_), self.transform),
-                           np.float64)
+        mean = np.asarray(inverse_transform(self.mean_, self.transform, self.gain_), np.float64)
+        sigma = np.asarray(transform_sigma(self.mean_, np.sqrt(self.var_), self.transform,
+                                           self.gain_), np.float64)
         return mean, sigma
 
     def _reconstruct(self, si: SpectrumImage) -> tuple[np.ndarray, np.ndarray]:
@@ -299,7 +307,8 @@ class RXDetector(BaseDetector):
         negative where correlated channels compensate.
         """
         mean, sigma = self._mean_sigma()
-        x = forward_transform(np.asarray(si.data[iy, ix], np.float32)[None], self.transform)
+        x = forward_transform(np.asarray(si.data[iy, ix], np.float32)[None], self.transform,
+                              self.gain_)
         xc = np.asarray(x, np.float64)[0] - self.mean_
         sinv_x = self.whitener_ @ (xc @ self.whitener_)
         chan = 0.5 * (xc * sinv_x + self.logdet_ / xc.size + _LOG2PI)
@@ -308,7 +317,7 @@ class RXDetector(BaseDetector):
     # ------------------------------------------------------------------ persistence
     def _get_state(self) -> dict[str, Any]:
         return {"logdet": self.logdet_, "shrinkage": self.shrinkage_, "n_train": self.n_train_,
-                "n_trimmed": self.n_trimmed_}
+                "n_trimmed": self.n_trimmed_, "gain": self.gain_}
 
     def _get_arrays(self) -> dict[str, np.ndarray]:
         return {"mean": self.mean_, "whitener": self.whitener_, "var": self.var_}
@@ -319,3 +328,4 @@ class RXDetector(BaseDetector):
                           "var": arrays["var"]})
         self.n_train_ = int(state.get("n_train", 0))
         self.n_trimmed_ = int(state.get("n_trimmed", 0))
+        self.gain_ = float(state.get("gain", 1.0))  # files from before the gain: counts

@@ -418,10 +418,23 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     """``eelsanom simulate``: write a simulated spectrum image with its ground truth."""
     from .simulate import simulate
 
+    thickness = None
+    if args.thickness is not None:
+        parts = args.thickness.split(":")
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            thickness = (float(parts[0]), float(parts[1]))
+        except ValueError:
+            raise InputError(f"--thickness: expected T_MIN:T_MAX (t/lambda), found "
+                             f"{args.thickness!r}. Use e.g. --thickness 0.2:1.0.") from None
     sim = simulate(shape=tuple(args.shape), window=args.window, anomaly=args.anomaly,
                    magnitude=args.magnitude, anomaly_shape=args.anomaly_shape,
                    concentration=args.concentration, dose=args.dose, seed=args.seed,
-                   nuisances=not args.no_nuisances)
+                   nuisances=not args.no_nuisances, read_noise=args.read_noise,
+                   drift=args.drift, drift_pattern=args.drift_pattern,
+                   valence_gradient=args.valence_gradient, thickness=thickness,
+                   gain=args.gain, dark_offset=args.dark_offset)
     path = sim.save(args.out, overwrite=args.overwrite)
     if not args.quiet:
         print(f"simulated {sim.si.shape} ({sim.params.get('window')} window, "
@@ -440,7 +453,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                   quiet=args.quiet, seed=args.seed)
     else:
         run_benchmark(Path(args.out), quick=args.quick, methods=methods, device=args.device,
-                      quiet=args.quiet, seed=args.seed)
+                      quiet=args.quiet, seed=args.seed, suite=args.suite)
     return 0
 
 
@@ -597,13 +610,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shift in eV / L3:L2 ratio factor / impurity strength")
     p.add_argument("--anomaly-shape", default="clusters", choices=["clusters", "pixels", "line"])
     p.add_argument("--concentration", type=float, default=0.02, help="fraction of pixels")
-    p.add_argument("--dose", type=float, default=200.0, help="counts at the Fe L3 maximum")
+    p.add_argument("--dose", type=float, default=200.0,
+                   help="electrons (= counts at gain 1) at the Fe L3 maximum")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-nuisances", action="store_true")
+    p.add_argument("--drift", type=float, default=0.0,
+                   help="energy drift of the whole spectrum, eV (0-2; default 0)")
+    p.add_argument("--drift-pattern", default="field", choices=["field", "ramp"],
+                   help="field: smooth random 2-D field; ramp: linear along y (default field)")
+    p.add_argument("--valence-gradient", type=float, default=0.0,
+                   help="Fe L2,3 onset change across x (tanh), eV (0-3; default 0)")
+    p.add_argument("--thickness", default=None, metavar="T_MIN:T_MAX",
+                   help="t/lambda range (each 0.05-2) with plural scattering, e.g. 0.2:1.0")
+    p.add_argument("--gain", type=float, default=1.0, help="detector counts per electron")
+    p.add_argument("--dark-offset", type=float, default=0.0, help="counts added (dark level)")
+    p.add_argument("--read-noise", type=float, default=1.0,
+                   help="Gaussian read noise, detector counts (default 1)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("bench", help="the detection benchmark (BENCHMARK.md)")
+    p = sub.add_parser("bench", help="the detection benchmark (docs/benchmark.md)")
+    p.add_argument("--suite", choices=("paper", "realistic"), default="paper",
+                   help="paper: the paper's shift sweep on a simple bulk; realistic: shifts "
+                        "under energy drift, valence gradient, thickness and detector response")
     p.add_argument("--quick", action="store_true", help="CPU-sized subset (64x64, fe-l)")
     p.add_argument("--speed", action="store_true", help="time fit and score on fixed sizes")
     p.add_argument("--out", required=True)

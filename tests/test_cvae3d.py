@@ -120,11 +120,11 @@ def test_pixel_matches_full_score(fitted):
     assert lo <= hi
 
 
-def test_neighbourhood_zero_is_the_per_pixel_nll(fitted):
+def test_pooling_zero_is_the_per_pixel_nll(fitted):
     det, si = fitted
-    old = det.neighbourhood
-    res = det.set_params(neighbourhood=0.0).score(si)
-    det.set_params(neighbourhood=old)
+    old = det.pooling
+    res = det.set_params(pooling=0.0).score(si)
+    det.set_params(pooling=old)
     np.testing.assert_allclose(res.maps["neighbourhood_nll"], res.maps["recon_nll"], rtol=1e-6)
 
 
@@ -230,7 +230,7 @@ def test_parameter_count_is_small():
     {"sigma_floor": 0.0},          # no floor: variance collapse
     {"robust_fraction": 0.7},
     {"val_fraction": 0.9},
-    {"neighbourhood": -1.0},
+    {"pooling": -1.0},
     {"scoring": "mse"},
     {"transform": "log"},
     {"device": "tpu"},

@@ -43,7 +43,7 @@ def _manifold_si(n: int = 16, ne: int = 40) -> SpectrumImage:
     return SpectrumImage(data=data, energy=Axis(ne, 0.3, 700.0, "eV", "Energy loss"))
 
 
-MANIFOLD = dict(TINY, epochs=15, lr=1e-2, neighbourhood=0.0)
+MANIFOLD = dict(TINY, epochs=15, lr=1e-2, pooling=0.0)
 
 
 @pytest.fixture(scope="module")

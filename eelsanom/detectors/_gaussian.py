@@ -334,3 +334,62 @@ def check_common(det: Any) -> None:
                          f"[0, 0.5) (0 disables trimming), got {rf!r}.")
     check_int("robust_iter", det.robust_iter, low=0)
     check_int("seed", det.seed, low=0)
+
+
+# ----------------------------------------------------------------------------- pooled scoring
+def pooled_scores(si: SpectrumImage, gauss_rows: Callable[[np.ndarray], tuple[Any, ...]], *,
+                  pooling: Any, noise2: float, excess: tuple[float, float] | None,
+                  region: tuple[int, int, int, int] | None = None,
+                  want_channels: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+    """Scores of a per-pixel Gaussian detector through the shared pooling stage.
+
+    ``gauss_rows(x)`` maps counts ``x (n, E)`` to ``(target, mean, sigma, penalty)``
+    torch tensors of shapes ``(n, E')`` and ``(n,)`` (transformed units; ``E'`` may
+    differ from ``E``, e.g. whitened coordinates; ``penalty`` may be ``None``);
+    :func:`eelsanom.pooling.pool_image` reads each tile with the context the
+    pooling needs (lazy data computed block by block and checked for NaN/inf).
+
+    Parameters
+    ----------
+    si : SpectrumImage
+        Data on the model's energy axis.
+    gauss_rows : callable
+        ``x (n, E) float32 -> (target, mean, sigma, penalty)``.
+    pooling : eelsanom.pooling.Pooling
+    noise2 : float
+        Noise variance per channel (transformed units).
+    excess : (float, float) or None
+        Training pixels' excess-NLL statistics (:func:`eelsanom.pooling.excess_stats`).
+    region : (y0, y1, x0, x1), optional
+        Score only this block.
+    want_channels : (iy, ix), optional
+        Also return that pixel's per-channel NLL.
+
+    Returns
+    -------
+    dict of str -> ndarray
+        As :func:`eelsanom.pooling.pool_image`.
+    """
+    from ..pooling import pool_image
+
+    ny, nx = si.nav_shape
+
+    def gauss(rows: slice, cols: slice):
+        block = si.data[rows, cols]
+        if si.is_lazy:
+            block = np.asarray(block.compute() if hasattr(block, "compute") else block,
+                               dtype=np.float32)
+            if not np.isfinite(block).all():
+                raise InputError("expected finite values, found NaN/inf in the lazy data. "
+                                 "Replace them first, e.g. s.data = np.nan_to_num(s.data).")
+        block = np.asarray(block, np.float32)
+        h, w = block.shape[:2]
+        t, m, s, p = gauss_rows(block.reshape(h * w, -1))
+
+        def img(a: Any) -> Any:
+            return a.T.reshape(-1, h, w)
+
+        return img(t), img(m), img(s), None if p is None else p.reshape(h, w)
+
+    return pool_image(gauss, ny, nx, pooling=pooling, noise2=noise2, excess=excess,
+                      region=region, n_energy=si.n_energy, want_channels=want_channels)

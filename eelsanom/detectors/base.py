@@ -100,6 +100,8 @@ class BaseDetector:
     method: ClassVar[str] = ""
     #: smallest number of training pixels ``fit`` accepts
     min_train_pixels: ClassVar[int] = 2
+    #: old parameter names of saved model files -> today's (read by :func:`load_detector`)
+    renamed_params: ClassVar[dict[str, str]] = {}
 
     # ------------------------------------------------------------------ params
     @classmethod
@@ -698,6 +700,7 @@ def load_detector(path: str | Path, expected: type[BaseDetector] | None = None) 
 
     header, params, state, arrays = read_model(path)
     cls = detector_class(header["detector"])
+    params = {cls.renamed_params.get(k, k): v for k, v in params.items()}
     if expected is not None and not issubclass(cls, expected):
         raise InputError(f"{str(path)!r} holds a {cls.__name__} model, not a {expected.__name__}.")
     dev = params.get("device")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..pooling import excess_stats, pooling_from
 from ..preprocess import forward_transform, inverse_transform, transform_sigma
 from ..progress import ProgressCallback, emit
 from ..spectrum import SpectrumImage
@@ -91,17 +92,21 @@ class ContextPCADetector(PCADetector):
         (:attr:`score_context`), so streaming and the calibrated threshold
         (held-out bulk blocks scored with their neighbours) read that much context.
 
-    Per-pixel Gaussian
-        :meth:`gaussian_terms` gives the deviation from the neighbourhood's
-        prediction and a per-channel variance, the input of a neighbourhood
-        evidence-pooling stage.
+    Pooling
+        ``pooling = sigma > 0`` scores the context Gaussian (the neighbourhood's
+        prediction ``mu + U m`` and the diagonal of its predictive covariance)
+        through the shared evidence-pooling stage (:mod:`eelsanom.pooling`, the
+        one PCA, RX and the 3D-CVAE use): the larger of the pixel's own Gaussian
+        NLL and its neighbourhood statistic's, so a cluster adds up its members'
+        evidence; ``maps["context_nll"]`` keeps the unpooled score.
+        :meth:`gaussian_terms` returns the same deviation and variance.
 
     Parameters
     ----------
     neighbourhood : int
         Odd side of the neighbourhood square in pixels (default 9).
     n_components, score_kind, max_components, energy_range, threshold, transform,
-    robust_fraction, robust_iter, validation_fraction, device, seed, gain
+    robust_fraction, robust_iter, validation_fraction, pooling, device, seed, gain
         As :class:`~.pca.PCADetector` (``score_kind="reconstruction"`` scores the
         pixel by ``||x - mu - U m||^2``, the squared distance from the
         neighbourhood's prediction).
@@ -124,14 +129,14 @@ class ContextPCADetector(PCADetector):
                  score_kind: str = "nll", max_components: int = 20,
                  energy_range: tuple[float, float] | None = None, threshold: Any = "robust",
                  transform: str = "anscombe", robust_fraction: float | str = "auto",
-                 robust_iter: int = 5, validation_fraction: float = 0.2, device: str = "auto",
-                 seed: int = 0, gain: float | str = "auto") -> None:
+                 robust_iter: int = 5, validation_fraction: float = 0.2, pooling: float = 0.0,
+                 device: str = "auto", seed: int = 0, gain: float | str = "auto") -> None:
         super().__init__(n_components=n_components, score_kind=score_kind,
                          max_components=max_components, energy_range=energy_range,
                          threshold=threshold, transform=transform,
                          robust_fraction=robust_fraction, robust_iter=robust_iter,
-                         validation_fraction=validation_fraction, device=device, seed=seed,
-                         gain=gain)
+                         validation_fraction=validation_fraction, pooling=pooling,
+                         device=device, seed=seed, gain=gain)
         self.neighbourhood = neighbourhood
 
     def _validate_params(self) -> None:
@@ -141,8 +146,19 @@ class ContextPCADetector(PCADetector):
 
     @property
     def score_context(self) -> int:  # type: ignore[override]
-        """Pixels on each side a pixel's score depends on: ``neighbourhood // 2``."""
-        return int(self.neighbourhood) // 2
+        """Pixels on each side a pixel's score depends on: ``neighbourhood // 2`` plus the
+        pooling radius."""
+        return int(self.neighbourhood) // 2 + pooling_from(self.pooling).radius()
+
+    def _fit(self, si: SpectrumImage, mask: np.ndarray | None,
+             progress: ProgressCallback | None) -> None:
+        super()._fit(si, mask, progress)
+        if pooling_from(self.pooling).enabled:
+            # the pooling's spill guard: excess NLL of the bulk under the context Gaussian
+            g = self._gaussian(self._context(si))
+            exc = 0.5 * np.sum(g["dev"] ** 2 / g["var"] - 1.0, axis=-1)
+            exc = exc[mask] if mask is not None else exc.ravel()
+            self.pool_excess_ = excess_stats(exc, np.zeros_like(exc), si.n_energy)
 
     # ------------------------------------------------------------------ the context model
     def _context(self, si: SpectrumImage, progress: ProgressCallback | None = None
@@ -198,8 +214,35 @@ class ContextPCADetector(PCADetector):
         lam = self.explained_variance_
         latent = (c["p"] * (np.sqrt(np.maximum(lam - s2, 0.0)) / lam)).astype(np.float32)
         score = nll if self.score_kind == "nll" else dev2.sum(-1) + c["r2"]
-        return score, latent, {"reconstruction_error": c["r2"], "code_deviation": code,
-                               "pca_nll": pca_nll}
+        maps = {"reconstruction_error": c["r2"], "code_deviation": code, "pca_nll": pca_nll}
+        pool = pooling_from(self.pooling)
+        if pool.enabled:
+            pm = self._pooled_context(c, pool)
+            maps.update(context_nll=nll, neighbourhood_nll=pm["nb_nll"], scale=pm["scale"])
+            score = pm["score"]
+        return score, latent, maps
+
+    def _gaussian(self, c: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``dev`` and diagonal ``var`` (ny, nx, D) of the neighbourhood's prediction."""
+        s2 = float(self.noise_variance_)
+        pred = self.mean_ + c["m"] @ self.components_.T
+        var = s2 + (c["v"] - s2) @ (self.components_ ** 2).T
+        return {"dev": c["x"] - pred, "var": var, "pred": pred}
+
+    def _pooled_context(self, c: dict[str, np.ndarray], pool: Any, **kw: Any
+                        ) -> dict[str, np.ndarray]:
+        """The shared pooling stage (:func:`eelsanom.pooling.pool_image`) on the context Gaussian."""
+        from ..pooling import gaussian_block, pool_image
+
+        g = self._gaussian(c)
+        x, pred, sig = c["x"], g["pred"], np.sqrt(g["var"])
+        ny, nx, d = x.shape
+
+        def gauss(rows: slice, cols: slice):
+            return gaussian_block(x[rows, cols], pred[rows, cols], sig[rows, cols])
+
+        return pool_image(gauss, ny, nx, pooling=pool, noise2=float(self.noise_variance_),
+                          excess=getattr(self, "pool_excess_", None), n_energy=d, **kw)
 
     def gaussian_terms(self, si: Any) -> dict[str, np.ndarray]:
         """Deviation from the neighbourhood's prediction and its variance, per channel.
@@ -225,11 +268,8 @@ class ContextPCADetector(PCADetector):
             As :meth:`window`.
         """
         siw = self.window(si)
-        c = self._context(siw)
-        s2 = float(self.noise_variance_)
-        pred = self.mean_ + c["m"] @ self.components_.T
-        var = s2 + (c["v"] - s2) @ (self.components_ ** 2).T
-        return {"dev": c["x"] - pred, "var": var, "penalty": np.zeros(siw.nav_shape)}
+        g = self._gaussian(self._context(siw))
+        return {"dev": g["dev"], "var": g["var"], "penalty": np.zeros(siw.nav_shape)}
 
     # ------------------------------------------------------------------ reconstruction
     def _reconstruct(self, si: SpectrumImage) -> tuple[np.ndarray, np.ndarray]:

@@ -6,75 +6,40 @@ Spectral Images via Three Dimensional Convolutional Variational Autoencoders"
 convolutional in space and started from probabilistic PCA (see
 :mod:`eelsanom.nn.model`).
 
+The model
+---------
+Each pixel's spectrum is encoded into a small latent code ``z_p`` from the
+pixel itself (a linear path) and its ``spatial_layers``-pixel neighbourhood
+(3D convolutions over energy, y and x); a per-pixel decoder turns the code
+into a Gaussian over every channel, a mean and a standard deviation.
+
 What "NLL" means here
 ---------------------
 Counts are Poisson; the model works on Anscombe-transformed counts
 ``a = 2 sqrt(x + 3/8)``, whose noise has a standard deviation of about 1 at any
-count level, with a Gaussian likelihood: the decoder predicts a mean and a
-standard deviation for every voxel, floored at ``sigma_floor`` times the noise
-level measured on the training spectra (so a free variance cannot collapse).
-All NLLs are in nats in those transformed units, summed over channels (they
-differ from the NLL of the raw counts by a Jacobian term that depends on the
-data only, not on the model).
+count level, with a Gaussian likelihood. The predicted standard deviation is
+floored at ``sigma_floor`` times the noise level measured on the training
+spectra, so a free variance cannot collapse. All NLLs are in nats in those
+transformed units, summed over channels (they differ from the NLL of the raw
+counts by a Jacobian term that depends on the data only, not on the model).
 
 The score
 ---------
-``AnomalyResult.nll`` (**higher = more anomalous**) is, per pixel, the larger
-of two negative ELBOs (``scoring="elbo"``) that share one null distribution:
-
-1. the pixel's own: ``NLL(a_p | z_p) + KL(q(z_p | x) || N(0, I))`` with ``z_p``
-   the posterior mean (``maps["elbo"]``);
-2. its neighbourhood's (``neighbourhood`` = Gaussian sigma in pixels): under the
-   model the neighbours' spectra are independent Gaussians, so their weighted
-   mean ``sum_i w_i a_i`` is Gaussian with mean ``sum_i w_i mu_i`` and variance
-   ``sum_i w_i^2 v_i`` (the predicted variance up to the noise level; any
-   excess, i.e. model uncertainty, is treated as coherent between neighbours).
-   Its deviation, rescaled to the pixel's own predicted sigma, is scored with
-   the same Gaussian NLL, plus the same-weighted mean KL. Noise averages out in
-   the mean while a change shared by neighbouring pixels does not, which is
-   how a 3D-CVAE's patch pools evidence. Two guards keep it honest:
-
-   - the statistic is taken relative to a wide Gaussian neighbourhood
-     (``BACKGROUND = 10`` px sigma, same variance bookkeeping), so a smooth
-     misfit of the model across the image (thickness or background exponent
-     beyond the training range) cancels instead of being amplified by the
-     pooling (on 64 x 64 ``bfo``, 1 % clusters, 0.9 eV: without it the bulk's
-     score drifted by ~1 standard deviation away from the training rows and the
-     automatic threshold gave F1 0.67; with it F1 1.00);
-   - every pixel gets an outlier level from its own excess NLL (own NLL minus
-     its expectation under the model, relative to the training pixels' median,
-     in steps of ``SPILL = 3`` robust standard deviations: 0, 1, 2+) and pools
-     only neighbours whose level is at most its own plus one, so a strong
-     anomaly does not spill onto the normal pixels around it.
-
-Measured on the quick benchmark (64 x 64, ``fe-l``, dose 200, 2 % clusters,
-bulk-trained, seed 0): average precision 0.68 / 1.00 / 1.00 at 0.3 / 0.6 /
-0.9 eV shifts, against 0.08 / 0.79 / 1.00 for the pixel's own NLL alone (as
-good as a perfect per-pixel bulk model gets) and for PCA; F1 with the
-automatic threshold 0.99-1.00 from 0.6 eV up. The maximum keeps
-isolated-pixel anomalies visible, at a small cost (0.6 eV isolated pixels: AP
-0.76 against 0.83 for the pixel's own NLL; 0.9 eV: 1.00). ``neighbourhood=0``
-scores each pixel alone.
-
-The KL term catches anomalies the decoder has learned to reproduce, because
-their codes sit far in the prior's tail (and pixels whose code is an
-extrapolation of the bulk's, e.g. far thicker): trained on all pixels with a
-2.4 eV shift in 2 % of them, before the robust initialisation below existed,
-the reconstruction NLL alone gave ROC-AUC 0.91 and the KL 1.00. On the
-bulk-trained benchmarks it costs <= 0.01 AP for isolated-pixel anomalies and
-nothing measurable for clusters and lines, so the default is the proper
-negative ELBO, ``scoring="elbo"``; ``scoring="recon"`` leaves the KL out.
+``AnomalyResult.nll`` (**higher = more anomalous**) is the pixel's negative
+ELBO ``NLL(a_p | z_p) + KL(q(z_p | x) || N(0, I))`` with ``z_p`` the posterior
+mean (``scoring="elbo"``; ``"recon"`` leaves the KL out), through the shared
+scoring stage :mod:`eelsanom.pooling`: with ``pooling = sigma > 0`` (default
+0.8 px) the larger of the pixel's own term and its neighbourhood statistic's
+(the same stage PCA and RX use with ``pooling``; ``pooling=0`` scores each
+pixel alone). The KL term catches anomalies the decoder has learned to
+reproduce, because their codes sit far in the prior's tail.
 
 ``result.maps``: ``"recon_nll"`` (the pixel's own NLL), ``"kl"``, ``"elbo"``
 (their sum), ``"neighbourhood_nll"`` (the NLL part of the winning scale) and
 ``"scale"`` (which sigma won, 0 = the pixel itself).
 
 The default automatic threshold is ``"robust"`` (median + 4 MAD-sigmas), as for
-PCA and RX. On the quick benchmark (seed 0) it gives F1 0.48 / 0.99 / 0.99 /
-0.99 / 0.99 at 0.3 / 0.6 / 0.9 / 1.5 / 2.4 eV; ``"gmm"`` gives 0.06 / 0.99 /
-1.00 / 1.00 / 0.99 and ``"otsu"`` 0.07 / 0.99 / 1.00 / 1.00 / 1.00: both cut
-inside the bulk mode when the anomalies do not form a second mode, flagging
-about half the image, which the robust rule never does.
+PCA and RX.
 
 Training
 --------
@@ -85,9 +50,12 @@ then trains on random crops of the bulk region (the loss counts bulk pixels
 only) or, with no bulk mask, on all pixels leaving out the worst
 ``robust_fraction`` (per batch in the first epoch, then beyond the previous
 epoch's quantile). A spatially held-out ``val_fraction`` of the training pixels
-(whole blocks) drives early stopping and the choice of the kept weights.
-Adam with a one-cycle learning-rate schedule; seeded (CPU runs are
-reproducible); resumable checkpoints.
+(whole blocks) drives early stopping and the choice of the kept weights; the
+initialisation itself (epoch 0) is a candidate, so training never returns a
+model worse on held-out bulk than the PPCA it started from, and
+``history_`` records the held-out NLL of both (``init_val``, ``best_val``,
+``init_won``). Adam with a one-cycle learning-rate schedule; seeded (CPU runs
+are reproducible); resumable checkpoints.
 
 Latent training options
 -----------------------
@@ -99,8 +67,7 @@ working code for every listed ``m``. :meth:`CVAE3DDetector.prefix_scorer`
 gives the anomaly map decoded from a prefix, for
 :func:`eelsanom.latent.prefix_curve` (AUC / NLL vs prefix size). It works on a
 model trained without nesting too (same truncation), where it shows how much
-of the map the leading dimensions carry by accident: the PCA start orders
-them by variance, but nothing in the ordinary loss keeps them ordered.
+of the map the leading dimensions carry by accident.
 
 ``n_seeds`` trains a *seed ensemble* (Zhang and Bottou, ICML 2023): networks
 with seeds ``seed, seed + 1, ...`` (initialisation, crops, validation split);
@@ -111,10 +78,8 @@ side by side ``(ny, nx, n_seeds * latent_dim)``, and ``result.maps`` gains
 gives one result per member. Block-wise scoring (:meth:`score_block`, used by
 :mod:`eelsanom.stream`) ranks the disagreement within each block, not the image.
 
-Measured on the quick benchmark's image (64 x 64 ``fe-l``, dose 200, 0.6 eV
-clusters, bulk-trained, seed 0): the bulk has one principal axis above the noise
-(thickness), so every prefix ``m >= 1`` gives the same map, nested or not (AUC
-1.000, AP 0.9999 for all ``m``), and three seeds give the same AP as one (0.9999).
+How the detector compares with PCA, RX and the references on the paper and
+realistic benchmarks: ``docs/benchmark.md`` and ``eelsanom bench``.
 """
 
 from __future__ import annotations
@@ -127,6 +92,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import InputError, NotFittedError
+from ..pooling import Pooling, excess_stats, pooling_from
 from ..preprocess import TRANSFORMS, forward_transform, inverse_transform, transform_sigma
 from ..progress import ProgressCallback, ProgressEvent, emit
 from ..result import AnomalyResult
@@ -138,11 +104,6 @@ log = logging.getLogger(__name__)
 __all__ = ["CVAE3DDetector", "PrefixScorer"]
 
 _SCORES = ("elbo", "recon")
-#: width, in bulk standard deviations of the excess NLL, of the first outlier level (see the
-#: module docstring)
-SPILL = 3.0
-#: sigma (pixels) of the wide neighbourhood the neighbourhood statistic is taken relative to
-BACKGROUND = 10.0
 #: principal axes start in the model when their variance exceeds this multiple of the
 #: noise's Marchenko-Pastur edge
 PCA_EDGE = 1.1
@@ -272,10 +233,11 @@ class CVAE3DDetector(BaseDetector):
     spatial_layers : int
         ``3 x 3 x 3`` convolutions at coarse energy resolution; the network
         sees ``spatial_layers`` pixels of context on each side.
-    neighbourhood : float
-        Gaussian sigma (pixels) of the neighbourhood whose weighted-mean
-        spectrum is scored besides the pixel itself (the score is the larger
-        of the two); 0 scores each pixel alone. See the module docstring.
+    pooling : float
+        Neighbourhood evidence pooling (:mod:`eelsanom.pooling`): the Gaussian
+        sigma (pixels) of the neighbourhood whose mean deviation is scored
+        besides the pixel itself (the score is the larger of the two); 0 scores
+        each pixel alone.
     patch_size : int
         Side of the square training crops (pixels).
     epochs : int
@@ -339,11 +301,12 @@ class CVAE3DDetector(BaseDetector):
 
     method: ClassVar[str] = "cvae"
     min_train_pixels: ClassVar[int] = 4
+    renamed_params: ClassVar[dict[str, str]] = {"neighbourhood": "pooling"}
 
     def __init__(self, *, energy_range: tuple[float, float] | None = None,
                  threshold: str | float = "robust", latent_dim: int = 8,
                  nested_prefixes: Sequence[int] | str | None = None, width: int = 16,
-                 spatial_layers: int = 2, neighbourhood: float = 0.8, patch_size: int = 16,
+                 spatial_layers: int = 2, pooling: float = 0.8, patch_size: int = 16,
                  epochs: int = 40, batch_size: int | None = None, lr: float = 1e-3,
                  beta: float = 1.0, beta_nll: float = 0.0, sigma_floor: float = 0.8,
                  robust_fraction: float = 0.05, val_fraction: float = 0.12, patience: int = 8,
@@ -356,7 +319,7 @@ class CVAE3DDetector(BaseDetector):
         self.nested_prefixes = nested_prefixes
         self.width = width
         self.spatial_layers = spatial_layers
-        self.neighbourhood = neighbourhood
+        self.pooling = pooling
         self.patch_size = patch_size
         self.epochs = epochs
         self.batch_size = batch_size
@@ -397,7 +360,8 @@ class CVAE3DDetector(BaseDetector):
             if v is not None and not _is_int(v, 1):
                 raise InputError(f"{name}: expected None (automatic) or an integer >= 1, got "
                                  f"{v!r}.")
-        nums = {"neighbourhood": (0.0, 8.0, False), "lr": (0.0, 1.0, True),
+        pooling_from(self.pooling)
+        nums = {"lr": (0.0, 1.0, True),
                 "beta": (0.0, None, False), "beta_nll": (0.0, 1.0, False),
                 "sigma_floor": (0.0, 10.0, True), "robust_fraction": (0.0, 0.5, False),
                 "val_fraction": (0.0, 0.5, False)}
@@ -520,7 +484,7 @@ class CVAE3DDetector(BaseDetector):
         # off, nested_prefixes: a default model matches the checkpoints of earlier versions
         params = {k: v for k, v in self.get_params().items()
                   if k not in ("threshold", "device", "amp", "tile_size", "checkpoint", "scoring",
-                               "neighbourhood", "n_seeds")}
+                               "pooling", "n_seeds")}
         if prefixes is None:
             params.pop("nested_prefixes", None)
         else:
@@ -560,17 +524,19 @@ class CVAE3DDetector(BaseDetector):
                                   checkpoint=ck, fp=fp)
             model.eval()
             # the bulk's own-NLL excess over its expectation (sets the spill cut of the scoring)
-            out = self._run(si, region=(r0, r1, c0, c1), scales=[0.0], model=model)
-            exc = (out["recon_nll"] - out["expected"])[region_mask]
-            med = float(np.median(exc))
-            sd = float(1.4826 * np.median(np.abs(exc - med)))
+            out = self._run(si, region=(r0, r1, c0, c1), pooling=Pooling(sigma=0.0), model=model)
             models.append(model)
-            excess.append((med, max(sd, 0.25 * math.sqrt(0.5 * ne))))
+            excess.append(excess_stats(out["recon_nll"][region_mask],
+                                       out["expected"][region_mask], ne))
             hists.append(hist)
-            log.info("3D-CVAE%s: %d parameters, best epoch %d of %d (val NLL %.2f)%s",
+            log.info("3D-CVAE%s: %d parameters; held-out bulk NLL per pixel: initialisation "
+                     "%.3f, best epoch %d of %d %.3f%s%s",
                      f" seed {seed}" if n_seeds > 1 else "", model.n_parameters,
-                     hist["best_epoch"], hist["epochs_run"], hist["best_val"],
-                     ", stopped early" if hist["stopped_early"] else "")
+                     hist.get("init_val", float("nan")), hist["best_epoch"],
+                     hist["epochs_run"], hist["best_val"],
+                     ", stopped early" if hist["stopped_early"] else "",
+                     "; training did not improve on the PPCA initialisation, which is kept"
+                     if hist.get("init_won") else "")
             if n_seeds > 1:
                 emit(progress, "seeds", i + 1, n_seeds, seed=seed, best_val=hist["best_val"])
         self.models_ = models
@@ -608,7 +574,7 @@ class CVAE3DDetector(BaseDetector):
 
     # ------------------------------------------------------------------ score
     def _run(self, si: SpectrumImage, progress: ProgressCallback | None = None,
-             scales: list[float] | None = None, *, model: Any = None,
+             pooling: Pooling | None = None, *, model: Any = None,
              excess: tuple[float, float] | None = None, **kw: Any) -> dict[str, np.ndarray]:
         """Score with one network (default: the first member) through :func:`score_cube`."""
         import torch
@@ -620,6 +586,8 @@ class CVAE3DDetector(BaseDetector):
                 raise NotFittedError("this CVAE3DDetector has no network: fit or load it first.")
             model = self.model_
             excess = getattr(self, "excess_stats_", None) if excess is None else excess
+        if excess is None:  # a model saved before the statistics existed
+            excess = (0.0, math.sqrt(0.5 * model.n_energy))
         device = self._device()
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
@@ -628,10 +596,9 @@ class CVAE3DDetector(BaseDetector):
         with torch_threads(device):
             return score_cube(model, self._reader(si), ny, nx, self.scaler_,
                               transform=self.transform,
-                              scales=self._scales() if scales is None else scales,
+                              pooling=self._pooling() if pooling is None else pooling,
                               with_kl=self.scoring == "elbo", device=device,
-                              amp=self._amp(device), spill=self._spill(excess, model),
-                              background=BACKGROUND,
+                              amp=self._amp(device), excess=excess,
                               tile=self.tile_size, progress=progress, **kw)
 
     def _run_members(self, si: SpectrumImage, progress: ProgressCallback | None = None,
@@ -642,28 +609,15 @@ class CVAE3DDetector(BaseDetector):
                           model=m, excess=e, **kw)
                 for i, (m, e) in enumerate(members)]
 
-    def _spill(self, excess: tuple[float, float] | None = None,
-               model: Any = None) -> tuple[float, float]:
-        """``(median, step)`` of the outlier levels: the training pixels' median excess NLL
-        (own NLL minus its expectation under the model) and ``SPILL`` robust standard
-        deviations of it."""
-        if excess is None:
-            n_energy = (model if model is not None else self.model_).n_energy
-            excess = (0.0, math.sqrt(0.5 * n_energy))
-        med, sd = excess
-        return float(med), float(SPILL * sd)
+    def _pooling(self) -> Pooling:
+        return pooling_from(self.pooling)
 
     @property
     def score_context(self) -> int:  # type: ignore[override]
         """Pixels on each side that a pixel's score depends on: the network's receptive
-        field (``spatial_layers``) plus the radius of the widest pooling kernel (the
-        ``BACKGROUND`` neighbourhood when ``neighbourhood > 0``); what
+        field (``spatial_layers``) plus the pooling stage's radius; what
         :meth:`score_block` (streaming) reads around each block."""
-        from ..nn.train import neighbourhood_kernel
-
-        radii = [(neighbourhood_kernel(max(BACKGROUND, s) if s > 0 else 0.0).size - 1) // 2
-                 for s in self._scales()]
-        return int(self.spatial_layers) + max(radii)
+        return int(self.spatial_layers) + self._pooling().radius()
 
     def _score_region(self, si: SpectrumImage, region: tuple[int, int, int, int],
                       progress: ProgressCallback | None
@@ -671,10 +625,6 @@ class CVAE3DDetector(BaseDetector):
         """Score ``region`` only: :func:`~eelsanom.nn.train.score_cube` reads each tile's
         ``score_context`` from ``si`` (lazily), so it equals that block of ``_score(si)``."""
         return self._score(si, progress, region=region)
-
-    def _scales(self) -> list[float]:
-        nb = float(self.neighbourhood)
-        return [0.0, nb] if nb > 0 else [0.0]
 
     @staticmethod
     def _maps(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -788,7 +738,7 @@ class CVAE3DDetector(BaseDetector):
                 raise InputError(f"prefix: expected an integer in 1..latent_dim = {d}, found "
                                  f"{m!r}.")
             outs = self._run_members(siw, prefix=int(m),
-                                     scales=[0.0] if kind == "recon_nll" else None)
+                                     pooling=Pooling(sigma=0.0) if kind == "recon_nll" else None)
             return np.mean([o[kind] for o in outs], axis=0).reshape(siw.nav_shape)
 
         return PrefixScorer(fn, tuple(nested) if nested else tuple(range(1, d + 1)),
@@ -831,18 +781,25 @@ class CVAE3DDetector(BaseDetector):
     # ------------------------------------------------------------------ persistence
     @staticmethod
     def _history_summary(h: dict[str, Any]) -> dict[str, Any]:
-        summary = {k: h[k] for k in ("best_epoch", "best_val", "epochs_run", "stopped_early",
-                                     "steps_per_epoch", "batch_size") if k in h}
+        summary = {k: h[k] for k in ("best_epoch", "best_val", "init_val", "init_won",
+                                     "epochs_run", "stopped_early", "steps_per_epoch",
+                                     "batch_size") if k in h}
         summary["loss"] = [float(v) for v in h.get("loss", [])]
         summary["val_nll"] = [float(v) if np.isfinite(v) else None for v in h.get("val_nll", [])]
-        if not math.isfinite(float(summary.get("best_val", 0.0))):
-            summary["best_val"] = None
+        for k in ("best_val", "init_val"):
+            if k in summary and not math.isfinite(float(summary[k])):
+                summary[k] = None
+        if "init_won" in summary:
+            summary["init_won"] = bool(summary["init_won"])
         return summary
 
     @staticmethod
     def _history_restore(summary: dict[str, Any]) -> dict[str, Any]:
         hist = dict(summary)
         hist["val_nll"] = [float("nan") if v is None else v for v in hist.get("val_nll", [])]
+        for k in ("best_val", "init_val"):
+            if k in hist and hist[k] is None:
+                hist[k] = float("nan")
         return hist
 
     def _get_state(self) -> dict[str, Any]:

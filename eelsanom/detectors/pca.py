@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..pooling import pooling_from
 from ..preprocess import check_gain, forward_transform, inverse_transform, transform_sigma
 from ..progress import ProgressCallback, emit
 from ..spectrum import SpectrumImage
@@ -35,6 +36,7 @@ from ._gaussian import (
     gather_training,
     iter_row_blocks,
     outlyingness,
+    pooled_scores,
     robust_rule,
     tail_scale,
     training_gain,
@@ -188,6 +190,13 @@ class PCADetector(BaseDetector):
         pixels no longer change.
     validation_fraction : float
         Fraction of training pixels held out to choose ``q``.
+    pooling : float
+        Neighbourhood evidence pooling (:mod:`eelsanom.pooling`, the stage the
+        3D-CVAE uses): the Gaussian sigma in pixels (0, the default, scores each
+        pixel by its PPCA NLL). With pooling the score is the PPCA posterior's
+        negative ELBO (reconstruction ``W <z>`` with noise ``sigma^2``, plus the
+        code's KL; ``maps["ppca_nll"]`` keeps the plain NLL), the larger of the
+        pixel's own and its neighbourhood statistic's.
     device : str
         ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``.
     seed : int
@@ -222,8 +231,8 @@ class PCADetector(BaseDetector):
                  max_components: int = 20, energy_range: tuple[float, float] | None = None,
                  threshold: Any = "robust", transform: str = "anscombe",
                  robust_fraction: float | str = "auto", robust_iter: int = 5,
-                 validation_fraction: float = 0.2, device: str = "auto", seed: int = 0,
-                 gain: float | str = "auto") -> None:
+                 validation_fraction: float = 0.2, pooling: float = 0.0, device: str = "auto",
+                 seed: int = 0, gain: float | str = "auto") -> None:
         self.n_components = n_components
         self.score_kind = score_kind
         self.max_components = max_components
@@ -233,6 +242,7 @@ class PCADetector(BaseDetector):
         self.robust_fraction = robust_fraction
         self.robust_iter = robust_iter
         self.validation_fraction = validation_fraction
+        self.pooling = pooling
         self.device = device
         self.seed = seed
         self.gain = gain
@@ -245,6 +255,11 @@ class PCADetector(BaseDetector):
         check_choice("score_kind", self.score_kind, SCORE_KINDS)
         check_common(self)
         check_gain(self.gain)
+        pool = pooling_from(self.pooling)
+        if pool.enabled and self.score_kind != "nll":
+            raise InputError("pooling: expected 0 with score_kind='reconstruction' (the pooling "
+                             f"stage pools likelihoods), got pooling={self.pooling!r}. Use "
+                             "score_kind='nll' or pooling=0.")
         vf = self.validation_fraction
         if isinstance(vf, bool) or not isinstance(vf, (int, float)) or not 0 < vf <= 0.5:
             raise InputError(f"validation_fraction: expected a fraction in (0, 0.5], got {vf!r}.")
@@ -411,6 +426,7 @@ class PCADetector(BaseDetector):
             self._robust_variances(X[keep])
         self.selection_ = model["selection"]
         self.n_train_ = int(keep.sum())
+        self.pool_excess_ = self._excess(X[keep])
         log.info("PPCA: q=%d (%s), sigma^2=%.4g, %d training pixels (%d trimmed) on %s",
                  self.n_components_, self.selection_["method"], self.noise_variance_,
                  self.n_train_, self.n_trimmed_, dev)
@@ -488,7 +504,62 @@ class PCADetector(BaseDetector):
             latent[y0:y1] = (p * t.latent_scale).cpu().float().numpy().reshape(y1 - y0, nx, q)
             emit(progress, "score", y1, ny)
         score = nll if self.score_kind == "nll" else rerr.copy()
-        return score, latent, {"reconstruction_error": rerr}
+        maps = {"reconstruction_error": rerr}
+        pool = pooling_from(self.pooling)
+        if pool.enabled:
+            pm = self._pooled(si, pool)
+            maps.update(ppca_nll=nll, own_nll=pm["own"] + pm["penalty"],
+                        neighbourhood_nll=pm["nb_nll"], scale=pm["scale"])
+            score = pm["score"]
+        return score, latent, maps
+
+    # ------------------------------------------------------------------ pooled scoring
+    @property
+    def score_context(self) -> int:  # type: ignore[override]
+        """Pixels on each side a pixel's score depends on: the pooling radius (0 unpooled)."""
+        return pooling_from(self.pooling).radius()
+
+    def _gauss_rows(self, x_counts: np.ndarray) -> tuple[Any, Any, Any, Any]:
+        """PPCA as a latent-variable model of counts ``x (n, E)``: ``(target, mean, sigma, KL)``.
+
+        The posterior of the code is ``N(<z>, sigma^2 diag(1 / lambda))`` with
+        ``<z> = (lambda - sigma^2)^{1/2} p / lambda``; the decoder's mean is
+        ``mu + W <z>`` (the shrunk reconstruction) and its noise ``sigma^2`` per
+        channel; the penalty is the posterior's KL from ``N(0, I)``. Transformed units.
+        """
+        import torch
+
+        t = self._tensors()
+        x = forward_transform(x_counts, self.transform, self.gain_)
+        xc, p, _ = self._terms(x, t)
+        target = xc + t.mu
+        mean = (p * t.shrink) @ t.U.T + t.mu
+        sigma = torch.full_like(mean, math.sqrt(t.s2))
+        z = p * t.latent_scale
+        pv = t.s2 / t.lam
+        kl = 0.5 * ((z * z).sum(1) + float((pv - torch.log(pv) - 1.0).sum()))
+        return target, mean, sigma, kl
+
+    def _excess(self, X: np.ndarray) -> tuple[float, float]:
+        """Excess-NLL statistics of transformed training rows ``X`` (the pooling's spill guard)."""
+        from ..pooling import excess_stats
+
+        t = self._tensors()
+        step = max(1, BLOCK_VALUES // X.shape[1])
+        own = []
+        for i in range(0, X.shape[0], step):
+            _, p, _ = self._terms(X[i:i + step], t)
+            dev = (np.asarray(X[i:i + step], np.float64)
+                   - self._mean_y(p, t))
+            own.append(0.5 * np.sum(dev * dev, axis=1) / t.s2)
+        own_a = np.concatenate(own)
+        d = X.shape[1]
+        return excess_stats(own_a, np.full(own_a.shape, 0.5 * d), d)
+
+    def _pooled(self, si: SpectrumImage, pool: Any, **kw: Any) -> dict[str, np.ndarray]:
+        excess = getattr(self, "pool_excess_", None)
+        return pooled_scores(si, self._gauss_rows, pooling=pool,
+                             noise2=float(self.noise_variance_), excess=excess, **kw)
 
     # ------------------------------------------------------------------ reconstruction
     def _sigma_y(self) -> np.ndarray:
@@ -535,6 +606,10 @@ class PCADetector(BaseDetector):
         mean = np.asarray(inverse_transform(my, self.transform, self.gain_), np.float64)
         sigma = np.asarray(transform_sigma(my, self._sigma_y(), self.transform, self.gain_),
                            np.float64)
+        pool = pooling_from(self.pooling)
+        if pool.enabled:
+            pm = self._pooled(si, pool, region=(iy, iy + 1, ix, ix + 1), want_channels=(iy, ix))
+            return mean, sigma, pm["channel_nll"]
         rr = r.cpu().double().numpy()[0]
         if self.score_kind == "reconstruction":
             return mean, sigma, rr ** 2
@@ -547,7 +622,8 @@ class PCADetector(BaseDetector):
     def _get_state(self) -> dict[str, Any]:
         return {"n_components": self.n_components_, "noise_variance": self.noise_variance_,
                 "selection": self.selection_, "n_train": self.n_train_,
-                "n_trimmed": self.n_trimmed_, "gain": self.gain_}
+                "n_trimmed": self.n_trimmed_, "gain": self.gain_,
+                "pool_excess": [float(v) for v in self.pool_excess_]}
 
     def _get_arrays(self) -> dict[str, np.ndarray]:
         return {"mean": self.mean_, "components": self.components_,
@@ -561,3 +637,6 @@ class PCADetector(BaseDetector):
         self.n_train_ = int(state.get("n_train", 0))
         self.n_trimmed_ = int(state.get("n_trimmed", 0))
         self.gain_ = float(state.get("gain", 1.0))  # files from before the gain: counts
+        pe = state.get("pool_excess")
+        self.pool_excess_ = (tuple(float(v) for v in pe) if pe is not None
+                             else (0.0, math.sqrt(0.5 * self.mean_.size)))

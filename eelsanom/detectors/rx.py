@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..pooling import excess_stats, pooling_from
 from ..preprocess import check_gain, forward_transform, inverse_transform, transform_sigma
 from ..progress import ProgressCallback, emit
 from ..spectrum import SpectrumImage
@@ -27,6 +28,7 @@ from ._gaussian import (
     iter_row_blocks,
     numpy_gram,
     outlyingness,
+    pooled_scores,
     robust_rule,
     training_gain,
     trimmed_fit,
@@ -150,6 +152,10 @@ class RXDetector(BaseDetector):
     robust_iter : int
         Most trimmed refits (0: plain fit on all pixels); stops early once the kept
         pixels no longer change.
+    pooling : float
+        Neighbourhood evidence pooling (:mod:`eelsanom.pooling`) on the whitened
+        deviations: the Gaussian sigma in pixels (0, the default, scores each
+        pixel by its own Gaussian NLL; ``maps["gaussian_nll"]`` keeps it when pooled).
     seed : int
         Kept for a uniform interface (the fit is deterministic).
     gain : "auto" or float
@@ -175,13 +181,15 @@ class RXDetector(BaseDetector):
     def __init__(self, *, shrinkage: str | float = "ledoit-wolf",
                  energy_range: tuple[float, float] | None = None, threshold: Any = "robust",
                  transform: str = "anscombe", robust_fraction: float | str = "auto",
-                 robust_iter: int = 5, seed: int = 0, gain: float | str = "auto") -> None:
+                 robust_iter: int = 5, pooling: float = 0.0, seed: int = 0,
+                 gain: float | str = "auto") -> None:
         self.shrinkage = shrinkage
         self.energy_range = energy_range
         self.threshold = threshold
         self.transform = transform
         self.robust_fraction = robust_fraction
         self.robust_iter = robust_iter
+        self.pooling = pooling
         self.seed = seed
         self.gain = gain
 
@@ -198,6 +206,7 @@ class RXDetector(BaseDetector):
                              f"[0, 1], got {sh!r}.")
         check_common(self)
         check_gain(self.gain)
+        pooling_from(self.pooling)
 
     # ------------------------------------------------------------------ fitting
     def _fit_subset(self, gram: Gram, keep: np.ndarray) -> dict[str, Any]:
@@ -251,6 +260,9 @@ class RXDetector(BaseDetector):
         self._set_fitted(model)
         self.n_train_ = int(keep.sum())
         self.n_trimmed_ = int(keep.size - keep.sum())
+        m2 = self._maha2_rows(X[keep])
+        self.pool_excess_ = excess_stats(0.5 * m2, np.full(m2.shape, 0.5 * X.shape[1]),
+                                         X.shape[1])
         log.info("RX: shrinkage %.4g, %d training pixels (%d trimmed)", self.shrinkage_,
                  self.n_train_, self.n_trimmed_)
 
@@ -282,7 +294,35 @@ class RXDetector(BaseDetector):
             maha2[y0:y1] = self._maha2_rows(x).reshape(y1 - y0, nx)
             emit(progress, "score", y1, ny)
         nll = 0.5 * (maha2 + self.logdet_ + self.mean_.size * _LOG2PI)
-        return nll, None, {"mahalanobis2": maha2}
+        maps = {"mahalanobis2": maha2}
+        pool = pooling_from(self.pooling)
+        if pool.enabled:
+            pm = self._pooled(si, pool)
+            maps.update(gaussian_nll=nll, neighbourhood_nll=pm["nb_nll"], scale=pm["scale"])
+            nll = pm["score"]
+        return nll, None, maps
+
+    # ------------------------------------------------------------------ pooled scoring
+    @property
+    def score_context(self) -> int:  # type: ignore[override]
+        """Pixels on each side a pixel's score depends on: the pooling radius (0 unpooled)."""
+        return pooling_from(self.pooling).radius()
+
+    def _gauss_rows(self, x_counts: np.ndarray) -> tuple[Any, Any, Any, None]:
+        """RX as a per-pixel Gaussian in whitened coordinates: ``(w, 0, 1, None)``.
+
+        Under ``N(mu, S)`` the whitened deviations ``w = W^T (x - mu)`` are
+        independent unit Gaussians, so the pooling stage sees ``D`` channels of
+        unit variance and the own term is ``0.5 maha^2`` plus constants.
+        """
+        import torch
+
+        w = torch.as_tensor(self._whiten(forward_transform(x_counts, self.transform, self.gain_)))
+        return w, torch.zeros_like(w), torch.ones_like(w), None
+
+    def _pooled(self, si: SpectrumImage, pool: Any, **kw: Any) -> dict[str, np.ndarray]:
+        return pooled_scores(si, self._gauss_rows, pooling=pool, noise2=1.0,
+                             excess=getattr(self, "pool_excess_", None), **kw)
 
     # ------------------------------------------------------------------ reconstruction
     def _mean_sigma(self) -> tuple[np.ndarray, np.ndarray]:
@@ -310,6 +350,10 @@ class RXDetector(BaseDetector):
         x = forward_transform(np.asarray(si.data[iy, ix], np.float32)[None], self.transform,
                               self.gain_)
         xc = np.asarray(x, np.float64)[0] - self.mean_
+        pool = pooling_from(self.pooling)
+        if pool.enabled:
+            pm = self._pooled(si, pool, region=(iy, iy + 1, ix, ix + 1), want_channels=(iy, ix))
+            return mean, sigma, pm["channel_nll"]
         sinv_x = self.whitener_ @ (xc @ self.whitener_)
         chan = 0.5 * (xc * sinv_x + self.logdet_ / xc.size + _LOG2PI)
         return mean, sigma, chan
@@ -317,7 +361,8 @@ class RXDetector(BaseDetector):
     # ------------------------------------------------------------------ persistence
     def _get_state(self) -> dict[str, Any]:
         return {"logdet": self.logdet_, "shrinkage": self.shrinkage_, "n_train": self.n_train_,
-                "n_trimmed": self.n_trimmed_, "gain": self.gain_}
+                "n_trimmed": self.n_trimmed_, "gain": self.gain_,
+                "pool_excess": [float(v) for v in self.pool_excess_]}
 
     def _get_arrays(self) -> dict[str, np.ndarray]:
         return {"mean": self.mean_, "whitener": self.whitener_, "var": self.var_}
@@ -329,3 +374,6 @@ class RXDetector(BaseDetector):
         self.n_train_ = int(state.get("n_train", 0))
         self.n_trimmed_ = int(state.get("n_trimmed", 0))
         self.gain_ = float(state.get("gain", 1.0))  # files from before the gain: counts
+        pe = state.get("pool_excess")
+        self.pool_excess_ = (tuple(float(v) for v in pe) if pe is not None
+                             else (0.0, math.sqrt(0.5 * self.mean_.size)))

@@ -31,15 +31,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import pooling as pooling_stage
 from ..errors import Cancelled, InputError
+from ..pooling import Pooling
 from ..progress import ProgressCallback, emit
-from .losses import LOG_2PI, beta_nll_weight, gaussian_nll, kl_standard_normal, sigma_from_raw
+from .losses import beta_nll_weight, gaussian_nll, kl_standard_normal, sigma_from_raw
 from .model import CVAE3D
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Scaler", "TrainConfig", "resolve_device", "torch_threads", "autocast",
-           "train_cvae", "nested_pixel_loss", "score_cube", "neighbourhood_kernel", "spatial_split",
+           "train_cvae", "nested_pixel_loss", "score_cube", "spatial_split",
            "save_checkpoint", "load_checkpoint", "fingerprint"]
 
 
@@ -610,8 +612,11 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
     -------
     dict
         History: ``loss`` and ``val_nll`` per epoch (mean per-pixel negative
-        ELBO, nats; averaged over the prefixes with ``cfg.prefixes``), ``best_epoch``, ``best_val``, ``epochs_run``, ``stopped_early``,
-        ``resumed_from``. The model holds the best weights on return.
+        ELBO, nats; averaged over the prefixes with ``cfg.prefixes``),
+        ``init_val`` (the initialisation's held-out value, NaN without a
+        validation split), ``best_epoch`` (0 = the initialisation), ``best_val``,
+        ``init_won``, ``epochs_run``, ``stopped_early``, ``resumed_from``. The
+        model holds the best weights on return.
 
     Raises
     ------
@@ -719,6 +724,14 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
         return float(_masked_mean(v, torch.ones_like(v, dtype=torch.bool),
                                   cfg.robust_fraction if cfg.robust else 0.0))
 
+    if start_epoch == 0 and not done:
+        # the initialisation (PPCA) is epoch 0: a candidate like any epoch, so training
+        # never keeps weights that do worse on held-out bulk than where it started
+        init_val = evaluate()
+        hist["init_val"] = init_val
+        if np.isfinite(init_val):
+            hist["best_val"] = init_val
+            hist["best_epoch"] = 0
     bad_epochs = int(hist.get("bad_epochs", 0))
     epoch = start_epoch
     cutoff: float | None = hist.get("robust_cutoff")
@@ -769,7 +782,8 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
             hist["epochs_run"] = epoch
             hist["robust_cutoff"] = cutoff
             crit = val if np.isfinite(val) else tr
-            if crit < hist["best_val"] - cfg.min_delta * abs(hist["best_val"]) or epoch == 1:
+            first = epoch == 1 and not np.isfinite(hist.get("init_val", float("nan")))
+            if crit < hist["best_val"] - cfg.min_delta * abs(hist["best_val"]) or first:
                 hist["best_val"] = crit
                 hist["best_epoch"] = epoch
                 best_state = _state_cpu(model)
@@ -790,43 +804,12 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
         write_ck(epoch, False)
         raise
     model.load_state_dict(best_state)
+    hist["init_won"] = hist["best_epoch"] == 0
     write_ck(epoch, True)
     return hist
 
 
 # ----------------------------------------------------------------------------- inference
-def neighbourhood_kernel(sigma: float) -> np.ndarray:
-    """1-D Gaussian weights (sum 1) of half-width ``ceil(2 sigma)``; ``[1.]`` for sigma 0.
-
-    Parameters
-    ----------
-    sigma : float
-        Gaussian standard deviation, pixels (``<= 0``: the pixel alone).
-
-    Returns
-    -------
-    ndarray of shape (2 ceil(2 sigma) + 1,)
-        float64 weights, centred, summing to 1.
-    """
-    if sigma <= 0:
-        return np.ones(1)
-    r = int(math.ceil(2.0 * sigma))
-    o = np.arange(-r, r + 1, dtype=np.float64)
-    g = np.exp(-0.5 * (o / sigma) ** 2)
-    return g / g.sum()
-
-
-def _pool_matrix(out0: int, out1: int, src0: int, src1: int, n: int,
-                 g: np.ndarray) -> np.ndarray:
-    """Weights ``A[p, s]`` of source index ``s`` (clipped to the image) in output ``p``."""
-    r = (g.size - 1) // 2
-    a = np.zeros((out1 - out0, src1 - src0))
-    for i, p in enumerate(range(out0, out1)):
-        for k, o in enumerate(range(-r, r + 1)):
-            a[i, min(max(p + o, 0), n - 1) - src0] += g[k]
-    return a
-
-
 def _tiles(ny: int, nx: int, tile: int) -> list[tuple[int, int, int, int]]:
     return [(y, min(y + tile, ny), x, min(x + tile, nx))
             for y in range(0, ny, tile) for x in range(0, nx, tile)]
@@ -893,29 +876,10 @@ def device_transform(x: torch.Tensor, transform: str, scaler: Scaler) -> torch.T
     return (x - m) / float(scaler.scale)
 
 
-def expected_nll(sigma: torch.Tensor) -> torch.Tensor:
-    """Expected Gaussian NLL summed over channels, ``sum_e (0.5 + log sigma_e + 0.5 log 2 pi)``.
-
-    What a pixel scores on average when its data follow the model; ``sigma``
-    has shape ``(E, h, w)``, the result ``(h, w)``.
-
-    Parameters
-    ----------
-    sigma : Tensor of shape (E, h, w)
-        Predicted standard deviations (Anscombe units).
-
-    Returns
-    -------
-    Tensor of shape (h, w)
-        Expected NLL per pixel, nats.
-    """
-    return (0.5 + torch.log(sigma) + 0.5 * LOG_2PI).sum(0)
-
-
 def score_cube(model: CVAE3D, read: Callable[[slice, slice], np.ndarray], ny: int, nx: int,
-               scaler: Scaler, *, transform: str, scales: Sequence[float], with_kl: bool,
+               scaler: Scaler, *, transform: str, pooling: Pooling, with_kl: bool,
                device: torch.device, amp: bool,
-               spill: tuple[float, float] = (0.0, float("inf")), background: float = 10.0,
+               excess: tuple[float, float] | None = None,
                tile: int | None = None, want_recon: bool = False,
                want_channels: tuple[int, int] | None = None,
                region: tuple[int, int, int, int] | None = None,
@@ -923,23 +887,11 @@ def score_cube(model: CVAE3D, read: Callable[[slice, slice], np.ndarray], ny: in
                prefix: int | None = None) -> dict[str, np.ndarray]:
     """Score every pixel of a ``(ny, nx, E)`` cube, tile by tile, seam-free.
 
-    For each scale ``s`` (Gaussian sigma in pixels, 0 = the pixel alone) the
-    statistic is the weighted mean spectrum of the pixel's neighbourhood; under
-    the model (independent Gaussian voxels) it is Gaussian with mean
-    ``sum_i w_i mu_i`` and variance ``sum_i w_i^2 v_i`` for the noise part of the
-    predicted variance ``v_i`` (up to the data's noise level) plus
-    ``(sum_i w_i t_i)^2`` for any excess ``t_i^2`` (model uncertainty, coherent
-    between neighbours). Replicate padding at the border is accounted for
-    exactly (repeated pixels' weights are added before squaring). The statistic
-    is rescaled to the pixel's own predicted sigma, so every scale's Gaussian NLL
-    (summed over channels) has the null distribution of the pixel's own NLL;
-    scale 0 *is* the pixel's own NLL. A pixel's score is the largest of them
-    (with ``with_kl``, each scale's NLL plus the same-weighted mean KL).
-    Each pixel's excess NLL (own NLL minus its expectation under the model)
-    gives it an outlier level (:func:`outlier_level`, from ``spill = (median,
-    step)``); a pixel pools only neighbours whose level is at most its own plus
-    one, so a strong anomaly does not spill onto the normal pixels around it
-    while an anomalous cluster still pools its members.
+    The network gives every pixel a Gaussian (decoder mean and sigma, Anscombe
+    units) and a KL term; the shared scoring stage
+    (:func:`eelsanom.pooling.pool_region`) turns them into the pixel's score:
+    its own negative ELBO, or with pooling the larger of that and its
+    neighbourhood statistic's (see :mod:`eelsanom.pooling`).
 
     Parameters
     ----------
@@ -952,19 +904,15 @@ def score_cube(model: CVAE3D, read: Callable[[slice, slice], np.ndarray], ny: in
         Image size.
     scaler : Scaler
     transform : {"anscombe", "none"}
-    scales : sequence of float
-        Neighbourhood sigmas (pixels); include 0 to keep single-pixel sensitivity.
+    pooling : Pooling
+        The pooling stage's settings (``Pooling(sigma=0)``: each pixel alone).
     with_kl : bool
         Add the (neighbourhood-weighted) KL term to each scale's NLL.
     device, amp
         Where and how to run (``amp``: bf16 autocast of the network on CUDA).
-    spill : (float, float)
-        ``(median, step)`` of the outlier levels; ``step = inf`` pools every neighbour.
-    background : float
-        The neighbourhood statistic is taken relative to a wide Gaussian
-        neighbourhood of this sigma (pixels): a local background of the
-        residuals, so that a smooth misfit of the model across the image (e.g.
-        thickness beyond the training range) cancels; 0 switches it off.
+    excess : (float, float), optional
+        ``(median, robust sd)`` of the training pixels' excess NLL (the spill
+        guard of the pooling); ``None`` pools every neighbour.
     tile : int, optional
         Output tile side; ``None`` picks one that fits the device's memory.
     want_recon : bool
@@ -989,11 +937,7 @@ def score_cube(model: CVAE3D, read: Callable[[slice, slice], np.ndarray], ny: in
     """
     y0r, y1r, x0r, x1r = region if region is not None else (0, ny, 0, nx)
     hh, ww = y1r - y0r, x1r - x0r
-    scales = sorted({float(s) for s in scales} or {0.0})
-    kernels = [neighbourhood_kernel(s) for s in scales]
-    backs = [neighbourhood_kernel(max(background, s)) if s > 0 and background > 0 else None
-             for s in scales]
-    rn = max((g.size - 1) // 2 for g in kernels + [b for b in backs if b is not None])
+    rn = pooling.radius()
     hal = model.halo
     if tile is None:
         tile = auto_tile(model.n_energy, model.width, device, hal + rn)
@@ -1029,135 +973,26 @@ def score_cube(model: CVAE3D, read: Callable[[slice, slice], np.ndarray], ny: in
                 prefix=prefix)
             target, mean, sigma = target[0], mean[0], sigma[0]  # (E, hs, ws)
             kl = kl_standard_normal(mu[0], logvar[0])[:prefix].sum(0)  # (hs, ws)
-            dev = target - mean
-            v = sigma ** 2
-            own_s = (0.5 * dev ** 2 / v + torch.log(sigma) + 0.5 * LOG_2PI).sum(0)
-            exp_s = expected_nll(sigma)
-            mean_c, sig_c = mean[:, sl[0], sl[1]], sigma[:, sl[0], sl[1]]
-            best = best_nll = best_scale = best_e = None
-            for scale, g, gb in zip(scales, kernels, backs):
-                if g.size == 1:  # the pixel itself
-                    nb_e = gaussian_nll(target[:, sl[0], sl[1]], mean_c, sig_c)
-                    kl_nb = kl[sl]
-                else:
-                    def mat(kern: np.ndarray | None, o0: int, o1: int, s0: int, s1: int,
-                            n: int) -> torch.Tensor | None:
-                        if kern is None:
-                            return None
-                        return torch.as_tensor(_pool_matrix(o0, o1, s0, s1, n, kern),
-                                               device=device, dtype=torch.float32)
-
-                    mats = (mat(g, ay0, ay1, sy0, sy1, ny), mat(g, ax0, ax1, sx0, sx1, nx),
-                            mat(gb, ay0, ay1, sy0, sy1, ny), mat(gb, ax0, ax1, sx0, sx1, nx))
-                    level = outlier_level(own_s - exp_s, spill[0], spill[1])
-                    nb_e, kl_nb = _neighbourhood_nll(dev, v, kl, level, noise2, mats,
-                                                     (oy0, ox0), sig_c)
-                nb = nb_e.sum(0)
-                tot = nb + kl_nb if with_kl else nb
-                if best is None:
-                    best, best_nll, best_e = tot, nb, nb_e
-                    best_scale = torch.full_like(tot, scale)
-                else:
-                    up = tot > best
-                    best = torch.where(up, tot, best)
-                    best_nll = torch.where(up, nb, best_nll)
-                    best_scale = torch.where(up, torch.full_like(tot, scale), best_scale)
-                    if want_channels is not None:
-                        best_e = torch.where(up[None], nb_e, best_e)
+            res = pooling_stage.pool_region(target, mean, sigma, kl if with_kl else None,
+                                            out_box=(ay0, ay1, ax0, ax1),
+                                            src_box=(sy0, sy1, sx0, sx1), image_shape=(ny, nx),
+                                            pooling=pooling, noise2=noise2, excess=excess,
+                                            want_channels=want_channels)
         dst = (slice(ty0, ty1), slice(tx0, tx1))
-        out["score"][dst] = best.double().cpu().numpy()
-        out["nb_nll"][dst] = best_nll.double().cpu().numpy()
-        out["scale"][dst] = best_scale.double().cpu().numpy()
-        out["recon_nll"][dst] = own_s[sl].double().cpu().numpy()
-        out["expected"][dst] = exp_s[sl].double().cpu().numpy()
+        out["score"][dst] = res["score"].double().cpu().numpy()
+        out["nb_nll"][dst] = res["nb_nll"].double().cpu().numpy()
+        out["scale"][dst] = res["scale"].double().cpu().numpy()
+        out["recon_nll"][dst] = res["own"].double().cpu().numpy()
+        out["expected"][dst] = res["expected"].double().cpu().numpy()
         out["kl"][dst] = kl[sl].double().cpu().numpy()
         out["latent"][dst] = mu[0][:, sl[0], sl[1]].permute(1, 2, 0).cpu().numpy()
         if want_recon:
-            out["mean"][dst] = mean_c.permute(1, 2, 0).cpu().numpy()
-            out["sigma"][dst] = sig_c.permute(1, 2, 0).cpu().numpy()
-        if want_channels is not None:
-            cy, cx = want_channels
-            if ay0 <= cy < ay1 and ax0 <= cx < ax1:
-                out["channel_nll"] = best_e[:, cy - ay0, cx - ax0].double().cpu().numpy()
+            out["mean"][dst] = mean[:, sl[0], sl[1]].permute(1, 2, 0).cpu().numpy()
+            out["sigma"][dst] = sigma[:, sl[0], sl[1]].permute(1, 2, 0).cpu().numpy()
+        if "channel_nll" in res:
+            out["channel_nll"] = res["channel_nll"].double().cpu().numpy()
         emit(progress, "score", it + 1, len(tiles))
     return out
-
-
-def outlier_level(excess: torch.Tensor, median: float, step: float) -> torch.Tensor:
-    """How much of an outlier each pixel is by itself: level 0, 1 or 2.
-
-    From ``u = (excess - median) / step``:
-    0 for ``u <= 1``, 1 for ``u`` in (1, 2], 2 above (so that pooling needs at most three
-    passes: pixels at level 2 pool every neighbour).
-
-    Parameters
-    ----------
-    excess : Tensor of shape (h, w)
-        Each pixel's own NLL minus its expectation under the model (nats).
-    median : float
-        Median excess of the training pixels.
-    step : float
-        Width of one level (``inf``: every pixel is at level 0).
-
-    Returns
-    -------
-    Tensor of shape (h, w)
-        The levels 0., 1. or 2., same dtype as ``excess``.
-    """
-    u = (excess - median) / step
-    return (u > 1.0).to(u.dtype) + (u > 2.0).to(u.dtype)
-
-
-def _neighbourhood_nll(dev: torch.Tensor, v: torch.Tensor, kl: torch.Tensor, level: torch.Tensor,
-                       noise2: float, mats: tuple[torch.Tensor | None, ...],
-                       origin: tuple[int, int], sig_c: torch.Tensor
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel NLL ``(E, th, tw)`` of each output pixel's neighbourhood statistic, and its KL.
-
-    ``dev = data - mean`` and ``v = sigma^2`` ``(E, hs, ws)``, ``kl`` and ``level``
-    (:func:`outlier_level`) ``(hs, ws)`` over the source region; ``mats = (ay, ax,
-    by, bx)`` the (border-aggregated) weights ``(th, hs)`` / ``(tw, ws)`` of the
-    neighbourhood and of its background (``by, bx`` may be ``None``); ``origin``
-    the output block's offset in the source region; ``sig_c`` the output
-    pixels' own sigma. The statistic is ``sum_q (a_pq - b_pq) dev_q`` with its
-    exact variance under the model. A pixel pools the sources whose level is at
-    most its own plus one, so a neighbour far more anomalous than the pixel
-    itself does not spill into it.
-    """
-    ay, ax, by, bx = mats
-    th, tw = ay.shape[0], ax.shape[0]
-    oy0, ox0 = origin
-
-    def pool(t: torch.Tensor, a_y: torch.Tensor, a_x: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("ps,...sr,qr->...pq", a_y, t, a_x)
-
-    def stats(keep: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-        d_, vi_, sc_, k_ = (dev, v_inc, s_coh, kl) if keep is None else (
-            dev * keep, v_inc * keep, s_coh * keep, kl * keep)
-        w_ = torch.ones_like(kl) if keep is None else keep
-        d = pool(d_, ay, ax)
-        var = pool(vi_, ay ** 2, ax ** 2)
-        coh = pool(sc_, ay, ax)
-        if by is not None:
-            d = d - pool(d_, by, bx)
-            var = var - 2.0 * pool(vi_, ay * by, ax * bx) + pool(vi_, by ** 2, bx ** 2)
-            coh = coh - pool(sc_, by, bx)
-        var = torch.clamp(var, min=1e-12) + coh ** 2
-        return d / torch.sqrt(var), pool(k_, ay, ax) / pool(w_, ay, ax)
-
-    v_inc = torch.clamp(v, max=noise2)
-    s_coh = torch.sqrt(torch.clamp(v - noise2, min=0.0))
-    lev_c = level[oy0:oy0 + th, ox0:ox0 + tw]
-    z = torch.zeros_like(sig_c)
-    k_out = torch.zeros_like(lev_c)
-    top = float(level.max())
-    for lv in torch.unique(lev_c).tolist():
-        zz, kk = stats(None if lv + 1.0 >= top else (level <= lv + 1.0).to(dev.dtype))
-        m = lev_c == lv
-        z = torch.where(m, zz, z)
-        k_out = torch.where(m, kk, k_out)
-    nb_e = 0.5 * z ** 2 + torch.log(sig_c) + 0.5 * LOG_2PI
-    return nb_e, k_out
 
 
 def check_finite_loss(value: float) -> None:

@@ -515,7 +515,9 @@ def _add_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--energy-range", metavar="START:STOP", help="energy window in eV")
     p.add_argument("--threshold", default=None,
                    help="robust[:K] (median + K robust sigmas, K=4) | otsu | gmm | PERCENT of "
-                        "pixels to flag | value:X (default: the detector's own rule, robust)")
+                        "pixels to flag | value:X | calibrated[:ALPHA] (false-positive rate "
+                        "ALPHA, default 0.001, on held-out bulk pixels; needs a bulk region; "
+                        "saved with the model) (default: the detector's own rule, robust)")
     p.add_argument("--components", type=int, default=None,
                    help="PCA components (default: automatic)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")

@@ -8,9 +8,11 @@ import pytest
 from eelsanom import scoring
 from eelsanom.detectors import get_detector, load_detector
 from eelsanom.errors import InputError
+from eelsanom.pooling import DEFAULT_SIGMA
 from tests.nuisance import nuisance_image
 
-METHODS = [("pca", {"device": "cpu"}), ("rx", {}), ("context-pca", {"device": "cpu"})]
+METHODS = [("pca", {"device": "cpu"}), ("rx", {}), ("context-pca", {"device": "cpu"}),
+           ("context-pca", {"device": "cpu", "pooling": DEFAULT_SIGMA})]
 
 
 def _clean(seed: int):
@@ -30,8 +32,10 @@ def clean_images():
 def test_calibrated_false_positive_rate(clean_images, method, params):
     """At most 0.1 % of an anomaly-free image flagged, over 5 seeds (the robust rule beside).
 
-    Measured: calibrated 0.015 % (PCA), 0.005 % (RX), 0.015 % (context PCA);
-    robust 0.020 / 0.029 / 0.015 %.
+    Measured: calibrated 0.015 % (PCA), 0.005 % (RX), 0.015 % (context PCA),
+    0.029 % (context PCA pooled: held-out squares scored with their neighbours,
+    so the context and the pooling see what they see in an image); robust
+    0.020 / 0.029 / 0.015 / 0.034 %. (Pooled PCA and RX: 0.054 % and 0.005 %.)
     """
     flagged = robust = total = 0
     for si, bulk in clean_images:
@@ -48,7 +52,7 @@ def test_calibrated_false_positive_rate(clean_images, method, params):
     assert fpr <= 1e-3
 
 
-@pytest.mark.parametrize("method,params", METHODS)
+@pytest.mark.parametrize("method,params", METHODS[:3])
 def test_calibration_is_honest_at_a_measurable_rate(clean_images, method, params):
     """At ALPHA = 2 % the pixels outside the bulk are flagged at about that rate (not 0, not 10 %)."""
     si, bulk = clean_images[0]

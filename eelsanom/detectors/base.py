@@ -340,13 +340,13 @@ class BaseDetector:
             twin._validate_params()
             twin._fit(siw, rest, None)
             twin.energy_axis_ = self.energy_axis_
-            for t in mine:
-                ys, xs = np.nonzero(tiles == t)
-                y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-                nll, _, _ = twin._score_region(siw, (y0, y1, x0, x1), None)
-                nll = np.asarray(nll, np.float64).reshape(y1 - y0, x1 - x0)
-                sel = held[y0:y1, x0:x1]
-                held_scores[y0:y1, x0:x1][sel] = nll[sel]
+            # one pass over the box around the group's squares (with its context)
+            ys, xs = np.nonzero(held)
+            y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+            nll, _, _ = twin._score_region(siw, (y0, y1, x0, x1), None)
+            nll = np.asarray(nll, np.float64).reshape(y1 - y0, x1 - x0)
+            sel = held[y0:y1, x0:x1]
+            held_scores[y0:y1, x0:x1][sel] = nll[sel]
             emit(progress, "calibrate", g + 1, folds)
             log.debug("calibration fold %d/%d: %d held-out pixels (context %d)", g + 1, folds,
                       int(held.sum()), c)

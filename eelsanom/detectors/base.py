@@ -247,8 +247,9 @@ class BaseDetector:
         if calibrated and train_mask is None:
             raise InputError(
                 "threshold 'calibrated' is set from held-out bulk pixels, so it needs a bulk "
-                "region: pass train_mask (a boolean (ny, nx) map), or use another threshold "
-                "rule such as 'robust' to train without one.")
+                "region: pass train_mask (a boolean (ny, nx) map; in the CLI --train-roi or "
+                "--train-mask), or use another threshold rule such as 'robust' to train "
+                "without one.")
         si = as_spectrum_image(si, what="training data")
         er = getattr(self, "energy_range", None)
         if er is not None:

@@ -141,3 +141,15 @@ def test_tail_extrapolation_is_close_and_conservative_for_a_gaussian():
     assert scoring.calibrated_threshold(cal, 0.3) == pytest.approx(np.quantile(np.arange(100.0), 0.7))
     with pytest.raises(InputError):
         scoring.null_calibration([1.0])
+
+
+def test_result_rethresholds_with_the_calibration(clean_images):
+    si, bulk = clean_images[3]
+    det = get_detector("pca", device="cpu").fit(si, bulk)
+    res = det.score(si)
+    with pytest.raises(InputError, match="calibrated"):
+        res.with_threshold("calibrated")
+    det.calibrate(si, bulk)
+    res = det.score(si).with_threshold("calibrated:0.01")
+    assert res.threshold_method == "calibrated:0.01"
+    assert res.threshold == pytest.approx(scoring.calibrated_threshold(det.calibration_, 0.01))

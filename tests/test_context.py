@@ -152,3 +152,12 @@ def test_bad_neighbourhood_is_refused(drifted, bad):
 def test_footprint_excludes_the_centre():
     fp = context_footprint(5)
     assert fp.shape == (5, 5) and not fp[2, 2] and fp.sum() == 24
+
+
+def test_pooling_switched_on_after_the_fit_equals_pooling_from_the_start(drifted):
+    """The bench fits once and scores twice (set_params(pooling=...)): same scores."""
+    si, _, bulk = drifted[0]
+    a = ContextPCADetector(device="cpu", pooling=DEFAULT_SIGMA).fit(si, bulk).score(si).nll
+    det = ContextPCADetector(device="cpu").fit(si, bulk)
+    det.set_params(pooling=DEFAULT_SIGMA)
+    np.testing.assert_allclose(det.score(si).nll, a, rtol=1e-9)

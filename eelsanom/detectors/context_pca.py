@@ -153,12 +153,12 @@ class ContextPCADetector(PCADetector):
     def _fit(self, si: SpectrumImage, mask: np.ndarray | None,
              progress: ProgressCallback | None) -> None:
         super()._fit(si, mask, progress)
-        if pooling_from(self.pooling).enabled:
-            # the pooling's spill guard: excess NLL of the bulk under the context Gaussian
-            g = self._gaussian(self._context(si))
-            exc = 0.5 * np.sum(g["dev"] ** 2 / g["var"] - 1.0, axis=-1)
-            exc = exc[mask] if mask is not None else exc.ravel()
-            self.pool_excess_ = excess_stats(exc, np.zeros_like(exc), si.n_energy)
+        # the pooling's spill guard: excess NLL of the bulk under the context Gaussian
+        # (always, so that pooling can be switched on after the fit)
+        g = self._gaussian(self._context(si))
+        exc = 0.5 * np.sum(g["dev"] ** 2 / g["var"] - 1.0, axis=-1)
+        exc = exc[mask] if mask is not None else exc.ravel()
+        self.pool_excess_ = excess_stats(exc, np.zeros_like(exc), si.n_energy)
 
     # ------------------------------------------------------------------ the context model
     def _context(self, si: SpectrumImage, progress: ProgressCallback | None = None

@@ -38,7 +38,8 @@ outputs of ``apply``); its ``lazy`` flag is passed to the loader, the hook for
 streaming single large files. The CLI (``eelsanom batch``, :func:`add_parser`
 and :func:`main`) exits with 0 when every file is done or skipped,
 :data:`EXIT_FAILED` (1) when some failed, 2 for bad arguments and 130 when
-interrupted (the summaries then list the unfinished files as ``"cancelled"``).
+interrupted by Ctrl-C or SIGTERM (a SLURM time limit); the summaries are then
+written first, listing the unfinished files as ``"cancelled"``.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ import io as _io
 import logging
 import os
 import re
+import signal as _signal
 import sys
 import threading
 import time
@@ -224,7 +226,7 @@ class BatchSummary:
 
     def write(self) -> None:
         """(Re)write ``summary.json`` and ``summary.csv`` in ``out``, atomically."""
-        from .io import _atomic_write_bytes, write_json
+        from .io import _atomic_write_bytes, record_outputs, write_json
 
         write_json(self.to_dict(), self.out / SUMMARY_JSON)
         buf = _io.StringIO()
@@ -233,6 +235,7 @@ class BatchSummary:
         for r in self.records:
             w.writerow(r.csv_row())
         _atomic_write_bytes(self.out / SUMMARY_CSV, buf.getvalue().encode("utf-8"))
+        record_outputs([self.out / SUMMARY_JSON, self.out / SUMMARY_CSV])
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -442,6 +445,28 @@ def _complete(folder: Path, path: Path, model_sha256: str, settings: dict[str, A
     return done
 
 
+def _check_batch_outputs(out: Path, files: Sequence[Path], names: Sequence[str], model: str,
+                         method: str, formats: str | None, *, overwrite: bool, force: bool,
+                         sha: str, settings: dict[str, Any]) -> None:
+    """:func:`eelsanom.io.check_outputs` on everything the batch will write (the summaries,
+    each input's folder and maps), before any cluster starts: no output is an input, every
+    folder is writable, and no file eelsanom did not write is replaced without ``overwrite``."""
+    from types import SimpleNamespace
+
+    from .cli import _planned_outputs
+    from .io import check_outputs
+
+    inputs = [*map(str, files), model]
+    paths: list[Path] = [out / SUMMARY_JSON, out / SUMMARY_CSV]
+    for path, name in zip(files, names):
+        folder = out / name
+        if not force and _complete(folder, path, sha, settings) is not None:
+            continue  # skipped: nothing is written there
+        paths += [folder / DONE_NAME,
+                  *_planned_outputs(SimpleNamespace(formats=formats, out=folder), name, method)]
+    check_outputs(paths, inputs, overwrite=overwrite, what="--out")
+
+
 # ----------------------------------------------------------------------------- the task
 _local = threading.local()
 
@@ -531,7 +556,7 @@ def process_file(path: str, folder: str, name: str, *, model: str, model_sha256:
             from types import SimpleNamespace
 
             from .cli import _load_input, _score, _write_outputs
-            from .io import _remove, write_json
+            from .io import _remove, record_outputs, write_json
 
             _remove(out / DONE_NAME)  # the folder is incomplete until done.json is back
             fp = _fingerprint(Path(path))
@@ -545,7 +570,7 @@ def process_file(path: str, folder: str, name: str, *, model: str, model_sha256:
                 det.set_params(device=dev)
             # eager, or streamed block by block (--lazy, or automatically for a cube larger
             # than a quarter of the worker's free memory): the same path as `apply`
-            opts = SimpleNamespace(formats=settings["formats"], lazy=lazy,
+            opts = SimpleNamespace(formats=settings["formats"], lazy=lazy, model=model,
                                    signal=settings.get("signal"))
             si = _load_input(opts, path)
             result = _score(det, si, opts, name, None, out=out)
@@ -566,7 +591,8 @@ def process_file(path: str, folder: str, name: str, *, model: str, model_sha256:
                         "outputs": summary["outputs"],
                         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(
                             timespec="seconds")},
-                       out / DONE_NAME, protect=[path])
+                       out / DONE_NAME, protect=[path, model])
+            record_outputs([out / DONE_NAME])
     except InputError as exc:
         rec.update(status="failed", output="", error=str(exc))
     except Exception as exc:  # noqa: BLE001 - one bad file never stops the batch
@@ -640,7 +666,8 @@ def run_batch(inputs: Iterable[str | os.PathLike], model: str | os.PathLike,
               scheduler: str | None = None, client: Any = None, force: bool = False,
               threshold: str | float | None = None, signal: int | None = None,
               device: str | None = None, formats: str | Sequence[str] | None = None,
-              lazy: bool | None = None, progress: ProgressCallback | None = None) -> BatchSummary:
+              lazy: bool | None = None, overwrite: bool = False,
+              progress: ProgressCallback | None = None) -> BatchSummary:
     """Score every input with ``model``, one Dask task per file; see the module docstring.
 
     Parameters
@@ -675,6 +702,10 @@ def run_batch(inputs: Iterable[str | os.PathLike], model: str | os.PathLike,
     lazy : bool, optional
         Stream each input block by block (True), load it whole (False), or decide per
         file by its size against the worker's free memory (None).
+    overwrite : bool
+        Also replace existing files in ``out`` that eelsanom did not write (its own
+        earlier outputs, listed in the folder's ``.eelsanom-run.json``, are replaced
+        anyway); inputs are never written.
     progress : callable, optional
         Receives a :class:`~eelsanom.progress.ProgressEvent` (stage ``"batch"``,
         step = files finished, total = files) as files finish, with ``message`` set
@@ -726,7 +757,12 @@ def run_batch(inputs: Iterable[str | os.PathLike], model: str | os.PathLike,
     sha = file_sha256(model_p)
     settings = {"threshold": threshold, "signal": signal, "formats": fmts, "device": device}
     names = folder_names(files)
-    out_p.mkdir(parents=True, exist_ok=True)
+    _check_batch_outputs(out_p, files, names, model_abs, header["detector"], fmts,
+                         overwrite=overwrite, force=force, sha=sha, settings=settings)
+    from .io import _writing
+
+    with _writing(out_p):
+        out_p.mkdir(parents=True, exist_ok=True)
     summary = BatchSummary(records=[], out=out_p, model=model_abs, model_sha256=sha,
                            settings=settings)
     summary.records = [FileRecord(input=m, name=_clean_name(m), status="failed",
@@ -866,6 +902,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     g.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="use a running Dask scheduler: tcp://HOST:PORT or its scheduler file")
     p.add_argument("--force", action="store_true", help="redo files whose outputs are complete")
+    p.add_argument("--overwrite", action="store_true",
+                   help="also replace existing files in OUT that eelsanom did not write (its own "
+                        "earlier outputs are replaced without it; inputs never are)")
     p.add_argument("--threshold", default=None,
                    help="override the model's threshold rule (robust[:K] | otsu | gmm | "
                         "PERCENT | value:X)")
@@ -880,6 +919,39 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                         "than a quarter of the worker's free memory or $EELSANOM_STREAM_BYTES)")
     p.set_defaults(func=main)
     return p
+
+
+def error_line(path: str | os.PathLike, error: str) -> str:
+    """The stderr line of a failed file, naming its path once.
+
+    Errors raised while reading a file usually name it already; then the path is
+    not put in front of the message a second time.
+
+    Parameters
+    ----------
+    path : str or Path
+        The input as listed in the summary.
+    error : str
+        Its error message.
+
+    Returns
+    -------
+    str
+        ``"eelsanom: error: <error>"`` when the message contains the path (as given
+        or resolved), else ``"eelsanom: error: <path>: <error>"`` (a message that
+        starts with the file's name and a colon loses that start).
+    """
+    p = str(path)
+    try:
+        resolved = str(Path(p).resolve())
+    except (OSError, RuntimeError):
+        resolved = p
+    if p in error or resolved in error:
+        return f"eelsanom: error: {error}"
+    name = Path(p).name
+    if name and error.startswith(f"{name}: "):  # the loader's "<file name>: ..." prefix
+        error = error[len(name) + 2:]
+    return f"eelsanom: error: {p}: {error}"
 
 
 def main(args: argparse.Namespace) -> int:
@@ -930,16 +1002,26 @@ def main(args: argparse.Namespace) -> int:
         bar.set_postfix(ev.metrics, refresh=False)
         bar.refresh()
 
+    def on_sigterm(signum: int, frame: Any) -> None:  # a SLURM time limit, `kill`: as Ctrl-C
+        _signal.signal(_signal.SIGTERM, _signal.SIG_IGN)  # once: let the summaries be written
+        raise KeyboardInterrupt
+
+    old = None
+    if threading.current_thread() is threading.main_thread():
+        old = _signal.signal(_signal.SIGTERM, on_sigterm)
     try:
         s = run_batch(args.inputs, args.model, args.out, workers=args.workers,
                       scheduler=args.scheduler, force=args.force, threshold=args.threshold,
                       signal=args.signal, device=args.device, formats=args.formats,
-                      lazy=args.lazy, progress=progress)
+                      lazy=args.lazy, overwrite=bool(getattr(args, "overwrite", False)),
+                      progress=progress)
     finally:
+        if old is not None:
+            _signal.signal(_signal.SIGTERM, old)
         if bar is not None:
             bar.close()
     for r in s.failed:
-        print(f"eelsanom: error: {r.input}: {r.error}", file=sys.stderr)
+        print(error_line(r.input, r.error), file=sys.stderr)
     if not quiet:
         c = s.counts
         print(f"batch: {c['done']} done, {c['skipped']} skipped, {c['failed']} failed of "

@@ -45,6 +45,7 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import logging
+import math
 import os
 import platform
 import subprocess
@@ -63,7 +64,7 @@ from .pooling import DEFAULT_SIGMA, Pooling
 log = logging.getLogger(__name__)
 
 __all__ = ["Condition", "quick_conditions", "full_conditions", "reference_scores",
-           "run_benchmark", "run_speed"]
+           "run_benchmark", "run_speed", "speed_ratios"]
 
 SHIFTS = (0.3, 0.6, 0.9, 1.5, 2.4)
 CONCENTRATIONS = (0.005, 0.01, 0.02, 0.05, 0.10)
@@ -190,13 +191,13 @@ def realistic_conditions(quick: bool = True) -> list[Condition]:
     families = (("drift", DRIFT, "drift_eV"), ("valence", VALENCE, "valence_eV"),
                 ("thickness", THICKNESS, "t_over_lambda"),
                 ("drift+thickness+gain", combined, "drift_eV"))
-    conds = [Condition(f"{name} | shift {s:g} eV", {**base, **nuis, "magnitude": s}, oracle=o)
+    conds = [Condition(f"{name} / shift {s:g} eV", {**base, **nuis, "magnitude": s}, oracle=o)
              for name, nuis, o in families for s in (0.3, 0.6, 0.9)]
     conds += [
-        Condition("drift | shift 0.6 eV, isolated pixels",
+        Condition("drift / shift 0.6 eV, isolated pixels",
                   {**base, **DRIFT, "magnitude": 0.6, "anomaly_shape": "pixels",
                    "concentration": 0.01}, oracle="drift_eV"),
-        Condition("drift ramp, bulk not spanning it | shift 0.6 eV",
+        Condition("drift ramp, bulk not spanning it / shift 0.6 eV",
                   {**base, **DRIFT, "drift_pattern": "ramp", "magnitude": 0.6},
                   oracle="drift_eV"),
         Condition("anomaly-free, drift+thickness+gain",
@@ -664,6 +665,44 @@ def _header(quick: bool, device: str, seed: int, methods: list[str],
             "methods": ",".join(methods)}
 
 
+def cvae_parameter_count(conds: list[Condition], *, device: str = "auto",
+                         seed: int = 0) -> str:
+    """Trainable parameters of the 3D-CVAE the benchmark trains on ``conds``.
+
+    The network depends on the number of energy channels, so the count is that
+    of the detector built as :func:`run_condition` builds it, for each energy
+    window the conditions simulate (``"N"``, or ``"N (window), M (window)"``).
+
+    Parameters
+    ----------
+    conds : list of Condition
+    device : str, default "auto"
+    seed : int, default 0
+
+    Returns
+    -------
+    str
+    """
+    from .detectors import get_detector
+    from .nn.model import CVAE3D, energy_levels_for
+    from .simulate import ENERGY_SCALE, WINDOWS
+
+    det = get_detector("cvae", **_detector_params("cvae", device, seed))
+    counts = {}
+    for cond in conds:
+        window = cond.sim.get("window", "fe-l")
+        if window in counts:
+            continue
+        e0, e1 = WINDOWS[window]
+        ne = int(math.floor((e1 - e0) / ENERGY_SCALE + 1e-9)) + 1
+        net = CVAE3D(ne, int(det.latent_dim), int(det.width), energy_levels_for(ne),
+                     int(det.spatial_layers))
+        counts[window] = int(net.n_parameters) * max(1, int(getattr(det, "n_seeds", 1) or 1))
+    if len(set(counts.values())) == 1:
+        return str(next(iter(counts.values())))
+    return ", ".join(f"{n} ({w})" for w, n in counts.items())
+
+
 def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     keys: list[str] = []
     for r in rows:
@@ -703,7 +742,7 @@ def markdown_table(rows: list[dict[str, Any]], metric: str) -> str:
                      None)
             cells.append("" if v is None or (isinstance(v, float) and np.isnan(v))
                          else f"{v:.3f}" if isinstance(v, float) else str(v))
-        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+        lines.append(f"| {str(c).replace('|', '/')} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -956,13 +995,8 @@ def run_benchmark(out: Path, *, quick: bool = True, methods: list[str] | None = 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     header = _header(quick, device, seed, methods, suite)
-    try:
-        from .detectors import get_detector
-
-        if "cvae" in methods:
-            header["cvae_parameters"] = int(get_detector("cvae").n_parameters)
-    except Exception:  # noqa: BLE001 - the count is informative only
-        pass
+    if "cvae" in methods:
+        header["cvae_parameters"] = cvae_parameter_count(conds, device=device, seed=seed)
     if not quiet:
         print(" | ".join(f"{k}: {v}" for k, v in header.items()))
     rows: list[dict[str, Any]] = []
@@ -991,8 +1025,209 @@ def run_benchmark(out: Path, *, quick: bool = True, methods: list[str] | None = 
 
 
 # ----------------------------------------------------------------------------- speed
+def _dense_references():
+    """The fits as they were before they used the smaller side of the data (for ratios).
+
+    ``PCA``/``RX``: the covariance always accumulated as a ``D x D`` matrix and fully
+    eigendecomposed (PCA: ``torch.linalg.eigh``, every eigenpair), whatever the
+    number of pixels. ``pca_axes``: the 3D-CVAE's former ``_pca`` (``D x D``
+    covariance, full ``numpy.linalg.eigh``). Kept here, not in the library, as the
+    reference the speed benchmark and the equality tests compare with.
+    """
+    import torch
+
+    from .detectors._gaussian import Spectrum
+    from .detectors.pca import PCADetector
+    from .detectors.rx import RXDetector
+
+    class DensePCA(PCADetector):
+        _gram_side = "channel"
+
+        @staticmethod
+        def _torch_gram(dev, dt):
+            def gram(X, rows, m0):
+                d = X.shape[1]
+                mu = torch.as_tensor(m0, device=dev, dtype=dt)
+                G = torch.zeros((d, d), device=dev, dtype=dt)
+                s = torch.zeros(d, device=dev, dtype=dt)
+                step = max(1, (1 << 22) // d)
+                for i in range(0, len(rows), step):
+                    xc = torch.as_tensor(X[rows[i:i + step]], device=dev).to(dt) - mu
+                    G += xc.T @ xc
+                    s += xc.sum(0)
+                return G.cpu().double().numpy(), s.cpu().double().numpy()
+
+            return gram
+
+        @staticmethod
+        def _eig(gram, keep, k):
+            mean, cov = gram.subset_moments(keep)
+            w, v = torch.linalg.eigh(torch.as_tensor(cov, dtype=torch.float64))
+            evals = np.clip(w.flip(0).numpy(), 0.0, None)
+            return Spectrum(mean, evals, v.flip(1).numpy(), float(evals.sum()),
+                            float(np.sum(evals ** 2)), int(keep.sum()), cov.shape[0])
+
+    class DenseRX(RXDetector):
+        _gram_side = "channel"
+
+    def pca_axes(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        x = np.asarray(x, np.float64)
+        x = x - x.mean(axis=0)
+        cov = x.T @ x / max(len(x) - 1, 1)
+        val, vec = np.linalg.eigh(cov)
+        order = np.argsort(val)[::-1][:k]
+        return vec[:, order].T, np.maximum(val[order], 0.0)
+
+    return {"pca": DensePCA, "rx": DenseRX, "pca_axes": pca_axes}
+
+
+def _wide_cube(ny: int, nx: int, ne: int, seed: int):
+    """A seeded ``(ny, nx, ne)`` Poisson spectrum image with many channels (a Velox-like SI).
+
+    A power-law background and three edges whose strengths vary smoothly over
+    the image (rank ~4 signal plus Poisson noise), 2 % of pixels with a shifted edge.
+    """
+    from .spectrum import Axis, SpectrumImage
+
+    rng = np.random.default_rng(seed)
+    e = 400.0 + 0.25 * np.arange(ne)
+    yy, xx = np.mgrid[0:ny, 0:nx] / max(ny, nx, 1)
+    a = [1.0 + 0.3 * np.sin(3 * xx + k) * np.cos(2 * yy - k) for k in range(3)]
+    shift = np.where(rng.random((ny, nx)) < 0.02, 3.0, 0.0)
+    spec = 40.0 * (e / 400.0) ** -3.0 * (1 + 0.2 * yy[..., None])
+    for k, (c, w) in enumerate([(532.0, 2.0), (708.0, 1.5), (855.0, 2.5)]):
+        spec = spec + 30.0 * a[k][..., None] * np.exp(-0.5 * ((e - c - shift[..., None]) / w) ** 2)
+    data = rng.poisson(spec).astype(np.float32)
+    return SpectrumImage(data, Axis(ne, 0.25, 400.0, "eV", "Energy loss"),
+                         ground_truth=shift > 0)
+
+
+def _timed(fn, *args: Any, repeat: int = 1) -> float:
+    """Fastest of ``repeat`` calls ``fn(*args)``, in seconds (the least disturbed by a busy host)."""
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn(*args)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def speed_ratios(*, device: str = "cpu", seed: int = 0, fit_shape=(16, 20, 2048),
+                 hyperspy_shape: tuple[int, int] | None = (192, 192),
+                 scaling_sides=(64, 128, 256), quiet: bool = False) -> list[dict[str, Any]]:
+    """Speed ratios of the fits, each measured within this one run (see ``run_speed``).
+
+    (a) a ``fit_shape`` fit (PCA and RX with their defaults, on all pixels, and the
+    3D-CVAE's PCA initialisation) on the smaller side of the data vs the dense
+    ``D x D`` reference (:func:`_dense_references`), each the fastest of two
+    calls; (b) on a
+    ``hyperspy_shape x 1334`` (bfo window) simulation, PCA fit + score vs
+    HyperSpy's ``decomposition(algorithm="SVD", output_dimension=8)`` +
+    ``get_decomposition_model(8)`` (skipped without HyperSpy, or when
+    ``hyperspy_shape`` is None); (c) PCA and RX fit and score times at
+    ``side x side`` pixels (fe-l window, 267 channels) for each of ``scaling_sides``.
+
+    Parameters
+    ----------
+    device : str, default "cpu"
+        Torch device of the PCA.
+    seed : int, default 0
+        Seed of the data.
+    fit_shape : (int, int, int), default (16, 20, 2048)
+        ``(ny, nx, n_energy)`` of comparison (a).
+    hyperspy_shape : (int, int) or None, default (192, 192)
+        Image size of comparison (b).
+    scaling_sides : sequence of int, default (64, 128, 256)
+        Image sides of comparison (c).
+    quiet : bool, default False
+        Do not print each line.
+
+    Returns
+    -------
+    list of dict
+        One row per measurement: ``comparison`` ("a", "b" or "c"), ``what``,
+        ``size``, ``seconds``, ``reference_seconds`` (NaN where there is none),
+        ``ratio`` (reference / ours; NaN where there is none) and ``line`` (the
+        printed text).
+    """
+    from .detectors import get_detector
+    from .detectors.cvae3d import _pca
+    from .preprocess import forward_transform
+    from .simulate import simulate
+
+    refs = _dense_references()
+    rows: list[dict[str, Any]] = []
+
+    def add(comp: str, what: str, size: str, t: float, t_ref: float = float("nan"),
+            ref_name: str = "") -> None:
+        ratio = t_ref / max(t, 1e-12) if np.isfinite(t_ref) else float("nan")
+        line = f"({comp}) {size:16s} {what:34s} {t:8.3f} s"
+        if np.isfinite(t_ref):
+            line += f"  vs {ref_name} {t_ref:8.3f} s  -> {ratio:6.1f}x faster"
+        rows.append({"comparison": comp, "what": what, "size": size, "seconds": t,
+                     "reference_seconds": t_ref, "ratio": ratio, "line": line})
+        if not quiet:
+            print(line, flush=True)
+
+    # (a) a wide fit: smaller side vs the dense D x D reference
+    ny, nx, ne = fit_shape
+    si = _wide_cube(ny, nx, ne, seed)
+    size = f"{ny}x{nx}x{ne}"
+    for method in ("pca", "rx"):
+        kw = {"device": device} if method == "pca" else {}
+        t = _timed(get_detector(method, seed=seed, **kw).fit, si, repeat=2)
+        t_ref = _timed(refs[method](seed=seed, **kw).fit, si, repeat=2)
+        add("a", f"{method} fit (all pixels, robust)", size, t, t_ref, "dense D x D")
+    x = forward_transform(np.asarray(si.data, np.float32).reshape(-1, ne), "anscombe")
+    t = _timed(_pca, x, 8, repeat=2)
+    t_ref = _timed(refs["pca_axes"], x, 8, repeat=2)
+    add("a", "cvae PCA initialisation (k=8)", size, t, t_ref, "dense D x D")
+
+    # (b) PCA fit + score vs HyperSpy's SVD decomposition + reconstruction
+    if hyperspy_shape is not None and _hyperspy_available():
+        import hyperspy.api as hs
+
+        sim = simulate(shape=tuple(hyperspy_shape), window="bfo", magnitude=0.9,
+                       concentration=0.01, seed=seed)
+        size = f"{hyperspy_shape[0]}x{hyperspy_shape[1]}x{sim.si.n_energy}"
+
+        def hyperspy_run() -> None:
+            s = hs.signals.Signal1D(np.asarray(sim.si.data, np.float32))
+            s.decomposition(algorithm="SVD", output_dimension=8, print_info=False)
+            s.get_decomposition_model(8)
+
+        t_hs = _timed(hyperspy_run)
+        for label, kw in (("pca fit+score (q=8, no trimming)",
+                           {"n_components": 8, "robust_iter": 0}),
+                          ("pca fit+score (q=8, robust)", {"n_components": 8}),
+                          ("pca fit+score (default: auto q, robust)", {})):
+            det = get_detector("pca", device=device, seed=seed, **kw)
+            t0 = time.perf_counter()
+            det.fit(sim.si).score(sim.si)
+            t = time.perf_counter() - t0
+            add("b", label, size, t, t_hs, "HyperSpy SVD(8)+model")
+
+    # (c) linear in pixels
+    for side in scaling_sides:
+        sim = simulate(shape=(side, side), window="fe-l", magnitude=0.9, concentration=0.01,
+                       seed=seed)
+        size = f"{side}x{side}x{sim.si.n_energy}"
+        for method in ("pca", "rx"):
+            kw = {"device": device} if method == "pca" else {}
+            det = get_detector(method, seed=seed, **kw)
+            t_fit = _timed(det.fit, sim.si, sim.bulk_mask)
+            t_score = _timed(det.score, sim.si)
+            n = side * side
+            add("c", f"{method} fit", size, t_fit)
+            rows[-1]["per_mpixel_s"] = t_fit / n * 1e6
+            add("c", f"{method} score", size, t_score)
+            rows[-1]["per_mpixel_s"] = t_score / n * 1e6
+    return rows
+
+
 def run_speed(out: Path, *, methods: list[str] | None = None, device: str = "auto",
-              quick: bool = False, quiet: bool = False, seed: int = 0) -> list[dict[str, Any]]:
+              quick: bool = False, quiet: bool = False, seed: int = 0,
+              large: bool = False) -> list[dict[str, Any]]:
     """Time fit and score on fixed sizes; spectra per second and peak host/device memory.
 
     Sizes: the quick CPU cube (64 x 64 x 267) always; on a GPU (unless ``quick``)
@@ -1001,6 +1236,12 @@ def run_speed(out: Path, *, methods: list[str] | None = None, device: str = "aut
 
     The score is timed on a second call, after a warm-up call. Writes
     ``speed.csv`` and ``speed.md`` into ``out``.
+
+    Unless ``quick``, also the fit ratios of :func:`speed_ratios`, each measured in
+    this run: (a) a 16 x 20 x 2048 fit vs the dense ``D x D`` reference, (c) PCA
+    and RX fit and score at 64^2, 128^2 and 256^2 pixels, and, on a GPU or with
+    ``large``, (b) PCA on 192 x 192 x 1334 vs HyperSpy's SVD decomposition
+    (``speed_ratios.csv`` and a section of ``speed.md``).
 
     Parameters
     ----------
@@ -1013,11 +1254,13 @@ def run_speed(out: Path, *, methods: list[str] | None = None, device: str = "aut
     device : str, default "auto"
         Torch device for the CVAE and PCA; the larger sizes run only on CUDA.
     quick : bool, default False
-        Only the 64 x 64 x 267 cube, even on a GPU.
+        Only the 64 x 64 x 267 cube, even on a GPU, and no fit ratios.
     quiet : bool, default False
         Do not print per-run lines and the table.
     seed : int, default 0
         Seed of the simulations and detectors.
+    large : bool, default False
+        Run the 192 x 192 x 1334 comparison with HyperSpy (b) on the CPU too.
 
     Returns
     -------
@@ -1090,6 +1333,27 @@ def run_speed(out: Path, *, methods: list[str] | None = None, device: str = "aut
         lines.append(f"| {r['size']} | {r['detector']} | {r['device']} | {r['fit_s']:.2f} | "
                      f"{1e3 * r['score_s']:.1f} | {r['score_spectra_per_s']:.0f} | "
                      f"{r['peak_rss_mb']:.0f} | {r['peak_gpu_mb']:.0f} |")
+    if not quick:
+        if not quiet:
+            print("fit ratios (each measured in this run):")
+        big = large or dev.startswith("cuda")
+        ratios = speed_ratios(device=device, seed=seed,
+                              hyperspy_shape=(192, 192) if big else None, quiet=quiet)
+        _write_csv([{k: v for k, v in r.items() if k != "line"} for r in ratios],
+                   out / "speed_ratios.csv")
+        lines += ["", "## Fit ratios (one run)", "", "```"] + [r["line"] for r in ratios]
+        for method in ("pca", "rx"):
+            for kind in ("fit", "score"):
+                per = [(r["size"], r["per_mpixel_s"]) for r in ratios
+                       if r["comparison"] == "c" and r["what"] == f"{method} {kind}"]
+                if len(per) > 1:
+                    lines.append(f"(c) {method} {kind}: seconds per million pixels "
+                                 + ", ".join(f"{sz} {v:.3g}" for sz, v in per)
+                                 + f" (largest / smallest {per[-1][1] / per[0][1]:.2f})")
+        lines.append("```")
+        if not big:
+            lines.append("(b) PCA vs HyperSpy on 192 x 192 x 1334: not run "
+                         "(add --large, or run on a GPU)")
     (out / "speed.md").write_text("\n".join(lines) + "\n")
     if not quiet:
         print("\n".join(lines))

@@ -8,6 +8,7 @@ stderr and ``--quiet`` silences them.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ log = logging.getLogger("eelsanom")
 EXIT_INPUT = 2
 EXIT_INTERNAL = 1
 EXIT_CANCELLED = 130
+_ENV_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -197,6 +199,8 @@ def _energy_range(text: str | None) -> tuple[float, float] | None:
         a, b = (float(v) for v in text.split(":"))
     except ValueError as exc:
         raise InputError(f"--energy-range: expected START:STOP in eV, got {text!r}.") from exc
+    if not (np.isfinite(a) and np.isfinite(b) and a < b):
+        raise InputError(f"--energy-range: expected finite START < STOP in eV, got {text!r}.")
     return (a, b)
 
 
@@ -237,17 +241,45 @@ def _build_detector(args: argparse.Namespace):
     return get_detector(args.method, **_detector_params(args))
 
 
-def _load_input(args: argparse.Namespace, path: str):
+def _load_input(args: argparse.Namespace, path: str, on_axes=None):
     """Load ``path`` eagerly, or lazily to be streamed: with ``--lazy``, or (no ``--lazy`` /
     ``--no-lazy``) when :func:`eelsanom.stream.should_stream` says the cube is too large
-    (``load_spectrum_image(lazy="auto")`` decides and logs it)."""
+    (``load_spectrum_image(lazy="auto")`` decides and logs it). ``on_axes(si)`` runs the
+    checks that need only the axes before the data is read."""
     from .io import load_spectrum_image
 
     lazy = getattr(args, "lazy", None)
     si = load_spectrum_image(path, lazy="auto" if lazy is None else bool(lazy),
-                             signal=getattr(args, "signal", None))
+                             signal=getattr(args, "signal", None), on_axes=on_axes)
     if lazy:
         log.info("streaming %s block by block: --lazy given", Path(path).name)
+    return _check_content(si, path)
+
+
+def _check_content(si, path: str):
+    """Refuse data with nothing to learn or score (every value equal, or none positive); warn
+    (log line, and ``metadata['warnings']`` for the summary) when every pixel holds the same
+    spectrum. Streamed data is not read for this."""
+    if si.is_lazy:
+        return si
+    d = si.data
+    lo, hi = float(np.min(d)), float(np.max(d))
+    if lo == hi:
+        raise InputError(f"{path}: every value in the spectrum image is {lo:g}; expected EELS "
+                         "counts that vary (this looks like a blank or empty acquisition). "
+                         "Check that this is the file you meant.")
+    if hi <= 0:
+        raise InputError(f"{path}: expected EELS counts (mostly positive), found no positive "
+                         f"value (values from {lo:g} to {hi:g}). Check the file (a dark reference, "
+                         "a sign flip, or dark-subtracted data clipped to 0?).")
+    if si.nav_shape[0] * si.nav_shape[1] > 1 and not np.ptp(d, axis=(0, 1)).any():
+        msg = (f"{path}: every pixel holds the same spectrum, so no pixel can stand out (the NLL "
+               "map will be flat); check that this is the file you meant")
+        log.warning(msg)
+        from dataclasses import replace
+
+        si = replace(si, metadata={**si.metadata,
+                                   "warnings": [*si.metadata.get("warnings", []), msg]})
     return si
 
 
@@ -270,7 +302,8 @@ def _score(det, si, args: argparse.Namespace, stem: str, bar, out: Path | None =
     fmts = {f.lower().lstrip(".") for f in _formats(args, si)}
     out = Path(out if out is not None else args.out)
     return score_streaming(det, si, out=out if "zspy" in fmts else None, stem=stem,
-                           protect=[si.source] if si.source else [], progress=bar)
+                           protect=[*_run_inputs(args), *([si.source] if si.source else [])],
+                           progress=bar)
 
 
 def _stem(path: str) -> str:
@@ -284,44 +317,11 @@ def _stem(path: str) -> str:
 
 def _write_outputs(result, si, out: Path, stem: str, args: argparse.Namespace,
                    extra: dict[str, Any]) -> dict[str, Any]:
-    from .io import save_result, write_json
+    """The run folder (:func:`eelsanom.run.write_run`) with the formats and inputs of ``args``."""
+    from .run import write_run
 
-    formats = _formats(args, si)
-    streamed = {k: Path(v) for k, v in (result.info.get("outputs") or {}).items()}
-    if streamed:  # written block by block by eelsanom.stream.score_streaming
-        formats = tuple(f for f in formats if f.lower().lstrip(".") != "zspy")
-    paths = save_result(result, out, stem=stem, formats=formats,
-                        protect=[si.source] if si.source else [])
-    paths.update(streamed)
-    for name in ("seed_disagreement", "seed_std_nll"):  # seed ensembles (3D-CVAE --n-seeds)
-        if name in result.maps:  # read back by `eelsanom latent` (eelsanom.latent.report)
-            np.save(out / f"{stem}_{name}.npy", np.asarray(result.maps[name], np.float32))
-            paths[f"{name}_npy"] = out / f"{stem}_{name}.npy"
-    summary: dict[str, Any] = {
-        "eelsanom_version": __version__,
-        "input": si.source,
-        "title": si.title,
-        "shape": list(si.shape),
-        "energy_axis": si.energy.to_dict(),
-        "model_energy_axis": result.energy.to_dict(),
-        "navigation": {"y": si.y.to_dict(), "x": si.x.to_dict()},
-        "method": result.method,
-        "params": result.info.get("params", {}),
-        "threshold": {"method": result.threshold_method, "value": result.threshold},
-        "counts": {"pixels": int(result.nll.size), "flagged": result.n_flagged,
-                   "flagged_fraction": result.n_flagged / result.nll.size},
-        "nll_stats": {"min": float(np.min(result.nll)), "median": float(np.median(result.nll)),
-                      "max": float(np.max(result.nll))},
-        "timings_s": result.timings,
-        **({"streaming": result.info["streaming"]} if "streaming" in result.info else {}),
-        "outputs": {k: str(v) for k, v in paths.items()},
-    }
-    summary.update(extra)
-    if si.ground_truth is not None and si.ground_truth.any() and not si.ground_truth.all():
-        summary["metrics"] = result.evaluate(si.ground_truth)
-    summary_path = write_json(summary, out / f"{stem}_summary.json")
-    summary["outputs"]["summary"] = str(summary_path)
-    return summary
+    return write_run(result, si, out, stem, formats=_formats(args, si),
+                     protect=_run_inputs(args), extra=extra)
 
 
 def _print_summary(summary: dict[str, Any], quiet: bool) -> None:
@@ -339,12 +339,96 @@ def _print_summary(summary: dict[str, Any], quiet: bool) -> None:
     print(f"outputs in {Path(summary['outputs']['summary']).parent}")
 
 
+# ----------------------------------------------------------------------------- checks first
+def _run_inputs(args: argparse.Namespace) -> list[str]:
+    """Every file the run reads (data, mask file, model): none of them is ever written."""
+    files = [getattr(args, "input", None), *(getattr(args, "inputs", None) or [])]
+    mask = getattr(args, "train_mask", None)
+    if mask and mask != "file":
+        files.append(mask)
+    files.append(getattr(args, "model", None))
+    return [str(f) for f in files if f]
+
+
+def _precheck(args: argparse.Namespace) -> None:
+    """Parse and validate every option that needs no data, before any file is read: the
+    threshold, energy range, ROI syntax, mask file and map formats (issue 15, item 2)."""
+    from .io import _normalise_formats
+    from .scoring import parse_threshold
+
+    if getattr(args, "threshold", None) is not None:
+        parse_threshold(args.threshold)
+    _energy_range(getattr(args, "energy_range", None))
+    roi, mask = getattr(args, "train_roi", None), getattr(args, "train_mask", None)
+    if roi and mask:
+        raise InputError("give either --train-roi or --train-mask, not both.")
+    if roi:
+        parts = roi.split(",")
+        if len(parts) not in (1, 2):
+            raise InputError(f"--train-roi: expected 'Y0:Y1,X0:X1' (pixel indices), got {roi!r}.")
+        for part in parts:  # the syntax now; the ranges against the image once it is read
+            _parse_slice(part, 1 << 62, "--train-roi")
+    if mask and mask != "file" and not Path(mask).exists():
+        raise InputError(f"--train-mask: file {mask!r} does not exist.")
+    if getattr(args, "formats", None) is not None:
+        fm = [f for f in args.formats.split(",") if f.strip()]
+        if not fm:
+            raise InputError(f"--formats: expected some of hspy,zspy,png,tiff, got "
+                             f"{args.formats!r}.")
+        _normalise_formats(fm)
+
+
+def _planned_outputs(args: argparse.Namespace, stem: str, method: str, *,
+                     streamed: bool = False) -> list[Path]:
+    """The files a detect/apply run writes for one input (checked before it is read)."""
+    from .io import result_paths
+
+    spec = getattr(args, "formats", None) or ("zspy,hspy,png" if streamed else "hspy,png")
+    out = Path(args.out)
+    paths = list(result_paths(out, stem, [f for f in spec.split(",") if f.strip()],
+                              latent=method in ("cvae", "pca")).values())
+    if method == "cvae" and (getattr(args, "n_seeds", None) or 1) > 1:
+        paths += [out / f"{stem}_{n}.npy" for n in ("seed_disagreement", "seed_std_nll")]
+    return [*paths, out / f"{stem}_summary.json"]
+
+
+def _check_outputs(args: argparse.Namespace, paths: Sequence[Any], what: str) -> None:
+    from .io import check_outputs
+
+    check_outputs(paths, _run_inputs(args), overwrite=bool(getattr(args, "overwrite", False)),
+                  what=what)
+
+
+def _prepare(args: argparse.Namespace, *, outputs: bool):
+    """Check everything that needs no data (options, detector parameters, every output path),
+    then read the input and check what needs its axes (ROI and mask ranges, the energy range,
+    streamed outputs), all before any fitting: ``(det, si, mask)``."""
+    _precheck(args)
+    det = _build_detector(args)
+    det._validate_params()
+    stem = _stem(args.input)
+    if outputs:
+        _check_outputs(args, _planned_outputs(args, stem, det.method), "--out")
+    if getattr(args, "model_out", None):
+        _check_outputs(args, [args.model_out], "--model-out")
+    def ranges(si) -> np.ndarray | None:  # need the axes only: before the data is read
+        mask = _train_mask(args, si)
+        er = getattr(det, "energy_range", None)
+        if er is not None:
+            si.crop_energy(er[0], er[1])  # refuses a window outside the data
+        return mask
+
+    si = _load_input(args, args.input, on_axes=ranges)
+    if outputs and si.is_lazy and getattr(args, "formats", None) is None:
+        _check_outputs(args, _planned_outputs(args, stem, det.method, streamed=True), "--out")
+    return det, si, ranges(si)
+
+
 # ----------------------------------------------------------------------------- commands
 def _fit(args: argparse.Namespace, *, score: bool):
-    """Load the input, build the bulk mask and detector, fit (and score): ``(si, mask, det, res)``."""
-    si = _load_input(args, args.input)
-    mask = _train_mask(args, si)
-    det = _build_detector(args)
+    """Check, load the input, build the bulk mask and detector, fit (and score):
+    ``(si, mask, det, res)``."""
+    det, si, mask = _prepare(args, outputs=score)
     bar = _Bar(args.quiet)
     try:
         if si.is_lazy:  # never reads the whole cube (eelsanom.stream)
@@ -359,13 +443,22 @@ def _fit(args: argparse.Namespace, *, score: bool):
     return si, mask, det, result
 
 
+def _save_model(det, args: argparse.Namespace) -> Path:
+    from .io import _writing, record_outputs
+
+    with _writing(Path(args.model_out)):
+        path = det.save(args.model_out)
+    record_outputs([path])
+    return path
+
+
 def cmd_detect(args: argparse.Namespace) -> int:
     """``eelsanom detect``: train on a bulk region, score the same file and write the maps."""
     si, mask, det, result = _fit(args, score=True)
     out = Path(args.out)
     extra: dict[str, Any] = {"train_pixels": int(mask.sum()) if mask is not None else "all (robust)"}
     if args.model_out:
-        extra["model"] = str(det.save(args.model_out))
+        extra["model"] = str(_save_model(det, args))
     summary = _write_outputs(result, si, out, _stem(args.input), args, extra)
     _print_summary(summary, args.quiet)
     return 0
@@ -374,7 +467,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """``eelsanom train``: train a detector and save the model file."""
     _, mask, det, _ = _fit(args, score=False)
-    path = det.save(args.model_out)
+    path = _save_model(det, args)
     if not args.quiet:
         print(f"{det.method} model trained on {int(mask.sum()) if mask is not None else 'all'} "
               f"pixels in {det.fit_seconds_:.1f} s, energy axis {det.energy_axis_.describe()}; "
@@ -391,16 +484,22 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if dup:
         raise InputError(f"inputs share the output name(s) {sorted(dup)}; score them into "
                          "separate --out folders.")
-    det = load_detector(args.model)
+    _precheck(args)
+    det = load_detector(args.model)  # the whole model file is checked before any data is read
     if args.threshold is not None:
         det.threshold = args.threshold
     if args.device is not None and "device" in det.get_params():
         det.set_params(device=args.device)
+    _check_outputs(args, [p for stem in stems for p in _planned_outputs(args, stem, det.method)],
+                   "--out")
     out = Path(args.out)
     failures = 0
     for path, stem in zip(args.inputs, stems):
         try:
             si = _load_input(args, path)
+            if si.is_lazy and getattr(args, "formats", None) is None:
+                _check_outputs(args, _planned_outputs(args, stem, det.method, streamed=True),
+                               "--out")
             bar = _Bar(args.quiet)
             try:
                 result = _score(det, si, args, stem, bar)
@@ -416,6 +515,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """``eelsanom simulate``: write a simulated spectrum image with its ground truth."""
+    from .io import check_outputs
     from .simulate import simulate
 
     thickness = None
@@ -428,6 +528,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         except ValueError:
             raise InputError(f"--thickness: expected T_MIN:T_MAX (t/lambda), found "
                              f"{args.thickness!r}. Use e.g. --thickness 0.2:1.0.") from None
+    (path,) = check_outputs([args.out], overwrite=args.overwrite, what="--out")
     sim = simulate(shape=tuple(args.shape), window=args.window, anomaly=args.anomaly,
                    magnitude=args.magnitude, anomaly_shape=args.anomaly_shape,
                    concentration=args.concentration, dose=args.dose, seed=args.seed,
@@ -435,7 +536,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                    drift=args.drift, drift_pattern=args.drift_pattern,
                    valence_gradient=args.valence_gradient, thickness=thickness,
                    gain=args.gain, dark_offset=args.dark_offset)
-    path = sim.save(args.out, overwrite=args.overwrite)
+    path = sim.save(path, overwrite=args.overwrite)  # a simulated file is data: never replaced
     if not args.quiet:
         print(f"simulated {sim.si.shape} ({sim.params.get('window')} window, "
               f"{int(sim.truth.sum())} anomalous pixels) -> {path}; ground truth and bulk mask are "
@@ -450,20 +551,52 @@ def cmd_bench(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if args.speed:
         run_speed(Path(args.out), methods=methods, device=args.device, quick=args.quick,
-                  quiet=args.quiet, seed=args.seed)
+                  quiet=args.quiet, seed=args.seed, large=args.large)
     else:
         run_benchmark(Path(args.out), quick=args.quick, methods=methods, device=args.device,
                       quiet=args.quiet, seed=args.seed, suite=args.suite)
     return 0
 
 
+def _info_table(name: str, rows: list[dict[str, Any]]) -> str:
+    """The signals of a file as an aligned text table (``eelsanom info`` without ``--json``)."""
+    def num(v: Any) -> str:
+        return f"{float(v):.6g}"
+
+    table = [("#", "title", "type", "navigation", "channels", "energy axis", "dtype",
+              "spectrum image?")]
+    for r in rows:
+        nav = " x ".join(str(n) for n in r.get("nav_shape") or []) or "-"
+        sig = " x ".join(str(n) for n in r.get("signal_shape") or []) or "-"
+        if r.get("energy_offset") is not None:
+            units = r.get("energy_units") or ""
+            energy = (f"{num(r['energy_offset'])} to {num(r['energy_end'])} {units}, "
+                      f"{num(r['energy_scale'])} {units}/channel")
+        else:
+            energy = "-"
+        title = str(r.get("title") or "")
+        table.append((str(r.get("index", "")), title if len(title) <= 40 else title[:39] + "…",
+                      str(r.get("signal_type") or "-"), nav, sig, energy, str(r.get("dtype", "")),
+                      "yes" if r.get("is_candidate") else "no"))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = [f"{name}: {len(rows)} signal{'s' if len(rows) != 1 else ''}"]
+    for j, row in enumerate(table):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
-    """``eelsanom info``: print one JSON line per signal in the file."""
+    """``eelsanom info``: a table of the signals in the file (``--json``: one JSON line each)."""
     from .io import list_signals
 
     rows = list_signals(args.input)
-    for r in rows:
-        print(json.dumps(r, default=str))
+    if args.json:
+        for r in rows:
+            print(json.dumps(r, default=str))
+    else:
+        print(_info_table(Path(args.input).name, rows))
     return 0
 
 
@@ -576,6 +709,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model-out", help="also save the trained model here (.h5)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="also replace existing files that eelsanom did not write (its own "
+                        "earlier outputs are replaced without it; inputs never are)")
     p.add_argument("--formats", default=None,
                    help="map formats, comma-separated from hspy,zspy,tiff,png (default: "
                         "hspy,png; zspy,hspy,png when the file is streamed)")
@@ -586,6 +722,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_io(p)
     _add_training(p)
     p.add_argument("--model-out", required=True, help="model file to write (.h5)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="also replace existing files that eelsanom did not write (its own "
+                        "earlier outputs are replaced without it; inputs never are)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("apply", help="score files with a saved model")
@@ -598,6 +737,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None,
                    help="auto | cpu | cuda | cuda:N | mps (default: as saved, or auto)")
     p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true",
+                   help="also replace existing files that eelsanom did not write (its own "
+                        "earlier outputs are replaced without it; inputs never are)")
     p.add_argument("--formats", default=None,
                    help="map formats, comma-separated from hspy,zspy,tiff,png (default: "
                         "hspy,png; zspy,hspy,png when the file is streamed)")
@@ -637,6 +779,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "under energy drift, valence gradient, thickness and detector response")
     p.add_argument("--quick", action="store_true", help="CPU-sized subset (64x64, fe-l)")
     p.add_argument("--speed", action="store_true", help="time fit and score on fixed sizes")
+    p.add_argument("--large", action="store_true",
+                   help="with --speed on the CPU: also PCA vs HyperSpy on 192x192x1334")
     p.add_argument("--out", required=True)
     p.add_argument("--methods", default="cvae,pca,rx,hyperspy")
     p.add_argument("--device", default="auto")
@@ -645,6 +789,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="list the signals a file holds")
     p.add_argument("input")
+    p.add_argument("--json", action="store_true", help="one JSON line per signal")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("latent", help="latent-space report of a run (or comparison of two runs)")
@@ -700,6 +845,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"eelsanom: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except OSError as exc:  # the environment (a full disk, no permission), not eelsanom
+        if args.debug or exc.errno not in _ENV_ERRNOS:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"eelsanom: error: could not write{where}: {exc.strerror or exc}; free some disk "
+              "space, or choose an output folder you can write (--out)", file=sys.stderr)
         return EXIT_INPUT
     except Cancelled as exc:
         print(f"eelsanom: cancelled: {exc}", file=sys.stderr)

@@ -25,14 +25,16 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
 import os
 import re
 import shutil
+import tempfile
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -47,7 +49,8 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "SUPPORTED_EXTENSIONS", "list_signals", "format_signal_list", "load_spectrum_image",
     "to_signal", "map_to_signal", "save_signal", "save_png_map", "write_json", "save_result",
-    "load_result_maps",
+    "load_result_maps", "result_paths", "check_outputs", "record_outputs", "is_own_output",
+    "RUN_MARKER",
 ]
 
 #: Extensions we advertise for EELS spectrum images (lower case). Any other file
@@ -153,15 +156,232 @@ def _check_output(path: Path, *, overwrite: bool, protect: Iterable[Any]) -> Pat
 def _atomic_write_bytes(path: Path, payload: bytes) -> Path:
     tmp = _tmp_sibling(path)
     try:
-        with open(tmp, "wb") as fh:
+        with _writing(path), open(tmp, "wb") as fh:
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        with _writing(path):
+            os.replace(tmp, path)
     except BaseException:
         _remove(tmp)
         raise
     return path
+
+
+# --------------------------------------------------------------------------- output safety
+#: marker file an eelsanom run leaves in each folder it writes into: the names (with size and
+#: modification time) of the outputs it wrote, so a later run can tell its own earlier outputs
+#: (which it may replace) from the user's files (which it never replaces without --overwrite)
+RUN_MARKER = ".eelsanom-run.json"
+_MARKER_MAX_BYTES = 1 << 20
+
+
+def _real(p: Any) -> str:
+    return os.path.normcase(os.path.realpath(os.path.abspath(os.path.expanduser(os.fspath(p)))))
+
+
+def _same_or_inside(out: str, inp: str) -> bool:
+    """``out`` is ``inp``, or lies inside ``inp`` (a ``.zspy`` folder), or holds it."""
+    return out == inp or out.startswith(inp + os.sep) or inp.startswith(out + os.sep)
+
+
+def _stamp(p: Path) -> dict[str, Any]:
+    st = p.stat()
+    return {"dir": True} if p.is_dir() else {"size": int(st.st_size),
+                                             "mtime_ns": int(st.st_mtime_ns)}
+
+
+def _read_marker(folder: Path) -> dict[str, Any]:
+    m = folder / RUN_MARKER
+    try:
+        if not m.is_file() or m.stat().st_size > _MARKER_MAX_BYTES:
+            return {}
+        d = json.loads(m.read_text(encoding="utf-8"))
+        out = d.get("outputs") if isinstance(d, dict) else None
+        return out if isinstance(out, dict) else {}
+    except (OSError, ValueError, RecursionError):
+        return {}
+
+
+def _is_own_model(p: Path) -> bool:
+    """An eelsanom model file (HDF5 whose ``format`` attribute says so)."""
+    try:
+        import h5py  # noqa: PLC0415
+
+        with h5py.File(p, "r") as f:
+            return f.attrs.get("format") == "eelsanom-model"
+    except Exception:  # noqa: BLE001 - not HDF5, unreadable: not ours
+        return False
+
+
+def is_own_output(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an output an earlier eelsanom run wrote and nobody changed since.
+
+    Parameters
+    ----------
+    path : str or Path
+        An existing file or ``.zspy`` folder.
+
+    Returns
+    -------
+    bool
+        True when the folder's :data:`RUN_MARKER` lists the name with the file's
+        current size and modification time (any size for a ``.zspy`` folder), or the
+        file is an eelsanom model file.
+    """
+    p = Path(path).expanduser()
+    if p.is_symlink() or not p.exists():
+        return False
+    rec = _read_marker(p.parent).get(p.name)
+    if isinstance(rec, dict):
+        try:
+            if rec == _stamp(p) or (rec.get("dir") and p.is_dir()):
+                return True
+        except OSError:
+            return False
+    return p.is_file() and p.suffix.lower() in (".h5", ".hdf5") and _is_own_model(p)
+
+
+def _nearest_existing(folder: Path) -> Path:
+    p = folder
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _probe_folder(folder: Path, what: str) -> None:
+    """Refuse a folder that is a file, or lies under a file, or cannot be written into."""
+    base = _nearest_existing(folder)
+    if not base.is_dir():
+        raise InputError(
+            f"{what}: cannot write into {folder}: {base} is an existing file, expected a folder. "
+            "Choose another output folder (--out) or move that file away.")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".eelsanom-probe-", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(
+            f"{what}: cannot write into {base} ({exc.strerror or exc}); expected a writable "
+            "folder. Choose a folder you can write (--out), or fix its permissions.") from exc
+
+
+def check_outputs(outputs: Iterable[str | os.PathLike], inputs: Iterable[Any] = (), *,
+                  overwrite: bool = False, what: str = "output") -> list[Path]:
+    """The one rule for every output path of a run, checked before any data is read.
+
+    1. No output may be, lie inside or hold any input of the run (data, mask and
+       model files), however spelled: symlinks, ``..`` and hard links are resolved.
+    2. Its folder must be a folder (not an existing file) that can be written into.
+    3. An existing file is replaced only when an earlier eelsanom run wrote it (the
+       folder's :data:`RUN_MARKER` lists it unchanged, or it is an eelsanom model file),
+       or with ``overwrite``; an existing folder is never replaced by a file.
+
+    Parameters
+    ----------
+    outputs : iterable of str or Path
+        Every path the run will write.
+    inputs : iterable of str or Path or None
+        Every file the run reads (``None`` entries are ignored).
+    overwrite : bool
+        Also replace existing files that eelsanom did not write (CLI ``--overwrite``).
+    what : str
+        The option that chose the outputs, for the messages (``--out``, ``--model-out``).
+
+    Returns
+    -------
+    list of Path
+        The output paths, absolute.
+
+    Raises
+    ------
+    InputError
+        Naming the path and the fix, when any rule is broken.
+    """
+    ins = [(i, _real(i)) for i in inputs if i is not None]
+    outs = [Path(os.path.abspath(os.path.expanduser(os.fspath(o)))) for o in outputs]
+    probed: set[Path] = set()
+    for p in outs:
+        rp = _real(p)
+        for i, ri in ins:
+            same = _same_or_inside(rp, ri)
+            if not same and p.exists() and Path(i).exists():
+                with contextlib.suppress(OSError):
+                    same = os.path.samefile(p, i)
+            if same:
+                raise InputError(
+                    f"{what}: refusing to write {p}: it is (or resolves to) the input {i}, and "
+                    "inputs are never modified. Expected an output path that is none of the "
+                    "run's inputs; choose another output folder or name.")
+        if p.parent not in probed:
+            _probe_folder(p.parent, what)
+            probed.add(p.parent)
+        if p.exists() or p.is_symlink():
+            if p.is_dir() and not p.is_symlink() and p.suffix.lower() != ".zspy":
+                raise InputError(f"{what}: cannot write {p}: it is an existing folder, expected "
+                                 "a file name. Choose another output folder or name.")
+            if not overwrite and not is_own_output(p):
+                raise InputError(
+                    f"{what}: {p} already exists and is not an output that an earlier eelsanom "
+                    "run left there (its maps, summaries and models are replaced; other files "
+                    "never silently); expected a new output path. Choose another output folder "
+                    "or name, or pass --overwrite to replace it.")
+    return outs
+
+
+def record_outputs(paths: Iterable[str | os.PathLike]) -> None:
+    """Add ``paths`` (just written by this run) to their folders' :data:`RUN_MARKER`.
+
+    Parameters
+    ----------
+    paths : iterable of str or Path
+        Files or ``.zspy`` folders this run wrote; missing ones are skipped.
+    """
+    by_folder: dict[Path, dict[str, Any]] = {}
+    for q in paths:
+        p = Path(os.path.abspath(os.path.expanduser(os.fspath(q))))
+        if p.exists() and not p.is_symlink():
+            by_folder.setdefault(p.parent, {})[p.name] = _stamp(p)
+    from . import __version__  # noqa: PLC0415
+
+    for folder, new in by_folder.items():
+        rec = _read_marker(folder)
+        rec.update(new)
+        text = json.dumps({"written_by": "eelsanom", "eelsanom_version": __version__,
+                           "note": "outputs of eelsanom runs in this folder; eelsanom replaces "
+                                   "only these (unchanged) without --overwrite",
+                           "outputs": rec}, indent=1) + "\n"
+        _atomic_write_bytes(folder / RUN_MARKER, text.encode("utf-8"))
+
+
+_WRITE_FIX = {
+    errno.ENOSPC: "free some disk space or choose an output folder on another disk (--out)",
+    errno.EDQUOT: "free some of your quota or choose another output folder (--out)",
+    errno.EACCES: "choose a folder you can write (--out) or fix its permissions",
+    errno.EPERM: "choose a folder you can write (--out) or fix its permissions",
+    errno.EROFS: "the disk is read-only: choose an output folder on a writable disk (--out)",
+}
+
+
+class WriteFailed(InputError, OSError):
+    """Writing an output failed for a reason of the machine (a full disk, no permission):
+    an :class:`~eelsanom.errors.InputError` (the CLI exits 2 naming the path and the fix)
+    that is also an ``OSError``, so callers catching the operating-system error still do."""
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turn an operating-system failure while writing ``path`` into an InputError that names
+    the path and the fix (a full disk, a read-only folder, ...)."""
+    try:
+        yield
+    except InputError:
+        raise
+    except OSError as exc:
+        fix = _WRITE_FIX.get(exc.errno or 0, "check the output folder (space, permissions)")
+        raise WriteFailed(
+            f"could not write {path}: {exc.strerror or exc}; expected a writable folder with free "
+            f"space. {fix[0].upper() + fix[1:]}. Nothing partial was left under that name.") from exc
 
 
 def _jsonify(obj: Any, *, max_list: int | None = None, _depth: int = 0) -> Any:
@@ -228,8 +448,133 @@ def _check_input_path(path: Any) -> Path:
     return p
 
 
+def _check_declared(path: Path) -> None:
+    """Check what an HDF5 file (``.hspy``, ``.emd``, ``.h5``, ...) declares before any reader
+    touches its data: no dataset stored outside the file (external links, virtual datasets,
+    external raw storage); every dataset's declared size actually stored (a chunked dataset
+    whose chunks were never written, e.g. a crafted 200000 x 200000 x 2048 header, is
+    refused in milliseconds instead of being read as zeros for hours); and, in HyperSpy
+    files, each ``axis-i`` size equal to the data's size along that axis."""
+    if path.is_dir():
+        _check_declared_zarr(path)
+        return
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(8) != b"\x89HDF\r\n\x1a\n":
+                return
+    except OSError:
+        return  # unreadable: the reader says why
+    import h5py  # noqa: PLC0415
+
+    problems: list[str] = []
+
+    def visit(group: Any, prefix: str, depth: int) -> None:
+        if depth > 64 or len(problems) > 0:
+            return
+        for name in group:
+            link = group.get(name, getlink=True)
+            where = f"{prefix}/{name}"
+            if isinstance(link, h5py.ExternalLink):
+                problems.append(f"{where} is a link to another file ({link.filename}); expected "
+                                "data stored inside this file")
+                return
+            if isinstance(link, h5py.SoftLink):
+                continue
+            obj = group.get(name)
+            if isinstance(obj, h5py.Group):
+                visit(obj, where, depth + 1)
+            elif isinstance(obj, h5py.Dataset):
+                check_dataset(obj, where)
+            if problems:
+                return
+        if "data" in group and isinstance(group.get("data"), h5py.Dataset):
+            check_axes(group, prefix)
+
+    def check_dataset(ds: Any, where: str) -> None:
+        if ds.is_virtual or ds.external:
+            problems.append(f"{where} is a virtual dataset or stored in external files; expected "
+                            "data stored inside this file")
+            return
+        if ds.size == 0 or ds.shape is None:
+            return
+        nbytes = int(ds.size) * ds.dtype.itemsize
+        if ds.chunks is not None:
+            expected = math.prod(math.ceil(n / c) for n, c in zip(ds.shape, ds.chunks))
+            stored = ds.id.get_num_chunks()
+            if stored < expected and nbytes > (1 << 20):
+                problems.append(
+                    f"{where} declares shape {ds.shape} ({nbytes / 1e9:.3g} GB) but only "
+                    f"{stored} of its {expected} chunks hold data")
+            elif nbytes > _BOMB_MIN_BYTES and ds.id.get_storage_size() * _BOMB_RATIO < nbytes:
+                problems.append(
+                    f"{where} declares shape {ds.shape} ({nbytes / 1e9:.3g} GB) but stores only "
+                    f"{ds.id.get_storage_size()} bytes (more than {_BOMB_RATIO}x compression)")
+        elif ds.id.get_storage_size() < nbytes and nbytes > (1 << 20):
+            problems.append(f"{where} declares shape {ds.shape} ({nbytes / 1e9:.3g} GB) but "
+                            f"stores {ds.id.get_storage_size()} bytes")
+
+    def check_axes(group: Any, prefix: str) -> None:
+        shape = group["data"].shape or ()
+        for i in range(len(shape)):
+            ax = group.get(f"axis-{i}")
+            if not isinstance(ax, h5py.Group) or "size" not in ax.attrs:
+                continue
+            try:
+                size = int(ax.attrs["size"])
+            except (TypeError, ValueError):
+                size = -1
+            if size != shape[i]:
+                told = size if size >= 0 else repr(ax.attrs["size"])
+                problems.append(f"{prefix}/axis-{i} declares {told} points but the data has "
+                                f"{shape[i]} along that axis (data shape {shape})")
+                return
+
+    try:
+        with h5py.File(path, "r") as f:
+            visit(f, "", 0)
+    except (OSError, RuntimeError, KeyError, ValueError):
+        return  # damaged beyond h5py: the reader refuses it with its own message
+    if problems:
+        raise InputError(f"{path}: {problems[0]}. The file is incomplete, damaged or crafted; "
+                         "expected a complete file as the instrument software or HyperSpy wrote "
+                         "it. Export it again from the original data.")
+
+
+#: a dataset declaring more than _BOMB_MIN_BYTES that stores under 1/_BOMB_RATIO of it is
+#: refused (real EELS counts compress a few times, not a thousand)
+_BOMB_MIN_BYTES = 1 << 28
+_BOMB_RATIO = 1000
+
+
+def _check_declared_zarr(path: Path) -> None:
+    """:func:`_check_declared` for a ``.zspy`` (zarr) folder: each array's declared size
+    against the bytes its folder stores."""
+    for root, _dirs, names in os.walk(path):
+        if ".zarray" not in names:
+            continue
+        try:
+            meta = json.loads((Path(root) / ".zarray").read_text(encoding="utf-8"))
+            shape = [int(n) for n in meta["shape"]]
+            nbytes = math.prod(shape) * np.dtype(meta["dtype"]).itemsize
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # the reader refuses it with its own message
+        if nbytes <= _BOMB_MIN_BYTES:
+            continue
+        stored = sum(e.stat().st_size for e in os.scandir(root) if e.is_file())
+        for sub_root, _d, sub in os.walk(root):
+            if sub_root != root:
+                stored += sum(os.path.getsize(os.path.join(sub_root, n)) for n in sub)
+        if stored * _BOMB_RATIO < nbytes:
+            where = os.path.relpath(root, path)
+            raise InputError(
+                f"{path}: {where} declares shape {tuple(shape)} ({nbytes / 1e9:.3g} GB) but stores "
+                f"only {stored} bytes. The file is incomplete, damaged or crafted; expected a "
+                "complete file as HyperSpy wrote it. Export it again from the original data.")
+
+
 def _read_all(path: Path, *, lazy: bool) -> list[Any]:
     """All signals in ``path`` as a list of HyperSpy signals (the file opened read-only)."""
+    _check_declared(path)
     hs = _hs()
     kw: dict[str, Any] = {}
     suffix = path.suffix.lower()
@@ -431,7 +776,8 @@ def _pick(path: Path, infos: list[dict[str, Any]], signal: Any) -> int:
 
 
 def load_spectrum_image(path: str | os.PathLike, *, lazy: bool | str = False,
-                        signal: int | None = None) -> SpectrumImage:
+                        signal: int | None = None,
+                        on_axes: Callable[[SpectrumImage], None] | None = None) -> SpectrumImage:
     """Read an EELS spectrum image from any HyperSpy-readable file.
 
     Parameters
@@ -449,6 +795,12 @@ def load_spectrum_image(path: str | os.PathLike, *, lazy: bool | str = False,
     signal : int, optional
         Which signal to use when the file holds several (see :func:`list_signals`).
         By default the only EELS spectrum-image candidate is used.
+    on_axes : callable, optional
+        Called with the spectrum image as soon as its axes are known and before its
+        data is read (lazily opened: ``data`` is a dask array; ``metadata`` without
+        the keys added here), so that checks needing only the axes (a region, a mask
+        shape, an energy window) refuse in seconds; an exception it raises ends the
+        load, with the file closed.
 
     Returns
     -------
@@ -493,7 +845,17 @@ def load_spectrum_image(path: str | os.PathLike, *, lazy: bool | str = False,
                 if lazy:
                     logger.info("streaming %s block by block: %s (lazy=False / --no-lazy loads "
                                 "it whole)", p.name, why)
+        checked = False
+        if on_axes is not None and getattr(sig, "_lazy", False):
+            try:
+                early = as_spectrum_image(sig, what=label)
+            except InputError:
+                early = None  # refused below, with the full message
+            if early is not None:
+                on_axes(replace(early, source=str(p)))
+                checked = True
         if not lazy and getattr(sig, "_lazy", False):
+            _check_fits(label, tuple(sig.data.shape))
             try:
                 sig.compute(show_progressbar=False)
             except Exception as exc:  # noqa: BLE001 - e.g. a truncated dataset
@@ -506,6 +868,8 @@ def load_spectrum_image(path: str | os.PathLike, *, lazy: bool | str = False,
         except InputError as exc:
             msg = str(exc)
             raise InputError(msg if label in msg else f"{label}: {msg}") from None
+        if on_axes is not None and not checked:
+            on_axes(replace(si, source=str(p)))
         meta = dict(si.metadata)
         meta.update(signal_index=idx, n_signals=len(signals),
                     signal_type=infos[idx]["signal_type"], original_metadata=_acquisition_info(sig))
@@ -525,6 +889,23 @@ def load_spectrum_image(path: str | os.PathLike, *, lazy: bool | str = False,
     if si.is_lazy:
         si = replace(si, data=_finite_guard(si.data, label))
     return replace(si, title=si.title or p.stem, source=str(p), metadata=meta)
+
+
+def _check_fits(label: str, shape: tuple[int, ...]) -> None:
+    """Refuse to read a cube into memory when it cannot fit (float32), before reading it."""
+    need = 4 * math.prod(int(n) for n in shape)
+    try:
+        import psutil  # noqa: PLC0415
+
+        avail = int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 - cannot tell: let the read try
+        return
+    if need > avail:
+        raise InputError(
+            f"{label}: the cube {' x '.join(map(str, shape))} needs {need / 1e9:.3g} GB as float32, "
+            f"more than the {avail / 1e9:.3g} GB of memory available; expected a cube that fits "
+            "to load it whole. Stream it block by block instead (--lazy, or lazy=True), or crop "
+            "it first.")
 
 
 def _finite_guard(data: Any, label: str) -> Any:
@@ -727,8 +1108,9 @@ def save_signal(signal: Any, path: str | os.PathLike, *, overwrite: bool = True,
     _check_writable_format(path)
     tmp = _tmp_sibling(path)
     try:
-        signal.save(tmp, overwrite=True)
-        _commit(tmp, path)
+        with _writing(path):
+            signal.save(tmp, overwrite=True)
+            _commit(tmp, path)
     except BaseException:
         _remove(tmp)
         raise
@@ -754,6 +1136,10 @@ def _readable_units(y: Axis, x: Axis) -> tuple[Axis, Axis]:
     return conv(y), conv(x)
 
 
+#: colours of a boolean map's PNG: (not flagged, flagged)
+MASK_COLOURS = ("#1f1f1f", "#ff8c00")
+
+
 def save_png_map(arr: Any, path: str | os.PathLike, *, si_or_result: Any, title: str,
                  cbar_label: str, cmap: str = "magma", mask_overlay: Any = None,
                  log: bool = False, threshold: float | None = None,
@@ -763,7 +1149,8 @@ def save_png_map(arr: Any, path: str | os.PathLike, *, si_or_result: Any, title:
     Parameters
     ----------
     arr : array of shape (ny, nx)
-        The map; NaN pixels are drawn grey.
+        The map; NaN pixels are drawn grey. A boolean map is drawn in the two
+        :data:`MASK_COLOURS` with a legend (counts per colour) instead of a colour bar.
     path : str or Path
         Output image (``.png``; ``.pdf``/``.svg`` also work).
     si_or_result : SpectrumImage or AnomalyResult
@@ -822,19 +1209,32 @@ def save_png_map(arr: Any, path: str | os.PathLike, *, si_or_result: Any, title:
             lin = float(np.percentile(nz, 10)) if nz.size else 1.0
             norm = mcolors.SymLogNorm(linthresh=max(lin, 1e-12), vmin=finite.min(),
                                       vmax=finite.max())
-    cm = matplotlib.colormaps[cmap].copy()
+    if is_bool:  # two colours and a legend, fixed whatever the mask holds (all False too)
+        cm = mcolors.ListedColormap(list(MASK_COLOURS))
+        norm = mcolors.BoundaryNorm([-0.5, 0.5, 1.5], 2)
+    else:
+        cm = matplotlib.colormaps[cmap].copy()
     cm.set_bad("0.6")
     fig = Figure(figsize=(6.4, 4.8 if ny > 1 else 2.6), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     im = ax.imshow(np.ma.masked_invalid(data), extent=extent, origin="upper", cmap=cm, norm=norm,
                    interpolation="nearest", aspect=aspect)
-    cb = fig.colorbar(im, ax=ax)
-    cb.set_label(cbar_label)
     if is_bool:
-        cb.set_ticks([0, 1], labels=["no", "yes"])
-    if threshold is not None and np.isfinite(threshold):
-        cb.ax.axhline(float(threshold), color="cyan", linewidth=1.5)
+        from matplotlib.patches import Patch  # noqa: PLC0415
+
+        n_yes = int(raw.sum())
+        handles = [Patch(facecolor=MASK_COLOURS[0], edgecolor="0.5",
+                         label=f"not flagged ({raw.size - n_yes} px)"),
+                   Patch(facecolor=MASK_COLOURS[1], edgecolor="0.5",
+                         label=f"flagged ({n_yes} px)")]
+        fig.legend(handles=handles, title=cbar_label, loc="outside right center", fontsize=9,
+                   title_fontsize=9)
+    else:
+        cb = fig.colorbar(im, ax=ax)
+        cb.set_label(cbar_label)
+        if threshold is not None and np.isfinite(threshold):
+            cb.ax.axhline(float(threshold), color="cyan", linewidth=1.5)
     if mask_overlay is not None:
         m = _check_map(mask_overlay, y, x, "mask_overlay").astype(bool)
         rgba = np.zeros((ny, nx, 4))
@@ -853,8 +1253,9 @@ def save_png_map(arr: Any, path: str | os.PathLike, *, si_or_result: Any, title:
     ax.set_title(f"{title}\n{ny} x {nx} px, pixel {px}", fontsize=10)
     tmp = _tmp_sibling(path)
     try:
-        fig.savefig(tmp, format=(path.suffix.lstrip(".").lower() or "png"))
-        os.replace(tmp, path)
+        with _writing(path):
+            fig.savefig(tmp, format=(path.suffix.lstrip(".").lower() or "png"))
+            os.replace(tmp, path)
     except BaseException:
         _remove(tmp)
         raise
@@ -894,20 +1295,25 @@ def write_json(obj: Any, path: str | os.PathLike, *, protect: Iterable[Any] = ()
 
 def _write_tiff(arr: np.ndarray, path: Path, protect: Iterable[Any]) -> Path | None:
     path = _check_output(path, overwrite=True, protect=protect)
+    try:
+        import tifffile  # noqa: PLC0415
+
+        def write(tmp: Path) -> None:
+            tifffile.imwrite(tmp, arr)
+    except ImportError:
+        try:
+            import imageio.v3 as iio  # noqa: PLC0415
+        except ImportError:
+            logger.warning("TIFF output skipped for %s: install tifffile or imageio", path)
+            return None
+
+        def write(tmp: Path) -> None:
+            iio.imwrite(tmp, arr, extension=".tif")
     tmp = _tmp_sibling(path)
     try:
-        try:
-            import tifffile  # noqa: PLC0415
-
-            tifffile.imwrite(tmp, arr)
-        except ImportError:
-            try:
-                import imageio.v3 as iio  # noqa: PLC0415
-            except ImportError:
-                logger.warning("TIFF output skipped for %s: install tifffile or imageio", path)
-                return None
-            iio.imwrite(tmp, arr, extension=".tif")
-        os.replace(tmp, path)
+        with _writing(path):
+            write(tmp)
+            os.replace(tmp, path)
     except BaseException:
         _remove(tmp)
         raise
@@ -954,6 +1360,48 @@ def _map_labels(stem: str, method: str, threshold: float = float("nan"),
             "mask": (f"{stem} anomaly mask ({method})",
                      f"NLL > {float(threshold):.6g} ({threshold_method})"),
             "latent": (f"{stem} latent codes ({method})", None)}
+
+
+def result_paths(outdir: str | os.PathLike, stem: str, formats: Iterable[str] = ("hspy", "png"),
+                 *, latent: bool = True) -> dict[str, Path]:
+    """The paths :func:`save_result` writes (one naming rule, also used to check them first).
+
+    Parameters
+    ----------
+    outdir : str or Path
+        Output folder.
+    stem : str
+        File-name stem, without folders.
+    formats : iterable of str or str
+        As :func:`save_result`.
+    latent : bool
+        Include the latent-code maps (results that carry latent codes).
+
+    Returns
+    -------
+    dict of str -> Path
+        Keys ``"<map>_<format>"`` as :func:`save_result` returns them.
+
+    Raises
+    ------
+    InputError
+        When a format is unknown or ``stem`` is empty or contains a folder.
+    """
+    fmts = _normalise_formats(formats)
+    stem = _safe_stem(stem)
+    out = Path(outdir).expanduser()
+    paths: dict[str, Path] = {}
+    for f in fmts:
+        if f in _SIGNAL_FORMATS:
+            for name in ("nll", "mask") + (("latent",) if latent else ()):
+                paths[f"{name}_{f}"] = out / f"{stem}_{name}.{f}"
+        elif f == "png":
+            for name in ("nll", "mask"):
+                paths[f"{name}_png"] = out / f"{stem}_{name}.png"
+        elif f == "tiff":
+            for name in ("nll", "mask"):
+                paths[f"{name}_tiff"] = out / f"{stem}_{name}.tif"
+    return paths
 
 
 def save_result(result: Any, outdir: str | os.PathLike, *, stem: str,
@@ -1011,6 +1459,7 @@ def save_result(result: Any, outdir: str | os.PathLike, *, stem: str,
     n_flag, n_tot = int(mask.sum()), int(mask.size)
     info = _result_info(result)
     written: dict[str, Path] = {}
+    names = result_paths(out, stem, fmts)
 
     sig_fmts = [f for f in fmts if f in _SIGNAL_FORMATS]
     if sig_fmts:
@@ -1025,23 +1474,24 @@ def save_result(result: Any, outdir: str | os.PathLike, *, stem: str,
             lat_sig = _latent_signal(result.latent, result, title=labels["latent"][0])
             lat_sig.metadata.add_dictionary({"eelsanom": dict(info)})
         for f in sig_fmts:
-            written[f"nll_{f}"] = save_signal(nll_sig, out / f"{stem}_nll.{f}", protect=protect)
-            written[f"mask_{f}"] = save_signal(mask_sig, out / f"{stem}_mask.{f}", protect=protect)
+            written[f"nll_{f}"] = save_signal(nll_sig, names[f"nll_{f}"], protect=protect)
+            written[f"mask_{f}"] = save_signal(mask_sig, names[f"mask_{f}"],
+                                                 protect=protect)
             if lat_sig is not None:
-                written[f"latent_{f}"] = save_signal(lat_sig, out / f"{stem}_latent.{f}",
+                written[f"latent_{f}"] = save_signal(lat_sig, names[f"latent_{f}"],
                                                      protect=protect)
     if "png" in fmts:
         written["nll_png"] = save_png_map(
-            nll, out / f"{stem}_nll.png", si_or_result=result,
+            nll, names["nll_png"], si_or_result=result,
             title=f"{stem}: NLL ({method}); threshold {thr:.4g} ({tmethod})",
             cbar_label="NLL (higher = more anomalous)", threshold=thr, protect=protect)
         written["mask_png"] = save_png_map(
-            mask, out / f"{stem}_mask.png", si_or_result=result,
+            mask, names["mask_png"], si_or_result=result,
             title=f"{stem}: anomaly mask, {n_flag} of {n_tot} px flagged ({method})",
             cbar_label=f"flagged: NLL > {thr:.4g}", cmap="gray", protect=protect)
     if "tiff" in fmts:
         for name, arr in (("nll", nll), ("mask", mask.astype(np.uint8))):
-            p = _write_tiff(arr, out / f"{stem}_{name}.tif", protect)
+            p = _write_tiff(arr, names[f"{name}_tiff"], protect)
             if p is not None:
                 written[f"{name}_tiff"] = p
     return written

@@ -98,11 +98,21 @@ class Pooling:
         return self.sigma > 0
 
     def scales(self) -> list[float]:
-        """Sigmas scored: ``[0]`` (the pixel) and ``sigma`` when pooling is on."""
+        """Sigmas scored: ``[0]`` (the pixel) and ``sigma`` when pooling is on.
+
+        Returns
+        -------
+        list of float
+        """
         return [0.0, float(self.sigma)] if self.enabled else [0.0]
 
     def radius(self) -> int:
-        """Pixels on each side that a pixel's pooled score depends on (0 when off)."""
+        """Pixels on each side that a pixel's pooled score depends on (0 when off).
+
+        Returns
+        -------
+        int
+        """
         if not self.enabled:
             return 0
         wide = max(self.background, self.sigma) if self.background > 0 else self.sigma

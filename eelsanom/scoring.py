@@ -254,13 +254,15 @@ def parse_threshold(spec: Any) -> tuple[str, float | None]:
             k = float(s.split(":", 1)[1])
         except ValueError:
             k = -1.0
-        if k > 0:
+        if 0 < k < float("inf"):
             return "robust", k
     if s.startswith("value:"):
         try:
-            return "value", float(s.split(":", 1)[1])
+            v = float(s.split(":", 1)[1])
         except ValueError:
-            pass
+            v = float("nan")
+        if np.isfinite(v):  # value:nan / value:inf would flag nothing, silently
+            return "value", v
     else:
         try:
             return parse_threshold(float(s.rstrip("%")))

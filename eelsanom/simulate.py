@@ -26,7 +26,7 @@ what the benchmark's reference detectors (supervised limit, perfect bulk
 model) need, the per-pixel nuisance maps (:attr:`Simulation.nuisance`), and
 :meth:`Simulation.normal_expected`, the normal spectra recomputed with any
 nuisance replaced (a "manifold oracle"). Everything is seeded. See
-``BENCHMARK.md``, "The simulated spectrum image".
+``docs/benchmark.md``.
 
 HyperSpy is imported only inside :meth:`Simulation.to_signal` (and so
 :meth:`Simulation.save`); generating data needs numpy and scipy only.

@@ -364,12 +364,12 @@ class _ZspyMap:
     def __init__(self, signal: Any, path: Path, protect: Iterable[Any]) -> None:
         import zarr
 
-        from .io import _check_output, _tmp_sibling
+        from .io import _check_output, _tmp_sibling, _writing
 
         self.path = _check_output(path, overwrite=True, protect=protect)
         self.tmp = _tmp_sibling(self.path)
         try:
-            with warnings.catch_warnings():  # zarr 2 deprecates the store HyperSpy writes
+            with _writing(self.path), warnings.catch_warnings():  # zarr 2 deprecates the store
                 warnings.simplefilter("ignore", FutureWarning)
                 signal.save(self.tmp, overwrite=True, show_progressbar=False)
                 store = zarr.storage.NestedDirectoryStore(str(self.tmp))
@@ -383,8 +383,11 @@ class _ZspyMap:
             raise
 
     def write(self, region: tuple[int, int, int, int], block: np.ndarray) -> None:
+        from .io import _writing
+
         y0, y1, x0, x1 = region
-        self.data[y0:y1, x0:x1] = block
+        with _writing(self.path):  # a full disk: named, and the temporary store removed
+            self.data[y0:y1, x0:x1] = block
 
     def set_metadata(self, node: str, values: dict[str, Any]) -> None:
         """Set ``metadata.<node>.<key>`` (HyperSpy's zspy stores ``None`` as ``'_None_'``)."""
@@ -394,9 +397,10 @@ class _ZspyMap:
             {k: ("_None_" if v is None else _jsonify(v)) for k, v in values.items()})
 
     def commit(self) -> Path:
-        from .io import _commit
+        from .io import _commit, _writing
 
-        _commit(self.tmp, self.path)
+        with _writing(self.path):
+            _commit(self.tmp, self.path)
         return self.path
 
     def abort(self) -> None:

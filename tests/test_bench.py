@@ -18,7 +18,7 @@ TINY = dict(shape=(24, 24), window="fe-l", anomaly="shift", anomaly_shape="clust
 def test_realistic_suite_covers_the_conditions_the_issue_asks_for():
     conds = bench.realistic_conditions(quick=True)
     names = [c.name for c in conds]
-    for family in ("drift |", "valence |", "thickness |", "drift+thickness+gain |"):
+    for family in ("drift /", "valence /", "thickness /", "drift+thickness+gain /"):
         assert sum(n.startswith(family) and n.endswith(" eV") for n in names) == 3, family
     assert any("isolated pixels" in n for n in names)
     assert any("bulk not spanning" in n and c.sim["concentration"] > 0
@@ -32,7 +32,7 @@ def test_realistic_suite_covers_the_conditions_the_issue_asks_for():
 
 
 def test_run_benchmark_scores_pooled_and_unpooled_variants_with_all_references(tmp_path):
-    conds = [bench.Condition("drift | shift 0.9 eV", {**TINY, "drift": 0.8, "magnitude": 0.9},
+    conds = [bench.Condition("drift / shift 0.9 eV", {**TINY, "drift": 0.8, "magnitude": 0.9},
                              oracle="drift_eV"),
              bench.Condition("anomaly-free", {**TINY, "drift": 0.8, "magnitude": 0.9,
                                               "concentration": 0.0}, oracle="drift_eV")]
@@ -45,7 +45,7 @@ def test_run_benchmark_scores_pooled_and_unpooled_variants_with_all_references(t
     assert all(np.isnan(r["roc_auc"]) and 0.0 <= r["fpr"] <= 1.0 for r in free)
     by = {(r["condition"], r["detector"]): r for r in rows}
     # the references bound the detectors: nothing beats the supervised limit
-    c = "drift | shift 0.9 eV"
+    c = "drift / shift 0.9 eV"
     assert by[c, "supervised-limit"]["roc_auc"] >= max(by[c, d]["roc_auc"] for d in dets
                                                        if (c, d) in by) - 1e-9
     # one fit, two scorings: same fit time for both variants

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -105,34 +106,63 @@ def training_gain(si: SpectrumImage, mask: np.ndarray | None, gain: Any, transfo
 
 
 class Gram:
-    """Row sums of ``X`` about a fixed reference, for cheap covariances of row subsets.
+    """Second moments of ``X`` about a fixed reference, for cheap covariances of row subsets.
 
-    ``G = sum_i (x_i - m0)(x_i - m0)^T`` and ``s = sum_i (x_i - m0)`` over all rows
-    (``m0`` = mean of all rows) are computed once; the covariance of a subset that
-    leaves out a few rows then costs a pass over the left-out rows only
-    (``G_keep = G - G_left_out``). Centring on ``m0`` keeps the subtraction free of
-    cancellation.
+    The covariance of a subset of rows is decomposed on the smaller side of the data:
+
+    - ``n >= D`` (channel side): ``G = sum_i (x_i - m0)(x_i - m0)^T`` (D x D) and
+      ``s = sum_i (x_i - m0)`` over all rows (``m0`` = mean of all rows) are computed
+      once; the covariance of a subset that leaves out a few rows then costs a pass
+      over the left-out rows only (``G_keep = G - G_left_out``), and its leading
+      eigenpairs a ``D x D`` eigendecomposition.
+    - ``n < D`` (pixel side): the ``n x n`` pixel Gram matrix
+      ``K_ij = (x_i - m0) . (x_j - m0)`` is computed once; a subset's covariance
+      ``S = Y^T Y / n_s`` (``Y`` its rows centred on their own mean) has the same
+      non-zero eigenvalues as the doubly centred ``K[rows, rows] / n_s``, and its
+      eigenvectors are ``Y^T v / sqrt(n_s lambda)``: an ``n_s x n_s`` problem instead
+      of a ``D x D`` one (the covariance is never formed).
+
+    Centring on ``m0`` keeps the subtractions free of cancellation.
 
     Parameters
     ----------
     X : ndarray of shape (n, D)
     gram : callable
         ``gram(X, rows, m0) -> (G (D, D), s (D,))`` as float64 numpy arrays, summed
-        over ``X[rows]`` (the detector decides how: numpy, torch on a GPU, ...).
+        over ``X[rows]`` (the detector decides how: numpy, torch on a GPU, ...); used
+        on the channel side only.
+    side : {"auto", "channel", "pixel"}
+        ``"auto"``: ``"pixel"`` when ``n < D``, else ``"channel"``.
+    eigh : callable, optional
+        ``eigh(A, k) -> (evals (k,), evecs (m, k))`` of the channel-side covariance
+        (default :func:`top_eigh`; a detector may run it on its device).
     """
 
     def __init__(self, X: np.ndarray, gram: Callable[[np.ndarray, np.ndarray, np.ndarray],
-                                                     tuple[np.ndarray, np.ndarray]]) -> None:
+                                                     tuple[np.ndarray, np.ndarray]],
+                 side: str = "auto",
+                 eigh: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]] | None = None
+                 ) -> None:
         self.X = X
-        self.n = X.shape[0]
+        self._eigh = eigh or top_eigh
+        self.n, self.d = X.shape
         self.m0 = X.mean(axis=0, dtype=np.float64)
         self._gram = gram
-        self.G, self.s = gram(X, np.arange(self.n), self.m0)
+        if side == "auto":
+            side = "pixel" if self.n < self.d else "channel"
+        self.side = side
+        if side == "pixel":
+            Y = np.asarray(X, np.float64) - self.m0
+            self.K = Y @ Y.T
+            self.G = self.s = None
+        else:
+            self.K = None
+            self.G, self.s = gram(X, np.arange(self.n), self.m0)
 
     def sums(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(G, s)`` over ``X[rows]`` (zeros for no rows)."""
+        """``(G, s)`` over ``X[rows]`` (zeros for no rows); channel side."""
         if len(rows) == 0:
-            return np.zeros_like(self.G), np.zeros_like(self.s)
+            return np.zeros((self.d, self.d)), np.zeros(self.d)
         return self._gram(self.X, np.asarray(rows), self.m0)
 
     def moments(self, G: np.ndarray, s: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -140,6 +170,103 @@ class Gram:
         d = s / n
         cov = G / n - np.outer(d, d)
         return self.m0 + d, 0.5 * (cov + cov.T)
+
+    def subset_moments(self, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean (D,) and covariance (D, D) of the rows ``keep`` (bool, (n,)); channel side."""
+        G_out, s_out = self.sums(np.flatnonzero(~keep))
+        return self.moments(self.G - G_out, self.s - s_out, int(keep.sum()))
+
+    def eig(self, keep: np.ndarray, k: int) -> Spectrum:
+        """Leading ``k`` eigenpairs of the covariance of the rows ``keep`` (bool, (n,)).
+
+        Exact (LAPACK) on either side; ``k`` is capped at ``D`` (channel side) or
+        the number of rows (pixel side).
+
+        Parameters
+        ----------
+        keep : ndarray of bool, shape (n,)
+        k : int
+
+        Returns
+        -------
+        Spectrum
+        """
+        n_s = int(keep.sum())
+        if self.side == "channel":
+            mean, cov = self.subset_moments(keep)
+            evals, evecs = self._eigh(cov, k)
+            return Spectrum(mean, evals, evecs, float(np.trace(cov)), float(np.sum(cov * cov)),
+                            n_s, self.d)
+        rows = np.flatnonzero(keep)
+        Kc, off = self.centred_gram(rows)
+        mu, V = top_eigh(Kc, min(k, n_s))
+        mean = self.m0 + off
+        Yc = np.asarray(self.X[rows], np.float64) - mean
+        U = (Yc.T @ V) / np.sqrt(np.maximum(mu, 1e-300))
+        return Spectrum(mean, mu / n_s, _fix_signs(U), float(np.trace(Kc)) / n_s,
+                        float(np.sum(Kc * Kc)) / n_s ** 2, n_s, self.d)
+
+    def centred_gram(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Pixel side: ``(Kc (n_s, n_s), d (D,))``, the Gram matrix of ``X[rows]`` centred on
+        their own mean ``m0 + d``."""
+        Ks = self.K[np.ix_(rows, rows)]
+        a = Ks.mean(axis=0)
+        Kc = Ks - a[:, None] - a[None, :] + a.mean()
+        off = np.asarray(self.X[rows], np.float64).mean(axis=0) - self.m0
+        return 0.5 * (Kc + Kc.T), off
+
+
+@dataclass
+class Spectrum:
+    """Leading eigenpairs of a (D x D) covariance, with the totals of all its eigenvalues."""
+
+    mean: np.ndarray    # (D,) mean of the rows
+    evals: np.ndarray   # (k,) descending, >= 0
+    evecs: np.ndarray   # (D, k) orthonormal columns, same order (largest loading positive)
+    total: float        # trace = sum of all D eigenvalues
+    frob2: float        # squared Frobenius norm = sum of all squared eigenvalues
+    n: int              # rows
+    d: int              # channels
+
+
+def _fix_signs(V: np.ndarray) -> np.ndarray:
+    """Flip columns so each one's largest-magnitude entry is positive (LAPACK-independent)."""
+    if V.size == 0:
+        return V
+    idx = np.abs(V).argmax(axis=0)
+    return V * np.where(V[idx, np.arange(V.shape[1])] < 0, -1.0, 1.0)
+
+
+def top_eigh(A: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Leading ``k`` eigenpairs of the symmetric ``A`` (m, m), descending, eigenvalues >= 0.
+
+    A full LAPACK ``syevd`` when ``k`` is more than a quarter of ``m`` (or ``m`` is
+    small), else ``syevr`` restricted to the top ``k`` (same accuracy, computes only
+    the wanted eigenvectors). Eigenvector signs are fixed (largest loading positive).
+
+    Parameters
+    ----------
+    A : ndarray of shape (m, m)
+    k : int
+
+    Returns
+    -------
+    evals : ndarray of shape (k,)
+    evecs : ndarray of shape (m, k)
+    """
+    m = A.shape[0]
+    k = int(max(0, min(k, m)))
+    if k == 0:
+        return np.zeros(0), np.zeros((m, 0))
+    if m <= 64 or 4 * k > m:
+        w, v = np.linalg.eigh(A)
+        w, v = w[::-1][:k], v[:, ::-1][:, :k]
+    else:
+        from scipy.linalg import eigh
+
+        w, v = eigh(A, subset_by_index=[m - k, m - 1], driver="evr")
+        w, v = w[::-1], v[:, ::-1]
+    return np.clip(w, 0.0, None), _fix_signs(np.ascontiguousarray(v))
 
 
 def numpy_gram(X: np.ndarray, rows: np.ndarray, m0: np.ndarray,

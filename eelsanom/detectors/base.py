@@ -35,9 +35,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .. import scoring
+from .. import cautions, scoring
 from ..errors import EnergyAxisMismatch, InputError, NotFittedError
-from ..modelfile import read_model, write_model
+from ..modelfile import PATH_PARAMS, read_model, write_model
 from ..progress import ProgressCallback
 from ..result import AnomalyResult, PixelSpectrum
 from ..spectrum import Axis, SpectrumImage, as_spectrum_image
@@ -252,12 +252,16 @@ class BaseDetector:
                 "without one.")
         si = as_spectrum_image(si, what="training data")
         er = getattr(self, "energy_range", None)
+        self.fit_cautions_ = []
         if er is not None:
+            lo, hi = float(si.energy.values[0]), float(si.energy.values[-1])
             si = si.crop_energy(er[0], er[1])
+            cautions.add(self, cautions.energy_clip_caution(tuple(er), lo, hi, si.n_energy))
         mask = check_train_mask(train_mask, si.nav_shape, min_pixels=self.min_train_pixels)
         if mask is None and si.nav_shape[0] * si.nav_shape[1] < self.min_train_pixels:
             raise InputError(f"training data has {si.nav_shape[0] * si.nav_shape[1]} pixels; "
                              f"{type(self).__name__} needs at least {self.min_train_pixels}.")
+        self.n_fit_pixels_ = int(mask.sum()) if mask is not None else int(np.prod(si.nav_shape))
         t0 = time.perf_counter()
         self._fit(si, mask, progress)
         self.energy_axis_ = si.energy
@@ -434,7 +438,8 @@ class BaseDetector:
         return AnomalyResult(
             nll=nll, threshold=t, threshold_method=label, mask=nll > t, method=self.method,
             y=siw.y, x=siw.x, energy=siw.energy, latent=latent, maps=maps, timings=timings,
-            info={"params": self.get_params(), **(info or {})},
+            info={"params": self.get_params(), **(info or {}),
+                  **cautions.collect(self, nll.size, label)},
             _detector=self if attach else None, _si=siw if attach else None)
 
     def score_block(self, si: Any, region: tuple[int, int, int, int], *,
@@ -694,8 +699,12 @@ def load_detector(path: str | Path, expected: type[BaseDetector] | None = None) 
     Raises
     ------
     InputError
-        When the file is missing, not an eelsanom model file, in a newer format, names
-        an unknown detector, or holds a detector other than ``expected``.
+        "model file M: expected ..., found ..." when the file is missing, not an eelsanom
+        model file, in a newer format, breaks the model-file schema
+        (:func:`eelsanom.modelfile.validate_model`), holds a hyperparameter its detector
+        refuses (a bad threshold rule or transform), names an unknown detector, or holds
+        a detector other than ``expected``. Path hyperparameters (the 3D-CVAE's
+        ``checkpoint``) are reset to None: a model file never chooses a file to write.
     """
     from . import detector_class
 
@@ -714,11 +723,25 @@ def load_detector(path: str | Path, expected: type[BaseDetector] | None = None) 
             log.warning("%s was saved with device=%r, which this machine lacks; using 'auto'",
                         path, dev)
             params = {**params, "device": "auto"}
-    det = cls(**params)
+    for k in PATH_PARAMS:  # nothing read from a model file may choose a path to write
+        if params.get(k) is not None:
+            log.info("%s: ignoring its saved %s=%r (a model file never chooses an output path)",
+                     path, k, params[k])
+            params = {**params, k: None}
     cal_scores = arrays.pop("calibration_scores", None)
-    if cal_scores is not None and "calibration" in state:
-        det.calibration_ = {**state["calibration"], "scores": np.asarray(cal_scores, np.float64)}
-    det._set_state(state, arrays)
+    try:  # validate_model (in read_model) checked the shapes; a bad rule or value is the model's
+        det = cls(**params)
+        det._validate_params()
+        if cal_scores is not None and "calibration" in state:
+            det.calibration_ = {**state["calibration"],
+                                "scores": np.asarray(cal_scores, np.float64)}
+        det._set_state(state, arrays)
+    except InputError as exc:
+        raise InputError(f"model file {str(path)!r}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - whatever else a damaged file does is a refusal
+        raise InputError(f"model file {str(path)!r}: could not rebuild the {cls.__name__} "
+                         f"({type(exc).__name__}: {exc}); the file is damaged. Train the model "
+                         "again or use another model file.") from None
     det.energy_axis_ = Axis.from_dict(state["energy_axis"])
     det.threshold_ = state.get("threshold_value", float("nan"))
     det.trained_on_mask_ = state.get("trained_on_mask", False)

@@ -26,8 +26,6 @@ from .pca import PCADetector
 __all__ = ["ContextPCADetector", "context_footprint"]
 
 _LOG2PI = math.log(2.0 * math.pi)
-#: 1.349 = interquartile range of a unit normal
-_IQR_SIGMA = 1.3489795003921634
 
 
 def context_footprint(window: int) -> np.ndarray:
@@ -68,7 +66,8 @@ class ContextPCADetector(PCADetector):
         chemical shift hides in it) but with its **neighbourhood**: each code
         map is robustly smoothed over a ``neighbourhood x neighbourhood`` square *without the
         centre pixel* (median ``m``; spread ``s`` from the interquartile range,
-        floored at the noise), so the neighbourhood predicts the pixel's
+        floored at the noise; both from order statistics paired symmetrically, so
+        the sign of a component does not matter), so the neighbourhood predicts the pixel's
         spectrum ``mu + U m``. Transformed units throughout (Anscombe by default).
 
     Score
@@ -170,7 +169,8 @@ class ContextPCADetector(PCADetector):
         predictive variances, ``r2`` (ny, nx) the squared residual off the
         subspace, ``x`` (ny, nx, D) the transformed data.
         """
-        from scipy.ndimage import median_filter, percentile_filter
+        from scipy.ndimage import rank_filter
+        from scipy.stats import norm
 
         t = self._tensors()
         ny, nx = si.nav_shape
@@ -186,14 +186,21 @@ class ContextPCADetector(PCADetector):
         r2 = (r * r).sum(1).cpu().double().numpy().reshape(ny, nx)
         fp = context_footprint(int(self.neighbourhood))
         n = int(fp.sum())
+        # order statistics in sign-symmetric pairs (rank k and n-1-k), so that the
+        # prediction does not depend on the arbitrary sign of a principal direction
+        lo, hi = int(round(0.25 * (n - 1))), n - 1 - int(round(0.25 * (n - 1)))
+        iqr_sigma = 2.0 * float(norm.ppf((hi + 0.5) / n))
+
+        def rank(a: np.ndarray, k: int) -> np.ndarray:
+            return rank_filter(a, k, footprint=fp, mode="reflect")
+
         s2 = float(self.noise_variance_)
         m = np.empty_like(p)
         v = np.empty_like(p)
         for i in range(q):
-            m[..., i] = median_filter(p[..., i], footprint=fp, mode="reflect")
-            q75 = percentile_filter(p[..., i], 75, footprint=fp, mode="reflect")
-            q25 = percentile_filter(p[..., i], 25, footprint=fp, mode="reflect")
-            spread2 = ((q75 - q25) / _IQR_SIGMA) ** 2
+            a = p[..., i]
+            m[..., i] = 0.5 * (rank(a, (n - 1) // 2) + rank(a, n // 2))
+            spread2 = ((rank(a, hi) - rank(a, lo)) / iqr_sigma) ** 2
             v[..., i] = np.maximum(spread2, s2) * (1.0 + math.pi / (2.0 * n))
             emit(progress, "score", i + 1, q)
         return {"p": p, "m": m, "v": v, "r2": r2, "x": x.reshape(ny, nx, d)}

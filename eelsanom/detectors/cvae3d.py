@@ -166,16 +166,28 @@ class PrefixScorer:
 
 
 def _pca(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` principal axes ``(k, E)`` and variances ``(k,)`` of the rows of ``x (n, E)``."""
+    """Top-``k`` principal axes ``(k', E)`` and variances ``(k',)`` of the rows of ``x (n, E)``.
+
+    Decomposed on the smaller side: the ``n x n`` Gram matrix of the centred rows
+    when ``n < E`` (then ``k' = min(k, n)``: the other axes have zero variance),
+    else the ``E x E`` covariance, of which only the top ``k`` eigenvectors are
+    computed (``k' = min(k, E)``). Signs are fixed (largest loading positive) so the
+    result does not depend on the LAPACK build.
+    """
+    from ._gaussian import top_eigh
+
     x = np.asarray(x, np.float64)
     x = x - x.mean(axis=0)
-    cov = x.T @ x / max(len(x) - 1, 1)
-    val, vec = np.linalg.eigh(cov)
-    order = np.argsort(val)[::-1][:k]
-    comps = vec[:, order].T
-    # fix signs (largest loading positive) so the result does not depend on the LAPACK build
-    comps *= np.where(comps[np.arange(len(order)), np.abs(comps).argmax(1)] < 0, -1.0, 1.0)[:, None]
-    return comps, np.maximum(val[order], 0.0)
+    n, ne = x.shape
+    dof = max(n - 1, 1)
+    if n < ne:
+        val, v = top_eigh(x @ x.T / dof, min(k, n))
+        comps = (x.T @ v) / np.sqrt(np.maximum(val * dof, 1e-300))
+        idx = np.abs(comps).argmax(axis=0)
+        comps = comps * np.where(comps[idx, np.arange(comps.shape[1])] < 0, -1.0, 1.0)
+    else:
+        val, comps = top_eigh(x.T @ x / dof, k)
+    return np.ascontiguousarray(comps.T), val
 
 
 def _pca_init(x: np.ndarray, k: int, noise_var: float, trim: float

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from .. import cautions
 from ..errors import InputError
 from ..pooling import pooling_from
 from ..preprocess import check_gain, forward_transform, inverse_transform, transform_sigma
@@ -29,16 +29,20 @@ from ..spectrum import SpectrumImage
 from ._gaussian import (
     BLOCK_VALUES,
     Gram,
+    Spectrum,
+    _fix_signs,
     auto_cutoff,
     check_choice,
     check_common,
     check_int,
     gather_training,
     iter_row_blocks,
+    numpy_gram,
     outlyingness,
     pooled_scores,
     robust_rule,
     tail_scale,
+    top_eigh,
     training_gain,
     trimmed_fit,
 )
@@ -71,13 +75,6 @@ def _resolve_device(device: str, *, strict: bool):
         return torch.device("cpu")
 
 
-@dataclass
-class _Eig:
-    mean: np.ndarray      # (D,)
-    evals: np.ndarray     # (D,) descending, >= 0
-    evecs: np.ndarray     # (D, D) columns, same order
-
-
 class _Tensors:
     """Fitted PPCA parameters as torch tensors on one device."""
 
@@ -105,9 +102,12 @@ class PCADetector(BaseDetector):
         fit is closed-form: with the training covariance's eigenpairs
         ``(lambda_i, u_i)`` (descending), ``sigma^2`` is the mean of the ``D - q``
         discarded eigenvalues and ``W = U_q (Lambda_q - sigma^2 I)^{1/2}``. The
-        covariance is accumulated with torch on ``device`` (float64 on the CPU,
-        float32 on a GPU); the ``D x D`` eigendecomposition always runs in float64
-        on the CPU.
+        decomposition runs on the smaller side of the data: with fewer training
+        pixels ``n`` than channels ``D``, the ``n x n`` pixel Gram matrix (cost
+        ``O(n^2 D)``, no ``D x D`` matrix formed); otherwise the ``D x D``
+        covariance (float64 BLAS on the CPU, torch float32 on a GPU), of which
+        only the leading eigenvectors are computed (float64; on the GPU when the
+        device has one). Both are exact (LAPACK), not randomized.
 
     Score
         ``score_kind="nll"``: the PPCA negative log-likelihood per pixel, in
@@ -277,8 +277,15 @@ class PCADetector(BaseDetector):
     # ------------------------------------------------------------------ fitting
     @staticmethod
     def _torch_gram(dev: Any, dt: Any):
-        """A :class:`~._gaussian.Gram` summation running on ``dev`` in ``dt``."""
+        """A :class:`~._gaussian.Gram` summation running on ``dev`` in ``dt``.
+
+        On the CPU it is :func:`~._gaussian.numpy_gram` (float64; numpy's ``X^T X``
+        is a BLAS ``syrk``, half the work of torch's general product).
+        """
         import torch
+
+        if dev.type == "cpu":
+            return numpy_gram
 
         def gram(X: np.ndarray, rows: np.ndarray, m0: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:
@@ -295,24 +302,55 @@ class PCADetector(BaseDetector):
 
         return gram
 
-    @staticmethod
-    def _eig(mean: np.ndarray, cov: np.ndarray) -> _Eig:
-        """Eigendecomposition (descending) of ``cov``, float64 on the CPU."""
-        import torch
-
-        w, v = torch.linalg.eigh(torch.as_tensor(cov, dtype=torch.float64))
-        return _Eig(mean, np.clip(w.flip(0).numpy(), 0.0, None), v.flip(1).numpy())
+    #: which side of the data the covariance is decomposed on (see ``_gaussian.Gram``);
+    #: the benchmark's dense reference forces ``"channel"``
+    _gram_side = "auto"
 
     @staticmethod
-    def _ppca_params(eig: _Eig, q: int) -> tuple[np.ndarray, np.ndarray, float]:
-        """``(components (D, q), eigenvalues (q,), sigma^2)`` of the ML PPCA with ``q`` components."""
-        d = eig.evals.size
-        floor = 1e-10 * max(float(eig.evals.sum()) / d, 1e-30)
-        s2 = max(float(eig.evals[q:].sum()) / (d - q), floor)
+    def _device_eigh(dev: Any):
+        """``eigh(A, k)`` for the channel side: :func:`~._gaussian.top_eigh` on the CPU, a
+        float64 ``torch.linalg.eigh`` on an accelerator (same result, signs fixed alike)."""
+        if dev.type == "cpu":
+            return top_eigh
+
+        def eigh(A: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+            import torch
+
+            try:
+                w, v = torch.linalg.eigh(torch.as_tensor(A, device=dev, dtype=torch.float64))
+            except (RuntimeError, TypeError):  # no float64 eigh on this device (MPS)
+                return top_eigh(A, k)
+            k = int(min(k, A.shape[0]))
+            w = w.flip(0)[:k].cpu().numpy()
+            v = v.flip(1)[:, :k].cpu().numpy()
+            return np.clip(w, 0.0, None), _fix_signs(np.ascontiguousarray(v))
+
+        return eigh
+
+    @staticmethod
+    def _eig(gram: Gram, keep: np.ndarray, k: int) -> Spectrum:
+        """Leading ``k`` eigenpairs of the covariance of ``gram.X[keep]`` (float64, CPU).
+
+        On the smaller side of the data (:meth:`~._gaussian.Gram.eig`): the
+        ``n x n`` pixel Gram matrix when there are fewer pixels than channels,
+        else the ``D x D`` covariance, and only the top ``k`` eigenvectors.
+        """
+        return gram.eig(keep, k)
+
+    @staticmethod
+    def _ppca_params(eig: Spectrum, q: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """``(components (D, q), eigenvalues (q,), sigma^2)`` of the ML PPCA with ``q`` components.
+
+        ``sigma^2`` is the mean of the ``D - q`` discarded eigenvalues, from the
+        trace: ``(tr S - sum_{i<q} lambda_i) / (D - q)``.
+        """
+        d = eig.d
+        floor = 1e-10 * max(eig.total / d, 1e-30)
+        s2 = max((eig.total - float(eig.evals[:q].sum())) / (d - q), floor)
         lam = np.maximum(eig.evals[:q], s2 * (1 + 1e-12))
         return eig.evecs[:, :q].copy(), lam, s2
 
-    def _heldout_loglik(self, eig: _Eig, X: np.ndarray, val_rows: np.ndarray, qmax: int,
+    def _heldout_loglik(self, eig: Spectrum, X: np.ndarray, val_rows: np.ndarray, qmax: int,
                         dev: Any, dt: Any, trim: float = 0.0) -> np.ndarray:
         """Mean PPCA log-likelihood of ``X[val_rows]`` for ``q = 1 .. qmax``, shape (qmax,).
 
@@ -354,15 +392,14 @@ class PCADetector(BaseDetector):
         X = gram.X
         d = X.shape[1]
         n = int(keep.sum())
-        G_out, s_out = gram.sums(np.flatnonzero(~keep))
-        G, s = gram.G - G_out, gram.s - s_out
         if self.n_components is None:
             kept = np.flatnonzero(keep)
             n_val = max(2, int(round(self.validation_fraction * n)))
             val = np.sort(rng.choice(kept, size=n_val, replace=False))
-            G_val, s_val = gram.sums(val)
-            eig_a = self._eig(*gram.moments(G - G_val, s - s_val, n - n_val))
+            fit_rows = keep.copy()
+            fit_rows[val] = False
             qmax = max(1, min(int(self.max_components), n - n_val - 2, d - 1))
+            eig_a = self._eig(gram, fit_rows, qmax)
             ll = self._heldout_loglik(eig_a, X, val, qmax, dev, dt, trim=trim)
             q = int(np.argmax(ll)) + 1
             log.debug("PPCA held-out log-likelihood per q: %s -> q=%d", np.round(ll, 3), q)
@@ -378,9 +415,9 @@ class PCADetector(BaseDetector):
                     f"channels; got {n} pixels and {d} channels. Use fewer components "
                     "(or n_components=None to choose), or a larger bulk region.")
             selection = {"method": "given", "n_components": q}
-        return self._model(self._eig(*gram.moments(G, s, n)), q, selection)
+        return self._model(self._eig(gram, keep, q), q, selection)
 
-    def _model(self, eig: _Eig, q: int, selection: dict[str, Any]) -> dict[str, Any]:
+    def _model(self, eig: Spectrum, q: int, selection: dict[str, Any]) -> dict[str, Any]:
         U, lam, s2 = self._ppca_params(eig, q)
         return {"mean": eig.mean, "components": U, "explained_variance": lam,
                 "noise_variance": s2, "selection": selection}
@@ -398,7 +435,8 @@ class PCADetector(BaseDetector):
         dev, dt = self._torch_device(strict=True)
         self.gain_ = training_gain(si, mask, self.gain, self.transform)
         X = gather_training(si, mask, self.transform, self.gain_)
-        gram = Gram(X, self._torch_gram(dev, dt))
+        gram = Gram(X, self._torch_gram(dev, dt), side=self._gram_side,
+                    eigh=self._device_eigh(dev))
         rng = np.random.default_rng(self.seed)
 
         fraction, adaptive = robust_rule(self.robust_fraction)
@@ -430,6 +468,8 @@ class PCADetector(BaseDetector):
         log.info("PPCA: q=%d (%s), sigma^2=%.4g, %d training pixels (%d trimmed) on %s",
                  self.n_components_, self.selection_["method"], self.noise_variance_,
                  self.n_train_, self.n_trimmed_, dev)
+        cautions.add(self, cautions.fit_cautions("pca", self.n_train_, X.shape[1],
+                                                 self.n_components_))
 
     # ------------------------------------------------------------------ scoring
     def _tensors(self) -> _Tensors:
@@ -481,6 +521,13 @@ class PCADetector(BaseDetector):
         step = max(1, BLOCK_VALUES // X.shape[1])
         ps, r2s = [], []
         for i in range(0, X.shape[0], step):
+            if t.dev.type == "cpu":  # float64 BLAS; ||r||^2 = ||x - mu||^2 - ||p||^2 (U orthonormal)
+                xc = np.asarray(X[i:i + step], np.float64) - self.mean_
+                p = xc @ self.components_
+                ps.append(p)
+                r2s.append(np.maximum(np.einsum("ij,ij->i", xc, xc)
+                                      - np.einsum("ij,ij->i", p, p), 0.0))
+                continue
             _, p, r = self._terms(X[i:i + step], t)
             ps.append(p.cpu().double().numpy())
             r2s.append((r * r).sum(1).cpu().double().numpy())

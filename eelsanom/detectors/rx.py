@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from .. import cautions
 from ..errors import InputError
 from ..pooling import excess_stats, pooling_from
 from ..preprocess import check_gain, forward_transform, inverse_transform, transform_sigma
@@ -61,12 +63,14 @@ def ledoit_wolf_shrinkage(S: np.ndarray, n: int, sum_sq_norm2: float) -> float:
     float
         Shrinkage coefficient ``a`` in ``[0, 1]`` (0 when the estimate's ``beta`` is 0).
     """
-    d = S.shape[0]
-    tr = float(np.trace(S))
-    mu = tr / d
-    delta_ = float(np.sum(S * S))
-    beta = (sum_sq_norm2 / n - delta_) / (d * n)
-    delta = (delta_ - 2.0 * mu * tr + d * mu * mu) / d
+    return _ledoit_wolf(float(np.trace(S)), float(np.sum(S * S)), S.shape[0], n, sum_sq_norm2)
+
+
+def _ledoit_wolf(trace: float, frob2: float, d: int, n: int, sum_sq_norm2: float) -> float:
+    """:func:`ledoit_wolf_shrinkage` from ``tr S`` and ``||S||_F^2`` (no ``D x D`` matrix needed)."""
+    mu = trace / d
+    beta = (sum_sq_norm2 / n - frob2) / (d * n)
+    delta = (frob2 - 2.0 * mu * trace + d * mu * mu) / d
     beta = min(beta, delta)
     return 0.0 if beta == 0 else float(beta / delta)
 
@@ -87,15 +91,18 @@ def oas_shrinkage(S: np.ndarray, n: int) -> float:
         Shrinkage coefficient ``a``, at most 1 (0 when ``D == 1``, 1 when the
         denominator vanishes).
     """
-    d = S.shape[0]
+    return _oas(float(np.trace(S)), float(np.sum(S * S)), S.shape[0], n)
+
+
+def _oas(trace: float, frob2: float, d: int, n: int) -> float:
+    """:func:`oas_shrinkage` from ``tr S`` and ``||S||_F^2`` (no ``D x D`` matrix needed)."""
     if d == 1:
         return 0.0
-    alpha = float(np.mean(S * S))
-    mu2 = (float(np.trace(S)) / d) ** 2
+    alpha = frob2 / (d * d)
+    mu2 = (trace / d) ** 2
     num = alpha + mu2
     den = (n + 1) * (alpha - mu2 / d)
     return 1.0 if den == 0 else float(min(num / den, 1.0))
-
 
 
 class RXDetector(BaseDetector):
@@ -209,22 +216,34 @@ class RXDetector(BaseDetector):
         pooling_from(self.pooling)
 
     # ------------------------------------------------------------------ fitting
+    #: which side of the data the covariance is decomposed on (see ``_gaussian.Gram``);
+    #: the benchmark's dense reference forces ``"channel"``
+    _gram_side = "auto"
+
+    def _shrinkage_for(self, trace: float, frob2: float, d: int, n: int,
+                       s4: Callable[[], float]) -> float:
+        """The shrinkage coefficient ``a`` (``s4()``: ``sum_i ||x_i - mean||^4``, Ledoit-Wolf only)."""
+        if isinstance(self.shrinkage, str) and self.shrinkage.lower() == "ledoit-wolf":
+            return _ledoit_wolf(trace, frob2, d, n, s4())
+        if isinstance(self.shrinkage, str):
+            return _oas(trace, frob2, d, n)
+        return float(self.shrinkage)
+
     def _fit_subset(self, gram: Gram, keep: np.ndarray) -> dict[str, Any]:
+        if gram.side == "pixel":
+            return self._fit_subset_pixels(gram, keep)
         X = gram.X
         d = X.shape[1]
         n = int(keep.sum())
-        G_out, s_out = gram.sums(np.flatnonzero(~keep))
-        mean, S = gram.moments(gram.G - G_out, gram.s - s_out, n)
-        if isinstance(self.shrinkage, str) and self.shrinkage.lower() == "ledoit-wolf":
-            rows = np.flatnonzero(keep)
+        mean, S = gram.subset_moments(keep)
+        rows = np.flatnonzero(keep)
+
+        def s4() -> float:
             step = max(1, BLOCK_VALUES // d)
-            s4 = sum(float(np.sum(np.sum((X[rows[i:i + step]] - mean) ** 2, axis=1) ** 2))
-                     for i in range(0, n, step))
-            a = ledoit_wolf_shrinkage(S, n, s4)
-        elif isinstance(self.shrinkage, str):
-            a = oas_shrinkage(S, n)
-        else:
-            a = float(self.shrinkage)
+            return sum(float(np.sum(np.sum((X[rows[i:i + step]] - mean) ** 2, axis=1) ** 2))
+                       for i in range(0, n, step))
+
+        a = self._shrinkage_for(float(np.trace(S)), float(np.sum(S * S)), d, n, s4)
         Ss = (1.0 - a) * S
         Ss.flat[::d + 1] += a * float(np.trace(S)) / d
         e, V = np.linalg.eigh(Ss)
@@ -232,18 +251,58 @@ class RXDetector(BaseDetector):
         return {"mean": mean, "whitener": V / np.sqrt(e), "logdet": float(np.sum(np.log(e))),
                 "shrinkage": float(a), "var": np.maximum(np.diag(Ss), 0.0)}
 
+    def _fit_subset_pixels(self, gram: Gram, keep: np.ndarray) -> dict[str, Any]:
+        """The same model with fewer pixels ``n`` than channels ``D``, in ``O(n^2 D)``.
+
+        ``S = Y^T Y / n`` has rank < n: its non-zero eigenpairs come from the
+        ``n x n`` centred Gram matrix ``Kc`` (``lambda = mu / n``,
+        ``u = Y^T v / sqrt(mu)``), ``tr S = tr Kc / n``, ``||S||_F^2 = ||Kc||_F^2 / n^2``
+        and ``||y_i||^2 = Kc_ii``. The shrunk covariance is
+        ``S_a = U diag((1-a) lambda + b) U^T + b (I - U U^T)`` with
+        ``b = a tr S / D``; by Woodbury its inverse is
+        ``U diag(1 / ((1-a) lambda + b)) U^T + (I - U U^T) / b``, so the model keeps
+        the whitener of the ``r`` non-zero directions, their basis ``U`` and the
+        isotropic precision ``1 / b`` of the rest (no ``D x D`` matrix).
+        """
+        d = gram.d
+        n = int(keep.sum())
+        rows = np.flatnonzero(keep)
+        Kc, off = gram.centred_gram(rows)
+        mean = gram.m0 + off
+        trace = float(np.trace(Kc)) / n
+        a = self._shrinkage_for(trace, float(np.sum(Kc * Kc)) / n ** 2, d, n,
+                                lambda: float(np.sum(np.diag(Kc) ** 2)))
+        mu, V = np.linalg.eigh(Kc)
+        mu, V = mu[::-1], V[:, ::-1]
+        r = int(np.sum(mu > max(float(mu[0]), 1e-300) * n * 1e-13)) if mu.size else 0
+        Yc = np.asarray(gram.X[rows], np.float64) - mean
+        U = (Yc.T @ V[:, :r]) / np.sqrt(mu[:r])
+        lam = mu[:r] / n
+        b = a * trace / d
+        e = (1.0 - a) * lam + b
+        floor = 1e-10 * max(trace / d, 1e-30)  # the dense path's floor (mean |eigenvalue|)
+        e = np.maximum(e, floor)
+        b = max(b, floor)
+        var = np.maximum((1.0 - a) * np.mean(Yc * Yc, axis=0) + a * trace / d, 0.0)
+        return {"mean": mean, "whitener": U / np.sqrt(e),
+                "logdet": float(np.sum(np.log(e)) + (d - r) * math.log(b)),
+                "shrinkage": float(a), "var": var, "basis": U, "iso_precision": 1.0 / b}
+
     def _set_fitted(self, m: dict[str, Any]) -> None:
         self.mean_ = np.asarray(m["mean"], np.float64)
         self.whitener_ = np.asarray(m["whitener"], np.float64)
         self.logdet_ = float(m["logdet"])
         self.shrinkage_ = float(m["shrinkage"])
         self.var_ = np.asarray(m["var"], np.float64)
+        basis = m.get("basis")
+        self.basis_ = None if basis is None else np.asarray(basis, np.float64)
+        self.iso_precision_ = float(m.get("iso_precision", 0.0)) if basis is not None else 0.0
 
     def _fit(self, si: SpectrumImage, mask: np.ndarray | None,
              progress: ProgressCallback | None) -> None:
         self.gain_ = training_gain(si, mask, self.gain, self.transform)
         X = gather_training(si, mask, self.transform, self.gain_)
-        gram = Gram(X, numpy_gram)
+        gram = Gram(X, numpy_gram, side=self._gram_side)
 
         def score(model: dict[str, Any]) -> np.ndarray:
             self._set_fitted(model)
@@ -261,28 +320,45 @@ class RXDetector(BaseDetector):
         self.n_train_ = int(keep.sum())
         self.n_trimmed_ = int(keep.size - keep.sum())
         m2 = self._maha2_rows(X[keep])
-        self.pool_excess_ = excess_stats(0.5 * m2, np.full(m2.shape, 0.5 * X.shape[1]),
-                                         X.shape[1])
+        n_pool = self._pool_channels()
+        self.pool_excess_ = excess_stats(0.5 * m2, np.full(m2.shape, 0.5 * n_pool), n_pool)
         log.info("RX: shrinkage %.4g, %d training pixels (%d trimmed)", self.shrinkage_,
                  self.n_train_, self.n_trimmed_)
+        cautions.add(self, cautions.fit_cautions("rx", self.n_train_, X.shape[1]))
 
     def _whiten(self, X: np.ndarray) -> np.ndarray:
-        """Whitened coordinates ``W^T (x - mu)`` of transformed rows, shape (n, D)."""
+        """Whitened coordinates ``W^T (x - mu)`` of transformed rows, shape (n, r).
+
+        ``r = D``, except for a model fitted on fewer pixels than channels: then the
+        ``r`` directions the training pixels span (the rest, isotropic, enters
+        :meth:`_maha2_rows` through its residual).
+        """
         return (np.asarray(X, np.float64) - self.mean_) @ self.whitener_
+
+    def _maha2_block(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(whitened coordinates (n, r), maha^2 (n,))`` of transformed rows ``X``."""
+        xc = np.asarray(X, np.float64) - self.mean_
+        w = xc @ self.whitener_
+        m2 = np.sum(w * w, axis=1)
+        if self.basis_ is not None:  # Woodbury: the isotropic rest outside the basis
+            p = xc @ self.basis_
+            rest = np.maximum(np.sum(xc * xc, axis=1) - np.sum(p * p, axis=1), 0.0)
+            m2 = m2 + self.iso_precision_ * rest
+        return w, m2
 
     def _trim_score(self, X: np.ndarray) -> np.ndarray:
         """Outlyingness used to choose the pixels to trim (see the class docstring)."""
         step = max(1, BLOCK_VALUES // X.shape[1])
-        w = np.concatenate([self._whiten(X[i:i + step]) for i in range(0, X.shape[0], step)])
-        return outlyingness(w, np.sum(w * w, axis=1), 0.1)
+        parts = [self._maha2_block(X[i:i + step]) for i in range(0, X.shape[0], step)]
+        w = np.concatenate([p[0] for p in parts])
+        return outlyingness(w, np.concatenate([p[1] for p in parts]), 0.1)
 
     # ------------------------------------------------------------------ scoring
     def _maha2_rows(self, X: np.ndarray) -> np.ndarray:
         step = max(1, BLOCK_VALUES // X.shape[1])
         out = np.empty(X.shape[0])
         for i in range(0, X.shape[0], step):
-            w = self._whiten(X[i:i + step])
-            out[i:i + step] = np.sum(w * w, axis=1)
+            out[i:i + step] = self._maha2_block(X[i:i + step])[1]
         return out
 
     def _score(self, si: SpectrumImage, progress: ProgressCallback | None
@@ -317,8 +393,18 @@ class RXDetector(BaseDetector):
         """
         import torch
 
-        w = torch.as_tensor(self._whiten(forward_transform(x_counts, self.transform, self.gain_)))
-        return w, torch.zeros_like(w), torch.ones_like(w), None
+        xc = np.asarray(forward_transform(x_counts, self.transform, self.gain_), np.float64) - self.mean_
+        w = xc @ self.whitener_
+        if self.basis_ is not None:  # fewer training pixels than channels: the isotropic rest
+            rest = xc - (xc @ self.basis_) @ self.basis_.T
+            w = np.concatenate([w, math.sqrt(self.iso_precision_) * rest], axis=1)
+        wt = torch.as_tensor(w)
+        return wt, torch.zeros_like(wt), torch.ones_like(wt), None
+
+    def _pool_channels(self) -> int:
+        """Length of the whitened deviation vectors the pooling stage sees."""
+        r = int(self.whitener_.shape[1])
+        return r + (int(self.mean_.size) if self.basis_ is not None else 0)
 
     def _pooled(self, si: SpectrumImage, pool: Any, **kw: Any) -> dict[str, np.ndarray]:
         return pooled_scores(si, self._gauss_rows, pooling=pool, noise2=1.0,
@@ -355,6 +441,8 @@ class RXDetector(BaseDetector):
             pm = self._pooled(si, pool, region=(iy, iy + 1, ix, ix + 1), want_channels=(iy, ix))
             return mean, sigma, pm["channel_nll"]
         sinv_x = self.whitener_ @ (xc @ self.whitener_)
+        if self.basis_ is not None:
+            sinv_x += self.iso_precision_ * (xc - self.basis_ @ (xc @ self.basis_))
         chan = 0.5 * (xc * sinv_x + self.logdet_ / xc.size + _LOG2PI)
         return mean, sigma, chan
 
@@ -362,18 +450,23 @@ class RXDetector(BaseDetector):
     def _get_state(self) -> dict[str, Any]:
         return {"logdet": self.logdet_, "shrinkage": self.shrinkage_, "n_train": self.n_train_,
                 "n_trimmed": self.n_trimmed_, "gain": self.gain_,
+                "iso_precision": self.iso_precision_,
                 "pool_excess": [float(v) for v in self.pool_excess_]}
 
     def _get_arrays(self) -> dict[str, np.ndarray]:
-        return {"mean": self.mean_, "whitener": self.whitener_, "var": self.var_}
+        arrays = {"mean": self.mean_, "whitener": self.whitener_, "var": self.var_}
+        if self.basis_ is not None:
+            arrays["basis"] = self.basis_
+        return arrays
 
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self._set_fitted({"mean": arrays["mean"], "whitener": arrays["whitener"],
                           "logdet": state["logdet"], "shrinkage": state["shrinkage"],
-                          "var": arrays["var"]})
+                          "var": arrays["var"], "basis": arrays.get("basis"),
+                          "iso_precision": state.get("iso_precision", 0.0)})
         self.n_train_ = int(state.get("n_train", 0))
         self.n_trimmed_ = int(state.get("n_trimmed", 0))
         self.gain_ = float(state.get("gain", 1.0))  # files from before the gain: counts
         pe = state.get("pool_excess")
         self.pool_excess_ = (tuple(float(v) for v in pe) if pe is not None
-                             else (0.0, math.sqrt(0.5 * self.mean_.size)))
+                             else (0.0, math.sqrt(0.5 * self._pool_channels())))

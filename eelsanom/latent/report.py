@@ -173,17 +173,28 @@ def _save_fig(fig: Any, path: Path) -> Path:
 
 
 def _map_png(arr: np.ndarray, res: Any, path: Path, title: str, label: str,
-             cmap: str = "viridis") -> Path:
+             cmap: str = "viridis") -> Path | None:
+    """The map as a PNG, or None (and no file) when it holds no finite value: a quantity
+    the tables mark n/a gets no figure (a stale one of an earlier report is removed)."""
     from ..io import save_png_map  # noqa: PLC0415
 
-    return save_png_map(np.asarray(arr, dtype=np.float64).reshape(res.shape), path,
+    a = np.asarray(arr, dtype=np.float64)
+    if not np.isfinite(a).any():
+        if path.is_file():
+            path.unlink()
+        return None
+    return save_png_map(a.reshape(res.shape), path,
                         si_or_result=res, title=title, cbar_label=label, cmap=cmap)
+
+
+def _drop_missing(figs: dict[str, Path | None]) -> dict[str, Path]:
+    return {k: v for k, v in figs.items() if v is not None}
 
 
 def _single_figures(s: Any, res: Any, out: Path, tag: str) -> dict[str, Path]:
     from ._plot import new_axes  # noqa: PLC0415
 
-    figs: dict[str, Path] = {}
+    figs: dict[str, Path | None] = {}
     figs["local_dimension"] = _map_png(
         s.local_dimension, res, out / f"{tag}_local_dimension.png",
         f"{tag}: local intrinsic dimension of the latent codes ({res.method})",
@@ -209,13 +220,13 @@ def _single_figures(s: Any, res: Any, out: Path, tag: str) -> dict[str, Path]:
     if s.quantization is not None and len(s.quantization.kinds):
         figs["quantization"] = _save_fig(s.quantization.plot(),
                                          out / f"{tag}_quantization.png")
-    return figs
+    return _drop_missing(figs)
 
 
 def _compare_figures(c: Any, res_a: Any, res_b: Any, out: Path) -> dict[str, Path]:
     from ._plot import new_axes  # noqa: PLC0415
 
-    figs: dict[str, Path] = {}
+    figs: dict[str, Path | None] = {}
     figs["mutual_knn"] = _map_png(c.mutual_knn_map, res_a, out / "compare_mutual_knn.png",
                                   f"A vs B: mutual {c.k}-NN overlap of latent neighbourhoods",
                                   "fraction of shared neighbours")
@@ -238,7 +249,7 @@ def _compare_figures(c: Any, res_a: Any, res_b: Any, out: Path) -> dict[str, Pat
     ax.set_ylabel(f"NLL of B ({res_b.method})")
     ax.set_title(f"NLL maps, pixel by pixel (Spearman {c.nll_spearman:.3f})", fontsize=10)
     figs["nll_scatter"] = _save_fig(fig, out / "compare_nll_scatter.png")
-    return figs
+    return _drop_missing(figs)
 
 
 def _run_label(res: Any) -> str:

@@ -2,7 +2,7 @@
 
 Tensors follow torch's ``Conv3d`` layout ``(batch, channels, energy, y, x)``.
 
-Design (see ARCHITECTURE.md, "The 3D-CVAE"):
+Design:
 
 - **Encoder, two paths added together.** A *linear* path maps each pixel's
   own spectrum to ``(mu, logvar)`` (a ``(n_energy, 1, 1)`` convolution: dense

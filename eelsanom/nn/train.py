@@ -798,7 +798,11 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
                 done = True
             elif cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0:
                 write_ck(epoch, False)
-            emit(progress, "train", epoch, cfg.epochs, loss=tr, val_nll=val)
+            if vm is None:  # say why there is no validation NLL rather than show nan
+                emit(progress, "train", epoch, cfg.epochs, loss=tr,
+                     val=f"no validation split ({n_train} training pixels)")
+            else:
+                emit(progress, "train", epoch, cfg.epochs, loss=tr, val_nll=val)
         done = True
     except Cancelled:
         write_ck(epoch, False)

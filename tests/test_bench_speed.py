@@ -1,0 +1,34 @@
+"""The speed benchmark's fit ratios and the benchmark header (issue 15, items 1 and 6)."""
+
+from __future__ import annotations
+
+import math
+
+from eelsanom.bench import Condition, cvae_parameter_count, quick_conditions, speed_ratios
+from eelsanom.detectors import get_detector
+from eelsanom.simulate import simulate
+
+
+def test_header_counts_the_network_the_benchmark_trains():
+    conds = quick_conditions()
+    window = conds[0].sim.get("window", "fe-l")
+    sim = simulate(shape=(10, 10), window=window, seed=0)
+    det = get_detector("cvae", epochs=1, device="cpu", seed=0).fit(sim.si, sim.bulk_mask)
+    assert cvae_parameter_count(conds, device="cpu") == str(det.n_parameters)
+    # another window, another network: both named
+    two = [Condition("a", {"window": "fe-l"}), Condition("b", {"window": "bfo"})]
+    text = cvae_parameter_count(two, device="cpu")
+    assert "(fe-l)" in text and "(bfo)" in text
+
+
+def test_speed_ratios_measure_against_the_dense_reference(capsys):
+    rows = speed_ratios(device="cpu", fit_shape=(4, 5, 300), hyperspy_shape=None,
+                        scaling_sides=(8, 16))
+    a = [r for r in rows if r["comparison"] == "a"]
+    assert {r["what"].split()[0] for r in a} == {"pca", "rx", "cvae"}
+    assert all(r["ratio"] > 0 and math.isfinite(r["ratio"]) for r in a)
+    c = [r for r in rows if r["comparison"] == "c"]
+    assert {r["size"] for r in c} == {"8x8x267", "16x16x267"}
+    assert all(r["per_mpixel_s"] > 0 for r in c)
+    out = capsys.readouterr().out
+    assert "x faster" in out and "(a) 4x5x300" in out

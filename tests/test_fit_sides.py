@@ -1,0 +1,145 @@
+"""Fits on the smaller side of the data equal the dense D x D reference (issue 15, item 1)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from eelsanom.bench import _dense_references, _wide_cube
+from eelsanom.detectors import get_detector, load_detector
+from eelsanom.detectors._gaussian import Gram, numpy_gram, top_eigh
+from eelsanom.spectrum import Axis, SpectrumImage
+
+REFS = _dense_references()
+
+
+def _cube(ny, nx, ne, seed=0, rank=3):
+    """Seeded low-rank Poisson spectra with a few planted outliers, (ny, nx, ne)."""
+    rng = np.random.default_rng(seed)
+    basis = np.abs(rng.normal(size=(rank, ne))) * 20 + 30
+    coef = 1 + 0.3 * rng.random((ny * nx, rank))
+    lam = coef @ basis / rank
+    lam[:2] *= 1 + 0.5 * (np.arange(ne) > ne // 2)  # two anomalous pixels
+    data = rng.poisson(lam).reshape(ny, nx, ne).astype(np.float32)
+    return SpectrumImage(data, Axis(ne, 0.5, 400.0, "eV", "Energy loss"))
+
+
+def _same_subspace(U, V, atol):
+    """Columns of U and V span the same space and agree up to sign, column by column."""
+    c = np.abs(np.sum(U * V, axis=0))
+    np.testing.assert_allclose(c, 1.0, atol=atol)
+
+
+@pytest.mark.parametrize("shape", [(4, 5, 60), (12, 12, 40)], ids=["n<D", "n>D"])
+@pytest.mark.parametrize("kw", [{}, {"n_components": 3}], ids=["auto-q", "q=3"])
+@pytest.mark.parametrize("masked", [False, True], ids=["robust", "mask"])
+def test_pca_equals_dense_reference(shape, kw, masked):
+    si = _cube(*shape)
+    mask = None
+    if masked:
+        mask = np.ones(shape[:2], bool)
+        mask.flat[:2] = False
+    new = get_detector("pca", device="cpu", **kw).fit(si, mask)
+    old = REFS["pca"](device="cpu", **kw).fit(si, mask)
+    assert new.selection_["n_components"] == old.selection_["n_components"]
+    if "heldout_loglik" in old.selection_:
+        np.testing.assert_allclose(new.selection_["heldout_loglik"],
+                                   old.selection_["heldout_loglik"], rtol=1e-9)
+    np.testing.assert_allclose(new.explained_variance_, old.explained_variance_, rtol=1e-8)
+    assert new.noise_variance_ == pytest.approx(old.noise_variance_, rel=1e-8)
+    _same_subspace(new.components_, old.components_, 1e-7)
+    rn, ro = new.score(si), old.score(si)
+    np.testing.assert_allclose(rn.nll, ro.nll, rtol=1e-9)
+    np.testing.assert_array_equal(rn.mask, ro.mask)
+
+
+@pytest.mark.parametrize("shrinkage", ["ledoit-wolf", "oas", 0.3])
+@pytest.mark.parametrize("robust", [False, True], ids=["mask", "robust"])
+def test_rx_pixel_side_equals_dense_reference(shrinkage, robust):
+    si = _cube(4, 5, 60, seed=1)
+    mask = None if robust else np.ones((4, 5), bool)
+    new = get_detector("rx", shrinkage=shrinkage).fit(si, mask)
+    old = REFS["rx"](shrinkage=shrinkage).fit(si, mask)
+    assert new.basis_ is not None and old.basis_ is None  # Woodbury form vs D x D whitener
+    assert new.whitener_.shape[1] < 20 and old.whitener_.shape == (60, 60)
+    assert new.shrinkage_ == pytest.approx(old.shrinkage_, rel=1e-9)
+    assert new.logdet_ == pytest.approx(old.logdet_, rel=1e-9)
+    np.testing.assert_allclose(new.var_, old.var_, rtol=1e-9)
+    rn, ro = new.score(si), old.score(si)
+    np.testing.assert_allclose(rn.maps["mahalanobis2"], ro.maps["mahalanobis2"], rtol=1e-7)
+    np.testing.assert_allclose(rn.nll, ro.nll, rtol=1e-9)
+    pn, po = rn.pixel(1, 2), ro.pixel(1, 2)
+    np.testing.assert_allclose(pn.channel_nll, po.channel_nll, rtol=1e-6, atol=1e-9)
+
+
+def test_rx_channel_side_is_the_dense_path():
+    si = _cube(10, 10, 30, seed=2)
+    new = get_detector("rx").fit(si)
+    old = REFS["rx"]().fit(si)
+    assert new.basis_ is None
+    np.testing.assert_allclose(new.score(si).nll, old.score(si).nll, rtol=1e-12)
+
+
+def test_rx_pixel_side_model_saves_and_loads(tmp_path):
+    si = _cube(3, 4, 50, seed=3)
+    det = get_detector("rx").fit(si)
+    path = det.save(tmp_path / "rx.eelsanom")
+    back = load_detector(path)
+    np.testing.assert_allclose(back.score(si).nll, det.score(si).nll, rtol=1e-12)
+    assert back.basis_.shape == det.basis_.shape
+
+
+@pytest.mark.parametrize("n,d", [(9, 40), (50, 12)])
+def test_gram_eig_sides_agree(n, d):
+    rng = np.random.default_rng(n)
+    X = (10 + rng.normal(size=(n, 4)) @ rng.normal(size=(4, d)) * 3
+         + rng.normal(size=(n, d))).astype(np.float32)
+    keep = np.ones(n, bool)
+    keep[[1, 4]] = False
+    a = Gram(X, numpy_gram, side="pixel").eig(keep, 5)
+    b = Gram(X, numpy_gram, side="channel").eig(keep, 5)
+    Xk = X[keep].astype(np.float64)
+    S = np.cov(Xk.T, bias=True)
+    w = np.linalg.eigvalsh(S)[::-1]
+    for sp in (a, b):
+        np.testing.assert_allclose(sp.mean, Xk.mean(0), rtol=1e-10)
+        np.testing.assert_allclose(sp.evals, w[:5], rtol=1e-9)
+        assert sp.total == pytest.approx(np.trace(S), rel=1e-10)
+        assert sp.frob2 == pytest.approx(np.sum(S * S), rel=1e-10)
+        np.testing.assert_allclose(sp.evecs.T @ sp.evecs, np.eye(5), atol=1e-9)
+    np.testing.assert_allclose(a.evecs, b.evecs, atol=1e-7)  # same sign convention
+
+
+def test_top_eigh_subset_matches_full():
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(200, 200))
+    A = A @ A.T
+    w, v = top_eigh(A, 10)
+    wf, vf = np.linalg.eigh(A)
+    np.testing.assert_allclose(w, wf[::-1][:10], rtol=1e-10)
+    _same_subspace(v, vf[:, ::-1][:, :10], 1e-9)
+
+
+@pytest.mark.parametrize("n,ne", [(15, 70), (90, 30)])
+def test_cvae_pca_equals_dense_reference(n, ne):
+    from eelsanom.detectors.cvae3d import _pca
+
+    rng = np.random.default_rng(ne)
+    x = rng.normal(size=(n, 3)) @ rng.normal(size=(3, ne)) * 4 + rng.normal(size=(n, ne))
+    comps, var = _pca(x, 5)
+    ref_c, ref_v = REFS["pca_axes"](x, 5)
+    np.testing.assert_allclose(var, ref_v, rtol=1e-9)
+    _same_subspace(comps.T, ref_c.T, 1e-8)
+    idx = np.abs(comps).argmax(axis=1)
+    assert np.all(comps[np.arange(5), idx] > 0)
+
+
+def test_wide_fit_finds_the_planted_shift():
+    """The Velox-like 16 x 20 x 2048 cube of the benchmark, fitted on the pixel side."""
+    si = _wide_cube(16, 20, 2048, seed=0)
+    truth = si.ground_truth
+    assert 2 <= truth.sum() <= 20
+    for method in ("pca", "rx"):
+        kw = {"device": "cpu"} if method == "pca" else {}
+        res = get_detector(method, **kw).fit(si).score(si)
+        assert res.evaluate(truth)["roc_auc"] > 0.9, method

@@ -75,6 +75,7 @@ SUITES = ("paper", "realistic")
 VARIANTS: dict[str, tuple[tuple[str, float], ...]] = {
     "cvae": (("cvae+pool", DEFAULT_SIGMA), ("cvae", 0.0)),
     "pca": (("pca", 0.0), ("pca+pool", DEFAULT_SIGMA)),
+    "context-pca": (("context-pca", 0.0), ("context-pca+pool", DEFAULT_SIGMA)),
     "rx": (("rx", 0.0), ("rx+pool", DEFAULT_SIGMA)),
     "cvae-ctx": (("cvae-ctx+pool", DEFAULT_SIGMA), ("cvae-ctx", 0.0)),
 }
@@ -525,7 +526,7 @@ def hyperspy_decomposition_score(si) -> tuple[np.ndarray, dict[str, Any]]:
 
 def _detector_params(method: str, device: str, seed: int) -> dict[str, Any]:
     params: dict[str, Any] = {"seed": seed}
-    if method in ("pca", "cvae"):
+    if method in ("pca", "context-pca", "cvae"):
         params["device"] = device
     return params
 

@@ -208,7 +208,7 @@ def _detector_params(args: argparse.Namespace) -> dict[str, Any]:
     p: dict[str, Any] = {"energy_range": _energy_range(args.energy_range)}
     if args.threshold is not None:  # else the detector's own default rule
         p["threshold"] = args.threshold
-    if args.method in ("pca",):
+    if args.method in ("pca", "context-pca"):
         p["n_components"] = args.components
         p["device"] = args.device
         p["seed"] = args.seed
@@ -636,8 +636,9 @@ def _add_common_io(p: argparse.ArgumentParser) -> None:
 
 
 def _add_training(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", choices=["cvae", "pca", "rx"], default="cvae",
-                   help="detector (default: cvae, the 3D convolutional VAE)")
+    p.add_argument("--method", choices=["cvae", "pca", "context-pca", "rx"], default="cvae",
+                   help="detector (default: cvae, the 3D convolutional VAE; context-pca: PCA "
+                        "whose codes are predicted from each pixel's neighbourhood)")
     p.add_argument("--train-roi", metavar="Y0:Y1,X0:X1",
                    help="bulk (defect-free) rectangle in pixel indices, stop exclusive")
     p.add_argument("--train-mask", metavar="MASK",
@@ -647,7 +648,9 @@ def _add_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--energy-range", metavar="START:STOP", help="energy window in eV")
     p.add_argument("--threshold", default=None,
                    help="robust[:K] (median + K robust sigmas, K=4) | otsu | gmm | PERCENT of "
-                        "pixels to flag | value:X (default: the detector's own rule, robust)")
+                        "pixels to flag | value:X | calibrated[:ALPHA] (false-positive rate "
+                        "ALPHA, default 0.001, on held-out bulk pixels; needs a bulk region; "
+                        "saved with the model) (default: the detector's own rule, robust)")
     p.add_argument("--components", type=int, default=None,
                    help="PCA components (default: automatic)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")

@@ -130,12 +130,14 @@ class AnomalyResult:
         return int(self.mask.sum())
 
     def with_threshold(self, spec: Any) -> AnomalyResult:
-        """A copy thresholded by ``spec`` (``"robust"``, ``"otsu"``, ``"gmm"``, percent, ``"value:X"``).
+        """A copy thresholded by ``spec`` (``"robust"``, ``"otsu"``, ``"gmm"``, percent, ``"value:X"``,
+        ``"calibrated[:ALPHA]"``).
 
         Parameters
         ----------
         spec : str or float
-            Threshold specification, see :func:`eelsanom.scoring.parse_threshold`.
+            Threshold specification, see :func:`eelsanom.scoring.parse_threshold`;
+            ``"calibrated"`` needs the result's detector to be calibrated.
 
         Returns
         -------
@@ -146,9 +148,11 @@ class AnomalyResult:
         Raises
         ------
         InputError
-            When ``spec`` is invalid or the NLL map has no finite value.
+            When ``spec`` is invalid, the NLL map has no finite value, or ``spec`` is
+            calibrated and the detector is not.
         """
-        t, label = scoring.compute_threshold(self.nll, spec)
+        t, label = scoring.compute_threshold(
+            self.nll, spec, calibration=getattr(self._detector, "calibration_", None))
         return replace(self, threshold=t, threshold_method=label, mask=self.nll > t)
 
     def evaluate(self, truth: np.ndarray | None = None) -> dict[str, float]:

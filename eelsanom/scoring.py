@@ -14,7 +14,15 @@ anomalous**. Thresholds need no ground truth:
 - ``"gmm"``: two-component Gaussian mixture on the same log scores; the
   threshold is where the posterior of the high component reaches 0.5;
 - a number ``P`` (``0 < P < 100``): contamination, flag the top ``P`` % of pixels;
-- ``"value:X"``: a fixed NLL value ``X``.
+- ``"value:X"``: a fixed NLL value ``X``;
+- ``"calibrated"`` / ``"calibrated:ALPHA"``: not computed from the map being
+  scored but from the bulk: the NLL of held-out bulk pixels (spatial blocks
+  scored by models fitted on the rest, see
+  :meth:`~eelsanom.detectors.base.BaseDetector.calibrate`) gives the null
+  distribution, and the threshold is its ``1 - ALPHA`` quantile (ALPHA, the
+  false-positive rate, defaults to 1e-3), extrapolated beyond the sample by an
+  exponential tail (:func:`null_calibration`). It is fitted once, saved with
+  the model, and gives per-pixel p-values (:func:`p_values`).
 
 Metrics that use ground truth (ROC-AUC, average precision, precision/recall/F1,
 best-threshold F1) and one that does not (bimodality: Ashman's D of the
@@ -32,8 +40,12 @@ from .errors import InputError
 __all__ = [
     "parse_threshold", "compute_threshold", "threshold_otsu", "threshold_gmm",
     "threshold_contamination", "threshold_robust", "roc_auc", "average_precision", "precision_recall_f1",
-    "best_f1", "bimodality", "evaluate",
+    "best_f1", "bimodality", "evaluate", "null_calibration", "calibrated_threshold", "p_values",
+    "DEFAULT_ALPHA",
 ]
+
+#: default false-positive rate of the ``"calibrated"`` threshold
+DEFAULT_ALPHA = 1e-3
 
 _EPS = 1e-6
 
@@ -189,7 +201,9 @@ def parse_threshold(spec: Any) -> tuple[str, float | None]:
     """Normalise a threshold spec to ``(kind, number)``.
 
     Accepted: ``"robust"`` / ``"robust:K"`` (K > 0, default 4), ``"otsu"``, ``"gmm"``, a number or numeric string ``P`` (percent of pixels
-    to flag, 0 < P < 100), ``"P%"``, ``"value:X"`` (fixed NLL value).
+    to flag, 0 < P < 100), ``"P%"``, ``"value:X"`` (fixed NLL value),
+    ``"calibrated"`` / ``"calibrated:ALPHA"`` (false-positive rate on held-out
+    bulk pixels, 0 < ALPHA < 0.5, default 1e-3).
     ``"mad"`` / ``"mad:K"`` are aliases of ``"robust"`` / ``"robust:K"``; strings
     are case-insensitive and stripped.
 
@@ -200,11 +214,12 @@ def parse_threshold(spec: Any) -> tuple[str, float | None]:
 
     Returns
     -------
-    kind : {"robust", "otsu", "gmm", "percent", "value"}
+    kind : {"robust", "otsu", "gmm", "percent", "value", "calibrated"}
         The threshold rule.
     number : float or None
         K for ``"robust"`` (4.0 by default), the percent for ``"percent"``, the
-        NLL value for ``"value"``; ``None`` for ``"otsu"`` and ``"gmm"``.
+        NLL value for ``"value"``, the false-positive rate ALPHA for
+        ``"calibrated"``; ``None`` for ``"otsu"`` and ``"gmm"``.
 
     Raises
     ------
@@ -223,6 +238,17 @@ def parse_threshold(spec: Any) -> tuple[str, float | None]:
         return s, None
     if s in ("robust", "mad"):
         return "robust", 4.0
+    if s == "calibrated":
+        return "calibrated", DEFAULT_ALPHA
+    if s.startswith("calibrated:"):
+        try:
+            a = float(s.split(":", 1)[1])
+        except ValueError:
+            a = -1.0
+        if 0 < a < 0.5:
+            return "calibrated", a
+        raise InputError(f"threshold: 'calibrated:ALPHA' needs a false-positive rate ALPHA in "
+                         f"(0, 0.5), e.g. 'calibrated:0.001'; got {spec!r}.")
     if s.startswith(("robust:", "mad:")):
         try:
             k = float(s.split(":", 1)[1])
@@ -243,10 +269,11 @@ def parse_threshold(spec: Any) -> tuple[str, float | None]:
         except ValueError:
             pass
     raise InputError(f"threshold: expected 'robust', 'robust:K', 'otsu', 'gmm', a percent of pixels to flag (e.g. 2 or "
-                     f"'2%') or 'value:X'; got {spec!r}.")
+                     f"'2%'), 'value:X' or 'calibrated[:ALPHA]'; got {spec!r}.")
 
 
-def compute_threshold(nll: np.ndarray, spec: Any = "robust") -> tuple[float, str]:
+def compute_threshold(nll: np.ndarray, spec: Any = "robust",
+                      calibration: dict[str, Any] | None = None) -> tuple[float, str]:
     """Threshold of an NLL map by ``spec`` (see :func:`parse_threshold`): ``(value, label)``.
 
     Parameters
@@ -255,6 +282,9 @@ def compute_threshold(nll: np.ndarray, spec: Any = "robust") -> tuple[float, str
         NLL map (higher = more anomalous). Only finite values are used.
     spec : str or float, default "robust"
         Threshold specification, see :func:`parse_threshold`.
+    calibration : dict, optional
+        A :func:`null_calibration` of held-out bulk scores; needed by
+        ``"calibrated"`` (the map itself is then not used).
 
     Returns
     -------
@@ -262,15 +292,23 @@ def compute_threshold(nll: np.ndarray, spec: Any = "robust") -> tuple[float, str
         Threshold in NLL units; pixels with ``nll > value`` are anomalous.
     label : str
         Short description for display: ``"robust"``, ``"robust:K"``, ``"otsu"``,
-        ``"gmm"``, ``"P%"`` or ``"value"``.
+        ``"gmm"``, ``"P%"``, ``"value"`` or ``"calibrated:ALPHA"``.
 
     Raises
     ------
     InputError
-        When ``spec`` is invalid (see :func:`parse_threshold`) or ``nll`` has no
-        finite value.
+        When ``spec`` is invalid (see :func:`parse_threshold`), ``nll`` has no
+        finite value, or ``spec`` is calibrated and no ``calibration`` is given.
     """
     kind, num = parse_threshold(spec)
+    if kind == "calibrated":
+        if calibration is None:
+            raise InputError(
+                "threshold 'calibrated' needs a model calibrated on held-out bulk pixels, and "
+                "this one is not: fit it with a bulk region (train_mask) and "
+                "threshold='calibrated', or call detector.calibrate(si, train_mask); or use "
+                "another rule such as 'robust'.")
+        return calibrated_threshold(calibration, num), f"calibrated:{num:g}"
     finite = np.asarray(nll, float)[np.isfinite(nll)]
     if finite.size == 0:
         raise InputError("cannot threshold an NLL map with no finite values.")
@@ -283,6 +321,110 @@ def compute_threshold(nll: np.ndarray, spec: Any = "robust") -> tuple[float, str
     if kind == "percent":
         return threshold_contamination(finite, num), f"{num:g}%"
     return float(num), "value"
+
+
+# ----------------------------------------------------------------------------- calibration
+def null_calibration(scores: np.ndarray, *, tail_fraction: float = 0.1,
+                     min_tail: int = 20) -> dict[str, Any]:
+    """The null distribution of scores from held-out bulk pixels (for thresholds and p-values).
+
+    The sample's empirical distribution, continued beyond its upper part by an
+    exponential tail (peaks over threshold with a zero shape parameter): the
+    ``k = max(min_tail, tail_fraction * n)`` largest scores exceed the
+    ``(k+1)``-th largest ``u`` by amounts whose mean ``beta`` is the exponential
+    scale, so ``P(S > x) = (k / n) exp(-(x - u) / beta)`` for ``x >= u``. A
+    Gaussian model's NLL (a scaled chi-square) has a lighter tail than
+    exponential, so the extrapolation errs towards fewer false positives.
+
+    Parameters
+    ----------
+    scores : array_like of shape (n,)
+        NLL of held-out bulk pixels, n >= 2 (non-finite values dropped).
+    tail_fraction : float
+        Fraction of the sample in the fitted tail.
+    min_tail : int
+        Smallest tail size (capped at ``n - 1``).
+
+    Returns
+    -------
+    dict
+        ``scores`` (sorted, float64, shape (n,)), ``n``, ``tail_k``, ``tail_u``,
+        ``tail_beta``.
+
+    Raises
+    ------
+    InputError
+        When fewer than 2 finite scores are given.
+    """
+    x = np.sort(np.asarray(scores, np.float64).ravel())
+    x = x[np.isfinite(x)]
+    n = x.size
+    if n < 2:
+        raise InputError(f"calibration: expected at least 2 finite held-out scores, got {n}. "
+                         "Use a larger bulk region.")
+    k = int(min(n - 1, max(min_tail, round(tail_fraction * n))))
+    u = float(x[n - k - 1])
+    beta = max(float(np.mean(x[n - k:] - u)), 1e-12 * max(1.0, abs(u)))
+    return {"scores": x, "n": int(n), "tail_k": k, "tail_u": u, "tail_beta": beta}
+
+
+def calibrated_threshold(calibration: dict[str, Any], alpha: float = DEFAULT_ALPHA) -> float:
+    """Score above which a bulk pixel lies with probability ``alpha`` (see :func:`null_calibration`).
+
+    Parameters
+    ----------
+    calibration : dict
+        From :func:`null_calibration`.
+    alpha : float
+        False-positive rate, ``0 < alpha < 0.5``.
+
+    Returns
+    -------
+    float
+        The empirical ``1 - alpha`` quantile where the sample's tail holds more
+        than ``alpha`` of it, else the exponential tail's quantile
+        ``u + beta log(k / (n alpha))``.
+
+    Raises
+    ------
+    InputError
+        When ``alpha`` is not in (0, 0.5).
+    """
+    if not 0 < alpha < 0.5:
+        raise InputError(f"calibrated threshold: expected a false-positive rate in (0, 0.5), "
+                         f"got {alpha!r}.")
+    n, k = calibration["n"], calibration["tail_k"]
+    u, beta = calibration["tail_u"], calibration["tail_beta"]
+    if alpha * n >= k:
+        return float(np.quantile(calibration["scores"], 1.0 - alpha))
+    return float(u + beta * np.log(k / (n * alpha)))
+
+
+def p_values(nll: np.ndarray, calibration: dict[str, Any]) -> np.ndarray:
+    """Per-pixel p-value: the probability that a bulk pixel scores at least ``nll``.
+
+    Parameters
+    ----------
+    nll : array_like of any shape, e.g. (ny, nx)
+        Scores (higher = more anomalous).
+    calibration : dict
+        From :func:`null_calibration`.
+
+    Returns
+    -------
+    ndarray of float64, same shape as ``nll``
+        ``(#{held-out >= x} + 1) / (n + 1)`` below the tail's start ``u``, the
+        exponential tail ``(k / n) exp(-(x - u) / beta)`` above it; in (0, 1].
+    """
+    x = np.asarray(nll, np.float64)
+    s = np.asarray(calibration["scores"], np.float64)
+    n, k = calibration["n"], calibration["tail_k"]
+    u, beta = calibration["tail_u"], calibration["tail_beta"]
+    emp = (n - np.searchsorted(s, x, side="left") + 1.0) / (n + 1.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        tail = (k / n) * np.exp(-(x - u) / beta)
+    p = np.where(x >= u, np.minimum(tail, emp), emp)
+    return np.where(np.isnan(x), np.nan, np.clip(p, 0.0, 1.0))
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -531,7 +531,6 @@ def score_streaming(detector: Any, si: Any, *, out: str | os.PathLike | None = N
         # the threshold needs the whole NLL map (ny x nx floats, small): only now the mask
         result = detector._result(siw, nll, latent, maps, score_seconds=dt)
         t, label = result.threshold, result.threshold_method
-        detector.threshold_ = t
         if out is not None:
             final = _result_info(result)
             title, quantity = _map_labels(stem, method, t, label)["mask"]

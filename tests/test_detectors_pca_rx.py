@@ -109,8 +109,8 @@ def test_finds_planted_anomalies(cube, method, mode):
     det = _det(method).fit(si, ~truth if mode == "bulk" else None)
     res = det.score(si)
     assert scoring.roc_auc(res.nll, truth) >= 0.95
-    if mode == "robust":
-        assert det.n_trimmed_ == round(0.05 * truth.size)
+    if mode == "robust":  # robust_fraction="auto": at least 5 %, at most 45 % trimmed
+        assert round(0.05 * truth.size) <= det.n_trimmed_ <= 0.45 * truth.size
 
 
 def test_robust_trimming_drops_the_anomalies():
@@ -289,7 +289,7 @@ def test_save_load_round_trip(cube, tmp_path, method, params):
     assert type(loaded) is type(det)
     assert loaded.get_params() == det.get_params()
     assert loaded.energy_axis_ == det.energy_axis_
-    assert loaded.threshold_ == pytest.approx(res.threshold)
+    assert np.isnan(loaded.threshold_)  # an image-relative rule: no fitted threshold
     res2 = loaded.score(si)
     np.testing.assert_allclose(res2.nll, res.nll, rtol=1e-6)
     assert res2.threshold == pytest.approx(res.threshold, rel=1e-6)

@@ -15,11 +15,12 @@ _REGISTRY = {
     "pca": ("eelsanom.detectors.pca", "PCADetector"),
     "rx": ("eelsanom.detectors.rx", "RXDetector"),
     "cvae": ("eelsanom.detectors.cvae3d", "CVAE3DDetector"),
+    "contextpca": ("eelsanom.detectors.context_pca", "ContextPCADetector"),
 }
 
 
 def detector_class(name: str) -> type[BaseDetector]:
-    """The detector class registered under ``name`` (``"pca"``, ``"rx"``, ``"cvae"``).
+    """The detector class registered under ``name`` (``"pca"``, ``"context-pca"``, ``"rx"``, ``"cvae"``).
 
     Parameters
     ----------

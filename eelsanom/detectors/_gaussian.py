@@ -25,6 +25,12 @@ log = logging.getLogger(__name__)
 
 #: target number of values (pixels x channels) per block when streaming an image
 BLOCK_VALUES = 1 << 22
+#: ``robust_fraction="auto"``: chance that a clean row's outlyingness exceeds the cut
+AUTO_RATE = 0.01
+#: ``robust_fraction="auto"``: the most rows ever trimmed
+AUTO_MAX_FRACTION = 0.45
+#: ``robust_fraction="auto"``: the fewest rows trimmed (the fixed rule's default)
+AUTO_MIN_FRACTION = 0.05
 
 
 def rows_per_block(si: SpectrumImage, block_values: int = BLOCK_VALUES) -> int:
@@ -57,7 +63,8 @@ def iter_row_blocks(si: SpectrumImage, block_values: int = BLOCK_VALUES
         yield y0, y1, np.asarray(block, dtype=np.float32)
 
 
-def gather_training(si: SpectrumImage, mask: np.ndarray | None, transform: str) -> np.ndarray:
+def gather_training(si: SpectrumImage, mask: np.ndarray | None, transform: str,
+                    gain: float = 1.0) -> np.ndarray:
     """Transformed training spectra, shape (n_pixels, n_energy), float32 (row-major pixel order)."""
     parts = []
     for y0, y1, block in iter_row_blocks(si):
@@ -65,8 +72,37 @@ def gather_training(si: SpectrumImage, mask: np.ndarray | None, transform: str) 
         if mask is not None:
             b = b[mask[y0:y1].ravel()]
         if b.shape[0]:
-            parts.append(forward_transform(b, transform))
+            parts.append(forward_transform(b, transform, gain))
     return np.concatenate(parts, axis=0)
+
+
+def training_gain(si: SpectrumImage, mask: np.ndarray | None, gain: Any, transform: str,
+                  max_values: int = 1 << 21) -> float:
+    """The gain a detector uses: ``gain`` itself, or (``"auto"``) estimated on the training pixels.
+
+    With ``transform="none"`` the gain is not used and 1.0 is returned. The
+    estimate (:func:`~eelsanom.preprocess.estimate_gain`) reads at most about
+    ``max_values`` values, spread over the image.
+    """
+    from ..preprocess import estimate_gain
+
+    if transform != "anscombe":
+        return 1.0
+    if not (isinstance(gain, str) and gain.lower() == "auto"):
+        return float(gain)
+    ny, nx = si.nav_shape
+    n_pix = ny * nx if mask is None else int(mask.sum())
+    stride = max(1, int(np.ceil(n_pix * si.n_energy / max_values)))
+    parts, seen = [], 0
+    for y0, y1, block in iter_row_blocks(si):
+        b = block.reshape(-1, block.shape[-1])
+        if mask is not None:
+            b = b[mask[y0:y1].ravel()]
+        idx = np.arange((-seen) % stride, b.shape[0], stride)
+        seen += b.shape[0]
+        if idx.size:
+            parts.append(b[idx])
+    return estimate_gain(np.concatenate(parts, axis=0)) if parts else 1.0
 
 
 class Gram:
@@ -250,7 +286,8 @@ def numpy_gram(X: np.ndarray, rows: np.ndarray, m0: np.ndarray,
 def trimmed_fit(n: int, fit: Callable[[np.ndarray, bool], Any],
                 score: Callable[[Any], np.ndarray], *, robust: bool, robust_fraction: float,
                 robust_iter: int, min_keep: int, progress: ProgressCallback | None,
-                stage: str = "fit") -> tuple[Any, np.ndarray]:
+                stage: str = "fit", cutoff: Callable[[Any], float] | None = None,
+                max_fraction: float = AUTO_MAX_FRACTION) -> tuple[Any, np.ndarray]:
     """Fit on ``n`` rows; when ``robust``, trim the most outlying fraction and refit (C-steps).
 
     A C-step / trimmed-likelihood loop (as in MCD and least trimmed squares):
@@ -265,6 +302,14 @@ def trimmed_fit(n: int, fit: Callable[[np.ndarray, bool], Any],
     ``fit(all, final=True)``. Intermediate fits may be cheaper approximations
     (``final=False``).
 
+    With ``cutoff`` (the adaptive rule, ``robust_fraction="auto"`` of the
+    detectors; ``cutoff(model)`` gives the cut in the score's units, e.g.
+    :func:`auto_cutoff`) the number trimmed is chosen from the scores at each
+    step: every row whose outlyingness exceeds the cut, at least the
+    ``robust_fraction`` most outlying and at most ``max_fraction`` of the rows,
+    so an anomaly class covering 10-20 % of the image is trimmed whole instead
+    of a fixed 5 % of it.
+
     Returns
     -------
     model : whatever ``fit`` returns (the final fit)
@@ -274,12 +319,16 @@ def trimmed_fit(n: int, fit: Callable[[np.ndarray, bool], Any],
     keep = np.ones(n, dtype=bool)
     n_drop = int(round(robust_fraction * n)) if robust else 0
     n_drop = min(n_drop, max(0, n - min_keep))
-    n_trims = robust_iter if n_drop > 0 else 0
+    n_trims = robust_iter if n_drop > 0 or (robust and cutoff is not None) else 0
     worst = np.full(n, -np.inf)
+    n_min = n_drop
     for it in range(n_trims):
         model = fit(keep, False)
         emit(progress, stage, it + 1, n_trims + 1, n_pixels=int(keep.sum()))
         worst = np.maximum(worst, np.asarray(score(model), dtype=np.float64))
+        if cutoff is not None:
+            n_drop = int(np.sum(worst > cutoff(model)))
+            n_drop = min(max(n_drop, n_min), int(max_fraction * n), max(0, n - min_keep))
         order = np.argsort(worst, kind="stable")
         new_keep = np.zeros(n, dtype=bool)
         new_keep[order[:n - n_drop]] = True
@@ -367,13 +416,49 @@ def check_int(name: str, value: Any, *, low: int, allow_none: bool = False) -> N
         raise InputError(f"{name}: expected {none}an integer >= {low}, got {value!r}.")
 
 
+def auto_cutoff(n_coords: int, rate: float = AUTO_RATE) -> float:
+    """Cut on :func:`outlyingness` that a clean Gaussian row exceeds with chance ``rate``.
+
+    The outlyingness is the largest of ``n_coords`` absolute robust z-scores
+    (coordinates plus the summary), so the cut is the two-sided normal quantile
+    at ``rate / n_coords`` (Bonferroni): about 2.8 for 2 coordinates, 4.1 for 268.
+
+    Parameters
+    ----------
+    n_coords : int
+        Number of z-scores the outlyingness is the maximum of.
+    rate : float
+        Chance that a clean row is trimmed.
+
+    Returns
+    -------
+    float
+    """
+    from scipy.stats import norm
+
+    return float(norm.isf(0.5 * rate / max(1, int(n_coords))))
+
+
+def robust_rule(robust_fraction: Any) -> tuple[float, bool]:
+    """``(fraction, adaptive)`` from a ``robust_fraction`` parameter.
+
+    ``"auto"``: trim at least ``AUTO_MIN_FRACTION``, plus every row beyond
+    :func:`auto_cutoff` (``adaptive=True``); a number: that fixed fraction.
+    """
+    if isinstance(robust_fraction, str) and robust_fraction.lower() == "auto":
+        return AUTO_MIN_FRACTION, True
+    return float(robust_fraction), False
+
+
 def check_common(det: Any) -> None:
     """Checks of ``transform``, ``robust_fraction``, ``robust_iter`` and ``seed``."""
     check_choice("transform", det.transform, TRANSFORMS)
     rf = det.robust_fraction
-    if isinstance(rf, bool) or not isinstance(rf, (int, float)) or not 0 <= rf < 0.5:
-        raise InputError(f"robust_fraction: expected a fraction of pixels to drop in [0, 0.5) "
-                         f"(0 disables trimming), got {rf!r}.")
+    if isinstance(rf, str) and rf.lower() == "auto":
+        pass
+    elif isinstance(rf, bool) or not isinstance(rf, (int, float)) or not 0 <= rf < 0.5:
+        raise InputError(f"robust_fraction: expected 'auto' or a fraction of pixels to drop in "
+                         f"[0, 0.5) (0 disables trimming), got {rf!r}.")
     check_int("robust_iter", det.robust_iter, low=0)
     check_int("seed", det.seed, low=0)
 

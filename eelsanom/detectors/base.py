@@ -7,7 +7,12 @@ Modelled on scikit-learn and PyOD, adapted to spectrum images:
 - ``fit(si, train_mask=None, *, progress=None) -> self``: ``train_mask`` is a
   boolean ``(ny, nx)`` map of bulk pixels; ``None`` trains on all pixels
   *robustly* (each detector down-weights or drops its worst-explained pixels);
+  with ``threshold="calibrated[:ALPHA]"`` it also calibrates the threshold on
+  held-out bulk blocks (:meth:`BaseDetector.calibrate`);
 - ``score(si) -> AnomalyResult``: per-pixel NLL, **higher = more anomalous**;
+  it applies the threshold rule to the map but never changes the fitted state
+  (``threshold_`` is the fitted, calibrated threshold, NaN for rules that
+  depend on the image scored);
 - ``save(path)`` / :func:`load_detector` (or ``Class.load``): one HDF5 file with
   weights, hyperparameters, the energy axis and window, the scaler, the
   threshold and the package version; no pickle;
@@ -229,8 +234,22 @@ class BaseDetector:
         Returns
         -------
         self
+
+        Raises
+        ------
+        InputError
+            When the data, the mask or a hyperparameter is invalid, or the
+            threshold is ``"calibrated"`` and no ``train_mask`` is given.
         """
         self._validate_params()
+        calibrated = scoring.parse_threshold(getattr(self, "threshold", "robust"))[0] \
+            == "calibrated"
+        if calibrated and train_mask is None:
+            raise InputError(
+                "threshold 'calibrated' is set from held-out bulk pixels, so it needs a bulk "
+                "region: pass train_mask (a boolean (ny, nx) map; in the CLI --train-roi or "
+                "--train-mask), or use another threshold rule such as 'robust' to train "
+                "without one.")
         si = as_spectrum_image(si, what="training data")
         er = getattr(self, "energy_range", None)
         self.fit_cautions_ = []
@@ -248,15 +267,110 @@ class BaseDetector:
         self.energy_axis_ = si.energy
         self.trained_on_mask_ = mask is not None
         self.fit_seconds_ = time.perf_counter() - t0
+        self.threshold_ = float("nan")
+        self.__dict__.pop("calibration_", None)
         log.info("%s fitted on %s pixels in %.2f s", type(self).__name__,
                  "all" if mask is None else int(mask.sum()), self.fit_seconds_)
+        if calibrated:
+            self.calibrate(si, mask, progress=progress)
+        return self
+
+    def calibrate(self, si: Any, train_mask: Any, *, folds: int = 4, block: int = 8,
+                  progress: ProgressCallback | None = None) -> BaseDetector:
+        """Calibrate the threshold on held-out bulk pixels (cross-fitting over spatial blocks).
+
+        The bulk region is cut into ``block x block`` squares, dealt at random
+        (seeded by ``seed``) into ``folds`` groups; for each group a copy of this
+        detector (same hyperparameters) is fitted on the rest of the bulk and
+        scores the group's squares, each read with its neighbourhood
+        (:attr:`score_context`, so context and pooled scores see their
+        neighbours as when scoring an image). Every bulk pixel thus gets a score
+        from a model that did not see it or the square around it; their
+        distribution (:func:`eelsanom.scoring.null_calibration`) sets
+        ``threshold_`` for ``threshold="calibrated:ALPHA"`` (its ``1 - ALPHA``
+        quantile) and the ``p_value`` map of every later result. Saved with the
+        model. Costs ``folds`` extra fits.
+
+        Parameters
+        ----------
+        si : SpectrumImage, HyperSpy EELS signal, or ndarray of shape (ny, nx, n_energy)
+            The training data (containing the model's energy window).
+        train_mask : ndarray of bool, shape (ny, nx)
+            The bulk region the detector was fitted on.
+        folds : int
+            Number of groups of held-out squares, >= 2.
+        block : int
+            Side of the held-out squares in pixels, >= 1.
+        progress : callable, optional
+            Receives :class:`~eelsanom.progress.ProgressEvent`; return ``False`` to cancel.
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        NotFittedError
+            When the detector is not fitted.
+        InputError
+            When the mask is invalid or too small to hold out a group and still
+            fit on the rest, or ``folds`` / ``block`` are not integers >= 2 / >= 1.
+        """
+        from ..progress import emit
+
+        siw = self.window(si)
+        ny, nx = siw.nav_shape
+        for name, v, low in (("folds", folds, 2), ("block", block, 1)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+                raise InputError(f"calibrate: {name} expected an integer >= {low}, got {v!r}.")
+        mask = check_train_mask(train_mask, (ny, nx), min_pixels=2 * self.min_train_pixels)
+        tiles = (np.arange(ny)[:, None] // block) * (-(-nx // block)) + np.arange(nx)[None] // block
+        ids = np.unique(tiles[mask])
+        if ids.size < folds:
+            raise InputError(f"calibrate: the bulk region covers {ids.size} square(s) of "
+                             f"{block} x {block} pixels, fewer than folds={folds}; draw a larger "
+                             "bulk region or pass a smaller block.")
+        rng = np.random.default_rng(int(getattr(self, "seed", 0)))
+        group = dict(zip(rng.permutation(ids).tolist(), np.arange(ids.size) % folds))
+        held_scores = np.full((ny, nx), np.nan)
+        c = max(0, int(self.score_context))
+        for g in range(folds):
+            mine = [t for t, k in group.items() if k == g]
+            held = mask & np.isin(tiles, mine)
+            rest = mask & ~held
+            if rest.sum() < self.min_train_pixels:
+                raise InputError(f"calibrate: holding out a group leaves {int(rest.sum())} bulk "
+                                 f"pixels to fit on; draw a larger bulk region.")
+            twin = type(self)(**self.get_params())
+            twin._validate_params()
+            twin._fit(siw, rest, None)
+            twin.energy_axis_ = self.energy_axis_
+            # one pass over the box around the group's squares (with its context)
+            ys, xs = np.nonzero(held)
+            y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+            nll, _, _ = twin._score_region(siw, (y0, y1, x0, x1), None)
+            nll = np.asarray(nll, np.float64).reshape(y1 - y0, x1 - x0)
+            sel = held[y0:y1, x0:x1]
+            held_scores[y0:y1, x0:x1][sel] = nll[sel]
+            emit(progress, "calibrate", g + 1, folds)
+            log.debug("calibration fold %d/%d: %d held-out pixels (context %d)", g + 1, folds,
+                      int(held.sum()), c)
+        self.calibration_ = scoring.null_calibration(held_scores[mask])
+        self.calibration_.update(folds=int(folds), block=int(block))
+        kind, alpha = scoring.parse_threshold(getattr(self, "threshold", "robust"))
+        self.threshold_ = scoring.calibrated_threshold(
+            self.calibration_, alpha if kind == "calibrated" else scoring.DEFAULT_ALPHA)
+        log.info("%s calibrated on %d held-out bulk pixels: threshold %.4g", type(self).__name__,
+                 self.calibration_["n"], self.threshold_)
         return self
 
     def score(self, si: Any, *, progress: ProgressCallback | None = None) -> AnomalyResult:
         """Per-pixel NLL of ``si`` under the fitted bulk model (higher = more anomalous).
 
-        The threshold (parameter ``threshold``) is computed on this NLL map and
-        stored as ``threshold_``.
+        The threshold rule (parameter ``threshold``) is applied to this NLL map
+        (``"calibrated"``: the threshold fitted on held-out bulk pixels, not this
+        map); the detector's fitted state, ``threshold_`` included, is not changed.
+        A calibrated model adds ``maps["p_value"]``.
 
         Parameters
         ----------
@@ -283,9 +397,7 @@ class BaseDetector:
         siw = self.window(si)
         t0 = time.perf_counter()
         nll, latent, maps = self._score(siw, progress)
-        res = self._result(siw, nll, latent, maps, score_seconds=time.perf_counter() - t0)
-        self.threshold_ = res.threshold
-        return res
+        return self._result(siw, nll, latent, maps, score_seconds=time.perf_counter() - t0)
 
     def _result(self, siw: SpectrumImage, nll: Any, latent: np.ndarray | None,
                 maps: dict[str, np.ndarray], *, score_seconds: float | None = None,
@@ -316,7 +428,11 @@ class BaseDetector:
         AnomalyResult
         """
         nll = np.asarray(nll, dtype=np.float64).reshape(siw.nav_shape)
-        t, label = scoring.compute_threshold(nll, getattr(self, "threshold", "robust"))
+        cal = getattr(self, "calibration_", None)
+        t, label = scoring.compute_threshold(nll, getattr(self, "threshold", "robust"),
+                                             calibration=cal)
+        if cal is not None:
+            maps = {**maps, "p_value": scoring.p_values(nll, cal)}
         timings = {} if score_seconds is None else {
             "fit": float(getattr(self, "fit_seconds_", float("nan"))), "score": score_seconds}
         return AnomalyResult(
@@ -426,7 +542,9 @@ class BaseDetector:
         """Write the fitted detector to one HDF5 model file (atomically); return its path.
 
         The file holds the hyperparameters, the fitted state and arrays, the energy
-        axis, the last threshold and the package version (JSON and arrays, no pickle).
+        axis, the fitted threshold (``threshold_``: the calibrated one, else NaN),
+        the calibration sample when calibrated, and the package version (JSON and
+        arrays, no pickle).
 
         Parameters
         ----------
@@ -449,8 +567,13 @@ class BaseDetector:
         state["threshold_value"] = float(getattr(self, "threshold_", float("nan")))
         state["trained_on_mask"] = bool(getattr(self, "trained_on_mask_", False))
         state["fit_seconds"] = float(getattr(self, "fit_seconds_", float("nan")))
+        arrays = dict(self._get_arrays())
+        cal = getattr(self, "calibration_", None)
+        if cal is not None:
+            state["calibration"] = {k: v for k, v in cal.items() if k != "scores"}
+            arrays["calibration_scores"] = np.asarray(cal["scores"], np.float64)
         return write_model(path, detector=self.method, params=self.get_params(), state=state,
-                           arrays=self._get_arrays())
+                           arrays=arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> BaseDetector:
@@ -605,9 +728,13 @@ def load_detector(path: str | Path, expected: type[BaseDetector] | None = None) 
             log.info("%s: ignoring its saved %s=%r (a model file never chooses an output path)",
                      path, k, params[k])
             params = {**params, k: None}
+    cal_scores = arrays.pop("calibration_scores", None)
     try:  # validate_model (in read_model) checked the shapes; a bad rule or value is the model's
         det = cls(**params)
         det._validate_params()
+        if cal_scores is not None and "calibration" in state:
+            det.calibration_ = {**state["calibration"],
+                                "scores": np.asarray(cal_scores, np.float64)}
         det._set_state(state, arrays)
     except InputError as exc:
         raise InputError(f"model file {str(path)!r}: {exc}") from None

@@ -23,7 +23,7 @@ import numpy as np
 from .. import cautions
 from ..errors import InputError
 from ..pooling import pooling_from
-from ..preprocess import forward_transform, inverse_transform, transform_sigma
+from ..preprocess import check_gain, forward_transform, inverse_transform, transform_sigma
 from ..progress import ProgressCallback, emit
 from ..spectrum import SpectrumImage
 from ._gaussian import (
@@ -31,6 +31,7 @@ from ._gaussian import (
     Gram,
     Spectrum,
     _fix_signs,
+    auto_cutoff,
     check_choice,
     check_common,
     check_int,
@@ -39,8 +40,10 @@ from ._gaussian import (
     numpy_gram,
     outlyingness,
     pooled_scores,
+    robust_rule,
     tail_scale,
     top_eigh,
+    training_gain,
     trimmed_fit,
 )
 from .base import BaseDetector
@@ -133,7 +136,9 @@ class PCADetector(BaseDetector):
     Training without a mask (robust)
         ``train_mask=None`` trains on all pixels by trimmed likelihood (C-steps, as
         in MCD): fit on all pixels, rank them by outlyingness, refit on all but the
-        ``robust_fraction`` most outlying, and repeat until the kept set no longer
+        most outlying (``robust_fraction``: by default every pixel beyond a cut
+        chosen from the score's null distribution, so the trimmed fraction
+        follows the data), and repeat until the kept set no longer
         changes, at most ``robust_iter`` times (``q`` is re-chosen at each refit,
         by the held-out log-likelihood trimmed by the same fraction). Outlyingness
         (:func:`~._gaussian.outlyingness`) is the largest robust z-score (median,
@@ -172,8 +177,14 @@ class PCADetector(BaseDetector):
         Threshold spec (see :func:`eelsanom.scoring.parse_threshold`).
     transform : {"anscombe", "none"}
         Variance-stabilising transform of the counts before the model.
-    robust_fraction : float
-        Fraction of pixels dropped at each trimmed refit when there is no mask.
+    robust_fraction : "auto" or float
+        Pixels dropped at each trimmed refit when there is no mask. ``"auto"``
+        (default): every pixel whose outlyingness exceeds the cut a clean pixel
+        passes with 1 % chance (:func:`~._gaussian.auto_cutoff`), at least 5 % and
+        at most 45 % of them, chosen again at each refit, so an anomaly class
+        covering 10-20 % of the image is trimmed whole; a number: that fixed
+        fraction (the rule before "auto", which left all but 5 % of a 15 %
+        anomaly class in the fit: ROC-AUC 0.59-0.67 instead of 0.98).
     robust_iter : int
         Most trimmed refits (0: plain fit on all pixels); stops early once the kept
         pixels no longer change.
@@ -190,6 +201,16 @@ class PCADetector(BaseDetector):
         ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``.
     seed : int
         Seeds the validation split.
+    gain : "auto" or float
+        Data units per detected electron; the data are divided by it before the
+        Anscombe transform, so that the transform sees counts. ``"auto"``
+        (default) estimates it on the training pixels
+        (:func:`~eelsanom.preprocess.estimate_gain`, stored as ``gain_``); 1 for
+        raw counts. Without it gain-scaled data (e.g. 0.003 units per electron)
+        make an intensity field a curved direction the PPCA cannot follow: on an
+        Fe L2,3 image with a beam-current field, 1.0 eV shifts, dose 150, ROC-AUC
+        0.63 without, 0.92 with (the same as on the raw counts). Unused with
+        ``transform="none"``.
 
     Examples
     --------
@@ -209,9 +230,9 @@ class PCADetector(BaseDetector):
     def __init__(self, *, n_components: int | None = None, score_kind: str = "nll",
                  max_components: int = 20, energy_range: tuple[float, float] | None = None,
                  threshold: Any = "robust", transform: str = "anscombe",
-                 robust_fraction: float = 0.05, robust_iter: int = 5,
+                 robust_fraction: float | str = "auto", robust_iter: int = 5,
                  validation_fraction: float = 0.2, pooling: float = 0.0, device: str = "auto",
-                 seed: int = 0) -> None:
+                 seed: int = 0, gain: float | str = "auto") -> None:
         self.n_components = n_components
         self.score_kind = score_kind
         self.max_components = max_components
@@ -224,6 +245,7 @@ class PCADetector(BaseDetector):
         self.pooling = pooling
         self.device = device
         self.seed = seed
+        self.gain = gain
 
     # ------------------------------------------------------------------ params
     def _validate_params(self) -> None:
@@ -232,6 +254,7 @@ class PCADetector(BaseDetector):
         check_int("max_components", self.max_components, low=1)
         check_choice("score_kind", self.score_kind, SCORE_KINDS)
         check_common(self)
+        check_gain(self.gain)
         pool = pooling_from(self.pooling)
         if pool.enabled and self.score_kind != "nll":
             raise InputError("pooling: expected 0 with score_kind='reconstruction' (the pooling "
@@ -410,12 +433,17 @@ class PCADetector(BaseDetector):
     def _fit(self, si: SpectrumImage, mask: np.ndarray | None,
              progress: ProgressCallback | None) -> None:
         dev, dt = self._torch_device(strict=True)
-        X = gather_training(si, mask, self.transform)
+        self.gain_ = training_gain(si, mask, self.gain, self.transform)
+        X = gather_training(si, mask, self.transform, self.gain_)
         gram = Gram(X, self._torch_gram(dev, dt), side=self._gram_side,
                     eigh=self._device_eigh(dev))
         rng = np.random.default_rng(self.seed)
 
-        trim = float(self.robust_fraction) if mask is None else 0.0
+        fraction, adaptive = robust_rule(self.robust_fraction)
+        trim = fraction if mask is None else 0.0
+
+        def cutoff(model: dict[str, Any]) -> float:  # the q principal coordinates + the residual
+            return auto_cutoff(np.shape(model["components"])[1] + 1)
 
         def fit(keep: np.ndarray, final: bool) -> dict[str, Any]:
             return self._fit_subset(gram, keep, final, rng, dev, dt, trim=trim)
@@ -426,7 +454,8 @@ class PCADetector(BaseDetector):
 
         min_keep = max(self.min_train_pixels, (self.n_components or 1) + 2)
         model, keep = trimmed_fit(X.shape[0], fit, score, robust=mask is None,
-                                  robust_fraction=float(self.robust_fraction),
+                                  robust_fraction=fraction,
+                                  cutoff=cutoff if adaptive else None,
                                   robust_iter=int(self.robust_iter), min_keep=min_keep,
                                   progress=progress)
         self._set_fitted(model)
@@ -514,7 +543,7 @@ class PCADetector(BaseDetector):
         rerr = np.empty((ny, nx), np.float64)
         latent = np.empty((ny, nx, q), np.float32)
         for y0, y1, block in iter_row_blocks(si):
-            x = forward_transform(block.reshape(-1, block.shape[-1]), self.transform)
+            x = forward_transform(block.reshape(-1, block.shape[-1]), self.transform, self.gain_)
             _, p, r = self._terms(x, t)
             b_nll, r2 = self._nll_from(p, r, t)
             nll[y0:y1] = b_nll.cpu().double().numpy().reshape(y1 - y0, nx)
@@ -548,7 +577,7 @@ class PCADetector(BaseDetector):
         import torch
 
         t = self._tensors()
-        x = forward_transform(x_counts, self.transform)
+        x = forward_transform(x_counts, self.transform, self.gain_)
         xc, p, _ = self._terms(x, t)
         target = xc + t.mu
         mean = (p * t.shrink) @ t.U.T + t.mu
@@ -597,11 +626,12 @@ class PCADetector(BaseDetector):
         mean = np.empty((ny, nx, d), np.float32)
         sigma = np.empty((ny, nx, d), np.float32)
         for y0, y1, block in iter_row_blocks(si):
-            x = forward_transform(block.reshape(-1, d), self.transform)
+            x = forward_transform(block.reshape(-1, d), self.transform, self.gain_)
             _, p, _ = self._terms(x, t)
             my = self._mean_y(p, t)
-            mean[y0:y1] = inverse_transform(my, self.transform).reshape(y1 - y0, nx, d)
-            sigma[y0:y1] = transform_sigma(my, sig_y, self.transform).reshape(y1 - y0, nx, d)
+            mean[y0:y1] = inverse_transform(my, self.transform, self.gain_).reshape(y1 - y0, nx, d)
+            sigma[y0:y1] = transform_sigma(my, sig_y, self.transform,
+                                           self.gain_).reshape(y1 - y0, nx, d)
         return mean, sigma
 
     def _pixel(self, si: SpectrumImage, iy: int, ix: int
@@ -616,11 +646,13 @@ class PCADetector(BaseDetector):
         it is ``r_k^2`` (sums to the reconstruction error).
         """
         t = self._tensors()
-        x = forward_transform(np.asarray(si.data[iy, ix], np.float32)[None], self.transform)
+        x = forward_transform(np.asarray(si.data[iy, ix], np.float32)[None], self.transform,
+                              self.gain_)
         xc, p, r = self._terms(x, t)
         my = self._mean_y(p, t)[0]
-        mean = np.asarray(inverse_transform(my, self.transform), np.float64)
-        sigma = np.asarray(transform_sigma(my, self._sigma_y(), self.transform), np.float64)
+        mean = np.asarray(inverse_transform(my, self.transform, self.gain_), np.float64)
+        sigma = np.asarray(transform_sigma(my, self._sigma_y(), self.transform, self.gain_),
+                           np.float64)
         pool = pooling_from(self.pooling)
         if pool.enabled:
             pm = self._pooled(si, pool, region=(iy, iy + 1, ix, ix + 1), want_channels=(iy, ix))
@@ -637,7 +669,7 @@ class PCADetector(BaseDetector):
     def _get_state(self) -> dict[str, Any]:
         return {"n_components": self.n_components_, "noise_variance": self.noise_variance_,
                 "selection": self.selection_, "n_train": self.n_train_,
-                "n_trimmed": self.n_trimmed_,
+                "n_trimmed": self.n_trimmed_, "gain": self.gain_,
                 "pool_excess": [float(v) for v in self.pool_excess_]}
 
     def _get_arrays(self) -> dict[str, np.ndarray]:
@@ -651,6 +683,7 @@ class PCADetector(BaseDetector):
         self.selection_ = state.get("selection", {})
         self.n_train_ = int(state.get("n_train", 0))
         self.n_trimmed_ = int(state.get("n_trimmed", 0))
+        self.gain_ = float(state.get("gain", 1.0))  # files from before the gain: counts
         pe = state.get("pool_excess")
         self.pool_excess_ = (tuple(float(v) for v in pe) if pe is not None
                              else (0.0, math.sqrt(0.5 * self.mean_.size)))

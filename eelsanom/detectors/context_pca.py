@@ -1,0 +1,313 @@
+"""Context PCA: each pixel predicted by its neighbourhood's PPCA codes.
+
+A per-pixel model cannot tell a local chemical shift from a smooth energy drift
+larger than it: pixel by pixel the shifted spectrum lies on the bulk manifold.
+The neighbourhood can: a drift is smooth, so the pixel's neighbours say where
+on the manifold the pixel should be, and a shift that its neighbours do not
+share stands out. This detector is the linear baseline of that idea (the
+"context PCA" of issue 12), fitted exactly like :class:`~.pca.PCADetector`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..pooling import excess_stats, pooling_from
+from ..preprocess import forward_transform, inverse_transform, transform_sigma
+from ..progress import ProgressCallback, emit
+from ..spectrum import SpectrumImage
+from ._gaussian import check_int
+from .pca import PCADetector
+
+__all__ = ["ContextPCADetector", "context_footprint"]
+
+_LOG2PI = math.log(2.0 * math.pi)
+
+
+def context_footprint(window: int) -> np.ndarray:
+    """Square ``window x window`` neighbourhood without its centre pixel.
+
+    Parameters
+    ----------
+    window : int
+        Odd side length in pixels, >= 3.
+
+    Returns
+    -------
+    ndarray of bool, shape (window, window)
+        ``True`` everywhere but the centre.
+
+    Raises
+    ------
+    InputError
+        When ``window`` is not an odd integer >= 3.
+    """
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 3 \
+            or window % 2 == 0:
+        raise InputError(f"neighbourhood: expected an odd integer >= 3 (pixels), got {window!r}.")
+    fp = np.ones((window, window), bool)
+    fp[window // 2, window // 2] = False
+    return fp
+
+
+class ContextPCADetector(PCADetector):
+    """PPCA whose codes are predicted from the pixel's neighbourhood (higher NLL = more anomalous).
+
+    The model
+        The bulk PPCA (``mu``, components ``U`` (D, q), eigenvalues, noise
+        ``sigma^2``) is fitted exactly as by :class:`~.pca.PCADetector` (same
+        parameters: bulk mask or robust training, automatic ``q``). Scoring
+        differs: a pixel's code ``p = U^T (x - mu)`` is not compared with the
+        bulk's spread of codes (which a drift or thickness field widens until a
+        chemical shift hides in it) but with its **neighbourhood**: each code
+        map is robustly smoothed over a ``neighbourhood x neighbourhood`` square *without the
+        centre pixel* (median ``m``; spread ``s`` from the interquartile range,
+        floored at the noise; both from order statistics paired symmetrically, so
+        the sign of a component does not matter), so the neighbourhood predicts the pixel's
+        spectrum ``mu + U m``. Transformed units throughout (Anscombe by default).
+
+    Score
+        The Gaussian NLL of the pixel under that prediction::
+
+            NLL = 0.5 * [ sum_i (p_i - m_i)^2 / v_i + ||r||^2 / sigma^2
+                          + sum_i log v_i + (D - q) log sigma^2 + D log(2 pi) ]
+
+        with ``v_i = max(s_i^2, sigma^2) * (1 + pi / (2 n))`` (the code's spread in
+        the window plus the sampling variance of a median of ``n`` neighbours;
+        the spread already holds the noise along ``u_i``) and ``r`` the pixel's
+        residual off the PPCA subspace (as in PCA: the neighbourhood does not
+        predict it). A cluster smaller than half the window does not move the
+        median of its members' neighbourhoods, so it is scored against the bulk
+        around it. ``maps``: ``reconstruction_error`` (``||r||^2``),
+        ``code_deviation`` (the first sum), ``pca_nll`` (the plain per-pixel PPCA
+        NLL); ``latent`` is the pixel's own posterior code, as in PCA.
+
+    Streaming and calibration
+        The score of a pixel depends on the pixels up to ``neighbourhood // 2`` away
+        (:attr:`score_context`), so streaming and the calibrated threshold
+        (held-out bulk blocks scored with their neighbours) read that much context.
+
+    Pooling
+        ``pooling = sigma > 0`` scores the context Gaussian (the neighbourhood's
+        prediction ``mu + U m`` and the diagonal of its predictive covariance)
+        through the shared evidence-pooling stage (:mod:`eelsanom.pooling`, the
+        one PCA, RX and the 3D-CVAE use): the larger of the pixel's own Gaussian
+        NLL and its neighbourhood statistic's, so a cluster adds up its members'
+        evidence; ``maps["context_nll"]`` keeps the unpooled score.
+        :meth:`gaussian_terms` returns the same deviation and variance.
+
+    Parameters
+    ----------
+    neighbourhood : int
+        Odd side of the neighbourhood square in pixels (default 9).
+    n_components, score_kind, max_components, energy_range, threshold, transform,
+    robust_fraction, robust_iter, validation_fraction, pooling, device, seed, gain
+        As :class:`~.pca.PCADetector` (``score_kind="reconstruction"`` scores the
+        pixel by ``||x - mu - U m||^2``, the squared distance from the
+        neighbourhood's prediction).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from eelsanom.spectrum import Axis, SpectrumImage
+    >>> rng = np.random.default_rng(0)
+    >>> data = rng.poisson(50.0, size=(12, 12, 40)).astype("float32")
+    >>> si = SpectrumImage(data, Axis(40, 0.3, 680.0, "eV"))
+    >>> res = ContextPCADetector(n_components=2, neighbourhood=5, device="cpu").fit(si).score(si)
+    >>> res.nll.shape, sorted(res.maps)
+    ((12, 12), ['code_deviation', 'pca_nll', 'reconstruction_error'])
+    """
+
+    method = "context-pca"
+
+    def __init__(self, *, neighbourhood: int = 9, n_components: int | None = None,
+                 score_kind: str = "nll", max_components: int = 20,
+                 energy_range: tuple[float, float] | None = None, threshold: Any = "robust",
+                 transform: str = "anscombe", robust_fraction: float | str = "auto",
+                 robust_iter: int = 5, validation_fraction: float = 0.2, pooling: float = 0.0,
+                 device: str = "auto", seed: int = 0, gain: float | str = "auto") -> None:
+        super().__init__(n_components=n_components, score_kind=score_kind,
+                         max_components=max_components, energy_range=energy_range,
+                         threshold=threshold, transform=transform,
+                         robust_fraction=robust_fraction, robust_iter=robust_iter,
+                         validation_fraction=validation_fraction, pooling=pooling,
+                         device=device, seed=seed, gain=gain)
+        self.neighbourhood = neighbourhood
+
+    def _validate_params(self) -> None:
+        super()._validate_params()
+        check_int("neighbourhood", self.neighbourhood, low=3)
+        context_footprint(self.neighbourhood)
+
+    @property
+    def score_context(self) -> int:  # type: ignore[override]
+        """Pixels on each side a pixel's score depends on: ``neighbourhood // 2`` plus the
+        pooling radius."""
+        return int(self.neighbourhood) // 2 + pooling_from(self.pooling).radius()
+
+    def _fit(self, si: SpectrumImage, mask: np.ndarray | None,
+             progress: ProgressCallback | None) -> None:
+        super()._fit(si, mask, progress)
+        # the pooling's spill guard: excess NLL of the bulk under the context Gaussian
+        # (always, so that pooling can be switched on after the fit)
+        g = self._gaussian(self._context(si))
+        exc = 0.5 * np.sum(g["dev"] ** 2 / g["var"] - 1.0, axis=-1)
+        exc = exc[mask] if mask is not None else exc.ravel()
+        self.pool_excess_ = excess_stats(exc, np.zeros_like(exc), si.n_energy)
+
+    # ------------------------------------------------------------------ the context model
+    def _context(self, si: SpectrumImage, progress: ProgressCallback | None = None
+                 ) -> dict[str, np.ndarray]:
+        """Codes, their neighbourhood median and variance, residuals, for the whole of ``si``.
+
+        Returns a dict of ``p`` (ny, nx, q) the pixels' codes ``U^T (x - mu)``,
+        ``m`` (ny, nx, q) the neighbourhood medians, ``v`` (ny, nx, q) the
+        predictive variances, ``r2`` (ny, nx) the squared residual off the
+        subspace, ``x`` (ny, nx, D) the transformed data.
+        """
+        from scipy.ndimage import rank_filter
+        from scipy.stats import norm
+
+        t = self._tensors()
+        ny, nx = si.nav_shape
+        d = si.n_energy
+        q = self.n_components_
+        data = si.data
+        if si.is_lazy:
+            data = data.compute() if hasattr(data, "compute") else np.asarray(data)
+        x = forward_transform(np.asarray(data, np.float32).reshape(-1, d), self.transform,
+                              self.gain_)
+        _, p, r = self._terms(x, t)
+        p = p.cpu().double().numpy().reshape(ny, nx, q)
+        r2 = (r * r).sum(1).cpu().double().numpy().reshape(ny, nx)
+        fp = context_footprint(int(self.neighbourhood))
+        n = int(fp.sum())
+        # order statistics in sign-symmetric pairs (rank k and n-1-k), so that the
+        # prediction does not depend on the arbitrary sign of a principal direction
+        lo, hi = int(round(0.25 * (n - 1))), n - 1 - int(round(0.25 * (n - 1)))
+        iqr_sigma = 2.0 * float(norm.ppf((hi + 0.5) / n))
+
+        def rank(a: np.ndarray, k: int) -> np.ndarray:
+            return rank_filter(a, k, footprint=fp, mode="reflect")
+
+        s2 = float(self.noise_variance_)
+        m = np.empty_like(p)
+        v = np.empty_like(p)
+        for i in range(q):
+            a = p[..., i]
+            m[..., i] = 0.5 * (rank(a, (n - 1) // 2) + rank(a, n // 2))
+            spread2 = ((rank(a, hi) - rank(a, lo)) / iqr_sigma) ** 2
+            v[..., i] = np.maximum(spread2, s2) * (1.0 + math.pi / (2.0 * n))
+            emit(progress, "score", i + 1, q)
+        return {"p": p, "m": m, "v": v, "r2": r2, "x": x.reshape(ny, nx, d)}
+
+    def _score(self, si: SpectrumImage, progress: ProgressCallback | None
+               ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
+        c = self._context(si, progress)
+        t = self._tensors()
+        d = self.mean_.size
+        q = self.n_components_
+        s2 = float(self.noise_variance_)
+        dev2 = (c["p"] - c["m"]) ** 2
+        code = (dev2 / c["v"]).sum(-1)
+        nll = 0.5 * (code + c["r2"] / s2 + np.log(c["v"]).sum(-1) + (d - q) * math.log(s2)
+                     + d * _LOG2PI)
+        pca_nll = 0.5 * ((c["p"] ** 2 / self.explained_variance_).sum(-1) + c["r2"] / s2
+                         + t.logdet + d * _LOG2PI)
+        lam = self.explained_variance_
+        latent = (c["p"] * (np.sqrt(np.maximum(lam - s2, 0.0)) / lam)).astype(np.float32)
+        score = nll if self.score_kind == "nll" else dev2.sum(-1) + c["r2"]
+        maps = {"reconstruction_error": c["r2"], "code_deviation": code, "pca_nll": pca_nll}
+        pool = pooling_from(self.pooling)
+        if pool.enabled:
+            pm = self._pooled_context(c, pool)
+            maps.update(context_nll=nll, neighbourhood_nll=pm["nb_nll"], scale=pm["scale"])
+            score = pm["score"]
+        return score, latent, maps
+
+    def _gaussian(self, c: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``dev`` and diagonal ``var`` (ny, nx, D) of the neighbourhood's prediction."""
+        s2 = float(self.noise_variance_)
+        pred = self.mean_ + c["m"] @ self.components_.T
+        var = s2 + (c["v"] - s2) @ (self.components_ ** 2).T
+        return {"dev": c["x"] - pred, "var": var, "pred": pred}
+
+    def _pooled_context(self, c: dict[str, np.ndarray], pool: Any, **kw: Any
+                        ) -> dict[str, np.ndarray]:
+        """The shared pooling stage (:func:`eelsanom.pooling.pool_image`) on the context Gaussian."""
+        from ..pooling import gaussian_block, pool_image
+
+        g = self._gaussian(c)
+        x, pred, sig = c["x"], g["pred"], np.sqrt(g["var"])
+        ny, nx, d = x.shape
+
+        def gauss(rows: slice, cols: slice):
+            return gaussian_block(x[rows, cols], pred[rows, cols], sig[rows, cols])
+
+        return pool_image(gauss, ny, nx, pooling=pool, noise2=float(self.noise_variance_),
+                          excess=getattr(self, "pool_excess_", None), n_energy=d, **kw)
+
+    def gaussian_terms(self, si: Any) -> dict[str, np.ndarray]:
+        """Deviation from the neighbourhood's prediction and its variance, per channel.
+
+        The per-pixel Gaussian that a neighbourhood evidence-pooling stage takes:
+        ``dev = x - (mu + U m)`` and the diagonal of the predictive covariance
+        ``var = sigma^2 + sum_i U_ki^2 (v_i - sigma^2)``, both in transformed units.
+
+        Parameters
+        ----------
+        si : SpectrumImage, HyperSpy EELS signal, or ndarray of shape (ny, nx, n_energy)
+            Data containing the model's energy window.
+
+        Returns
+        -------
+        dict
+            ``dev`` and ``var`` (ny, nx, D) float64, and ``penalty`` (ny, nx), the
+            code term (zero: the neighbourhood's code is not penalised).
+
+        Raises
+        ------
+        NotFittedError, InputError, EnergyAxisMismatch
+            As :meth:`window`.
+        """
+        siw = self.window(si)
+        g = self._gaussian(self._context(siw))
+        return {"dev": g["dev"], "var": g["var"], "penalty": np.zeros(siw.nav_shape)}
+
+    # ------------------------------------------------------------------ reconstruction
+    def _reconstruct(self, si: SpectrumImage) -> tuple[np.ndarray, np.ndarray]:
+        """The neighbourhood's prediction, mean and sigma in counts, (ny, nx, D)."""
+        c = self._context(si)
+        s2 = float(self.noise_variance_)
+        my = self.mean_ + c["m"] @ self.components_.T
+        sig_y = np.sqrt(s2 + (c["v"] - s2) @ (self.components_ ** 2).T)
+        return (np.asarray(inverse_transform(my, self.transform, self.gain_), np.float32),
+                np.asarray(transform_sigma(my, sig_y, self.transform, self.gain_), np.float32))
+
+    def _pixel(self, si: SpectrumImage, iy: int, ix: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Mean, sigma (counts) of the neighbourhood's prediction and per-channel NLL.
+
+        Computed on the ``neighbourhood``-sized context around the pixel. ``channel_nll``
+        uses the diagonal of the predictive covariance (it sums to about, not
+        exactly, the pixel's score).
+        """
+        from ..detectors.base import BaseDetector
+
+        ny, nx = si.nav_shape
+        h = self.score_context
+        y0, y1 = max(0, iy - h), min(ny, iy + h + 1)
+        x0, x1 = max(0, ix - h), min(nx, ix + h + 1)
+        from dataclasses import replace
+
+        sub = replace(si, data=np.asarray(si.data[y0:y1, x0:x1], np.float32),
+                      ground_truth=None, y=None, x=None)
+        if not (iy - y0 == h and y1 - iy - 1 == h and ix - x0 == h and x1 - ix - 1 == h):
+            # near the border: reflect as the whole-image filters do by scoring a larger crop
+            sub = si
+            y0 = x0 = 0
+        return BaseDetector._pixel(self, sub, iy - y0, ix - x0)

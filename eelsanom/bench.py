@@ -79,6 +79,8 @@ VARIANTS: dict[str, tuple[tuple[str, float], ...]] = {
     "rx": (("rx", 0.0), ("rx+pool", DEFAULT_SIGMA)),
     "cvae-ctx": (("cvae-ctx+pool", DEFAULT_SIGMA), ("cvae-ctx", 0.0)),
 }
+#: what ``eelsanom bench`` runs by default: every eelsanom detector and the outside peer
+DEFAULT_METHODS = ("cvae", "cvae-ctx", "pca", "context-pca", "rx", "hyperspy")
 #: benchmark names that are a detector with other settings: name -> (method, params)
 ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
     "cvae-ctx": ("cvae", {"context": "blind-spot"}),  # the 3D-CVAE's blind-spot context mode
@@ -967,9 +969,10 @@ def run_benchmark(out: Path, *, quick: bool = True, methods: list[str] | None = 
         The suite's CPU-sized subset (:func:`quick_conditions`,
         :func:`realistic_conditions` at 64 x 64) rather than the full one.
     methods : list of str or None, default None
-        Detectors to run: ``"cvae"``, ``"pca"``, ``"rx"`` and ``"hyperspy"``
+        Detectors to run: ``"cvae"``, ``"cvae-ctx"`` (its blind-spot context
+        mode), ``"pca"``, ``"context-pca"``, ``"rx"`` and ``"hyperspy"``
         (HyperSpy's decomposition peer, skipped when HyperSpy is not
-        installed). ``None`` runs all four.
+        installed). ``None`` runs all of them (:data:`DEFAULT_METHODS`).
     device : str, default "auto"
         Torch device for the CVAE and PCA.
     quiet : bool, default False
@@ -994,7 +997,7 @@ def run_benchmark(out: Path, *, quick: bool = True, methods: list[str] | None = 
     from .detectors import detector_class
 
     tqdm = _tqdm()
-    methods = list(methods or ["cvae", "pca", "rx", "hyperspy"])
+    methods = list(methods or DEFAULT_METHODS)
     for m in methods:
         if m != "hyperspy":
             detector_class(ALIASES.get(m, (m, {}))[0])  # unknown methods refused before any work

@@ -548,7 +548,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """``eelsanom bench``: run the detection benchmark, or the speed benchmark (``--speed``)."""
     from .bench import run_benchmark, run_speed
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = [m.strip() for m in (args.methods or "").split(",") if m.strip()] or None
     if args.speed:
         run_speed(Path(args.out), methods=methods, device=args.device, quick=args.quick,
                   quiet=args.quiet, seed=args.seed, large=args.large)
@@ -782,7 +782,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--large", action="store_true",
                    help="with --speed on the CPU: also PCA vs HyperSpy on 192x192x1334")
     p.add_argument("--out", required=True)
-    p.add_argument("--methods", default="cvae,pca,rx,hyperspy")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated detectors (default: cvae,cvae-ctx,pca,context-pca,rx,"
+                        "hyperspy for the detection benchmark, cvae,pca,rx,hyperspy for --speed)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_bench)

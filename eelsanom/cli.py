@@ -208,6 +208,8 @@ def _detector_params(args: argparse.Namespace) -> dict[str, Any]:
     p: dict[str, Any] = {"energy_range": _energy_range(args.energy_range)}
     if args.threshold is not None:  # else the detector's own default rule
         p["threshold"] = args.threshold
+    if getattr(args, "pooling", None) is not None:  # else the detector's own default
+        p["pooling"] = args.pooling
     if args.method in ("pca", "context-pca"):
         p["n_components"] = args.components
         p["device"] = args.device
@@ -222,6 +224,8 @@ def _detector_params(args: argparse.Namespace) -> dict[str, Any]:
                 p[k] = v
         if args.patch is not None:
             p["patch_size"] = args.patch
+        if getattr(args, "context", None) is not None:
+            p["context"] = args.context
         if getattr(args, "n_seeds", None) is not None:
             p["n_seeds"] = args.n_seeds
         nested = getattr(args, "nested_latent", None)
@@ -653,11 +657,19 @@ def _add_training(p: argparse.ArgumentParser) -> None:
                         "saved with the model) (default: the detector's own rule, robust)")
     p.add_argument("--components", type=int, default=None,
                    help="PCA components (default: automatic)")
+    p.add_argument("--pooling", type=float, default=None, metavar="SIGMA",
+                   help="neighbourhood evidence pooling (every detector, one shared stage): "
+                        "Gaussian sigma in pixels, 0 scores each pixel alone (default: the "
+                        "detector's own; see docs/benchmark.md)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=None, help="3D-CVAE: maximum epochs")
     p.add_argument("--latent-dim", type=int, default=None, help="3D-CVAE: latent size per pixel")
     p.add_argument("--patch", type=int, default=None, help="3D-CVAE: training crop size (pixels)")
+    p.add_argument("--context", choices=["pixel", "blind-spot"], default=None,
+                   help="3D-CVAE: 'pixel' encodes each pixel from its own spectrum; "
+                        "'blind-spot' predicts it from its neighbours only (robust to energy "
+                        "drift and gradients across the scan)")
     p.add_argument("--beta", type=float, default=None, help="3D-CVAE: KL weight")
     p.add_argument("--lr", type=float, default=None, help="3D-CVAE: learning rate")
     p.add_argument("--n-seeds", type=int, default=None,

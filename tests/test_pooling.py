@@ -186,3 +186,30 @@ def test_pool_region_accepts_float32_on_the_device():
                               src_box=(0, 6, 0, 6), image_shape=(6, 6),
                               pooling=pooling.Pooling(), noise2=1.0, excess=None)
     assert out["score"].dtype == torch.float32 and out["score"].shape == (6, 6)
+
+
+def test_cli_pooling_and_context_options_reach_the_detector(tmp_path):
+    """--pooling reaches every detector (saved in the summary); --context the 3D-CVAE."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from eelsanom.cli import _detector_params, build_parser
+
+    sample = Path(__file__).resolve().parents[1] / "sample_data" / "sample_fe-l_shift1.5.hspy"
+    out = tmp_path / "o"
+    p = subprocess.run([sys.executable, "-m", "eelsanom", "detect", str(sample), "--method",
+                        "pca", "--pooling", "0.8", "--train-mask", "file", "--out", str(out),
+                        "-q"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    summary = json.loads(next(out.glob("*_summary.json")).read_text())
+    assert summary["params"]["pooling"] == 0.8
+    args = build_parser().parse_args(["detect", "x.hspy", "--method", "cvae", "--context",
+                                      "blind-spot", "--pooling", "0", "--out", "o"])
+    params = _detector_params(args)
+    assert params["context"] == "blind-spot" and params["pooling"] == 0.0
+    bad = subprocess.run([sys.executable, "-m", "eelsanom", "detect", str(sample), "--method",
+                          "rx", "--pooling", "-1", "--out", str(tmp_path / "b")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "pooling: expected the neighbourhood sigma" in bad.stderr

@@ -44,6 +44,7 @@ from magicgui.widgets import (
 from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtCore import Signal as QtSignal
 
+from eelsanom.detectors.params import Param, detector_params, gui_params
 from eelsanom.errors import Cancelled, InputError
 
 from . import _notify
@@ -313,6 +314,51 @@ def _energy_window(text: str) -> tuple[float, float] | None:
     return (a, b)
 
 
+def _param_field(p: Param) -> Any:
+    """A magicgui field for a detector parameter: default, range and tooltip from ``p``.
+
+    Integers are spin boxes (an optional one shows 0 as "auto"), choices combo boxes and
+    floats text fields (learning rates need more digits than a spin box keeps).
+    """
+    label = p.name.replace("_", " ")
+    if p.kind == "int":
+        auto = p.default is None and p.optional
+        lo = 0 if p.optional else int(p.low if p.low is not None else 0)
+        hi = int(p.high if p.high is not None else 2**31 - 1)
+        w = SpinBox(label=f"{label} (0 = auto)" if p.optional else label,
+                    value=0 if auto else int(p.default), min=lo, max=hi)
+    elif p.kind == "choice":
+        w = ComboBox(label=label, choices=list(p.choices), value=p.default)
+    elif p.kind == "float":
+        w = LineEdit(label=label, value=repr(float(p.default)))
+    else:
+        w = LineEdit(label=label, value="" if p.default is None else str(p.default))
+    w.tooltip = p.help
+    return w
+
+
+def _field_value(p: Param, w: Any) -> Any:
+    """The parameter value a field holds (0 of an optional integer: None, automatic)."""
+    v = w.value
+    if p.kind == "int":
+        return None if p.optional and int(v) == 0 else int(v)
+    if p.kind == "float":
+        try:
+            x = float(str(v).strip())
+        except ValueError as exc:
+            raise InputError(f"{p.name.replace('_', ' ')}: expected a number such as "
+                             f"{p.default!r}, found {v!r}.") from exc
+        lo, hi = p.low, p.high
+        if (lo is not None and x < lo) or (hi is not None and x > hi):
+            raise InputError(f"{p.name.replace('_', ' ')}: expected a number in [{lo}, {hi}], "
+                             f"found {x!r}.")
+        return x
+    if p.kind == "choice":
+        return v
+    t = str(v).strip()
+    return None if p.optional and not t else t
+
+
 _EXTRA = "__extra__"
 
 
@@ -382,22 +428,28 @@ class DetectorWidget(_Panel):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer, labels=True)
         self._method = ComboBox(label="method", choices=METHODS, value="cvae")
-        self._device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
+        self._method.tooltip = ("3D-CVAE: a neural model of the bulk (best, slowest); PCA: "
+                                "probabilistic PCA (seconds); RX: Mahalanobis distance (fastest)")
+        common = detector_params("cvae")
+        self._device = ComboBox(label="device", choices=["auto", "cpu", "cuda"],
+                                value=common["device"].default)
+        self._device.tooltip = common["device"].help
         self._energy = LineEdit(label="energy window (eV)", value="")
-        self._energy.native.setPlaceholderText("all, or e.g. 700:740")
-        self._seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
-        # PCA
-        self._pca_components = SpinBox(label="components (0 = auto)", value=0, min=0, max=500)
-        # RX
-        self._rx_shrinkage = ComboBox(label="shrinkage", choices=["ledoit-wolf", "oas"])
-        # 3D-CVAE
-        self._cvae_epochs = SpinBox(label="epochs", value=60, min=1, max=100_000)
-        self._cvae_latent = SpinBox(label="latent size", value=8, min=1, max=256)
-        self._cvae_width = SpinBox(label="width (channels)", value=16, min=1, max=256)
-        self._cvae_patch = SpinBox(label="patch (px)", value=16, min=1, max=4096)
-        self._cvae_lr = LineEdit(label="learning rate", value="0.003")
-        self._cvae_beta = FloatSpinBox(label="KL weight (beta)", value=1.0, min=0.0, max=100.0,
-                                       step=0.1)
+        self._energy.native.setPlaceholderText("all, or e.g. 700:740 (or drag on the plot)")
+        self._energy.tooltip = common["energy_range"].help + "; format START:STOP"
+        self._seed = SpinBox(label="seed", value=int(common["seed"].default), min=0,
+                             max=2**31 - 1)
+        self._seed.tooltip = common["seed"].help
+        #: per method: parameter name -> field, built from eelsanom.detectors.params
+        self._fields: dict[str, dict[str, Any]] = {
+            m: {p.name: _param_field(p) for p in gui_params(m)} for m in ("pca", "rx", "cvae")}
+        f = self._fields
+        # short names the tests (and older code) use
+        self._pca_components = f["pca"]["n_components"]
+        self._rx_shrinkage = f["rx"]["shrinkage"]
+        self._cvae_epochs, self._cvae_latent = f["cvae"]["epochs"], f["cvae"]["latent_dim"]
+        self._cvae_width, self._cvae_patch = f["cvae"]["width"], f["cvae"]["patch_size"]
+        self._cvae_lr, self._cvae_beta = f["cvae"]["lr"], f["cvae"]["beta"]
         self._extra = LineEdit(label="other parameters", value="")
         self._extra.native.setPlaceholderText("e.g. batch_size=64, robust_fraction=0.1")
         self._auto_apply = CheckBox(text="score after training", value=True)
@@ -408,12 +460,7 @@ class DetectorWidget(_Panel):
         self._load_btn = PushButton(text="Load model")
         self._save_btn = PushButton(text="Save model")
         self._status = Label(label="status", value="no model")
-        self._per_method = {
-            "pca": [self._pca_components],
-            "rx": [self._rx_shrinkage],
-            "cvae": [self._cvae_epochs, self._cvae_latent, self._cvae_width, self._cvae_patch,
-                     self._cvae_lr, self._cvae_beta],
-        }
+        self._per_method = {m: list(ws.values()) for m, ws in self._fields.items()}
         run_row = Container(widgets=[self._train_btn, self._apply_btn, self._cancel_btn],
                             layout="horizontal", labels=False)
         model_row = Container(widgets=[self._load_btn, self._save_btn], layout="horizontal",
@@ -480,20 +527,8 @@ class DetectorWidget(_Panel):
         m = self._method.value
         p: dict[str, Any] = {"energy_range": _energy_window(self._energy.value),
                              "seed": int(self._seed.value), "device": self._device.value}
-        if m == "pca":
-            k = int(self._pca_components.value)
-            p["n_components"] = k or None
-        elif m == "rx":
-            p["shrinkage"] = self._rx_shrinkage.value
-        elif m == "cvae":
-            try:
-                lr = float(self._cvae_lr.value)
-            except ValueError as exc:
-                raise InputError(f"learning rate: expected a number such as 0.003, found "
-                                 f"{self._cvae_lr.value!r}.") from exc
-            p.update(epochs=int(self._cvae_epochs.value), latent_dim=int(self._cvae_latent.value),
-                     width=int(self._cvae_width.value), patch_size=int(self._cvae_patch.value),
-                     lr=lr, beta=float(self._cvae_beta.value))
+        for prm in gui_params(m):
+            p[prm.name] = _field_value(prm, self._fields[m][prm.name])
         p.update(_parse_extra(self._extra.value))
         p[_EXTRA] = sorted(_parse_extra(self._extra.value))
         return m, p

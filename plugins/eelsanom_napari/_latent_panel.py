@@ -47,6 +47,7 @@ from eelsanom.errors import InputError
 from . import _notify
 from ._layers import KEY, nav_scale_translate, robust_limits
 from ._plot import _FG, _style
+from ._session import show_colorbar
 from ._widgets import METHOD_NAMES, _Panel, deliver
 
 log = logging.getLogger(__name__)
@@ -344,6 +345,7 @@ class LatentPanel(_Panel):
         self._worker: Any = None
         self._last_pixel: tuple[int, int] | None = None
         self.last_maps: LatentMaps | None = None
+        self._maps_of: Any = None  # the raw result the map layers were computed for
         self._compute_btn.changed.connect(self._on_compute)
         self._max_points.changed.connect(self._refresh_scatter)
         self._session.result_changed.connect(self._on_result)
@@ -383,6 +385,7 @@ class LatentPanel(_Panel):
     def _on_result(self, res: Any = None) -> None:
         if self._closed:
             return
+        self._drop_stale_maps()
         self._seed_note_for(res)
         if res is None:
             self._set(self._status, "no result yet: train or apply a detector")
@@ -397,6 +400,15 @@ class LatentPanel(_Panel):
         self._set(self._status, f"{METHOD_NAMES.get(res.method, res.method)} result, "
                                 f"{d}-D latent: press Compute maps")
         self._refresh_scatter()
+
+    def _drop_stale_maps(self) -> None:
+        """Map layers of a result that is no longer the current one are removed."""
+        if self._maps_of is None or self._maps_of is self._session.raw_result:
+            return
+        for layer in self.map_layers().values():
+            if layer in list(self._viewer.layers):
+                self._viewer.layers.remove(layer)
+        self._maps_of, self.last_maps = None, None
 
     def _seed_note_for(self, res: Any) -> None:
         if res is not None and "seed_disagreement" in (res.maps or {}):
@@ -416,11 +428,15 @@ class LatentPanel(_Panel):
         res = self._session.result
         if res is None or res.latent is None:
             return
-        try:
-            coords, explained = project_codes(res.latent)
-        except InputError as exc:
-            self._canvas.clear(str(exc))
-            return
+        prep = self._session.prepared
+        if prep is not None and prep.result is res and prep.coords is not None:
+            coords, explained = prep.coords, prep.explained  # projected in the worker
+        else:
+            try:
+                coords, explained = project_codes(res.latent)
+            except InputError as exc:
+                self._canvas.clear(str(exc))
+                return
         nll = np.asarray(res.nll, float).ravel()
         valid = np.all(np.isfinite(coords), axis=1) & np.isfinite(nll)
         n_max = int(self._max_points.value)
@@ -527,7 +543,17 @@ class LatentPanel(_Panel):
                                        seed_disagreement=seed_map)
 
         axes = (res.y, res.x)
-        return self._run(work, lambda w, out: w._show_maps(out, axes))
+        raw = self._session.raw_result
+
+        def done(w: LatentPanel, out: LatentMaps) -> None:
+            if w._session.raw_result is not raw:  # a new result arrived meanwhile
+                w._set(w._status, "the result changed while the maps were computed: "
+                                  "press Compute maps again")
+                return
+            w._maps_of = raw
+            w._show_maps(out, axes)
+
+        return self._run(work, done)
 
     def _run(self, fn: Callable[[], Any], on_done: Callable[[Any, Any], None]) -> Any:
         # superqt's worker is the one napari's thread_worker wraps (see DetectorWidget._run
@@ -590,8 +616,9 @@ class LatentPanel(_Panel):
                 kw = {"name": name, "scale": scale, "translate": translate, "colormap": cmap,
                       "contrast_limits": limits, "metadata": {KEY: {"role": _ROLE + key}},
                       "visible": first and key == "local_dimension"}
-                self._session._keep_selection(
+                new = self._session._keep_selection(
                     lambda d=data, kw=kw: self._viewer.add_image(d, **kw))
+                show_colorbar(new)
                 continue
             layer.data = data
             layer.name = name

@@ -125,6 +125,12 @@ class SpectrumCanvas(FigureCanvasQTAgg):
         self.draw_idle()
 
 
+    def set_title(self, title: str) -> None:
+        """Change the title only (e.g. the pixel's flag after a threshold change)."""
+        self.ax.set_title(title, fontsize=9)
+        self.draw_idle()
+
+
 class HistogramCanvas(FigureCanvasQTAgg):
     """Histogram of the NLL map (log counts) with the threshold as a vertical line."""
 
@@ -153,10 +159,14 @@ class HistogramCanvas(FigureCanvasQTAgg):
 
     def show(self, nll: np.ndarray, threshold: float, bins: int = 80) -> None:
         """Draw the histogram of the finite values of ``nll`` and the threshold line."""
-        self.ax.clear()
         v = np.asarray(nll, float).ravel()
         v = v[np.isfinite(v)]
-        self.counts, self.edges = np.histogram(v, bins=bins)
+        self.show_counts(*np.histogram(v, bins=bins), threshold)
+
+    def show_counts(self, counts: np.ndarray, edges: np.ndarray, threshold: float) -> None:
+        """Draw a histogram computed elsewhere (e.g. in a worker) and the threshold line."""
+        self.ax.clear()
+        self.counts, self.edges = np.asarray(counts), np.asarray(edges)
         self.ax.stairs(self.counts, self.edges, fill=True, color="#8c6bb1", alpha=0.9)
         self.ax.set_yscale("log")
         self.ax.set_ylim(0.8, None)

@@ -57,7 +57,7 @@ from ._layers import (
     world_to_pixel,
 )
 from ._plot import HistogramCanvas, SpectrumCanvas
-from ._session import Session, get_session, threshold_spec
+from ._session import Session, get_session, prepare_result, threshold_spec
 
 log = logging.getLogger(__name__)
 
@@ -383,6 +383,27 @@ def _parse_extra(text: str) -> dict[str, Any]:
     return out
 
 
+def leave_a_core() -> int:
+    """Called in a worker thread before heavy torch work: torch uses at most ``cores - 1``
+    threads, so one core stays with the GUI thread; returns the thread count.
+
+    Returns
+    -------
+    int
+        torch's intra-op thread count now (1 on a single-core machine).
+    """
+    import os  # noqa: PLC0415
+
+    try:
+        import torch  # noqa: PLC0415 - heavy: only ever imported in a worker
+    except ImportError:  # RX needs no torch
+        return 0
+    n = max(1, (os.cpu_count() or 2) - 1)
+    if torch.get_num_threads() > n:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
 def deliver(ref: Callable[[], Any], on_done: Callable[[Any, Any], None], value: Any) -> None:
     """Hand a worker's return ``value`` to ``on_done(panel, value)`` on the GUI thread.
 
@@ -578,19 +599,22 @@ class DetectorWidget(_Panel):
         # The closures handed to the worker hold no strong reference to this panel or to a
         # layer: napari keeps finished workers in its task list, and a strong reference
         # would keep the closed viewer alive.
+        spec = session.threshold_for(cube)
+
         def work(progress: Callable[[Any], bool]) -> tuple[Any, Any]:
+            leave_a_core()
             det = make(method, params)
             det.fit(si, mask, progress=progress)
             res = det.score(si, progress=progress) if auto_apply else None
-            return det, res
+            return det, (prepare_result(res, spec) if res is not None else None)
 
         def done(w: DetectorWidget, out: tuple[Any, Any]) -> None:
-            det, res = out
+            det, prep = out
             w._session.set_detector(det)
             w._set_status(f"{name} fitted on {n_train} pixels in "
                           f"{getattr(det, 'fit_seconds_', float('nan')):.1f} s")
-            if res is not None:
-                w._session.set_result(res, cube_ref())
+            if prep is not None:
+                res = w._session.set_result(prep.raw, cube_ref(), prep)
                 _notify.info(f"{name}: {res.n_flagged} of {res.nll.size} pixels flagged "
                              f"({res.threshold_method}).")
 
@@ -614,11 +638,14 @@ class DetectorWidget(_Panel):
         cube_ref, cube_name = weakref.ref(cube), str(getattr(cube, "name", "the image"))
         name = METHOD_NAMES.get(det.method, det.method)
 
-        def work(progress: Callable[[Any], bool]) -> Any:
-            return det.score(si, progress=progress)
+        spec = self._session.threshold_for(cube)
 
-        def done(w: DetectorWidget, res: Any) -> None:
-            w._session.set_result(res, cube_ref())
+        def work(progress: Callable[[Any], bool]) -> Any:
+            leave_a_core()
+            return prepare_result(det.score(si, progress=progress), spec)
+
+        def done(w: DetectorWidget, prep: Any) -> None:
+            w._session.set_result(prep.raw, cube_ref(), prep)
             w._set_status(f"{name} applied to {cube_name}")
 
         self._run("scoring", work, done)
@@ -829,6 +856,7 @@ class ResultsWidget(_Panel):
         self._manual.changed.connect(self._apply)
         self._session.result_changed.connect(self._on_result)
         self._session.threshold_changed.connect(self._on_threshold)
+        self._session.threshold_reset.connect(self._on_threshold_reset)
         self._on_method(apply=False)
         if self._session.result is not None:
             self._on_result(self._session.result)
@@ -854,11 +882,27 @@ class ResultsWidget(_Panel):
         except InputError as exc:
             _notify.error(str(exc))
 
+    def _on_threshold_reset(self) -> None:
+        """New data: the session went back to the detector's rule; so does the panel."""
+        if self._closed:
+            return
+        with self._method.changed.blocked():
+            self._method.value = "default"
+        self._on_method(apply=False)
+
     def _on_result(self, res: Any) -> None:
         if self._closed:
             return
-        finite = np.asarray(res.nll, float)[np.isfinite(res.nll)]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        if res is None:
+            self._stats.value = "no result yet"
+            self._hist.clear()
+            return
+        prep = self._session.prepared
+        if prep is not None and prep.result is res:
+            lo, hi = float(prep.edges[0]), float(prep.edges[-1])
+        else:
+            finite = np.asarray(res.nll, float)[np.isfinite(res.nll)]
+            lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
         hi = hi if hi > lo else lo + 1.0
         new_min = lo - 1e-9 * abs(lo)
         with self._manual.changed.blocked():
@@ -870,7 +914,10 @@ class ResultsWidget(_Panel):
             self._manual.value = float(np.clip(res.threshold, lo, hi))
             self._manual.min, self._manual.max = new_min, hi
             self._manual.step = (hi - lo) / 1000.0
-        self._hist.show(res.nll, res.threshold)
+        if prep is not None and prep.result is res:
+            self._hist.show_counts(prep.counts, prep.edges, res.threshold)
+        else:
+            self._hist.show(res.nll, res.threshold)
 
     def _on_threshold(self, res: Any) -> None:
         if self._closed or res is None:
@@ -886,6 +933,9 @@ class ResultsWidget(_Panel):
 
 
 # ============================================================================ 4. inspector
+#: Pixels whose model view the inspector keeps per result.
+CACHE_PIXELS = 4096
+
 _KEYS = {"Shift-Up": (-1, 0), "Shift-Down": (1, 0), "Shift-Left": (0, -1), "Shift-Right": (0, 1)}
 
 
@@ -941,6 +991,13 @@ class SpectrumInspectorWidget(_Panel):
         self._add_qt(self._canvas)
         self.pixel: tuple[int, int] | None = None
         self.spectrum: Any = None
+        #: PixelSpectrum per (iy, ix) of the raw result ``_cache_of`` (threshold-free)
+        self._cache: dict[tuple[int, int], Any] = {}
+        self._cache_of: Any = None
+        self._pixel_worker: Any = None
+        self._wanted: tuple[Any, int, int] | None = None
+        #: model evaluations done for this panel (all in worker threads)
+        self.n_model_calls = 0
         self._iy.changed.connect(self._on_spin)
         self._ix.changed.connect(self._on_spin)
         self._window.changed.connect(self._refresh)
@@ -949,7 +1006,7 @@ class SpectrumInspectorWidget(_Panel):
         for key, (dy, dx) in _KEYS.items():
             viewer.bind_key(key, _key_callback(self, dy, dx), overwrite=True)
         self._session.result_changed.connect(self._refresh)
-        self._session.threshold_changed.connect(self._refresh)
+        self._session.threshold_changed.connect(self._on_threshold)
         self._session.cube_changed.connect(self._on_cube)
         self._session.pixel_requested.connect(self._on_pixel_requested)
         self._on_cube()
@@ -974,7 +1031,7 @@ class SpectrumInspectorWidget(_Panel):
 
     def _refresh(self, *_: Any) -> None:
         if self.pixel is not None and not self._closed:
-            self.inspect(*self.pixel)
+            self._draw()
 
     def inspect_world(self, position: Any) -> tuple[int, int] | None:
         """Inspect the pixel at a world position (y, x last); None when outside the image."""
@@ -1002,10 +1059,81 @@ class SpectrumInspectorWidget(_Panel):
             return None
         return s.result
 
+    # ------------------------------------------------------------------ model, off-thread
+    def cached(self, iy: int, ix: int) -> Any:
+        """The cached :class:`~eelsanom.result.PixelSpectrum` of (iy, ix) for the current
+        result, or None (not computed yet)."""
+        raw = self._session.raw_result
+        if raw is None or self._cache_of is not raw:
+            return None
+        return self._cache.get((int(iy), int(ix)))
+
+    def _store(self, raw: Any, iy: int, ix: int, ps: Any) -> None:
+        if self._cache_of is not raw:
+            self._cache_of, self._cache = raw, {}
+        if len(self._cache) >= CACHE_PIXELS:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[(iy, ix)] = ps
+
+    def _request(self, raw: Any, iy: int, ix: int) -> None:
+        """Compute the model's view of (iy, ix) in a worker (one at a time: while one runs,
+        only the latest request waits)."""
+        if self._pixel_worker is not None:
+            self._wanted = (raw, iy, ix)
+            return
+        from superqt.utils import create_worker  # noqa: PLC0415
+
+        self._watch_window()
+        ref = weakref.ref(self)
+
+        def work() -> Any:
+            return raw.pixel(iy, ix)
+
+        def returned(ps: Any) -> None:
+            w = ref()
+            if w is None or w._closed:
+                return
+            w.n_model_calls += 1
+            w._store(raw, iy, ix, ps)
+            if w.pixel == (iy, ix) and w._session.raw_result is raw:
+                deliver(ref, lambda p, _v: p._draw(), None)
+
+        def errored(exc: BaseException) -> None:
+            w = ref()
+            if w is None or w._closed:
+                return
+            log.error("pixel spectrum failed", exc_info=exc)
+            _notify.error(f"cannot show the model for pixel y={iy}, x={ix}: "
+                          f"{type(exc).__name__}: {exc}")
+
+        def finished() -> None:
+            w = ref()
+            if w is None:
+                return
+            w._pixel_worker = None
+            nxt, w._wanted = w._wanted, None
+            if nxt is not None and not w._closed and nxt[0] is w._session.raw_result and \
+                    w.cached(*nxt[1:]) is None:
+                w._request(*nxt)
+
+        worker = create_worker(work, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(returned)
+        worker.errored.connect(errored)
+        worker.finished.connect(finished)
+        self._pixel_worker = worker
+        worker.start()
+
+    @property
+    def busy(self) -> bool:
+        """True while a pixel's model is computed (or one waits)."""
+        return self._pixel_worker is not None or self._wanted is not None
+
+    # ------------------------------------------------------------------ showing
     def inspect(self, iy: int, ix: int) -> Any:
-        """Plot pixel (iy, ix); returns its :class:`~eelsanom.result.PixelSpectrum` (or None)."""
+        """Show pixel (iy, ix); returns its :class:`~eelsanom.result.PixelSpectrum` when the
+        model's view is already cached, else None (it is computed in a worker thread and
+        drawn when ready; the observed spectrum shows at once)."""
         try:
-            cube = self._session.cube()
             si = self._session.spectrum_image()
         except InputError as exc:
             _notify.error(str(exc))
@@ -1016,27 +1144,58 @@ class SpectrumInspectorWidget(_Panel):
         self.pixel = (iy, ix)
         with self._iy.changed.blocked(), self._ix.changed.blocked():
             self._iy.value, self._ix.value = iy, ix
-        res = self._result_for(cube)
-        ps = None
-        where = f"pixel y={iy}, x={ix}"
-        if res is not None:
-            try:
-                ps = res.pixel(iy, ix)
-            except Exception as exc:  # noqa: BLE001 - never let a click crash the viewer
-                log.exception("pixel spectrum failed")
-                _notify.error(f"cannot show the model for {where}: {type(exc).__name__}: {exc}")
-        if ps is not None:
-            flag = "ANOMALOUS" if bool(res.mask[iy, ix]) else "normal"
-            title = f"{where}: NLL {ps.nll:.5g} ({flag}; threshold {res.threshold:.5g})"
-        else:
-            title = f"{where}: observed (no model yet)"
-        self.spectrum = ps
-        self._canvas.show_pixel(si.energy.values, np.asarray(si.data[iy, ix], float),
-                                title=title, pixel=(iy, ix), spectrum=ps,
-                                window_ev=float(self._window.value))
+        ps = self._draw()
         self._mark(si, iy, ix)
         self._session.pixel_changed.emit(iy, ix)
         return ps
+
+    def _title(self, res: Any, ps: Any) -> str:
+        iy, ix = self.pixel
+        where = f"pixel y={iy}, x={ix}"
+        if res is None:
+            return f"{where}: observed (no model yet)"
+        flag = "ANOMALOUS" if bool(res.mask[iy, ix]) else "normal"
+        nll = float(res.nll[iy, ix])
+        text = f"{where}: NLL {nll:.5g} ({flag}; threshold {res.threshold:.5g})"
+        return text if ps is not None else text + ": computing the model..."
+
+    def _draw(self) -> Any:
+        """Draw the current pixel with what is known now (never runs the model here)."""
+        if self.pixel is None or self._closed:
+            return None
+        try:
+            cube = self._session.cube()
+            si = self._session.spectrum_image()
+        except InputError:
+            return None
+        iy, ix = self.pixel
+        if not (0 <= iy < si.nav_shape[0] and 0 <= ix < si.nav_shape[1]):
+            self.pixel = None
+            self._canvas.clear("click a pixel to see its spectrum")
+            return None
+        res = self._result_for(cube)
+        ps = self.cached(iy, ix) if res is not None else None
+        if res is not None and ps is None:
+            self._request(self._session.raw_result, iy, ix)
+        self.spectrum = ps
+        self._canvas.show_pixel(si.energy.values, np.asarray(si.data[iy, ix], float),
+                                title=self._title(res, ps), pixel=(iy, ix), spectrum=ps,
+                                window_ev=float(self._window.value))
+        return ps
+
+    def _on_threshold(self, res: Any = None) -> None:
+        """The threshold moved: only the title changes (flag and threshold); no model run."""
+        if self._closed or self.pixel is None:
+            return
+        try:
+            cube = self._session.cube()
+        except InputError:
+            return
+        current = self._result_for(cube)
+        if current is None:
+            return
+        iy, ix = self.pixel
+        self._canvas.set_title(self._title(current, self.cached(iy, ix)))
 
     def _mark(self, si: Any, iy: int, ix: int) -> None:
         pos = np.array([pixel_to_world(iy, ix, si)])

@@ -38,7 +38,6 @@ import napari
 import numpy as np
 from magicgui.widgets import ComboBox, Label, PushButton, SpinBox
 from matplotlib import colormaps
-from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
@@ -46,7 +45,7 @@ from eelsanom.errors import InputError
 
 from . import _notify
 from ._layers import KEY, nav_scale_translate, robust_limits
-from ._plot import _FG, _style
+from ._plot import _FG, _Canvas, _style
 from ._session import show_colorbar
 from ._widgets import METHOD_NAMES, _Panel, deliver
 
@@ -213,7 +212,7 @@ def compute_latent_maps(latent: Any, reference: Any = None, *, reference_label: 
 _CMAP = ListedColormap(colormaps["magma"](np.linspace(0.18, 1.0, 256)), name="magma_dark_bg")
 
 
-class LatentScatterCanvas(FigureCanvasQTAgg):
+class LatentScatterCanvas(_Canvas):
     """Latent codes on their first two principal axes, coloured by NLL, with a colour bar.
 
     Attributes read by tests: ``points`` (the PathCollection; ``get_array()`` is the NLL
@@ -237,6 +236,9 @@ class LatentScatterCanvas(FigureCanvasQTAgg):
         self.setMinimumHeight(260)
         self.mpl_connect("pick_event", self._picked)
         self.clear("no latent codes yet")
+
+    def fit_margins(self) -> None:
+        """Nothing: this figure keeps its constrained layout (it has a colour bar)."""
 
     def clear(self, message: str = "") -> None:
         """Empty the figure (with a message)."""

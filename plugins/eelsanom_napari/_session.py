@@ -64,6 +64,15 @@ def get_session(viewer: Any) -> Session:
                 session._on_layer_removed(getattr(event, "value", None))
 
         viewer.layers.events.removed.connect(removed)
+
+        def dims(event: Any = None) -> None:
+            session = ref()
+            if session is not None:
+                session._show_energy()
+
+        viewer.dims.events.current_step.connect(dims)
+        viewer.layers.events.inserted.connect(dims)
+        s._show_energy()
     return s
 
 
@@ -110,7 +119,7 @@ def _threshold(result: Any, spec: Any) -> tuple[Any, Any]:
 
 def show_colorbar(layer: Any) -> None:
     """Turn on napari's colour bar of an image layer (napari >= 0.5; else nothing)."""
-    bar = getattr(layer, "colorbar", None)
+    bar = getattr(layer, "colorbar", None) if layer is not None else None
     if bar is not None:
         try:
             bar.visible = True
@@ -203,6 +212,8 @@ class Session:
     pixel_changed = Signal(int, int)
     #: the threshold rule went back to the detector's own (new data: the old rule is stale)
     threshold_reset = Signal()
+    #: (start, stop) eV: an energy window picked by dragging on the spectrum plot
+    energy_window_picked = Signal(float, float)
 
     def __init__(self, viewer: Any) -> None:
         self._viewer_ref = weakref.ref(viewer)
@@ -292,6 +303,36 @@ class Session:
                              "Sample > eelsanom).")
         return layer_spectrum_image(layer)
 
+    def energy_text(self) -> str:
+        """``'energy loss 708.3 eV (channel 94 of 267)'`` at the energy slider, or ``''``."""
+        try:
+            layer = self.cube()
+            if layer is None or role_of(layer) != "cube" or self.viewer.dims.ndim < 3:
+                return ""
+            si = layer_spectrum_image(layer)
+            e = float(self.viewer.dims.point[0])
+            k = int(np.clip(round((e - si.energy.offset) / si.energy.scale), 0,
+                            si.energy.size - 1))
+            return (f"energy loss {si.energy.values[k]:.2f} {si.energy.units or 'eV'} "
+                    f"(channel {k} of {si.energy.size})")
+        except (InputError, RuntimeError, IndexError, ValueError) as exc:
+            log.debug("no energy text: %s", exc)
+            return ""
+
+    def _show_energy(self) -> None:
+        """The energy slider's position in eV, in the canvas's text overlay."""
+        text = self.energy_text()
+        try:
+            overlay = self.viewer.text_overlay
+        except (RuntimeError, AttributeError):
+            return
+        if text:
+            overlay.text = text
+            overlay.visible = True
+            overlay.position = "top_left"
+        elif overlay.text.startswith("energy loss "):
+            overlay.visible = False
+
     def bulk_mask(self) -> tuple[np.ndarray | None, str]:
         """The training mask ``(ny, nx)`` of the region layer (None: all pixels) and a note."""
         region = self.region_layer if self._alive(self.region_layer) else None
@@ -303,14 +344,21 @@ class Session:
         self.detector_changed.emit(detector)
 
     def set_result(self, result: Any, cube_layer: Any = None,
-                   prepared: Prepared | None = None) -> Any:
+                   prepared: Prepared | None = None,
+                   defer: Callable[[Callable[[], None]], None] | None = None,
+                   on_shown: Callable[[], None] | None = None) -> Any:
         """Show a new scoring result: NLL image layer, mask labels layer, current threshold.
 
         ``prepared`` (:func:`prepare_result`, computed in the worker) saves the GUI thread
         the thresholding, percentiles, histogram and latent projection. A result on other
         data than the previous one starts from the detector's own threshold rule. The
         result it replaces stays available as :attr:`previous_result` (e.g. for the
-        latent panel's two-space maps)."""
+        latent panel's two-space maps).
+
+        ``defer(fn)`` (e.g. a zero-delay Qt timer) spreads the showing over several turns
+        of the event loop (NLL layer, mask layer, panels), so that no single turn blocks
+        the GUI for long; the state (:attr:`result`...) is set at once, and ``on_shown()``
+        is called after the last step (or once the result was superseded)."""
         cube = cube_layer if cube_layer is not None else self.cube()
         spec = self.threshold_for(cube)
         if spec is None:
@@ -325,10 +373,35 @@ class Session:
             self._reset_threshold()
         self.prepared = prepared
         self.result = prepared.result
-        self._show_nll(self.result, prepared.nll_limits)
-        self._show_mask(self.result)
-        self.result_changed.emit(self.result)
-        self.threshold_changed.emit(self.result)
+        steps = [lambda: self._show_nll(self.result, prepared.nll_limits, colorbar=False),
+                 lambda: show_colorbar(self.layer_by_role("nll")),
+                 lambda: self._show_mask(self.result),
+                 lambda: self.result_changed.emit(self.result),
+                 lambda: self.threshold_changed.emit(self.result)]
+        if defer is None:
+            for step in steps:
+                step()
+            if on_shown is not None:
+                on_shown()
+            return self.result
+        ref = weakref.ref(self)
+
+        def run(i: int) -> None:
+            s = ref()
+            try:
+                if s is None or s.raw_result is not result:  # superseded or cleared meanwhile
+                    i = len(steps)
+                else:
+                    steps[i]()
+            except RuntimeError as exc:  # the viewer closed meanwhile
+                log.debug("result not shown: %s", exc)
+                i = len(steps)
+            if i + 1 < len(steps):
+                defer(lambda: run(i + 1))
+            elif on_shown is not None:
+                on_shown()
+
+        run(0)
         return self.result
 
     def clear_result(self) -> None:
@@ -393,7 +466,8 @@ class Session:
             sel.active = active
         return layer
 
-    def _show_nll(self, res: Any, limits: tuple[float, float] | None = None) -> None:
+    def _show_nll(self, res: Any, limits: tuple[float, float] | None = None,
+                  colorbar: bool = True) -> None:
         data = np.asarray(res.nll, dtype=np.float32)
         scale, translate = nav_scale_translate(res.y, res.x)
         limits = robust_limits(data, 1.0, 99.5) if limits is None else limits
@@ -402,7 +476,8 @@ class Session:
             layer = self._keep_selection(lambda: self.viewer.add_image(
                 data, name=NLL_NAME, scale=scale, translate=translate, colormap="magma",
                 contrast_limits=limits, metadata={KEY: {"role": "nll"}}))
-            show_colorbar(layer)
+            if colorbar:
+                show_colorbar(layer)
             return
         layer.data = data
         layer.scale, layer.translate = scale, translate

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -56,7 +57,7 @@ from ._layers import (
     role_of,
     world_to_pixel,
 )
-from ._plot import HistogramCanvas, SpectrumCanvas
+from ._plot import HistogramCanvas, LineScanCanvas, SpectrumCanvas
 from ._session import Session, get_session, prepare_result, threshold_spec
 
 log = logging.getLogger(__name__)
@@ -69,11 +70,79 @@ METHODS = [("3D-CVAE", "cvae"), ("PCA", "pca"), ("RX", "rx")]
 METHOD_NAMES = {v: k for k, v in METHODS}
 
 
+def _scroll_area(inner: Any) -> Any:
+    from qtpy.QtCore import Qt  # noqa: PLC0415
+    from qtpy.QtWidgets import QFrame, QScrollArea  # noqa: PLC0415
+
+    area = QScrollArea()
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+    area.setWidget(inner)
+    area.setMinimumHeight(120)
+    return area
+
+
+#: Every live eelsanom panel (to find their docks).
+_PANELS: weakref.WeakSet = weakref.WeakSet()
+
+
+class _DockTabber(QObject):
+    """When a panel is docked on its own (napari's Plugins menu), put it in a tab beside an
+    eelsanom panel already docked in the same area instead of stacking one more panel
+    below it (a column of six panels is ~2000 px tall)."""
+
+    def __init__(self, panel: Any) -> None:
+        super().__init__(panel.native)
+        self._panel = weakref.ref(panel)
+        self.done = False
+        panel.native.installEventFilter(self)
+
+    def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 - Qt API
+        # (getattr: Qt may still deliver events while the Python side is torn down)
+        if not getattr(self, "done", True) and \
+                event.type() in (QEvent.Type.Show, QEvent.Type.ParentChange):
+            QTimer.singleShot(0, self.tabify)
+        return False
+
+    def tabify(self) -> None:
+        panel = self._panel()
+        if panel is None or self.done or panel._closed:
+            return
+        try:
+            dock = panel._dock_widget()
+            win = dock.parentWidget() if dock is not None else None
+            if win is None or not hasattr(win, "tabifyDockWidget") or dock.isFloating():
+                return
+            self.done = True
+            area = win.dockWidgetArea(dock)
+            for other in list(_PANELS):
+                od = other._dock_widget() if other is not panel and not other._closed else None
+                if od is None or od is dock or od.parentWidget() is not win or \
+                        od.isFloating() or win.dockWidgetArea(od) != area or \
+                        not od.isVisible() or dock in win.tabifiedDockWidgets(od):
+                    continue
+                win.tabifyDockWidget(od, dock)
+                dock.show()
+                dock.raise_()
+                return
+        except RuntimeError:  # Qt objects deleted meanwhile
+            return
+
+
 class _Panel(Container):
     """Base of the panels: the viewer, its session, and layer-list change notifications."""
 
     def __init__(self, viewer: napari.viewer.Viewer, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        # the fields live in a body container inside a scroll area, so that a panel docked
+        # on a small screen scrolls instead of forcing the window taller than the screen
+        super().__init__(labels=False)
+        self._body = Container(**kwargs)
+        self._scroll = _scroll_area(self._body.native)
+        self.native.layout().addWidget(self._scroll)
+        self.native.layout().setContentsMargins(0, 0, 0, 0)
+        _PANELS.add(self)
+        self._tabber = _DockTabber(self)
         # napari hands plugin widgets a public-only proxy of the viewer; the panels of one
         # viewer share state through the viewer itself
         viewer = getattr(viewer, "__wrapped__", viewer)
@@ -119,7 +188,31 @@ class _Panel(Container):
         return [(ly.name, ly) for ly in self._viewer.layers if keep(ly)]
 
     def _add_qt(self, qwidget: Any) -> None:
-        self.native.layout().addWidget(qwidget)
+        self._body.native.layout().addWidget(qwidget)
+
+    def extend(self, widgets: Any) -> None:
+        """Add magicgui widgets to the panel's (scrolling) body."""
+        body = self.__dict__.get("_body")
+        if body is None:  # magicgui's own construction
+            super().extend(widgets)
+        else:
+            body.extend(widgets)
+
+    def reset_choices(self, *_: Any) -> None:
+        """Refresh every combo box of the body (e.g. the layer lists)."""
+        super().reset_choices()
+        body = self.__dict__.get("_body")
+        if body is not None:
+            body.reset_choices()
+
+    def _dock_widget(self) -> Any:
+        """The QDockWidget this panel sits in, or None (not docked)."""
+        from qtpy.QtWidgets import QDockWidget  # noqa: PLC0415
+
+        w = self.native.parentWidget()
+        while w is not None and not isinstance(w, QDockWidget):
+            w = w.parentWidget()
+        return w
 
 
 # ============================================================================ 1. bulk region
@@ -145,7 +238,7 @@ class BulkRegionWidget(_Panel):
         self._new_rect.changed.connect(self._on_new_rectangle)
         self._new_labels.changed.connect(self._on_new_labels)
         self._session.cube_changed.connect(self._update_count)
-        self._auto_pick()
+        self._auto_pick(self._session.cube())  # docked after a file was opened
         self._on_cube()
         self._on_region()
 
@@ -383,6 +476,12 @@ def _parse_extra(text: str) -> dict[str, Any]:
     return out
 
 
+def _next_turn(fn: Callable[[], None]) -> None:
+    """Run ``fn`` in a later turn of the Qt event loop: after 20 ms, so that input, paint
+    and other timers are served between two steps."""
+    QTimer.singleShot(20, fn)
+
+
 def leave_a_core() -> int:
     """Called in a worker thread before heavy torch work: torch uses at most ``cores - 1``
     threads, so one core stays with the GUI thread; returns the thread count.
@@ -489,6 +588,7 @@ class DetectorWidget(_Panel):
         self.extend([self._method, self._device, self._energy, self._seed,
                      *[w for ws in self._per_method.values() for w in ws],
                      self._extra, self._auto_apply, run_row, self._model_file, model_row, self._status])
+        self._delivering = 0
         self._jobs: set[threading.Event] = set()
         self._cancel_event: threading.Event | None = None
         self._worker: Any = None
@@ -496,6 +596,10 @@ class DetectorWidget(_Panel):
         self._bridge: Any = None
         self.n_progress_events = 0
         self.last_event: Any = None
+        self._epoch: tuple[int, int] = (0, 0)
+        self._shown_at = 0.0
+        self._flush_pending = False
+        self._session.energy_window_picked.connect(self._on_window_picked)
         self._method.changed.connect(self._on_method)
         self._train_btn.changed.connect(self._on_train)
         self._apply_btn.changed.connect(self._on_apply)
@@ -514,8 +618,8 @@ class DetectorWidget(_Panel):
     # ------------------------------------------------------------------ state
     @property
     def busy(self) -> bool:
-        """True while training, scoring or loading runs."""
-        return self._worker is not None
+        """True while training, scoring or loading runs (or its result is being shown)."""
+        return self._worker is not None or self._delivering > 0
 
     def _set_busy(self, busy: bool) -> None:
         if self._closed:
@@ -533,6 +637,11 @@ class DetectorWidget(_Panel):
             for w in ws:
                 w.visible = key == m
         self._device.enabled = m in ("pca", "cvae")
+
+    def _on_window_picked(self, lo: float, hi: float) -> None:
+        """An energy window dragged on the spectrum plot becomes the detector's window."""
+        if not self._closed:
+            self._energy.value = f"{lo:.1f}:{hi:.1f}"
 
     def _set_status(self, text: str) -> None:
         if self._closed:
@@ -614,9 +723,10 @@ class DetectorWidget(_Panel):
             w._set_status(f"{name} fitted on {n_train} pixels in "
                           f"{getattr(det, 'fit_seconds_', float('nan')):.1f} s")
             if prep is not None:
-                res = w._session.set_result(prep.raw, cube_ref(), prep)
-                _notify.info(f"{name}: {res.n_flagged} of {res.nll.size} pixels flagged "
-                             f"({res.threshold_method}).")
+                res = w._deliver_result(prep, cube_ref())
+                text = (f"{name}: {res.n_flagged} of {res.nll.size} pixels flagged "
+                        f"({res.threshold_method}).")
+                _next_turn(lambda: _notify.info(text))
 
         self._run(f"training {name}", work, done)
 
@@ -645,16 +755,35 @@ class DetectorWidget(_Panel):
             return prepare_result(det.score(si, progress=progress), spec)
 
         def done(w: DetectorWidget, prep: Any) -> None:
-            w._session.set_result(prep.raw, cube_ref(), prep)
+            w._deliver_result(prep, cube_ref())
             w._set_status(f"{name} applied to {cube_name}")
 
         self._run("scoring", work, done)
 
+    def _deliver_result(self, prep: Any, cube: Any) -> Any:
+        """Show a prepared result over several event-loop turns; busy until it is shown."""
+        self._delivering += 1
+        ref = weakref.ref(self)
+
+        def shown() -> None:
+            w = ref()
+            if w is not None:
+                w._delivering -= 1
+                if not w.busy:
+                    w._set_busy(False)
+
+        return self._session.set_result(prep.raw, cube, prep, defer=_next_turn,
+                                        on_shown=shown)
+
     def _on_cancel(self, *_: Any) -> None:
-        """Ask the running work to stop at its next step."""
+        """Ask the running work to stop at its next progress report (a batch, or an epoch
+        where the detector reports per epoch)."""
         if self._cancel_event is not None:
             self._cancel_event.set()
-            self._set_status("cancelling...")
+            ev = self.last_event
+            fine = ev is not None and (ev.stage == "batch" or "batch" in ev.metrics)
+            self._set_status("cancelling..." if fine or ev is None or ev.stage != "train"
+                             else "cancelling at the end of this epoch...")
 
     def _on_load(self, *_: Any) -> None:
         """Load the model file (worker thread) and check it against the open image."""
@@ -744,6 +873,7 @@ class DetectorWidget(_Panel):
         pbar = cancelable_progress(total=0, desc=f"eelsanom: {what}", cancel_callback=cancel.set)
         self._pbar = pbar
         self.n_progress_events = 0
+        self._epoch, self._shown_at, self.last_event = (0, 0), 0.0, None
 
         def callback(ev: Any) -> bool:
             bridge.event.emit(ev)
@@ -785,7 +915,7 @@ class DetectorWidget(_Panel):
                 return
             w._worker = None
             w._cancel_event = None
-            w._set_busy(False)
+            w._set_busy(w.busy)
 
         worker.returned.connect(returned)
         worker.errored.connect(errored)
@@ -799,28 +929,83 @@ class DetectorWidget(_Panel):
     def _on_progress(self, ev: Any) -> None:
         """A progress event from the worker (GUI thread): update the status and the bar.
 
-        The status is set first: napari's progress bar may process pending events while it
-        redraws, which can deliver the worker's result before this handler returns.
+        Events may come per epoch or finer (per batch: ``metrics`` ``batch``/``batches``,
+        or a ``"batch"`` stage counting within the current epoch); the bar advances by
+        fractions of an epoch. The display is refreshed at most every
+        :data:`PROGRESS_EVERY` seconds (the last event wins), so that many small events
+        cost the GUI thread little.
         """
         self.n_progress_events += 1
         self.last_event = ev
+        if ev.stage in ("train", "fit"):
+            self._epoch = (int(ev.step), int(ev.total or 0))
+        now = time.monotonic()
+        if now - self._shown_at >= PROGRESS_EVERY:
+            self._show_progress()
+        elif not self._flush_pending:
+            self._flush_pending = True
+            ref = weakref.ref(self)
+            QTimer.singleShot(int(1000 * PROGRESS_EVERY), lambda: (w := ref()) is not None
+                              and w._flush_progress())
+
+    def _flush_progress(self) -> None:
+        self._flush_pending = False
+        if self._worker is not None and not self._closed:
+            self._show_progress()
+
+    def _show_progress(self) -> None:
+        ev = self.last_event
+        if ev is None:
+            return
+        self._shown_at = time.monotonic()
+        m = dict(ev.metrics)
+        batch, batches = m.pop("batch", None), m.pop("batches", None)
+        if ev.stage == "batch":  # counting within the current epoch
+            batch, batches = ev.step, ev.total
         metrics = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                           for k, v in ev.metrics.items())
-        label = "epoch" if ev.stage == "train" else "step"
-        text = f"{ev.stage}: {label} {ev.step}/{ev.total or '?'}" + \
-            (f", {metrics}" if metrics else "")
+                           for k, v in m.items())
+        epoch, epochs = self._epoch
+        if ev.stage in ("train", "fit", "batch"):
+            done = float(epoch)
+            if batch is not None and batches:
+                # a batch event of epoch e (1-based) counts e - 1 whole epochs
+                done = (epoch - 1 if ev.stage != "batch" else epoch) + batch / batches
+            text = f"train: epoch {epoch}/{epochs or '?'}"
+            if batch is not None:
+                text += f", batch {batch}/{batches or '?'}"
+            total = epochs
+        else:
+            done, total = float(ev.step), int(ev.total or 0)
+            text = f"{ev.stage}: step {ev.step}/{ev.total or '?'}"
+        text += f", {metrics}" if metrics else ""
         self._set_status(text)
         pbar = self._pbar
         if pbar is None:
             return
-        if ev.total and pbar.total != ev.total:
-            pbar.total = ev.total
+        # napari's bar counts whole steps: batches when the events give them, else epochs
+        unit = int(batches) if batch is not None and batches else 1
+        if total and pbar.total != total * unit:
+            pbar.total = total * unit
         pbar.set_description(f"eelsanom {text}")
-        if ev.step >= pbar.n:
-            pbar.update(ev.step - pbar.n)
+        n = int(round(done * unit))
+        if n >= pbar.n:
+            pbar.update(n - pbar.n)
 
 
 # ============================================================================ 3. results
+def line_scan_axis(si: Any) -> tuple[str, np.ndarray, str] | None:
+    """``(axis, positions, label)`` of a line scan (a 1 x n or n x 1 spectrum image), where
+    ``axis`` is ``"x"`` or ``"y"``; None for an image with both sides longer than 1."""
+    ny, nx = si.nav_shape
+    if ny > 1 and nx > 1 or ny * nx < 2:
+        return None
+    ax = si.x if ny == 1 else si.y
+    name = "x" if ny == 1 else "y"
+    units = f" ({ax.units})" if getattr(ax, "units", "") else ""
+    return name, np.asarray(ax.values, float), f"position{units}"
+
+
+
 def threshold_methods() -> list[tuple[str, str]]:
     """The Results panel's threshold choices (``robust`` where eelsanom.scoring has it)."""
     from eelsanom.scoring import parse_threshold  # noqa: PLC0415
@@ -851,6 +1036,14 @@ class ResultsWidget(_Panel):
         self.extend([self._method, self._percent, self._manual, self._stats])
         self._hist = HistogramCanvas()
         self._add_qt(self._hist)
+        # a line scan: spectra as a position x energy image, NLL against position
+        self._line = LineScanCanvas()
+        self._line.on_pick = self._line_pick_callback()
+        self._add_qt(self._line)
+        self._line.setVisible(False)
+        self._line_index: int | None = None
+        self._session.cube_changed.connect(self._refresh_line)
+        self._session.pixel_changed.connect(self._on_pixel_changed)
         self._method.changed.connect(self._on_method)
         self._percent.changed.connect(self._apply)
         self._manual.changed.connect(self._apply)
@@ -858,6 +1051,7 @@ class ResultsWidget(_Panel):
         self._session.threshold_changed.connect(self._on_threshold)
         self._session.threshold_reset.connect(self._on_threshold_reset)
         self._on_method(apply=False)
+        self._refresh_line()
         if self._session.result is not None:
             self._on_result(self._session.result)
             self._on_threshold(self._session.result)
@@ -881,6 +1075,59 @@ class ResultsWidget(_Panel):
             self._session.set_threshold(self.spec())
         except InputError as exc:
             _notify.error(str(exc))
+
+    # ------------------------------------------------------------------ line scans
+    def _line_pick_callback(self) -> Callable[[int], None]:
+        ref = weakref.ref(self)
+
+        def picked(k: int) -> None:
+            w = ref()
+            if w is None or w._closed:
+                return
+            try:
+                si = w._session.spectrum_image()
+            except InputError:
+                return
+            iy, ix = (0, k) if si.nav_shape[0] == 1 else (k, 0)
+            w._session.select_pixel(iy, ix)
+        return picked
+
+    def _on_pixel_changed(self, iy: int, ix: int) -> None:
+        if self._closed or self._line.isHidden():
+            return
+        k = max(int(iy), int(ix))
+        if k != self._line_index:
+            self._line_index = k
+            self._refresh_line()
+
+    def _refresh_line(self, *_: Any) -> None:
+        """Show the line-scan view when the current image is a line scan (1 x n or n x 1)."""
+        if self._closed:
+            return
+        try:
+            si = self._session.spectrum_image()
+        except InputError:
+            si = None
+        line = line_scan_axis(si) if si is not None else None
+        was = not self._line.isHidden()
+        self._line.setVisible(line is not None)
+        self._hist.setVisible(line is None)  # 10-40 positions: the plot says more
+        if line is None:
+            return
+        dock = getattr(self, "_dock", None)
+        if not was and dock is not None:
+            dock.raise_()
+        axis, positions, label = line
+        spectra = np.asarray(si.data, float).reshape(positions.size, -1)
+        res = self._session.result
+        if res is not None and self._session.result_cube is not self._session.cube():
+            res = None
+        kw: dict[str, Any] = {}
+        if res is not None and np.size(res.nll) == positions.size:
+            kw = {"nll": np.asarray(res.nll, float).ravel(), "threshold": float(res.threshold),
+                  "mask": np.asarray(res.mask, bool).ravel()}
+        self._line.show(si.energy.values, spectra, positions, position_label=label,
+                        index=self._line_index, **kw)
 
     def _on_threshold_reset(self) -> None:
         """New data: the session went back to the detector's rule; so does the panel."""
@@ -920,7 +1167,11 @@ class ResultsWidget(_Panel):
             self._hist.show(res.nll, res.threshold)
 
     def _on_threshold(self, res: Any) -> None:
-        if self._closed or res is None:
+        if self._closed:
+            return
+        if not self._line.isHidden() or res is None:
+            self._refresh_line()
+        if res is None:
             return
         n, k = res.nll.size, res.n_flagged
         self._stats.value = (f"{k} of {n} px ({100.0 * k / n:.2f} %); NLL > "
@@ -933,8 +1184,13 @@ class ResultsWidget(_Panel):
 
 
 # ============================================================================ 4. inspector
+#: Seconds between two refreshes of the progress display.
+PROGRESS_EVERY = 0.1
+
 #: Pixels whose model view the inspector keeps per result.
 CACHE_PIXELS = 4096
+#: At most this many pinned pixels / region means on the spectrum plot.
+OVERLAY_MAX = 6
 
 _KEYS = {"Shift-Up": (-1, 0), "Shift-Down": (1, 0), "Shift-Left": (0, -1), "Shift-Right": (0, 1)}
 
@@ -981,14 +1237,49 @@ class SpectrumInspectorWidget(_Panel):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer, labels=True)
-        self._iy = SpinBox(label="row (y)", value=0, min=0, max=0)
-        self._ix = SpinBox(label="column (x)", value=0, min=0, max=0)
-        self._window = FloatSpinBox(label="window (eV)", value=5.0, min=0.1, max=500.0, step=0.5)
+        self._iy = SpinBox(label="y", value=0, min=0, max=0)
+        self._ix = SpinBox(label="x", value=0, min=0, max=0)
+        self._window = FloatSpinBox(label="window eV", value=5.0, min=0.1, max=500.0,
+                                    step=0.5)
+        self._iy.tooltip = "row of the inspected pixel (or click the image; Shift+arrows move)"
+        self._ix.tooltip = "column of the inspected pixel"
+        self._window.tooltip = ("width of the shaded energy window that contributes most to "
+                                "the pixel's NLL")
         row = Container(widgets=[self._iy, self._ix, self._window], layout="horizontal",
                         labels=True)
+        row.margins = (0, 0, 0, 0)
+        self._pin_btn = PushButton(text="Pin")
+        self._region_btn = PushButton(text="Region mean")
+        self._clear_btn = PushButton(text="Clear")
+        self._pin_btn.tooltip = "keep this pixel's spectrum on the plot to compare others with it"
+        self._region_btn.tooltip = ("mean spectrum (observed and model) of the selected shapes "
+                                    "layer's area, or of the bulk region")
+        self._clear_btn.tooltip = "remove pinned pixels, region means and the picked window"
+        tools = Container(widgets=[self._pin_btn, self._region_btn, self._clear_btn],
+                          layout="horizontal", labels=False)
+        tools.margins = (0, 0, 0, 0)
         self.extend([row])
         self._canvas = SpectrumCanvas()
+        from matplotlib.backends.backend_qtagg import NavigationToolbar2QT  # noqa: PLC0415
+        from qtpy.QtWidgets import QHBoxLayout, QWidget  # noqa: PLC0415
+
+        # zoom / pan / home of the plot, and the spectrum tools, on one row
+        self._toolbar = NavigationToolbar2QT(self._canvas, None, coordinates=False)
+        self._toolbar.setStyleSheet("QToolBar { border: 0px; } QToolButton { padding: 0px; }")
+        bar = QWidget()
+        lay = QHBoxLayout(bar)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self._toolbar)
+        lay.addWidget(tools.native)
+        self._tools = tools
+        self._add_qt(bar)
         self._add_qt(self._canvas)
+        self._canvas.on_span = self._span_callback()
+        self._pin_btn.changed.connect(self._on_pin)
+        self._region_btn.changed.connect(self._on_region_mean)
+        self._clear_btn.changed.connect(self._on_clear_overlays)
+        self._recon: dict[int, Any] = {}  # id(raw result) -> (raw, mean, sigma) (one kept)
+        self._recon_worker: Any = None
         self.pixel: tuple[int, int] | None = None
         self.spectrum: Any = None
         #: PixelSpectrum per (iy, ix) of the raw result ``_cache_of`` (threshold-free)
@@ -1010,6 +1301,139 @@ class SpectrumInspectorWidget(_Panel):
         self._session.cube_changed.connect(self._on_cube)
         self._session.pixel_requested.connect(self._on_pixel_requested)
         self._on_cube()
+
+    # ------------------------------------------------------------------ spectrum tool
+    def _span_callback(self) -> Callable[[float, float], None]:
+        ref = weakref.ref(self)
+
+        def picked(lo: float, hi: float) -> None:
+            w = ref()
+            if w is not None and not w._closed:
+                w._session.energy_window_picked.emit(float(lo), float(hi))
+        return picked
+
+    def _on_pin(self, *_: Any) -> None:
+        """Keep the inspected pixel's spectrum (and model, when known) on the plot."""
+        if self.pixel is None:
+            _notify.error("pin pixel: no pixel shown yet; click a pixel first.")
+            return
+        try:
+            si = self._session.spectrum_image()
+        except InputError as exc:
+            _notify.error(str(exc))
+            return
+        iy, ix = self.pixel
+        ps = self.spectrum
+        if ps is not None:
+            entry = (f"y={iy}, x={ix}", np.asarray(ps.energy), np.asarray(ps.observed),
+                     np.asarray(ps.mean))
+        else:
+            entry = (f"y={iy}, x={ix}", si.energy.values, np.asarray(si.data[iy, ix], float),
+                     None)
+        self._canvas.overlays = [o for o in self._canvas.overlays if o[0] != entry[0]]
+        self._canvas.overlays = [*self._canvas.overlays, entry][-OVERLAY_MAX:]
+        self._draw()
+
+    def _on_clear_overlays(self, *_: Any) -> None:
+        """Remove pinned pixels, region means and the picked energy window."""
+        self._canvas.overlays = []
+        self._canvas.picked_window = None
+        if self.pixel is not None:
+            self._draw()
+        else:
+            self._canvas.clear("click a pixel to see its spectrum")
+
+    def _region_layer(self) -> Any:
+        active = self._viewer.layers.selection.active
+        if active is not None and type(active).__name__ in ("Shapes", "Labels") and \
+                role_of(active) not in ("mask", "truth"):
+            return active
+        return self._session.region_layer
+
+    def _on_region_mean(self, *_: Any) -> Any:
+        """Mean spectrum of the selected shapes/labels layer's area (else the bulk region),
+        observed and, with a result, modelled (the model runs in a worker, once per result)."""
+        from ._layers import region_mask  # noqa: PLC0415
+
+        layer = self._region_layer()
+        try:
+            si = self._session.spectrum_image()
+            if layer is None:
+                raise InputError("mean of region: no region; expected a shapes or labels "
+                                 "layer selected in the layer list (draw one), or a bulk "
+                                 "region chosen in the Bulk region panel.")
+            mask, _ = region_mask(layer, si)
+        except InputError as exc:
+            _notify.error(str(exc))
+            return None
+        if mask is None or not mask.any():
+            _notify.error(f"mean of region: {layer.name!r} covers 0 pixels of the image; "
+                          "expected a rectangle, polygon or painted area on it.")
+            return None
+        label = f"{layer.name} (mean of {int(mask.sum())} px)"
+        obs = np.asarray(si.data, float)[mask].mean(axis=0)
+        raw = self._session.raw_result if self._result_for(self._session.cube()) is not None \
+            else None
+        entry = [label, si.energy.values, obs, None]
+        self._canvas.overlays = [o for o in self._canvas.overlays if o[0] != label]
+        self._canvas.overlays = [*self._canvas.overlays, tuple(entry)][-OVERLAY_MAX:]
+        if self.pixel is not None:
+            self._draw()
+        else:
+            self._canvas.show_pixel(si.energy.values, obs, title=label, pixel=(0, 0))
+        if raw is not None:
+            self._with_reconstruction(raw, lambda mean, e: self._set_overlay_model(
+                label, e, mean[mask].mean(axis=0)))
+        return mask
+
+    def _set_overlay_model(self, label: str, energy: np.ndarray, model: np.ndarray) -> None:
+        out = []
+        for o in self._canvas.overlays:
+            if o[0] == label:
+                obs = o[2]
+                if o[1].size != energy.size:  # the model's window: crop the observed mean
+                    keep = np.isin(np.round(o[1], 6), np.round(energy, 6))
+                    obs = o[2][keep]
+                o = (label, energy, obs, model)
+            out.append(o)
+        self._canvas.overlays = out
+        if self.pixel is not None:
+            self._draw()
+
+    def _with_reconstruction(self, raw: Any, then: Callable[[np.ndarray, np.ndarray], None]
+                             ) -> None:
+        """``then(mean, energy)`` with the result's whole-image model mean (computed once per
+        result, in a worker)."""
+        got = self._recon.get(id(raw))
+        if got is not None and got[0] is raw:
+            then(got[1], got[2])
+            return
+        from superqt.utils import create_worker  # noqa: PLC0415
+
+        ref = weakref.ref(self)
+
+        def work() -> tuple[np.ndarray, np.ndarray]:
+            mean, _sigma = raw.reconstruct()
+            return np.asarray(mean, np.float64), raw.energy.values
+
+        def returned(out: tuple[np.ndarray, np.ndarray]) -> None:
+            w = ref()
+            if w is None or w._closed:
+                return
+            w._recon = {id(raw): (raw, *out)}
+            if w._session.raw_result is raw:
+                then(*out)
+
+        def errored(exc: BaseException) -> None:
+            log.error("reconstruction failed", exc_info=exc)
+            _notify.error(f"mean of region: the model failed: {type(exc).__name__}: {exc}")
+
+        worker = create_worker(work, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(returned)
+        worker.errored.connect(errored)
+        self._recon_worker = worker
+        worker.finished.connect(lambda: setattr(ref() or self, "_recon_worker", None))
+        worker.start()
 
     def _on_pixel_requested(self, iy: int, ix: int) -> None:
         """Another panel (e.g. the latent scatter) asks for pixel (iy, ix)."""
@@ -1283,41 +1707,100 @@ PANELS: dict[str, type[_Panel]] = {
 }
 
 
-#: Where :func:`dock_all` puts each panel, in docking order: (area, tabify with the
-#: previous panel docked in that area).
-LAYOUT: dict[str, tuple[str, bool]] = {
-    "Bulk region": ("right", False),
-    "Export": ("right", True),
-    "Detector": ("right", False),
-    "Spectrum inspector": ("bottom", False),
-    "Results": ("bottom", False),
+#: Tab groups of :func:`dock_all`, by screen: (area, panels tabbed together) per group;
+#: the first panel of each group is in front. ``"small"``: a laptop (both groups on the
+#: right, one above the other); ``"large"``: the plots side by side below the canvas.
+LAYOUTS: dict[str, list[tuple[str, list[str]]]] = {
+    "small": [("right", ["Bulk region", "Detector", "Latent space", "Export"]),
+              ("right", ["Spectrum inspector", "Results"])],
+    "large": [("right", ["Bulk region", "Detector", "Latent space", "Export"]),
+              ("bottom", ["Spectrum inspector"]),
+              ("bottom", ["Results"])],
 }
 
+#: Below this available screen size (px) the "small" layout is used.
+LARGE_SCREEN = (1600, 1000)
 
-def dock_all(viewer: napari.viewer.Viewer) -> dict[str, _Panel]:
+
+def choose_layout(width: int, height: int) -> str:
+    """``"large"`` for a screen of at least :data:`LARGE_SCREEN`, else ``"small"``."""
+    return "large" if width >= LARGE_SCREEN[0] and height >= LARGE_SCREEN[1] else "small"
+
+
+def _screen_size(window: Any) -> tuple[int, int]:
+    try:
+        geo = window.screen().availableGeometry()
+        return int(geo.width()), int(geo.height())
+    except Exception:  # noqa: BLE001 - no screen information: assume a laptop
+        return 1366, 768
+
+
+def dock_all(viewer: napari.viewer.Viewer, layout: str | None = None) -> dict[str, _Panel]:
     """Dock the six eelsanom panels in ``viewer``; returns them by name (workflow order).
 
-    Bulk region (with Export as a tab) and Detector on the right; the spectrum plot and
-    the Results panel (threshold and histogram) side by side below the canvas; the
-    latent-space panel as a tab beside the Detector.
+    Parameters
+    ----------
+    viewer : napari.Viewer
+    layout : {"small", "large"}, optional
+        :data:`LAYOUTS` key; default: chosen from the screen's size
+        (:func:`choose_layout`). Panels scroll when the window is too small for them.
     """
-    win = viewer.window
-    out: dict[str, _Panel] = {}
-    docks: dict[str, Any] = {}
-    for name, (area, tabify) in LAYOUT.items():
-        w = PANELS[name](viewer)
-        docks[name] = win.add_dock_widget(w, name=f"eelsanom: {name}", area=area, tabify=tabify)
-        out[name] = w
-        w._dock = docks[name]
-        w._watch_window()
-    # the latent-space panel (its own module: it builds on _Panel) as a tab beside the Detector
+
     from ._latent_panel import LatentPanel  # noqa: PLC0415
 
-    latent = LatentPanel(viewer)
-    docks["Latent space"] = win.add_dock_widget(latent, name="eelsanom: Latent space",
-                                                area="right")
-    latent._dock = docks["Latent space"]
-    win._qt_window.tabifyDockWidget(docks["Detector"], docks["Latent space"])
-    docks["Detector"].raise_()
-    docks["Bulk region"].raise_()
-    return {**{k: out[k] for k in PANELS}, "Latent space": latent}
+    win = viewer.window
+    qwin = win._qt_window
+    layout = layout or choose_layout(*_screen_size(qwin))
+    if layout not in LAYOUTS:
+        raise InputError(f"dock_all: expected layout 'small' or 'large', found {layout!r}.")
+    classes: dict[str, type[_Panel]] = {**PANELS, "Latent space": LatentPanel}
+    out: dict[str, _Panel] = {}
+    firsts = []
+    for area, names in LAYOUTS[layout]:
+        group = []
+        for name in names:
+            w = classes[name](viewer)
+            w._tabber.done = True  # placed here, not by the Plugins-menu rule
+            dock = win.add_dock_widget(w, name=name, area=area)
+            w._dock = dock
+            w._watch_window()
+            out[name] = w
+            if group:
+                qwin.tabifyDockWidget(group[0], dock)
+            group.append(dock)
+        firsts.append((area, group[0]))
+    # (a second group in an area is already below (right) or beside (bottom) the first:
+    # that is how Qt adds a dock to an occupied area)
+    for _area, d in firsts:
+        d.raise_()
+    out["Bulk region"]._dock.raise_()
+    out["Spectrum inspector"]._dock.raise_()
+    panels = {**{k: out[k] for k in PANELS}, "Latent space": out["Latent space"]}
+    size_docks(panels)
+    return panels
+
+
+def size_docks(panels: dict[str, _Panel]) -> None:
+    """Give the docks of :func:`dock_all` sensible sizes for the window's current size:
+    a 470 px column on the right, the plots at least 45 % of its height (call again after
+    resizing the window)."""
+    from qtpy.QtCore import Qt  # noqa: PLC0415
+
+    try:
+        first, plots = panels["Bulk region"]._dock, panels["Spectrum inspector"]._dock
+        qwin = first.parentWidget()
+        qwin.resizeDocks([first], [470], Qt.Orientation.Horizontal)
+        if qwin.dockWidgetArea(plots) == qwin.dockWidgetArea(first):
+            h = max(400, qwin.height() - 60)
+            qwin.resizeDocks([first, plots], [int(0.45 * h), int(0.55 * h)],
+                             Qt.Orientation.Vertical)
+        else:  # below the canvas: the spectrum and the Results side by side
+            results = panels["Results"]._dock
+            qwin.resizeDocks([plots], [max(280, int(0.34 * qwin.height()))],
+                             Qt.Orientation.Vertical)
+            if qwin.dockWidgetArea(results) == qwin.dockWidgetArea(plots):
+                w = qwin.width()
+                qwin.resizeDocks([plots, results], [int(0.58 * w), int(0.42 * w)],
+                                 Qt.Orientation.Horizontal)
+    except (RuntimeError, AttributeError, KeyError) as exc:  # cosmetic only
+        log.debug("could not size the docks: %s", exc)

@@ -234,6 +234,7 @@ class LatentScatterCanvas(_Canvas):
         self.pixel: tuple[int, int] | None = None
         self.on_pick: Callable[[int, int], None] | None = None
         self.setMinimumHeight(260)
+        self._init_blit()
         self.mpl_connect("pick_event", self._picked)
         self.clear("no latent codes yet")
 
@@ -245,6 +246,7 @@ class LatentScatterCanvas(_Canvas):
         self.figure.clear()
         self.ax = self.figure.add_subplot()
         self.points = self.colorbar = self.highlight = self.coords = self.shape = None
+        self._animated, self._background = [], None
         self.indices, self.pixel = np.zeros(0, int), None
         self.ax.set_xticks([])
         self.ax.set_yticks([])
@@ -275,7 +277,9 @@ class LatentScatterCanvas(_Canvas):
         self.ax.set_title(title, fontsize=8)
         self.ax.tick_params(labelsize=7)
         (self.highlight,) = self.ax.plot([], [], marker="s", ms=9, mfc="none", mec="yellow",
-                                         mew=1.6, ls="none", label="inspected pixel")
+                                         mew=1.6, ls="none", label="inspected pixel",
+                                         animated=True)
+        self._animated, self._background = [self.highlight], None
         _style(self.figure, self.ax)
         self.ax.tick_params(labelsize=7)
         self.draw_idle()
@@ -297,7 +301,7 @@ class LatentScatterCanvas(_Canvas):
             return False
         self.pixel = (int(iy), int(ix))
         self.highlight.set_data([p[0]], [p[1]])
-        self.draw_idle()
+        self._blit()
         return True
 
     def _picked(self, event: Any) -> None:

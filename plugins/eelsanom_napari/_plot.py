@@ -54,6 +54,30 @@ class _Canvas(FigureCanvasQTAgg):
         super().resizeEvent(event)
         self.fit_margins()
 
+    def _init_blit(self) -> None:
+        """Animated artists (``self._animated``) are drawn over a cached background, so
+        moving one (a threshold line, a highlight) costs a blit, not a full redraw."""
+        self._animated: list[Any] = []
+        self._background: Any = None
+        self.mpl_connect("draw_event", self._on_draw_event)
+
+    def _on_draw_event(self, _event: Any) -> None:
+        self._background = self.copy_from_bbox(self.figure.bbox)
+        for a in self._animated:
+            if a.axes is not None and a.figure is self.figure:
+                a.axes.draw_artist(a)
+
+    def _blit(self) -> None:
+        """Redraw only the animated artists (a full redraw when no background exists)."""
+        if self._background is None or getattr(self, "_draw_pending", False):
+            self.draw_idle()
+            return
+        self.restore_region(self._background)
+        for a in self._animated:
+            if a.axes is not None and a.figure is self.figure:
+                a.axes.draw_artist(a)
+        self.blit(self.figure.bbox)
+
     def fit_margins(self) -> None:
         """Apply :attr:`margins` to the figure's current size."""
         w, h = self.figure.get_size_inches()
@@ -256,12 +280,14 @@ class HistogramCanvas(_Canvas):
         self.threshold_line: Any = None
         self.counts: np.ndarray | None = None
         self.edges: np.ndarray | None = None
+        self._init_blit()
         self.setMinimumHeight(150)
         self.clear()
 
     def clear(self) -> None:
         self.ax.clear()
         self.threshold_line, self.counts, self.edges = None, None, None
+        self._animated, self._background = [], None
         self.ax.text(0.5, 0.5, "no NLL map yet", ha="center", va="center", color=_FG,
                      transform=self.ax.transAxes, fontsize=9)
         self._labels()
@@ -281,6 +307,7 @@ class HistogramCanvas(_Canvas):
     def show_counts(self, counts: np.ndarray, edges: np.ndarray, threshold: float) -> None:
         """Draw a histogram computed elsewhere (e.g. in a worker) and the threshold line."""
         self.ax.clear()
+        self._background = None
         self.counts, self.edges = np.asarray(counts), np.asarray(edges)
         self.ax.stairs(self.counts, self.edges, fill=True, color="#8c6bb1", alpha=0.9)
         self.ax.set_yscale("log")
@@ -288,16 +315,17 @@ class HistogramCanvas(_Canvas):
         self.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
         self.ax.yaxis.set_minor_formatter(NullFormatter())
         self.ax.set_ylim(0.8, None)
-        self.threshold_line = self.ax.axvline(threshold, color="cyan", lw=1.5)
+        self.threshold_line = self.ax.axvline(threshold, color="cyan", lw=1.5, animated=True)
+        self._animated = [self.threshold_line]
         self._labels()
         self.draw_idle()
 
     def set_threshold(self, threshold: float) -> None:
-        """Move the threshold line."""
+        """Move the threshold line (a blit over the cached histogram)."""
         if self.threshold_line is None:
             return
         self.threshold_line.set_xdata([threshold, threshold])
-        self.draw_idle()
+        self._blit()
 
 
 class LineScanCanvas(_Canvas):

@@ -1258,7 +1258,9 @@ class SpectrumInspectorWidget(_Panel):
         tools = Container(widgets=[self._pin_btn, self._region_btn, self._clear_btn],
                           layout="horizontal", labels=False)
         tools.margins = (0, 0, 0, 0)
-        self.extend([row])
+        self._flag = Label(label="", value="")
+        self._flag.tooltip = "the inspected pixel against the current threshold"
+        self.extend([row, self._flag])
         self._canvas = SpectrumCanvas()
         from matplotlib.backends.backend_qtagg import NavigationToolbar2QT  # noqa: PLC0415
         from qtpy.QtWidgets import QHBoxLayout, QWidget  # noqa: PLC0415
@@ -1574,14 +1576,24 @@ class SpectrumInspectorWidget(_Panel):
         return ps
 
     def _title(self, res: Any, ps: Any) -> str:
+        """The plot's title: pixel, NLL and flag; the threshold's value is in the label
+        above the plot (a slider tick then redraws the plot only when the flag flips)."""
         iy, ix = self.pixel
         where = f"pixel y={iy}, x={ix}"
+        self._set_threshold_text(res)
         if res is None:
             return f"{where}: observed (no model yet)"
         flag = "ANOMALOUS" if bool(res.mask[iy, ix]) else "normal"
         nll = float(res.nll[iy, ix])
-        text = f"{where}: NLL {nll:.5g} ({flag}; threshold {res.threshold:.5g})"
+        text = f"{where}: NLL {nll:.5g} ({flag})"
         return text if ps is not None else text + ": computing the model..."
+
+    def _set_threshold_text(self, res: Any) -> None:
+        text = "" if res is None or self.pixel is None else (
+            f"{'above' if bool(res.mask[self.pixel]) else 'below'} the threshold "
+            f"{res.threshold:.5g} ({res.threshold_method})")
+        if self._flag.value != text:
+            self._flag.value = text
 
     def _draw(self) -> Any:
         """Draw the current pixel with what is known now (never runs the model here)."""
@@ -1619,7 +1631,9 @@ class SpectrumInspectorWidget(_Panel):
         if current is None:
             return
         iy, ix = self.pixel
-        self._canvas.set_title(self._title(current, self.cached(iy, ix)))
+        title = self._title(current, self.cached(iy, ix))
+        if title != self._canvas.ax.get_title():  # the flag flipped
+            self._canvas.set_title(title)
 
     def _mark(self, si: Any, iy: int, ix: int) -> None:
         pos = np.array([pixel_to_world(iy, ix, si)])

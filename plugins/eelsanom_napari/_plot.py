@@ -76,7 +76,9 @@ class _Canvas(FigureCanvasQTAgg):
         for a in self._animated:
             if a.axes is not None and a.figure is self.figure:
                 a.axes.draw_artist(a)
-        self.blit(self.figure.bbox)
+        # matplotlib's blit() repaints synchronously (and napari's window with it): ask Qt
+        # for a paint of the updated buffer at its next turn instead
+        self.update()
 
     def fit_margins(self) -> None:
         """Apply :attr:`margins` to the figure's current size."""
@@ -147,9 +149,18 @@ class SpectrumCanvas(_Canvas):
         self.clear("click a pixel to see its spectrum")
 
     def clear(self, message: str = "") -> None:
-        """Empty both axes (with a message in the upper one)."""
+        """Empty both axes (with a message in the upper one).
+
+        The plotted artists are removed, the axes themselves kept: ``Axes.clear`` would
+        rebuild every tick, a good part of the cost of showing the next pixel."""
         for ax in (self.ax, self.ax_res):
-            ax.clear()
+            for a in [*ax.lines, *ax.collections, *ax.patches, *ax.texts]:
+                a.remove()
+            if ax.legend_ is not None:
+                ax.legend_.remove()
+            ax.set_title("")
+            ax.relim()
+            ax.set_autoscale_on(True)
         self.observed_line = self.mean_line = self.band = self.legend = None
         self.residual_line = self.residual_band = None
         self.energy_window, self.energy_window_spans, self.pixel = None, [], None
@@ -171,6 +182,8 @@ class SpectrumCanvas(_Canvas):
     def _make_span(self) -> None:
         from matplotlib.widgets import SpanSelector  # noqa: PLC0415
 
+        if self._span is not None:  # its artist went with the cleared ones
+            self._span.disconnect_events()
         self._span = SpanSelector(self.ax, self._spanned, "horizontal", useblit=False,
                                   props={"facecolor": "#4cc9f0", "alpha": 0.25},
                                   interactive=False, minspan=1e-9, button=1)

@@ -108,7 +108,7 @@ def main(epochs: int = 2) -> int:
         xs = 1e3 * np.asarray(xs)
         return f"{name:44s} median {np.median(xs):7.1f} ms   max {xs.max():7.1f} ms  (n={xs.size})"
 
-    print(line("old: model in the GUI thread (per click/tick)", old))
+    print(line("old path's model call alone (no redraw)", old))
     print(line("first click on a pixel (model in a worker)", first))
     print(line("click on a pixel seen before (cache)", again))
     print(line("threshold slider tick (pixel shown)", ticks))
@@ -118,8 +118,8 @@ def main(epochs: int = 2) -> int:
         print(f"  {name:13s} median split: handler {a[0]:6.1f} ms, matplotlib plots "
               f"{a[1]:6.1f} ms, napari canvas (OpenGL) {a[2]:6.1f} ms, other events "
               f"{a[3]:6.1f} ms")
-    print(f"ratio old / cached click: {np.median(old) / np.median(again):.0f}x; "
-          f"old / slider tick: {np.median(old) / np.median(ticks):.0f}x")
+    print(f"ratio model call / cached click: {np.median(old) / np.median(again):.2f}; "
+          f"model call / slider tick: {np.median(old) / np.median(ticks):.2f}")
     viewer.close()
     return 0
 

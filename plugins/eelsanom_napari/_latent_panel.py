@@ -38,7 +38,6 @@ import napari
 import numpy as np
 from magicgui.widgets import ComboBox, Label, PushButton, SpinBox
 from matplotlib import colormaps
-from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
@@ -46,7 +45,8 @@ from eelsanom.errors import InputError
 
 from . import _notify
 from ._layers import KEY, nav_scale_translate, robust_limits
-from ._plot import _FG, _style
+from ._plot import _FG, _Canvas, _style
+from ._session import show_colorbar
 from ._widgets import METHOD_NAMES, _Panel, deliver
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ def compute_latent_maps(latent: Any, reference: Any = None, *, reference_label: 
 _CMAP = ListedColormap(colormaps["magma"](np.linspace(0.18, 1.0, 256)), name="magma_dark_bg")
 
 
-class LatentScatterCanvas(FigureCanvasQTAgg):
+class LatentScatterCanvas(_Canvas):
     """Latent codes on their first two principal axes, coloured by NLL, with a colour bar.
 
     Attributes read by tests: ``points`` (the PathCollection; ``get_array()`` is the NLL
@@ -234,14 +234,19 @@ class LatentScatterCanvas(FigureCanvasQTAgg):
         self.pixel: tuple[int, int] | None = None
         self.on_pick: Callable[[int, int], None] | None = None
         self.setMinimumHeight(260)
+        self._init_blit()
         self.mpl_connect("pick_event", self._picked)
         self.clear("no latent codes yet")
+
+    def fit_margins(self) -> None:
+        """Nothing: this figure keeps its constrained layout (it has a colour bar)."""
 
     def clear(self, message: str = "") -> None:
         """Empty the figure (with a message)."""
         self.figure.clear()
         self.ax = self.figure.add_subplot()
         self.points = self.colorbar = self.highlight = self.coords = self.shape = None
+        self._animated, self._background = [], None
         self.indices, self.pixel = np.zeros(0, int), None
         self.ax.set_xticks([])
         self.ax.set_yticks([])
@@ -272,7 +277,9 @@ class LatentScatterCanvas(FigureCanvasQTAgg):
         self.ax.set_title(title, fontsize=8)
         self.ax.tick_params(labelsize=7)
         (self.highlight,) = self.ax.plot([], [], marker="s", ms=9, mfc="none", mec="yellow",
-                                         mew=1.6, ls="none", label="inspected pixel")
+                                         mew=1.6, ls="none", label="inspected pixel",
+                                         animated=True)
+        self._animated, self._background = [self.highlight], None
         _style(self.figure, self.ax)
         self.ax.tick_params(labelsize=7)
         self.draw_idle()
@@ -294,7 +301,7 @@ class LatentScatterCanvas(FigureCanvasQTAgg):
             return False
         self.pixel = (int(iy), int(ix))
         self.highlight.set_data([p[0]], [p[1]])
-        self.draw_idle()
+        self._blit()
         return True
 
     def _picked(self, event: Any) -> None:
@@ -344,6 +351,7 @@ class LatentPanel(_Panel):
         self._worker: Any = None
         self._last_pixel: tuple[int, int] | None = None
         self.last_maps: LatentMaps | None = None
+        self._maps_of: Any = None  # the raw result the map layers were computed for
         self._compute_btn.changed.connect(self._on_compute)
         self._max_points.changed.connect(self._refresh_scatter)
         self._session.result_changed.connect(self._on_result)
@@ -383,6 +391,7 @@ class LatentPanel(_Panel):
     def _on_result(self, res: Any = None) -> None:
         if self._closed:
             return
+        self._drop_stale_maps()
         self._seed_note_for(res)
         if res is None:
             self._set(self._status, "no result yet: train or apply a detector")
@@ -397,6 +406,15 @@ class LatentPanel(_Panel):
         self._set(self._status, f"{METHOD_NAMES.get(res.method, res.method)} result, "
                                 f"{d}-D latent: press Compute maps")
         self._refresh_scatter()
+
+    def _drop_stale_maps(self) -> None:
+        """Map layers of a result that is no longer the current one are removed."""
+        if self._maps_of is None or self._maps_of is self._session.raw_result:
+            return
+        for layer in self.map_layers().values():
+            if layer in list(self._viewer.layers):
+                self._viewer.layers.remove(layer)
+        self._maps_of, self.last_maps = None, None
 
     def _seed_note_for(self, res: Any) -> None:
         if res is not None and "seed_disagreement" in (res.maps or {}):
@@ -416,11 +434,15 @@ class LatentPanel(_Panel):
         res = self._session.result
         if res is None or res.latent is None:
             return
-        try:
-            coords, explained = project_codes(res.latent)
-        except InputError as exc:
-            self._canvas.clear(str(exc))
-            return
+        prep = self._session.prepared
+        if prep is not None and prep.result is res and prep.coords is not None:
+            coords, explained = prep.coords, prep.explained  # projected in the worker
+        else:
+            try:
+                coords, explained = project_codes(res.latent)
+            except InputError as exc:
+                self._canvas.clear(str(exc))
+                return
         nll = np.asarray(res.nll, float).ravel()
         valid = np.all(np.isfinite(coords), axis=1) & np.isfinite(nll)
         n_max = int(self._max_points.value)
@@ -527,7 +549,17 @@ class LatentPanel(_Panel):
                                        seed_disagreement=seed_map)
 
         axes = (res.y, res.x)
-        return self._run(work, lambda w, out: w._show_maps(out, axes))
+        raw = self._session.raw_result
+
+        def done(w: LatentPanel, out: LatentMaps) -> None:
+            if w._session.raw_result is not raw:  # a new result arrived meanwhile
+                w._set(w._status, "the result changed while the maps were computed: "
+                                  "press Compute maps again")
+                return
+            w._maps_of = raw
+            w._show_maps(out, axes)
+
+        return self._run(work, done)
 
     def _run(self, fn: Callable[[], Any], on_done: Callable[[Any, Any], None]) -> Any:
         # superqt's worker is the one napari's thread_worker wraps (see DetectorWidget._run
@@ -590,8 +622,9 @@ class LatentPanel(_Panel):
                 kw = {"name": name, "scale": scale, "translate": translate, "colormap": cmap,
                       "contrast_limits": limits, "metadata": {KEY: {"role": _ROLE + key}},
                       "visible": first and key == "local_dimension"}
-                self._session._keep_selection(
+                new = self._session._keep_selection(
                     lambda d=data, kw=kw: self._viewer.add_image(d, **kw))
+                show_colorbar(new)
                 continue
             layer.data = data
             layer.name = name

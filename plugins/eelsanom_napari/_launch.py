@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +123,7 @@ def launch(path: str | os.PathLike | None = None, *, block: bool = True,
                          f"'eelsanom[napari]' (import failed: {exc}).") from exc
     from ._layers import spectrum_image_layers  # noqa: PLC0415
     from ._sample_data import SAMPLE_NAME, sample_spectrum_image  # noqa: PLC0415
-    from ._widgets import dock_all  # noqa: PLC0415
+    from ._widgets import dock_all, size_docks  # noqa: PLC0415
 
     if path is not None:
         from eelsanom.io import load_spectrum_image  # noqa: PLC0415
@@ -140,13 +141,16 @@ def launch(path: str | os.PathLike | None = None, *, block: bool = True,
     _fit_window(panels["Detector"].native.window())
     from qtpy.QtCore import QTimer  # noqa: PLC0415
 
-    def settle() -> None:  # once the window is laid out: first panel in front, image fitted
+    def settle() -> None:  # once the window is laid out: panels sized, image fitted
         with contextlib.suppress(RuntimeError, AttributeError):
+            size_docks(panels)
             panels["Bulk region"]._dock.raise_()
             viewer.reset_view()
 
     QTimer.singleShot(0, settle)
-    _PANELS[id(viewer)] = panels
+    # weakly: the docks keep the panels alive, and a strong reference here would keep a
+    # closed viewer alive through them
+    _PANELS[id(viewer)] = {k: weakref.ref(p) for k, p in panels.items()}
     if block:
         napari.run()
     return viewer
@@ -158,23 +162,34 @@ _PANELS: dict[int, dict[str, Any]] = {}
 
 def panels_of(viewer: Any) -> dict[str, Any]:
     """The panels :func:`launch` docked in ``viewer``."""
-    return _PANELS.get(id(viewer), {})
+    refs = _PANELS.get(id(viewer), {})
+    return {k: p for k, r in refs.items() if (p := r()) is not None}
 
 
 def _show_strongest_channel(viewer: Any, si: Any) -> None:
-    """Put the energy slider on the channel with the highest mean intensity (the edge)."""
+    """Put the energy slider on the channel with the highest mean intensity (the edge), with
+    contrast limits that do not saturate that slice."""
     import numpy as np  # noqa: PLC0415
+
+    from ._layers import role_of  # noqa: PLC0415
 
     try:
         mean = np.asarray(si.data[:: max(1, si.nav_shape[0] // 16),
                                   :: max(1, si.nav_shape[1] // 16)], float).mean(axis=(0, 1))
-        viewer.dims.set_point(0, float(si.energy.values[int(np.argmax(mean))]))
+        k = int(np.argmax(mean))
+        viewer.dims.set_point(0, float(si.energy.values[k]))
+        cube = next(ly for ly in viewer.layers if role_of(ly) == "cube")
+        lo, hi = cube.contrast_limits
+        top = float(np.percentile(np.asarray(si.data[:, :, k], float), 99.5))
+        if top > hi:
+            cube.contrast_limits = (lo, top)
     except Exception as exc:  # noqa: BLE001 - cosmetic only
         log.debug("could not set the energy slider: %s", exc)
 
 
-def _fit_window(window: Any, width: int = 1600, height: int = 1000) -> None:
-    """Give the docked panels room: up to ``width`` x ``height``, within the screen."""
+def _fit_window(window: Any, width: int = 1800, height: int = 1050) -> None:
+    """Give the docked panels room: up to ``width`` x ``height``, within the screen (the
+    panels scroll, so the window never needs more than the screen)."""
     try:
         geo = window.screen().availableGeometry()
         window.resize(min(width, geo.width()), min(height, geo.height()))

@@ -110,7 +110,8 @@ def spectrum_image_layers(si: SpectrumImage, name: str | None = None) -> list[tu
     list of (data, meta, layer_type)
         - the cube, ``(n_energy, ny, nx)`` image, energy axis first (the slider), scale
           ``(eV/channel, y.scale, x.scale)``, translate ``(E0, y0, x0)``;
-        - the summed intensity ``(ny, nx)`` float32 image (hidden at first);
+        - the summed intensity ``(ny, nx)`` float32 image, shown on top: the navigator
+          (hide it to see the energy slices);
         - the ground truth as a labels layer (uint8, 1 = anomalous), when ``si`` has one;
         - the bulk region stored in a simulated file (``si.metadata["bulk_mask"]``) as a
           labels layer, when present.
@@ -129,7 +130,7 @@ def spectrum_image_layers(si: SpectrumImage, name: str | None = None) -> list[tu
         "metadata": {KEY: {"role": "cube", "si": si, "source": si.source}},
     }
     total = np.asarray(si.data.sum(axis=2), dtype=np.float32)
-    inten_kw = dict(nav, name=f"{base} summed intensity", colormap="gray", visible=False,
+    inten_kw = dict(nav, name=f"{base} summed intensity", colormap="gray", visible=True,
                     contrast_limits=robust_limits(total),
                     metadata={KEY: {"role": "intensity"}})
     out: list[tuple] = [(cube, cube_kw, "image"), (total, inten_kw, "image")]

@@ -7,13 +7,16 @@ can read exactly what is on screen.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter
+from qtpy.QtCore import QTimer
 
-__all__ = ["SpectrumCanvas", "HistogramCanvas"]
+__all__ = ["SpectrumCanvas", "HistogramCanvas", "LineScanCanvas"]
 
 # napari's dark theme
 _BG = "#262930"
@@ -21,6 +24,70 @@ _FG = "#d6d6d6"
 _OBS = "#f0f0f0"
 _MEAN = "#ff9f1c"
 _WIN = "#e63946"
+
+
+class _Canvas(FigureCanvasQTAgg):
+    """A Qt matplotlib canvas with margins fixed in inches (set on resize): cheaper to draw
+    than a constrained layout, which re-solves the layout on every draw."""
+
+    #: left, right, top, bottom margins in inches
+    margins = (0.62, 0.12, 0.32, 0.45)
+    #: when the next queued redraw of any canvas may start (time.monotonic)
+    _next_slot = 0.0
+    #: spacing (s) of queued redraws of different canvases, and the least delay of one
+    STAGGER = 0.06
+    FIRST = 0.015
+
+    def draw_idle(self) -> None:
+        """Queue a redraw like matplotlib does, but never in the same event-loop turn as
+        another canvas's queued redraw: several plots updated at once (a new result) then
+        cost the GUI thread one plot per turn instead of all of them in one."""
+        if getattr(self, "_draw_pending", False) or getattr(self, "_is_drawing", False):
+            return
+        self._draw_pending = True
+        now = time.monotonic()
+        start = max(now + self.FIRST, _Canvas._next_slot)
+        _Canvas._next_slot = start + self.STAGGER
+        QTimer.singleShot(int(1000 * (start - now)), self._draw_idle)
+
+    def resizeEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
+        super().resizeEvent(event)
+        self.fit_margins()
+
+    def _init_blit(self) -> None:
+        """Animated artists (``self._animated``) are drawn over a cached background, so
+        moving one (a threshold line, a highlight) costs a blit, not a full redraw."""
+        self._animated: list[Any] = []
+        self._background: Any = None
+        self.mpl_connect("draw_event", self._on_draw_event)
+
+    def _on_draw_event(self, _event: Any) -> None:
+        self._background = self.copy_from_bbox(self.figure.bbox)
+        for a in self._animated:
+            if a.axes is not None and a.figure is self.figure:
+                a.axes.draw_artist(a)
+
+    def _blit(self) -> None:
+        """Redraw only the animated artists (a full redraw when no background exists)."""
+        if self._background is None or getattr(self, "_draw_pending", False):
+            self.draw_idle()
+            return
+        self.restore_region(self._background)
+        for a in self._animated:
+            if a.axes is not None and a.figure is self.figure:
+                a.axes.draw_artist(a)
+        # matplotlib's blit() repaints synchronously (and napari's window with it): ask Qt
+        # for a paint of the updated buffer at its next turn instead
+        self.update()
+
+    def fit_margins(self) -> None:
+        """Apply :attr:`margins` to the figure's current size."""
+        w, h = self.figure.get_size_inches()
+        if w <= 0 or h <= 0:
+            return
+        left, right, top, bottom = self.margins
+        self.figure.subplots_adjust(left=min(0.4, left / w), right=max(0.6, 1 - right / w),
+                                    top=max(0.6, 1 - top / h), bottom=min(0.4, bottom / h))
 
 
 def _style(fig: Figure, *axes: Any) -> None:
@@ -35,41 +102,74 @@ def _style(fig: Figure, *axes: Any) -> None:
         ax.title.set_color(_FG)
 
 
-class SpectrumCanvas(FigureCanvasQTAgg):
+#: colours of pinned pixels / region means drawn over the inspected pixel
+_OVERLAY = ("#4cc9f0", "#80ed99", "#f72585", "#b8c0ff", "#ffd166", "#06d6a0")
+
+
+class SpectrumCanvas(_Canvas):
     """One pixel's spectrum, the model's mean with its ±sigma band, and the residual.
 
     The upper axes show the observed counts, the reconstruction (mean) and the
     band ``mean ± sigma``; the lower axes the residual ``observed - mean`` with
     the band ``± sigma``. The energy window that contributes most to the pixel's
     NLL (:meth:`~eelsanom.result.PixelSpectrum.top_window`) is shaded in both.
+
+    A spectrum tool besides: ``overlays`` (pinned pixels, the mean of a drawn region,
+    each observed and, when known, modelled) are drawn over the pixel; dragging on the
+    upper axes picks an energy window (``picked_window``; ``on_span(lo, hi)`` is called),
+    shown as a dashed span until the next pick. The legend sits above the axes, never
+    over the data.
     """
 
+    margins = (0.62, 0.12, 0.55, 0.45)
+
     def __init__(self, width: float = 5.0, height: float = 3.6) -> None:
-        fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+        fig = Figure(figsize=(width, height), dpi=100)
         super().__init__(fig)
         self.ax, self.ax_res = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1.3))
+        fig.subplots_adjust(hspace=0.08)
+        self.fit_margins()
         self.observed_line: Any = None
         self.mean_line: Any = None
         self.band: Any = None
         self.residual_line: Any = None
         self.residual_band: Any = None
+        self.legend: Any = None
         self.energy_window: tuple[float, float] | None = None
         self.energy_window_spans: list[Any] = []
         self.pixel: tuple[int, int] | None = None
+        #: (label, energy, observed, model mean or None) drawn over the pixel
+        self.overlays: list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]] = []
+        self.overlay_lines: list[Any] = []
+        self.picked_window: tuple[float, float] | None = None
+        self.on_span: Any = None
+        self._span: Any = None
+        self._title_pad = 26.0
         self.setMinimumHeight(220)
         self.clear("click a pixel to see its spectrum")
 
     def clear(self, message: str = "") -> None:
-        """Empty both axes (with a message in the upper one)."""
+        """Empty both axes (with a message in the upper one).
+
+        The plotted artists are removed, the axes themselves kept: ``Axes.clear`` would
+        rebuild every tick, a good part of the cost of showing the next pixel."""
         for ax in (self.ax, self.ax_res):
-            ax.clear()
-        self.observed_line = self.mean_line = self.band = None
+            for a in [*ax.lines, *ax.collections, *ax.patches, *ax.texts]:
+                a.remove()
+            if ax.legend_ is not None:
+                ax.legend_.remove()
+            ax.set_title("")
+            ax.relim()
+            ax.set_autoscale_on(True)
+        self.observed_line = self.mean_line = self.band = self.legend = None
         self.residual_line = self.residual_band = None
         self.energy_window, self.energy_window_spans, self.pixel = None, [], None
+        self.overlay_lines = []
         if message:
             self.ax.text(0.5, 0.5, message, ha="center", va="center", color=_FG,
                          transform=self.ax.transAxes, fontsize=9)
         self._labels()
+        self._make_span()
         self.draw_idle()
 
     def _labels(self) -> None:
@@ -78,9 +178,40 @@ class SpectrumCanvas(FigureCanvasQTAgg):
         self.ax_res.set_xlabel("energy loss (eV)")
         _style(self.figure, self.ax, self.ax_res)
 
+    # ------------------------------------------------------------------ energy window picking
+    def _make_span(self) -> None:
+        from matplotlib.widgets import SpanSelector  # noqa: PLC0415
+
+        if self._span is not None:  # its artist went with the cleared ones
+            self._span.disconnect_events()
+        self._span = SpanSelector(self.ax, self._spanned, "horizontal", useblit=False,
+                                  props={"facecolor": "#4cc9f0", "alpha": 0.25},
+                                  interactive=False, minspan=1e-9, button=1)
+
+    def _spanned(self, lo: float, hi: float) -> None:
+        if not hi > lo:
+            return
+        self.pick_window(float(lo), float(hi))
+
+    def pick_window(self, lo: float, hi: float) -> None:
+        """Mark ``[lo, hi]`` eV as the picked energy window and tell ``on_span``."""
+        self.picked_window = (lo, hi)
+        self._draw_picked()
+        self.draw_idle()
+        if self.on_span is not None:
+            self.on_span(lo, hi)
+
+    def _draw_picked(self) -> None:
+        if self.picked_window is not None:
+            self.ax.axvspan(*self.picked_window, facecolor="none", edgecolor="#4cc9f0",
+                            ls="--", lw=1.0,
+                            label=f"picked: {self.picked_window[0]:.1f}-"
+                                  f"{self.picked_window[1]:.1f} eV")
+
+    # ------------------------------------------------------------------ drawing
     def show_pixel(self, energy: np.ndarray, observed: np.ndarray, *, title: str,
                    pixel: tuple[int, int], spectrum: Any = None, window_ev: float = 5.0) -> None:
-        """Plot a pixel.
+        """Plot a pixel (and the overlays).
 
         Parameters
         ----------
@@ -105,42 +236,71 @@ class SpectrumCanvas(FigureCanvasQTAgg):
             e = np.asarray(spectrum.energy, float)
             m, s = np.asarray(spectrum.mean, float), np.asarray(spectrum.sigma, float)
             self.band = ax.fill_between(e, m - s, m + s, color=_MEAN, alpha=0.3, lw=0,
-                                        label="model ± σ")
+                                        label="model ±σ")
             (self.observed_line,) = ax.plot(e, spectrum.observed, color=_OBS, lw=1.0,
                                             label="observed")
-            (self.mean_line,) = ax.plot(e, m, color=_MEAN, lw=1.3, label="model mean")
+            (self.mean_line,) = ax.plot(e, m, color=_MEAN, lw=1.3, label="model")
             self.residual_band = axr.fill_between(e, -s, s, color=_MEAN, alpha=0.3, lw=0)
             (self.residual_line,) = axr.plot(e, spectrum.residual, color=_OBS, lw=0.8)
             axr.axhline(0.0, color=_FG, lw=0.5)
             self.energy_window = spectrum.top_window(window_ev)
             for a in (ax, axr):
-                self.energy_window_spans.append(a.axvspan(*self.energy_window, color=_WIN, alpha=0.25, lw=0))
+                self.energy_window_spans.append(a.axvspan(*self.energy_window, color=_WIN,
+                                                          alpha=0.25, lw=0))
             self.energy_window_spans[0].set_label(
-                f"largest NLL: {self.energy_window[0]:.1f}-{self.energy_window[1]:.1f} eV")
-        leg = ax.legend(loc="upper right", fontsize=7, frameon=False)
-        for t in leg.get_texts():
+                f"top NLL {self.energy_window[0]:.1f}-{self.energy_window[1]:.1f} eV")
+        for i, (label, e, obs, model) in enumerate(self.overlays):
+            c = _OVERLAY[i % len(_OVERLAY)]
+            (line,) = ax.plot(e, obs, color=c, lw=0.9, label=label)
+            self.overlay_lines.append(line)
+            if model is not None:
+                (mline,) = ax.plot(e, model, color=c, lw=0.9, ls="--", label=f"{label}: model")
+                self.overlay_lines.append(mline)
+        self._draw_picked()
+        # the energy axis exactly (the span selector's hidden patch would pull in 0 eV)
+        e_all = [np.asarray(energy, float)] + [np.asarray(o[1], float) for o in self.overlays]
+        if spectrum is not None:
+            e_all.append(np.asarray(spectrum.energy, float))
+        lo, hi = min(float(x.min()) for x in e_all), max(float(x.max()) for x in e_all)
+        if hi > lo:
+            ax.set_xlim(lo, hi)
+        # above the axes, under the title: never over the data
+        n = len(ax.get_legend_handles_labels()[1])
+        self.legend = ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=4,
+                                fontsize=6.5, frameon=False, borderaxespad=0.1,
+                                handlelength=1.2, columnspacing=0.8, handletextpad=0.4)
+        for t in self.legend.get_texts():
             t.set_color(_FG)
-        ax.set_title(title, fontsize=9)
+        self._title_pad = 16 if n <= 4 else 26 if n <= 8 else 36
+        ax.set_title(title, fontsize=8, pad=self._title_pad)
         self._labels()
         self.draw_idle()
 
+    def set_title(self, title: str) -> None:
+        """Change the title only (e.g. the pixel's flag after a threshold change)."""
+        self.ax.set_title(title, fontsize=8, pad=self._title_pad)
+        self.draw_idle()
 
-class HistogramCanvas(FigureCanvasQTAgg):
+
+class HistogramCanvas(_Canvas):
     """Histogram of the NLL map (log counts) with the threshold as a vertical line."""
 
     def __init__(self, width: float = 4.0, height: float = 2.2) -> None:
-        fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+        fig = Figure(figsize=(width, height), dpi=100)
         super().__init__(fig)
         self.ax = fig.add_subplot()
+        self.fit_margins()
         self.threshold_line: Any = None
         self.counts: np.ndarray | None = None
         self.edges: np.ndarray | None = None
+        self._init_blit()
         self.setMinimumHeight(150)
         self.clear()
 
     def clear(self) -> None:
         self.ax.clear()
         self.threshold_line, self.counts, self.edges = None, None, None
+        self._animated, self._background = [], None
         self.ax.text(0.5, 0.5, "no NLL map yet", ha="center", va="center", color=_FG,
                      transform=self.ax.transAxes, fontsize=9)
         self._labels()
@@ -153,20 +313,140 @@ class HistogramCanvas(FigureCanvasQTAgg):
 
     def show(self, nll: np.ndarray, threshold: float, bins: int = 80) -> None:
         """Draw the histogram of the finite values of ``nll`` and the threshold line."""
-        self.ax.clear()
         v = np.asarray(nll, float).ravel()
         v = v[np.isfinite(v)]
-        self.counts, self.edges = np.histogram(v, bins=bins)
+        self.show_counts(*np.histogram(v, bins=bins), threshold)
+
+    def show_counts(self, counts: np.ndarray, edges: np.ndarray, threshold: float) -> None:
+        """Draw a histogram computed elsewhere (e.g. in a worker) and the threshold line."""
+        self.ax.clear()
+        self._background = None
+        self.counts, self.edges = np.asarray(counts), np.asarray(edges)
         self.ax.stairs(self.counts, self.edges, fill=True, color="#8c6bb1", alpha=0.9)
         self.ax.set_yscale("log")
+        # plain tick labels: the default 10^k labels go through mathtext, slow to draw
+        self.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+        self.ax.yaxis.set_minor_formatter(NullFormatter())
         self.ax.set_ylim(0.8, None)
-        self.threshold_line = self.ax.axvline(threshold, color="cyan", lw=1.5)
+        self.threshold_line = self.ax.axvline(threshold, color="cyan", lw=1.5, animated=True)
+        self._animated = [self.threshold_line]
         self._labels()
         self.draw_idle()
 
     def set_threshold(self, threshold: float) -> None:
-        """Move the threshold line."""
+        """Move the threshold line (a blit over the cached histogram)."""
         if self.threshold_line is None:
             return
         self.threshold_line.set_xdata([threshold, threshold])
+        self._blit()
+
+
+class LineScanCanvas(_Canvas):
+    """A line scan (spectra along one line): the spectra as a position x energy image, and
+    the NLL against position with the threshold and the flagged positions.
+
+    Attributes read by tests: ``image`` (the AxesImage; rows are positions), ``nll_line``,
+    ``threshold_line``, ``flagged`` (positions above the threshold), ``marker`` (the
+    inspected position in both axes). ``on_pick(index)`` is called with the position index
+    clicked in either axes.
+    """
+
+    margins = (0.62, 0.12, 0.3, 0.45)
+
+    def __init__(self, width: float = 5.0, height: float = 3.8) -> None:
+        fig = Figure(figsize=(width, height), dpi=100)
+        super().__init__(fig)
+        self.ax_img, self.ax_nll = fig.subplots(2, 1, height_ratios=(1.6, 1))
+        fig.subplots_adjust(hspace=0.45)
+        self.fit_margins()
+        self.image: Any = None
+        self.nll_line: Any = None
+        self.threshold_line: Any = None
+        self.flagged: Any = None
+        self.marker: list[Any] = []
+        self.positions: np.ndarray = np.zeros(0)
+        self.on_pick: Any = None
+        self.setMinimumHeight(260)
+        self.mpl_connect("button_press_event", self._clicked)
+
+    def show(self, energy: np.ndarray, spectra: np.ndarray, positions: np.ndarray, *,
+             position_label: str, nll: np.ndarray | None = None,
+             threshold: float | None = None, mask: np.ndarray | None = None,
+             index: int | None = None) -> None:
+        """Draw the line scan.
+
+        Parameters
+        ----------
+        energy : ndarray of shape (n_energy,)
+        spectra : ndarray of shape (n_positions, n_energy)
+        positions : ndarray of shape (n_positions,)
+            Position of each spectrum along the line (calibrated units).
+        position_label : str
+        nll, mask : ndarray of shape (n_positions,), optional
+            Scores and flags of a result; ``threshold`` its threshold.
+        index : int, optional
+            The inspected position.
+        """
+        from ._layers import robust_limits  # noqa: PLC0415
+
+        for ax in (self.ax_img, self.ax_nll):
+            ax.clear()
+        self.positions = np.asarray(positions, float)
+        e = np.asarray(energy, float)
+        p = self.positions
+        dp = (p[1] - p[0]) if p.size > 1 else 1.0
+        de = (e[1] - e[0]) if e.size > 1 else 1.0
+        lo, hi = robust_limits(spectra, 0.5, 99.5)
+        self.image = self.ax_img.imshow(
+            np.asarray(spectra, float), aspect="auto", origin="upper", cmap="gray",
+            vmin=lo, vmax=hi, interpolation="nearest",
+            extent=(e[0] - de / 2, e[-1] + de / 2, p[-1] + dp / 2, p[0] - dp / 2))
+        self.ax_img.set_xlabel("energy loss (eV)")
+        self.ax_img.set_ylabel(position_label)
+        self.ax_img.set_title("line scan: spectra along the line (click a row)", fontsize=9)
+        self.nll_line = self.threshold_line = self.flagged = None
+        if nll is not None:
+            (self.nll_line,) = self.ax_nll.plot(p, nll, color="#ff9f1c", lw=1.2, marker=".",
+                                                label="NLL")
+            if threshold is not None:
+                self.threshold_line = self.ax_nll.axhline(threshold, color="cyan", lw=1.0,
+                                                          label="threshold")
+            if mask is not None and np.any(mask):
+                m = np.asarray(mask, bool)
+                self.flagged = self.ax_nll.scatter(p[m], np.asarray(nll)[m], s=30,
+                                                   facecolors="none", edgecolors="cyan",
+                                                   label="flagged")
+            self.ax_nll.set_ylabel("NLL")
+        else:
+            self.ax_nll.text(0.5, 0.5, "no result yet: train or apply a detector",
+                             ha="center", va="center", color=_FG,
+                             transform=self.ax_nll.transAxes, fontsize=8)
+        self.ax_nll.set_xlabel(position_label)
+        self.ax_nll.set_xlim(p[0] - dp / 2, p[-1] + dp / 2)
+        self.marker = []
+        if index is not None and 0 <= index < p.size:
+            self.marker = [self.ax_img.axhline(p[index], color="yellow", lw=0.8),
+                           self.ax_nll.axvline(p[index], color="yellow", lw=0.8)]
+        _style(self.figure, self.ax_img, self.ax_nll)
         self.draw_idle()
+
+    def index_at(self, value: float) -> int | None:
+        """The position index nearest to ``value`` (calibrated), or None outside."""
+        p = self.positions
+        if p.size == 0:
+            return None
+        k = int(np.argmin(np.abs(p - value)))
+        half = abs(p[1] - p[0]) / 2 if p.size > 1 else 0.5
+        return k if abs(p[k] - value) <= half + 1e-9 else None
+
+    def _clicked(self, event: Any) -> None:
+        if event.button != 1 or event.inaxes is None or self.on_pick is None:
+            return
+        if event.inaxes is self.ax_img:
+            k = self.index_at(event.ydata)
+        elif event.inaxes is self.ax_nll:
+            k = self.index_at(event.xdata)
+        else:
+            return
+        if k is not None:
+            self.on_pick(k)

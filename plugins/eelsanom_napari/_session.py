@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,7 @@ from ._layers import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Session", "get_session", "threshold_spec"]
+__all__ = ["Session", "Prepared", "get_session", "threshold_spec", "prepare_result"]
 
 NLL_NAME = "NLL map"
 MASK_NAME = "anomaly mask"
@@ -55,7 +56,106 @@ def get_session(viewer: Any) -> Session:
     if s is None:
         s = Session(viewer)
         _SESSIONS[viewer] = s
+        ref = weakref.ref(s)
+
+        def removed(event: Any = None) -> None:
+            session = ref()
+            if session is not None:
+                session._on_layer_removed(getattr(event, "value", None))
+
+        viewer.layers.events.removed.connect(removed)
+
+        def dims(event: Any = None) -> None:
+            session = ref()
+            if session is not None:
+                session._show_energy()
+
+        viewer.dims.events.current_step.connect(dims)
+        viewer.layers.events.inserted.connect(dims)
+        s._show_energy()
     return s
+
+
+@dataclass
+class Prepared:
+    """What showing a result needs, computed off the GUI thread (:func:`prepare_result`).
+
+    Attributes
+    ----------
+    raw : AnomalyResult
+        The result as the detector returned it.
+    spec : str or float or None
+        The threshold spec ``result`` was thresholded with.
+    result : AnomalyResult
+        ``raw`` thresholded by ``spec`` (``raw`` itself when ``spec`` is None or not
+        applicable).
+    nll_limits : (float, float)
+        Contrast limits of the NLL map (1st-99.5th percentile).
+    counts, edges : ndarray
+        Histogram of the finite NLL values (80 bins).
+    coords, explained : ndarray or None
+        The latent codes on their first two principal axes (``None`` without codes).
+    """
+
+    raw: Any
+    spec: Any
+    result: Any
+    nll_limits: tuple[float, float]
+    counts: np.ndarray
+    edges: np.ndarray
+    coords: np.ndarray | None = None
+    explained: np.ndarray | None = None
+
+
+def _threshold(result: Any, spec: Any) -> tuple[Any, Any]:
+    if spec is None:
+        return result, None
+    try:
+        return result.with_threshold(spec), spec
+    except InputError as exc:  # not applicable to this map: keep the detector's rule
+        log.info("threshold %r not applicable (%s); using the detector's", spec, exc)
+        return result, None
+
+
+def show_colorbar(layer: Any) -> None:
+    """Turn on napari's colour bar of an image layer (napari >= 0.5; else nothing)."""
+    bar = getattr(layer, "colorbar", None) if layer is not None else None
+    if bar is not None:
+        try:
+            bar.visible = True
+        except Exception as exc:  # noqa: BLE001 - cosmetic only
+            log.debug("no colour bar: %s", exc)
+
+
+def prepare_result(result: Any, spec: Any = None) -> Prepared:
+    """Everything the panels show of ``result`` (threshold, contrast, histogram, latent
+    projection): heavy enough to run in the worker thread that produced the result.
+
+    Parameters
+    ----------
+    result : AnomalyResult
+    spec : str or float or None
+        Threshold spec to apply (see :func:`threshold_spec`).
+
+    Returns
+    -------
+    Prepared
+    """
+    res, used = _threshold(result, spec)
+    data = np.asarray(result.nll, dtype=np.float32)
+    v = data[np.isfinite(data)].astype(float)
+    counts, edges = np.histogram(v if v.size else np.zeros(1), bins=80)
+    coords = explained = None
+    if result.latent is not None:
+        from ._latent_panel import project_codes  # noqa: PLC0415 - Qt-free helper
+
+        try:
+            coords, explained = project_codes(result.latent)
+        except InputError:
+            coords = explained = None
+    return Prepared(raw=result, spec=used, result=res,
+                    nll_limits=robust_limits(data, 1.0, 99.5), counts=counts, edges=edges,
+                    coords=coords, explained=explained)
 
 
 def threshold_spec(method: str, *, percent: float = 2.0, value: float | None = None) -> Any:
@@ -110,6 +210,10 @@ class Session:
     pixel_requested = Signal(int, int)
     #: (iy, ix): the spectrum inspector now shows this pixel (click, keys, request)
     pixel_changed = Signal(int, int)
+    #: the threshold rule went back to the detector's own (new data: the old rule is stale)
+    threshold_reset = Signal()
+    #: (start, stop) eV: an energy window picked by dragging on the spectrum plot
+    energy_window_picked = Signal(float, float)
 
     def __init__(self, viewer: Any) -> None:
         self._viewer_ref = weakref.ref(viewer)
@@ -123,6 +227,7 @@ class Session:
         self.result: Any = None
         self.previous_result: Any = None  # the raw result before the current one
         self.threshold: Any = None
+        self.prepared: Prepared | None = None  # of the current raw result
 
     @property
     def cube_layer(self) -> Any:
@@ -160,7 +265,23 @@ class Session:
     def set_cube(self, layer: Any) -> None:
         if layer is not self.cube_layer:
             self._cube_ref = _ref(layer)
+            if layer is not None and self.raw_result is not None and \
+                    layer is not self.result_cube:
+                self._reset_threshold()
             self.cube_changed.emit()
+
+    def _reset_threshold(self) -> None:
+        """Back to the detector's own rule (a rule picked for other data is stale)."""
+        if self.threshold is not None:
+            self.threshold = None
+            self.threshold_reset.emit()
+
+    def threshold_for(self, cube_layer: Any) -> Any:
+        """The threshold spec a new result on ``cube_layer`` will get: the current rule on
+        the same data, the detector's own (None) on other data."""
+        if self.raw_result is not None and cube_layer is not self.result_cube:
+            return None
+        return self.threshold
 
     def set_region(self, layer: Any) -> None:
         if layer is not self.region_layer:
@@ -182,6 +303,36 @@ class Session:
                              "Sample > eelsanom).")
         return layer_spectrum_image(layer)
 
+    def energy_text(self) -> str:
+        """``'energy loss 708.3 eV (channel 94 of 267)'`` at the energy slider, or ``''``."""
+        try:
+            layer = self.cube()
+            if layer is None or role_of(layer) != "cube" or self.viewer.dims.ndim < 3:
+                return ""
+            si = layer_spectrum_image(layer)
+            e = float(self.viewer.dims.point[0])
+            k = int(np.clip(round((e - si.energy.offset) / si.energy.scale), 0,
+                            si.energy.size - 1))
+            return (f"energy loss {si.energy.values[k]:.2f} {si.energy.units or 'eV'} "
+                    f"(channel {k} of {si.energy.size})")
+        except (InputError, RuntimeError, IndexError, ValueError) as exc:
+            log.debug("no energy text: %s", exc)
+            return ""
+
+    def _show_energy(self) -> None:
+        """The energy slider's position in eV, in the canvas's text overlay."""
+        text = self.energy_text()
+        try:
+            overlay = self.viewer.text_overlay
+        except (RuntimeError, AttributeError):
+            return
+        if text:
+            overlay.text = text
+            overlay.visible = True
+            overlay.position = "top_left"
+        elif overlay.text.startswith("energy loss "):
+            overlay.visible = False
+
     def bulk_mask(self) -> tuple[np.ndarray | None, str]:
         """The training mask ``(ny, nx)`` of the region layer (None: all pixels) and a note."""
         region = self.region_layer if self._alive(self.region_layer) else None
@@ -192,32 +343,94 @@ class Session:
         self.detector = detector
         self.detector_changed.emit(detector)
 
-    def set_result(self, result: Any, cube_layer: Any = None) -> Any:
+    def set_result(self, result: Any, cube_layer: Any = None,
+                   prepared: Prepared | None = None,
+                   defer: Callable[[Callable[[], None]], None] | None = None,
+                   on_shown: Callable[[], None] | None = None) -> Any:
         """Show a new scoring result: NLL image layer, mask labels layer, current threshold.
 
-        The result it replaces stays available as :attr:`previous_result` (e.g. for the
-        latent panel's two-space maps)."""
+        ``prepared`` (:func:`prepare_result`, computed in the worker) saves the GUI thread
+        the thresholding, percentiles, histogram and latent projection. A result on other
+        data than the previous one starts from the detector's own threshold rule. The
+        result it replaces stays available as :attr:`previous_result` (e.g. for the
+        latent panel's two-space maps).
+
+        ``defer(fn)`` (e.g. a zero-delay Qt timer) spreads the showing over several turns
+        of the event loop (NLL layer, mask layer, panels), so that no single turn blocks
+        the GUI for long; the state (:attr:`result`...) is set at once, and ``on_shown()``
+        is called after the last step (or once the result was superseded)."""
+        cube = cube_layer if cube_layer is not None else self.cube()
+        spec = self.threshold_for(cube)
+        if spec is None:
+            self._reset_threshold()
         if self.raw_result is not None and self.raw_result is not result:
             self.previous_result = self.raw_result
         self.raw_result = result
-        self._result_cube_ref = _ref(cube_layer if cube_layer is not None else self.cube())
-        self.result = self._thresholded(result)
-        self._show_nll(self.result)
-        self._show_mask(self.result)
-        self.result_changed.emit(self.result)
-        self.threshold_changed.emit(self.result)
+        self._result_cube_ref = _ref(cube)
+        if prepared is None or prepared.raw is not result or prepared.spec != spec:
+            prepared = prepare_result(result, spec)
+        if prepared.spec != spec:  # the rule did not apply to this map
+            self._reset_threshold()
+        self.prepared = prepared
+        self.result = prepared.result
+        steps = [lambda: self._show_nll(self.result, prepared.nll_limits, colorbar=False),
+                 lambda: show_colorbar(self.layer_by_role("nll")),
+                 lambda: self._show_mask(self.result),
+                 lambda: self.result_changed.emit(self.result),
+                 lambda: self.threshold_changed.emit(self.result)]
+        if defer is None:
+            for step in steps:
+                step()
+            if on_shown is not None:
+                on_shown()
+            return self.result
+        ref = weakref.ref(self)
+
+        def run(i: int) -> None:
+            s = ref()
+            try:
+                if s is None or s.raw_result is not result:  # superseded or cleared meanwhile
+                    i = len(steps)
+                else:
+                    steps[i]()
+            except RuntimeError as exc:  # the viewer closed meanwhile
+                log.debug("result not shown: %s", exc)
+                i = len(steps)
+            if i + 1 < len(steps):
+                defer(lambda: run(i + 1))
+            elif on_shown is not None:
+                on_shown()
+
+        run(0)
         return self.result
 
+    def clear_result(self) -> None:
+        """Forget the current result (its layers were deleted): every panel lets go of it."""
+        if self.raw_result is None:
+            return
+        self.previous_result = self.raw_result
+        self.raw_result = self.result = self.prepared = None
+        self._result_cube_ref = _none
+        for role in ("mask", "nll"):
+            layer = self.layer_by_role(role)
+            if layer is not None:
+                self.viewer.layers.remove(layer)
+        self.result_changed.emit(None)
+        self.threshold_changed.emit(None)
+
+    def _on_layer_removed(self, layer: Any) -> None:
+        """The NLL map or the image of the current result deleted: the result goes too."""
+        if self.raw_result is None or layer is None:
+            return
+        if role_of(layer) == "nll" or layer is self.result_cube or \
+                (self.result_cube is None and role_of(layer) == "cube"):
+            self.clear_result()
+
     def _thresholded(self, result: Any) -> Any:
-        if self.threshold is None:
-            return result
-        try:
-            return result.with_threshold(self.threshold)
-        except InputError as exc:  # not applicable to this map: keep the detector's rule
-            log.info("threshold %r not applicable (%s); using the detector's", self.threshold,
-                     exc)
+        res, used = _threshold(result, self.threshold)
+        if used is None:
             self.threshold = None
-            return result
+        return res
 
     def set_threshold(self, spec: Any) -> Any:
         """Re-threshold the current result with ``spec`` (None: the detector's own rule);
@@ -253,15 +466,18 @@ class Session:
             sel.active = active
         return layer
 
-    def _show_nll(self, res: Any) -> None:
+    def _show_nll(self, res: Any, limits: tuple[float, float] | None = None,
+                  colorbar: bool = True) -> None:
         data = np.asarray(res.nll, dtype=np.float32)
         scale, translate = nav_scale_translate(res.y, res.x)
-        limits = robust_limits(data, 1.0, 99.5)
+        limits = robust_limits(data, 1.0, 99.5) if limits is None else limits
         layer = self.layer_by_role("nll")
         if layer is None:
-            self._keep_selection(lambda: self.viewer.add_image(
+            layer = self._keep_selection(lambda: self.viewer.add_image(
                 data, name=NLL_NAME, scale=scale, translate=translate, colormap="magma",
                 contrast_limits=limits, metadata={KEY: {"role": "nll"}}))
+            if colorbar:
+                show_colorbar(layer)
             return
         layer.data = data
         layer.scale, layer.translate = scale, translate

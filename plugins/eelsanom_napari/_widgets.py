@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +45,7 @@ from magicgui.widgets import (
 from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtCore import Signal as QtSignal
 
+from eelsanom.detectors.params import Param, detector_params, gui_params
 from eelsanom.errors import Cancelled, InputError
 
 from . import _notify
@@ -55,8 +57,8 @@ from ._layers import (
     role_of,
     world_to_pixel,
 )
-from ._plot import HistogramCanvas, SpectrumCanvas
-from ._session import Session, get_session, threshold_spec
+from ._plot import HistogramCanvas, LineScanCanvas, SpectrumCanvas
+from ._session import Session, get_session, prepare_result, threshold_spec
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +70,79 @@ METHODS = [("3D-CVAE", "cvae"), ("PCA", "pca"), ("RX", "rx")]
 METHOD_NAMES = {v: k for k, v in METHODS}
 
 
+def _scroll_area(inner: Any) -> Any:
+    from qtpy.QtCore import Qt  # noqa: PLC0415
+    from qtpy.QtWidgets import QFrame, QScrollArea  # noqa: PLC0415
+
+    area = QScrollArea()
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+    area.setWidget(inner)
+    area.setMinimumHeight(120)
+    return area
+
+
+#: Every live eelsanom panel (to find their docks).
+_PANELS: weakref.WeakSet = weakref.WeakSet()
+
+
+class _DockTabber(QObject):
+    """When a panel is docked on its own (napari's Plugins menu), put it in a tab beside an
+    eelsanom panel already docked in the same area instead of stacking one more panel
+    below it (a column of six panels is ~2000 px tall)."""
+
+    def __init__(self, panel: Any) -> None:
+        super().__init__(panel.native)
+        self._panel = weakref.ref(panel)
+        self.done = False
+        panel.native.installEventFilter(self)
+
+    def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 - Qt API
+        # (getattr: Qt may still deliver events while the Python side is torn down)
+        if not getattr(self, "done", True) and \
+                event.type() in (QEvent.Type.Show, QEvent.Type.ParentChange):
+            QTimer.singleShot(0, self.tabify)
+        return False
+
+    def tabify(self) -> None:
+        panel = self._panel()
+        if panel is None or self.done or panel._closed:
+            return
+        try:
+            dock = panel._dock_widget()
+            win = dock.parentWidget() if dock is not None else None
+            if win is None or not hasattr(win, "tabifyDockWidget") or dock.isFloating():
+                return
+            self.done = True
+            area = win.dockWidgetArea(dock)
+            for other in list(_PANELS):
+                od = other._dock_widget() if other is not panel and not other._closed else None
+                if od is None or od is dock or od.parentWidget() is not win or \
+                        od.isFloating() or win.dockWidgetArea(od) != area or \
+                        not od.isVisible() or dock in win.tabifiedDockWidgets(od):
+                    continue
+                win.tabifyDockWidget(od, dock)
+                dock.show()
+                dock.raise_()
+                return
+        except RuntimeError:  # Qt objects deleted meanwhile
+            return
+
+
 class _Panel(Container):
     """Base of the panels: the viewer, its session, and layer-list change notifications."""
 
     def __init__(self, viewer: napari.viewer.Viewer, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        # the fields live in a body container inside a scroll area, so that a panel docked
+        # on a small screen scrolls instead of forcing the window taller than the screen
+        super().__init__(labels=False)
+        self._body = Container(**kwargs)
+        self._scroll = _scroll_area(self._body.native)
+        self.native.layout().addWidget(self._scroll)
+        self.native.layout().setContentsMargins(0, 0, 0, 0)
+        _PANELS.add(self)
+        self._tabber = _DockTabber(self)
         # napari hands plugin widgets a public-only proxy of the viewer; the panels of one
         # viewer share state through the viewer itself
         viewer = getattr(viewer, "__wrapped__", viewer)
@@ -118,7 +188,31 @@ class _Panel(Container):
         return [(ly.name, ly) for ly in self._viewer.layers if keep(ly)]
 
     def _add_qt(self, qwidget: Any) -> None:
-        self.native.layout().addWidget(qwidget)
+        self._body.native.layout().addWidget(qwidget)
+
+    def extend(self, widgets: Any) -> None:
+        """Add magicgui widgets to the panel's (scrolling) body."""
+        body = self.__dict__.get("_body")
+        if body is None:  # magicgui's own construction
+            super().extend(widgets)
+        else:
+            body.extend(widgets)
+
+    def reset_choices(self, *_: Any) -> None:
+        """Refresh every combo box of the body (e.g. the layer lists)."""
+        super().reset_choices()
+        body = self.__dict__.get("_body")
+        if body is not None:
+            body.reset_choices()
+
+    def _dock_widget(self) -> Any:
+        """The QDockWidget this panel sits in, or None (not docked)."""
+        from qtpy.QtWidgets import QDockWidget  # noqa: PLC0415
+
+        w = self.native.parentWidget()
+        while w is not None and not isinstance(w, QDockWidget):
+            w = w.parentWidget()
+        return w
 
 
 # ============================================================================ 1. bulk region
@@ -144,7 +238,7 @@ class BulkRegionWidget(_Panel):
         self._new_rect.changed.connect(self._on_new_rectangle)
         self._new_labels.changed.connect(self._on_new_labels)
         self._session.cube_changed.connect(self._update_count)
-        self._auto_pick()
+        self._auto_pick(self._session.cube())  # docked after a file was opened
         self._on_cube()
         self._on_region()
 
@@ -313,6 +407,51 @@ def _energy_window(text: str) -> tuple[float, float] | None:
     return (a, b)
 
 
+def _param_field(p: Param) -> Any:
+    """A magicgui field for a detector parameter: default, range and tooltip from ``p``.
+
+    Integers are spin boxes (an optional one shows 0 as "auto"), choices combo boxes and
+    floats text fields (learning rates need more digits than a spin box keeps).
+    """
+    label = p.name.replace("_", " ")
+    if p.kind == "int":
+        auto = p.default is None and p.optional
+        lo = 0 if p.optional else int(p.low if p.low is not None else 0)
+        hi = int(p.high if p.high is not None else 2**31 - 1)
+        w = SpinBox(label=f"{label} (0 = auto)" if p.optional else label,
+                    value=0 if auto else int(p.default), min=lo, max=hi)
+    elif p.kind == "choice":
+        w = ComboBox(label=label, choices=list(p.choices), value=p.default)
+    elif p.kind == "float":
+        w = LineEdit(label=label, value=repr(float(p.default)))
+    else:
+        w = LineEdit(label=label, value="" if p.default is None else str(p.default))
+    w.tooltip = p.help
+    return w
+
+
+def _field_value(p: Param, w: Any) -> Any:
+    """The parameter value a field holds (0 of an optional integer: None, automatic)."""
+    v = w.value
+    if p.kind == "int":
+        return None if p.optional and int(v) == 0 else int(v)
+    if p.kind == "float":
+        try:
+            x = float(str(v).strip())
+        except ValueError as exc:
+            raise InputError(f"{p.name.replace('_', ' ')}: expected a number such as "
+                             f"{p.default!r}, found {v!r}.") from exc
+        lo, hi = p.low, p.high
+        if (lo is not None and x < lo) or (hi is not None and x > hi):
+            raise InputError(f"{p.name.replace('_', ' ')}: expected a number in [{lo}, {hi}], "
+                             f"found {x!r}.")
+        return x
+    if p.kind == "choice":
+        return v
+    t = str(v).strip()
+    return None if p.optional and not t else t
+
+
 _EXTRA = "__extra__"
 
 
@@ -335,6 +474,33 @@ def _parse_extra(text: str) -> dict[str, Any]:
         except (ValueError, SyntaxError):
             out[key] = val
     return out
+
+
+def _next_turn(fn: Callable[[], None]) -> None:
+    """Run ``fn`` in a later turn of the Qt event loop: after 20 ms, so that input, paint
+    and other timers are served between two steps."""
+    QTimer.singleShot(20, fn)
+
+
+def leave_a_core() -> int:
+    """Called in a worker thread before heavy torch work: torch uses at most ``cores - 1``
+    threads, so one core stays with the GUI thread; returns the thread count.
+
+    Returns
+    -------
+    int
+        torch's intra-op thread count now (1 on a single-core machine).
+    """
+    import os  # noqa: PLC0415
+
+    try:
+        import torch  # noqa: PLC0415 - heavy: only ever imported in a worker
+    except ImportError:  # RX needs no torch
+        return 0
+    n = max(1, (os.cpu_count() or 2) - 1)
+    if torch.get_num_threads() > n:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
 
 
 def deliver(ref: Callable[[], Any], on_done: Callable[[Any, Any], None], value: Any) -> None:
@@ -382,22 +548,28 @@ class DetectorWidget(_Panel):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer, labels=True)
         self._method = ComboBox(label="method", choices=METHODS, value="cvae")
-        self._device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
+        self._method.tooltip = ("3D-CVAE: a neural model of the bulk (best, slowest); PCA: "
+                                "probabilistic PCA (seconds); RX: Mahalanobis distance (fastest)")
+        common = detector_params("cvae")
+        self._device = ComboBox(label="device", choices=["auto", "cpu", "cuda"],
+                                value=common["device"].default)
+        self._device.tooltip = common["device"].help
         self._energy = LineEdit(label="energy window (eV)", value="")
-        self._energy.native.setPlaceholderText("all, or e.g. 700:740")
-        self._seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
-        # PCA
-        self._pca_components = SpinBox(label="components (0 = auto)", value=0, min=0, max=500)
-        # RX
-        self._rx_shrinkage = ComboBox(label="shrinkage", choices=["ledoit-wolf", "oas"])
-        # 3D-CVAE
-        self._cvae_epochs = SpinBox(label="epochs", value=60, min=1, max=100_000)
-        self._cvae_latent = SpinBox(label="latent size", value=8, min=1, max=256)
-        self._cvae_width = SpinBox(label="width (channels)", value=16, min=1, max=256)
-        self._cvae_patch = SpinBox(label="patch (px)", value=16, min=1, max=4096)
-        self._cvae_lr = LineEdit(label="learning rate", value="0.003")
-        self._cvae_beta = FloatSpinBox(label="KL weight (beta)", value=1.0, min=0.0, max=100.0,
-                                       step=0.1)
+        self._energy.native.setPlaceholderText("all, or e.g. 700:740 (or drag on the plot)")
+        self._energy.tooltip = common["energy_range"].help + "; format START:STOP"
+        self._seed = SpinBox(label="seed", value=int(common["seed"].default), min=0,
+                             max=2**31 - 1)
+        self._seed.tooltip = common["seed"].help
+        #: per method: parameter name -> field, built from eelsanom.detectors.params
+        self._fields: dict[str, dict[str, Any]] = {
+            m: {p.name: _param_field(p) for p in gui_params(m)} for m in ("pca", "rx", "cvae")}
+        f = self._fields
+        # short names the tests (and older code) use
+        self._pca_components = f["pca"]["n_components"]
+        self._rx_shrinkage = f["rx"]["shrinkage"]
+        self._cvae_epochs, self._cvae_latent = f["cvae"]["epochs"], f["cvae"]["latent_dim"]
+        self._cvae_width, self._cvae_patch = f["cvae"]["width"], f["cvae"]["patch_size"]
+        self._cvae_lr, self._cvae_beta = f["cvae"]["lr"], f["cvae"]["beta"]
         self._extra = LineEdit(label="other parameters", value="")
         self._extra.native.setPlaceholderText("e.g. batch_size=64, robust_fraction=0.1")
         self._auto_apply = CheckBox(text="score after training", value=True)
@@ -408,12 +580,7 @@ class DetectorWidget(_Panel):
         self._load_btn = PushButton(text="Load model")
         self._save_btn = PushButton(text="Save model")
         self._status = Label(label="status", value="no model")
-        self._per_method = {
-            "pca": [self._pca_components],
-            "rx": [self._rx_shrinkage],
-            "cvae": [self._cvae_epochs, self._cvae_latent, self._cvae_width, self._cvae_patch,
-                     self._cvae_lr, self._cvae_beta],
-        }
+        self._per_method = {m: list(ws.values()) for m, ws in self._fields.items()}
         run_row = Container(widgets=[self._train_btn, self._apply_btn, self._cancel_btn],
                             layout="horizontal", labels=False)
         model_row = Container(widgets=[self._load_btn, self._save_btn], layout="horizontal",
@@ -421,6 +588,7 @@ class DetectorWidget(_Panel):
         self.extend([self._method, self._device, self._energy, self._seed,
                      *[w for ws in self._per_method.values() for w in ws],
                      self._extra, self._auto_apply, run_row, self._model_file, model_row, self._status])
+        self._delivering = 0
         self._jobs: set[threading.Event] = set()
         self._cancel_event: threading.Event | None = None
         self._worker: Any = None
@@ -428,6 +596,10 @@ class DetectorWidget(_Panel):
         self._bridge: Any = None
         self.n_progress_events = 0
         self.last_event: Any = None
+        self._epoch: tuple[int, int] = (0, 0)
+        self._shown_at = 0.0
+        self._flush_pending = False
+        self._session.energy_window_picked.connect(self._on_window_picked)
         self._method.changed.connect(self._on_method)
         self._train_btn.changed.connect(self._on_train)
         self._apply_btn.changed.connect(self._on_apply)
@@ -446,8 +618,8 @@ class DetectorWidget(_Panel):
     # ------------------------------------------------------------------ state
     @property
     def busy(self) -> bool:
-        """True while training, scoring or loading runs."""
-        return self._worker is not None
+        """True while training, scoring or loading runs (or its result is being shown)."""
+        return self._worker is not None or self._delivering > 0
 
     def _set_busy(self, busy: bool) -> None:
         if self._closed:
@@ -466,6 +638,11 @@ class DetectorWidget(_Panel):
                 w.visible = key == m
         self._device.enabled = m in ("pca", "cvae")
 
+    def _on_window_picked(self, lo: float, hi: float) -> None:
+        """An energy window dragged on the spectrum plot becomes the detector's window."""
+        if not self._closed:
+            self._energy.value = f"{lo:.1f}:{hi:.1f}"
+
     def _set_status(self, text: str) -> None:
         if self._closed:
             return
@@ -480,20 +657,8 @@ class DetectorWidget(_Panel):
         m = self._method.value
         p: dict[str, Any] = {"energy_range": _energy_window(self._energy.value),
                              "seed": int(self._seed.value), "device": self._device.value}
-        if m == "pca":
-            k = int(self._pca_components.value)
-            p["n_components"] = k or None
-        elif m == "rx":
-            p["shrinkage"] = self._rx_shrinkage.value
-        elif m == "cvae":
-            try:
-                lr = float(self._cvae_lr.value)
-            except ValueError as exc:
-                raise InputError(f"learning rate: expected a number such as 0.003, found "
-                                 f"{self._cvae_lr.value!r}.") from exc
-            p.update(epochs=int(self._cvae_epochs.value), latent_dim=int(self._cvae_latent.value),
-                     width=int(self._cvae_width.value), patch_size=int(self._cvae_patch.value),
-                     lr=lr, beta=float(self._cvae_beta.value))
+        for prm in gui_params(m):
+            p[prm.name] = _field_value(prm, self._fields[m][prm.name])
         p.update(_parse_extra(self._extra.value))
         p[_EXTRA] = sorted(_parse_extra(self._extra.value))
         return m, p
@@ -543,21 +708,25 @@ class DetectorWidget(_Panel):
         # The closures handed to the worker hold no strong reference to this panel or to a
         # layer: napari keeps finished workers in its task list, and a strong reference
         # would keep the closed viewer alive.
+        spec = session.threshold_for(cube)
+
         def work(progress: Callable[[Any], bool]) -> tuple[Any, Any]:
+            leave_a_core()
             det = make(method, params)
             det.fit(si, mask, progress=progress)
             res = det.score(si, progress=progress) if auto_apply else None
-            return det, res
+            return det, (prepare_result(res, spec) if res is not None else None)
 
         def done(w: DetectorWidget, out: tuple[Any, Any]) -> None:
-            det, res = out
+            det, prep = out
             w._session.set_detector(det)
             w._set_status(f"{name} fitted on {n_train} pixels in "
                           f"{getattr(det, 'fit_seconds_', float('nan')):.1f} s")
-            if res is not None:
-                w._session.set_result(res, cube_ref())
-                _notify.info(f"{name}: {res.n_flagged} of {res.nll.size} pixels flagged "
-                             f"({res.threshold_method}).")
+            if prep is not None:
+                res = w._deliver_result(prep, cube_ref())
+                text = (f"{name}: {res.n_flagged} of {res.nll.size} pixels flagged "
+                        f"({res.threshold_method}).")
+                _next_turn(lambda: _notify.info(text))
 
         self._run(f"training {name}", work, done)
 
@@ -579,20 +748,42 @@ class DetectorWidget(_Panel):
         cube_ref, cube_name = weakref.ref(cube), str(getattr(cube, "name", "the image"))
         name = METHOD_NAMES.get(det.method, det.method)
 
-        def work(progress: Callable[[Any], bool]) -> Any:
-            return det.score(si, progress=progress)
+        spec = self._session.threshold_for(cube)
 
-        def done(w: DetectorWidget, res: Any) -> None:
-            w._session.set_result(res, cube_ref())
+        def work(progress: Callable[[Any], bool]) -> Any:
+            leave_a_core()
+            return prepare_result(det.score(si, progress=progress), spec)
+
+        def done(w: DetectorWidget, prep: Any) -> None:
+            w._deliver_result(prep, cube_ref())
             w._set_status(f"{name} applied to {cube_name}")
 
         self._run("scoring", work, done)
 
+    def _deliver_result(self, prep: Any, cube: Any) -> Any:
+        """Show a prepared result over several event-loop turns; busy until it is shown."""
+        self._delivering += 1
+        ref = weakref.ref(self)
+
+        def shown() -> None:
+            w = ref()
+            if w is not None:
+                w._delivering -= 1
+                if not w.busy:
+                    w._set_busy(False)
+
+        return self._session.set_result(prep.raw, cube, prep, defer=_next_turn,
+                                        on_shown=shown)
+
     def _on_cancel(self, *_: Any) -> None:
-        """Ask the running work to stop at its next step."""
+        """Ask the running work to stop at its next progress report (a batch, or an epoch
+        where the detector reports per epoch)."""
         if self._cancel_event is not None:
             self._cancel_event.set()
-            self._set_status("cancelling...")
+            ev = self.last_event
+            fine = ev is not None and (ev.stage == "batch" or "batch" in ev.metrics)
+            self._set_status("cancelling..." if fine or ev is None or ev.stage != "train"
+                             else "cancelling at the end of this epoch...")
 
     def _on_load(self, *_: Any) -> None:
         """Load the model file (worker thread) and check it against the open image."""
@@ -682,6 +873,7 @@ class DetectorWidget(_Panel):
         pbar = cancelable_progress(total=0, desc=f"eelsanom: {what}", cancel_callback=cancel.set)
         self._pbar = pbar
         self.n_progress_events = 0
+        self._epoch, self._shown_at, self.last_event = (0, 0), 0.0, None
 
         def callback(ev: Any) -> bool:
             bridge.event.emit(ev)
@@ -723,7 +915,7 @@ class DetectorWidget(_Panel):
                 return
             w._worker = None
             w._cancel_event = None
-            w._set_busy(False)
+            w._set_busy(w.busy)
 
         worker.returned.connect(returned)
         worker.errored.connect(errored)
@@ -737,28 +929,83 @@ class DetectorWidget(_Panel):
     def _on_progress(self, ev: Any) -> None:
         """A progress event from the worker (GUI thread): update the status and the bar.
 
-        The status is set first: napari's progress bar may process pending events while it
-        redraws, which can deliver the worker's result before this handler returns.
+        Events may come per epoch or finer (per batch: ``metrics`` ``batch``/``batches``,
+        or a ``"batch"`` stage counting within the current epoch); the bar advances by
+        fractions of an epoch. The display is refreshed at most every
+        :data:`PROGRESS_EVERY` seconds (the last event wins), so that many small events
+        cost the GUI thread little.
         """
         self.n_progress_events += 1
         self.last_event = ev
+        if ev.stage in ("train", "fit"):
+            self._epoch = (int(ev.step), int(ev.total or 0))
+        now = time.monotonic()
+        if now - self._shown_at >= PROGRESS_EVERY:
+            self._show_progress()
+        elif not self._flush_pending:
+            self._flush_pending = True
+            ref = weakref.ref(self)
+            QTimer.singleShot(int(1000 * PROGRESS_EVERY), lambda: (w := ref()) is not None
+                              and w._flush_progress())
+
+    def _flush_progress(self) -> None:
+        self._flush_pending = False
+        if self._worker is not None and not self._closed:
+            self._show_progress()
+
+    def _show_progress(self) -> None:
+        ev = self.last_event
+        if ev is None:
+            return
+        self._shown_at = time.monotonic()
+        m = dict(ev.metrics)
+        batch, batches = m.pop("batch", None), m.pop("batches", None)
+        if ev.stage == "batch":  # counting within the current epoch
+            batch, batches = ev.step, ev.total
         metrics = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                           for k, v in ev.metrics.items())
-        label = "epoch" if ev.stage == "train" else "step"
-        text = f"{ev.stage}: {label} {ev.step}/{ev.total or '?'}" + \
-            (f", {metrics}" if metrics else "")
+                           for k, v in m.items())
+        epoch, epochs = self._epoch
+        if ev.stage in ("train", "fit", "batch"):
+            done = float(epoch)
+            if batch is not None and batches:
+                # a batch event of epoch e (1-based) counts e - 1 whole epochs
+                done = (epoch - 1 if ev.stage != "batch" else epoch) + batch / batches
+            text = f"train: epoch {epoch}/{epochs or '?'}"
+            if batch is not None:
+                text += f", batch {batch}/{batches or '?'}"
+            total = epochs
+        else:
+            done, total = float(ev.step), int(ev.total or 0)
+            text = f"{ev.stage}: step {ev.step}/{ev.total or '?'}"
+        text += f", {metrics}" if metrics else ""
         self._set_status(text)
         pbar = self._pbar
         if pbar is None:
             return
-        if ev.total and pbar.total != ev.total:
-            pbar.total = ev.total
+        # napari's bar counts whole steps: batches when the events give them, else epochs
+        unit = int(batches) if batch is not None and batches else 1
+        if total and pbar.total != total * unit:
+            pbar.total = total * unit
         pbar.set_description(f"eelsanom {text}")
-        if ev.step >= pbar.n:
-            pbar.update(ev.step - pbar.n)
+        n = int(round(done * unit))
+        if n >= pbar.n:
+            pbar.update(n - pbar.n)
 
 
 # ============================================================================ 3. results
+def line_scan_axis(si: Any) -> tuple[str, np.ndarray, str] | None:
+    """``(axis, positions, label)`` of a line scan (a 1 x n or n x 1 spectrum image), where
+    ``axis`` is ``"x"`` or ``"y"``; None for an image with both sides longer than 1."""
+    ny, nx = si.nav_shape
+    if ny > 1 and nx > 1 or ny * nx < 2:
+        return None
+    ax = si.x if ny == 1 else si.y
+    name = "x" if ny == 1 else "y"
+    units = f" ({ax.units})" if getattr(ax, "units", "") else ""
+    return name, np.asarray(ax.values, float), f"position{units}"
+
+
+
 def threshold_methods() -> list[tuple[str, str]]:
     """The Results panel's threshold choices (``robust`` where eelsanom.scoring has it)."""
     from eelsanom.scoring import parse_threshold  # noqa: PLC0415
@@ -789,12 +1036,22 @@ class ResultsWidget(_Panel):
         self.extend([self._method, self._percent, self._manual, self._stats])
         self._hist = HistogramCanvas()
         self._add_qt(self._hist)
+        # a line scan: spectra as a position x energy image, NLL against position
+        self._line = LineScanCanvas()
+        self._line.on_pick = self._line_pick_callback()
+        self._add_qt(self._line)
+        self._line.setVisible(False)
+        self._line_index: int | None = None
+        self._session.cube_changed.connect(self._refresh_line)
+        self._session.pixel_changed.connect(self._on_pixel_changed)
         self._method.changed.connect(self._on_method)
         self._percent.changed.connect(self._apply)
         self._manual.changed.connect(self._apply)
         self._session.result_changed.connect(self._on_result)
         self._session.threshold_changed.connect(self._on_threshold)
+        self._session.threshold_reset.connect(self._on_threshold_reset)
         self._on_method(apply=False)
+        self._refresh_line()
         if self._session.result is not None:
             self._on_result(self._session.result)
             self._on_threshold(self._session.result)
@@ -819,11 +1076,80 @@ class ResultsWidget(_Panel):
         except InputError as exc:
             _notify.error(str(exc))
 
+    # ------------------------------------------------------------------ line scans
+    def _line_pick_callback(self) -> Callable[[int], None]:
+        ref = weakref.ref(self)
+
+        def picked(k: int) -> None:
+            w = ref()
+            if w is None or w._closed:
+                return
+            try:
+                si = w._session.spectrum_image()
+            except InputError:
+                return
+            iy, ix = (0, k) if si.nav_shape[0] == 1 else (k, 0)
+            w._session.select_pixel(iy, ix)
+        return picked
+
+    def _on_pixel_changed(self, iy: int, ix: int) -> None:
+        if self._closed or self._line.isHidden():
+            return
+        k = max(int(iy), int(ix))
+        if k != self._line_index:
+            self._line_index = k
+            self._refresh_line()
+
+    def _refresh_line(self, *_: Any) -> None:
+        """Show the line-scan view when the current image is a line scan (1 x n or n x 1)."""
+        if self._closed:
+            return
+        try:
+            si = self._session.spectrum_image()
+        except InputError:
+            si = None
+        line = line_scan_axis(si) if si is not None else None
+        was = not self._line.isHidden()
+        self._line.setVisible(line is not None)
+        self._hist.setVisible(line is None)  # 10-40 positions: the plot says more
+        if line is None:
+            return
+        dock = getattr(self, "_dock", None)
+        if not was and dock is not None:
+            dock.raise_()
+        axis, positions, label = line
+        spectra = np.asarray(si.data, float).reshape(positions.size, -1)
+        res = self._session.result
+        if res is not None and self._session.result_cube is not self._session.cube():
+            res = None
+        kw: dict[str, Any] = {}
+        if res is not None and np.size(res.nll) == positions.size:
+            kw = {"nll": np.asarray(res.nll, float).ravel(), "threshold": float(res.threshold),
+                  "mask": np.asarray(res.mask, bool).ravel()}
+        self._line.show(si.energy.values, spectra, positions, position_label=label,
+                        index=self._line_index, **kw)
+
+    def _on_threshold_reset(self) -> None:
+        """New data: the session went back to the detector's rule; so does the panel."""
+        if self._closed:
+            return
+        with self._method.changed.blocked():
+            self._method.value = "default"
+        self._on_method(apply=False)
+
     def _on_result(self, res: Any) -> None:
         if self._closed:
             return
-        finite = np.asarray(res.nll, float)[np.isfinite(res.nll)]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        if res is None:
+            self._stats.value = "no result yet"
+            self._hist.clear()
+            return
+        prep = self._session.prepared
+        if prep is not None and prep.result is res:
+            lo, hi = float(prep.edges[0]), float(prep.edges[-1])
+        else:
+            finite = np.asarray(res.nll, float)[np.isfinite(res.nll)]
+            lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
         hi = hi if hi > lo else lo + 1.0
         new_min = lo - 1e-9 * abs(lo)
         with self._manual.changed.blocked():
@@ -835,10 +1161,17 @@ class ResultsWidget(_Panel):
             self._manual.value = float(np.clip(res.threshold, lo, hi))
             self._manual.min, self._manual.max = new_min, hi
             self._manual.step = (hi - lo) / 1000.0
-        self._hist.show(res.nll, res.threshold)
+        if prep is not None and prep.result is res:
+            self._hist.show_counts(prep.counts, prep.edges, res.threshold)
+        else:
+            self._hist.show(res.nll, res.threshold)
 
     def _on_threshold(self, res: Any) -> None:
-        if self._closed or res is None:
+        if self._closed:
+            return
+        if not self._line.isHidden() or res is None:
+            self._refresh_line()
+        if res is None:
             return
         n, k = res.nll.size, res.n_flagged
         self._stats.value = (f"{k} of {n} px ({100.0 * k / n:.2f} %); NLL > "
@@ -851,6 +1184,14 @@ class ResultsWidget(_Panel):
 
 
 # ============================================================================ 4. inspector
+#: Seconds between two refreshes of the progress display.
+PROGRESS_EVERY = 0.1
+
+#: Pixels whose model view the inspector keeps per result.
+CACHE_PIXELS = 4096
+#: At most this many pinned pixels / region means on the spectrum plot.
+OVERLAY_MAX = 6
+
 _KEYS = {"Shift-Up": (-1, 0), "Shift-Down": (1, 0), "Shift-Left": (0, -1), "Shift-Right": (0, 1)}
 
 
@@ -896,16 +1237,60 @@ class SpectrumInspectorWidget(_Panel):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer, labels=True)
-        self._iy = SpinBox(label="row (y)", value=0, min=0, max=0)
-        self._ix = SpinBox(label="column (x)", value=0, min=0, max=0)
-        self._window = FloatSpinBox(label="window (eV)", value=5.0, min=0.1, max=500.0, step=0.5)
+        self._iy = SpinBox(label="y", value=0, min=0, max=0)
+        self._ix = SpinBox(label="x", value=0, min=0, max=0)
+        self._window = FloatSpinBox(label="window eV", value=5.0, min=0.1, max=500.0,
+                                    step=0.5)
+        self._iy.tooltip = "row of the inspected pixel (or click the image; Shift+arrows move)"
+        self._ix.tooltip = "column of the inspected pixel"
+        self._window.tooltip = ("width of the shaded energy window that contributes most to "
+                                "the pixel's NLL")
         row = Container(widgets=[self._iy, self._ix, self._window], layout="horizontal",
                         labels=True)
-        self.extend([row])
+        row.margins = (0, 0, 0, 0)
+        self._pin_btn = PushButton(text="Pin")
+        self._region_btn = PushButton(text="Region mean")
+        self._clear_btn = PushButton(text="Clear")
+        self._pin_btn.tooltip = "keep this pixel's spectrum on the plot to compare others with it"
+        self._region_btn.tooltip = ("mean spectrum (observed and model) of the selected shapes "
+                                    "layer's area, or of the bulk region")
+        self._clear_btn.tooltip = "remove pinned pixels, region means and the picked window"
+        tools = Container(widgets=[self._pin_btn, self._region_btn, self._clear_btn],
+                          layout="horizontal", labels=False)
+        tools.margins = (0, 0, 0, 0)
+        self._flag = Label(label="", value="")
+        self._flag.tooltip = "the inspected pixel against the current threshold"
+        self.extend([row, self._flag])
         self._canvas = SpectrumCanvas()
+        from matplotlib.backends.backend_qtagg import NavigationToolbar2QT  # noqa: PLC0415
+        from qtpy.QtWidgets import QHBoxLayout, QWidget  # noqa: PLC0415
+
+        # zoom / pan / home of the plot, and the spectrum tools, on one row
+        self._toolbar = NavigationToolbar2QT(self._canvas, None, coordinates=False)
+        self._toolbar.setStyleSheet("QToolBar { border: 0px; } QToolButton { padding: 0px; }")
+        bar = QWidget()
+        lay = QHBoxLayout(bar)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self._toolbar)
+        lay.addWidget(tools.native)
+        self._tools = tools
+        self._add_qt(bar)
         self._add_qt(self._canvas)
+        self._canvas.on_span = self._span_callback()
+        self._pin_btn.changed.connect(self._on_pin)
+        self._region_btn.changed.connect(self._on_region_mean)
+        self._clear_btn.changed.connect(self._on_clear_overlays)
+        self._recon: dict[int, Any] = {}  # id(raw result) -> (raw, mean, sigma) (one kept)
+        self._recon_worker: Any = None
         self.pixel: tuple[int, int] | None = None
         self.spectrum: Any = None
+        #: PixelSpectrum per (iy, ix) of the raw result ``_cache_of`` (threshold-free)
+        self._cache: dict[tuple[int, int], Any] = {}
+        self._cache_of: Any = None
+        self._pixel_worker: Any = None
+        self._wanted: tuple[Any, int, int] | None = None
+        #: model evaluations done for this panel (all in worker threads)
+        self.n_model_calls = 0
         self._iy.changed.connect(self._on_spin)
         self._ix.changed.connect(self._on_spin)
         self._window.changed.connect(self._refresh)
@@ -914,10 +1299,143 @@ class SpectrumInspectorWidget(_Panel):
         for key, (dy, dx) in _KEYS.items():
             viewer.bind_key(key, _key_callback(self, dy, dx), overwrite=True)
         self._session.result_changed.connect(self._refresh)
-        self._session.threshold_changed.connect(self._refresh)
+        self._session.threshold_changed.connect(self._on_threshold)
         self._session.cube_changed.connect(self._on_cube)
         self._session.pixel_requested.connect(self._on_pixel_requested)
         self._on_cube()
+
+    # ------------------------------------------------------------------ spectrum tool
+    def _span_callback(self) -> Callable[[float, float], None]:
+        ref = weakref.ref(self)
+
+        def picked(lo: float, hi: float) -> None:
+            w = ref()
+            if w is not None and not w._closed:
+                w._session.energy_window_picked.emit(float(lo), float(hi))
+        return picked
+
+    def _on_pin(self, *_: Any) -> None:
+        """Keep the inspected pixel's spectrum (and model, when known) on the plot."""
+        if self.pixel is None:
+            _notify.error("pin pixel: no pixel shown yet; click a pixel first.")
+            return
+        try:
+            si = self._session.spectrum_image()
+        except InputError as exc:
+            _notify.error(str(exc))
+            return
+        iy, ix = self.pixel
+        ps = self.spectrum
+        if ps is not None:
+            entry = (f"y={iy}, x={ix}", np.asarray(ps.energy), np.asarray(ps.observed),
+                     np.asarray(ps.mean))
+        else:
+            entry = (f"y={iy}, x={ix}", si.energy.values, np.asarray(si.data[iy, ix], float),
+                     None)
+        self._canvas.overlays = [o for o in self._canvas.overlays if o[0] != entry[0]]
+        self._canvas.overlays = [*self._canvas.overlays, entry][-OVERLAY_MAX:]
+        self._draw()
+
+    def _on_clear_overlays(self, *_: Any) -> None:
+        """Remove pinned pixels, region means and the picked energy window."""
+        self._canvas.overlays = []
+        self._canvas.picked_window = None
+        if self.pixel is not None:
+            self._draw()
+        else:
+            self._canvas.clear("click a pixel to see its spectrum")
+
+    def _region_layer(self) -> Any:
+        active = self._viewer.layers.selection.active
+        if active is not None and type(active).__name__ in ("Shapes", "Labels") and \
+                role_of(active) not in ("mask", "truth"):
+            return active
+        return self._session.region_layer
+
+    def _on_region_mean(self, *_: Any) -> Any:
+        """Mean spectrum of the selected shapes/labels layer's area (else the bulk region),
+        observed and, with a result, modelled (the model runs in a worker, once per result)."""
+        from ._layers import region_mask  # noqa: PLC0415
+
+        layer = self._region_layer()
+        try:
+            si = self._session.spectrum_image()
+            if layer is None:
+                raise InputError("mean of region: no region; expected a shapes or labels "
+                                 "layer selected in the layer list (draw one), or a bulk "
+                                 "region chosen in the Bulk region panel.")
+            mask, _ = region_mask(layer, si)
+        except InputError as exc:
+            _notify.error(str(exc))
+            return None
+        if mask is None or not mask.any():
+            _notify.error(f"mean of region: {layer.name!r} covers 0 pixels of the image; "
+                          "expected a rectangle, polygon or painted area on it.")
+            return None
+        label = f"{layer.name} (mean of {int(mask.sum())} px)"
+        obs = np.asarray(si.data, float)[mask].mean(axis=0)
+        raw = self._session.raw_result if self._result_for(self._session.cube()) is not None \
+            else None
+        entry = [label, si.energy.values, obs, None]
+        self._canvas.overlays = [o for o in self._canvas.overlays if o[0] != label]
+        self._canvas.overlays = [*self._canvas.overlays, tuple(entry)][-OVERLAY_MAX:]
+        if self.pixel is not None:
+            self._draw()
+        else:
+            self._canvas.show_pixel(si.energy.values, obs, title=label, pixel=(0, 0))
+        if raw is not None:
+            self._with_reconstruction(raw, lambda mean, e: self._set_overlay_model(
+                label, e, mean[mask].mean(axis=0)))
+        return mask
+
+    def _set_overlay_model(self, label: str, energy: np.ndarray, model: np.ndarray) -> None:
+        out = []
+        for o in self._canvas.overlays:
+            if o[0] == label:
+                obs = o[2]
+                if o[1].size != energy.size:  # the model's window: crop the observed mean
+                    keep = np.isin(np.round(o[1], 6), np.round(energy, 6))
+                    obs = o[2][keep]
+                o = (label, energy, obs, model)
+            out.append(o)
+        self._canvas.overlays = out
+        if self.pixel is not None:
+            self._draw()
+
+    def _with_reconstruction(self, raw: Any, then: Callable[[np.ndarray, np.ndarray], None]
+                             ) -> None:
+        """``then(mean, energy)`` with the result's whole-image model mean (computed once per
+        result, in a worker)."""
+        got = self._recon.get(id(raw))
+        if got is not None and got[0] is raw:
+            then(got[1], got[2])
+            return
+        from superqt.utils import create_worker  # noqa: PLC0415
+
+        ref = weakref.ref(self)
+
+        def work() -> tuple[np.ndarray, np.ndarray]:
+            mean, _sigma = raw.reconstruct()
+            return np.asarray(mean, np.float64), raw.energy.values
+
+        def returned(out: tuple[np.ndarray, np.ndarray]) -> None:
+            w = ref()
+            if w is None or w._closed:
+                return
+            w._recon = {id(raw): (raw, *out)}
+            if w._session.raw_result is raw:
+                then(*out)
+
+        def errored(exc: BaseException) -> None:
+            log.error("reconstruction failed", exc_info=exc)
+            _notify.error(f"mean of region: the model failed: {type(exc).__name__}: {exc}")
+
+        worker = create_worker(work, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(returned)
+        worker.errored.connect(errored)
+        self._recon_worker = worker
+        worker.finished.connect(lambda: setattr(ref() or self, "_recon_worker", None))
+        worker.start()
 
     def _on_pixel_requested(self, iy: int, ix: int) -> None:
         """Another panel (e.g. the latent scatter) asks for pixel (iy, ix)."""
@@ -939,7 +1457,7 @@ class SpectrumInspectorWidget(_Panel):
 
     def _refresh(self, *_: Any) -> None:
         if self.pixel is not None and not self._closed:
-            self.inspect(*self.pixel)
+            self._draw()
 
     def inspect_world(self, position: Any) -> tuple[int, int] | None:
         """Inspect the pixel at a world position (y, x last); None when outside the image."""
@@ -967,10 +1485,81 @@ class SpectrumInspectorWidget(_Panel):
             return None
         return s.result
 
+    # ------------------------------------------------------------------ model, off-thread
+    def cached(self, iy: int, ix: int) -> Any:
+        """The cached :class:`~eelsanom.result.PixelSpectrum` of (iy, ix) for the current
+        result, or None (not computed yet)."""
+        raw = self._session.raw_result
+        if raw is None or self._cache_of is not raw:
+            return None
+        return self._cache.get((int(iy), int(ix)))
+
+    def _store(self, raw: Any, iy: int, ix: int, ps: Any) -> None:
+        if self._cache_of is not raw:
+            self._cache_of, self._cache = raw, {}
+        if len(self._cache) >= CACHE_PIXELS:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[(iy, ix)] = ps
+
+    def _request(self, raw: Any, iy: int, ix: int) -> None:
+        """Compute the model's view of (iy, ix) in a worker (one at a time: while one runs,
+        only the latest request waits)."""
+        if self._pixel_worker is not None:
+            self._wanted = (raw, iy, ix)
+            return
+        from superqt.utils import create_worker  # noqa: PLC0415
+
+        self._watch_window()
+        ref = weakref.ref(self)
+
+        def work() -> Any:
+            return raw.pixel(iy, ix)
+
+        def returned(ps: Any) -> None:
+            w = ref()
+            if w is None or w._closed:
+                return
+            w.n_model_calls += 1
+            w._store(raw, iy, ix, ps)
+            if w.pixel == (iy, ix) and w._session.raw_result is raw:
+                deliver(ref, lambda p, _v: p._draw(), None)
+
+        def errored(exc: BaseException) -> None:
+            w = ref()
+            if w is None or w._closed:
+                return
+            log.error("pixel spectrum failed", exc_info=exc)
+            _notify.error(f"cannot show the model for pixel y={iy}, x={ix}: "
+                          f"{type(exc).__name__}: {exc}")
+
+        def finished() -> None:
+            w = ref()
+            if w is None:
+                return
+            w._pixel_worker = None
+            nxt, w._wanted = w._wanted, None
+            if nxt is not None and not w._closed and nxt[0] is w._session.raw_result and \
+                    w.cached(*nxt[1:]) is None:
+                w._request(*nxt)
+
+        worker = create_worker(work, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(returned)
+        worker.errored.connect(errored)
+        worker.finished.connect(finished)
+        self._pixel_worker = worker
+        worker.start()
+
+    @property
+    def busy(self) -> bool:
+        """True while a pixel's model is computed (or one waits)."""
+        return self._pixel_worker is not None or self._wanted is not None
+
+    # ------------------------------------------------------------------ showing
     def inspect(self, iy: int, ix: int) -> Any:
-        """Plot pixel (iy, ix); returns its :class:`~eelsanom.result.PixelSpectrum` (or None)."""
+        """Show pixel (iy, ix); returns its :class:`~eelsanom.result.PixelSpectrum` when the
+        model's view is already cached, else None (it is computed in a worker thread and
+        drawn when ready; the observed spectrum shows at once)."""
         try:
-            cube = self._session.cube()
             si = self._session.spectrum_image()
         except InputError as exc:
             _notify.error(str(exc))
@@ -981,27 +1570,70 @@ class SpectrumInspectorWidget(_Panel):
         self.pixel = (iy, ix)
         with self._iy.changed.blocked(), self._ix.changed.blocked():
             self._iy.value, self._ix.value = iy, ix
-        res = self._result_for(cube)
-        ps = None
-        where = f"pixel y={iy}, x={ix}"
-        if res is not None:
-            try:
-                ps = res.pixel(iy, ix)
-            except Exception as exc:  # noqa: BLE001 - never let a click crash the viewer
-                log.exception("pixel spectrum failed")
-                _notify.error(f"cannot show the model for {where}: {type(exc).__name__}: {exc}")
-        if ps is not None:
-            flag = "ANOMALOUS" if bool(res.mask[iy, ix]) else "normal"
-            title = f"{where}: NLL {ps.nll:.5g} ({flag}; threshold {res.threshold:.5g})"
-        else:
-            title = f"{where}: observed (no model yet)"
-        self.spectrum = ps
-        self._canvas.show_pixel(si.energy.values, np.asarray(si.data[iy, ix], float),
-                                title=title, pixel=(iy, ix), spectrum=ps,
-                                window_ev=float(self._window.value))
+        ps = self._draw()
         self._mark(si, iy, ix)
         self._session.pixel_changed.emit(iy, ix)
         return ps
+
+    def _title(self, res: Any, ps: Any) -> str:
+        """The plot's title: pixel, NLL and flag; the threshold's value is in the label
+        above the plot (a slider tick then redraws the plot only when the flag flips)."""
+        iy, ix = self.pixel
+        where = f"pixel y={iy}, x={ix}"
+        self._set_threshold_text(res)
+        if res is None:
+            return f"{where}: observed (no model yet)"
+        flag = "ANOMALOUS" if bool(res.mask[iy, ix]) else "normal"
+        nll = float(res.nll[iy, ix])
+        text = f"{where}: NLL {nll:.5g} ({flag})"
+        return text if ps is not None else text + ": computing the model..."
+
+    def _set_threshold_text(self, res: Any) -> None:
+        text = "" if res is None or self.pixel is None else (
+            f"{'above' if bool(res.mask[self.pixel]) else 'below'} the threshold "
+            f"{res.threshold:.5g} ({res.threshold_method})")
+        if self._flag.value != text:
+            self._flag.value = text
+
+    def _draw(self) -> Any:
+        """Draw the current pixel with what is known now (never runs the model here)."""
+        if self.pixel is None or self._closed:
+            return None
+        try:
+            cube = self._session.cube()
+            si = self._session.spectrum_image()
+        except InputError:
+            return None
+        iy, ix = self.pixel
+        if not (0 <= iy < si.nav_shape[0] and 0 <= ix < si.nav_shape[1]):
+            self.pixel = None
+            self._canvas.clear("click a pixel to see its spectrum")
+            return None
+        res = self._result_for(cube)
+        ps = self.cached(iy, ix) if res is not None else None
+        if res is not None and ps is None:
+            self._request(self._session.raw_result, iy, ix)
+        self.spectrum = ps
+        self._canvas.show_pixel(si.energy.values, np.asarray(si.data[iy, ix], float),
+                                title=self._title(res, ps), pixel=(iy, ix), spectrum=ps,
+                                window_ev=float(self._window.value))
+        return ps
+
+    def _on_threshold(self, res: Any = None) -> None:
+        """The threshold moved: only the title changes (flag and threshold); no model run."""
+        if self._closed or self.pixel is None:
+            return
+        try:
+            cube = self._session.cube()
+        except InputError:
+            return
+        current = self._result_for(cube)
+        if current is None:
+            return
+        iy, ix = self.pixel
+        title = self._title(current, self.cached(iy, ix))
+        if title != self._canvas.ax.get_title():  # the flag flipped
+            self._canvas.set_title(title)
 
     def _mark(self, si: Any, iy: int, ix: int) -> None:
         pos = np.array([pixel_to_world(iy, ix, si)])
@@ -1089,41 +1721,100 @@ PANELS: dict[str, type[_Panel]] = {
 }
 
 
-#: Where :func:`dock_all` puts each panel, in docking order: (area, tabify with the
-#: previous panel docked in that area).
-LAYOUT: dict[str, tuple[str, bool]] = {
-    "Bulk region": ("right", False),
-    "Export": ("right", True),
-    "Detector": ("right", False),
-    "Spectrum inspector": ("bottom", False),
-    "Results": ("bottom", False),
+#: Tab groups of :func:`dock_all`, by screen: (area, panels tabbed together) per group;
+#: the first panel of each group is in front. ``"small"``: a laptop (both groups on the
+#: right, one above the other); ``"large"``: the plots side by side below the canvas.
+LAYOUTS: dict[str, list[tuple[str, list[str]]]] = {
+    "small": [("right", ["Bulk region", "Detector", "Latent space", "Export"]),
+              ("right", ["Spectrum inspector", "Results"])],
+    "large": [("right", ["Bulk region", "Detector", "Latent space", "Export"]),
+              ("bottom", ["Spectrum inspector"]),
+              ("bottom", ["Results"])],
 }
 
+#: Below this available screen size (px) the "small" layout is used.
+LARGE_SCREEN = (1600, 1000)
 
-def dock_all(viewer: napari.viewer.Viewer) -> dict[str, _Panel]:
+
+def choose_layout(width: int, height: int) -> str:
+    """``"large"`` for a screen of at least :data:`LARGE_SCREEN`, else ``"small"``."""
+    return "large" if width >= LARGE_SCREEN[0] and height >= LARGE_SCREEN[1] else "small"
+
+
+def _screen_size(window: Any) -> tuple[int, int]:
+    try:
+        geo = window.screen().availableGeometry()
+        return int(geo.width()), int(geo.height())
+    except Exception:  # noqa: BLE001 - no screen information: assume a laptop
+        return 1366, 768
+
+
+def dock_all(viewer: napari.viewer.Viewer, layout: str | None = None) -> dict[str, _Panel]:
     """Dock the six eelsanom panels in ``viewer``; returns them by name (workflow order).
 
-    Bulk region (with Export as a tab) and Detector on the right; the spectrum plot and
-    the Results panel (threshold and histogram) side by side below the canvas; the
-    latent-space panel as a tab beside the Detector.
+    Parameters
+    ----------
+    viewer : napari.Viewer
+    layout : {"small", "large"}, optional
+        :data:`LAYOUTS` key; default: chosen from the screen's size
+        (:func:`choose_layout`). Panels scroll when the window is too small for them.
     """
-    win = viewer.window
-    out: dict[str, _Panel] = {}
-    docks: dict[str, Any] = {}
-    for name, (area, tabify) in LAYOUT.items():
-        w = PANELS[name](viewer)
-        docks[name] = win.add_dock_widget(w, name=f"eelsanom: {name}", area=area, tabify=tabify)
-        out[name] = w
-        w._dock = docks[name]
-        w._watch_window()
-    # the latent-space panel (its own module: it builds on _Panel) as a tab beside the Detector
+
     from ._latent_panel import LatentPanel  # noqa: PLC0415
 
-    latent = LatentPanel(viewer)
-    docks["Latent space"] = win.add_dock_widget(latent, name="eelsanom: Latent space",
-                                                area="right")
-    latent._dock = docks["Latent space"]
-    win._qt_window.tabifyDockWidget(docks["Detector"], docks["Latent space"])
-    docks["Detector"].raise_()
-    docks["Bulk region"].raise_()
-    return {**{k: out[k] for k in PANELS}, "Latent space": latent}
+    win = viewer.window
+    qwin = win._qt_window
+    layout = layout or choose_layout(*_screen_size(qwin))
+    if layout not in LAYOUTS:
+        raise InputError(f"dock_all: expected layout 'small' or 'large', found {layout!r}.")
+    classes: dict[str, type[_Panel]] = {**PANELS, "Latent space": LatentPanel}
+    out: dict[str, _Panel] = {}
+    firsts = []
+    for area, names in LAYOUTS[layout]:
+        group = []
+        for name in names:
+            w = classes[name](viewer)
+            w._tabber.done = True  # placed here, not by the Plugins-menu rule
+            dock = win.add_dock_widget(w, name=name, area=area)
+            w._dock = dock
+            w._watch_window()
+            out[name] = w
+            if group:
+                qwin.tabifyDockWidget(group[0], dock)
+            group.append(dock)
+        firsts.append((area, group[0]))
+    # (a second group in an area is already below (right) or beside (bottom) the first:
+    # that is how Qt adds a dock to an occupied area)
+    for _area, d in firsts:
+        d.raise_()
+    out["Bulk region"]._dock.raise_()
+    out["Spectrum inspector"]._dock.raise_()
+    panels = {**{k: out[k] for k in PANELS}, "Latent space": out["Latent space"]}
+    size_docks(panels)
+    return panels
+
+
+def size_docks(panels: dict[str, _Panel]) -> None:
+    """Give the docks of :func:`dock_all` sensible sizes for the window's current size:
+    a 470 px column on the right, the plots at least 45 % of its height (call again after
+    resizing the window)."""
+    from qtpy.QtCore import Qt  # noqa: PLC0415
+
+    try:
+        first, plots = panels["Bulk region"]._dock, panels["Spectrum inspector"]._dock
+        qwin = first.parentWidget()
+        qwin.resizeDocks([first], [470], Qt.Orientation.Horizontal)
+        if qwin.dockWidgetArea(plots) == qwin.dockWidgetArea(first):
+            h = max(400, qwin.height() - 60)
+            qwin.resizeDocks([first, plots], [int(0.45 * h), int(0.55 * h)],
+                             Qt.Orientation.Vertical)
+        else:  # below the canvas: the spectrum and the Results side by side
+            results = panels["Results"]._dock
+            qwin.resizeDocks([plots], [max(280, int(0.34 * qwin.height()))],
+                             Qt.Orientation.Vertical)
+            if qwin.dockWidgetArea(results) == qwin.dockWidgetArea(plots):
+                w = qwin.width()
+                qwin.resizeDocks([plots, results], [int(0.58 * w), int(0.42 * w)],
+                                 Qt.Orientation.Horizontal)
+    except (RuntimeError, AttributeError, KeyError) as exc:  # cosmetic only
+        log.debug("could not size the docks: %s", exc)

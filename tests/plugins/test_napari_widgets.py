@@ -231,6 +231,8 @@ def test_pca_workflow_end_to_end(viewer, qtbot, sample_file, tmp_path, notificat
     iy, ix = map(int, np.argwhere(session.result.mask & session.raw_result._si.ground_truth)[0])
     click(viewer, pixel_to_world(iy, ix, session.raw_result._si))
     assert insp.pixel == (iy, ix)
+    # the model's view is computed in a worker thread and drawn when it arrives
+    qtbot.waitUntil(lambda: insp.spectrum is not None, timeout=TRAIN_TIMEOUT_MS)
     ps = session.result.pixel(iy, ix)
     canvas = insp._canvas
     np.testing.assert_allclose(canvas.observed_line.get_ydata(), ps.observed)
@@ -479,8 +481,9 @@ def test_tiny_cvae(viewer, qtbot, sample_file, notifications, monkeypatch):
     assert train_events and train_events[-1].step == train_events[-1].total == 2
     assert "loss" in train_events[-1].metrics  # epoch and loss reach the progress bar
     insp = panels["Spectrum inspector"]
-    ps = insp.inspect(5, 5)
-    assert ps is not None and ps.mean.shape == (267,)
+    insp.inspect(5, 5)
+    qtbot.waitUntil(lambda: insp.cached(5, 5) is not None, timeout=TRAIN_TIMEOUT_MS)
+    assert insp.spectrum is not None and insp.spectrum.mean.shape == (267,)
 
 
 # ----------------------------------------------------------------------------- screenshot
@@ -499,6 +502,8 @@ def test_workstation_screenshot(qtbot, tmp_path, notifications):
         s = get_session(viewer)
         iy, ix = map(int, np.argwhere(s.result.mask & s.raw_result._si.ground_truth)[3])
         panels["Spectrum inspector"].inspect(iy, ix)
+        qtbot.waitUntil(lambda: panels["Spectrum inspector"].spectrum is not None,
+                        timeout=TRAIN_TIMEOUT_MS)
         qtbot.wait(500)
         out = Path(os.environ.get("EELSANOM_SCREENSHOT_DIR") or tmp_path)
         out.mkdir(parents=True, exist_ok=True)

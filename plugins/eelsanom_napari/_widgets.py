@@ -10,7 +10,8 @@ Five thin panels over the library, sharing one :class:`~._session.Session` per v
 4. :class:`SpectrumInspectorWidget` - click a pixel (or Shift+arrow keys) to plot its
    spectrum, the model's mean with its ±sigma band, the residual and the energy window that
    contributes most to its NLL;
-5. :class:`ExportWidget` - NLL map and mask (HyperSpy, TIFF, PNG) and the model file.
+5. :class:`ExportWidget` - the run folder ``eelsanom detect`` writes (maps, summary JSON, seed
+   maps) and the model file.
 
 Child widgets are private attributes (``self._method``, ``self._train_btn``...) and every
 button has a handler method (``_on_train``...), so tests drive the panels by setting values
@@ -1650,7 +1651,7 @@ class SpectrumInspectorWidget(_Panel):
 
 # ============================================================================ 5. export
 class ExportWidget(_Panel):
-    """Write the NLL map and mask (HyperSpy ``.hspy``, TIFF, PNG) and the model file."""
+    """Write the run folder (as ``eelsanom detect``: maps, summary JSON, seed maps) and the model."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer, labels=True)
@@ -1676,8 +1677,14 @@ class ExportWidget(_Panel):
         self._stem.value = f"{base}_{res.method}" if res is not None else base
 
     def _on_export(self, *_: Any) -> dict[str, Path] | None:
-        """Write the chosen files; returns ``{key: path}`` (see :func:`eelsanom.io.save_result`)."""
-        from eelsanom.io import save_result  # noqa: PLC0415
+        """Write the run folder ``eelsanom detect`` writes (maps, seed maps, summary JSON; see
+        :func:`eelsanom.run.write_run`) and the model file; returns ``{key: path}``.
+
+        Every path is checked first (:func:`eelsanom.io.check_outputs`): an input is never
+        written, and a file that eelsanom did not write is never replaced.
+        """
+        from eelsanom.io import check_outputs, result_paths  # noqa: PLC0415
+        from eelsanom.run import SEED_MAPS, write_run  # noqa: PLC0415
 
         s = self._session
         res = s.result
@@ -1692,12 +1699,25 @@ class ExportWidget(_Panel):
         stem = str(self._stem.value).strip()
         fmts = [f for f, w in (("hspy", self._hspy), ("tiff", self._tiff), ("png", self._png))
                 if w.value]
-        protect = [getattr(s.raw_result, "_si", None) and s.raw_result._si.source]
+        si = getattr(s.raw_result, "_si", None)
+        inputs = [p for p in (getattr(si, "source", None),) if p]
         written: dict[str, Path] = {}
         try:
-            if fmts:
-                written.update(save_result(res, folder, stem=stem, formats=fmts,
-                                           protect=[p for p in protect if p]))
+            planned = list(result_paths(folder, stem, fmts, latent=res.latent is not None)
+                           .values()) if fmts else []
+            planned += [Path(folder) / f"{stem}_{m}.npy" for m in SEED_MAPS if m in res.maps]
+            planned.append(Path(folder) / f"{stem}_summary.json")
+            if self._model.value and s.detector is not None:
+                planned.append(Path(folder) / f"{stem}_model.h5")
+            check_outputs(planned, inputs, what="export")
+            if si is not None:
+                summary = write_run(res, si, folder, stem, formats=fmts, protect=inputs,
+                                    extra={"exported_from": "napari"})
+                written.update({k: Path(v) for k, v in summary["outputs"].items()})
+            elif fmts:  # a result without its data (cannot happen through the panels)
+                from eelsanom.io import save_result  # noqa: PLC0415
+
+                written.update(save_result(res, folder, stem=stem, formats=fmts))
             if self._model.value and s.detector is not None:
                 written["model"] = s.detector.save(Path(folder) / f"{stem}_model.h5")
         except (InputError, OSError) as exc:

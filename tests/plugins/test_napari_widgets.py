@@ -262,7 +262,18 @@ def test_pca_workflow_end_to_end(viewer, qtbot, sample_file, tmp_path, notificat
     exp._tiff.value = True
     written = exp._on_export()
     assert {"nll_hspy", "mask_hspy", "nll_png", "mask_png", "nll_tiff", "mask_tiff",
-            "model"} <= set(written)
+            "model", "summary"} <= set(written)
+    # the same run folder as `eelsanom detect`: its summary JSON, readable by `eelsanom latent`
+    import json
+
+    summary = json.loads(written["summary"].read_text())
+    assert summary["method"] == "pca" and summary["exported_from"] == "napari"
+    assert summary["counts"]["flagged"] == session.result.n_flagged
+    from eelsanom.latent.report import find_stem
+
+    assert find_stem(tmp_path) == exp._stem.value
+    # a second export over its own files is allowed; a user's file in the way is not
+    assert exp._on_export() is not None
     from eelsanom.io import load_result_maps
 
     maps = load_result_maps(tmp_path, exp._stem.value)

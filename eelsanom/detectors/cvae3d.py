@@ -308,7 +308,7 @@ class CVAE3DDetector(BaseDetector):
         Resumable training checkpoint: written every 5 epochs, when training is
         cancelled and at its end; ``fit`` resumes from it when it matches the
         data and parameters. Ensemble member ``i > 0`` uses ``<checkpoint>.member<i>``.
-    context : {None, "pixel", "blind-spot"}
+    context : {"pixel", "blind-spot"}
         ``None``/``"pixel"`` (default): each pixel is encoded and scored from its own
         spectrum (plus ``spatial_layers`` of context). ``"blind-spot"``: each pixel
         is predicted from its neighbourhood with the pixel itself masked (see the
@@ -347,7 +347,7 @@ class CVAE3DDetector(BaseDetector):
                  scoring: str = "elbo", transform: str = "anscombe", device: str = "auto",
                  amp: bool | str = "auto", tile_size: int | None = None, seed: int = 0,
                  n_seeds: int = 1, checkpoint: str | None = None,
-                 context: str | None = None, context_radius: int = 4) -> None:
+                 context: str = "pixel", context_radius: int = 4) -> None:
         self.energy_range = energy_range
         self.threshold = threshold
         self.latent_dim = latent_dim

@@ -25,7 +25,8 @@ __all__ = ["Param", "HELP", "GUI_FIELDS", "METHODS", "detector_params", "default
            "gui_params"]
 
 #: Method keys with their display names, in the order front ends list them.
-METHODS: dict[str, str] = {"cvae": "3D-CVAE", "pca": "PCA", "rx": "RX"}
+METHODS: dict[str, str] = {"cvae": "3D-CVAE", "pca": "PCA", "context-pca": "context PCA",
+                            "rx": "RX"}
 
 
 @dataclass(frozen=True)
@@ -70,9 +71,15 @@ _COMMON: dict[str, tuple] = {
                   "percentage, or value:X"),
     "transform": ("choice", None, None, ("anscombe", "none"), False,
                   "variance stabilisation of the counts (none for data that are not counts)"),
-    "robust_fraction": ("float", 0.0, 0.5, (), False,
-                        "with no bulk region: fraction of worst-explained pixels left out of "
-                        "the fit"),
+    "robust_fraction": ("any", None, None, (), False,
+                        "with no bulk region: 'auto' (trim what the scores say, 5-45 %) or the "
+                        "fraction of worst-explained pixels left out of the fit"),
+    "pooling": ("float", 0.0, 8.0, (), False,
+                "neighbourhood evidence pooling: Gaussian sigma (px) of the neighbourhood "
+                "whose mean deviation is also scored; 0: each pixel alone"),
+    "gain": ("any", None, None, (), False,
+             "data units per electron: 'auto' (estimated from the channel-to-channel noise) "
+             "or a number; divided out before the Anscombe transform"),
     "robust_iter": ("int", 0, 100, (), False,
                     "most trimmed refits when training on all pixels (0: one plain fit)"),
     "device": ("choice", None, None, ("auto", "cpu", "cuda", "mps"), False,
@@ -95,9 +102,12 @@ HELP: dict[str, dict[str, tuple]] = {
                   "channels of the finest energy level (coarser levels use twice as many)"),
         "spatial_layers": ("int", 0, 16, (), False,
                            "3x3x3 convolutions at coarse energy: pixels of context on each side"),
-        "neighbourhood": ("float", 0.0, 8.0, (), False,
-                          "Gaussian sigma (px) of the neighbourhood mean also scored; 0: each "
-                          "pixel alone"),
+        "pooling": _COMMON["pooling"],
+        "context": ("choice", None, None, ("pixel", "blind-spot"), False,
+                    "pixel: encode each pixel from its own spectrum; blind-spot: predict it "
+                    "from its neighbours only (robust to drift and gradients)"),
+        "context_radius": ("int", 1, 32, (), False,
+                           "blind-spot: radius (px) of the neighbourhood that predicts a pixel"),
         "patch_size": ("int", 1, 4096, (), False, "side of the square training crops (pixels)"),
         "epochs": ("int", 1, 100_000, (), False,
                    "maximum epochs (each visits every training pixel about once); early "
@@ -128,7 +138,7 @@ HELP: dict[str, dict[str, tuple]] = {
     },
     "pca": {
         **{k: _COMMON[k] for k in ("energy_range", "threshold", "transform", "robust_fraction",
-                                   "robust_iter", "device", "seed")},
+                                   "robust_iter", "device", "seed", "pooling", "gain")},
         "n_components": ("int", 1, 500, (), True,
                          "principal components of the bulk model; empty/0: chosen automatically "
                          "on held-out pixels"),
@@ -139,9 +149,27 @@ HELP: dict[str, dict[str, tuple]] = {
         "validation_fraction": ("float", 0.0, 0.9, (), False,
                                 "fraction of training pixels held out to choose the components"),
     },
+    "contextpca": {
+        **{k: _COMMON[k] for k in ("energy_range", "threshold", "transform", "robust_fraction",
+                                   "robust_iter", "device", "seed", "pooling", "gain")},
+        "neighbourhood": ("int", 3, 99, (), False,
+                          "odd side (px) of the square whose codes predict the centre pixel"),
+        "n_components": ("int", 1, 500, (), True,
+                         "principal components of the bulk model; empty/0: chosen automatically "
+                         "on held-out pixels"),
+        "score_kind": ("choice", None, None, ("nll", "reconstruction"), False,
+                       "score: NLL under the neighbourhood's prediction, or its squared error"),
+        "max_components": ("int", 1, 500, (), False,
+                           "largest number of components the automatic choice considers"),
+        "validation_fraction": ("float", 0.0, 0.9, (), False,
+                                "fraction of training pixels held out to choose the components"),
+        "code_variance": ("choice", None, None, ("noise", "spread"), False,
+                          "how sure the neighbourhood's code prediction is: noise (sharp) or "
+                          "the codes' spread in the window"),
+    },
     "rx": {
         **{k: _COMMON[k] for k in ("energy_range", "threshold", "transform", "robust_fraction",
-                                   "robust_iter", "seed")},
+                                   "robust_iter", "seed", "pooling", "gain")},
         "shrinkage": ("choice", None, None, ("ledoit-wolf", "oas"), False,
                       "covariance shrinkage: Ledoit-Wolf or OAS (or a number in [0, 1] in "
                       "other parameters)"),
@@ -150,9 +178,11 @@ HELP: dict[str, dict[str, tuple]] = {
 
 #: The parameters the GUI shows as fields, per method (the others: "other parameters").
 GUI_FIELDS: dict[str, tuple[str, ...]] = {
-    "cvae": ("epochs", "latent_dim", "width", "patch_size", "lr", "beta", "n_seeds"),
-    "pca": ("n_components",),
-    "rx": ("shrinkage",),
+    "cvae": ("context", "pooling", "epochs", "latent_dim", "width", "patch_size", "lr", "beta",
+             "n_seeds"),
+    "pca": ("n_components", "pooling"),
+    "contextpca": ("neighbourhood", "pooling", "n_components"),
+    "rx": ("shrinkage", "pooling"),
 }
 
 

@@ -67,7 +67,7 @@ __all__ = ["BulkRegionWidget", "DetectorWidget", "ResultsWidget", "SpectrumInspe
            "ExportWidget", "dock_all"]
 
 ALL_PIXELS = "(none: all pixels, robust)"
-METHODS = [("3D-CVAE", "cvae"), ("PCA", "pca"), ("RX", "rx")]
+METHODS = [("3D-CVAE", "cvae"), ("context PCA", "context-pca"), ("PCA", "pca"), ("RX", "rx")]
 METHOD_NAMES = {v: k for k, v in METHODS}
 
 
@@ -549,8 +549,11 @@ class DetectorWidget(_Panel):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer, labels=True)
         self._method = ComboBox(label="method", choices=METHODS, value="cvae")
-        self._method.tooltip = ("3D-CVAE: a neural model of the bulk (best, slowest); PCA: "
-                                "probabilistic PCA (seconds); RX: Mahalanobis distance (fastest)")
+        self._method.tooltip = ("3D-CVAE: a neural model of the bulk (blind-spot context: each "
+                                "pixel predicted from its neighbours); context PCA: PCA codes "
+                                "predicted from the neighbourhood (seconds; robust to drift); "
+                                "PCA: probabilistic PCA (seconds); RX: Mahalanobis distance "
+                                "(fastest). Benchmarks: docs/benchmark.md")
         common = detector_params("cvae")
         self._device = ComboBox(label="device", choices=["auto", "cpu", "cuda"],
                                 value=common["device"].default)
@@ -563,7 +566,8 @@ class DetectorWidget(_Panel):
         self._seed.tooltip = common["seed"].help
         #: per method: parameter name -> field, built from eelsanom.detectors.params
         self._fields: dict[str, dict[str, Any]] = {
-            m: {p.name: _param_field(p) for p in gui_params(m)} for m in ("pca", "rx", "cvae")}
+            m: {p.name: _param_field(p) for p in gui_params(m)}
+            for m in ("pca", "context-pca", "rx", "cvae")}
         f = self._fields
         # short names the tests (and older code) use
         self._pca_components = f["pca"]["n_components"]
@@ -637,7 +641,7 @@ class DetectorWidget(_Panel):
         for key, ws in self._per_method.items():
             for w in ws:
                 w.visible = key == m
-        self._device.enabled = m in ("pca", "cvae")
+        self._device.enabled = m in ("pca", "context-pca", "cvae")
 
     def _on_window_picked(self, lo: float, hi: float) -> None:
         """An energy window dragged on the spectrum plot becomes the detector's window."""

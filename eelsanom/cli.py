@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .detectors import DEFAULT_METHOD
 from .errors import Cancelled, InputError
 
 log = logging.getLogger("eelsanom")
@@ -640,9 +641,12 @@ def _add_common_io(p: argparse.ArgumentParser) -> None:
 
 
 def _add_training(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", choices=["cvae", "pca", "context-pca", "rx"], default="cvae",
-                   help="detector (default: cvae, the 3D convolutional VAE; context-pca: PCA "
-                        "whose codes are predicted from each pixel's neighbourhood)")
+    p.add_argument("--method", choices=["context-pca", "cvae", "pca", "rx"],
+                   default=DEFAULT_METHOD,
+                   help="detector (default: context-pca, PCA whose codes are predicted from "
+                        "each pixel's neighbourhood, pooled: it wins the realistic benchmark, see "
+                        "docs/benchmark.md; cvae: the 3D convolutional VAE, --context blind-spot "
+                        "for its neighbourhood mode; pca; rx)")
     p.add_argument("--train-roi", metavar="Y0:Y1,X0:X1",
                    help="bulk (defect-free) rectangle in pixel indices, stop exclusive")
     p.add_argument("--train-mask", metavar="MASK",

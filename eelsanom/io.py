@@ -120,10 +120,23 @@ def _commit(tmp: Path, path: Path) -> None:
             os.replace(old, path)
             raise
         shutil.rmtree(old, ignore_errors=True)
+        _own(path)
         return
     if tmp.is_dir() and path.exists():
         path.unlink()
     os.replace(tmp, path)
+    _own(path)
+
+
+def _own(path: Path) -> None:
+    """Record ``path`` in its folder's run marker as soon as it is written.
+
+    Each output is recorded the moment it lands under its final name, not when the
+    run ends, so a run interrupted half-way (a killed batch worker, Ctrl-C) leaves
+    outputs that the next run recognises as its own and may replace.
+    """
+    if Path(path).name != RUN_MARKER:
+        record_outputs([path])
 
 
 def _same_path(a: Path, b: Path) -> bool:
@@ -165,6 +178,7 @@ def _atomic_write_bytes(path: Path, payload: bytes) -> Path:
     except BaseException:
         _remove(tmp)
         raise
+    _own(path)
     return path
 
 
@@ -1259,6 +1273,7 @@ def save_png_map(arr: Any, path: str | os.PathLike, *, si_or_result: Any, title:
     except BaseException:
         _remove(tmp)
         raise
+    _own(path)
     return path
 
 
@@ -1317,6 +1332,7 @@ def _write_tiff(arr: np.ndarray, path: Path, protect: Iterable[Any]) -> Path | N
     except BaseException:
         _remove(tmp)
         raise
+    _own(path)
     return path
 
 

@@ -41,8 +41,8 @@ def test_ten_pixel_line_scan_rx_gets_a_caution(tmp_path):
     assert r.returncode == 0, r.stderr
     s = _summary(tmp_path, "LSMO_STO_linescan")
     assert s["counts"]["pixels"] == 10
-    assert any("RX was fitted on only 10 pixels" in c for c in s["cautions"])
-    assert "caution: RX was fitted on only 10 pixels" in r.stderr
+    assert any(re.search(r"RX was fitted on only \d+ pixels", c) for c in s["cautions"])
+    assert re.search(r"caution: RX was fitted on only \d+ pixels", r.stderr)
 
 
 @need_real

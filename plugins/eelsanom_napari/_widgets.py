@@ -46,6 +46,7 @@ from magicgui.widgets import (
 from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtCore import Signal as QtSignal
 
+from eelsanom.detectors import DEFAULT_METHOD
 from eelsanom.detectors.params import Param, detector_params, gui_params
 from eelsanom.errors import Cancelled, InputError
 
@@ -548,7 +549,7 @@ class DetectorWidget(_Panel):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer, labels=True)
-        self._method = ComboBox(label="method", choices=METHODS, value="cvae")
+        self._method = ComboBox(label="method", choices=METHODS, value=DEFAULT_METHOD)
         self._method.tooltip = ("3D-CVAE: a neural model of the bulk (blind-spot context: each "
                                 "pixel predicted from its neighbours); context PCA: PCA codes "
                                 "predicted from the neighbourhood (seconds; robust to drift); "

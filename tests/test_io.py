@@ -26,6 +26,12 @@ Y_AXIS = ("y", "nm", 0.25, 1.0)
 X_AXIS = ("x", "nm", 0.25, 2.0)
 
 
+def _names(folder):
+    """File names in ``folder``, without the run marker every eelsanom write records itself in
+    (its own test: test_reliability.py)."""
+    return sorted(p.name for p in folder.iterdir() if p.name != io.RUN_MARKER)
+
+
 def _signal(data, axes, *, eels=True, title="crafted", signal2d=False):
     """A HyperSpy signal with ``axes`` = [(name, units, scale, offset), ...] in array order."""
     cls = hs.signals.Signal2D if signal2d else hs.signals.Signal1D
@@ -414,7 +420,7 @@ def test_save_signal_protects_inputs_and_existing_files(crafted, tmp_path):
         io.save_signal(s, out, overwrite=False)
     with pytest.raises(InputError, match=r"expected an extension HyperSpy writes.*found \.foo"):
         io.save_signal(s, tmp_path / "x.foo")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.hspy", "out.hspy"]
+    assert _names(tmp_path) == ["in.hspy", "out.hspy"]
 
 
 def test_failed_write_leaves_old_output_and_no_temp(crafted, tmp_path, monkeypatch):
@@ -432,7 +438,7 @@ def test_failed_write_leaves_old_output_and_no_temp(crafted, tmp_path, monkeypat
         io.save_signal(s, out)
     monkeypatch.setattr(type(s), "save", real_save)
     assert _digest(out) == before
-    assert [p.name for p in tmp_path.iterdir()] == ["out.hspy"]
+    assert _names(tmp_path) == ["out.hspy"]
 
 
 def test_zspy_overwrite_replaces_the_folder(crafted, tmp_path):
@@ -442,7 +448,7 @@ def test_zspy_overwrite_replaces_the_folder(crafted, tmp_path):
     s2.data = s2.data + 1
     io.save_signal(s2, out)
     np.testing.assert_array_equal(hs.load(out).data, s.data + 1)
-    assert [p.name for p in tmp_path.iterdir()] == ["o.zspy"]
+    assert _names(tmp_path) == ["o.zspy"]
 
 
 def test_write_json_is_strict_and_atomic(tmp_path):
@@ -457,7 +463,7 @@ def test_write_json_is_strict_and_atomic(tmp_path):
     assert back == {"a": 1.5, "b": [0, 1, 2], "nan": None, "inf": [None, 1], "p": str(tmp_path),
                     "axis": {"size": 3, "scale": 0.5, "offset": 1.0, "units": "eV", "name": ""},
                     "i": 7, "t": [True]}
-    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+    assert _names(tmp_path) == ["r.json"]
 
 
 @pytest.mark.parametrize("shape, log", [((NY, NX), False), ((1, 7), True)])
@@ -469,7 +475,7 @@ def test_save_png_map(tmp_path, shape, log):
     out = io.save_png_map(arr, tmp_path / "m.png", si_or_result=si, title="NLL",
                           cbar_label="NLL", mask_overlay=arr > 2, log=log, threshold=2.0)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["m.png"]
+    assert _names(tmp_path) == ["m.png"]
     with pytest.raises(InputError, match="expected a map of shape"):
         io.save_png_map(arr[:, :1], tmp_path / "bad.png", si_or_result=si, title="t",
                         cbar_label="c")
@@ -483,7 +489,7 @@ def test_save_result_round_trip(crafted, tmp_path):
     res = _result(si)
     written = io.save_result(res, tmp_path / "out", stem="good",
                              formats=("hspy", "zspy", "png", "tif"))
-    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    names = _names(tmp_path / "out")
     assert names == ["good_latent.hspy", "good_latent.zspy", "good_mask.hspy", "good_mask.png",
                      "good_mask.tif", "good_mask.zspy", "good_nll.hspy", "good_nll.png",
                      "good_nll.tif", "good_nll.zspy"]

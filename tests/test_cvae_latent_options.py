@@ -258,7 +258,8 @@ def test_latent_report_shows_the_seed_disagreement(ensemble, tmp_path):
 def test_cli_reaches_the_options(argv, want):
     from eelsanom.cli import _detector_params, build_parser
 
-    args = build_parser().parse_args(["detect", "x.hspy", "--out", "o", *argv])
+    args = build_parser().parse_args(["detect", "x.hspy", "--method", "cvae", "--out", "o",
+                                      *argv])
     p = _detector_params(args)
     for k in ("n_seeds", "nested_prefixes"):
         assert p.get(k) == want.get(k)
@@ -267,6 +268,7 @@ def test_cli_reaches_the_options(argv, want):
 def test_cli_refuses_a_bad_prefix_list():
     from eelsanom.cli import _detector_params, build_parser
 
-    args = build_parser().parse_args(["detect", "x.hspy", "--out", "o", "--nested-latent", "1,a"])
+    args = build_parser().parse_args(["detect", "x.hspy", "--method", "cvae", "--out", "o",
+                                      "--nested-latent", "1,a"])
     with pytest.raises(InputError, match="--nested-latent"):
         _detector_params(args)

@@ -149,7 +149,7 @@ HELP: dict[str, dict[str, tuple]] = {
         "validation_fraction": ("float", 0.0, 0.9, (), False,
                                 "fraction of training pixels held out to choose the components"),
     },
-    "contextpca": {
+    "context-pca": {
         **{k: _COMMON[k] for k in ("energy_range", "threshold", "transform", "robust_fraction",
                                    "robust_iter", "device", "seed", "pooling", "gain")},
         "neighbourhood": ("int", 3, 99, (), False,
@@ -181,13 +181,19 @@ GUI_FIELDS: dict[str, tuple[str, ...]] = {
     "cvae": ("context", "pooling", "epochs", "latent_dim", "width", "patch_size", "lr", "beta",
              "n_seeds"),
     "pca": ("n_components", "pooling"),
-    "contextpca": ("neighbourhood", "pooling", "n_components"),
+    "context-pca": ("neighbourhood", "pooling", "n_components"),
     "rx": ("shrinkage", "pooling"),
 }
 
 
 def _method(method: str) -> str:
-    key = str(method).lower().replace("-", "").replace("3d", "")
+    """The canonical method name (the detector class's ``method``) of any accepted spelling."""
+    from . import detector_class  # noqa: PLC0415
+
+    try:
+        key = detector_class(method).method
+    except InputError:
+        key = str(method)
     if key not in HELP:
         raise InputError(f"detector parameters: unknown method {method!r}; expected one of "
                          f"{sorted(HELP)}.")

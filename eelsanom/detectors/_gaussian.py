@@ -520,3 +520,24 @@ def pooled_scores(si: SpectrumImage, gauss_rows: Callable[[np.ndarray], tuple[An
 
     return pool_image(gauss, ny, nx, pooling=pooling, noise2=noise2, excess=excess,
                       region=region, n_energy=si.n_energy, want_channels=want_channels)
+
+
+class PooledGaussian:
+    """Mixin of the per-pixel Gaussian detectors (PCA, RX) for the shared pooling stage.
+
+    The detector supplies ``_gauss_rows`` (counts -> target, mean, sigma, penalty),
+    ``_pool_noise2()`` (noise variance per channel) and ``pool_excess_`` (fitted);
+    this mixin gives the context a pooled score reads (:attr:`score_context`) and
+    the pooled maps of an image or a region (:meth:`_pooled`).
+    """
+
+    @property
+    def score_context(self) -> int:
+        """Pixels on each side a pixel's score depends on: the pooling radius (0 unpooled)."""
+        from ..pooling import pooling_from
+
+        return pooling_from(self.pooling).radius()
+
+    def _pooled(self, si: SpectrumImage, pool: Any, **kw: Any) -> dict[str, np.ndarray]:
+        return pooled_scores(si, self._gauss_rows, pooling=pool, noise2=self._pool_noise2(),
+                             excess=getattr(self, "pool_excess_", None), **kw)

@@ -88,6 +88,21 @@ _COMMON: dict[str, tuple] = {
              "random seed (initialisation, crops, validation split): same seed, same model"),
 }
 
+#: PCA's parameters (context PCA shares them)
+_PCA: dict[str, tuple] = {
+    **{k: _COMMON[k] for k in ("energy_range", "threshold", "transform", "robust_fraction",
+                               "robust_iter", "device", "seed", "pooling", "gain")},
+    "n_components": ("int", 1, 500, (), True,
+                     "principal components of the bulk model; empty/0: chosen automatically "
+                     "on held-out pixels"),
+    "score_kind": ("choice", None, None, ("nll", "reconstruction"), False,
+                   "score: PPCA negative log-likelihood or the reconstruction error"),
+    "max_components": ("int", 1, 500, (), False,
+                       "largest number of components the automatic choice considers"),
+    "validation_fraction": ("float", 0.0, 0.9, (), False,
+                            "fraction of training pixels held out to choose the components"),
+}
+
 #: Type, range and help of every parameter, per method (defaults come from the classes).
 HELP: dict[str, dict[str, tuple]] = {
     "cvae": {
@@ -136,33 +151,13 @@ HELP: dict[str, dict[str, tuple]] = {
         "checkpoint": ("str", None, None, (), True,
                        "resumable training checkpoint file; empty: none"),
     },
-    "pca": {
-        **{k: _COMMON[k] for k in ("energy_range", "threshold", "transform", "robust_fraction",
-                                   "robust_iter", "device", "seed", "pooling", "gain")},
-        "n_components": ("int", 1, 500, (), True,
-                         "principal components of the bulk model; empty/0: chosen automatically "
-                         "on held-out pixels"),
-        "score_kind": ("choice", None, None, ("nll", "reconstruction"), False,
-                       "score: PPCA negative log-likelihood or the reconstruction error"),
-        "max_components": ("int", 1, 500, (), False,
-                           "largest number of components the automatic choice considers"),
-        "validation_fraction": ("float", 0.0, 0.9, (), False,
-                                "fraction of training pixels held out to choose the components"),
-    },
+    "pca": _PCA,
     "context-pca": {
-        **{k: _COMMON[k] for k in ("energy_range", "threshold", "transform", "robust_fraction",
-                                   "robust_iter", "device", "seed", "pooling", "gain")},
+        **_PCA,  # fitted exactly as PCA; what differs is how a pixel is scored
         "neighbourhood": ("int", 3, 99, (), False,
                           "odd side (px) of the square whose codes predict the centre pixel"),
-        "n_components": ("int", 1, 500, (), True,
-                         "principal components of the bulk model; empty/0: chosen automatically "
-                         "on held-out pixels"),
         "score_kind": ("choice", None, None, ("nll", "reconstruction"), False,
                        "score: NLL under the neighbourhood's prediction, or its squared error"),
-        "max_components": ("int", 1, 500, (), False,
-                           "largest number of components the automatic choice considers"),
-        "validation_fraction": ("float", 0.0, 0.9, (), False,
-                                "fraction of training pixels held out to choose the components"),
         "code_variance": ("choice", None, None, ("noise", "spread"), False,
                           "how sure the neighbourhood's code prediction is: noise (sharp) or "
                           "the codes' spread in the window"),

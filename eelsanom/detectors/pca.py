@@ -29,6 +29,7 @@ from ..spectrum import SpectrumImage
 from ._gaussian import (
     BLOCK_VALUES,
     Gram,
+    PooledGaussian,
     Spectrum,
     _fix_signs,
     auto_cutoff,
@@ -39,7 +40,6 @@ from ._gaussian import (
     iter_row_blocks,
     numpy_gram,
     outlyingness,
-    pooled_scores,
     robust_rule,
     tail_scale,
     top_eigh,
@@ -93,7 +93,7 @@ class _Tensors:
                                             device=dev, dtype=dt)
 
 
-class PCADetector(BaseDetector):
+class PCADetector(PooledGaussian, BaseDetector):
     """Probabilistic-PCA anomaly detector (bulk-trained, per-pixel NLL; higher = more anomalous).
 
     The model and its fit
@@ -561,11 +561,6 @@ class PCADetector(BaseDetector):
         return score, latent, maps
 
     # ------------------------------------------------------------------ pooled scoring
-    @property
-    def score_context(self) -> int:  # type: ignore[override]
-        """Pixels on each side a pixel's score depends on: the pooling radius (0 unpooled)."""
-        return pooling_from(self.pooling).radius()
-
     def _gauss_rows(self, x_counts: np.ndarray) -> tuple[Any, Any, Any, Any]:
         """PPCA as a latent-variable model of counts ``x (n, E)``: ``(target, mean, sigma, KL)``.
 
@@ -603,10 +598,8 @@ class PCADetector(BaseDetector):
         d = X.shape[1]
         return excess_stats(own_a, np.full(own_a.shape, 0.5 * d), d)
 
-    def _pooled(self, si: SpectrumImage, pool: Any, **kw: Any) -> dict[str, np.ndarray]:
-        excess = getattr(self, "pool_excess_", None)
-        return pooled_scores(si, self._gauss_rows, pooling=pool,
-                             noise2=float(self.noise_variance_), excess=excess, **kw)
+    def _pool_noise2(self) -> float:
+        return float(self.noise_variance_)
 
     # ------------------------------------------------------------------ reconstruction
     def _sigma_y(self) -> np.ndarray:

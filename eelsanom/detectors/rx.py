@@ -24,13 +24,13 @@ from ..spectrum import SpectrumImage
 from ._gaussian import (
     BLOCK_VALUES,
     Gram,
+    PooledGaussian,
     auto_cutoff,
     check_common,
     gather_training,
     iter_row_blocks,
     numpy_gram,
     outlyingness,
-    pooled_scores,
     robust_rule,
     training_gain,
     trimmed_fit,
@@ -105,7 +105,7 @@ def _oas(trace: float, frob2: float, d: int, n: int) -> float:
     return 1.0 if den == 0 else float(min(num / den, 1.0))
 
 
-class RXDetector(BaseDetector):
+class RXDetector(PooledGaussian, BaseDetector):
     """RX anomaly detector: Gaussian NLL under a shrunk bulk covariance (higher = more anomalous).
 
     The model and its fit
@@ -379,11 +379,6 @@ class RXDetector(BaseDetector):
         return nll, None, maps
 
     # ------------------------------------------------------------------ pooled scoring
-    @property
-    def score_context(self) -> int:  # type: ignore[override]
-        """Pixels on each side a pixel's score depends on: the pooling radius (0 unpooled)."""
-        return pooling_from(self.pooling).radius()
-
     def _gauss_rows(self, x_counts: np.ndarray) -> tuple[Any, Any, Any, None]:
         """RX as a per-pixel Gaussian in whitened coordinates: ``(w, 0, 1, None)``.
 
@@ -406,9 +401,8 @@ class RXDetector(BaseDetector):
         r = int(self.whitener_.shape[1])
         return r + (int(self.mean_.size) if self.basis_ is not None else 0)
 
-    def _pooled(self, si: SpectrumImage, pool: Any, **kw: Any) -> dict[str, np.ndarray]:
-        return pooled_scores(si, self._gauss_rows, pooling=pool, noise2=1.0,
-                             excess=getattr(self, "pool_excess_", None), **kw)
+    def _pool_noise2(self) -> float:
+        return 1.0  # whitened deviations have unit variance
 
     # ------------------------------------------------------------------ reconstruction
     def _mean_sigma(self) -> tuple[np.ndarray, np.ndarray]:

@@ -50,6 +50,7 @@ import datetime as _dt
 import glob
 import hashlib
 import io as _io
+import json
 import logging
 import os
 import re
@@ -64,16 +65,25 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .detectors import detector_class, load_detector
+from .device import resolve_device
 from .errors import Cancelled, InputError
+from .io import SCANNED_EXTENSIONS, atomic_write_bytes, check_outputs, record_outputs, write_json
+from .io._files import _remove, _writing
+from .io.write import _normalise_formats
+from .modelfile import read_model
+from .pipeline import input_stem, load_input, planned_outputs, run_formats, score_input, write_run
 from .progress import ProgressCallback, emit
+from .scoring import parse_threshold
 
 log = logging.getLogger(__name__)
 
 __all__ = ["BATCH_EXTENSIONS", "BatchSummary", "FileRecord", "expand_inputs", "folder_names",
            "process_file", "run_batch", "add_parser", "main"]
 
-#: Extensions picked up when a directory is given as input (lower case).
-BATCH_EXTENSIONS: tuple[str, ...] = (".dm3", ".dm4", ".hspy", ".zspy", ".emd")
+#: Extensions picked up when a directory is given as input (lower case; listed once, in
+#: :data:`eelsanom.io.SCANNED_EXTENSIONS`).
+BATCH_EXTENSIONS: tuple[str, ...] = SCANNED_EXTENSIONS
 DONE_NAME = "done.json"
 SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
@@ -226,23 +236,19 @@ class BatchSummary:
 
     def write(self) -> None:
         """(Re)write ``summary.json`` and ``summary.csv`` in ``out``, atomically."""
-        from .io import _atomic_write_bytes, record_outputs, write_json
-
         write_json(self.to_dict(), self.out / SUMMARY_JSON)
         buf = _io.StringIO()
         w = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
         w.writeheader()
         for r in self.records:
             w.writerow(r.csv_row())
-        _atomic_write_bytes(self.out / SUMMARY_CSV, buf.getvalue().encode("utf-8"))
+        atomic_write_bytes(self.out / SUMMARY_CSV, buf.getvalue().encode("utf-8"))
         record_outputs([self.out / SUMMARY_JSON, self.out / SUMMARY_CSV])
 
 
 # ----------------------------------------------------------------------------- inputs
 def _stem(path: Path) -> str:
-    from .cli import _stem as cli_stem
-
-    return cli_stem(str(path))
+    return input_stem(path)
 
 
 def _is_input(p: Path) -> bool:
@@ -417,8 +423,6 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def _read_done(folder: Path) -> dict[str, Any] | None:
-    import json
-
     try:
         return json.loads((folder / DONE_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -451,11 +455,6 @@ def _check_batch_outputs(out: Path, files: Sequence[Path], names: Sequence[str],
     """:func:`eelsanom.io.check_outputs` on everything the batch will write (the summaries,
     each input's folder and maps), before any cluster starts: no output is an input, every
     folder is writable, and no file eelsanom did not write is replaced without ``overwrite``."""
-    from types import SimpleNamespace
-
-    from .cli import _planned_outputs
-    from .io import check_outputs
-
     inputs = [*map(str, files), model]
     paths: list[Path] = [out / SUMMARY_JSON, out / SUMMARY_CSV]
     for path, name in zip(files, names):
@@ -463,7 +462,7 @@ def _check_batch_outputs(out: Path, files: Sequence[Path], names: Sequence[str],
         if not force and _complete(folder, path, sha, settings) is not None:
             continue  # skipped: nothing is written there
         paths += [folder / DONE_NAME,
-                  *_planned_outputs(SimpleNamespace(formats=formats, out=folder), name, method)]
+                  *planned_outputs(folder, name, method, formats=formats)]
     check_outputs(paths, inputs, overwrite=overwrite, what="--out")
 
 
@@ -478,8 +477,6 @@ def _detector(model: str, model_sha256: str):
         cache = _local.models = {}
     key = (model, model_sha256)
     if key not in cache:
-        from .detectors import load_detector
-
         cache.clear()
         cache[key] = load_detector(model)
     return cache[key]
@@ -553,11 +550,6 @@ def process_file(path: str, folder: str, name: str, *, model: str, model_sha256:
                 import torch
 
                 torch.set_num_threads(int(torch_threads))
-            from types import SimpleNamespace
-
-            from .cli import _load_input, _score, _write_outputs
-            from .io import _remove, record_outputs, write_json
-
             _remove(out / DONE_NAME)  # the folder is incomplete until done.json is back
             fp = _fingerprint(Path(path))
             det = _detector(model, model_sha256)
@@ -570,12 +562,13 @@ def process_file(path: str, folder: str, name: str, *, model: str, model_sha256:
                 det.set_params(device=dev)
             # eager, or streamed block by block (--lazy, or automatically for a cube larger
             # than a quarter of the worker's free memory): the same path as `apply`
-            opts = SimpleNamespace(formats=settings["formats"], lazy=lazy, model=model,
-                                   signal=settings.get("signal"))
-            si = _load_input(opts, path)
-            result = _score(det, si, opts, name, None, out=out)
-            summary = _write_outputs(result, si, out, name, opts,
-                                     {"model": model, "model_sha256": model_sha256})
+            si = load_input(path, signal=settings.get("signal"), lazy=lazy)
+            result = score_input(det, si, out=out, stem=name, formats=settings["formats"],
+                                 protect=[model])
+            summary = write_run(result, si, out, name,
+                                formats=run_formats(settings["formats"], streamed=si.is_lazy),
+                                protect=[model],
+                                extra={"model": model, "model_sha256": model_sha256})
             c = summary["counts"]
             rec.update(status="done", n_pixels=int(c["pixels"]), n_flagged=int(c["flagged"]),
                        anomaly_fraction=float(c["flagged_fraction"]),
@@ -617,8 +610,6 @@ def _cuda_gpus(params: dict[str, Any], device: str | None) -> int:
         return 0
     if device is None and sys.platform.startswith("linux") and not glob.glob("/dev/nvidia[0-9]*"):
         return 0
-    from .device import resolve_device
-
     try:
         if resolve_device(dev).type != "cuda":
             return 0
@@ -734,11 +725,6 @@ def run_batch(inputs: Iterable[str | os.PathLike], model: str | os.PathLike,
     if not model_p.is_file():
         raise InputError(f"--model: {str(model)!r} is not a file. Expected a model file written "
                          "by `eelsanom train` or `eelsanom detect --model-out`.")
-    from .detectors import detector_class
-    from .io import _normalise_formats
-    from .modelfile import read_model
-    from .scoring import parse_threshold
-
     header, params, _, _ = read_model(model_p)  # refuses a bad model before any cluster starts
     detector_class(header["detector"])
     if threshold is not None:
@@ -759,8 +745,6 @@ def run_batch(inputs: Iterable[str | os.PathLike], model: str | os.PathLike,
     names = folder_names(files)
     _check_batch_outputs(out_p, files, names, model_abs, header["detector"], fmts,
                          overwrite=overwrite, force=force, sha=sha, settings=settings)
-    from .io import _writing
-
     with _writing(out_p):
         out_p.mkdir(parents=True, exist_ok=True)
     summary = BatchSummary(records=[], out=out_p, model=model_abs, model_sha256=sha,
@@ -892,7 +876,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         f"Exit status: 0 all done or skipped, {EXIT_FAILED} some files failed, 2 bad arguments, "
         "130 interrupted.")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="files, folders (scanned for .dm3/.dm4/.hspy/.zspy/.emd) or globs")
+                   help=f"files, folders (scanned for {'/'.join(SCANNED_EXTENSIONS)}) or globs")
     p.add_argument("--model", required=True, help="model file from `eelsanom train`")
     p.add_argument("--out", required=True, help="output folder")
     g = p.add_mutually_exclusive_group()

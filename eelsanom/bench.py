@@ -59,6 +59,7 @@ import numpy as np
 
 from . import __version__, scoring
 from .errors import InputError
+from .io._files import atomic_write
 from .pooling import DEFAULT_SIGMA, Pooling
 
 log = logging.getLogger(__name__)
@@ -715,13 +716,15 @@ def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     keys: list[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+
+    atomic_write(path, write)
 
 
 def markdown_table(rows: list[dict[str, Any]], metric: str) -> str:
@@ -857,9 +860,7 @@ def _write_markdown(rows: list[dict[str, Any]], header: dict[str, Any], path: Pa
                   "Epoch 0 is the initialisation (PPCA; for the blind-spot network the median of "
                   "the neighbours' PPCA codes); when no epoch beats it, it is kept.", ""]
         parts += train + [""]
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(parts))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text("\n".join(parts)))
 
 
 def _figures(cond_maps: list[tuple[str, dict[str, Any]]], out: Path) -> list[Path]:

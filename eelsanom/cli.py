@@ -21,8 +21,24 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .detectors import DEFAULT_METHOD
+from .batch import add_parser as add_batch_parser
+from .detectors import DEFAULT_METHOD, get_detector, load_detector
+from .detectors.base import check_train_mask
 from .errors import Cancelled, InputError
+from .io import check_outputs, list_signals, record_outputs
+from .io._files import _writing
+from .io.write import _normalise_formats
+from .latent import write_report
+from .pipeline import (
+    fit_input,
+    input_stem,
+    load_input,
+    planned_outputs,
+    run_formats,
+    score_input,
+    write_run,
+)
+from .scoring import parse_threshold
 
 log = logging.getLogger("eelsanom")
 
@@ -171,8 +187,6 @@ def load_mask_file(path: str, nav_shape: tuple[int, int]) -> np.ndarray:
         raise
     except Exception as exc:  # noqa: BLE001 - any reader failure is a bad input
         raise InputError(f"--train-mask: could not read {path!r} as a mask ({exc}).") from exc
-    from .detectors.base import check_train_mask
-
     return check_train_mask(np.asarray(m) != 0, nav_shape, what=f"--train-mask {path!r}")
 
 
@@ -241,91 +255,27 @@ def _detector_params(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _build_detector(args: argparse.Namespace):
-    from .detectors import get_detector
-
     return get_detector(args.method, **_detector_params(args))
 
 
 def _load_input(args: argparse.Namespace, path: str, on_axes=None):
-    """Load ``path`` eagerly, or lazily to be streamed: with ``--lazy``, or (no ``--lazy`` /
-    ``--no-lazy``) when :func:`eelsanom.stream.should_stream` says the cube is too large
-    (``load_spectrum_image(lazy="auto")`` decides and logs it). ``on_axes(si)`` runs the
-    checks that need only the axes before the data is read."""
-    from .io import load_spectrum_image
-
-    lazy = getattr(args, "lazy", None)
-    si = load_spectrum_image(path, lazy="auto" if lazy is None else bool(lazy),
-                             signal=getattr(args, "signal", None), on_axes=on_axes)
-    if lazy:
-        log.info("streaming %s block by block: --lazy given", Path(path).name)
-    return _check_content(si, path)
+    """:func:`eelsanom.pipeline.load_input` with ``--signal`` and ``--lazy``/``--no-lazy``."""
+    return load_input(path, signal=getattr(args, "signal", None), lazy=getattr(args, "lazy", None),
+                      on_axes=on_axes)
 
 
-def _check_content(si, path: str):
-    """Refuse data with nothing to learn or score (every value equal, or none positive); warn
-    (log line, and ``metadata['warnings']`` for the summary) when every pixel holds the same
-    spectrum. Streamed data is not read for this."""
-    if si.is_lazy:
-        return si
-    d = si.data
-    lo, hi = float(np.min(d)), float(np.max(d))
-    if lo == hi:
-        raise InputError(f"{path}: every value in the spectrum image is {lo:g}; expected EELS "
-                         "counts that vary (this looks like a blank or empty acquisition). "
-                         "Check that this is the file you meant.")
-    if hi <= 0:
-        raise InputError(f"{path}: expected EELS counts (mostly positive), found no positive "
-                         f"value (values from {lo:g} to {hi:g}). Check the file (a dark reference, "
-                         "a sign flip, or dark-subtracted data clipped to 0?).")
-    if si.nav_shape[0] * si.nav_shape[1] > 1 and not np.ptp(d, axis=(0, 1)).any():
-        msg = (f"{path}: every pixel holds the same spectrum, so no pixel can stand out (the NLL "
-               "map will be flat); check that this is the file you meant")
-        log.warning(msg)
-        from dataclasses import replace
-
-        si = replace(si, metadata={**si.metadata,
-                                   "warnings": [*si.metadata.get("warnings", []), msg]})
-    return si
-
-
-def _formats(args: argparse.Namespace, si) -> tuple[str, ...]:
-    """The map formats to write: ``--formats``, or by default ``hspy,png``, plus ``zspy``
-    (written block by block as it is scored) when ``si`` is streamed."""
-    spec = getattr(args, "formats", None)
-    if spec is None:
-        spec = "zspy,hspy,png" if si.is_lazy else "hspy,png"
-    return tuple(f.strip() for f in spec.split(",") if f.strip())
-
-
-def _score(det, si, args: argparse.Namespace, stem: str, bar, out: Path | None = None):
-    """``det.score(si)``, or block by block when ``si`` is lazy (``.zspy`` maps written to
-    ``out`` (default ``--out``) as they are scored when ``zspy`` is among the formats)."""
-    if not si.is_lazy:
-        return det.score(si, progress=bar)
-    from .stream import score_streaming
-
-    fmts = {f.lower().lstrip(".") for f in _formats(args, si)}
-    out = Path(out if out is not None else args.out)
-    return score_streaming(det, si, out=out if "zspy" in fmts else None, stem=stem,
-                           protect=[*_run_inputs(args), *([si.source] if si.source else [])],
-                           progress=bar)
-
-
-def _stem(path: str) -> str:
-    p = Path(path)
-    name = p.name
-    for ext in (".zspy", ".hspy", ".dm3", ".dm4", ".emd", ".h5", ".hdf5"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return p.stem
+def _score(det, si, args: argparse.Namespace, stem: str, bar):
+    """:func:`eelsanom.pipeline.score_input` into ``--out`` with ``--formats``."""
+    return score_input(det, si, out=args.out, stem=stem, formats=getattr(args, "formats", None),
+                       protect=_run_inputs(args), progress=bar)
 
 
 def _write_outputs(result, si, out: Path, stem: str, args: argparse.Namespace,
                    extra: dict[str, Any]) -> dict[str, Any]:
-    """The run folder (:func:`eelsanom.run.write_run`) with the formats and inputs of ``args``."""
-    from .run import write_run
-
-    return write_run(result, si, out, stem, formats=_formats(args, si),
+    """The run folder (:func:`eelsanom.pipeline.write_run`) with the formats and inputs of
+    ``args``."""
+    return write_run(result, si, out, stem,
+                     formats=run_formats(getattr(args, "formats", None), streamed=si.is_lazy),
                      protect=_run_inputs(args), extra=extra)
 
 
@@ -358,9 +308,6 @@ def _run_inputs(args: argparse.Namespace) -> list[str]:
 def _precheck(args: argparse.Namespace) -> None:
     """Parse and validate every option that needs no data, before any file is read: the
     threshold, energy range, ROI syntax, mask file and map formats (issue 15, item 2)."""
-    from .io import _normalise_formats
-    from .scoring import parse_threshold
-
     if getattr(args, "threshold", None) is not None:
         parse_threshold(args.threshold)
     _energy_range(getattr(args, "energy_range", None))
@@ -386,20 +333,11 @@ def _precheck(args: argparse.Namespace) -> None:
 def _planned_outputs(args: argparse.Namespace, stem: str, method: str, *,
                      streamed: bool = False) -> list[Path]:
     """The files a detect/apply run writes for one input (checked before it is read)."""
-    from .io import result_paths
-
-    spec = getattr(args, "formats", None) or ("zspy,hspy,png" if streamed else "hspy,png")
-    out = Path(args.out)
-    paths = list(result_paths(out, stem, [f for f in spec.split(",") if f.strip()],
-                              latent=method in ("cvae", "pca")).values())
-    if method == "cvae" and (getattr(args, "n_seeds", None) or 1) > 1:
-        paths += [out / f"{stem}_{n}.npy" for n in ("seed_disagreement", "seed_std_nll")]
-    return [*paths, out / f"{stem}_summary.json"]
+    return planned_outputs(args.out, stem, method, formats=getattr(args, "formats", None),
+                           streamed=streamed, n_seeds=getattr(args, "n_seeds", None))
 
 
 def _check_outputs(args: argparse.Namespace, paths: Sequence[Any], what: str) -> None:
-    from .io import check_outputs
-
     check_outputs(paths, _run_inputs(args), overwrite=bool(getattr(args, "overwrite", False)),
                   what=what)
 
@@ -411,7 +349,7 @@ def _prepare(args: argparse.Namespace, *, outputs: bool):
     _precheck(args)
     det = _build_detector(args)
     det._validate_params()
-    stem = _stem(args.input)
+    stem = input_stem(args.input)
     if outputs:
         _check_outputs(args, _planned_outputs(args, stem, det.method), "--out")
     if getattr(args, "model_out", None):
@@ -436,21 +374,14 @@ def _fit(args: argparse.Namespace, *, score: bool):
     det, si, mask = _prepare(args, outputs=score)
     bar = _Bar(args.quiet)
     try:
-        if si.is_lazy:  # never reads the whole cube (eelsanom.stream)
-            from .stream import fit_streaming
-
-            fit_streaming(det, si, mask, seed=args.seed, progress=bar)
-        else:
-            det.fit(si, mask, progress=bar)
-        result = _score(det, si, args, _stem(args.input), bar) if score else None
+        fit_input(det, si, mask, seed=args.seed, progress=bar)
+        result = _score(det, si, args, input_stem(args.input), bar) if score else None
     finally:
         bar.close()
     return si, mask, det, result
 
 
 def _save_model(det, args: argparse.Namespace) -> Path:
-    from .io import _writing, record_outputs
-
     with _writing(Path(args.model_out)):
         path = det.save(args.model_out)
     record_outputs([path])
@@ -464,7 +395,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {"train_pixels": int(mask.sum()) if mask is not None else "all (robust)"}
     if args.model_out:
         extra["model"] = str(_save_model(det, args))
-    summary = _write_outputs(result, si, out, _stem(args.input), args, extra)
+    summary = _write_outputs(result, si, out, input_stem(args.input), args, extra)
     _print_summary(summary, args.quiet)
     return 0
 
@@ -482,9 +413,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     """``eelsanom apply``: score files with a saved model (exit 2 when any file fails)."""
-    from .detectors import load_detector
-
-    stems = [_stem(p) for p in args.inputs]
+    stems = [input_stem(p) for p in args.inputs]
     dup = {s for s in stems if stems.count(s) > 1}
     if dup:
         raise InputError(f"inputs share the output name(s) {sorted(dup)}; score them into "
@@ -520,8 +449,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """``eelsanom simulate``: write a simulated spectrum image with its ground truth."""
-    from .io import check_outputs
-    from .simulate import simulate
+    from .simulate import simulate  # scipy: imported when simulating, not for every command
 
     thickness = None
     if args.thickness is not None:
@@ -551,7 +479,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """``eelsanom bench``: run the detection benchmark, or the speed benchmark (``--speed``)."""
-    from .bench import run_benchmark, run_speed
+    from .bench import run_benchmark, run_speed  # imports torch: only for this command
 
     methods = [m.strip() for m in (args.methods or "").split(",") if m.strip()] or None
     if args.speed:
@@ -594,8 +522,6 @@ def _info_table(name: str, rows: list[dict[str, Any]]) -> str:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """``eelsanom info``: a table of the signals in the file (``--json``: one JSON line each)."""
-    from .io import list_signals
-
     rows = list_signals(args.input)
     if args.json:
         for r in rows:
@@ -607,8 +533,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_latent(args: argparse.Namespace) -> int:
     """``eelsanom latent``: write the latent-space report of a run (or compare two runs)."""
-    from .latent import write_report
-
     report = write_report(args.run_dir, args.run_dir_b, args.out, stem_a=args.stem,
                           stem_b=args.stem_b, k=args.k, k_local=args.k_local,
                           dse_points=args.dse_points, quantization=not args.no_quantization,
@@ -831,9 +755,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="spectrum image to open (default: the bundled simulated sample)")
     p.set_defaults(func=cmd_gui)
 
-    from .batch import add_parser as add_batch_parser  # ``batch``: many files on Dask
-
-    add_batch_parser(sub)
+    add_batch_parser(sub)  # ``batch``: many files on Dask
     return ap
 
 

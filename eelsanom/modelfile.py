@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .io._files import atomic_write
 
 FORMAT = "eelsanom-model"
 FORMAT_VERSION = 1
@@ -51,8 +52,8 @@ def write_model(path: str | os.PathLike, *, detector: str, params: dict[str, Any
                 state: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
     """Write a model file atomically and return its path.
 
-    The file is written to :func:`atomic_path` and renamed into place; the
-    temporary file is removed if writing fails. Missing parent folders are
+    The file is written by :func:`eelsanom.io.atomic_write` (a temporary name in the
+    same folder, renamed into place); the temporary file is removed if writing fails. Missing parent folders are
     created.
 
     Parameters
@@ -81,8 +82,7 @@ def write_model(path: str | os.PathLike, *, detector: str, params: dict[str, Any
     path = Path(path)
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    try:
+    def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
@@ -94,11 +94,8 @@ def write_model(path: str | os.PathLike, *, detector: str, params: dict[str, Any
             g = f.create_group("arrays")
             for name, arr in arrays.items():
                 g.create_dataset(name, data=np.asarray(arr), compression="gzip", compression_opts=1)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+
+    return atomic_write(path, write)
 
 
 #: bounds of what a model file may declare (checked before anything is read or built)

@@ -39,9 +39,7 @@ import logging
 import math
 import numbers
 import os
-import shutil
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +49,7 @@ import numpy as np
 from scipy import ndimage, special
 
 from .errors import InputError
+from .io._files import atomic_write
 from .spectrum import Axis, SpectrumImage
 
 __all__ = ["WINDOWS", "ANOMALY_TYPES", "SHAPES", "DRIFT_PATTERNS", "DEFAULT_MAGNITUDE",
@@ -331,34 +330,9 @@ class Simulation:
                              "name or pass overwrite=True (CLI: --overwrite).")
         path.parent.mkdir(parents=True, exist_ok=True)
         sig = self.to_signal()
-        tag = uuid.uuid4().hex[:8]
-        tmp = path.parent / f".{path.stem}.tmp-{tag}{suffix}"
-        old = path.parent / f".{path.stem}.old-{tag}{suffix}"
-        try:
-            sig.save(str(tmp), overwrite=True)
-            if path.is_dir() and not path.is_symlink():
-                # A directory cannot be atomically replaced: move it aside first.
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                if path.is_symlink() or (path.exists() and tmp.is_dir()):
-                    path.unlink()
-                os.replace(tmp, path)
-        except BaseException:
-            if old.exists() and not path.exists():
-                os.replace(old, path)
-            _remove(tmp)
-            raise
+        atomic_write(path, lambda tmp: sig.save(str(tmp), overwrite=True))
         logger.info("saved simulated spectrum image to %s", path)
         return path
-
-
-def _remove(p: Path) -> None:
-    if p.is_dir() and not p.is_symlink():
-        shutil.rmtree(p, ignore_errors=True)
-    elif p.exists() or p.is_symlink():
-        p.unlink()
 
 
 def _new_eels_signal(data: np.ndarray) -> Any:

@@ -50,7 +50,12 @@ from typing import Any
 
 import numpy as np
 
+from .detectors.base import check_train_mask
 from .errors import InputError
+from .io._files import _check_output, _commit, _jsonify, _remove, _tmp_sibling, _writing
+from .io.read import STREAM_ENV, should_stream, stream_decision, stream_threshold_bytes
+from .io.signals import _latent_signal, map_to_signal
+from .io.write import _map_labels, _result_info, _safe_stem
 from .progress import ProgressCallback, emit
 from .result import AnomalyResult
 from .spectrum import Axis, SpectrumImage, as_spectrum_image
@@ -58,95 +63,12 @@ from .spectrum import Axis, SpectrumImage, as_spectrum_image
 log = logging.getLogger(__name__)
 
 __all__ = ["STREAM_ENV", "BLOCK_VALUES", "TRAIN_VALUES", "stream_threshold_bytes",
-           "should_stream", "plan_blocks", "fit_streaming", "score_streaming"]
+           "should_stream", "stream_decision", "plan_blocks", "fit_streaming", "score_streaming"]
 
-#: environment variable: stream cubes larger than this many bytes (overrides the RAM rule)
-STREAM_ENV = "EELSANOM_STREAM_BYTES"
 #: default values (pixels x channels) per streamed block: 32 MiB of float32
 BLOCK_VALUES = 1 << 23
 #: default cap on the values gathered for training: 64 MiB of float32 spectra
 TRAIN_VALUES = 1 << 24
-
-
-# ----------------------------------------------------------------------------- when to stream
-def stream_threshold_bytes() -> int:
-    """Cube size (bytes) above which eelsanom streams: ``$EELSANOM_STREAM_BYTES``, else a
-    quarter of the available memory (``psutil.virtual_memory().available``).
-
-    Returns
-    -------
-    int
-        Threshold in bytes (a float32 cube larger than this is streamed).
-
-    Raises
-    ------
-    InputError
-        When ``$EELSANOM_STREAM_BYTES`` is set but is not a number, or is negative.
-    """
-    env = os.environ.get(STREAM_ENV, "").strip()
-    if env:
-        try:
-            v = int(float(env))
-        except ValueError as exc:
-            raise InputError(f"{STREAM_ENV}: expected a number of bytes, found {env!r}.") from exc
-        if v < 0:
-            raise InputError(f"{STREAM_ENV}: expected a number of bytes >= 0, found {env!r}.")
-        return v
-    import psutil
-
-    return int(psutil.virtual_memory().available // 4)
-
-
-def _gb(n: float) -> str:
-    return f"{n / 1e9:.3g} GB"
-
-
-def should_stream(si: SpectrumImage, *, threshold_bytes: int | None = None) -> tuple[bool, str]:
-    """Whether to stream ``si`` (as float32) and why, in words for the log.
-
-    Parameters
-    ----------
-    si : SpectrumImage
-        Usually loaded lazily (only its shape is used).
-    threshold_bytes : int, optional
-        Default :func:`stream_threshold_bytes`.
-
-    Returns
-    -------
-    (bool, str)
-        Whether to stream, and the sizes and rule behind the decision (for the log).
-    """
-    return stream_decision(si.shape, threshold_bytes=threshold_bytes)
-
-
-def stream_decision(shape: tuple[int, ...], *, threshold_bytes: int | None = None
-                    ) -> tuple[bool, str]:
-    """:func:`should_stream` for a data shape (what a loader knows before reading the data).
-
-    Parameters
-    ----------
-    shape : tuple of int
-        Data shape, ``(ny, nx, n_energy)`` (or ``(n, n_energy)`` for a line scan).
-    threshold_bytes : int, optional
-        Default :func:`stream_threshold_bytes`.
-
-    Returns
-    -------
-    (bool, str)
-        Whether to stream, and the sizes and rule behind the decision (for the log).
-    """
-    size = 4 * math.prod(int(n) for n in shape)
-    env = os.environ.get(STREAM_ENV, "").strip()
-    if threshold_bytes is None:
-        threshold_bytes = stream_threshold_bytes()
-        rule = (f"{STREAM_ENV}={env}" if env else "a quarter of the available memory")
-    else:
-        rule = "the threshold given"
-    if size > threshold_bytes:
-        dims = " x ".join(str(int(n)) for n in shape)
-        return True, (f"the cube ({dims}, {_gb(size)} as float32) is larger than "
-                      f"{_gb(threshold_bytes)} ({rule})")
-    return False, (f"the cube ({_gb(size)}) fits under {_gb(threshold_bytes)} ({rule})")
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -286,8 +208,6 @@ def fit_streaming(detector: Any, si: Any, train_mask: Any = None, *,
     -------
     detector (fitted)
     """
-    from .detectors.base import check_train_mask
-
     si = as_spectrum_image(si, what="training data")
     if not si.is_lazy:
         return detector.fit(si, train_mask, progress=progress)
@@ -364,8 +284,6 @@ class _ZspyMap:
     def __init__(self, signal: Any, path: Path, protect: Iterable[Any]) -> None:
         import zarr
 
-        from .io import _check_output, _tmp_sibling, _writing
-
         self.path = _check_output(path, overwrite=True, protect=protect)
         self.tmp = _tmp_sibling(self.path)
         try:
@@ -383,29 +301,21 @@ class _ZspyMap:
             raise
 
     def write(self, region: tuple[int, int, int, int], block: np.ndarray) -> None:
-        from .io import _writing
-
         y0, y1, x0, x1 = region
         with _writing(self.path):  # a full disk: named, and the temporary store removed
             self.data[y0:y1, x0:x1] = block
 
     def set_metadata(self, node: str, values: dict[str, Any]) -> None:
         """Set ``metadata.<node>.<key>`` (HyperSpy's zspy stores ``None`` as ``'_None_'``)."""
-        from .io import _jsonify
-
         self.group["metadata"][node].attrs.update(
             {k: ("_None_" if v is None else _jsonify(v)) for k, v in values.items()})
 
     def commit(self) -> Path:
-        from .io import _commit, _writing
-
         with _writing(self.path):
             _commit(self.tmp, self.path)
         return self.path
 
     def abort(self) -> None:
-        from .io import _remove
-
         _remove(self.tmp)
 
 
@@ -420,8 +330,6 @@ def _lazy_like(sig: Any, chunks: tuple[int, ...]) -> Any:
 def _map_store(like: Any, shape: tuple[int, int], dtype: Any, path: Path, *, title: str,
                quantity: str, info: dict[str, Any], chunks: tuple[int, int],
                protect: Iterable[Any]) -> _ZspyMap:
-    from .io import map_to_signal
-
     sig = map_to_signal(np.zeros(shape, dtype), like, title=title, quantity=quantity)
     sig.metadata.add_dictionary({"eelsanom": dict(info)})
     return _ZspyMap(_lazy_like(sig, chunks), path, protect)
@@ -430,8 +338,6 @@ def _map_store(like: Any, shape: tuple[int, int], dtype: Any, path: Path, *, tit
 def _latent_store(like: Any, shape: tuple[int, int, int], path: Path, *, title: str,
                   info: dict[str, Any], chunks: tuple[int, int], protect: Iterable[Any]
                   ) -> _ZspyMap:
-    from .io import _latent_signal
-
     sig = _latent_signal(np.zeros(shape, np.float32), like, title=title)
     sig.metadata.add_dictionary({"eelsanom": dict(info)})
     return _ZspyMap(_lazy_like(sig, (*chunks, shape[2])), path, protect)
@@ -472,8 +378,6 @@ def score_streaming(detector: Any, si: Any, *, out: str | os.PathLike | None = N
         Equal to ``detector.score(si)`` to float tolerance. ``info["streaming"]``
         records the blocks; ``info["outputs"]`` the files written (with ``out``).
     """
-    from .io import _map_labels, _result_info, _safe_stem
-
     siw = detector.window(si)
     ny, nx = siw.nav_shape
     chunks = getattr(siw.data, "chunks", None)

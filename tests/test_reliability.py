@@ -196,7 +196,7 @@ def test_options_and_outputs_are_checked_before_the_data_is_read(files, tmp_path
 
 def test_unwritable_output_folder_refused_before_reading(files, tmp_path, capsys, no_loading,
                                                          monkeypatch):
-    import eelsanom.io as io
+    import eelsanom.io._files as io
 
     def read_only(*a, **k):
         raise PermissionError(errno.EACCES, "Permission denied")

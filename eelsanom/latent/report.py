@@ -1,8 +1,8 @@
 """Latent-space report of saved runs (``eelsanom latent RUN_DIR [RUN_DIR_B] --out DIR``).
 
 A run folder is what ``eelsanom detect --out RUN_DIR`` writes
-(:func:`eelsanom.io.save_result` plus ``<stem>_summary.json``).
-:func:`load_run` reads one back as an :class:`~eelsanom.result.AnomalyResult`;
+(:func:`eelsanom.pipeline.write_run`; read back by :func:`eelsanom.pipeline.load_run`).
+:func:`load_run` turns one into an :class:`~eelsanom.result.AnomalyResult`;
 :func:`write_report` runs :func:`~eelsanom.latent.summarize` on each run (and
 :func:`~eelsanom.latent.compare` on two) and writes ``latent_report.md``, PNG
 figures (labelled axes, colour bars) and ``latent_report.json`` into ``out``.
@@ -10,64 +10,24 @@ figures (labelled axes, colour bars) and ``latent_report.json`` into ``out``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
+from ..io._files import atomic_write, atomic_write_bytes
+from ..pipeline import SEED_MAPS, find_stem
+from ..pipeline import load_run as read_run_folder
+from ..result import AnomalyResult
+from ..spectrum import Axis
 from ._common import LATENT_METHODS
 
 log = logging.getLogger(__name__)
 
 __all__ = ["find_stem", "load_run", "write_report"]
-
-_SUMMARY_SUFFIX = "_summary.json"
-
-
-def find_stem(run_dir: str | os.PathLike, stem: str | None = None) -> str:
-    """The output stem of a run folder, from its ``<stem>_summary.json``.
-
-    Parameters
-    ----------
-    run_dir : str or os.PathLike
-        Folder written by ``eelsanom detect --out`` (``~`` is expanded).
-    stem : str, optional
-        The run to pick when the folder holds several (default: the only one).
-
-    Returns
-    -------
-    str
-        The stem: ``<stem>_summary.json`` exists in ``run_dir``.
-
-    Raises
-    ------
-    InputError
-        When ``run_dir`` is not a folder, holds no ``*_summary.json``, holds no
-        ``<stem>_summary.json`` for the given ``stem``, or holds several runs and
-        ``stem`` is not given.
-    """
-    d = Path(run_dir).expanduser()
-    if not d.is_dir():
-        raise InputError(f"{d}: expected a run folder written by `eelsanom detect --out`, found "
-                         "no such directory.")
-    stems = sorted(p.name[: -len(_SUMMARY_SUFFIX)] for p in d.glob(f"*{_SUMMARY_SUFFIX}"))
-    if stem is not None:
-        if stem not in stems:
-            raise InputError(f"{d}: expected {stem}{_SUMMARY_SUFFIX}, found "
-                             f"{', '.join(s + _SUMMARY_SUFFIX for s in stems) or 'none'}.")
-        return stem
-    if not stems:
-        raise InputError(f"{d}: expected a run folder with a *{_SUMMARY_SUFFIX} (written by "
-                         "`eelsanom detect --out`), found none.")
-    if len(stems) > 1:
-        raise InputError(f"{d} holds several runs ({', '.join(stems)}); choose one with "
-                         "--stem (stem=...).")
-    return stems[0]
 
 
 def load_run(run_dir: str | os.PathLike, stem: str | None = None) -> Any:
@@ -88,21 +48,9 @@ def load_run(run_dir: str | os.PathLike, stem: str | None = None) -> Any:
     -------
     AnomalyResult
     """
-    from ..io import load_result_maps  # noqa: PLC0415
-    from ..result import AnomalyResult  # noqa: PLC0415
-    from ..spectrum import Axis  # noqa: PLC0415
-
-    d = Path(run_dir).expanduser()
-    stem = find_stem(d, stem)
-    try:
-        summary = json.loads((d / f"{stem}{_SUMMARY_SUFFIX}").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{d / (stem + _SUMMARY_SUFFIX)}: could not read the run summary "
-                         f"({exc}).") from exc
-    maps = load_result_maps(d, stem)
-    nll = np.asarray(maps["nll"], dtype=np.float32)
-    if nll.ndim == 1:
-        nll = nll[None, :]
+    run = read_run_folder(run_dir, stem)
+    d, stem, summary, maps = run.folder, run.stem, run.summary, run.maps
+    nll = maps["nll"]
     ny, nx = nll.shape
     nav = summary.get("navigation") or {}
     try:
@@ -130,13 +78,7 @@ def load_run(run_dir: str | os.PathLike, stem: str | None = None) -> Any:
         latent = np.asarray(latent, dtype=np.float32)
         if latent.ndim == 2:  # a line scan
             latent = latent[None]
-    extra = {}
-    for name in ("seed_disagreement", "seed_std_nll"):  # written for 3D-CVAE seed ensembles
-        p = d / f"{stem}_{name}.npy"
-        if p.is_file():
-            arr = np.load(p, allow_pickle=False)
-            if arr.size == ny * nx:
-                extra[name] = arr.reshape(ny, nx)
+    extra = {name: maps[name] for name in SEED_MAPS if name in maps}
     return AnomalyResult(nll=nll, threshold=thr,
                          threshold_method=str(thr_info.get("method", "unknown")), mask=mask,
                          method=str(summary.get("method", "unknown")), y=y, x=x, energy=energy,
@@ -162,14 +104,8 @@ def _as_result(obj: Any, stem: str | None) -> Any:
 
 
 def _save_fig(fig: Any, path: Path) -> Path:
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{path.suffix}")
-    try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    # the format follows the final name (the temporary name keeps its extension)
+    return atomic_write(path, fig.savefig)
 
 
 def _map_png(arr: np.ndarray, res: Any, path: Path, title: str, label: str,
@@ -361,8 +297,6 @@ def write_report(run_a: Any, run_b: Any = None, out: str | os.PathLike = "latent
                             "timings_s": c.timings,
                             "figures": {n: p.name for n, p in figs.items()}}
     report = outd / "latent_report.md"
-    tmp = report.with_name(f".latent_report.tmp-{os.getpid()}.md")
-    tmp.write_text("\n".join(md) + "\n", encoding="utf-8")
-    os.replace(tmp, report)
+    atomic_write_bytes(report, ("\n".join(md) + "\n").encode("utf-8"), record=False)
     write_json(js, outd / "latent_report.json")
     return report

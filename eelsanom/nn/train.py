@@ -33,6 +33,7 @@ import torch
 
 from .. import pooling as pooling_stage
 from ..errors import Cancelled, InputError
+from ..io._files import atomic_write
 from ..pooling import Pooling
 from ..progress import ProgressCallback, emit
 from .losses import beta_nll_weight, gaussian_nll, kl_standard_normal, sigma_from_raw
@@ -524,13 +525,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any] | None:

@@ -1689,7 +1689,7 @@ class ExportWidget(_Panel):
         written, and a file that eelsanom did not write is never replaced.
         """
         from eelsanom.io import check_outputs, result_paths  # noqa: PLC0415
-        from eelsanom.run import SEED_MAPS, write_run  # noqa: PLC0415
+        from eelsanom.pipeline import SEED_MAPS, write_run  # noqa: PLC0415
 
         s = self._session
         res = s.result

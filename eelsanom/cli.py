@@ -24,8 +24,10 @@ from . import __version__
 from .batch import add_parser as add_batch_parser
 from .detectors import DEFAULT_METHOD, get_detector, load_detector
 from .detectors.base import check_train_mask
+from .detectors.params import HELP, METHODS
+from .detectors.params import defaults as detector_defaults
 from .errors import Cancelled, InputError
-from .io import check_outputs, list_signals, record_outputs
+from .io import SCANNED_EXTENSIONS, check_outputs, list_signals, record_outputs
 from .io._files import _writing
 from .io.write import _normalise_formats
 from .latent import write_report
@@ -219,38 +221,115 @@ def _energy_range(text: str | None) -> tuple[float, float] | None:
     return (a, b)
 
 
+#: ``detect``/``train`` options that set a detector parameter (option dest -> parameter). Each
+#: option's help text, type, choices and defaults come from the one parameter table
+#: (:mod:`eelsanom.detectors.params`); an option reaches only the detectors that take it.
+_DETECTOR_OPTIONS: dict[str, str] = {
+    "components": "n_components", "pooling": "pooling", "device": "device", "seed": "seed",
+    "epochs": "epochs", "latent_dim": "latent_dim", "patch": "patch_size", "context": "context",
+    "beta": "beta", "lr": "lr", "n_seeds": "n_seeds", "nested_latent": "nested_prefixes",
+}
+#: what the command line adds to a parameter's help (its own syntax)
+_CLI_NOTES: dict[str, str] = {
+    "device": "cuda:N picks one GPU",
+    "n_seeds": "seeds SEED..SEED+N-1; the map is their mean, plus a seed-disagreement map",
+    "nested_prefixes": "--nested-latent alone: every prefix 1..latent-dim; or comma-separated "
+                       "sizes such as 1,2,4,8",
+    "pooling": "one shared stage of every detector; see docs/benchmark.md",
+}
+
+
+def _param_methods(name: str) -> list[str]:
+    """The methods whose detector takes parameter ``name`` (in :data:`METHODS` order)."""
+    return [m for m in METHODS if name in HELP[m]]
+
+
+def _option_help(name: str) -> str:
+    """An option's help from the parameter table: which detectors take it, what it does, its
+    range (the defaults are added when the help is shown, see :class:`_DetectorHelp`)."""
+    methods = _param_methods(name)
+    kind, low, high, _choices, _optional, text = HELP[methods[0]][name]
+    who = "" if len(methods) == len(METHODS) else ", ".join(METHODS[m] for m in methods) + ": "
+    rng = ""
+    if kind == "int" and low is not None:
+        rng = f"; {int(low)} to {int(high)}" if high is not None and high < 2**31 - 1 else ""
+    elif kind == "float" and low is not None and high is not None:
+        rng = f"; {low:g} to {high:g}"
+    note = f"; {_CLI_NOTES[name]}" if name in _CLI_NOTES else ""
+    return (who + text + rng + note).replace("%", "%%")
+
+
+def _option_kwargs(dest: str) -> dict[str, Any]:
+    """argparse keywords of a detector option: help, type and choices from the table; default
+    None (= the detector's own default, read from its class)."""
+    name = _DETECTOR_OPTIONS[dest]
+    kind, _low, _high, choices, _optional, _text = HELP[_param_methods(name)[0]][name]
+    kw: dict[str, Any] = {"default": None, "help": _option_help(name)}
+    if name == "nested_prefixes":  # 'all' or a list of sizes: parsed in _detector_params
+        kw.update(nargs="?", const="all", metavar="PREFIXES")
+    elif name == "device":  # cuda:N too: checked by the detector
+        kw["metavar"] = "DEVICE"
+    elif kind == "int":
+        kw["type"] = int
+    elif kind == "float":
+        kw["type"] = float
+    elif kind == "choice":
+        kw["choices"] = list(choices)
+    if name == "pooling":
+        kw["metavar"] = "SIGMA"
+    return kw
+
+
+def _default_text(name: str) -> str:
+    """The defaults of parameter ``name`` as the detectors' signatures give them."""
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "automatic" if name == "n_components" else "none"
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    try:
+        per = {m: fmt(detector_defaults(m)[name]) for m in _param_methods(name)}
+    except Exception:  # noqa: BLE001 - a detector that cannot be imported here: say so plainly
+        return "the detector's own"
+    if len(set(per.values())) == 1:
+        return next(iter(per.values()))
+    return ", ".join(f"{METHODS[m]} {v}" for m, v in per.items())
+
+
+class _DetectorHelp(argparse.HelpFormatter):
+    """Help of ``detect``/``train``: each detector option's default is read from the detector
+    classes (:func:`eelsanom.detectors.params.defaults`) when the help is shown, so building
+    the parser imports no detector module (and no torch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        name = _DETECTOR_OPTIONS.get(action.dest)
+        if name is None or text == argparse.SUPPRESS:
+            return text
+        return f"{text} (default: {_default_text(name)})"
+
+
+def _nested_prefixes(text: str) -> Any:
+    try:
+        return ("all" if text.strip().lower() == "all"
+                else [int(t) for t in text.split(",") if t.strip()])
+    except ValueError:
+        raise InputError(f"--nested-latent: expected 'all' or comma-separated prefix sizes such "
+                         f"as 1,2,4,8, found {text!r}.") from None
+
+
 def _detector_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The detector's keyword arguments from the options given: each option in
+    :data:`_DETECTOR_OPTIONS` that the method's detector takes (an option not given leaves
+    the detector's own default)."""
     p: dict[str, Any] = {"energy_range": _energy_range(args.energy_range)}
     if args.threshold is not None:  # else the detector's own default rule
         p["threshold"] = args.threshold
-    if getattr(args, "pooling", None) is not None:  # else the detector's own default
-        p["pooling"] = args.pooling
-    if args.method in ("pca", "context-pca"):
-        p["n_components"] = args.components
-        p["device"] = args.device
-        p["seed"] = args.seed
-    elif args.method == "rx":
-        p["seed"] = args.seed
-    elif args.method == "cvae":
-        p.update(device=args.device, seed=args.seed)
-        for k in ("epochs", "latent_dim", "beta", "lr"):
-            v = getattr(args, k, None)
-            if v is not None:
-                p[k] = v
-        if args.patch is not None:
-            p["patch_size"] = args.patch
-        if getattr(args, "context", None) is not None:
-            p["context"] = args.context
-        if getattr(args, "n_seeds", None) is not None:
-            p["n_seeds"] = args.n_seeds
-        nested = getattr(args, "nested_latent", None)
-        if nested is not None:
-            try:
-                p["nested_prefixes"] = ("all" if nested.strip().lower() == "all"
-                                        else [int(t) for t in nested.split(",") if t.strip()])
-            except ValueError:
-                raise InputError(f"--nested-latent: expected 'all' or comma-separated prefix "
-                                 f"sizes such as 1,2,4,8, found {nested!r}.") from None
+    for dest, name in _DETECTOR_OPTIONS.items():
+        v = getattr(args, dest, None)
+        if v is None or name not in HELP.get(args.method, {}):
+            continue
+        p[name] = _nested_prefixes(v) if name == "nested_prefixes" else v
     return p
 
 
@@ -374,7 +453,7 @@ def _fit(args: argparse.Namespace, *, score: bool):
     det, si, mask = _prepare(args, outputs=score)
     bar = _Bar(args.quiet)
     try:
-        fit_input(det, si, mask, seed=args.seed, progress=bar)
+        fit_input(det, si, mask, seed=int(getattr(det, "seed", 0) or 0), progress=bar)
         result = _score(det, si, args, input_stem(args.input), bar) if score else None
     finally:
         bar.close()
@@ -583,29 +662,8 @@ def _add_training(p: argparse.ArgumentParser) -> None:
                         "pixels to flag | value:X | calibrated[:ALPHA] (false-positive rate "
                         "ALPHA, default 0.001, on held-out bulk pixels; needs a bulk region; "
                         "saved with the model) (default: the detector's own rule, robust)")
-    p.add_argument("--components", type=int, default=None,
-                   help="PCA components (default: automatic)")
-    p.add_argument("--pooling", type=float, default=None, metavar="SIGMA",
-                   help="neighbourhood evidence pooling (every detector, one shared stage): "
-                        "Gaussian sigma in pixels, 0 scores each pixel alone (default: the "
-                        "detector's own; see docs/benchmark.md)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=None, help="3D-CVAE: maximum epochs")
-    p.add_argument("--latent-dim", type=int, default=None, help="3D-CVAE: latent size per pixel")
-    p.add_argument("--patch", type=int, default=None, help="3D-CVAE: training crop size (pixels)")
-    p.add_argument("--context", choices=["pixel", "blind-spot"], default=None,
-                   help="3D-CVAE: 'pixel' encodes each pixel from its own spectrum; "
-                        "'blind-spot' predicts it from its neighbours only (robust to energy "
-                        "drift and gradients across the scan)")
-    p.add_argument("--beta", type=float, default=None, help="3D-CVAE: KL weight")
-    p.add_argument("--lr", type=float, default=None, help="3D-CVAE: learning rate")
-    p.add_argument("--n-seeds", type=int, default=None,
-                   help="3D-CVAE: train a seed ensemble of N networks (seeds SEED..SEED+N-1); "
-                        "the map is their mean, plus a seed-disagreement map")
-    p.add_argument("--nested-latent", nargs="?", const="all", default=None, metavar="PREFIXES",
-                   help="3D-CVAE: Matryoshka nested latents; optional comma-separated prefix "
-                        "sizes (default: all, 1..latent-dim)")
+    for dest in _DETECTOR_OPTIONS:  # help, type and defaults from the parameter table
+        p.add_argument("--" + dest.replace("_", "-"), dest=dest, **_option_kwargs(dest))
 
 
 def _add_global(p: argparse.ArgumentParser, default: Any) -> None:
@@ -643,8 +701,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser = add_parser  # type: ignore[method-assign]
 
-    p = sub.add_parser("detect", help="train on a bulk region and score the same file")
-    p.add_argument("input", help="spectrum image (.dm3/.dm4/.hspy/.zspy/.emd/...)")
+    p = sub.add_parser("detect", help="train on a bulk region and score the same file",
+                       formatter_class=_DetectorHelp)
+    p.add_argument("input", help=f"spectrum image ({'/'.join(SCANNED_EXTENSIONS)}/...)")
     _add_common_io(p)
     _add_training(p)
     p.add_argument("--out", required=True, help="output folder")
@@ -657,7 +716,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "hspy,png; zspy,hspy,png when the file is streamed)")
     p.set_defaults(func=cmd_detect)
 
-    p = sub.add_parser("train", help="train a detector and save the model")
+    p = sub.add_parser("train", help="train a detector and save the model",
+                       formatter_class=_DetectorHelp)
     p.add_argument("input")
     _add_common_io(p)
     _add_training(p)

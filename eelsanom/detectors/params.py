@@ -183,6 +183,7 @@ GUI_FIELDS: dict[str, tuple[str, ...]] = {
 
 def _method(method: str) -> str:
     """The canonical method name (the detector class's ``method``) of any accepted spelling."""
+    # inside: the package may import this table, so importing it back at load is a cycle
     from . import detector_class  # noqa: PLC0415
 
     try:
@@ -213,7 +214,8 @@ def detector_params(method: str) -> dict[str, Param]:
     InputError
         When ``method`` is unknown.
     """
-    from . import detector_class  # noqa: PLC0415 - imports the detector module on demand
+    # inside: the package may import this table (a cycle at load); imports the detector on demand
+    from . import detector_class  # noqa: PLC0415
 
     key = _method(method)
     sig = inspect.signature(detector_class(key).__init__)

@@ -40,6 +40,11 @@ and :func:`main`) exits with 0 when every file is done or skipped,
 :data:`EXIT_FAILED` (1) when some failed, 2 for bad arguments and 130 when
 interrupted by Ctrl-C or SIGTERM (a SLURM time limit); the summaries are then
 written first, listing the unfinished files as ``"cancelled"``.
+
+Loading, scoring and writing a file are :mod:`eelsanom.pipeline`'s (the same steps
+as ``eelsanom apply``); this module (about 1,000 lines) keeps one feature whole:
+the inputs, the records and summaries, the resume rule (``done.json``), the
+cluster and the ``batch`` command line, which change together.
 """
 
 from __future__ import annotations

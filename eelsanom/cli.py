@@ -3,6 +3,12 @@
 Subcommands: ``detect``, ``train``, ``apply``, ``simulate``, ``bench``, ``info``, ``gui``.
 Refused inputs exit with status 2 and one line on stderr; progress bars go to
 stderr and ``--quiet`` silences them.
+
+The work itself is in :mod:`eelsanom.pipeline` (load, fit, score, the run folder)
+and the library; this module parses options, checks everything that needs no
+data first, and prints. It is long (about 870 lines) only because it holds the
+parser of every subcommand; the detector options are built from the parameter
+table (:mod:`eelsanom.detectors.params`).
 """
 
 from __future__ import annotations

@@ -36,7 +36,6 @@ from .errors import Cancelled, InputError
 from .io import SCANNED_EXTENSIONS, check_outputs, list_signals, record_outputs
 from .io._files import _writing
 from .io.write import _normalise_formats
-from .latent import write_report
 from .pipeline import (
     fit_input,
     input_stem,
@@ -618,6 +617,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_latent(args: argparse.Namespace) -> int:
     """``eelsanom latent``: write the latent-space report of a run (or compare two runs)."""
+    from .latent import write_report  # the latent toolkit: its imports only for this command
+
     report = write_report(args.run_dir, args.run_dir_b, args.out, stem_a=args.stem,
                           stem_b=args.stem_b, k=args.k, k_local=args.k_local,
                           dse_points=args.dse_points, quantization=not args.no_quantization,

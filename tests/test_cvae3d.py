@@ -185,7 +185,7 @@ def test_cancel_writes_checkpoint_and_fit_resumes(tmp_path):
     saved = torch.load(ck, weights_only=True)
     assert saved["epoch"] == 3 and not saved["finished"]
     steps = []
-    det.fit(si, progress=lambda ev: steps.append(ev.step))
+    det.fit(si, progress=lambda ev: steps.append(ev.step) if ev.stage == "train" else None)
     assert det.history_["resumed_from"] == 3
     assert steps == [4, 5, 6]
     assert det.history_["epochs_run"] == 6 and len(det.history_["loss"]) == 6

@@ -105,6 +105,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..device import resolve_device
 from ..errors import InputError, NotFittedError
 from ..pooling import Pooling, excess_stats, pooling_from
 from ..preprocess import TRANSFORMS, forward_transform, inverse_transform, transform_sigma
@@ -464,8 +465,6 @@ class CVAE3DDetector(BaseDetector):
         return tuple(int(p) for p in ps) + (() if ps[-1] == d else (d,))
 
     def _device(self):
-        from ..nn.train import resolve_device
-
         return resolve_device(self.device)
 
     def _amp(self, device) -> bool:
@@ -500,16 +499,10 @@ class CVAE3DDetector(BaseDetector):
              progress: ProgressCallback | None) -> None:
         import torch
 
+        from ..nn.device import torch_threads
         from ..nn.model import CVAE3D, energy_levels_for
-        from ..nn.train import (
-            Scaler,
-            TrainConfig,
-            fingerprint,
-            spatial_split,
-            to_input,
-            torch_threads,
-            train_cvae,
-        )
+        from ..nn.scaler import Scaler, to_input
+        from ..nn.train import TrainConfig, fingerprint, spatial_split, train_cvae
 
         device = self._device()
         ny, nx = si.nav_shape
@@ -641,7 +634,8 @@ class CVAE3DDetector(BaseDetector):
         """Score with one network (default: the first member) through :func:`score_cube`."""
         import torch
 
-        from ..nn.train import score_cube, torch_threads
+        from ..nn.device import torch_threads
+        from ..nn.infer import score_cube
 
         if model is None:
             if not hasattr(self, "model_"):
@@ -688,7 +682,7 @@ class CVAE3DDetector(BaseDetector):
     def _score_region(self, si: SpectrumImage, region: tuple[int, int, int, int],
                       progress: ProgressCallback | None
                       ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
-        """Score ``region`` only: :func:`~eelsanom.nn.train.score_cube` reads each tile's
+        """Score ``region`` only: :func:`~eelsanom.nn.infer.score_cube` reads each tile's
         ``score_context`` from ``si`` (lazily), so it equals that block of ``_score(si)``."""
         return self._score(si, progress, region=region)
 
@@ -900,7 +894,7 @@ class CVAE3DDetector(BaseDetector):
         import torch
 
         from ..nn.model import CVAE3D
-        from ..nn.train import Scaler
+        from ..nn.scaler import Scaler
 
         sc = state["scaler"]
         self.scaler_ = Scaler(mean=np.asarray(arrays["scaler_mean"], np.float32),

@@ -236,7 +236,7 @@ def test_bad_n_seeds_refused(bad):
     with pytest.raises(InputError, match="n_seeds") as exc:
         CVAE3DDetector(**TINY, n_seeds=bad).fit(_smooth_si(6, 6))
     msg = str(exc.value)
-    assert "expected" in msg and "found" in msg and "Fix" in msg
+    assert "expected" in msg and "got" in msg and "Fix" in msg
 
 
 def test_latent_report_shows_the_seed_disagreement(ensemble, tmp_path):

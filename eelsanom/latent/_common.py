@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import checks
 from ..errors import InputError
 
 log = logging.getLogger(__name__)
@@ -241,11 +242,7 @@ def check_int(v: Any, name: str, lo: int) -> int:
     InputError
         When ``v`` is not an integer (Python or numpy; bools refused) or ``v < lo``.
     """
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise InputError(f"{name}: expected an integer >= {lo}, found {v!r}.")
-    if int(v) < lo:
-        raise InputError(f"{name}: expected an integer >= {lo}, found {v}.")
-    return int(v)
+    return checks.check_int(name, v, lo)
 
 
 def check_positive(v: Any, name: str) -> float:
@@ -268,13 +265,7 @@ def check_positive(v: Any, name: str) -> float:
     InputError
         When ``v`` is not a number, not finite, or not positive.
     """
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise InputError(f"{name}: expected a positive number, found {v!r}.") from None
-    if not np.isfinite(f) or f <= 0:
-        raise InputError(f"{name}: expected a positive number, found {v!r}.")
-    return f
+    return checks.check_positive(name, v)
 
 
 def as_labels(labels: Any, n: int, *, name: str = "labels") -> np.ndarray:

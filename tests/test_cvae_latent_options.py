@@ -12,7 +12,6 @@ from eelsanom.detectors import load_detector  # noqa: E402
 from eelsanom.detectors.cvae3d import CVAE3DDetector  # noqa: E402
 from eelsanom.errors import Cancelled, InputError  # noqa: E402
 from eelsanom.latent import prefix_curve, seed_ensemble  # noqa: E402
-from eelsanom.latent.ensembles import seed_maps  # noqa: E402
 from eelsanom.modelfile import read_model, write_model  # noqa: E402
 from eelsanom.spectrum import Axis, SpectrumImage  # noqa: E402
 
@@ -179,10 +178,10 @@ def test_first_member_is_the_single_seed_model(ensemble, single):
 
 def test_seed_maps_disagreement_is_scale_free():
     a = np.random.default_rng(0).normal(size=(5, 6))
-    m = seed_maps([a, 3.0 * a + 7.0])
+    m = scoring.seed_maps([a, 3.0 * a + 7.0])
     assert np.abs(m["disagreement"]).max() == 0.0  # same ranking: full agreement
     np.testing.assert_allclose(m["std"], np.abs(a + 3.5))  # population std of (a, 3a + 7)
-    flipped = seed_maps([a, -a])["disagreement"]
+    flipped = scoring.seed_maps([a, -a])["disagreement"]
     assert flipped.max() > 0.4  # opposite rankings: the extremes disagree most
 
 

@@ -112,6 +112,7 @@ from ..pooling import Pooling, excess_stats, pooling_from
 from ..preprocess import TRANSFORMS, forward_transform, inverse_transform, transform_sigma
 from ..progress import ProgressCallback, ProgressEvent, emit
 from ..result import AnomalyResult
+from ..scoring import seed_maps
 from ..spectrum import SpectrumImage
 from .base import BaseDetector
 
@@ -667,7 +668,6 @@ class CVAE3DDetector(BaseDetector):
 
     def _score(self, si: SpectrumImage, progress: ProgressCallback | None, **kw: Any
                ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
-        from ..latent.ensembles import seed_maps
 
         outs = self._run_members(si, progress, **kw)
         if len(outs) == 1:

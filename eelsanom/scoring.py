@@ -626,7 +626,7 @@ def evaluate(nll: np.ndarray, mask: np.ndarray | None, truth: np.ndarray) -> dic
 
 # ----------------------------------------------------------------------------- seed ensembles
 def _rank_quantile(x: np.ndarray) -> np.ndarray:
-    from scipy.stats import rankdata  # noqa: PLC0415
+    from scipy.stats import rankdata
 
     r = rankdata(x.ravel(), method="average")
     return ((r - 1.0) / max(x.size - 1, 1)).reshape(x.shape)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -227,8 +228,6 @@ class BaseDetector:
             if abs(start - k) < 0.05 and k >= 0 and k + ax.size <= src.size:
                 if k == 0 and ax.size == src.size:
                     return si
-                from dataclasses import replace
-
                 return replace(si, data=si.data[:, :, k:k + ax.size],
                                energy=Axis(ax.size, src.scale, src.offset + k * src.scale,
                                            src.units, src.name))
@@ -638,8 +637,6 @@ class BaseDetector:
         ``score_context`` pixels from every kept pixel, or is the image's border,
         so the kept scores equal the whole image's.
         """
-        from dataclasses import replace
-
         ny, nx = si.nav_shape
         y0, y1, x0, x1 = region
         c = max(0, int(self.score_context))
@@ -752,7 +749,7 @@ def load_detector(path: str | Path, expected: type[BaseDetector] | None = None) 
         det._set_state(state, arrays)
     except InputError as exc:
         raise InputError(f"model file {str(path)!r}: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - whatever else a damaged file does is a refusal
+    except Exception as exc:  # whatever else a damaged file does is a refusal
         raise InputError(f"model file {str(path)!r}: could not rebuild the {cls.__name__} "
                          f"({type(exc).__name__}: {exc}); the file is damaged. Train the model "
                          "again or use another model file.") from None

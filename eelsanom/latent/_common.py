@@ -360,13 +360,13 @@ def knn(x: np.ndarray, k: int, query: np.ndarray | None = None,
     kk = k + 1 if self_query else k
     kk = min(kk, x.shape[0])
     if x.shape[1] <= _KDTREE_MAX_DIM:
-        from scipy.spatial import cKDTree  # noqa: PLC0415
+        from scipy.spatial import cKDTree
 
         dist, idx = cKDTree(x).query(q, k=kk, workers=-1)
         if kk == 1:
             dist, idx = dist[:, None], idx[:, None]
     else:
-        from sklearn.neighbors import NearestNeighbors  # noqa: PLC0415
+        from sklearn.neighbors import NearestNeighbors
 
         nn = NearestNeighbors(n_neighbors=kk, algorithm="brute", n_jobs=-1).fit(x)
         dist, idx = nn.kneighbors(q)

@@ -26,6 +26,7 @@ import numpy as np
 from ..errors import InputError
 from ..scoring import seed_maps
 from ._common import as_codes
+from .similarity import linear_cka
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class SeedEnsemble:
         matplotlib.figure.Figure
             A new two-panel figure (no pyplot state): ``mean_nll`` and ``disagreement``.
         """
-        from ._plot import image, new_figure  # noqa: PLC0415
+        from ._plot import image, new_figure  # matplotlib: only when plotting
 
         fig = new_figure(size=(10.5, 4.2))
         a1, a2 = fig.subplots(1, 2)
@@ -116,7 +117,6 @@ def seed_ensemble(results: Sequence[Any]) -> SeedEnsemble:
     >>> float(ens.disagreement.max())
     0.0
     """
-    from .similarity import linear_cka  # noqa: PLC0415
 
     res = list(results)
     if len(res) < 2:

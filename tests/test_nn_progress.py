@@ -92,6 +92,7 @@ def test_cancel_during_the_validation_pass_stops_before_the_epoch_is_reported():
     assert [ev for ev in events if ev.stage == "train"] == []
 
 
+@pytest.mark.slow
 def test_mid_epoch_cancel_resumes_from_the_last_finished_epoch(tmp_path):
     si = _si(16, 16)
     ck = tmp_path / "train.ckpt"

@@ -23,6 +23,12 @@ Subclasses implement ``_fit``, ``_score``, ``_reconstruct`` and the state hooks;
 one whose score depends on neighbouring pixels also sets ``score_context`` (how
 many pixels away), so that :meth:`BaseDetector.score_block` (what streaming
 calls) reads enough context around a block.
+
+Why this module is long (about 760 lines): it is the one contract every
+detector inherits (parameters, windowing, fit, calibration, score, block
+scoring, reconstruction, the pixel inspector, save and load), each public
+method with its full docstring; splitting it would scatter one class.
+Parameter checking lives in :mod:`eelsanom.checks`.
 """
 
 from __future__ import annotations

@@ -94,6 +94,13 @@ gives one result per member. Block-wise scoring (:meth:`score_block`, used by
 
 How the detector compares with PCA, RX and the references on the paper and
 realistic benchmarks: ``docs/benchmark.md`` and ``eelsanom bench``.
+
+Why this module is long (about 900 lines): it is the detector's whole contract
+for one model with three training modes (per pixel, blind-spot context,
+nested latents) and seed ensembles, each with its validation, model-file state
+and per-member results. The network, its losses, training and tiled inference
+live in :mod:`eelsanom.nn` (``model``, ``losses``, ``scaler``, ``train``,
+``infer``); what is left here is what a user's parameters mean.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ added before squaring), and a pixel's score depends on :meth:`Pooling.radius`
 pixels around it, so scoring tile by tile with that much context equals
 scoring the whole image.
 
-Who uses it: the 3D-CVAE (:func:`eelsanom.nn.train.score_cube`, decoder mean
+Who uses it: the 3D-CVAE (:func:`eelsanom.nn.infer.score_cube`, decoder mean
 and sigma, KL penalty), PCA (:class:`eelsanom.detectors.pca.PCADetector`, the
 PPCA posterior: reconstruction ``W <z>`` with noise ``sigma^2``, the posterior's
 KL), RX (whitened deviations, unit variance) and the benchmark's perfect-bulk

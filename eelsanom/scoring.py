@@ -31,6 +31,7 @@ two-component mixture on the log scores; D > 2 means clean separation).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -41,7 +42,7 @@ __all__ = [
     "parse_threshold", "compute_threshold", "threshold_otsu", "threshold_gmm",
     "threshold_contamination", "threshold_robust", "roc_auc", "average_precision", "precision_recall_f1",
     "best_f1", "bimodality", "evaluate", "null_calibration", "calibrated_threshold", "p_values",
-    "DEFAULT_ALPHA",
+    "DEFAULT_ALPHA", "seed_maps",
 ]
 
 #: default false-positive rate of the ``"calibrated"`` threshold
@@ -621,3 +622,36 @@ def evaluate(nll: np.ndarray, mask: np.ndarray | None, truth: np.ndarray) -> dic
     if mask is not None:
         out.update(precision_recall_f1(mask, truth))
     return out
+
+
+# ----------------------------------------------------------------------------- seed ensembles
+def _rank_quantile(x: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata
+
+    r = rankdata(x.ravel(), method="average")
+    return ((r - 1.0) / max(x.size - 1, 1)).reshape(x.shape)
+
+
+def seed_maps(nlls: Sequence[Any]) -> dict[str, np.ndarray]:
+    """Mean, standard deviation and disagreement of several seeds' NLL maps.
+
+    The one definition used by the 3D-CVAE's ``n_seeds`` option
+    (``result.maps["seed_mean_nll"]``, ``"seed_std_nll"``, ``"seed_disagreement"``)
+    and by :func:`eelsanom.latent.ensembles.seed_ensemble`.
+
+    Parameters
+    ----------
+    nlls : sequence of arrays, each (ny, nx)
+        The seeds' NLL maps (finite; the caller checks shapes).
+
+    Returns
+    -------
+    dict
+        ``"mean"`` and ``"std"`` (population std) of the NLL over seeds, and
+        ``"disagreement"``: the std over seeds of each pixel's rank quantile in its
+        own seed's map (see :class:`eelsanom.latent.ensembles.SeedEnsemble`), all (ny, nx).
+    """
+    stack = np.stack([np.asarray(a, dtype=np.float64) for a in nlls])
+    ranks = np.stack([_rank_quantile(a) for a in stack])
+    return {"mean": stack.mean(axis=0), "std": stack.std(axis=0),
+            "disagreement": ranks.std(axis=0)}

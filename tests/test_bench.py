@@ -31,6 +31,7 @@ def test_realistic_suite_covers_the_conditions_the_issue_asks_for():
         bench.suite_conditions("toy", True)
 
 
+@pytest.mark.slow
 def test_run_benchmark_scores_pooled_and_unpooled_variants_with_all_references(tmp_path):
     conds = [bench.Condition("drift / shift 0.9 eV", {**TINY, "drift": 0.8, "magnitude": 0.9},
                              oracle="drift_eV"),

@@ -28,6 +28,7 @@ def clean_images():
     return [_clean(s) for s in range(5)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,params", METHODS)
 def test_calibrated_false_positive_rate(clean_images, method, params):
     """At most 0.1 % of an anomaly-free image flagged, over 5 seeds (the robust rule beside).

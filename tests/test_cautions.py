@@ -108,6 +108,7 @@ def test_fit_caution_rules():
     assert "only 5 pixels" in cautions.fit_cautions("pca", 5, 50, n_components=1)[0]
 
 
+@pytest.mark.slow
 def test_cvae_early_stop_is_said_with_epochs():
     from eelsanom.simulate import simulate
 

@@ -77,6 +77,7 @@ def test_lazy_dask_input_scores_like_numpy(fitted):
     np.testing.assert_allclose(det.score(lazy).nll, det.score(si).nll, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_energy_range_models_the_window_only():
     si = _si(10, 10, ne=60)
     det = CVAE3DDetector(**dict(TINY, energy_range=(703.0, 712.0))).fit(si)
@@ -86,6 +87,7 @@ def test_energy_range_models_the_window_only():
 
 
 # ----------------------------------------------------------------------------- seams
+@pytest.mark.slow
 def test_constant_image_gives_flat_nll():
     """Every pixel has the same noise-free spectrum: no border or tile artefacts."""
     exp = np.broadcast_to(_expected(1, 1)[0, 0], (15, 17, 40)).astype(np.float32)
@@ -170,6 +172,7 @@ def test_progress_events_carry_epoch_loss_and_val_nll():
     assert np.isfinite(train[-1].metrics["val_nll"])  # 576 pixels: a validation split exists
 
 
+@pytest.mark.slow
 def test_cancel_writes_checkpoint_and_fit_resumes(tmp_path):
     si = _si(16, 16)
     ck = tmp_path / "train.ckpt"
@@ -185,7 +188,7 @@ def test_cancel_writes_checkpoint_and_fit_resumes(tmp_path):
     saved = torch.load(ck, weights_only=True)
     assert saved["epoch"] == 3 and not saved["finished"]
     steps = []
-    det.fit(si, progress=lambda ev: steps.append(ev.step))
+    det.fit(si, progress=lambda ev: steps.append(ev.step) if ev.stage == "train" else None)
     assert det.history_["resumed_from"] == 3
     assert steps == [4, 5, 6]
     assert det.history_["epochs_run"] == 6 and len(det.history_["loss"]) == 6
@@ -194,6 +197,7 @@ def test_cancel_writes_checkpoint_and_fit_resumes(tmp_path):
     np.testing.assert_allclose(det.score(si).nll, ref.score(si).nll, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_checkpoint_for_other_data_is_ignored(tmp_path, caplog):
     ck = tmp_path / "c.ckpt"
     CVAE3DDetector(**dict(TINY, checkpoint=str(ck))).fit(_si(12, 12, seed=1))
@@ -204,6 +208,7 @@ def test_checkpoint_for_other_data_is_ignored(tmp_path, caplog):
     assert "other data or parameters" in caplog.text
 
 
+@pytest.mark.slow
 def test_cpu_runs_are_reproducible():
     si = _si(16, 14)
     a = CVAE3DDetector(**TINY).fit(si).score(si)
@@ -246,6 +251,7 @@ def test_bad_params_are_refused(params):
         CVAE3DDetector(**dict(TINY, **params)).fit(_si(6, 6))
 
 
+@pytest.mark.slow
 def test_robust_training_without_mask_flags_planted_pixels():
     si = _si(24, 24, seed=3)
     data = si.data.copy()
@@ -258,6 +264,7 @@ def test_robust_training_without_mask_flags_planted_pixels():
 
 
 # ----------------------------------------------------------------------------- quality
+@pytest.mark.slow
 def test_quality_floor_on_simulated_clusters():
     sim_mod = pytest.importorskip("eelsanom.simulate")
     sim = sim_mod.simulate(shape=(32, 32), window="fe-l", anomaly="shift", magnitude=2.4,

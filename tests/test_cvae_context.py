@@ -68,6 +68,7 @@ def test_untrained_model_predicts_from_the_median_of_the_neighbours_codes():
     assert (extra >= 0).all()
 
 
+@pytest.mark.slow
 def test_floor_under_drift_that_the_per_pixel_cvae_does_not_reach():
     """0.9 eV shifts under a 0.8 eV drift field, 32 x 32, seed 0.
 
@@ -83,7 +84,7 @@ def test_floor_under_drift_that_the_per_pixel_cvae_does_not_reach():
     assert np.isfinite(h["init_val"]) and h["best_val"] <= h["init_val"]
 
 
-@pytest.mark.parametrize("tile", [5, 11])
+@pytest.mark.parametrize("tile", [pytest.param(5, marks=pytest.mark.slow), 11])
 def test_tiled_scoring_equals_whole_image(sim, fitted, tile):
     whole = fitted.set_params(tile_size=None).score(sim.si)
     tiled = fitted.set_params(tile_size=tile).score(sim.si)
@@ -92,6 +93,7 @@ def test_tiled_scoring_equals_whole_image(sim, fitted, tile):
     np.testing.assert_allclose(tiled.latent, whole.latent, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_streamed_equals_eager(sim, fitted):
     from dataclasses import replace
 

@@ -12,7 +12,6 @@ from eelsanom.detectors import load_detector  # noqa: E402
 from eelsanom.detectors.cvae3d import CVAE3DDetector  # noqa: E402
 from eelsanom.errors import Cancelled, InputError  # noqa: E402
 from eelsanom.latent import prefix_curve, seed_ensemble  # noqa: E402
-from eelsanom.latent.ensembles import seed_maps  # noqa: E402
 from eelsanom.modelfile import read_model, write_model  # noqa: E402
 from eelsanom.spectrum import Axis, SpectrumImage  # noqa: E402
 
@@ -66,6 +65,7 @@ def single(ensemble) -> CVAE3DDetector:
 
 
 # ----------------------------------------------------------------------------- Matryoshka
+@pytest.mark.slow
 def test_nested_training_makes_the_first_dimension_a_working_code(manifold_pair):
     """Known answer: the bulk is a 1-D manifold, so a 1-dimensional code suffices.
 
@@ -84,6 +84,7 @@ def test_nested_training_makes_the_first_dimension_a_working_code(manifold_pair)
     assert rec_plain[0] > 3.0 * rec_plain[1]
 
 
+@pytest.mark.slow
 def test_prefix_scorer_last_prefix_is_the_full_score(manifold_pair):
     plain, nested, si = manifold_pair
     for det in (plain, nested):
@@ -97,6 +98,7 @@ def test_prefix_scorer_last_prefix_is_the_full_score(manifold_pair):
     assert not plain.prefix_scorer(si).nested and nested.prefix_scorer(si).nested
 
 
+@pytest.mark.slow
 def test_prefix_curve_reads_the_scorer(manifold_pair):
     plain, _, si = manifold_pair
     truth = np.zeros(si.nav_shape, bool)
@@ -113,6 +115,7 @@ def test_prefix_curve_reads_the_scorer(manifold_pair):
         plain.prefix_scorer(si, kind="elbo")
 
 
+@pytest.mark.slow
 def test_nested_model_round_trips(manifold_pair, tmp_path):
     _, nested, si = manifold_pair
     path = nested.save(tmp_path / "nested.h5")
@@ -146,6 +149,7 @@ def test_nested_prefixes_include_the_full_code():
 
 
 # ----------------------------------------------------------------------------- seed ensembles
+@pytest.mark.slow
 def test_ensemble_score_is_the_mean_of_its_members(ensemble):
     det, si = ensemble
     res = det.score(si)
@@ -170,6 +174,7 @@ def test_ensemble_score_is_the_mean_of_its_members(ensemble):
                                rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_first_member_is_the_single_seed_model(ensemble, single):
     det, si = ensemble
     np.testing.assert_allclose(det.seed_results(si)[0].nll, single.score(si).nll, rtol=1e-5)
@@ -179,13 +184,14 @@ def test_first_member_is_the_single_seed_model(ensemble, single):
 
 def test_seed_maps_disagreement_is_scale_free():
     a = np.random.default_rng(0).normal(size=(5, 6))
-    m = seed_maps([a, 3.0 * a + 7.0])
+    m = scoring.seed_maps([a, 3.0 * a + 7.0])
     assert np.abs(m["disagreement"]).max() == 0.0  # same ranking: full agreement
     np.testing.assert_allclose(m["std"], np.abs(a + 3.5))  # population std of (a, 3a + 7)
-    flipped = seed_maps([a, -a])["disagreement"]
+    flipped = scoring.seed_maps([a, -a])["disagreement"]
     assert flipped.max() > 0.4  # opposite rankings: the extremes disagree most
 
 
+@pytest.mark.slow
 def test_ensemble_round_trips(ensemble, tmp_path):
     det, si = ensemble
     path = det.save(tmp_path / "ens.h5")
@@ -198,6 +204,7 @@ def test_ensemble_round_trips(ensemble, tmp_path):
     assert back.n_parameters == det.n_parameters == 2 * det.model_.n_parameters
 
 
+@pytest.mark.slow
 def test_model_file_without_the_new_keys_loads(ensemble, single, tmp_path):
     """A model file from before these options (no n_seeds / nested_prefixes) still loads."""
     si, det = ensemble[1], single
@@ -212,6 +219,7 @@ def test_model_file_without_the_new_keys_loads(ensemble, single, tmp_path):
     np.testing.assert_allclose(back.score(si).nll, det.score(si).nll, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_progress_over_members_and_cancel():
     si = _smooth_si(8, 8)
     events = []
@@ -236,9 +244,10 @@ def test_bad_n_seeds_refused(bad):
     with pytest.raises(InputError, match="n_seeds") as exc:
         CVAE3DDetector(**TINY, n_seeds=bad).fit(_smooth_si(6, 6))
     msg = str(exc.value)
-    assert "expected" in msg and "found" in msg and "Fix" in msg
+    assert "expected" in msg and "got" in msg and "Fix" in msg
 
 
+@pytest.mark.slow
 def test_latent_report_shows_the_seed_disagreement(ensemble, tmp_path):
     from eelsanom.latent.report import write_report
 

@@ -20,14 +20,14 @@ def cube(d: int, n: int = 4000, seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("d", [1, 2, 4])
 @pytest.mark.parametrize("method", ["twonn", "mle"])
 def test_uniform_cube_within_ten_percent(d, method):
-    # LATENT.md: estimate within 10 % of d
+    # docs/latent.md: estimate within 10 % of d
     assert intrinsic_dimension(cube(d), method) == pytest.approx(d, rel=0.10)
 
 
 @pytest.mark.parametrize("d", [6, 8])
 @pytest.mark.parametrize("method", ["twonn", "mle"])
 def test_uniform_cube_high_d_boundary_bias(d, method):
-    # Deviation from LATENT.md's "10 % for d <= 8": on the *cube* both estimators
+    # Deviation from the design's "10 % for d <= 8" (docs/latent.md): on the *cube* both estimators
     # underestimate at d >= 6 because most of the 4000 points lie near a face (measured:
     # TwoNN 5.4-5.7 at d = 6, 7.25-7.3 at d = 8; MLE(k=10) 5.4 and 6.9-7.0). We assert
     # 15 % and the direction; the boundary-free check below holds 10 % at d = 8.

@@ -92,7 +92,7 @@ def test_von_neumann_entropy_of_sampled_isotropic_gaussian():
 
 
 def test_rate_reduction_two_orthogonal_classes():
-    # LATENT.md: two classes on e1 and e2 in 2-D, eps^2 = 0.5: Delta R = ln 3 - ln(5)/2
+    # docs/latent.md: two classes on e1 and e2 in 2-D, eps^2 = 0.5: Delta R = ln 3 - ln(5)/2
     # = 0.29389 in nats with R = 1/2 logdet(I + d/(n eps^2) Z^T Z) (Yu et al. 2020)
     z = np.array([[1.0, 0.0]] * 30 + [[0.0, 1.0]] * 30)
     lab = np.repeat([0, 1], 30)

@@ -183,6 +183,7 @@ def test_good_models_still_load_and_score_the_same(models):
         assert np.isfinite(res.nll).all()
 
 
+@pytest.mark.slow
 def test_a_model_file_never_chooses_a_file_to_write(models, tmp_path):
     """Item 5: a saved 3D-CVAE ``checkpoint`` naming a file is ignored on load, so refitting
     the loaded model never writes there."""

@@ -22,6 +22,7 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
+pytestmark = pytest.mark.slow  # every test here starts a kernel or runs a notebook
 
 from nbclient.exceptions import CellExecutionError  # noqa: E402
 

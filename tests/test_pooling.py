@@ -94,6 +94,7 @@ def test_a_shared_weak_offset_adds_up_in_the_pooled_score():
     assert own < 0.85 and pooled > 0.9 and pooled > own + 0.15
 
 
+@pytest.mark.slow
 def test_every_detector_and_the_perfect_bulk_reference_pool_through_one_function(sim03,
                                                                                   monkeypatch):
     """Pooled PCA, pooled RX, the pooled perfect-bulk reference and the 3D-CVAE all call
@@ -161,6 +162,7 @@ def test_pooling_parameter_is_validated(bad, sim03):
         get_detector("pca", pooling=bad, device="cpu").fit(sim03.si, sim03.bulk_mask)
 
 
+@pytest.mark.slow
 def test_pooling_is_saved_and_old_neighbourhood_model_files_load(tmp_path, sim03):
     import h5py
 
@@ -188,6 +190,7 @@ def test_pool_region_accepts_float32_on_the_device():
     assert out["score"].dtype == torch.float32 and out["score"].shape == (6, 6)
 
 
+@pytest.mark.slow
 def test_cli_pooling_and_context_options_reach_the_detector(tmp_path):
     """--pooling reaches every detector (saved in the summary); --context the 3D-CVAE."""
     import json

@@ -23,6 +23,12 @@ Subclasses implement ``_fit``, ``_score``, ``_reconstruct`` and the state hooks;
 one whose score depends on neighbouring pixels also sets ``score_context`` (how
 many pixels away), so that :meth:`BaseDetector.score_block` (what streaming
 calls) reads enough context around a block.
+
+Why this module is long (about 760 lines): it is the one contract every
+detector inherits (parameters, windowing, fit, calibration, score, block
+scoring, reconstruction, the pixel inspector, save and load), each public
+method with its full docstring; splitting it would scatter one class.
+Parameter checking lives in :mod:`eelsanom.checks`.
 """
 
 from __future__ import annotations
@@ -30,15 +36,18 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from .. import cautions, scoring
+from ..checks import check_int, check_window
+from ..device import resolve_device
 from ..errors import EnergyAxisMismatch, InputError, NotFittedError
 from ..modelfile import PATH_PARAMS, read_model, write_model
-from ..progress import ProgressCallback
+from ..progress import ProgressCallback, emit
 from ..result import AnomalyResult, PixelSpectrum
 from ..spectrum import Axis, SpectrumImage, as_spectrum_image
 
@@ -110,22 +119,41 @@ class BaseDetector:
         return [p.name for p in sig.parameters.values()
                 if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
-    def get_params(self) -> dict[str, Any]:
-        """Hyperparameters as given to ``__init__`` (JSON-serialisable).
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Hyperparameters as given to ``__init__`` (scikit-learn's contract).
+
+        The values are the objects stored, unchanged (``sklearn.base.clone`` checks
+        that); :meth:`params_json` gives them JSON-ready (tuples as lists).
+
+        Parameters
+        ----------
+        deep : bool, default True
+            scikit-learn's flag for parameters that are estimators themselves; no
+            detector has such a parameter, so both values give the same dict.
 
         Returns
         -------
         dict of str -> object
-            One entry per ``__init__`` keyword, its current value (tuples as lists).
+            One entry per ``__init__`` keyword, its current value.
         """
-        out = {}
-        for k in self._param_names():
-            v = getattr(self, k)
-            out[k] = list(v) if isinstance(v, tuple) else v
-        return out
+        return {k: getattr(self, k) for k in self._param_names()}
+
+    def params_json(self) -> dict[str, Any]:
+        """:meth:`get_params` with tuples as lists: what model files and results record.
+
+        Returns
+        -------
+        dict of str -> object
+            One entry per ``__init__`` keyword (JSON-serialisable for the built-in
+            parameter types).
+        """
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.get_params().items()}
 
     def set_params(self, **params: Any) -> BaseDetector:
         """Set hyperparameters by name (stored unchanged; validated by the next ``fit``).
+
+        scikit-learn's contract: unknown names are refused before anything is set,
+        and the detector is returned.
 
         Parameters
         ----------
@@ -139,28 +167,26 @@ class BaseDetector:
         Raises
         ------
         InputError
-            When a name is not an ``__init__`` parameter of this detector.
+            When a name is not an ``__init__`` parameter of this detector (a
+            ``ValueError``, as scikit-learn raises); nothing is changed then.
         """
         names = set(self._param_names())
+        unknown = sorted(k for k in params if k not in names)
+        if unknown:
+            raise InputError(f"{type(self).__name__} has no parameter {unknown[0]!r}; valid: "
+                             f"{sorted(names)}.")
         for k, v in params.items():
-            if k not in names:
-                raise InputError(f"{type(self).__name__} has no parameter {k!r}; valid: "
-                                 f"{sorted(names)}.")
             setattr(self, k, v)
         return self
 
     def __repr__(self) -> str:
-        ps = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        ps = ", ".join(f"{k}={v!r}" for k, v in self.params_json().items())
         return f"{type(self).__name__}({ps})"
 
     def _validate_params(self) -> None:
         """Check hyperparameters (called by ``fit``); subclasses extend it."""
         scoring.parse_threshold(getattr(self, "threshold", "robust"))
-        er = getattr(self, "energy_range", None)
-        if er is not None:
-            if len(er) != 2 or er[0] is not None and er[1] is not None and not er[0] < er[1]:
-                raise InputError(f"energy_range: expected (start_eV, stop_eV) with start < stop, "
-                                 f"got {er!r}.")
+        check_window("energy_range", getattr(self, "energy_range", None))
 
     # ------------------------------------------------------------------ fitted state
     @property
@@ -208,8 +234,6 @@ class BaseDetector:
             if abs(start - k) < 0.05 and k >= 0 and k + ax.size <= src.size:
                 if k == 0 and ax.size == src.size:
                     return si
-                from dataclasses import replace
-
                 return replace(si, data=si.data[:, :, k:k + ax.size],
                                energy=Axis(ax.size, src.scale, src.offset + k * src.scale,
                                            src.units, src.name))
@@ -316,13 +340,10 @@ class BaseDetector:
             When the mask is invalid or too small to hold out a group and still
             fit on the rest, or ``folds`` / ``block`` are not integers >= 2 / >= 1.
         """
-        from ..progress import emit
-
         siw = self.window(si)
         ny, nx = siw.nav_shape
-        for name, v, low in (("folds", folds, 2), ("block", block, 1)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
-                raise InputError(f"calibrate: {name} expected an integer >= {low}, got {v!r}.")
+        check_int("calibrate: folds", folds, 2)
+        check_int("calibrate: block", block, 1)
         mask = check_train_mask(train_mask, (ny, nx), min_pixels=2 * self.min_train_pixels)
         tiles = (np.arange(ny)[:, None] // block) * (-(-nx // block)) + np.arange(nx)[None] // block
         ids = np.unique(tiles[mask])
@@ -438,7 +459,7 @@ class BaseDetector:
         return AnomalyResult(
             nll=nll, threshold=t, threshold_method=label, mask=nll > t, method=self.method,
             y=siw.y, x=siw.x, energy=siw.energy, latent=latent, maps=maps, timings=timings,
-            info={"params": self.get_params(), **(info or {}),
+            info={"params": self.params_json(), **(info or {}),
                   **cautions.collect(self, nll.size, label)},
             _detector=self if attach else None, _si=siw if attach else None)
 
@@ -572,7 +593,7 @@ class BaseDetector:
         if cal is not None:
             state["calibration"] = {k: v for k, v in cal.items() if k != "scores"}
             arrays["calibration_scores"] = np.asarray(cal["scores"], np.float64)
-        return write_model(path, detector=self.method, params=self.get_params(), state=state,
+        return write_model(path, detector=self.method, params=self.params_json(), state=state,
                            arrays=arrays)
 
     @classmethod
@@ -622,8 +643,6 @@ class BaseDetector:
         ``score_context`` pixels from every kept pixel, or is the image's border,
         so the kept scores equal the whole image's.
         """
-        from dataclasses import replace
-
         ny, nx = si.nav_shape
         y0, y1, x0, x1 = region
         c = max(0, int(self.score_context))
@@ -715,8 +734,6 @@ def load_detector(path: str | Path, expected: type[BaseDetector] | None = None) 
         raise InputError(f"{str(path)!r} holds a {cls.__name__} model, not a {expected.__name__}.")
     dev = params.get("device")
     if dev not in (None, "auto", "cpu"):
-        from ..device import resolve_device
-
         try:
             resolve_device(dev)
         except InputError:
@@ -738,7 +755,7 @@ def load_detector(path: str | Path, expected: type[BaseDetector] | None = None) 
         det._set_state(state, arrays)
     except InputError as exc:
         raise InputError(f"model file {str(path)!r}: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - whatever else a damaged file does is a refusal
+    except Exception as exc:  # whatever else a damaged file does is a refusal
         raise InputError(f"model file {str(path)!r}: could not rebuild the {cls.__name__} "
                          f"({type(exc).__name__}: {exc}); the file is damaged. Train the model "
                          "again or use another model file.") from None

@@ -94,6 +94,13 @@ gives one result per member. Block-wise scoring (:meth:`score_block`, used by
 
 How the detector compares with PCA, RX and the references on the paper and
 realistic benchmarks: ``docs/benchmark.md`` and ``eelsanom bench``.
+
+Why this module is long (about 900 lines): it is the detector's whole contract
+for one model with three training modes (per pixel, blind-spot context,
+nested latents) and seed ensembles, each with its validation, model-file state
+and per-member results. The network, its losses, training and tiled inference
+live in :mod:`eelsanom.nn` (``model``, ``losses``, ``scaler``, ``train``,
+``infer``); what is left here is what a user's parameters mean.
 """
 
 from __future__ import annotations
@@ -104,13 +111,23 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 
+from ..checks import check_choice, check_int, check_number, is_int
+from ..device import resolve_device
 from ..errors import InputError, NotFittedError
+from ..nn.device import torch_threads
+from ..nn.infer import score_cube
+from ..nn.model import CVAE3D, energy_levels_for
+from ..nn.scaler import Scaler, to_input
+from ..nn.train import TrainConfig, fingerprint, spatial_split, train_cvae
 from ..pooling import Pooling, excess_stats, pooling_from
 from ..preprocess import TRANSFORMS, forward_transform, inverse_transform, transform_sigma
 from ..progress import ProgressCallback, ProgressEvent, emit
 from ..result import AnomalyResult
+from ..scoring import seed_maps
 from ..spectrum import SpectrumImage
+from ._gaussian import top_eigh
 from .base import BaseDetector
 
 log = logging.getLogger(__name__)
@@ -121,21 +138,6 @@ _SCORES = ("elbo", "recon")
 #: principal axes start in the model when their variance exceeds this multiple of the
 #: noise's Marchenko-Pastur edge
 PCA_EDGE = 1.1
-
-
-def _is_int(v: Any, lo: int, hi: int | None = None) -> bool:
-    return (isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= lo
-            and (hi is None or v <= hi))
-
-
-def _is_num(v: Any, lo: float, hi: float | None = None, *, lo_open: bool = False) -> bool:
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-        return False
-    v = float(v)
-    if not math.isfinite(v):
-        return False
-    ok_lo = v > lo if lo_open else v >= lo
-    return ok_lo and (hi is None or v <= hi)
 
 
 def _inv_softplus(y: float) -> float:
@@ -188,8 +190,6 @@ def _pca(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     computed (``k' = min(k, E)``). Signs are fixed (largest loading positive) so the
     result does not depend on the LAPACK build.
     """
-    from ._gaussian import top_eigh
-
     x = np.asarray(x, np.float64)
     x = x - x.mean(axis=0)
     n, ne = x.shape
@@ -383,35 +383,23 @@ class CVAE3DDetector(BaseDetector):
                 "patch_size": (1, 4096), "epochs": (1, None), "patience": (1, None),
                 "seed": (0, None)}
         for name, (lo, hi) in ints.items():
-            v = getattr(self, name)
-            if not _is_int(v, lo, hi):
-                rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-                raise InputError(f"{name}: expected an integer {rng}, got {v!r}.")
-        if not _is_int(self.n_seeds, 1, 64):
-            raise InputError(f"n_seeds: expected an integer in [1, 64] (members of the seed "
-                             f"ensemble), found {self.n_seeds!r}. Fix: n_seeds=1 trains one "
-                             "network; 3-5 seeds give a mean map and a disagreement map.")
+            check_int(name, getattr(self, name), lo, hi)
+        check_int("n_seeds", self.n_seeds, 1, 64,
+                  fix="n_seeds is the number of members of the seed ensemble. Fix: n_seeds=1 "
+                      "trains one network; 3-5 seeds give a mean map and a disagreement map.")
         self._prefixes()
         self._context_radius()
         for name in ("batch_size", "tile_size"):
-            v = getattr(self, name)
-            if v is not None and not _is_int(v, 1):
-                raise InputError(f"{name}: expected None (automatic) or an integer >= 1, got "
-                                 f"{v!r}.")
+            check_int(name, getattr(self, name), 1, allow_none=True)
         pooling_from(self.pooling)
         nums = {"lr": (0.0, 1.0, True),
                 "beta": (0.0, None, False), "beta_nll": (0.0, 1.0, False),
                 "sigma_floor": (0.0, 10.0, True), "robust_fraction": (0.0, 0.5, False),
                 "val_fraction": (0.0, 0.5, False)}
         for name, (lo, hi, lo_open) in nums.items():
-            v = getattr(self, name)
-            if not _is_num(v, lo, hi, lo_open=lo_open):
-                rng = f"{'>' if lo_open else '>='} {lo}" + ("" if hi is None else f" and <= {hi}")
-                raise InputError(f"{name}: expected a number {rng}, got {v!r}.")
-        if self.scoring not in _SCORES:
-            raise InputError(f"scoring: expected one of {_SCORES}, got {self.scoring!r}.")
-        if self.transform not in TRANSFORMS:
-            raise InputError(f"transform: expected one of {TRANSFORMS}, got {self.transform!r}.")
+            check_number(name, getattr(self, name), lo, hi, low_open=lo_open)
+        check_choice("scoring", self.scoring, _SCORES)
+        check_choice("transform", self.transform, TRANSFORMS)
         if not (self.amp == "auto" or isinstance(self.amp, bool)):
             raise InputError(f"amp: expected True, False or 'auto', got {self.amp!r}.")
         if self.checkpoint is not None and not isinstance(self.checkpoint, (str, bytes)) and \
@@ -427,10 +415,9 @@ class CVAE3DDetector(BaseDetector):
             raise InputError(f"context: expected None (per-pixel mode), 'pixel' or 'blind-spot', "
                              f"found {self.context!r}. Fix: context='blind-spot' predicts each "
                              "pixel from its neighbourhood with the pixel itself masked.")
-        if not _is_int(self.context_radius, 1, 16):
-            raise InputError(f"context_radius: expected an integer in [1, 16] (pixels of "
-                             f"neighbourhood on each side), found {self.context_radius!r}. Fix: "
-                             "context_radius=4 uses a 9 x 9 neighbourhood.")
+        check_int("context_radius", self.context_radius, 1, 16,
+                  fix="It is the neighbourhood's reach in pixels on each side. Fix: "
+                      "context_radius=4 uses a 9 x 9 neighbourhood.")
         if self.nested_prefixes is not None:
             raise InputError(f"nested_prefixes: expected None with context='blind-spot' (a "
                              f"context model is not trained with nested latents), found "
@@ -454,7 +441,7 @@ class CVAE3DDetector(BaseDetector):
         except TypeError:
             raise InputError(f"nested_prefixes: expected None, 'all' or a sequence of integers, "
                              f"found {v!r}. {fix}") from None
-        bad = [p for p in ps if not _is_int(p, 1, d)]
+        bad = [p for p in ps if not is_int(p, 1, d)]
         if not ps or bad:
             raise InputError(f"nested_prefixes: expected latent prefix sizes in 1..latent_dim "
                              f"= {d}, found {v!r}. {fix}")
@@ -464,8 +451,6 @@ class CVAE3DDetector(BaseDetector):
         return tuple(int(p) for p in ps) + (() if ps[-1] == d else (d,))
 
     def _device(self):
-        from ..nn.train import resolve_device
-
         return resolve_device(self.device)
 
     def _amp(self, device) -> bool:
@@ -480,8 +465,6 @@ class CVAE3DDetector(BaseDetector):
         """
         if hasattr(self, "model_"):
             return int(sum(m.n_parameters for m, _ in self._members()))
-        from ..nn.model import CVAE3D, energy_levels_for
-
         return int(CVAE3D(1334, self.latent_dim, self.width, energy_levels_for(1334),
                           self.spatial_layers).n_parameters)
 
@@ -498,19 +481,6 @@ class CVAE3DDetector(BaseDetector):
     # ------------------------------------------------------------------ fit
     def _fit(self, si: SpectrumImage, mask: np.ndarray | None,
              progress: ProgressCallback | None) -> None:
-        import torch
-
-        from ..nn.model import CVAE3D, energy_levels_for
-        from ..nn.train import (
-            Scaler,
-            TrainConfig,
-            fingerprint,
-            spatial_split,
-            to_input,
-            torch_threads,
-            train_cvae,
-        )
-
         device = self._device()
         ny, nx = si.nav_shape
         ne = si.n_energy
@@ -639,10 +609,6 @@ class CVAE3DDetector(BaseDetector):
              pooling: Pooling | None = None, *, model: Any = None,
              excess: tuple[float, float] | None = None, **kw: Any) -> dict[str, np.ndarray]:
         """Score with one network (default: the first member) through :func:`score_cube`."""
-        import torch
-
-        from ..nn.train import score_cube, torch_threads
-
         if model is None:
             if not hasattr(self, "model_"):
                 raise NotFittedError("this CVAE3DDetector has no network: fit or load it first.")
@@ -688,7 +654,7 @@ class CVAE3DDetector(BaseDetector):
     def _score_region(self, si: SpectrumImage, region: tuple[int, int, int, int],
                       progress: ProgressCallback | None
                       ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
-        """Score ``region`` only: :func:`~eelsanom.nn.train.score_cube` reads each tile's
+        """Score ``region`` only: :func:`~eelsanom.nn.infer.score_cube` reads each tile's
         ``score_context`` from ``si`` (lazily), so it equals that block of ``_score(si)``."""
         return self._score(si, progress, region=region)
 
@@ -700,7 +666,6 @@ class CVAE3DDetector(BaseDetector):
 
     def _score(self, si: SpectrumImage, progress: ProgressCallback | None, **kw: Any
                ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
-        from ..latent.ensembles import seed_maps
 
         outs = self._run_members(si, progress, **kw)
         if len(outs) == 1:
@@ -800,7 +765,7 @@ class CVAE3DDetector(BaseDetector):
         nested = getattr(self, "nested_prefixes_", None)
 
         def fn(m: int) -> np.ndarray:
-            if not _is_int(m, 1, d):
+            if not is_int(m, 1, d):
                 raise InputError(f"prefix: expected an integer in 1..latent_dim = {d}, found "
                                  f"{m!r}.")
             outs = self._run_members(siw, prefix=int(m),
@@ -897,11 +862,6 @@ class CVAE3DDetector(BaseDetector):
         return arrays
 
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        import torch
-
-        from ..nn.model import CVAE3D
-        from ..nn.train import Scaler
-
         sc = state["scaler"]
         self.scaler_ = Scaler(mean=np.asarray(arrays["scaler_mean"], np.float32),
                               scale=float(sc["scale"]), noise=float(sc["noise"]),

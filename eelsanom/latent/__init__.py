@@ -5,7 +5,8 @@ applied to the per-pixel latent codes the detectors produce (the 3D-CVAE's
 posterior means, the PCA detector's scores). Every tool is a plain function that
 accepts an :class:`~eelsanom.result.AnomalyResult`, a numpy array ``(n, d)`` or
 ``(ny, nx, d)``, or a torch tensor, and returns numbers or per-pixel maps shaped
-like the image. See ``design/LATENT.md`` for the papers and known answers.
+like the image. ``docs/latent.md`` says what each tool answers about the data, its
+method and paper, its known-answer test and what to call.
 
 One call per question::
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import checks
 from ..errors import InputError
 
 log = logging.getLogger(__name__)
@@ -241,11 +242,7 @@ def check_int(v: Any, name: str, lo: int) -> int:
     InputError
         When ``v`` is not an integer (Python or numpy; bools refused) or ``v < lo``.
     """
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise InputError(f"{name}: expected an integer >= {lo}, found {v!r}.")
-    if int(v) < lo:
-        raise InputError(f"{name}: expected an integer >= {lo}, found {v}.")
-    return int(v)
+    return checks.check_int(name, v, lo)
 
 
 def check_positive(v: Any, name: str) -> float:
@@ -268,13 +265,7 @@ def check_positive(v: Any, name: str) -> float:
     InputError
         When ``v`` is not a number, not finite, or not positive.
     """
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise InputError(f"{name}: expected a positive number, found {v!r}.") from None
-    if not np.isfinite(f) or f <= 0:
-        raise InputError(f"{name}: expected a positive number, found {v!r}.")
-    return f
+    return checks.check_positive(name, v)
 
 
 def as_labels(labels: Any, n: int, *, name: str = "labels") -> np.ndarray:
@@ -369,13 +360,13 @@ def knn(x: np.ndarray, k: int, query: np.ndarray | None = None,
     kk = k + 1 if self_query else k
     kk = min(kk, x.shape[0])
     if x.shape[1] <= _KDTREE_MAX_DIM:
-        from scipy.spatial import cKDTree  # noqa: PLC0415
+        from scipy.spatial import cKDTree
 
         dist, idx = cKDTree(x).query(q, k=kk, workers=-1)
         if kk == 1:
             dist, idx = dist[:, None], idx[:, None]
     else:
-        from sklearn.neighbors import NearestNeighbors  # noqa: PLC0415
+        from sklearn.neighbors import NearestNeighbors
 
         nn = NearestNeighbors(n_neighbors=kk, algorithm="brute", n_jobs=-1).fit(x)
         dist, idx = nn.kneighbors(q)

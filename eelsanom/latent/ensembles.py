@@ -10,6 +10,8 @@ map and the spread across seeds says where the map depends on the seed.
 The seed-ensemble *training* option belongs to the detector
 (``CVAE3DDetector(n_seeds=3)``; its ``seed_results(si)`` feeds
 :func:`seed_ensemble`); this module analyses results that were already produced.
+The seed maps themselves (mean, spread, disagreement) are defined once, in
+:func:`eelsanom.scoring.seed_maps`, which both use.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..scoring import seed_maps
 from ._common import as_codes
+from .similarity import linear_cka
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +81,7 @@ class SeedEnsemble:
         matplotlib.figure.Figure
             A new two-panel figure (no pyplot state): ``mean_nll`` and ``disagreement``.
         """
-        from ._plot import image, new_figure  # noqa: PLC0415
+        from ._plot import image, new_figure  # matplotlib: only when plotting
 
         fig = new_figure(size=(10.5, 4.2))
         a1, a2 = fig.subplots(1, 2)
@@ -86,38 +90,6 @@ class SeedEnsemble:
         image(a2, self.disagreement, title="seed disagreement",
               cbar_label="std of rank quantile over seeds", cmap="viridis", vmin=0)
         return fig
-
-
-def _rank_quantile(x: np.ndarray) -> np.ndarray:
-    from scipy.stats import rankdata  # noqa: PLC0415
-
-    r = rankdata(x.ravel(), method="average")
-    return ((r - 1.0) / max(x.size - 1, 1)).reshape(x.shape)
-
-
-def seed_maps(nlls: Sequence[Any]) -> dict[str, np.ndarray]:
-    """Mean, standard deviation and disagreement of several seeds' NLL maps.
-
-    The one definition used by :func:`seed_ensemble` and by the 3D-CVAE's
-    ``n_seeds`` option (``result.maps["seed_mean_nll"]``, ``"seed_std_nll"``,
-    ``"seed_disagreement"``).
-
-    Parameters
-    ----------
-    nlls : sequence of arrays, each (ny, nx)
-        The seeds' NLL maps (finite; the caller checks shapes).
-
-    Returns
-    -------
-    dict
-        ``"mean"`` and ``"std"`` (population std) of the NLL over seeds, and
-        ``"disagreement"``: the std over seeds of each pixel's rank quantile in its
-        own seed's map (see :class:`SeedEnsemble`), all (ny, nx).
-    """
-    stack = np.stack([np.asarray(a, dtype=np.float64) for a in nlls])
-    ranks = np.stack([_rank_quantile(a) for a in stack])
-    return {"mean": stack.mean(axis=0), "std": stack.std(axis=0),
-            "disagreement": ranks.std(axis=0)}
 
 
 def seed_ensemble(results: Sequence[Any]) -> SeedEnsemble:
@@ -145,7 +117,6 @@ def seed_ensemble(results: Sequence[Any]) -> SeedEnsemble:
     >>> float(ens.disagreement.max())
     0.0
     """
-    from .similarity import linear_cka  # noqa: PLC0415
 
     res = list(results)
     if len(res) < 2:

@@ -1,5 +1,6 @@
-"""PyTorch parts of the 3D-CVAE: the module (:mod:`.model`), its losses (:mod:`.losses`)
-and the training loop / tiled inference (:mod:`.train`).
+"""PyTorch parts of the 3D-CVAE: the module (:mod:`.model`), its losses (:mod:`.losses`),
+the training loop (:mod:`.train`) and the tiled inference (:mod:`.infer`), with the
+scaling (:mod:`.scaler`) and device helpers (:mod:`.device`).
 
 Importing this package imports torch; the rest of eelsanom imports it lazily.
 """

@@ -1,356 +1,50 @@
-"""Training loop, tiled inference and device helpers of the 3D-CVAE.
+"""Training of the 3D-CVAE: configuration, the spatial validation split, checkpoints
+and the training loop (:func:`train_cvae`).
 
 Everything here works on the *scaled, variance-stabilised* cube (see
-:class:`Scaler`); the detector (:mod:`eelsanom.detectors.cvae3d`) does the
-conversion from counts. Tensors use the ``Conv3d`` layout ``(batch, 1, energy,
-y, x)`` in ``channels_last_3d`` memory format (about 3x faster on the CPU and
-what cuDNN prefers).
+:class:`~eelsanom.nn.scaler.Scaler`); the detector (:mod:`eelsanom.detectors.cvae3d`)
+does the conversion from counts. Scoring a fitted network is :mod:`eelsanom.nn.infer`.
 
-Spatial context
----------------
-The network is valid (unpadded) in space and needs ``model.halo`` pixels of
-context on each side. Context beyond the image border is the border pixel
-repeated (index clipping, i.e. replicate padding), always applied to the whole
-image, so any tiling gives the same numbers as scoring the whole image at once.
+Progress
+--------
+:func:`train_cvae` reports each finished epoch as ``ProgressEvent("train", epoch,
+epochs, loss=..., val_nll=...)`` and, within an epoch, each optimiser step and each
+validation block as ``ProgressEvent("batch", k, n)`` counting within the current
+epoch (``n`` = steps plus validation blocks; a validation block's event carries
+``phase="validation"``). A consumer that shows epochs reads the ``"train"`` stage
+only. Returning ``False`` from the callback at any event cancels within one batch;
+the checkpoint then holds the state at the end of the last finished epoch, so a
+resumed run repeats the interrupted epoch exactly.
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import hashlib
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .. import pooling as pooling_stage
 from ..errors import Cancelled, InputError
 from ..io._files import atomic_write
-from ..pooling import Pooling
 from ..progress import ProgressCallback, emit
-from .losses import beta_nll_weight, gaussian_nll, kl_standard_normal, sigma_from_raw
+from .device import channels_last
+from .losses import gaussian_outputs, nested_pixel_loss, pixel_loss
 from .model import CVAE3D
+from .scaler import Scaler
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Scaler", "TrainConfig", "resolve_device", "torch_threads", "autocast",
-           "train_cvae", "nested_pixel_loss", "score_cube", "spatial_split",
-           "save_checkpoint", "load_checkpoint", "fingerprint"]
-
-
-# ----------------------------------------------------------------------------- device
-def resolve_device(device: str | None = "auto") -> torch.device:
-    """``"auto"`` -> CUDA, then MPS, then CPU; else the named device (InputError if absent).
-
-    Thin wrapper of :func:`eelsanom.device.resolve_device`.
-
-    Parameters
-    ----------
-    device : str or None, default "auto"
-        ``"auto"`` (or ``None``), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
-
-    Returns
-    -------
-    torch.device
-        The device to run on.
-
-    Raises
-    ------
-    InputError
-        When ``device`` is not a valid device name or names one this machine lacks.
-    """
-    from ..device import resolve_device as _resolve
-
-    return _resolve(device)
-
-
-@contextlib.contextmanager
-def torch_threads(device: torch.device) -> Iterator[None]:
-    """On the CPU, use one torch thread per core for the duration (restored afterwards).
-
-    The cores counted are those this process may run on (its CPU affinity); on
-    other devices the thread count is left alone.
-
-    Parameters
-    ----------
-    device : torch.device
-        Device the work inside the ``with`` block runs on.
-
-    Yields
-    ------
-    None
-        Control returns to the ``with`` block; the previous thread count is
-        restored on exit, also after an exception.
-    """
-    if device.type != "cpu":
-        yield
-        return
-    old = torch.get_num_threads()
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch.set_num_threads(max(1, int(n or 1)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when ``enabled``; a no-op elsewhere.
-
-    Parameters
-    ----------
-    device : torch.device
-        Device the network runs on.
-    enabled : bool
-        Whether mixed precision is wanted (ignored unless ``device`` is CUDA).
-
-    Returns
-    -------
-    contextlib.AbstractContextManager
-        ``torch.autocast("cuda", dtype=torch.bfloat16)`` or a
-        ``contextlib.nullcontext()``.
-    """
-    if enabled and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _cl(x: torch.Tensor) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last_3d)
-
-
-# ----------------------------------------------------------------------------- scaling
-@dataclass
-class Scaler:
-    """Map Anscombe-transformed spectra ``a`` to network inputs and outputs back.
-
-    ``input = (a - mean) / scale``; the network's mean output ``m`` is
-    ``mean + scale * m`` in Anscombe units and its sigma is
-    ``noise * (floor + softplus(raw))``.
-
-    Attributes
-    ----------
-    mean : ndarray of shape (n_energy,)
-        Per-channel mean of the training spectra (Anscombe units).
-    scale : float
-        Robust standard deviation of ``a - mean`` over the training voxels.
-    noise : float
-        Noise standard deviation of one channel (Anscombe units; ~1 for Poisson
-        counts), estimated from second differences along energy.
-    floor : float
-        Smallest sigma, as a fraction of ``noise``.
-    """
-
-    mean: np.ndarray
-    scale: float
-    noise: float
-    floor: float
-
-    @classmethod
-    def fit(cls, a: np.ndarray, floor: float) -> Scaler:
-        """Estimate from training spectra ``a`` of shape (n_pixels, n_energy) (Anscombe units).
-
-        ``scale`` is ``1.4826`` times the median absolute deviation of ``a - mean``
-        (at least a tenth of its standard deviation and ``1e-6``); ``noise`` is the
-        same robust estimate applied to second differences along energy divided
-        by ``sqrt(6)`` (``max(0.1 scale, 1e-3)`` when that is not positive or
-        there are fewer than 3 channels).
-
-        Parameters
-        ----------
-        a : ndarray of shape (n_pixels, n_energy)
-            Anscombe-transformed training spectra.
-        floor : float
-            Smallest sigma, as a fraction of the noise (stored unchanged).
-
-        Returns
-        -------
-        Scaler
-            With ``mean`` of shape ``(n_energy,)`` (float32).
-        """
-        a = np.asarray(a, np.float64)
-        mean = a.mean(axis=0)
-        dev = a - mean
-        mad = np.median(np.abs(dev - np.median(dev)))
-        scale = float(max(1.4826 * mad, dev.std() * 0.1, 1e-6))
-        if a.shape[1] >= 3:
-            d2 = (a[:, :-2] - 2.0 * a[:, 1:-1] + a[:, 2:]) / math.sqrt(6.0)
-            noise = float(1.4826 * np.median(np.abs(d2 - np.median(d2))))
-        else:
-            noise = 0.0
-        if not np.isfinite(noise) or noise <= 1e-6:
-            noise = max(scale * 0.1, 1e-3)
-        return cls(mean=mean.astype(np.float32), scale=scale, noise=noise, floor=float(floor))
-
-    def to_dict(self) -> dict[str, float]:
-        """The scalar fields as plain floats (JSON-serialisable).
-
-        Returns
-        -------
-        dict of str to float
-            ``scale``, ``noise`` and ``floor``; ``mean`` is not included (it is
-            stored as an array).
-        """
-        return {"scale": float(self.scale), "noise": float(self.noise), "floor": float(self.floor)}
-
-    def tensors(self, device: torch.device) -> tuple[torch.Tensor, float, float]:
-        """``(mean (1, E, 1, 1) float32, scale, noise)`` on ``device``.
-
-        Parameters
-        ----------
-        device : torch.device
-            Where the mean tensor goes.
-
-        Returns
-        -------
-        mean : Tensor of shape (1, E, 1, 1)
-            Per-channel mean, float32, on ``device``.
-        scale, noise : float
-            The scaler's ``scale`` and ``noise``.
-        """
-        m = torch.as_tensor(self.mean, dtype=torch.float32, device=device).reshape(1, -1, 1, 1)
-        return m, float(self.scale), float(self.noise)
-
-
-def to_input(a: np.ndarray, scaler: Scaler) -> np.ndarray:
-    """Anscombe spectra ``(..., E)`` -> scaled float32 network input ``(..., E)``.
-
-    Parameters
-    ----------
-    a : ndarray of shape (..., E)
-        Anscombe-transformed spectra.
-    scaler : Scaler
-        Supplies ``mean`` and ``scale``.
-
-    Returns
-    -------
-    ndarray of shape (..., E)
-        ``(a - scaler.mean) / scaler.scale``, float32.
-    """
-    return ((np.asarray(a, np.float32) - scaler.mean) / np.float32(scaler.scale)).astype(
-        np.float32, copy=False)
-
-
-def gaussian_outputs(model: CVAE3D, x: torch.Tensor, mean_t: torch.Tensor, scaler: Scaler, *,
-                     sample: bool, generator: torch.Generator | None, amp: bool,
-                     prefix: int | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                torch.Tensor]:
-    """Run the model on scaled input ``x`` ``(B, 1, E, h + 2H, w + 2H)``.
-
-    Returns ``(target, mean, sigma, mu, logvar)`` in float32, the first three
-    of shape ``(B, E, h, w)`` in Anscombe units (``target`` is the central
-    region of ``x`` mapped back), ``mu, logvar`` of shape ``(B, d, h, w)``.
-    ``prefix = m`` decodes only the first ``m`` latent dimensions. A context
-    model (``model.context_radius > 0``) predicts each central pixel from its
-    neighbours (:meth:`CVAE3D.context_forward`; ``sample`` and ``prefix`` are
-    ignored) and its sigma includes the neighbours' code spread.
-
-    Parameters
-    ----------
-    model : CVAE3D
-    x : Tensor of shape (B, 1, E, h + 2H, w + 2H)
-        Scaled input (``H = model.halo``).
-    mean_t : Tensor of shape (1, E, 1, 1)
-        The scaler's per-channel mean on the device.
-    scaler : Scaler
-    sample : bool
-        Decode a reparameterised sample instead of the posterior mean.
-    generator : torch.Generator, optional
-    amp : bool
-        bf16 autocast of the network on CUDA.
-    prefix : int, optional
-        Decode only the first ``prefix`` latent dimensions.
-
-    Returns
-    -------
-    target, mean, sigma : Tensor of shape (B, E, h, w)
-    mu, logvar : Tensor of shape (B, d, h, w)
-    """
-    if getattr(model, "context_radius", 0):
-        # blind-spot context mode: the centre is predicted from its neighbours' codes; the
-        # prediction's variance adds the spread of those codes (deterministic, no sampling)
-        with autocast(x.device, amp):
-            out_mean, raw, extra, mu, logvar = model.context_forward(x)
-        target, mean, sigma = _to_gaussian(model, x, out_mean, raw, mean_t, scaler)
-        s = float(scaler.scale)
-        sigma = torch.sqrt(sigma * sigma + (s * s) * extra.float())
-        return target, mean, sigma, mu.float(), logvar.float()
-    with autocast(x.device, amp):
-        out_mean, raw, mu, logvar = model(x, sample=sample, generator=generator, prefix=prefix)
-    target, mean, sigma = _to_gaussian(model, x, out_mean, raw, mean_t, scaler)
-    return target, mean, sigma, mu.float(), logvar.float()
-
-
-def _to_gaussian(model: CVAE3D, x: torch.Tensor, out_mean: torch.Tensor, raw: torch.Tensor,
-                 mean_t: torch.Tensor, scaler: Scaler
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Network outputs -> ``(target, mean, sigma)`` ``(B, E, h, w)``, Anscombe units, float32."""
-    hal = model.halo
-    core = x[:, 0, :, hal:x.shape[3] - hal, hal:x.shape[4] - hal].float()
-    s = float(scaler.scale)
-    target = mean_t + s * core
-    mean = mean_t + s * out_mean.float()
-    sigma = sigma_from_raw(raw.float(), scaler.floor, float(scaler.noise))
-    return target, mean, sigma
-
-
-def nested_pixel_loss(model: CVAE3D, x: torch.Tensor, mean_t: torch.Tensor, scaler: Scaler,
-                      prefixes: Sequence[int], *, sample: bool,
-                      generator: torch.Generator | None, amp: bool, beta: float,
-                      beta_nll: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Matryoshka loss (Kusupati et al., NeurIPS 2022) per pixel, ``(loss, elbo)`` ``(B, h, w)``.
-
-    The input is encoded once (one sample ``z`` when ``sample``); the decoder is
-    run on every prefix ``z[:m]`` (dimensions ``>= m`` set to 0, the prior's mean)
-    and the reconstruction NLLs are *averaged* over the prefixes, so the loss
-    keeps the scale of the ordinary one (same learning rate, same ``beta``). The
-    KL term is that of the whole code, counted once: the dropped dimensions'
-    share of it does not depend on ``m``. ``elbo`` is the prefix-averaged
-    negative ELBO (the validation criterion of nested training).
-
-    Parameters
-    ----------
-    model : CVAE3D
-    x : Tensor of shape (B, 1, E, h + 2H, w + 2H)
-        Scaled input (``H = model.halo``).
-    mean_t : Tensor of shape (1, E, 1, 1)
-        The scaler's per-channel mean on the device.
-    scaler : Scaler
-    prefixes : sequence of int
-        Increasing prefix sizes (the last is normally ``latent_dim``).
-    sample : bool
-        Decode one reparameterised sample (training) or the posterior mean.
-    generator : torch.Generator, optional
-    amp : bool
-        bf16 autocast of the network on CUDA.
-    beta : float
-        Weight of the KL term in ``loss``.
-    beta_nll : float
-        Seitzer et al.'s beta-NLL exponent for ``loss`` (0 = plain NLL).
-
-    Returns
-    -------
-    loss, elbo : Tensor of shape (B, h, w)
-    """
-    with autocast(x.device, amp):
-        mu, logvar = model.encode(x)
-        z = model.reparameterize(mu, logvar, generator) if sample else mu
-        outs = [model.decode(z, m) for m in prefixes]
-    mu, logvar = mu.float(), logvar.float()
-    # each prefix's (loss, elbo) carries the same KL once, so their mean counts it once
-    per = [_pixel_loss(*_to_gaussian(model, x, out_mean, raw, mean_t, scaler), mu, logvar,
-                       beta, beta_nll) for out_mean, raw in outs]
-    k = float(len(per))
-    return sum(p[0] for p in per) / k, sum(p[1] for p in per) / k
+__all__ = ["TrainConfig", "train_cvae", "spatial_split", "save_checkpoint", "load_checkpoint",
+           "fingerprint", "check_finite_loss"]
 
 
 # ----------------------------------------------------------------------------- config
@@ -420,6 +114,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     #: Matryoshka prefixes (increasing, the last = latent_dim); ``None`` trains the usual loss
     prefixes: tuple[int, ...] | None = None
+
 
 
 # ----------------------------------------------------------------------------- data split
@@ -544,7 +239,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any] | None:
     """
     try:
         return torch.load(Path(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file means "start fresh"
+    except Exception as exc:  # any unreadable file means "start fresh"
         log.warning("checkpoint %s could not be read (%s); training from scratch", path, exc)
         return None
 
@@ -554,24 +249,6 @@ def _state_cpu(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------- training
-def _pixel_loss(target: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor, mu: torch.Tensor,
-                logvar: torch.Tensor, beta: float, beta_nll: float, with_kl: bool = True
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-pixel ``(loss, elbo)`` ``(B, h, w)``: loss may carry the beta-NLL weighting.
-
-    ``with_kl=False`` (a context model, whose prediction does not use the
-    pixel's own code): both are the NLL alone.
-    """
-    nll_e = gaussian_nll(target, mean, sigma)
-    kl = kl_standard_normal(mu, logvar).sum(1) if with_kl else torch.zeros_like(nll_e[:, 0])
-    elbo = nll_e.sum(1) + kl
-    if beta_nll:
-        rec = (nll_e * beta_nll_weight(sigma, beta_nll)).sum(1)
-    else:
-        rec = nll_e.sum(1)
-    return rec + beta * kl, elbo
-
-
 def _masked_mean(v: torch.Tensor, m: torch.Tensor, trim: float,
                  cutoff: float | None = None) -> torch.Tensor:
     """Mean of ``v[m]``, leaving out values above ``cutoff`` or else the top ``trim`` fraction."""
@@ -586,6 +263,235 @@ def _masked_mean(v: torch.Tensor, m: torch.Tensor, trim: float,
         k = int(math.floor(vals.numel() * (1.0 - trim)))
         vals = torch.topk(vals, max(k, 1), largest=False).values
     return vals.mean()
+
+
+def check_finite_loss(value: float) -> None:
+    """Refuse a non-finite training loss with a message that says what to try.
+
+    Parameters
+    ----------
+    value : float
+        An epoch's mean training loss.
+
+    Raises
+    ------
+    InputError
+        When ``value`` is NaN or infinite (training diverged).
+    """
+    if not np.isfinite(value):
+        raise InputError("3D-CVAE training diverged (non-finite loss); lower lr or check the data "
+                         "for extreme values.")
+
+
+@dataclass
+class _Data:
+    """The training data on the device and the batch geometry of one run."""
+
+    x_all: torch.Tensor  # (1, 1, E, h + 2 halo, w + 2 halo), channels_last_3d
+    train_mask: torch.Tensor  # (h, w) bool
+    val_mask: torch.Tensor | None  # (h, w) bool
+    val_boxes: list[tuple[int, int, int, int]]
+    mean_t: torch.Tensor  # (1, E, 1, 1)
+    ty: np.ndarray  # training pixels' rows and columns
+    tx: np.ndarray
+    halo: int
+    batch: int
+    steps: int
+    py: int
+    px: int
+
+    @property
+    def n_train(self) -> int:
+        return int(self.ty.size)
+
+    @property
+    def n_val_events(self) -> int:
+        """Validation blocks per epoch (0 without a validation split)."""
+        return 0 if self.val_mask is None else len(self.val_boxes)
+
+
+def _geometry(cfg: TrainConfig, train_mask: np.ndarray, halo: int, device: torch.device
+              ) -> tuple[int, int, int, int]:
+    """``(batch, steps, py, px)``: crops per step, steps per epoch and the crop size."""
+    h, w = train_mask.shape
+    py, px = min(cfg.patch_size, h), min(cfg.patch_size, w)
+    n_train = int(train_mask.sum())
+    if cfg.batch_size is None:
+        target_px = 4096 if device.type == "cuda" else 768
+        area = py * px
+        if area < cfg.patch_size ** 2:
+            # an image smaller than a crop (line scans, a few pixels): count the halo the
+            # network reads around each crop, and never take more crops than training pixels
+            # (a 2 x 2 image would otherwise run 64 padded copies of itself per step)
+            area = (py + 2 * halo) * (px + 2 * halo)
+        batch = int(max(1, min(64, round(target_px / area))))
+        if area != py * px:
+            batch = min(batch, max(1, n_train))
+    else:
+        batch = int(cfg.batch_size)
+    steps = cfg.steps_per_epoch or int(max(2, math.ceil(n_train / (batch * py * px))))
+    return batch, steps, py, px
+
+
+@dataclass
+class _Run:
+    """The state of one training run that a checkpoint saves and a resume restores."""
+
+    model: CVAE3D
+    opt: torch.optim.Optimizer
+    sched: Any
+    gen: torch.Generator
+    rng: np.random.Generator
+    hist: dict[str, Any]
+    best_state: dict[str, torch.Tensor]
+    fp: str
+    checkpoint: str | os.PathLike | None
+    #: the checkpoint state at the end of the last finished epoch (what a cancel saves)
+    boundary: dict[str, Any] | None = field(default=None)
+
+    def snapshot(self, epoch: int, finished: bool) -> dict[str, Any] | None:
+        """The checkpoint state now (copies; ``None`` when no checkpoint is kept)."""
+        if self.checkpoint is None:
+            return None
+        return {"fingerprint": self.fp, "epoch": int(epoch), "finished": bool(finished),
+                "model": _state_cpu(self.model),
+                "optimizer": copy.deepcopy(self.opt.state_dict()),
+                "scheduler": copy.deepcopy(self.sched.state_dict()),
+                "best_state": self.best_state, "torch_rng": self.gen.get_state(),
+                "numpy_rng": json.dumps(self.rng.bit_generator.state),
+                "history": json.dumps(self.hist)}
+
+    def mark_boundary(self, epoch: int) -> None:
+        """Remember the state at the end of ``epoch`` (what a cancellation saves)."""
+        self.boundary = self.snapshot(epoch, False)
+
+    def save(self, state: dict[str, Any] | None) -> None:
+        if self.checkpoint is not None and state is not None:
+            save_checkpoint(self.checkpoint, state)
+
+    def resume(self, cfg: TrainConfig, device: torch.device) -> tuple[int, bool]:
+        """Load the checkpoint when it matches ``fp``: ``(start_epoch, finished)``."""
+        if self.checkpoint is None or not Path(self.checkpoint).is_file():
+            return 0, False
+        ck = load_checkpoint(self.checkpoint)
+        if ck is None or ck.get("fingerprint") != self.fp:
+            if ck is not None:
+                log.warning("checkpoint %s was written for other data or parameters; training "
+                            "from scratch (it will be overwritten)", self.checkpoint)
+            return 0, False
+        self.model.load_state_dict(ck["model"])
+        self.opt.load_state_dict(ck["optimizer"])
+        self.sched.load_state_dict(ck["scheduler"])
+        self.gen.set_state(ck["torch_rng"].to(self.gen.get_state().device)
+                           if device.type == "cpu" else ck["torch_rng"])
+        self.rng.bit_generator.state = json.loads(ck["numpy_rng"])
+        self.best_state = ck["best_state"]
+        self.hist = json.loads(ck["history"])
+        start, done = int(ck["epoch"]), bool(ck.get("finished", False))
+        self.hist["resumed_from"] = start
+        log.info("resuming training from checkpoint %s at epoch %d/%d%s", self.checkpoint,
+                 start, cfg.epochs, " (already finished)" if done else "")
+        return start, done
+
+
+def _pixel_outputs(model: CVAE3D, x: torch.Tensor, data: _Data, scaler: Scaler,
+                   cfg: TrainConfig, *, train: bool, generator: torch.Generator | None,
+                   use_kl: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel ``(loss, elbo)`` of a batch: training (sampled, beta-NLL) or evaluation."""
+    beta_nll = cfg.beta_nll if train else 0.0
+    if cfg.prefixes:
+        return nested_pixel_loss(model, x, data.mean_t, scaler, cfg.prefixes, sample=train,
+                                 generator=generator, amp=cfg.amp, beta=cfg.beta,
+                                 beta_nll=beta_nll)
+    target, mean, sigma, mu, logvar = gaussian_outputs(
+        model, x, data.mean_t, scaler, sample=train, generator=generator, amp=cfg.amp)
+    return pixel_loss(target, mean, sigma, mu, logvar, cfg.beta, beta_nll, use_kl)
+
+
+def _validate(model: CVAE3D, data: _Data, scaler: Scaler, cfg: TrainConfig, *, use_kl: bool,
+              progress: ProgressCallback | None, first: int = 0, total: int | None = None
+              ) -> float:
+    """Mean held-out negative ELBO per pixel (trimmed when robust); NaN without a split.
+
+    Each validation block is a ``"batch"`` event numbered from ``first + 1`` of ``total``.
+    """
+    if data.val_mask is None:
+        return float("nan")
+    halo = data.halo
+    total = total if total is not None else len(data.val_boxes)
+    model.eval()
+    vals = []
+    try:
+        with torch.no_grad():
+            for i, (y0, y1, x0, x1) in enumerate(data.val_boxes):
+                xv = data.x_all[:, :, :, y0:y1 + 2 * halo, x0:x1 + 2 * halo]
+                _, elbo = _pixel_outputs(model, xv, data, scaler, cfg, train=False,
+                                         generator=None, use_kl=use_kl)
+                vals.append(elbo[0][data.val_mask[y0:y1, x0:x1]])
+                emit(progress, "batch", first + i + 1, total, phase="validation")
+    finally:
+        model.train()
+    v = torch.cat(vals)
+    return float(_masked_mean(v, torch.ones_like(v, dtype=torch.bool),
+                              cfg.robust_fraction if cfg.robust else 0.0))
+
+
+def _train_epoch(run: _Run, data: _Data, scaler: Scaler, cfg: TrainConfig, *, use_kl: bool,
+                 cutoff: float | None, progress: ProgressCallback | None
+                 ) -> tuple[list[float], list[torch.Tensor]]:
+    """One epoch of optimiser steps: ``(losses per step, the robust run's pixel losses)``.
+
+    Each step is a ``"batch"`` event (``loss`` = that step's loss).
+    """
+    model, rng, halo = run.model, run.rng, data.halo
+    h, w = data.train_mask.shape
+    py, px, batch = data.py, data.px, data.batch
+    total = data.steps + data.n_val_events
+    losses: list[float] = []
+    seen: list[torch.Tensor] = []
+    for step in range(data.steps):
+        # crops are centred near training pixels (any crop containing one is equally likely)
+        k = rng.integers(0, data.n_train, size=batch)
+        oy = np.clip(data.ty[k] - rng.integers(0, py, size=batch), 0, h - py)
+        ox = np.clip(data.tx[k] - rng.integers(0, px, size=batch), 0, w - px)
+        xb = torch.cat([data.x_all[:, :, :, y:y + py + 2 * halo, x:x + px + 2 * halo]
+                        for y, x in zip(oy, ox)])
+        mb = torch.stack([data.train_mask[y:y + py, x:x + px] for y, x in zip(oy, ox)])
+        loss_px, _ = _pixel_outputs(model, channels_last(xb), data, scaler, cfg, train=True,
+                                    generator=run.gen, use_kl=use_kl)
+        loss = _masked_mean(loss_px, mb, cfg.robust_fraction if cfg.robust else 0.0, cutoff)
+        if cfg.robust:
+            seen.append(loss_px.detach()[mb])
+        run.opt.zero_grad(set_to_none=True)
+        (loss / model.n_energy).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        run.opt.step()
+        run.sched.step()
+        losses.append(float(loss.detach()))
+        emit(progress, "batch", step + 1, total, loss=losses[-1])
+    return losses, seen
+
+
+def _record_epoch(run: _Run, cfg: TrainConfig, epoch: int, tr: float, val: float,
+                  cutoff: float | None) -> bool:
+    """Add an epoch to the history, keep the best weights; ``True`` when stopping early."""
+    hist = run.hist
+    hist["loss"].append(tr)
+    hist["val_nll"].append(val)
+    hist["epochs_run"] = epoch
+    hist["robust_cutoff"] = cutoff
+    crit = val if np.isfinite(val) else tr
+    first = epoch == 1 and not np.isfinite(hist.get("init_val", float("nan")))
+    bad_epochs = int(hist.get("bad_epochs", 0))
+    if crit < hist["best_val"] - cfg.min_delta * abs(hist["best_val"]) or first:
+        hist["best_val"] = crit
+        hist["best_epoch"] = epoch
+        run.best_state = _state_cpu(run.model)
+        bad_epochs = 0
+    else:
+        bad_epochs += 1
+    hist["bad_epochs"] = bad_epochs
+    return bad_epochs >= cfg.patience
 
 
 def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
@@ -610,8 +516,11 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
     cfg : TrainConfig
     device : torch.device
     progress : callable, optional
-        Receives ``ProgressEvent("train", epoch, epochs, loss=..., val_nll=...)``;
-        returning ``False`` cancels (the checkpoint is written first).
+        Receives ``ProgressEvent("train", epoch, epochs, loss=..., val_nll=...)`` after
+        each epoch and ``ProgressEvent("batch", k, n)`` after each step and each
+        validation block within an epoch (see the module docstring); returning
+        ``False`` at any event cancels (the checkpoint of the last finished epoch is
+        written first).
     checkpoint : path, optional
         Resumable checkpoint, written every ``cfg.checkpoint_every`` epochs, on
         cancellation and at the end; read at the start when its fingerprint
@@ -637,404 +546,84 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
     Cancelled
         When ``progress`` returns ``False`` (after the checkpoint is written).
     """
-    halo = model.halo
     # a context model's prediction of a pixel does not use the pixel's own code: NLL only
     use_kl = not getattr(model, "context_radius", 0)
     if cfg.prefixes and not use_kl:
         raise InputError("nested (Matryoshka) training is not available for a context model; "
                          "pass nested_prefixes=None.")
-    h, w = train_mask.shape
-    py, px = min(cfg.patch_size, h), min(cfg.patch_size, w)
-    n_train = int(train_mask.sum())
-    if cfg.batch_size is None:
-        target_px = 4096 if device.type == "cuda" else 768
-        area = py * px
-        if area < cfg.patch_size ** 2:
-            # an image smaller than a crop (line scans, a few pixels): count the halo the
-            # network reads around each crop, and never take more crops than training pixels
-            # (a 2 x 2 image would otherwise run 64 padded copies of itself per step)
-            area = (py + 2 * halo) * (px + 2 * halo)
-        batch = int(max(1, min(64, round(target_px / area))))
-        if area != py * px:
-            batch = min(batch, max(1, n_train))
-    else:
-        batch = int(cfg.batch_size)
-    steps = cfg.steps_per_epoch or int(max(2, math.ceil(n_train / (batch * py * px))))
-    total_steps = max(1, cfg.epochs * steps)
-
-    x_all = torch.as_tensor(np.ascontiguousarray(x_region), dtype=torch.float32)
-    x_all = _cl(x_all[None, None].to(device))
-    tm = torch.as_tensor(train_mask, device=device)
-    vm = None if val_mask is None else torch.as_tensor(val_mask, device=device)
-    mean_t, _, _ = scaler.tensors(device)
-
-    # crops are centred near training pixels (any crop containing one is equally likely)
+    batch, steps, py, px = _geometry(cfg, train_mask, model.halo, device)
     ty, tx = np.nonzero(train_mask)
+    x_all = torch.as_tensor(np.ascontiguousarray(x_region), dtype=torch.float32)
+    data = _Data(x_all=channels_last(x_all[None, None].to(device)),
+                 train_mask=torch.as_tensor(train_mask, device=device),
+                 val_mask=None if val_mask is None else torch.as_tensor(val_mask, device=device),
+                 val_boxes=list(val_boxes), mean_t=scaler.tensors(device)[0], ty=ty, tx=tx,
+                 halo=model.halo, batch=batch, steps=steps, py=py, px=px)
 
     model.to(device).to(memory_format=torch.channels_last_3d)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps,
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr,
+                                                total_steps=max(1, cfg.epochs * steps),
                                                 pct_start=0.15, div_factor=10.0,
                                                 final_div_factor=100.0)
     gen = torch.Generator(device=device)
     gen.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     hist: dict[str, Any] = {"loss": [], "val_nll": [], "best_epoch": 0,
                             "best_val": float("inf"), "epochs_run": 0, "stopped_early": False,
                             "resumed_from": 0, "steps_per_epoch": steps, "batch_size": batch,
                             "patch": [py, px]}
-    best_state = _state_cpu(model)
-    start_epoch = 0
-    done = False
     # the checkpoint must match the data, the parameters and the batch geometry
-    fp = f"{fp}|{steps}x{batch}x{py}x{px}"
+    run = _Run(model=model, opt=opt, sched=sched, gen=gen, rng=np.random.default_rng(cfg.seed),
+               hist=hist, best_state=_state_cpu(model), fp=f"{fp}|{steps}x{batch}x{py}x{px}",
+               checkpoint=checkpoint)
+    epoch, done = run.resume(cfg, device)
 
-    if checkpoint is not None and Path(checkpoint).is_file():
-        ck = load_checkpoint(checkpoint)
-        if ck is not None and ck.get("fingerprint") == fp:
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            sched.load_state_dict(ck["scheduler"])
-            gen.set_state(ck["torch_rng"].to(gen.get_state().device)
-                          if device.type == "cpu" else ck["torch_rng"])
-            rng.bit_generator.state = json.loads(ck["numpy_rng"])
-            best_state = ck["best_state"]
-            hist = json.loads(ck["history"])
-            start_epoch = int(ck["epoch"])
-            done = bool(ck.get("finished", False))
-            hist["resumed_from"] = start_epoch
-            log.info("resuming training from checkpoint %s at epoch %d/%d%s", checkpoint,
-                     start_epoch, cfg.epochs, " (already finished)" if done else "")
-        elif ck is not None:
-            log.warning("checkpoint %s was written for other data or parameters; training from "
-                        "scratch (it will be overwritten)", checkpoint)
-
-    def write_ck(epoch: int, finished: bool) -> None:
-        if checkpoint is None:
-            return
-        save_checkpoint(checkpoint, {
-            "fingerprint": fp, "epoch": int(epoch), "finished": bool(finished),
-            "model": _state_cpu(model), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "best_state": best_state,
-            "torch_rng": gen.get_state(), "numpy_rng": json.dumps(rng.bit_generator.state),
-            "history": json.dumps(hist)})
-
-    def evaluate() -> float:
-        if vm is None:
-            return float("nan")
-        model.eval()
-        vals = []
-        with torch.no_grad():
-            for y0, y1, x0, x1 in val_boxes:
-                xv = x_all[:, :, :, y0:y1 + 2 * halo, x0:x1 + 2 * halo]
-                if cfg.prefixes:
-                    _, elbo = nested_pixel_loss(model, xv, mean_t, scaler, cfg.prefixes,
-                                                sample=False, generator=None, amp=cfg.amp,
-                                                beta=cfg.beta, beta_nll=0.0)
-                else:
-                    target, mean, sigma, mu, logvar = gaussian_outputs(
-                        model, xv, mean_t, scaler, sample=False, generator=None, amp=cfg.amp)
-                    _, elbo = _pixel_loss(target, mean, sigma, mu, logvar, cfg.beta, 0.0,
-                                          use_kl)
-                vals.append(elbo[0][vm[y0:y1, x0:x1]])
-        model.train()
-        v = torch.cat(vals)
-        return float(_masked_mean(v, torch.ones_like(v, dtype=torch.bool),
-                                  cfg.robust_fraction if cfg.robust else 0.0))
-
-    if start_epoch == 0 and not done:
+    if epoch == 0 and not done:
         # the initialisation (PPCA) is epoch 0: a candidate like any epoch, so training
         # never keeps weights that do worse on held-out bulk than where it started
-        init_val = evaluate()
-        hist["init_val"] = init_val
+        init_val = _validate(model, data, scaler, cfg, use_kl=use_kl, progress=progress)
+        run.hist["init_val"] = init_val
         if np.isfinite(init_val):
-            hist["best_val"] = init_val
-            hist["best_epoch"] = 0
-    bad_epochs = int(hist.get("bad_epochs", 0))
-    epoch = start_epoch
-    cutoff: float | None = hist.get("robust_cutoff")
+            run.hist["best_val"] = init_val
+            run.hist["best_epoch"] = 0
+    run.mark_boundary(epoch)
+    cutoff: float | None = run.hist.get("robust_cutoff")
     try:
         model.train()
         while not done and epoch < cfg.epochs:
             t0 = time.perf_counter()
-            losses: list[float] = []
-            seen: list[torch.Tensor] = []
-            for _ in range(steps):
-                k = rng.integers(0, n_train, size=batch)
-                oy = np.clip(ty[k] - rng.integers(0, py, size=batch), 0, h - py)
-                ox = np.clip(tx[k] - rng.integers(0, px, size=batch), 0, w - px)
-                xb = torch.cat([x_all[:, :, :, y:y + py + 2 * halo, x:x + px + 2 * halo]
-                                for y, x in zip(oy, ox)])
-                mb = torch.stack([tm[y:y + py, x:x + px] for y, x in zip(oy, ox)])
-                if cfg.prefixes:
-                    loss_px, _ = nested_pixel_loss(model, _cl(xb), mean_t, scaler, cfg.prefixes,
-                                                   sample=True, generator=gen, amp=cfg.amp,
-                                                   beta=cfg.beta, beta_nll=cfg.beta_nll)
-                else:
-                    target, mean, sigma, mu, logvar = gaussian_outputs(
-                        model, _cl(xb), mean_t, scaler, sample=True, generator=gen, amp=cfg.amp)
-                    loss_px, _ = _pixel_loss(target, mean, sigma, mu, logvar, cfg.beta,
-                                             cfg.beta_nll, use_kl)
-                loss = _masked_mean(loss_px, mb, cfg.robust_fraction if cfg.robust else 0.0,
-                                    cutoff)
-                if cfg.robust:
-                    seen.append(loss_px.detach()[mb])
-                opt.zero_grad(set_to_none=True)
-                (loss / model.n_energy).backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-                opt.step()
-                sched.step()
-                losses.append(float(loss.detach()))
-            epoch += 1
+            losses, seen = _train_epoch(run, data, scaler, cfg, use_kl=use_kl, cutoff=cutoff,
+                                        progress=progress)
             if cfg.robust and seen:
                 # robust training: from now on leave out pixels worse than the worst
                 # robust_fraction of the last epoch's (a global cut, so that a batch full of
                 # one anomalous cluster cannot slip past a per-batch trim)
                 cutoff = float(torch.quantile(torch.cat(seen).float().cpu()[:1_000_000],
                                               1.0 - cfg.robust_fraction))
-            val = evaluate()
+            val = _validate(model, data, scaler, cfg, use_kl=use_kl, progress=progress,
+                            first=steps, total=steps + data.n_val_events)
             tr = float(np.mean(losses))
             check_finite_loss(tr)
-            hist["loss"].append(tr)
-            hist["val_nll"].append(val)
-            hist["epochs_run"] = epoch
-            hist["robust_cutoff"] = cutoff
-            crit = val if np.isfinite(val) else tr
-            first = epoch == 1 and not np.isfinite(hist.get("init_val", float("nan")))
-            if crit < hist["best_val"] - cfg.min_delta * abs(hist["best_val"]) or first:
-                hist["best_val"] = crit
-                hist["best_epoch"] = epoch
-                best_state = _state_cpu(model)
-                bad_epochs = 0
-            else:
-                bad_epochs += 1
-            hist["bad_epochs"] = bad_epochs
+            epoch += 1
+            stop = _record_epoch(run, cfg, epoch, tr, val, cutoff)
+            run.mark_boundary(epoch)
             log.debug("epoch %d/%d loss %.3f val %.3f (%.2f s)", epoch, cfg.epochs, tr, val,
                       time.perf_counter() - t0)
-            if bad_epochs >= cfg.patience:
-                hist["stopped_early"] = True
+            if stop:
+                run.hist["stopped_early"] = True
                 done = True
             elif cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0:
-                write_ck(epoch, False)
-            if vm is None:  # say why there is no validation NLL rather than show nan
+                run.save(run.boundary)
+            if data.val_mask is None:  # say why there is no validation NLL rather than show nan
                 emit(progress, "train", epoch, cfg.epochs, loss=tr,
-                     val=f"no validation split ({n_train} training pixels)")
+                     val=f"no validation split ({data.n_train} training pixels)")
             else:
                 emit(progress, "train", epoch, cfg.epochs, loss=tr, val_nll=val)
         done = True
     except Cancelled:
-        write_ck(epoch, False)
+        run.save(run.boundary)
         raise
-    model.load_state_dict(best_state)
-    hist["init_won"] = hist["best_epoch"] == 0
-    write_ck(epoch, True)
-    return hist
-
-
-# ----------------------------------------------------------------------------- inference
-def _tiles(ny: int, nx: int, tile: int) -> list[tuple[int, int, int, int]]:
-    return [(y, min(y + tile, ny), x, min(x + tile, nx))
-            for y in range(0, ny, tile) for x in range(0, nx, tile)]
-
-
-def auto_tile(n_energy: int, width: int, device: torch.device, halo: int) -> int:
-    """Output tile side (pixels) whose working memory, halo included, fits the device.
-
-    Budget: a quarter of the free GPU memory, or 2 GB on the CPU; about
-    ``4 (width + 24)`` bytes per voxel (network activations and the
-    neighbourhood statistics).
-
-    Parameters
-    ----------
-    n_energy : int
-        Energy channels of the model.
-    width : int
-        The model's ``width`` (channels of its first energy level).
-    device : torch.device
-        Where the scoring runs (CUDA: its free memory is queried).
-    halo : int
-        Pixels of context needed on each side of a tile (network halo plus
-        neighbourhood radius).
-
-    Returns
-    -------
-    int
-        Tile side in pixels, between 16 and 4096.
-    """
-    per_px = 4.0 * max(n_energy, 1) * (width + 24)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        budget = 0.25 * free
-    else:
-        budget = 2e9
-    side = int(math.sqrt(budget / per_px)) - 2 * halo
-    return int(max(16, min(side, 4096)))
-
-
-def device_transform(x: torch.Tensor, transform: str, scaler: Scaler) -> torch.Tensor:
-    """Counts ``(..., E)`` -> scaled network input on ``x``'s device (float32).
-
-    The same arithmetic as :func:`eelsanom.preprocess.forward_transform` then
-    :func:`to_input`, done where the data already are (the GPU) instead of in numpy.
-
-    Parameters
-    ----------
-    x : Tensor of shape (..., E)
-        Counts.
-    transform : {"anscombe", "none"}
-        Variance-stabilising transform (anything but ``"anscombe"`` applies none).
-    scaler : Scaler
-        Supplies ``mean`` and ``scale``.
-
-    Returns
-    -------
-    Tensor of shape (..., E)
-        Scaled network input, float32, on ``x``'s device.
-    """
-    x = x.float()
-    if transform == "anscombe":
-        x = 2.0 * torch.sqrt(torch.clamp(x, min=0.0) + 0.375)
-    m = torch.as_tensor(scaler.mean, dtype=torch.float32, device=x.device)
-    return (x - m) / float(scaler.scale)
-
-
-def score_cube(model: CVAE3D, read: Callable[[slice, slice], np.ndarray], ny: int, nx: int,
-               scaler: Scaler, *, transform: str, pooling: Pooling, with_kl: bool,
-               device: torch.device, amp: bool,
-               excess: tuple[float, float] | None = None,
-               tile: int | None = None, want_recon: bool = False,
-               want_channels: tuple[int, int] | None = None,
-               region: tuple[int, int, int, int] | None = None,
-               progress: ProgressCallback | None = None,
-               prefix: int | None = None) -> dict[str, np.ndarray]:
-    """Score every pixel of a ``(ny, nx, E)`` cube, tile by tile, seam-free.
-
-    The network gives every pixel a Gaussian (decoder mean and sigma, Anscombe
-    units) and a KL term; the shared scoring stage
-    (:func:`eelsanom.pooling.pool_region`) turns them into the pixel's score:
-    its own negative ELBO, or with pooling the larger of that and its
-    neighbourhood statistic's (see :mod:`eelsanom.pooling`).
-
-    Parameters
-    ----------
-    model : CVAE3D
-    read : callable
-        ``read(rows, cols)`` returns the *counts* of that block of the image,
-        ``ndarray (len(rows), len(cols), E)`` (it may read lazily); the transform
-        and scaling run on ``device``.
-    ny, nx : int
-        Image size.
-    scaler : Scaler
-    transform : {"anscombe", "none"}
-    pooling : Pooling
-        The pooling stage's settings (``Pooling(sigma=0)``: each pixel alone).
-    with_kl : bool
-        Add the (neighbourhood-weighted) KL term to each scale's NLL (never for a
-        context model, whose score is the centre's NLL under its neighbourhood's
-        prediction; ``kl`` is still reported).
-    device, amp
-        Where and how to run (``amp``: bf16 autocast of the network on CUDA).
-    excess : (float, float), optional
-        ``(median, robust sd)`` of the training pixels' excess NLL (the spill
-        guard of the pooling); ``None`` pools every neighbour.
-    tile : int, optional
-        Output tile side; ``None`` picks one that fits the device's memory.
-    want_recon : bool
-        Also return per-pixel ``mean`` and ``sigma`` (h, w, E), Anscombe units.
-    want_channels : (iy, ix), optional
-        Also return ``channel_nll`` (E,): that pixel's per-channel NLL at its winning scale.
-    region : (y0, y1, x0, x1), optional
-        Score only this block of the image (context still comes from the image).
-    progress : callable, optional
-    prefix : int, optional
-        Decode only the first ``prefix`` latent dimensions (the others set to 0,
-        the prior's mean; a Matryoshka prefix) and count only their KL.
-
-    Returns
-    -------
-    dict
-        Maps of shape (h, w) over the region: ``score`` (the pixel's score),
-        ``nb_nll`` (its NLL part at the winning scale), ``scale`` (that sigma),
-        ``recon_nll`` (the pixel's own NLL), ``expected`` (its expectation under
-        the model), ``kl``; ``latent`` (h, w, d); plus ``mean``, ``sigma``,
-        ``channel_nll`` when asked.
-    """
-    y0r, y1r, x0r, x1r = region if region is not None else (0, ny, 0, nx)
-    hh, ww = y1r - y0r, x1r - x0r
-    rn = pooling.radius()
-    hal = model.halo
-    if tile is None:
-        tile = auto_tile(model.n_energy, model.width, device, hal + rn)
-    d = model.latent_dim
-    out = {k: np.zeros((hh, ww), np.float64)
-           for k in ("score", "nb_nll", "scale", "recon_nll", "expected", "kl")}
-    out["latent"] = np.zeros((hh, ww, d), np.float32)
-    if want_recon:
-        out["mean"] = np.zeros((hh, ww, model.n_energy), np.float32)
-        out["sigma"] = np.zeros((hh, ww, model.n_energy), np.float32)
-    mean_t, _, _ = scaler.tensors(device)
-    noise2 = float(scaler.noise) ** 2
-    tiles = _tiles(hh, ww, tile)
-    model.eval()
-    for it, (ty0, ty1, tx0, tx1) in enumerate(tiles):
-        ay0, ay1, ax0, ax1 = ty0 + y0r, ty1 + y0r, tx0 + x0r, tx1 + x0r  # absolute output
-        sy0, sy1 = max(0, ay0 - rn), min(ny, ay1 + rn)  # distinct source pixels
-        sx0, sx1 = max(0, ax0 - rn), min(nx, ax1 + rn)
-        # network input: source region + halo; beyond the image border the border pixel is
-        # repeated (replicate padding, applied on the device)
-        iy0, iy1 = max(0, sy0 - hal), min(ny, sy1 + hal)
-        ix0, ix1 = max(0, sx0 - hal), min(nx, sx1 + hal)
-        pads = (ix0 - (sx0 - hal), (sx1 + hal) - ix1, iy0 - (sy0 - hal), (sy1 + hal) - iy1)
-        raw = torch.as_tensor(np.asarray(read(slice(iy0, iy1), slice(ix0, ix1))))
-        x = device_transform(raw.to(device), transform, scaler).permute(2, 0, 1)[None, None]
-        if any(pads):
-            x = torch.nn.functional.pad(x, (*pads, 0, 0), mode="replicate")
-        oy0, ox0 = ay0 - sy0, ax0 - sx0
-        sl = (slice(oy0, oy0 + ty1 - ty0), slice(ox0, ox0 + tx1 - tx0))
-        with torch.no_grad():
-            target, mean, sigma, mu, logvar = gaussian_outputs(
-                model, _cl(x), mean_t, scaler, sample=False, generator=None, amp=amp,
-                prefix=prefix)
-            target, mean, sigma = target[0], mean[0], sigma[0]  # (E, hs, ws)
-            kl = kl_standard_normal(mu[0], logvar[0])[:prefix].sum(0)  # (hs, ws)
-            # a context model's score is the centre's NLL under its neighbourhood's
-            # prediction: its own code's KL is reported, not added
-            use_kl = with_kl and not getattr(model, "context_radius", 0)
-            res = pooling_stage.pool_region(target, mean, sigma, kl if use_kl else None,
-                                            out_box=(ay0, ay1, ax0, ax1),
-                                            src_box=(sy0, sy1, sx0, sx1), image_shape=(ny, nx),
-                                            pooling=pooling, noise2=noise2, excess=excess,
-                                            want_channels=want_channels)
-        dst = (slice(ty0, ty1), slice(tx0, tx1))
-        out["score"][dst] = res["score"].double().cpu().numpy()
-        out["nb_nll"][dst] = res["nb_nll"].double().cpu().numpy()
-        out["scale"][dst] = res["scale"].double().cpu().numpy()
-        out["recon_nll"][dst] = res["own"].double().cpu().numpy()
-        out["expected"][dst] = res["expected"].double().cpu().numpy()
-        out["kl"][dst] = kl[sl].double().cpu().numpy()
-        out["latent"][dst] = mu[0][:, sl[0], sl[1]].permute(1, 2, 0).cpu().numpy()
-        if want_recon:
-            out["mean"][dst] = mean[:, sl[0], sl[1]].permute(1, 2, 0).cpu().numpy()
-            out["sigma"][dst] = sigma[:, sl[0], sl[1]].permute(1, 2, 0).cpu().numpy()
-        if "channel_nll" in res:
-            out["channel_nll"] = res["channel_nll"].double().cpu().numpy()
-        emit(progress, "score", it + 1, len(tiles))
-    return out
-
-
-def check_finite_loss(value: float) -> None:
-    """Refuse a non-finite training loss with a message that says what to try.
-
-    Parameters
-    ----------
-    value : float
-        An epoch's mean training loss.
-
-    Raises
-    ------
-    InputError
-        When ``value`` is NaN or infinite (training diverged).
-    """
-    if not np.isfinite(value):
-        raise InputError("3D-CVAE training diverged (non-finite loss); lower lr or check the data "
-                         "for extreme values.")
+    model.load_state_dict(run.best_state)
+    run.hist["init_won"] = run.hist["best_epoch"] == 0
+    run.save(run.snapshot(epoch, True))
+    return run.hist

@@ -203,6 +203,7 @@ def test_panels_follow_the_current_data_and_result(viewer, qtbot, sample_file, t
 
 
 # ----------------------------------------------------------------------------- 3. event loop
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_CVAE, reason="the 3D-CVAE detector is not in this checkout")
 def test_event_loop_keeps_running_while_the_cvae_trains(viewer, qtbot, sample_file,
                                                         notifications):

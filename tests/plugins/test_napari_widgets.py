@@ -469,6 +469,7 @@ def test_closing_viewer_stops_training(make_napari_viewer, qtbot, sample_file, m
 
 @pytest.mark.skipif(importlib.util.find_spec("eelsanom.detectors.cvae3d") is None,
                     reason="the 3D-CVAE detector is not in this checkout")
+@pytest.mark.slow
 def test_tiny_cvae(viewer, qtbot, sample_file, notifications, monkeypatch):
     open_sample(viewer, sample_file)
     panels = dock_all(viewer)

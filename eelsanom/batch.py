@@ -784,13 +784,15 @@ def run_batch(inputs: Iterable[str | os.PathLike], model: str | os.PathLike,
             metrics["last"] = f"{rec.name}: {rec.status}"
         emit(progress, "batch", finished(), total, message, **metrics)
 
-    report()
-    if not todo:
-        return summary
     own_client = client is None
     cluster = None
     futures: dict[Any, FileRecord] = {}
     try:
+        # the first summary inside the try: an interrupt arriving just after it is on disk
+        # (SIGTERM as soon as summary.json appears) still rewrites it with "cancelled"
+        report()
+        if not todo:
+            return summary
         if own_client:
             n = workers or (n_gpus or os.cpu_count() or 1)
             if n_gpus and n > n_gpus:

@@ -369,6 +369,8 @@ class DetectorWidget(_Panel):
         self.n_progress_events = 0
         self.last_event: Any = None
         self._epoch: tuple[int, int] = (0, 0)
+        self._bar_stage: str | None = None
+        self._bar_unit = 1
         self._shown_at = 0.0
         self._flush_pending = False
         self._session.energy_window_picked.connect(self._on_window_picked)
@@ -494,7 +496,9 @@ class DetectorWidget(_Panel):
                         f"({res.threshold_method}).")
                 _next_turn(lambda: _notify.info(text))
 
-        self._run(f"training {name}", work, done)
+        epochs = params.get("epochs")
+        self._run(f"training {name}", work, done,
+                  epochs=epochs if isinstance(epochs, int) and epochs > 0 else None)
 
     def _on_apply(self, *_: Any) -> None:
         """Score the current spectrum image with the current detector (worker thread)."""
@@ -607,9 +611,11 @@ class DetectorWidget(_Panel):
 
     # ------------------------------------------------------------------ worker plumbing
     def _run(self, what: str, fn: Callable[[Callable[[Any], bool]], Any],
-             on_done: Callable[[Any, Any], None]) -> Any:
+             on_done: Callable[[Any, Any], None], epochs: int | None = None) -> Any:
         """Run ``fn(progress_callback)`` in a worker (:meth:`_Panel.run_worker`) with a
-        progress bar in napari's activity dock and this panel's Cancel.
+        progress bar in napari's activity dock and this panel's Cancel (``epochs``: how
+        many the training will run, when known, so that the bar moves from the first
+        batch on).
 
         ``on_done(panel, value)`` runs in the GUI thread with the return value, unless the
         viewer was closed meanwhile. Errors become notifications; ``Cancelled`` an info.
@@ -621,7 +627,8 @@ class DetectorWidget(_Panel):
         pbar = cancelable_progress(total=0, desc=f"eelsanom: {what}", cancel_callback=cancel.set)
         self._pbar = pbar
         self.n_progress_events = 0
-        self._epoch, self._shown_at, self.last_event = (0, 0), 0.0, None
+        self._epoch, self._shown_at, self.last_event = (0, int(epochs or 0)), 0.0, None
+        self._bar_stage = None
 
         def errored(w: DetectorWidget | None, exc: BaseException) -> None:
             if isinstance(exc, Cancelled):
@@ -658,16 +665,17 @@ class DetectorWidget(_Panel):
     def _on_progress(self, ev: Any) -> None:
         """A progress event from the worker (GUI thread): update the status and the bar.
 
-        Events may come per epoch or finer (per batch: ``metrics`` ``batch``/``batches``,
-        or a ``"batch"`` stage counting within the current epoch); the bar advances by
-        fractions of an epoch. The display is refreshed at most every
-        :data:`PROGRESS_EVERY` seconds (the last event wins), so that many small events
-        cost the GUI thread little.
+        Events may come per epoch or finer, in either of two shapes: ``"train"`` events
+        with ``batch``/``batches`` metrics, or ``"batch"`` events counting the steps (and
+        validation blocks) within the epoch under way, followed by the epoch's ``"train"``
+        event. The bar then advances by fractions of an epoch. The display is refreshed at
+        most every :data:`PROGRESS_EVERY` seconds (the last event wins), so that many small
+        events cost the GUI thread little.
         """
         self.n_progress_events += 1
         self.last_event = ev
         if ev.stage in ("train", "fit"):
-            self._epoch = (int(ev.step), int(ev.total or 0))
+            self._epoch = (int(ev.step), int(ev.total or 0) or self._epoch[1])
         now = time.monotonic()
         if now - self._shown_at >= PROGRESS_EVERY:
             self._show_progress()
@@ -682,41 +690,57 @@ class DetectorWidget(_Panel):
         if self._worker is not None and not self._closed:
             self._show_progress()
 
+    def progress_fraction(self) -> tuple[float, int, str]:
+        """What the last event says: ``(done, total, text)`` in epochs for training (e.g.
+        2.5 of 40 in the middle of the third epoch), in steps for other stages."""
+        ev = self.last_event
+        m = dict(ev.metrics)
+        batch, batches = m.pop("batch", None), m.pop("batches", None)
+        phase = m.pop("phase", None)
+        if ev.stage == "batch":  # counting within the epoch under way
+            batch, batches = int(ev.step), int(ev.total or 0)
+        metrics = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                           for k, v in m.items())
+        epoch, epochs = self._epoch
+        if ev.stage in ("train", "fit", "batch"):
+            # a "batch" event belongs to the epoch after the last one reported; a "train"
+            # event with batch metrics to the epoch it names
+            current = epoch + 1 if ev.stage == "batch" else epoch
+            done = float(epoch)
+            if batch is not None and batches:
+                done = current - 1 + min(1.0, batch / batches)
+            text = f"train: epoch {max(current, 1)}/{epochs or '?'}"
+            if batch is not None:
+                text += f", {phase or 'batch'} {batch}/{batches or '?'}"
+            total = epochs
+        else:
+            done, total = float(ev.step), int(ev.total or 0)
+            text = f"{ev.stage}: step {ev.step}/{ev.total or '?'}"
+        return done, total, text + (f", {metrics}" if metrics else "")
+
     def _show_progress(self) -> None:
         ev = self.last_event
         if ev is None:
             return
         self._shown_at = time.monotonic()
-        m = dict(ev.metrics)
-        batch, batches = m.pop("batch", None), m.pop("batches", None)
-        if ev.stage == "batch":  # counting within the current epoch
-            batch, batches = ev.step, ev.total
-        metrics = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                           for k, v in m.items())
-        epoch, epochs = self._epoch
-        if ev.stage in ("train", "fit", "batch"):
-            done = float(epoch)
-            if batch is not None and batches:
-                # a batch event of epoch e (1-based) counts e - 1 whole epochs
-                done = (epoch - 1 if ev.stage != "batch" else epoch) + batch / batches
-            text = f"train: epoch {epoch}/{epochs or '?'}"
-            if batch is not None:
-                text += f", batch {batch}/{batches or '?'}"
-            total = epochs
-        else:
-            done, total = float(ev.step), int(ev.total or 0)
-            text = f"{ev.stage}: step {ev.step}/{ev.total or '?'}"
-        text += f", {metrics}" if metrics else ""
+        done, total, text = self.progress_fraction()
         self._set_status(text)
         pbar = self._pbar
         if pbar is None:
             return
-        # napari's bar counts whole steps: batches when the events give them, else epochs
-        unit = int(batches) if batch is not None and batches else 1
+        # napari's bar counts whole steps: per mille of the stage when the events give
+        # fractions, else epochs or steps; a new stage (training, then scoring) starts it anew
+        fine = done != int(done) or ev.stage == "batch" or "batch" in ev.metrics
+        stage = "train" if ev.stage in ("train", "fit", "batch") else ev.stage
+        if self._bar_stage != stage or (fine and total and self._bar_unit == 1):
+            # per mille once fractions come (and stays so for the stage)
+            self._bar_stage, self._bar_unit = stage, 1000 if fine and total else 1
+            pbar.reset(total=total * self._bar_unit if total else 0)
+        unit = self._bar_unit
         if total and pbar.total != total * unit:
             pbar.total = total * unit
         pbar.set_description(f"eelsanom {text}")
-        n = int(round(done * unit))
+        n = int(round(done * unit)) if total else int(done)
         if n >= pbar.n:
             pbar.update(n - pbar.n)
 

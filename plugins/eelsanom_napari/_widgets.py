@@ -1,6 +1,9 @@
-"""The eelsanom dock widgets (magicgui containers; the only Qt code of the plugin with _plot).
+"""The eelsanom dock widgets (magicgui containers) and :func:`dock_all`.
 
-Five thin panels over the library, sharing one :class:`~._session.Session` per viewer:
+Five thin panels over the library (the sixth, the latent space, is in
+:mod:`._latent_panel`), sharing one :class:`~._session.Session` per viewer; all derive from
+:class:`~._panel._Panel` and run their heavy work through its one worker runner
+(:meth:`~._panel._Panel.run_worker`):
 
 1. :class:`BulkRegionWidget` - the spectrum image and the bulk (training) region;
 2. :class:`DetectorWidget` - method, hyperparameters, device; Train / Apply / Cancel in a

@@ -301,10 +301,19 @@ class SpectrumCanvas(_Canvas):
             return False
         if self.legend is not None:
             self.legend.remove()
-        self.legend = self.ax.legend(handles, labels, loc="lower left",
-                                     bbox_to_anchor=(0.0, 1.0), ncol=4, fontsize=6.5,
-                                     frameon=False, borderaxespad=0.1, handlelength=1.2,
-                                     columnspacing=0.8, handletextpad=0.4)
+        # the legend copies each handle's style, visibility included: the model's curves
+        # may be hidden for now (being computed), their entries must not be
+        hidden = [a for a in handles if not a.get_visible()]
+        for a in hidden:
+            a.set_visible(True)
+        try:
+            self.legend = self.ax.legend(handles, labels, loc="lower left",
+                                         bbox_to_anchor=(0.0, 1.0), ncol=4, fontsize=6.5,
+                                         frameon=False, borderaxespad=0.1, handlelength=1.2,
+                                         columnspacing=0.8, handletextpad=0.4)
+        finally:
+            for a in hidden:
+                a.set_visible(False)
         for t in self.legend.get_texts():
             t.set_color(_FG)
         n = len(labels)

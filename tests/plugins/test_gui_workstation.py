@@ -193,6 +193,10 @@ def test_clicks_and_slider_ticks_update_the_plots_in_place(viewer, qtbot, sample
     np.testing.assert_allclose(canvas.observed_line.get_ydata(), res.pixel(20, 20).observed)
     assert (canvas.observed_line, canvas.mean_line, canvas.band, canvas.residual_line) == lines
     assert plotted() == artists, "a click made new artists"
+    # every legend entry drawn (the entries of the model exist before its curves arrive)
+    assert [t.get_text() for t in canvas.legend.get_texts()][:3] == ["model ±σ", "observed",
+                                                                      "model"]
+    assert all(h.get_visible() for h in canvas.legend.legend_handles)
     assert not cleared, "a click cleared axes or the figure"
     # the same pixel again: the curves fit the limits, a blit and no full redraw
     qtbot.waitUntil(lambda: not getattr(canvas, "_draw_pending", False), timeout=TIMEOUT_MS)

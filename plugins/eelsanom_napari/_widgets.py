@@ -731,13 +731,14 @@ class DetectorWidget(_Panel):
         pbar = self._pbar
         if pbar is None:
             return
-        # napari's bar counts whole steps: per mille of the stage when the events give
-        # fractions, else epochs or steps; a new stage (training, then scoring) starts it anew
-        fine = done != int(done) or ev.stage == "batch" or "batch" in ev.metrics
+        # napari's bar counts whole steps: batches when the events give them, else epochs
+        # or steps; a new stage (training, then scoring) starts it anew
+        batches = ev.total if ev.stage == "batch" else ev.metrics.get("batches")
         stage = "train" if ev.stage in ("train", "fit", "batch") else ev.stage
-        if self._bar_stage != stage or (fine and total and self._bar_unit == 1):
-            # per mille once fractions come (and stays so for the stage)
-            self._bar_stage, self._bar_unit = stage, 1000 if fine and total else 1
+        fine = stage == "train" and bool(batches) and bool(total)
+        if self._bar_stage != stage or (fine and self._bar_unit == 1):
+            # batches once they come (and so for the rest of the stage)
+            self._bar_stage, self._bar_unit = stage, int(batches) if fine else 1
             pbar.reset(total=total * self._bar_unit if total else 0)
         unit = self._bar_unit
         if total and pbar.total != total * unit:

@@ -374,6 +374,7 @@ class DetectorWidget(_Panel):
         self._epoch: tuple[int, int] = (0, 0)
         self._bar_stage: str | None = None
         self._bar_unit = 1
+        self._batches_per_epoch = 0
         self._shown_at = 0.0
         self._flush_pending = False
         self._session.energy_window_picked.connect(self._on_window_picked)
@@ -631,7 +632,7 @@ class DetectorWidget(_Panel):
         self._pbar = pbar
         self.n_progress_events = 0
         self._epoch, self._shown_at, self.last_event = (0, int(epochs or 0)), 0.0, None
-        self._bar_stage = None
+        self._bar_stage, self._batches_per_epoch = None, 0
 
         def errored(w: DetectorWidget | None, exc: BaseException) -> None:
             if isinstance(exc, Cancelled):
@@ -679,6 +680,9 @@ class DetectorWidget(_Panel):
         self.last_event = ev
         if ev.stage in ("train", "fit"):
             self._epoch = (int(ev.step), int(ev.total or 0) or self._epoch[1])
+        elif ev.stage == "batch" and ev.metrics.get("phase") != "validation":
+            # a training step: its total is the epoch's count (steps and validation blocks)
+            self._batches_per_epoch = int(ev.total or 0)
         now = time.monotonic()
         if now - self._shown_at >= PROGRESS_EVERY:
             self._show_progress()
@@ -710,12 +714,17 @@ class DetectorWidget(_Panel):
             # event with batch metrics to the epoch it names
             current = epoch + 1 if ev.stage == "batch" else epoch
             done = float(epoch)
+            total = epochs
+            if ev.stage == "batch" and phase == "validation" and epoch == 0 and \
+                    not self._batches_per_epoch:
+                # the validation split scored once before the first epoch: no epoch yet
+                text = f"train: validation before epoch 1, block {batch}/{batches or '?'}"
+                return 0.0, total, text + (f", {metrics}" if metrics else "")
             if batch is not None and batches:
                 done = current - 1 + min(1.0, batch / batches)
             text = f"train: epoch {max(current, 1)}/{epochs or '?'}"
             if batch is not None:
                 text += f", {phase or 'batch'} {batch}/{batches or '?'}"
-            total = epochs
         else:
             done, total = float(ev.step), int(ev.total or 0)
             text = f"{ev.stage}: step {ev.step}/{ev.total or '?'}"
@@ -733,7 +742,7 @@ class DetectorWidget(_Panel):
             return
         # napari's bar counts whole steps: batches when the events give them, else epochs
         # or steps; a new stage (training, then scoring) starts it anew
-        batches = ev.total if ev.stage == "batch" else ev.metrics.get("batches")
+        batches = self._batches_per_epoch or ev.metrics.get("batches")
         stage = "train" if ev.stage in ("train", "fit", "batch") else ev.stage
         fine = stage == "train" and bool(batches) and bool(total)
         if self._bar_stage != stage or (fine and self._bar_unit == 1):

@@ -472,6 +472,9 @@ def test_progress_bar_moves_within_an_epoch(make_napari_viewer, shape):
         seen.append((bar.n / bar.total, det._status.value))
 
     try:
+        if shape == "batch stage":  # the validation split scored before the first epoch
+            send(ProgressEvent("batch", 1, 2, {"phase": "validation"}))
+            assert seen[-1][0] == 0 and "validation before epoch 1" in seen[-1][1]
         for epoch in (1, 2):
             for k in range(1, 11):
                 if shape == "batch stage":
@@ -481,6 +484,7 @@ def test_progress_bar_moves_within_an_epoch(make_napari_viewer, shape):
                     send(ProgressEvent("train", epoch, 4, {"batch": k, "batches": 10}))
             if shape == "batch stage":
                 send(ProgressEvent("train", epoch, 4, {"loss": 0.5, "val_nll": 0.7}))
+        seen = seen[1:] if shape == "batch stage" else seen
         fractions = [f for f, _ in seen]
         assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(0.5)
         assert fractions[4] == pytest.approx(0.125)  # 5 of 10 batches of the first of 4

@@ -21,17 +21,17 @@ NLL (a fixed-seed random subsample above ``max points``). Clicking a point shows
 pixel in the spectrum inspector (:meth:`~._session.Session.select_pixel`); inspecting
 a pixel (click in the viewer, Shift + arrows) highlights its point.
 
-The numerical helpers (:func:`project_codes`, :func:`scatter_indices`,
-:func:`compute_latent_maps`) are Qt-free; the canvas and the panel are the Qt part.
+The numerical helpers (:func:`~eelsanom.latent.maps.project_codes`,
+:func:`~eelsanom.latent.maps.scatter_indices`,
+:func:`~eelsanom.latent.maps.compute_latent_maps`) live in :mod:`eelsanom.latent.maps`
+(Qt-free, for notebooks too); this module is the canvas and the panel.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import napari
@@ -42,12 +42,20 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 from eelsanom.errors import InputError
+from eelsanom.latent.maps import (
+    SCATTER_SEED,
+    LatentMaps,
+    compute_latent_maps,
+    project_codes,
+    scatter_indices,
+)
+from eelsanom.latent.maps import TWO_SPACE_KEYS as _TWO_SPACE
 
 from . import _notify
 from ._layers import KEY, nav_scale_translate, robust_limits
+from ._panel import METHOD_NAMES, _Panel
 from ._plot import _FG, _Canvas, _style
 from ._session import show_colorbar
-from ._widgets import METHOD_NAMES, _Panel, deliver
 
 log = logging.getLogger(__name__)
 
@@ -68,143 +76,7 @@ MAP_LAYERS: dict[str, tuple[str, str, str]] = {
     "procrustes_residual": ("latent: Procrustes residual", "magma", "not carried over"),
     "seed_disagreement": ("latent: seed disagreement", "magma", "seeds disagree"),
 }
-_TWO_SPACE = ("relative_agreement", "mutual_knn", "procrustes_residual")
 _ROLE = "latent:"
-
-#: Seed of the scatter's random subsample (stated in the scatter's title).
-SCATTER_SEED = 0
-N_ANCHORS = 32
-
-
-# ============================================================================ Qt-free helpers
-def _flat_codes(latent: Any) -> tuple[np.ndarray, tuple[int, int]]:
-    z = np.asarray(latent, dtype=np.float64)
-    if z.ndim != 3:
-        raise InputError(f"latent codes: expected shape (ny, nx, d), found {z.shape}.")
-    return z.reshape(-1, z.shape[2]), (int(z.shape[0]), int(z.shape[1]))
-
-
-def project_codes(latent: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Codes projected on their first two principal axes.
-
-    Parameters
-    ----------
-    latent : array of shape (ny, nx, d)
-
-    Returns
-    -------
-    coords : ndarray of shape (ny * nx, 2)
-        Row-major pixel order; ``coords[:, 1]`` is 0 for a one-dimensional latent.
-        Rows with non-finite codes are NaN.
-    explained : ndarray of shape (2,)
-        Fraction of the codes' variance along each axis (0 for a missing axis).
-    """
-    z, _ = _flat_codes(latent)
-    ok = np.all(np.isfinite(z), axis=1)
-    coords = np.full((z.shape[0], 2), np.nan)
-    explained = np.zeros(2)
-    if ok.sum() < 2:
-        return coords, explained
-    zc = z[ok] - z[ok].mean(axis=0)
-    cov = zc.T @ zc / max(1, zc.shape[0] - 1)
-    w, v = np.linalg.eigh(cov)
-    order = np.argsort(w)[::-1][:2]
-    w, v = np.clip(w[order], 0.0, None), v[:, order]
-    v = v * np.where(v[np.argmax(np.abs(v), axis=0), np.arange(v.shape[1])] < 0, -1.0, 1.0)
-    coords[ok, : v.shape[1]] = zc @ v
-    if v.shape[1] == 1:
-        coords[ok, 1] = 0.0
-    total = float(np.clip(np.trace(cov), 0.0, None))
-    explained[: w.size] = w / total if total > 0 else 0.0
-    return coords, explained
-
-
-def scatter_indices(valid: np.ndarray, values: np.ndarray, max_points: int,
-                    seed: int = SCATTER_SEED) -> np.ndarray:
-    """Flat pixel indices shown in the scatter: all valid pixels, or ``max_points`` of them
-    drawn at random with ``seed``; ordered by ascending ``values`` (the most anomalous
-    drawn last, on top).
-
-    Parameters
-    ----------
-    valid : bool array of shape (n,)
-    values : array of shape (n,)
-    max_points : int
-    seed : int
-    """
-    idx = np.flatnonzero(valid)
-    if idx.size > max_points:
-        idx = np.sort(np.random.default_rng(seed).choice(idx, size=int(max_points),
-                                                         replace=False))
-    return idx[np.argsort(np.asarray(values)[idx], kind="stable")]
-
-
-@dataclass
-class LatentMaps:
-    """The output of :func:`compute_latent_maps`.
-
-    Attributes
-    ----------
-    maps : dict of key -> ndarray (ny, nx)
-        Keys of :data:`MAP_LAYERS`.
-    reference : str
-        The reference space of the two-space maps ("" when none).
-    summary : dict of str -> float
-        Scalar read-outs (mean agreement, Procrustes relative residual...).
-    seconds : float
-    """
-
-    maps: dict[str, np.ndarray] = field(default_factory=dict)
-    reference: str = ""
-    summary: dict[str, float] = field(default_factory=dict)
-    seconds: float = 0.0
-
-
-def compute_latent_maps(latent: Any, reference: Any = None, *, reference_label: str = "",
-                        k: int = 20, n_anchors: int = N_ANCHORS,
-                        seed_disagreement: Any = None) -> LatentMaps:
-    """The latent panel's per-pixel maps of ``latent`` (and against ``reference``).
-
-    Parameters
-    ----------
-    latent : AnomalyResult or array of shape (ny, nx, d)
-    reference : AnomalyResult or array of shape (ny, nx, d_ref), optional
-        A second space over the same pixels; None computes the single-space map only.
-    reference_label : str
-        How to call the reference in layer names.
-    k : int
-        Neighbours for the local intrinsic dimension and the mutual k-NN overlap.
-    n_anchors : int
-        k-means anchors of the relative representations (seed 0).
-    seed_disagreement : array of shape (ny, nx), optional
-        Passed through as the ``"seed_disagreement"`` map.
-
-    Returns
-    -------
-    LatentMaps
-    """
-    from eelsanom import latent as lt  # noqa: PLC0415
-
-    t0 = time.perf_counter()
-    out = LatentMaps(reference=reference_label if reference is not None else "")
-    out.maps["local_dimension"] = np.asarray(lt.local_dimension_map(latent, k=k), np.float32)
-    if reference is not None:
-        out.maps["relative_agreement"] = np.asarray(
-            lt.relative_agreement(latent, reference, n_anchors=n_anchors, seed=0), np.float32)
-        out.maps["mutual_knn"] = np.asarray(lt.mutual_knn_map(latent, reference, k=k),
-                                            np.float32)
-        pr = lt.procrustes(reference, latent)
-        rms = pr.rms_b if pr.rms_b > 0 else 1.0
-        out.maps["procrustes_residual"] = np.asarray(pr.residual_map / rms, np.float32)
-        out.summary.update(
-            relative_agreement=float(np.nanmean(out.maps["relative_agreement"])),
-            mutual_knn=float(np.mean(out.maps["mutual_knn"])),
-            procrustes_relative_residual=float(pr.relative_residual))
-    if seed_disagreement is not None:
-        out.maps["seed_disagreement"] = np.asarray(seed_disagreement, np.float32)
-    out.summary["local_dimension"] = float(np.nanmedian(out.maps["local_dimension"]))
-    out.seconds = time.perf_counter() - t0
-    return out
 
 
 # ============================================================================ scatter canvas
@@ -562,30 +434,19 @@ class LatentPanel(_Panel):
         return self._run(work, done)
 
     def _run(self, fn: Callable[[], Any], on_done: Callable[[Any, Any], None]) -> Any:
-        # superqt's worker is the one napari's thread_worker wraps (see DetectorWidget._run
-        # for why not napari's): no strong reference to the panel in the closures
-        from superqt.utils import create_worker  # noqa: PLC0415
+        """Run ``fn`` with :meth:`_Panel.run_worker`; the Compute button waits for it."""
 
-        self._watch_window()
-        ref = weakref.ref(self)
-        worker = create_worker(fn, _start_thread=False, _ignore_errors=True)
-
-        def returned(value: Any) -> None:
-            deliver(ref, on_done, value)
-
-        def errored(exc: BaseException) -> None:
-            w = ref()
+        def errored(w: LatentPanel | None, exc: BaseException) -> None:
             if isinstance(exc, InputError):
                 msg = f"latent maps: {exc}"
             else:
                 log.error("latent maps failed", exc_info=exc)
                 msg = f"latent maps failed: {type(exc).__name__}: {exc}"
-            if w is not None and not w._closed:
+            if w is not None:
                 _notify.error(msg)
                 w._set(w._status, "failed (see the notification)")
 
-        def finished() -> None:
-            w = ref()
+        def finished(w: LatentPanel | None) -> None:
             if w is None:
                 return
             w._worker = None
@@ -595,14 +456,11 @@ class LatentPanel(_Panel):
                 except RuntimeError:
                     w._closed = True
 
-        worker.returned.connect(returned)
-        worker.errored.connect(errored)
-        worker.finished.connect(finished)
-        self._worker = worker
         self._compute_btn.enabled = False
         self._set(self._status, "computing the latent maps...")
-        worker.start()
-        return worker
+        self._worker = self.run_worker(fn, what="latent maps", on_done=on_done,
+                                       on_error=errored, on_finished=finished)
+        return self._worker
 
     def _show_maps(self, out: LatentMaps, axes: tuple[Any, Any]) -> None:
         """Add (or replace) one image layer per map; drop two-space layers of no reference."""

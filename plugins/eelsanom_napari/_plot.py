@@ -62,6 +62,9 @@ class _Canvas(FigureCanvasQTAgg):
         self.mpl_connect("draw_event", self._on_draw_event)
 
     def _on_draw_event(self, _event: Any) -> None:
+        if self.is_saving():  # a savefig draws the animated artists itself
+            self._background = None
+            return
         self._background = self.copy_from_bbox(self.figure.bbox)
         for a in self._animated:
             if a.axes is not None and a.figure is self.figure:
@@ -119,16 +122,60 @@ class SpectrumCanvas(_Canvas):
     upper axes picks an energy window (``picked_window``; ``on_span(lo, hi)`` is called),
     shown as a dashed span until the next pick. The legend sits above the axes, never
     over the data.
+
+    Cheap to update: the artists are made once and updated in place (``set_data``), and
+    they are *animated*: drawn over a cached background of axes, ticks and labels. Showing
+    another pixel whose curves fit the current limits costs a blit; only new limits (kept
+    with some slack, so that neighbours share them), new overlays or a new legend cost a
+    full redraw. ``n_full_draws`` and ``n_blits`` count both (read by tests).
     """
 
     margins = (0.62, 0.12, 0.55, 0.45)
+    #: the curves keep the current y-limits while they span at least this fraction of them;
+    #: new limits leave MARGIN of the curves' span free above and below
+    KEEP_LIMITS = 0.5
+    MARGIN = 0.12
 
     def __init__(self, width: float = 5.0, height: float = 3.6) -> None:
+        from matplotlib.widgets import SpanSelector  # noqa: PLC0415
+
         fig = Figure(figsize=(width, height), dpi=100)
         super().__init__(fig)
         self.ax, self.ax_res = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1.3))
         fig.subplots_adjust(hspace=0.08)
         self.fit_margins()
+        self._init_blit()
+        self.mpl_connect("draw_event", self._count_draw)
+        ax, axr = self.ax, self.ax_res
+        for a in (ax, axr):
+            a.set_autoscale_on(False)
+        anim = {"animated": True, "visible": False}
+        # made once, updated in place (see the class docstring)
+        self._win = [a.axvspan(0.0, 1.0, color=_WIN, alpha=0.25, lw=0, **anim)
+                     for a in (ax, axr)]
+        self._win[0].set_label("top-NLL window")
+        self._band = ax.fill_between([0.0, 1.0], [0.0, 0.0], [0.0, 0.0], color=_MEAN,
+                                     alpha=0.3, lw=0, label="model ±σ", **anim)
+        (self._obs,) = ax.plot([], [], color=_OBS, lw=1.0, label="observed", **anim)
+        (self._mean,) = ax.plot([], [], color=_MEAN, lw=1.3, label="model", **anim)
+        self._res_band = axr.fill_between([0.0, 1.0], [0.0, 0.0], [0.0, 0.0], color=_MEAN,
+                                          alpha=0.3, lw=0, **anim)
+        (self._res,) = axr.plot([], [], color=_OBS, lw=0.8, **anim)
+        axr.axhline(0.0, color=_FG, lw=0.5)
+        self._picked = ax.axvspan(0.0, 1.0, facecolor="none", edgecolor="#4cc9f0", ls="--",
+                                  lw=1.0, **anim)
+        text = {"ha": "center", "va": "center", "color": _FG, "animated": True}
+        self._message = ax.text(0.5, 0.5, "", transform=ax.transAxes, fontsize=9, **text)
+        self._res_message = axr.text(0.5, 0.5, "no model yet: train or load one",
+                                     transform=axr.transAxes, fontsize=8, **text)
+        self._res_message.set_visible(False)
+        ax.title.set_animated(True)
+        self._overlay_key: Any = None
+        self._legend_key: Any = None
+        self._legend_model = False
+        self.n_full_draws = 0
+        self.n_blits = 0
+        # what tests read: the artists on screen now (None when not shown)
         self.observed_line: Any = None
         self.mean_line: Any = None
         self.band: Any = None
@@ -143,33 +190,46 @@ class SpectrumCanvas(_Canvas):
         self.overlay_lines: list[Any] = []
         self.picked_window: tuple[float, float] | None = None
         self.on_span: Any = None
-        self._span: Any = None
         self._title_pad = 26.0
+        self._labels()
+        self._span = SpanSelector(ax, self._spanned, "horizontal", useblit=False,
+                                  props={"facecolor": "#4cc9f0", "alpha": 0.25},
+                                  interactive=False, minspan=1e-9, button=1)
         self.setMinimumHeight(220)
         self.clear("click a pixel to see its spectrum")
 
-    def clear(self, message: str = "") -> None:
-        """Empty both axes (with a message in the upper one).
+    def _count_draw(self, _event: Any) -> None:
+        self.n_full_draws += 1
 
-        The plotted artists are removed, the axes themselves kept: ``Axes.clear`` would
-        rebuild every tick, a good part of the cost of showing the next pixel."""
-        for ax in (self.ax, self.ax_res):
-            for a in [*ax.lines, *ax.collections, *ax.patches, *ax.texts]:
-                a.remove()
-            if ax.legend_ is not None:
-                ax.legend_.remove()
-            ax.set_title("")
-            ax.relim()
-            ax.set_autoscale_on(True)
-        self.observed_line = self.mean_line = self.band = self.legend = None
+    def _blit(self) -> None:
+        self.n_blits += 1
+        super()._blit()
+
+    def _set_animated(self) -> None:
+        """The animated artists in drawing order (spans under curves, text on top)."""
+        self._animated = [*self._win, self._band, *self.overlay_lines, self._obs, self._mean,
+                          self._res_band, self._res, self._picked, self._message,
+                          self._res_message, self.ax.title]
+
+    def clear(self, message: str = "") -> None:
+        """Hide the pixel's curves (with a message in the upper axes); a full redraw."""
+        for a in (*self._win, self._band, self._obs, self._mean, self._res_band, self._res,
+                  self._res_message, *self.overlay_lines):
+            a.set_visible(False)
+        if self.legend is not None:
+            self.legend.remove()
+        self.legend, self._legend_key, self._overlay_key = None, None, None
+        for line in self.overlay_lines:
+            line.remove()
+        self.overlay_lines = []
+        self.observed_line = self.mean_line = self.band = None
         self.residual_line = self.residual_band = None
         self.energy_window, self.energy_window_spans, self.pixel = None, [], None
-        self.overlay_lines = []
-        if message:
-            self.ax.text(0.5, 0.5, message, ha="center", va="center", color=_FG,
-                         transform=self.ax.transAxes, fontsize=9)
-        self._labels()
-        self._make_span()
+        self._message.set_text(message)
+        self._message.set_visible(bool(message))
+        self.ax.set_title("")
+        self._picked.set_visible(False)
+        self._set_animated()
         self.draw_idle()
 
     def _labels(self) -> None:
@@ -179,15 +239,6 @@ class SpectrumCanvas(_Canvas):
         _style(self.figure, self.ax, self.ax_res)
 
     # ------------------------------------------------------------------ energy window picking
-    def _make_span(self) -> None:
-        from matplotlib.widgets import SpanSelector  # noqa: PLC0415
-
-        if self._span is not None:  # its artist went with the cleared ones
-            self._span.disconnect_events()
-        self._span = SpanSelector(self.ax, self._spanned, "horizontal", useblit=False,
-                                  props={"facecolor": "#4cc9f0", "alpha": 0.25},
-                                  interactive=False, minspan=1e-9, button=1)
-
     def _spanned(self, lo: float, hi: float) -> None:
         if not hi > lo:
             return
@@ -197,20 +248,98 @@ class SpectrumCanvas(_Canvas):
         """Mark ``[lo, hi]`` eV as the picked energy window and tell ``on_span``."""
         self.picked_window = (lo, hi)
         self._draw_picked()
+        self._legend()
         self.draw_idle()
         if self.on_span is not None:
             self.on_span(lo, hi)
 
     def _draw_picked(self) -> None:
-        if self.picked_window is not None:
-            self.ax.axvspan(*self.picked_window, facecolor="none", edgecolor="#4cc9f0",
-                            ls="--", lw=1.0,
-                            label=f"picked: {self.picked_window[0]:.1f}-"
-                                  f"{self.picked_window[1]:.1f} eV")
+        w = self.picked_window
+        self._picked.set_visible(w is not None and self.pixel is not None)
+        if w is not None:
+            self._picked.set_x(w[0])
+            self._picked.set_width(w[1] - w[0])
+            self._picked.set_label(f"picked: {w[0]:.1f}-{w[1]:.1f} eV")
 
     # ------------------------------------------------------------------ drawing
+    def _sync_overlays(self) -> bool:
+        """(Re)make the overlay lines when the overlays changed; True when they did."""
+        key = tuple((o[0], id(o[1]), id(o[2]), id(o[3])) for o in self.overlays)
+        if key == self._overlay_key:
+            for line in self.overlay_lines:
+                line.set_visible(True)
+            return False
+        for line in self.overlay_lines:
+            line.remove()
+        self.overlay_lines = []
+        for i, (label, e, obs, model) in enumerate(self.overlays):
+            c = _OVERLAY[i % len(_OVERLAY)]
+            (line,) = self.ax.plot(e, obs, color=c, lw=0.9, label=label, animated=True)
+            self.overlay_lines.append(line)
+            if model is not None:
+                (mline,) = self.ax.plot(e, model, color=c, lw=0.9, ls="--", animated=True,
+                                        label=f"{label}: model")
+                self.overlay_lines.append(mline)
+        self._overlay_key = key
+        return True
+
+    def _legend(self, model: bool | None = None) -> bool:
+        """The legend of the visible curves, above the axes; made anew (a full redraw)
+        only when its entries change. It is part of the background, so its labels do not
+        change per pixel (the top-NLL window's range is in the title)."""
+        if model is None:
+            model = self._legend_model
+        self._legend_model = model
+        # the model's entries stay while a pixel's model is being computed (expect_model):
+        # the legend, part of the background, then does not change twice per first click
+        handles = [a for a in (self._band, self._obs, self._mean, self._win[0])
+                   if a is self._obs or model]
+        handles += [a for a in (*self.overlay_lines, self._picked) if a.get_visible()]
+        labels = [a.get_label() for a in handles]
+        key = (tuple(labels), tuple(id(a) for a in handles))
+        if key == self._legend_key and self.legend is not None:
+            return False
+        if self.legend is not None:
+            self.legend.remove()
+        # the legend copies each handle's style, visibility included: the model's curves
+        # may be hidden for now (being computed), their entries must not be
+        hidden = [a for a in handles if not a.get_visible()]
+        for a in hidden:
+            a.set_visible(True)
+        try:
+            self.legend = self.ax.legend(handles, labels, loc="lower left",
+                                         bbox_to_anchor=(0.0, 1.0), ncol=4, fontsize=6.5,
+                                         frameon=False, borderaxespad=0.1, handlelength=1.2,
+                                         columnspacing=0.8, handletextpad=0.4)
+        finally:
+            for a in hidden:
+                a.set_visible(False)
+        for t in self.legend.get_texts():
+            t.set_color(_FG)
+        n = len(labels)
+        self._title_pad = 16 if n <= 4 else 26 if n <= 8 else 36
+        self._legend_key = key
+        return True
+
+    def _fit_y(self, ax: Any, curves: list[np.ndarray]) -> bool:
+        """Set ``ax``'s y-limits to the curves (:attr:`MARGIN`) unless the current ones hold
+        them with little waste (:attr:`KEEP_LIMITS`); True when the limits changed."""
+        finite = [c[np.isfinite(c)] for c in curves]
+        finite = [c for c in finite if c.size]
+        if not finite:
+            return False
+        lo = min(float(c.min()) for c in finite)
+        hi = max(float(c.max()) for c in finite)
+        span = hi - lo if hi > lo else max(abs(hi), 1.0)
+        cur_lo, cur_hi = ax.get_ylim()
+        if cur_lo <= lo and hi <= cur_hi and span >= self.KEEP_LIMITS * (cur_hi - cur_lo):
+            return False
+        ax.set_ylim(lo - self.MARGIN * span, hi + self.MARGIN * span)
+        return True
+
     def show_pixel(self, energy: np.ndarray, observed: np.ndarray, *, title: str,
-                   pixel: tuple[int, int], spectrum: Any = None, window_ev: float = 5.0) -> None:
+                   pixel: tuple[int, int], spectrum: Any = None, window_ev: float = 5.0,
+                   expect_model: bool = False) -> None:
         """Plot a pixel (and the overlays).
 
         Parameters
@@ -223,63 +352,69 @@ class SpectrumCanvas(_Canvas):
             The model's view of the pixel (mean, sigma, residual, per-channel NLL).
         window_ev : float
             Width of the highlighted energy window.
+        expect_model : bool
+            ``spectrum`` is None because the pixel's model is being computed (the plot
+            says so, and keeps the model's legend entries).
         """
-        self.clear()
         self.pixel = (int(pixel[0]), int(pixel[1]))
-        ax, axr = self.ax, self.ax_res
-        if spectrum is None:
-            (self.observed_line,) = ax.plot(energy, observed, color=_OBS, lw=1.0,
-                                            label="observed")
-            axr.text(0.5, 0.5, "no model yet: train or load one", ha="center", va="center",
-                     color=_FG, transform=axr.transAxes, fontsize=8)
-        else:
+        self._message.set_visible(False)
+        model = spectrum is not None
+        if model:
             e = np.asarray(spectrum.energy, float)
+            obs = np.asarray(spectrum.observed, float)
             m, s = np.asarray(spectrum.mean, float), np.asarray(spectrum.sigma, float)
-            self.band = ax.fill_between(e, m - s, m + s, color=_MEAN, alpha=0.3, lw=0,
-                                        label="model ±σ")
-            (self.observed_line,) = ax.plot(e, spectrum.observed, color=_OBS, lw=1.0,
-                                            label="observed")
-            (self.mean_line,) = ax.plot(e, m, color=_MEAN, lw=1.3, label="model")
-            self.residual_band = axr.fill_between(e, -s, s, color=_MEAN, alpha=0.3, lw=0)
-            (self.residual_line,) = axr.plot(e, spectrum.residual, color=_OBS, lw=0.8)
-            axr.axhline(0.0, color=_FG, lw=0.5)
+            r = np.asarray(spectrum.residual, float)
+            self._band.set_data(e, m - s, m + s)
+            self._mean.set_data(e, m)
+            self._res_band.set_data(e, -s, s)
+            self._res.set_data(e, r)
             self.energy_window = spectrum.top_window(window_ev)
-            for a in (ax, axr):
-                self.energy_window_spans.append(a.axvspan(*self.energy_window, color=_WIN,
-                                                          alpha=0.25, lw=0))
-            self.energy_window_spans[0].set_label(
-                f"top NLL {self.energy_window[0]:.1f}-{self.energy_window[1]:.1f} eV")
-        for i, (label, e, obs, model) in enumerate(self.overlays):
-            c = _OVERLAY[i % len(_OVERLAY)]
-            (line,) = ax.plot(e, obs, color=c, lw=0.9, label=label)
-            self.overlay_lines.append(line)
-            if model is not None:
-                (mline,) = ax.plot(e, model, color=c, lw=0.9, ls="--", label=f"{label}: model")
-                self.overlay_lines.append(mline)
+            lo_w, hi_w = self.energy_window
+            for span in self._win:
+                span.set_x(lo_w)
+                span.set_width(hi_w - lo_w)
+            title = f"{title}; top NLL {lo_w:.1f}-{hi_w:.1f} eV"
+        else:
+            e, obs = np.asarray(energy, float), np.asarray(observed, float)
+            self.energy_window = None
+        self._obs.set_data(e, obs)
+        self._obs.set_visible(True)
+        for a in (self._band, self._mean, self._res_band, self._res, *self._win):
+            a.set_visible(model)
+        self._res_message.set_visible(not model)
+        self._res_message.set_text("computing the model..." if expect_model else
+                                   "no model yet: train or load one")
+        self.observed_line = self._obs
+        self.mean_line, self.band = (self._mean, self._band) if model else (None, None)
+        self.residual_line, self.residual_band = ((self._res, self._res_band) if model
+                                                  else (None, None))
+        self.energy_window_spans = list(self._win) if model else []
+        full = self._sync_overlays()
         self._draw_picked()
-        # the energy axis exactly (the span selector's hidden patch would pull in 0 eV)
-        e_all = [np.asarray(energy, float)] + [np.asarray(o[1], float) for o in self.overlays]
-        if spectrum is not None:
-            e_all.append(np.asarray(spectrum.energy, float))
+        full |= self._legend(model or expect_model)
+        self._set_animated()
+        # limits: the energy axis exactly, counts and residual with some slack
+        e_all = [e] + [np.asarray(o[1], float) for o in self.overlays]
         lo, hi = min(float(x.min()) for x in e_all), max(float(x.max()) for x in e_all)
-        if hi > lo:
-            ax.set_xlim(lo, hi)
-        # above the axes, under the title: never over the data
-        n = len(ax.get_legend_handles_labels()[1])
-        self.legend = ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=4,
-                                fontsize=6.5, frameon=False, borderaxespad=0.1,
-                                handlelength=1.2, columnspacing=0.8, handletextpad=0.4)
-        for t in self.legend.get_texts():
-            t.set_color(_FG)
-        self._title_pad = 16 if n <= 4 else 26 if n <= 8 else 36
-        ax.set_title(title, fontsize=8, pad=self._title_pad)
-        self._labels()
-        self.draw_idle()
+        if hi > lo and self.ax.get_xlim() != (lo, hi):
+            self.ax.set_xlim(lo, hi)
+            full = True
+        curves = [obs] + ([m - s, m + s] if model else [])
+        curves += [np.asarray(c, float) for o in self.overlays for c in (o[2], o[3])
+                   if c is not None]
+        full |= self._fit_y(self.ax, curves)
+        if model:
+            full |= self._fit_y(self.ax_res, [r, s, -s])
+        self.ax.set_title(title, fontsize=8, pad=self._title_pad)
+        if full:
+            self.draw_idle()
+        else:
+            self._blit()
 
     def set_title(self, title: str) -> None:
-        """Change the title only (e.g. the pixel's flag after a threshold change)."""
+        """Change the title only (e.g. the pixel's flag after a threshold change): a blit."""
         self.ax.set_title(title, fontsize=8, pad=self._title_pad)
-        self.draw_idle()
+        self._blit()
 
 
 class HistogramCanvas(_Canvas):

@@ -127,6 +127,14 @@ def show_colorbar(layer: Any) -> None:
             log.debug("no colour bar: %s", exc)
 
 
+def _set_grid(layer: Any, scale: Any, translate: Any) -> None:
+    """Set a layer's scale and translate where they differ (each set refreshes the layer)."""
+    for name, want in (("scale", scale), ("translate", translate)):
+        have, want_a = np.asarray(getattr(layer, name), float), np.asarray(want, float)
+        if have.shape != want_a.shape or not np.allclose(have, want_a, rtol=1e-12, atol=0):
+            setattr(layer, name, want)
+
+
 def prepare_result(result: Any, spec: Any = None) -> Prepared:
     """Everything the panels show of ``result`` (threshold, contrast, histogram, latent
     projection): heavy enough to run in the worker thread that produced the result.
@@ -147,7 +155,7 @@ def prepare_result(result: Any, spec: Any = None) -> Prepared:
     counts, edges = np.histogram(v if v.size else np.zeros(1), bins=80)
     coords = explained = None
     if result.latent is not None:
-        from ._latent_panel import project_codes  # noqa: PLC0415 - Qt-free helper
+        from eelsanom.latent.maps import project_codes  # noqa: PLC0415
 
         try:
             coords, explained = project_codes(result.latent)
@@ -480,7 +488,7 @@ class Session:
                 show_colorbar(layer)
             return
         layer.data = data
-        layer.scale, layer.translate = scale, translate
+        _set_grid(layer, scale, translate)
         layer.contrast_limits_range = (float(np.nanmin(data)), float(np.nanmax(data)))
         layer.contrast_limits = limits
 
@@ -493,5 +501,7 @@ class Session:
             layer.contour = 1
             return
         scale, translate = nav_scale_translate(res.y, res.x)
-        layer.data = data
-        layer.scale, layer.translate = scale, translate
+        _set_grid(layer, scale, translate)
+        # a threshold tick that flags the same pixels costs no layer refresh
+        if layer.data.shape != data.shape or not np.array_equal(layer.data, data):
+            layer.data = data

@@ -1,6 +1,9 @@
-"""The eelsanom dock widgets (magicgui containers; the only Qt code of the plugin with _plot).
+"""The eelsanom dock widgets (magicgui containers) and :func:`dock_all`.
 
-Five thin panels over the library, sharing one :class:`~._session.Session` per viewer:
+Five thin panels over the library (the sixth, the latent space, is in
+:mod:`._latent_panel`), sharing one :class:`~._session.Session` per viewer; all derive from
+:class:`~._panel._Panel` and run their heavy work through its one worker runner
+(:meth:`~._panel._Panel.run_worker`):
 
 1. :class:`BulkRegionWidget` - the spectrum image and the bulk (training) region;
 2. :class:`DetectorWidget` - method, hyperparameters, device; Train / Apply / Cancel in a
@@ -43,14 +46,14 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from qtpy.QtCore import QEvent, QObject, QTimer
-from qtpy.QtCore import Signal as QtSignal
+from qtpy.QtCore import QTimer
 
 from eelsanom.detectors import DEFAULT_METHOD
 from eelsanom.detectors.params import Param, detector_params, gui_params
 from eelsanom.errors import Cancelled, InputError
 
 from . import _notify
+from ._latent_panel import LatentPanel
 from ._layers import (
     KEY,
     is_cube_layer,
@@ -59,8 +62,15 @@ from ._layers import (
     role_of,
     world_to_pixel,
 )
+from ._panel import (
+    METHOD_NAMES,
+    METHODS,
+    _next_turn,
+    _Panel,
+    leave_a_core,
+)
 from ._plot import HistogramCanvas, LineScanCanvas, SpectrumCanvas
-from ._session import Session, get_session, prepare_result, threshold_spec
+from ._session import prepare_result, threshold_spec
 
 log = logging.getLogger(__name__)
 
@@ -68,153 +78,6 @@ __all__ = ["BulkRegionWidget", "DetectorWidget", "ResultsWidget", "SpectrumInspe
            "ExportWidget", "dock_all"]
 
 ALL_PIXELS = "(none: all pixels, robust)"
-METHODS = [("3D-CVAE", "cvae"), ("context PCA", "context-pca"), ("PCA", "pca"), ("RX", "rx")]
-METHOD_NAMES = {v: k for k, v in METHODS}
-
-
-def _scroll_area(inner: Any) -> Any:
-    from qtpy.QtCore import Qt  # noqa: PLC0415
-    from qtpy.QtWidgets import QFrame, QScrollArea  # noqa: PLC0415
-
-    area = QScrollArea()
-    area.setWidgetResizable(True)
-    area.setFrameShape(QFrame.Shape.NoFrame)
-    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
-    area.setWidget(inner)
-    area.setMinimumHeight(120)
-    return area
-
-
-#: Every live eelsanom panel (to find their docks).
-_PANELS: weakref.WeakSet = weakref.WeakSet()
-
-
-class _DockTabber(QObject):
-    """When a panel is docked on its own (napari's Plugins menu), put it in a tab beside an
-    eelsanom panel already docked in the same area instead of stacking one more panel
-    below it (a column of six panels is ~2000 px tall)."""
-
-    def __init__(self, panel: Any) -> None:
-        super().__init__(panel.native)
-        self._panel = weakref.ref(panel)
-        self.done = False
-        panel.native.installEventFilter(self)
-
-    def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 - Qt API
-        # (getattr: Qt may still deliver events while the Python side is torn down)
-        if not getattr(self, "done", True) and \
-                event.type() in (QEvent.Type.Show, QEvent.Type.ParentChange):
-            QTimer.singleShot(0, self.tabify)
-        return False
-
-    def tabify(self) -> None:
-        panel = self._panel()
-        if panel is None or self.done or panel._closed:
-            return
-        try:
-            dock = panel._dock_widget()
-            win = dock.parentWidget() if dock is not None else None
-            if win is None or not hasattr(win, "tabifyDockWidget") or dock.isFloating():
-                return
-            self.done = True
-            area = win.dockWidgetArea(dock)
-            for other in list(_PANELS):
-                od = other._dock_widget() if other is not panel and not other._closed else None
-                if od is None or od is dock or od.parentWidget() is not win or \
-                        od.isFloating() or win.dockWidgetArea(od) != area or \
-                        not od.isVisible() or dock in win.tabifiedDockWidgets(od):
-                    continue
-                win.tabifyDockWidget(od, dock)
-                dock.show()
-                dock.raise_()
-                return
-        except RuntimeError:  # Qt objects deleted meanwhile
-            return
-
-
-class _Panel(Container):
-    """Base of the panels: the viewer, its session, and layer-list change notifications."""
-
-    def __init__(self, viewer: napari.viewer.Viewer, **kwargs: Any) -> None:
-        # the fields live in a body container inside a scroll area, so that a panel docked
-        # on a small screen scrolls instead of forcing the window taller than the screen
-        super().__init__(labels=False)
-        self._body = Container(**kwargs)
-        self._scroll = _scroll_area(self._body.native)
-        self.native.layout().addWidget(self._scroll)
-        self.native.layout().setContentsMargins(0, 0, 0, 0)
-        _PANELS.add(self)
-        self._tabber = _DockTabber(self)
-        # napari hands plugin widgets a public-only proxy of the viewer; the panels of one
-        # viewer share state through the viewer itself
-        viewer = getattr(viewer, "__wrapped__", viewer)
-        self._viewer = viewer
-        self._session: Session = get_session(viewer)
-        self._closed = False
-        self.native.destroyed.connect(self._mark_closed_factory())
-        self._watcher: Any = None
-        ev = viewer.layers.events
-        for name in ("inserted", "removed", "moved", "reordered"):
-            emitter = getattr(ev, name, None)
-            if emitter is not None:
-                emitter.connect(self._on_layers_changed)
-
-    def _mark_closed_factory(self) -> Callable[..., None]:
-        ref = weakref.ref(self)
-
-        def mark(*_: Any) -> None:
-            w = ref()
-            if w is not None:
-                w._on_window_closed()
-        return mark
-
-    def _on_window_closed(self) -> None:
-        """The viewer (or this panel) is going away: stop touching Qt widgets."""
-        self._closed = True
-
-    def _watch_window(self) -> None:
-        """Once docked, watch the main window so that closing the viewer is noticed at once."""
-        window = self.native.window()
-        if self._watcher is None and window is not None and window is not self.native:
-            self._watcher = _CloseWatcher(window, self._mark_closed_factory())
-
-    def _on_layers_changed(self, event: Any = None) -> None:
-        if self._closed:
-            return
-        try:
-            self.reset_choices()
-        except RuntimeError:  # Qt side already deleted
-            self._closed = True
-
-    def _layer_choices(self, keep: Callable[[Any], bool]) -> list[tuple[str, Any]]:
-        return [(ly.name, ly) for ly in self._viewer.layers if keep(ly)]
-
-    def _add_qt(self, qwidget: Any) -> None:
-        self._body.native.layout().addWidget(qwidget)
-
-    def extend(self, widgets: Any) -> None:
-        """Add magicgui widgets to the panel's (scrolling) body."""
-        body = self.__dict__.get("_body")
-        if body is None:  # magicgui's own construction
-            super().extend(widgets)
-        else:
-            body.extend(widgets)
-
-    def reset_choices(self, *_: Any) -> None:
-        """Refresh every combo box of the body (e.g. the layer lists)."""
-        super().reset_choices()
-        body = self.__dict__.get("_body")
-        if body is not None:
-            body.reset_choices()
-
-    def _dock_widget(self) -> Any:
-        """The QDockWidget this panel sits in, or None (not docked)."""
-        from qtpy.QtWidgets import QDockWidget  # noqa: PLC0415
-
-        w = self.native.parentWidget()
-        while w is not None and not isinstance(w, QDockWidget):
-            w = w.parentWidget()
-        return w
 
 
 # ============================================================================ 1. bulk region
@@ -362,38 +225,6 @@ class BulkRegionWidget(_Panel):
 
 
 # ============================================================================ 2. detector
-class _Bridge(QObject):
-    """Carries progress events from the worker thread to the GUI thread (queued signal)."""
-
-    event = QtSignal(object)
-
-
-class _CloseWatcher(QObject):
-    """Calls ``on_close`` once when the viewer's main window closes (or is destroyed)."""
-
-    def __init__(self, window: Any, on_close: Callable[[], None]) -> None:
-        super().__init__(window)
-        self._window = window
-        self._on_close = on_close
-        window.installEventFilter(self)
-        window.destroyed.connect(lambda *_: on_close())
-
-    def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 - Qt API
-        if event.type() == QEvent.Type.Close:
-            QTimer.singleShot(0, self._check)
-        return False
-
-    def _check(self) -> None:
-        """After the close event: only a window that really went away counts (the user may
-        have answered "cancel" to napari's close dialog)."""
-        try:
-            gone = not self._window.isVisible()
-        except RuntimeError:
-            gone = True
-        if gone:
-            self._on_close()
-
-
 def _energy_window(text: str) -> tuple[float, float] | None:
     """``'700:740'`` -> (700.0, 740.0); empty or ``'all'`` -> None (the whole axis)."""
     t = str(text or "").strip()
@@ -478,66 +309,6 @@ def _parse_extra(text: str) -> dict[str, Any]:
     return out
 
 
-def _next_turn(fn: Callable[[], None]) -> None:
-    """Run ``fn`` in a later turn of the Qt event loop: after 20 ms, so that input, paint
-    and other timers are served between two steps."""
-    QTimer.singleShot(20, fn)
-
-
-def leave_a_core() -> int:
-    """Called in a worker thread before heavy torch work: torch uses at most ``cores - 1``
-    threads, so one core stays with the GUI thread; returns the thread count.
-
-    Returns
-    -------
-    int
-        torch's intra-op thread count now (1 on a single-core machine).
-    """
-    import os  # noqa: PLC0415
-
-    try:
-        import torch  # noqa: PLC0415 - heavy: only ever imported in a worker
-    except ImportError:  # RX needs no torch
-        return 0
-    n = max(1, (os.cpu_count() or 2) - 1)
-    if torch.get_num_threads() > n:
-        torch.set_num_threads(n)
-    return torch.get_num_threads()
-
-
-def deliver(ref: Callable[[], Any], on_done: Callable[[Any, Any], None], value: Any) -> None:
-    """Hand a worker's return ``value`` to ``on_done(panel, value)`` on the GUI thread.
-
-    Nothing happens when the panel (``ref()``, a weak reference) is gone or closed; a
-    refused input becomes a notification, and Qt objects deleted while the viewer
-    closes are ignored.
-
-    Parameters
-    ----------
-    ref : callable
-        Weak reference to the panel.
-    on_done : callable
-        ``on_done(panel, value)``: shows the result.
-    value : object
-        What the worker returned.
-    """
-    w = ref()
-    if w is None or w._closed:
-        return
-    try:
-        on_done(w, value)
-    except InputError as exc:
-        _notify.error(str(exc))
-    except RuntimeError as exc:  # Qt objects deleted while closing
-        log.debug("ignored after close: %s", exc)
-
-
-def _log_warning(args: tuple) -> None:
-    """A warning raised in a worker thread (``warnings.showwarning`` arguments): log it."""
-    message, category = (args + (None, None))[:2]
-    log.warning("%s: %s", getattr(category, "__name__", "Warning"), message)
-
-
 class DetectorWidget(_Panel):
     """Method, hyperparameters and device; Train, Apply, Cancel; load and save a model file.
 
@@ -595,14 +366,15 @@ class DetectorWidget(_Panel):
                      *[w for ws in self._per_method.values() for w in ws],
                      self._extra, self._auto_apply, run_row, self._model_file, model_row, self._status])
         self._delivering = 0
-        self._jobs: set[threading.Event] = set()
         self._cancel_event: threading.Event | None = None
         self._worker: Any = None
         self._pbar: Any = None
-        self._bridge: Any = None
         self.n_progress_events = 0
         self.last_event: Any = None
         self._epoch: tuple[int, int] = (0, 0)
+        self._bar_stage: str | None = None
+        self._bar_unit = 1
+        self._batches_per_epoch = 0
         self._shown_at = 0.0
         self._flush_pending = False
         self._session.energy_window_picked.connect(self._on_window_picked)
@@ -614,12 +386,6 @@ class DetectorWidget(_Panel):
         self._save_btn.changed.connect(self._on_save)
         self._on_method()
         self._set_busy(False)
-
-    def _on_window_closed(self) -> None:
-        """Closing the viewer cancels running work (it stops at its next step)."""
-        for ev in list(self._jobs):
-            ev.set()
-        super()._on_window_closed()
 
     # ------------------------------------------------------------------ state
     @property
@@ -734,7 +500,9 @@ class DetectorWidget(_Panel):
                         f"({res.threshold_method}).")
                 _next_turn(lambda: _notify.info(text))
 
-        self._run(f"training {name}", work, done)
+        epochs = params.get("epochs")
+        self._run(f"training {name}", work, done,
+                  epochs=epochs if isinstance(epochs, int) and epochs > 0 else None)
 
     def _on_apply(self, *_: Any) -> None:
         """Score the current spectrum image with the current detector (worker thread)."""
@@ -847,57 +615,28 @@ class DetectorWidget(_Panel):
 
     # ------------------------------------------------------------------ worker plumbing
     def _run(self, what: str, fn: Callable[[Callable[[Any], bool]], Any],
-             on_done: Callable[[Any, Any], None]) -> Any:
-        """Run ``fn(progress_callback)`` in a napari thread worker with a progress bar.
+             on_done: Callable[[Any, Any], None], epochs: int | None = None) -> Any:
+        """Run ``fn(progress_callback)`` in a worker (:meth:`_Panel.run_worker`) with a
+        progress bar in napari's activity dock and this panel's Cancel (``epochs``: how
+        many the training will run, when known, so that the bar moves from the first
+        batch on).
 
         ``on_done(panel, value)`` runs in the GUI thread with the return value, unless the
         viewer was closed meanwhile. Errors become notifications; ``Cancelled`` an info.
         """
         from napari.utils import cancelable_progress  # noqa: PLC0415
 
-        # superqt's worker is the thread_worker napari wraps, without napari's extras: its
-        # generic traceback notifications (ours say what went wrong) and its registration
-        # with the "current viewer" task list, which can be another viewer than ours (its
-        # close would quit our worker) and keeps finished workers alive
-        from superqt.utils import create_worker  # noqa: PLC0415
-
-        self._watch_window()
         cancel = threading.Event()
-        self._jobs.add(cancel)
         self._cancel_event = cancel
-        state = {"done": False}
-        bridge = _Bridge()
-        ref = weakref.ref(self)
-
-        def on_progress(ev: Any) -> None:
-            w = ref()
-            if w is not None and not state["done"] and not w._closed:
-                w._on_progress(ev)
-
-        bridge.event.connect(on_progress)
-        self._bridge = bridge
         pbar = cancelable_progress(total=0, desc=f"eelsanom: {what}", cancel_callback=cancel.set)
         self._pbar = pbar
         self.n_progress_events = 0
-        self._epoch, self._shown_at, self.last_event = (0, 0), 0.0, None
+        self._epoch, self._shown_at, self.last_event = (0, int(epochs or 0)), 0.0, None
+        self._bar_stage, self._batches_per_epoch = None, 0
 
-        def callback(ev: Any) -> bool:
-            bridge.event.emit(ev)
-            return not cancel.is_set()
-
-        worker = create_worker(fn, callback, _start_thread=False, _ignore_errors=True)
-        worker.warned.connect(_log_warning)  # warnings from the worker thread go to the log
-
-        def returned(value: Any) -> None:
-            state["done"] = True  # progress events still queued are stale now
-            deliver(ref, on_done, value)
-
-        def errored(exc: BaseException) -> None:
-            state["done"] = True
-            w = ref()
-            closed = w is None or w._closed
+        def errored(w: DetectorWidget | None, exc: BaseException) -> None:
             if isinstance(exc, Cancelled):
-                if not closed:
+                if w is not None:
                     _notify.info(f"eelsanom: {what} cancelled.")
                     w._set_status(f"{what} cancelled")
                 return
@@ -906,45 +645,44 @@ class DetectorWidget(_Panel):
             else:
                 log.error("%s failed", what, exc_info=exc)
                 msg = f"{what} failed: {type(exc).__name__}: {exc}"
-            if not closed:
+            if w is not None:
                 _notify.error(msg)
                 w._set_status(f"{what} failed")
 
-        jobs = self._jobs
-
-        def finished() -> None:
-            state["done"] = True
-            jobs.discard(cancel)
+        def finished(w: DetectorWidget | None) -> None:
             pbar.close()
-            w = ref()
-            if w is None:
-                return
-            w._worker = None
-            w._cancel_event = None
-            w._set_busy(w.busy)
+            if w is not None:
+                w._worker = None
+                w._cancel_event = None
+                w._set_busy(w.busy)
 
-        worker.returned.connect(returned)
-        worker.errored.connect(errored)
-        worker.finished.connect(finished)
+        # (the worker's signals reach this thread through the event loop: not before
+        # this method returns)
+        worker = self.run_worker(fn, what=what, on_done=on_done, on_error=errored,
+                                 on_finished=finished, cancel=cancel,
+                                 progress=lambda w, ev: w._on_progress(ev))
         self._worker = worker
         self._set_busy(True)
         self._set_status(f"{what}...")
-        worker.start()
         return worker
 
     def _on_progress(self, ev: Any) -> None:
         """A progress event from the worker (GUI thread): update the status and the bar.
 
-        Events may come per epoch or finer (per batch: ``metrics`` ``batch``/``batches``,
-        or a ``"batch"`` stage counting within the current epoch); the bar advances by
-        fractions of an epoch. The display is refreshed at most every
-        :data:`PROGRESS_EVERY` seconds (the last event wins), so that many small events
-        cost the GUI thread little.
+        Events may come per epoch or finer, in either of two shapes: ``"train"`` events
+        with ``batch``/``batches`` metrics, or ``"batch"`` events counting the steps (and
+        validation blocks) within the epoch under way, followed by the epoch's ``"train"``
+        event. The bar then advances by fractions of an epoch. The display is refreshed at
+        most every :data:`PROGRESS_EVERY` seconds (the last event wins), so that many small
+        events cost the GUI thread little.
         """
         self.n_progress_events += 1
         self.last_event = ev
         if ev.stage in ("train", "fit"):
-            self._epoch = (int(ev.step), int(ev.total or 0))
+            self._epoch = (int(ev.step), int(ev.total or 0) or self._epoch[1])
+        elif ev.stage == "batch" and ev.metrics.get("phase") != "validation":
+            # a training step: its total is the epoch's count (steps and validation blocks)
+            self._batches_per_epoch = int(ev.total or 0)
         now = time.monotonic()
         if now - self._shown_at >= PROGRESS_EVERY:
             self._show_progress()
@@ -959,41 +697,63 @@ class DetectorWidget(_Panel):
         if self._worker is not None and not self._closed:
             self._show_progress()
 
+    def progress_fraction(self) -> tuple[float, int, str]:
+        """What the last event says: ``(done, total, text)`` in epochs for training (e.g.
+        2.5 of 40 in the middle of the third epoch), in steps for other stages."""
+        ev = self.last_event
+        m = dict(ev.metrics)
+        batch, batches = m.pop("batch", None), m.pop("batches", None)
+        phase = m.pop("phase", None)
+        if ev.stage == "batch":  # counting within the epoch under way
+            batch, batches = int(ev.step), int(ev.total or 0)
+        metrics = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                           for k, v in m.items())
+        epoch, epochs = self._epoch
+        if ev.stage in ("train", "fit", "batch"):
+            # a "batch" event belongs to the epoch after the last one reported; a "train"
+            # event with batch metrics to the epoch it names
+            current = epoch + 1 if ev.stage == "batch" else epoch
+            done = float(epoch)
+            total = epochs
+            if ev.stage == "batch" and phase == "validation" and epoch == 0 and \
+                    not self._batches_per_epoch:
+                # the validation split scored once before the first epoch: no epoch yet
+                text = f"train: validation before epoch 1, block {batch}/{batches or '?'}"
+                return 0.0, total, text + (f", {metrics}" if metrics else "")
+            if batch is not None and batches:
+                done = current - 1 + min(1.0, batch / batches)
+            text = f"train: epoch {max(current, 1)}/{epochs or '?'}"
+            if batch is not None:
+                text += f", {phase or 'batch'} {batch}/{batches or '?'}"
+        else:
+            done, total = float(ev.step), int(ev.total or 0)
+            text = f"{ev.stage}: step {ev.step}/{ev.total or '?'}"
+        return done, total, text + (f", {metrics}" if metrics else "")
+
     def _show_progress(self) -> None:
         ev = self.last_event
         if ev is None:
             return
         self._shown_at = time.monotonic()
-        m = dict(ev.metrics)
-        batch, batches = m.pop("batch", None), m.pop("batches", None)
-        if ev.stage == "batch":  # counting within the current epoch
-            batch, batches = ev.step, ev.total
-        metrics = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                           for k, v in m.items())
-        epoch, epochs = self._epoch
-        if ev.stage in ("train", "fit", "batch"):
-            done = float(epoch)
-            if batch is not None and batches:
-                # a batch event of epoch e (1-based) counts e - 1 whole epochs
-                done = (epoch - 1 if ev.stage != "batch" else epoch) + batch / batches
-            text = f"train: epoch {epoch}/{epochs or '?'}"
-            if batch is not None:
-                text += f", batch {batch}/{batches or '?'}"
-            total = epochs
-        else:
-            done, total = float(ev.step), int(ev.total or 0)
-            text = f"{ev.stage}: step {ev.step}/{ev.total or '?'}"
-        text += f", {metrics}" if metrics else ""
+        done, total, text = self.progress_fraction()
         self._set_status(text)
         pbar = self._pbar
         if pbar is None:
             return
         # napari's bar counts whole steps: batches when the events give them, else epochs
-        unit = int(batches) if batch is not None and batches else 1
+        # or steps; a new stage (training, then scoring) starts it anew
+        batches = self._batches_per_epoch or ev.metrics.get("batches")
+        stage = "train" if ev.stage in ("train", "fit", "batch") else ev.stage
+        fine = stage == "train" and bool(batches) and bool(total)
+        if self._bar_stage != stage or (fine and self._bar_unit == 1):
+            # batches once they come (and so for the rest of the stage)
+            self._bar_stage, self._bar_unit = stage, int(batches) if fine else 1
+            pbar.reset(total=total * self._bar_unit if total else 0)
+        unit = self._bar_unit
         if total and pbar.total != total * unit:
             pbar.total = total * unit
         pbar.set_description(f"eelsanom {text}")
-        n = int(round(done * unit))
+        n = int(round(done * unit)) if total else int(done)
         if n >= pbar.n:
             pbar.update(n - pbar.n)
 
@@ -1416,32 +1176,23 @@ class SpectrumInspectorWidget(_Panel):
         if got is not None and got[0] is raw:
             then(got[1], got[2])
             return
-        from superqt.utils import create_worker  # noqa: PLC0415
-
-        ref = weakref.ref(self)
-
         def work() -> tuple[np.ndarray, np.ndarray]:
             mean, _sigma = raw.reconstruct()
             return np.asarray(mean, np.float64), raw.energy.values
 
-        def returned(out: tuple[np.ndarray, np.ndarray]) -> None:
-            w = ref()
-            if w is None or w._closed:
-                return
+        def done(w: SpectrumInspectorWidget, out: tuple[np.ndarray, np.ndarray]) -> None:
             w._recon = {id(raw): (raw, *out)}
             if w._session.raw_result is raw:
                 then(*out)
 
-        def errored(exc: BaseException) -> None:
+        def errored(w: Any, exc: BaseException) -> None:
             log.error("reconstruction failed", exc_info=exc)
-            _notify.error(f"mean of region: the model failed: {type(exc).__name__}: {exc}")
+            if w is not None:
+                _notify.error(f"mean of region: the model failed: {type(exc).__name__}: {exc}")
 
-        worker = create_worker(work, _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(returned)
-        worker.errored.connect(errored)
-        self._recon_worker = worker
-        worker.finished.connect(lambda: setattr(ref() or self, "_recon_worker", None))
-        worker.start()
+        self._recon_worker = self.run_worker(
+            work, what="mean of region", on_done=done, on_error=errored,
+            on_finished=lambda w: w is not None and setattr(w, "_recon_worker", None))
 
     def _on_pixel_requested(self, iy: int, ix: int) -> None:
         """Another panel (e.g. the latent scatter) asks for pixel (iy, ix)."""
@@ -1513,33 +1264,23 @@ class SpectrumInspectorWidget(_Panel):
         if self._pixel_worker is not None:
             self._wanted = (raw, iy, ix)
             return
-        from superqt.utils import create_worker  # noqa: PLC0415
-
-        self._watch_window()
-        ref = weakref.ref(self)
-
         def work() -> Any:
             return raw.pixel(iy, ix)
 
-        def returned(ps: Any) -> None:
-            w = ref()
-            if w is None or w._closed:
-                return
+        def done(w: SpectrumInspectorWidget, ps: Any) -> None:
             w.n_model_calls += 1
             w._store(raw, iy, ix, ps)
             if w.pixel == (iy, ix) and w._session.raw_result is raw:
-                deliver(ref, lambda p, _v: p._draw(), None)
+                w._draw()
 
-        def errored(exc: BaseException) -> None:
-            w = ref()
-            if w is None or w._closed:
+        def errored(w: Any, exc: BaseException) -> None:
+            if w is None:
                 return
             log.error("pixel spectrum failed", exc_info=exc)
             _notify.error(f"cannot show the model for pixel y={iy}, x={ix}: "
                           f"{type(exc).__name__}: {exc}")
 
-        def finished() -> None:
-            w = ref()
+        def finished(w: Any) -> None:
             if w is None:
                 return
             w._pixel_worker = None
@@ -1548,12 +1289,8 @@ class SpectrumInspectorWidget(_Panel):
                     w.cached(*nxt[1:]) is None:
                 w._request(*nxt)
 
-        worker = create_worker(work, _start_thread=False, _ignore_errors=True)
-        worker.returned.connect(returned)
-        worker.errored.connect(errored)
-        worker.finished.connect(finished)
-        self._pixel_worker = worker
-        worker.start()
+        self._pixel_worker = self.run_worker(work, what="pixel spectrum", on_done=done,
+                                             on_error=errored, on_finished=finished)
 
     @property
     def busy(self) -> bool:
@@ -1622,7 +1359,8 @@ class SpectrumInspectorWidget(_Panel):
         self.spectrum = ps
         self._canvas.show_pixel(si.energy.values, np.asarray(si.data[iy, ix], float),
                                 title=self._title(res, ps), pixel=(iy, ix), spectrum=ps,
-                                window_ev=float(self._window.value))
+                                window_ev=float(self._window.value),
+                                expect_model=res is not None)
         return ps
 
     def _on_threshold(self, res: Any = None) -> None:
@@ -1784,8 +1522,6 @@ def dock_all(viewer: napari.viewer.Viewer, layout: str | None = None) -> dict[st
         :data:`LAYOUTS` key; default: chosen from the screen's size
         (:func:`choose_layout`). Panels scroll when the window is too small for them.
     """
-
-    from ._latent_panel import LatentPanel  # noqa: PLC0415
 
     win = viewer.window
     qwin = win._qt_window

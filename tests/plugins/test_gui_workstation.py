@@ -157,6 +157,77 @@ def test_inspector_model_runs_off_the_gui_thread_and_is_cached(viewer, qtbot, sa
     assert not errors(notifications), notifications
 
 
+def test_clicks_and_slider_ticks_update_the_plots_in_place(viewer, qtbot, sample_file,
+                                                           monkeypatch, notifications):
+    """What keeps a click and a slider tick cheap in the GUI thread, as structure: after
+    the first pixel, showing another one makes no new artist and clears no axes (the
+    curves are updated in place); a pixel whose curves fit the limits costs a blit, no
+    full redraw; a threshold tick redraws neither the histogram nor the spectrum, runs no
+    model, and refreshes no layer but the mask (and that only when the flags change)."""
+    open_sample(viewer, sample_file)
+    panels = dock_all(viewer)
+    session = get_session(viewer)
+    si = session.spectrum_image()
+    res = session.set_result(fit_result(si, n_components=4, device="cpu"), session.cube())
+    insp, results = panels["Spectrum inspector"], panels["Results"]
+    canvas, hist = insp._canvas, results._hist
+    insp.inspect(20, 20)
+    qtbot.waitUntil(lambda: insp.spectrum is not None, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: not getattr(canvas, "_draw_pending", False), timeout=TIMEOUT_MS)
+    cleared = []
+    for obj in (canvas.figure, canvas.ax, canvas.ax_res, hist.figure, hist.ax):
+        for name in ("clear", "clf", "cla"):
+            if hasattr(obj, name):
+                monkeypatch.setattr(obj, name, lambda *a, o=obj, **k: cleared.append(o))
+    def plotted():  # the axes' own artists (lines, bands, spans, texts, legend; the
+        # ticks are matplotlib's, made anew when the limits change)
+        return {id(a) for ax in (canvas.ax, canvas.ax_res) for a in ax.get_children()}
+
+    artists = plotted()
+    lines = (canvas.observed_line, canvas.mean_line, canvas.band, canvas.residual_line)
+    for iy, ix in [(20, 21), (21, 21), (40, 12), (5, 50), (20, 20)]:
+        insp.inspect(iy, ix)
+        qtbot.waitUntil(lambda p=(iy, ix): insp.cached(*p) is not None and
+                        insp.spectrum is not None, timeout=TIMEOUT_MS)
+        assert insp._canvas.pixel == (iy, ix)
+    np.testing.assert_allclose(canvas.observed_line.get_ydata(), res.pixel(20, 20).observed)
+    assert (canvas.observed_line, canvas.mean_line, canvas.band, canvas.residual_line) == lines
+    assert plotted() == artists, "a click made new artists"
+    # every legend entry drawn (the entries of the model exist before its curves arrive)
+    assert [t.get_text() for t in canvas.legend.get_texts()][:3] == ["model ±σ", "observed",
+                                                                      "model"]
+    assert all(h.get_visible() for h in canvas.legend.legend_handles)
+    assert not cleared, "a click cleared axes or the figure"
+    # the same pixel again: the curves fit the limits, a blit and no full redraw
+    qtbot.waitUntil(lambda: not getattr(canvas, "_draw_pending", False), timeout=TIMEOUT_MS)
+    full, blits = canvas.n_full_draws, canvas.n_blits
+    insp.inspect(20, 20)
+    qtbot.wait(100)
+    assert canvas.n_blits == blits + 1 and canvas.n_full_draws == full
+    # threshold ticks: no model, no histogram or spectrum redraw, no NLL-layer refresh
+    calls0, hist_draws = insp.n_model_calls, []
+    monkeypatch.setattr(type(hist), "show_counts", lambda *a, **k: hist_draws.append(a))
+    results._method.value = "manual"
+    refreshed: list[str] = []
+    nll, mask = by_role(viewer, "nll"), by_role(viewer, "mask")
+    for name in ("data", "scale", "translate"):
+        getattr(nll.events, name).connect(lambda e, n=name: refreshed.append("nll " + n))
+        getattr(mask.events, name).connect(lambda e, n=name: refreshed.append("mask " + n))
+    full = canvas.n_full_draws
+    masks = [session.result.mask.copy()]
+    for t in np.linspace(float(np.min(res.nll)), float(np.max(res.nll)), 10)[1:-1]:
+        results._manual.value = float(t)
+        masks.append(session.result.mask.copy())
+        results._apply()  # the same rule again: same flags, no layer refresh
+    qtbot.wait(200)
+    assert insp.n_model_calls == calls0 and not hist_draws and not cleared
+    assert canvas.n_full_draws == full
+    changes = sum(not np.array_equal(a, b) for a, b in zip(masks, masks[1:], strict=False))
+    assert changes > 0
+    assert refreshed == ["mask data"] * changes
+    assert not errors(notifications), notifications
+
+
 # ----------------------------------------------------------------------------- 5. stale state
 def test_panels_follow_the_current_data_and_result(viewer, qtbot, sample_file, tmp_path,
                                                    notifications):

@@ -450,6 +450,55 @@ def test_viewer_responsive_while_training_and_cancel(viewer, qtbot, sample_file,
     assert det._train_btn.enabled and not det._cancel_btn.enabled
 
 
+@pytest.mark.parametrize("shape", ["batch stage", "batch metrics"])
+def test_progress_bar_moves_within_an_epoch(make_napari_viewer, shape):
+    """Both shapes of per-batch progress: ``"batch"`` events counting the steps (and
+    validation blocks, ``phase``) of the epoch under way before its ``"train"`` event, or
+    ``"train"`` events with ``batch``/``batches`` metrics; the bar and the status follow
+    the batches, then scoring starts the bar anew."""
+    from napari.utils import progress as napari_progress
+
+    from eelsanom.progress import ProgressEvent
+
+    viewer = make_napari_viewer()
+    det = dock_all(viewer)["Detector"]
+    det._pbar = bar = napari_progress(total=0)
+    det._epoch, det._bar_stage = (0, 4), None  # a 4-epoch training (the epochs field)
+    seen = []
+
+    def send(ev):
+        det._on_progress(ev)
+        det._show_progress()
+        seen.append((bar.n / bar.total, det._status.value))
+
+    try:
+        if shape == "batch stage":  # the validation split scored before the first epoch
+            send(ProgressEvent("batch", 1, 2, {"phase": "validation"}))
+            assert seen[-1][0] == 0 and "validation before epoch 1" in seen[-1][1]
+        for epoch in (1, 2):
+            for k in range(1, 11):
+                if shape == "batch stage":
+                    phase = {"phase": "validation"} if k > 8 else {"loss": 1.0 / k}
+                    send(ProgressEvent("batch", k, 10, phase))
+                else:
+                    send(ProgressEvent("train", epoch, 4, {"batch": k, "batches": 10}))
+            if shape == "batch stage":
+                send(ProgressEvent("train", epoch, 4, {"loss": 0.5, "val_nll": 0.7}))
+        seen = seen[1:] if shape == "batch stage" else seen
+        fractions = [f for f, _ in seen]
+        assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(0.5)
+        assert fractions[4] == pytest.approx(0.125)  # 5 of 10 batches of the first of 4
+        assert any("epoch 1/4, batch 5/10" in t for _, t in seen)
+        if shape == "batch stage":
+            assert any("epoch 1/4, validation 9/10" in t for _, t in seen)
+            assert "epoch 2/4" in seen[-1][1] and "val_nll 0.7" in seen[-1][1]
+        # scoring: a new stage, the bar counts its steps from 0
+        send(ProgressEvent("score", 1, 3))
+        assert bar.total == 3 and bar.n == 1 and "score: step 1/3" in det._status.value
+    finally:
+        bar.close()
+
+
 def test_closing_viewer_stops_training(make_napari_viewer, qtbot, sample_file, monkeypatch):
     viewer = make_napari_viewer()
     open_sample(viewer, sample_file)

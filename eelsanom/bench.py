@@ -36,8 +36,17 @@ outside peer; it is skipped when HyperSpy is not installed.
 
 Outputs: ``results.csv`` (one row per condition x detector), ``results.md``
 (header with version, commit, device, dtype, seeds, timings; tables; the
-3D-CVAE's training record; a verdict), and figures (ROC curves, NLL
-histograms with thresholds, truth vs maps).
+3D-CVAE's training record; a verdict; the calibrated false-positive rate),
+``calibration.csv`` (realistic suite: the threshold calibrated on held-out bulk
+pixels, on the anomaly-free images over :data:`CALIBRATION_SEEDS` seeds,
+:func:`calibration_fpr`), and figures (ROC curves, NLL histograms with
+thresholds, truth vs maps).
+
+Detector settings are the library's defaults, read from the parameter table
+(:mod:`eelsanom.detectors.params`); the bench's own choices are the named
+constants :data:`POOLED_SIGMA`, :data:`CALIBRATION_SEEDS`,
+:data:`CALIBRATION_ALPHA` and :data:`QUICK_CALIBRATION_EPOCHS`, and
+:data:`ALIASES`.
 """
 
 from __future__ import annotations

@@ -187,7 +187,7 @@ def test_cvae_calibrated_false_positive_rate(context):
     blind-spot the same (robust 0.009 / 0.009 %). At 64 x 64 with the default
     training (40 epochs, early stopping) the same 5 seeds gave per-pixel 0.034 %
     pooled, 0.015 % unpooled, blind-spot 0.029 % / 0.015 % (robust 0.034 /
-    0.020 / 0.029 / 0.015 %). About 2 minutes per mode on an idle 2-core machine.
+    0.020 / 0.029 / 0.015 %).
     """
     flagged = {DEFAULT_SIGMA: 0, 0.0: 0}
     robust = dict(flagged)

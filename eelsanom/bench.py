@@ -36,8 +36,17 @@ outside peer; it is skipped when HyperSpy is not installed.
 
 Outputs: ``results.csv`` (one row per condition x detector), ``results.md``
 (header with version, commit, device, dtype, seeds, timings; tables; the
-3D-CVAE's training record; a verdict), and figures (ROC curves, NLL
-histograms with thresholds, truth vs maps).
+3D-CVAE's training record; a verdict; the calibrated false-positive rate),
+``calibration.csv`` (realistic suite: the threshold calibrated on held-out bulk
+pixels, on the anomaly-free images over :data:`CALIBRATION_SEEDS` seeds,
+:func:`calibration_fpr`), and figures (ROC curves, NLL histograms with
+thresholds, truth vs maps).
+
+Detector settings are the library's defaults, read from the parameter table
+(:mod:`eelsanom.detectors.params`); the bench's own choices are the named
+constants :data:`POOLED_SIGMA`, :data:`CALIBRATION_SEEDS`,
+:data:`CALIBRATION_ALPHA` and :data:`QUICK_CALIBRATION_EPOCHS`, and
+:data:`ALIASES`.
 """
 
 from __future__ import annotations
@@ -65,27 +74,66 @@ from .pooling import DEFAULT_SIGMA, Pooling
 log = logging.getLogger(__name__)
 
 __all__ = ["Condition", "quick_conditions", "full_conditions", "reference_scores",
-           "run_benchmark", "run_speed", "speed_ratios"]
+           "run_benchmark", "run_speed", "speed_ratios", "calibration_fpr", "variants"]
 
 SHIFTS = (0.3, 0.6, 0.9, 1.5, 2.4)
 CONCENTRATIONS = (0.005, 0.01, 0.02, 0.05, 0.10)
 DOSES = (50.0, 200.0, 1000.0)
 REFERENCES = ("supervised-limit", "perfect-bulk", "perfect-bulk+pool", "manifold-oracle")
 SUITES = ("paper", "realistic")
-#: eelsanom detectors of the benchmark: method -> (label, pooling sigma) of each scoring
-VARIANTS: dict[str, tuple[tuple[str, float], ...]] = {
-    "cvae": (("cvae+pool", DEFAULT_SIGMA), ("cvae", 0.0)),
-    "pca": (("pca", 0.0), ("pca+pool", DEFAULT_SIGMA)),
-    "context-pca": (("context-pca", 0.0), ("context-pca+pool", DEFAULT_SIGMA)),
-    "rx": (("rx", 0.0), ("rx+pool", DEFAULT_SIGMA)),
-    "cvae-ctx": (("cvae-ctx+pool", DEFAULT_SIGMA), ("cvae-ctx", 0.0)),
-}
 #: what ``eelsanom bench`` runs by default: every eelsanom detector and the outside peer
 DEFAULT_METHODS = ("cvae", "cvae-ctx", "pca", "context-pca", "rx", "hyperspy")
 #: benchmark names that are a detector with other settings: name -> (method, params)
 ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
     "cvae-ctx": ("cvae", {"context": "blind-spot"}),  # the 3D-CVAE's blind-spot context mode
 }
+# The bench's own choices (everything else is the detector's default, read from the
+# parameter table eelsanom.detectors.params, so the bench measures what users get):
+#: pooling sigma (px) of the ``+pool`` variant of a detector whose default is no pooling
+#: (PCA, RX); a detector that pools by default is pooled at its own default
+POOLED_SIGMA = DEFAULT_SIGMA
+#: anomaly-free images per condition (seeds ``seed .. seed + N - 1``) over which the calibrated
+#: threshold's false-positive rate is measured (realistic suite)
+CALIBRATION_SEEDS = 5
+#: the calibrated threshold's nominal false-positive rate (``threshold="calibrated"``)
+CALIBRATION_ALPHA = scoring.DEFAULT_ALPHA
+#: 3D-CVAE epochs in the quick suite's calibration measurement (it trains the network
+#: ``1 + folds`` times per image and seed), which also measures only the suite's first
+#: anomaly-free condition; None: the detector's default
+QUICK_CALIBRATION_EPOCHS: int | None = 3
+
+
+def variants(method: str) -> tuple[tuple[str, float], ...]:
+    """The scorings of one fitted detector in the benchmark: ``(label, pooling sigma)``.
+
+    The detector's default scoring first (its default ``pooling`` from the
+    parameter table), then the other: unpooled (``sigma = 0``) or pooled
+    (label ``+pool``, at the default or, for a detector that does not pool by
+    default, at :data:`POOLED_SIGMA`).
+
+    Parameters
+    ----------
+    method : str
+        A benchmark method (a detector key or an :data:`ALIASES` name).
+
+    Returns
+    -------
+    tuple of (str, float)
+        Two ``(label, sigma)`` pairs, default first.
+
+    Raises
+    ------
+    InputError
+        When the method is unknown.
+    """
+    from .detectors.params import defaults
+
+    base, settings = ALIASES.get(method, (method, {}))
+    default = float(settings.get("pooling", defaults(base)["pooling"]))
+    pooled = ((f"{method}+pool", default if default > 0 else POOLED_SIGMA), (method, 0.0))
+    return pooled if default > 0 else pooled[::-1]
+
+
 #: realistic nuisances (physical units): energy drift field (eV), valence gradient (eV),
 #: t/lambda range with plural scattering, detector gain (counts per electron), dark offset
 #: and read noise (counts)
@@ -528,10 +576,11 @@ def hyperspy_decomposition_score(si) -> tuple[np.ndarray, dict[str, Any]]:
 
 
 def _detector_params(method: str, device: str, seed: int) -> dict[str, Any]:
-    params: dict[str, Any] = {"seed": seed}
-    if method in ("pca", "context-pca", "cvae"):
-        params["device"] = device
-    return params
+    """The bench's run settings (seed, device) for the detectors that take them."""
+    from .detectors.params import defaults
+
+    names = defaults(method)
+    return {k: v for k, v in (("seed", seed), ("device", device)) if k in names}
 
 
 def _metrics(nll: np.ndarray, truth: np.ndarray, threshold_spec: Any = "robust") -> dict[str, Any]:
@@ -564,7 +613,7 @@ def run_condition(cond: Condition, methods: list[str], *, device: str, seed: int
     """Simulate one condition and run every detector and reference on it.
 
     Each eelsanom detector is fitted once and scored without and with the
-    shared pooling stage (:data:`VARIANTS`).
+    shared pooling stage (:func:`variants`).
 
     Parameters
     ----------
@@ -629,7 +678,6 @@ def run_condition(cond: Condition, methods: list[str], *, device: str, seed: int
             maps["nll"]["hyperspy-decomposition"] = nll
             maps["thresholds"]["hyperspy-decomposition"] = m["threshold"]
             continue
-        variants = VARIANTS.get(method, ((method, None),))
         base_method, settings = ALIASES.get(method, (method, {}))
         det = get_detector(base_method, **_detector_params(base_method, device, seed), **settings)
         _cuda_reset(device)
@@ -638,22 +686,163 @@ def run_condition(cond: Condition, methods: list[str], *, device: str, seed: int
             det.fit(sim.si, train_mask, progress=progress)
             fit_s = time.perf_counter() - t0
         extra = _training_record(det) if base_method == "cvae" else {}
-        for label, sigma in variants:
-            if sigma is not None:
-                det.set_params(pooling=sigma)
+        for label, sigma in variants(method):
+            det.set_params(pooling=sigma)
             with PeakRSS() as mem_s:
                 t1 = time.perf_counter()
                 res = det.score(sim.si)
                 score_s = time.perf_counter() - t1
             m = _metrics(res.nll, truth, getattr(det, "threshold", "robust"))
             rows.append({**base, "detector": label, **m, "fit_s": fit_s, "score_s": score_s,
-                         "device": _resolved_device(device) if method in ("cvae", "pca")
+                         "device": _resolved_device(device) if "device" in det.get_params()
                          else "cpu", "peak_rss_mb": max(mem.peak_mb, mem_s.peak_mb),
                          "peak_gpu_mb": _cuda_peak_mb(device),
                          "n_parameters": int(getattr(det, "n_parameters", 0) or 0), **extra})
             maps["nll"][label] = res.nll
             maps["thresholds"][label] = m["threshold"]
     return rows, maps
+
+
+def calibration_conditions(conds: list[Condition]) -> list[Condition]:
+    """The anomaly-free, bulk-trained conditions of a suite: where the calibrated FPR is measured.
+
+    Parameters
+    ----------
+    conds : list of Condition
+
+    Returns
+    -------
+    list of Condition
+        Those with ``concentration == 0`` that train on the bulk region.
+    """
+    return [c for c in conds if c.supervised and float(c.sim.get("concentration", 1.0)) == 0.0]
+
+
+def calibration_fpr(conds: list[Condition], methods: list[str], *, device: str = "auto",
+                    seed: int = 0, seeds: int = CALIBRATION_SEEDS, folds: int = 4,
+                    alpha: float = CALIBRATION_ALPHA, cvae_epochs: int | None = None,
+                    quiet: bool = True) -> list[dict[str, Any]]:
+    """False-positive rate of the calibrated threshold on anomaly-free images, over seeds.
+
+    For every condition, seed and detector: one fit on the bulk region (the
+    detector's defaults, :func:`_detector_params`), the cross-fitted held-out
+    bulk scores of :meth:`~eelsanom.detectors.base.BaseDetector.held_out_scores`
+    (``folds`` extra fits, each scored with and without pooling,
+    :func:`variants`), the ``1 - alpha`` threshold of their null distribution
+    (:func:`eelsanom.scoring.null_calibration`; what ``threshold="calibrated"``
+    sets), and the pixels of the image it flags, beside the automatic
+    ``robust`` threshold of the same map.
+
+    Parameters
+    ----------
+    conds : list of Condition
+        Anomaly-free conditions (every pixel normal), trained on the bulk.
+    methods : list of str
+        Benchmark methods (``"hyperspy"`` is left out: it has no held-out model).
+    device : str, default "auto"
+    seed : int, default 0
+        First seed; the images are ``seed .. seed + seeds - 1``.
+    seeds : int, default :data:`CALIBRATION_SEEDS`
+    folds : int, default 4
+        Cross-fitting folds (the library's default).
+    alpha : float, default :data:`CALIBRATION_ALPHA`
+        Nominal false-positive rate.
+    cvae_epochs : int, optional
+        3D-CVAE epochs (the bench's quick choice); None: the detector's default.
+    quiet : bool, default True
+        Do not print one line per condition, seed and detector.
+
+    Returns
+    -------
+    list of dict
+        One row per condition, seed and detector label: ``n_pixels``,
+        ``n_calibrated`` / ``n_robust`` (pixels flagged), ``fpr_calibrated`` /
+        ``fpr_robust``, both thresholds, ``fit_s`` (the detector's fit plus the
+        folds', seconds) and ``epochs`` (the 3D-CVAE's; else empty).
+
+    Raises
+    ------
+    InputError
+        When a condition has anomalies or trains without a bulk region, or a method
+        is unknown.
+    """
+    from .detectors import get_detector
+    from .simulate import simulate
+
+    rows: list[dict[str, Any]] = []
+    for cond in conds:
+        if not cond.supervised or float(cond.sim.get("concentration", 1.0)) != 0.0:
+            raise InputError(f"calibration_fpr: expected anomaly-free conditions trained on the "
+                             f"bulk region, got {cond.name!r}.")
+        for s in range(int(seed), int(seed) + int(seeds)):
+            sim = simulate(**cond.sim, seed=s)
+            bulk, normal = sim.bulk_mask, ~np.asarray(sim.truth, bool)
+            for method in methods:
+                if method == "hyperspy":
+                    continue
+                base_method, settings = ALIASES.get(method, (method, {}))
+                params = {**_detector_params(base_method, device, s), **settings}
+                if base_method == "cvae" and cvae_epochs is not None:
+                    params["epochs"] = int(cvae_epochs)
+                vs = variants(method)
+                t0 = time.perf_counter()
+                det = get_detector(base_method, **params).fit(sim.si, bulk)
+                try:
+                    held = det.held_out_scores(sim.si, bulk, folds=folds,
+                                               variants=[{"pooling": sg} for _, sg in vs])
+                except InputError as exc:  # a bulk region too small to hold out squares
+                    log.warning("calibration of %s on %s skipped: %s", method, cond.name, exc)
+                    continue
+                fit_s = time.perf_counter() - t0
+                for (label, sigma), h in zip(vs, held):
+                    det.set_params(pooling=sigma)
+                    nll = det.score(sim.si).nll
+                    t_cal = scoring.calibrated_threshold(scoring.null_calibration(h[bulk]), alpha)
+                    t_rob = scoring.compute_threshold(nll, "robust")[0]
+                    n_cal, n_rob = int((nll > t_cal)[normal].sum()), int((nll > t_rob)[normal].sum())
+                    n = int(normal.sum())
+                    rows.append({"condition": cond.name, "seed": s, "detector": label,
+                                 "n_pixels": n, "n_calibrated": n_cal, "n_robust": n_rob,
+                                 "fpr_calibrated": n_cal / n, "fpr_robust": n_rob / n,
+                                 "threshold_calibrated": t_cal, "threshold_robust": t_rob,
+                                 "alpha": alpha, "folds": folds, "fit_s": fit_s,
+                                 "epochs": params.get("epochs", det.get_params().get("epochs", ""))
+                                 if base_method == "cvae" else ""})
+                    if not quiet:
+                        print(f"  calibration {cond.name:44s} seed {s} {label:18s} calibrated "
+                              f"{n_cal:4d} / {n} flagged, robust {n_rob:4d}  ({fit_s:.1f} s)",
+                              flush=True)
+    return rows
+
+
+def calibration_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The calibrated FPR per condition and detector, pooled over seeds (Markdown lines).
+
+    Parameters
+    ----------
+    rows : list of dict
+        From :func:`calibration_fpr`.
+
+    Returns
+    -------
+    list of str
+        A table: condition, method, calibrated FPR % (flagged / pixels over every
+        seed), its worst seed, robust FPR %, pixels, seeds; empty without rows.
+    """
+    if not rows:
+        return []
+    out = ["| condition | method | calibrated FPR % | worst seed % | robust FPR % | n pixels "
+           "| seeds |", "|---|---|---|---|---|---|---|"]
+    keys = list(dict.fromkeys((r["condition"], r["detector"]) for r in rows))
+    for c, d in keys:
+        rs = [r for r in rows if r["condition"] == c and r["detector"] == d]
+        n = sum(r["n_pixels"] for r in rs)
+        cal = 100.0 * sum(r["n_calibrated"] for r in rs) / n
+        rob = 100.0 * sum(r["n_robust"] for r in rs) / n
+        worst = 100.0 * max(r["fpr_calibrated"] for r in rs)
+        out.append(f"| {c.replace('|', '/')} | {d} | {cal:.3f} | {worst:.3f} | {rob:.3f} | {n} "
+                   f"| {len(rs)} |")
+    return out
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -835,7 +1024,8 @@ def _training_table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _write_markdown(rows: list[dict[str, Any]], header: dict[str, Any], path: Path,
-                    total_s: float) -> None:
+                    total_s: float, calibration: list[dict[str, Any]] | None = None,
+                    cvae_epochs: int | None = None) -> None:
     parts = ["# eelsanom detection benchmark", ""]
     parts += [f"- {k}: {v}" for k, v in header.items()]
     parts += [f"- total time: {total_s:.1f} s", ""]
@@ -854,6 +1044,17 @@ def _write_markdown(rows: list[dict[str, Any]], header: dict[str, Any], path: Pa
                           ("ashman_d", "Bimodality (Ashman's D of the log-NLL)"),
                           ("fit_s", "Fit time (s)"), ("score_s", "Score time (s)")):
         parts += [f"## {title}", "", markdown_table(rows, metric), ""]
+    cal = calibration_table(calibration or [])
+    if cal:
+        n_seeds = len({r["seed"] for r in calibration or []})
+        parts += [f"## Calibrated false-positive rate (anomaly-free images, {n_seeds} seeds)", "",
+                  "Each detector fitted on the bulk region; `threshold=\"calibrated\"` set from "
+                  "the scores of held-out bulk squares (4 folds, each fitted without them), "
+                  f"nominal rate {100 * CALIBRATION_ALPHA:g} %; the robust rule of the same map "
+                  "beside it. Pooled over seeds: flagged pixels / pixels."
+                  + (f" The 3D-CVAE trains {cvae_epochs} epochs here (quick mode; the tables "
+                     "above use its default)." if cvae_epochs else ""), ""]
+        parts += cal + [""]
     train = _training_table(rows)
     if train:
         parts += ["## 3D-CVAE training: held-out bulk NLL (nats per pixel)", "",
@@ -953,14 +1154,21 @@ def _tqdm():
 def run_benchmark(out: Path, *, quick: bool = True, methods: list[str] | None = None,
                   device: str = "auto", quiet: bool = False, seed: int = 0,
                   conditions: list[Condition] | None = None,
-                  suite: str = "paper") -> list[dict[str, Any]]:
+                  suite: str = "paper",
+                  calibration_seeds: int | None = None) -> list[dict[str, Any]]:
     """Run the benchmark sweep and write CSV, Markdown and figures into ``out``.
 
     Returns the rows (one per condition x detector).
 
     ``results.csv`` is rewritten after each condition, so an interrupted run
     keeps what it finished; ``results.md`` and the figures (``roc_curves.png``,
-    ``maps_<condition>.png``) are written at the end.
+    ``maps_<condition>.png``) are written at the end. Then, on the anomaly-free
+    conditions (:func:`calibration_conditions`), the calibrated threshold's
+    false-positive rate over ``calibration_seeds`` images
+    (:func:`calibration_fpr`; ``calibration.csv`` and a section of
+    ``results.md``; the quick suite measures its first anomaly-free condition
+    only, and the 3D-CVAE trains :data:`QUICK_CALIBRATION_EPOCHS` epochs there,
+    which the section says).
 
     Parameters
     ----------
@@ -984,6 +1192,10 @@ def run_benchmark(out: Path, *, quick: bool = True, methods: list[str] | None = 
         Run these instead of the suite's.
     suite : {"paper", "realistic"}, default "paper"
         Which conditions (:func:`suite_conditions`).
+    calibration_seeds : int, optional
+        Seeds of the calibrated-FPR measurement; ``None``: :data:`CALIBRATION_SEEDS`
+        for the realistic suite, none for the paper suite (which has no anomaly-free
+        condition); 0 skips it.
 
     Returns
     -------
@@ -1025,13 +1237,29 @@ def run_benchmark(out: Path, *, quick: bool = True, methods: list[str] | None = 
                            f"FPR {row['fpr']:.4f}  fit {row['fit_s']:.1f}s  "
                            f"score {row['score_s']:.2f}s")
         _write_csv(rows, out / "results.csv")  # after each condition: nothing lost on interrupt
+    n_cal = (CALIBRATION_SEEDS if suite == "realistic" else 0) if calibration_seeds is None \
+        else int(calibration_seeds)
+    cal_conds = calibration_conditions(conds) if n_cal > 0 else []
+    if quick and conditions is None:  # the quick suite: its first anomaly-free image only
+        cal_conds = cal_conds[:1]
+    cal_rows: list[dict[str, Any]] = []
+    if cal_conds:
+        epochs = QUICK_CALIBRATION_EPOCHS if quick else None
+        header["calibration"] = (f"{n_cal} seeds from {seed}, alpha {CALIBRATION_ALPHA:g}, "
+                                 f"3D-CVAE epochs {epochs or 'default'}")
+        cal_rows = calibration_fpr(cal_conds, methods, device=device, seed=seed, seeds=n_cal,
+                                   cvae_epochs=epochs, quiet=quiet)
+        _write_csv(cal_rows, out / "calibration.csv")
     total = time.perf_counter() - t0
-    _write_markdown(rows, header, out / "results.md", total)
+    _write_markdown(rows, header, out / "results.md", total, calibration=cal_rows,
+                    cvae_epochs=QUICK_CALIBRATION_EPOCHS if quick else None)
     _figures(cond_maps, out)
     if not quiet:
         print(markdown_table(rows, "roc_auc"))
         print(markdown_table(rows, "average_precision"))
         print("\n".join(verdict(rows)))
+        if cal_rows:
+            print("\n".join(calibration_table(cal_rows)))
         print(f"wrote {out / 'results.csv'}, {out / 'results.md'} and figures ({total:.0f} s)")
     return rows
 

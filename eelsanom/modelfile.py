@@ -307,6 +307,10 @@ def validate_model(path: str | os.PathLike, header: dict[str, Any], params: dict
     tv = state.get("threshold_value")
     if tv is not None and not isinstance(tv, (int, float)):
         raise _bad(path, "a number as threshold_value", _short(tv))
+    cal = arrays.get("calibration_scores")  # a calibrated threshold's held-out bulk scores
+    if cal is not None and np.ndim(cal) != 1:
+        raise _bad(path, "calibration_scores: a 1-D array of held-out scores",
+                   f"shape {np.shape(cal)}")
     method = cls.method
     if method == "pca":
         comp = arrays.get("components")
@@ -388,7 +392,8 @@ def _validate_cvae(path: Path, state: dict[str, Any], arrays: dict[str, np.ndarr
         want = {k: tuple(v.shape) for k, v in CVAE3D(**arch).state_dict().items()}
     prefixes = ["net."] + [f"member{i}.net." for i in range(1, len(members) + 1)]
     expected = {p + k: s for p in prefixes for k, s in want.items()}
-    found = {k: a.shape for k, a in arrays.items() if k != "scaler_mean"}
+    found = {k: a.shape for k, a in arrays.items()
+             if k not in ("scaler_mean", "calibration_scores")}
     if set(found) != set(expected):
         missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
         raise _bad(path, "the network weights of its architecture",

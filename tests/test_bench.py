@@ -38,7 +38,7 @@ def test_run_benchmark_scores_pooled_and_unpooled_variants_with_all_references(t
              bench.Condition("anomaly-free", {**TINY, "drift": 0.8, "magnitude": 0.9,
                                               "concentration": 0.0}, oracle="drift_eV")]
     rows = bench.run_benchmark(tmp_path, methods=["pca", "rx"], device="cpu", quiet=True,
-                               conditions=conds, suite="realistic")
+                               conditions=conds, suite="realistic", calibration_seeds=0)
     dets = {r["detector"] for r in rows}
     assert {"pca", "pca+pool", "rx", "rx+pool", "supervised-limit", "perfect-bulk",
             "perfect-bulk+pool", "manifold-oracle"} <= dets
@@ -94,3 +94,43 @@ def test_cli_refuses_an_unknown_suite():
     p = subprocess.run([sys.executable, "-m", "eelsanom", "bench", "--suite", "toy", "--out",
                         "x"], capture_output=True, text=True)
     assert p.returncode == 2 and "invalid choice" in p.stderr
+
+
+def test_variants_read_the_default_pooling_from_the_parameter_table():
+    from eelsanom.detectors.params import defaults
+
+    for method in ("cvae", "context-pca"):  # pooled by default: the default scoring first
+        assert bench.variants(method) == ((f"{method}+pool", defaults(method)["pooling"]),
+                                          (method, 0.0))
+    for method in ("pca", "rx"):  # not pooled by default: the bench's own pooled sigma second
+        assert defaults(method)["pooling"] == 0
+        assert bench.variants(method) == ((method, 0.0), (f"{method}+pool", bench.POOLED_SIGMA))
+    assert bench.variants("cvae-ctx")[0] == ("cvae-ctx+pool", defaults("cvae")["pooling"])
+    assert bench._detector_params("rx", "cpu", 3) == {"seed": 3}  # RX has no device
+    assert bench._detector_params("context-pca", "cpu", 3) == {"seed": 3, "device": "cpu"}
+
+
+def test_run_benchmark_measures_the_calibrated_false_positive_rate(tmp_path):
+    """Anomaly-free conditions get the calibrated threshold's FPR over seeds (calibration.csv)."""
+    conds = [bench.Condition("shift", {**TINY, "shape": (32, 32), "magnitude": 0.9}),
+             bench.Condition("anomaly-free", {**TINY, "shape": (32, 32), "drift": 0.8,
+                                              "magnitude": 0.9, "concentration": 0.0})]
+    assert bench.calibration_conditions(conds) == conds[1:]
+    bench.run_benchmark(tmp_path, methods=["pca", "context-pca"], device="cpu", quiet=True,
+                        conditions=conds, suite="realistic", calibration_seeds=2)
+    import csv
+
+    with open(tmp_path / "calibration.csv") as f:
+        cal = list(csv.DictReader(f))
+    assert {r["detector"] for r in cal} == {"pca", "pca+pool", "context-pca", "context-pca+pool"}
+    assert {r["seed"] for r in cal} == {"0", "1"} and {r["condition"] for r in cal} == {
+        "anomaly-free"}
+    for r in cal:
+        assert int(r["n_pixels"]) == 32 * 32
+        assert 0 <= int(r["n_calibrated"]) <= int(r["n_pixels"])
+        assert float(r["fpr_calibrated"]) == pytest.approx(int(r["n_calibrated"]) / 1024)
+    md = (tmp_path / "results.md").read_text()
+    assert "## Calibrated false-positive rate (anomaly-free images, 2 seeds)" in md
+    assert "| anomaly-free | context-pca+pool |" in md
+    with pytest.raises(InputError, match="anomaly-free"):
+        bench.calibration_fpr(conds[:1], ["pca"], device="cpu", seeds=1)

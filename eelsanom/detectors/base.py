@@ -308,12 +308,15 @@ class BaseDetector:
         detector (same hyperparameters) is fitted on the rest of the bulk and
         scores the group's squares, each read with its neighbourhood
         (:attr:`score_context`, so context and pooled scores see their
-        neighbours as when scoring an image). Every bulk pixel thus gets a score
-        from a model that did not see it or the square around it; their
-        distribution (:func:`eelsanom.scoring.null_calibration`) sets
-        ``threshold_`` for ``threshold="calibrated:ALPHA"`` (its ``1 - ALPHA``
-        quantile) and the ``p_value`` map of every later result. Saved with the
-        model. Costs ``folds`` extra fits.
+        neighbours as when scoring an image): :meth:`held_out_scores`. Every
+        bulk pixel thus gets a score from a model that did not see it or the
+        square around it; their distribution
+        (:func:`eelsanom.scoring.null_calibration`) sets ``threshold_`` for
+        ``threshold="calibrated:ALPHA"`` (its ``1 - ALPHA`` quantile) and the
+        ``p_value`` map of every later result. Saved with the model. Costs
+        ``folds`` extra fits. The calibration holds for the score it was made
+        with: after changing ``pooling`` (or any other scoring parameter),
+        calibrate again.
 
         Parameters
         ----------
@@ -340,10 +343,73 @@ class BaseDetector:
             When the mask is invalid or too small to hold out a group and still
             fit on the rest, or ``folds`` / ``block`` are not integers >= 2 / >= 1.
         """
+        held = self.held_out_scores(si, train_mask, folds=folds, block=block,
+                                    progress=progress)[0]
+        self.calibration_ = scoring.null_calibration(held[np.isfinite(held)])
+        self.calibration_.update(folds=int(folds), block=int(block))
+        kind, alpha = scoring.parse_threshold(getattr(self, "threshold", "robust"))
+        self.threshold_ = scoring.calibrated_threshold(
+            self.calibration_, alpha if kind == "calibrated" else scoring.DEFAULT_ALPHA)
+        log.info("%s calibrated on %d held-out bulk pixels: threshold %.4g", type(self).__name__,
+                 self.calibration_["n"], self.threshold_)
+        return self
+
+    def held_out_scores(self, si: Any, train_mask: Any, *, folds: int = 4, block: int = 8,
+                        variants: Any = None,
+                        progress: ProgressCallback | None = None) -> list[np.ndarray]:
+        """Scores of bulk pixels by models that did not see them (:meth:`calibrate`'s folds).
+
+        The bulk region is cut into ``block x block`` squares dealt at random
+        (seeded by ``seed``) into ``folds`` groups; for each group a copy of this
+        detector (same hyperparameters; path parameters such as a checkpoint
+        left out, so a fold never reads or writes the model's files) is fitted
+        on the rest of the bulk and scores the group's squares with their
+        neighbourhood (:attr:`score_context`). Each fold's copy is fitted once
+        and scored once per entry of ``variants`` (scoring settings such as
+        ``{"pooling": 0.0}``), so several scores of one model cost one set of
+        fits.
+
+        Parameters
+        ----------
+        si : SpectrumImage, HyperSpy EELS signal, or ndarray of shape (ny, nx, n_energy)
+            The training data (containing the model's energy window).
+        train_mask : ndarray of bool, shape (ny, nx)
+            The bulk region the detector was fitted on.
+        folds : int
+            Number of groups of held-out squares, >= 2.
+        block : int
+            Side of the held-out squares in pixels, >= 1.
+        variants : sequence of dict, optional
+            Hyperparameters set on each fold's copy before one scoring (``set_params``);
+            default ``[{}]``: this detector's own settings.
+        progress : callable, optional
+            Receives :class:`~eelsanom.progress.ProgressEvent`; return ``False`` to cancel.
+
+        Returns
+        -------
+        list of ndarray of shape (ny, nx), float64
+            One map per variant: the held-out score of every bulk pixel, NaN elsewhere.
+
+        Raises
+        ------
+        NotFittedError
+            When the detector is not fitted.
+        InputError
+            When the mask is invalid or too small to hold out a group and still
+            fit on the rest, ``folds`` / ``block`` are not integers >= 2 / >= 1, or a
+            variant names a parameter this detector does not have.
+        """
         siw = self.window(si)
         ny, nx = siw.nav_shape
         check_int("calibrate: folds", folds, 2)
         check_int("calibrate: block", block, 1)
+        variants = [{}] if variants is None else [dict(v) for v in variants]
+        names = set(self._param_names())
+        for v in variants:
+            bad = sorted(set(v) - names)
+            if bad:
+                raise InputError(f"held_out_scores: variants name {bad}, which "
+                                 f"{type(self).__name__} does not have; valid: {sorted(names)}.")
         mask = check_train_mask(train_mask, (ny, nx), min_pixels=2 * self.min_train_pixels)
         tiles = (np.arange(ny)[:, None] // block) * (-(-nx // block)) + np.arange(nx)[None] // block
         ids = np.unique(tiles[mask])
@@ -353,8 +419,8 @@ class BaseDetector:
                              "bulk region or pass a smaller block.")
         rng = np.random.default_rng(int(getattr(self, "seed", 0)))
         group = dict(zip(rng.permutation(ids).tolist(), np.arange(ids.size) % folds))
-        held_scores = np.full((ny, nx), np.nan)
-        c = max(0, int(self.score_context))
+        held_scores = [np.full((ny, nx), np.nan) for _ in variants]
+        params = {k: (None if k in PATH_PARAMS else v) for k, v in self.get_params().items()}
         for g in range(folds):
             mine = [t for t, k in group.items() if k == g]
             held = mask & np.isin(tiles, mine)
@@ -362,28 +428,23 @@ class BaseDetector:
             if rest.sum() < self.min_train_pixels:
                 raise InputError(f"calibrate: holding out a group leaves {int(rest.sum())} bulk "
                                  f"pixels to fit on; draw a larger bulk region.")
-            twin = type(self)(**self.get_params())
+            twin = type(self)(**params)
             twin._validate_params()
             twin._fit(siw, rest, None)
             twin.energy_axis_ = self.energy_axis_
-            # one pass over the box around the group's squares (with its context)
+            # one pass over the box around the group's squares (with its context) per variant
             ys, xs = np.nonzero(held)
             y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-            nll, _, _ = twin._score_region(siw, (y0, y1, x0, x1), None)
-            nll = np.asarray(nll, np.float64).reshape(y1 - y0, x1 - x0)
             sel = held[y0:y1, x0:x1]
-            held_scores[y0:y1, x0:x1][sel] = nll[sel]
+            for v, out in zip(variants, held_scores):
+                twin.set_params(**{**params, **v})
+                nll, _, _ = twin._score_region(siw, (y0, y1, x0, x1), None)
+                nll = np.asarray(nll, np.float64).reshape(y1 - y0, x1 - x0)
+                out[y0:y1, x0:x1][sel] = nll[sel]
             emit(progress, "calibrate", g + 1, folds)
             log.debug("calibration fold %d/%d: %d held-out pixels (context %d)", g + 1, folds,
-                      int(held.sum()), c)
-        self.calibration_ = scoring.null_calibration(held_scores[mask])
-        self.calibration_.update(folds=int(folds), block=int(block))
-        kind, alpha = scoring.parse_threshold(getattr(self, "threshold", "robust"))
-        self.threshold_ = scoring.calibrated_threshold(
-            self.calibration_, alpha if kind == "calibrated" else scoring.DEFAULT_ALPHA)
-        log.info("%s calibrated on %d held-out bulk pixels: threshold %.4g", type(self).__name__,
-                 self.calibration_["n"], self.threshold_)
-        return self
+                      int(held.sum()), int(twin.score_context))
+        return held_scores
 
     def score(self, si: Any, *, progress: ProgressCallback | None = None) -> AnomalyResult:
         """Per-pixel NLL of ``si`` under the fitted bulk model (higher = more anomalous).

@@ -159,12 +159,18 @@ class Condition:
     oracle : str, optional
         Nuisance map (a key of ``Simulation.nuisance``) the manifold oracle
         searches over; ``None``: no manifold oracle in this condition.
+    bulk : {"simulated", "spanning"}, default "simulated"
+        The bulk region fitted on: the simulation's (the top rows), or
+        ``"spanning"``, every other square of :data:`SPANNING_BLOCK` pixels (a
+        checkerboard over the whole image, so the region spans every smooth
+        nuisance field, as a user's region should; :func:`bulk_region`).
     """
 
     name: str
     sim: dict[str, Any]
     supervised: bool = True  # train on the bulk mask (else: all pixels, robustly)
     oracle: str | None = None
+    bulk: str = "simulated"
 
     def label(self) -> str:
         """The condition's display label (its ``name``).
@@ -226,9 +232,11 @@ def realistic_conditions(quick: bool = True) -> list[Condition]:
     (:data:`THICKNESS`), and drift plus thickness with gain-scaled counts, a
     dark offset and read noise (:data:`DETECTOR`). Then, at 0.6 eV under drift:
     isolated pixels (1 %), and a drift that ramps along the slow-scan axis so
-    that the bulk rectangle (the top rows) does not span it; and an
-    anomaly-free image with drift, thickness and detector response, which
-    measures each detector's false-positive rate at its automatic threshold.
+    that the bulk rectangle (the top rows) does not span it; and anomaly-free
+    images with drift, thickness and detector response (fitted on a bulk
+    region spanning the nuisance, a checkerboard of squares, and on the top
+    rows, which do not) and with the ramp, which measure each detector's
+    false-positive rate at its automatic and calibrated thresholds.
 
     Parameters
     ----------
@@ -238,7 +246,7 @@ def realistic_conditions(quick: bool = True) -> list[Condition]:
     Returns
     -------
     list of Condition
-        16 conditions, each naming the nuisance its manifold oracle searches.
+        17 conditions, each naming the nuisance its manifold oracle searches.
     """
     shape = (64, 64) if quick else (128, 128)
     base = dict(shape=shape, window="fe-l", anomaly="shift", anomaly_shape="clusters",
@@ -256,6 +264,9 @@ def realistic_conditions(quick: bool = True) -> list[Condition]:
         Condition("drift ramp, bulk not spanning it / shift 0.6 eV",
                   {**base, **DRIFT, "drift_pattern": "ramp", "magnitude": 0.6},
                   oracle="drift_eV"),
+        Condition("anomaly-free, drift+thickness+gain, bulk spanning it",
+                  {**base, **combined, "magnitude": 0.6, "concentration": 0.0},
+                  oracle="drift_eV", bulk="spanning"),
         Condition("anomaly-free, drift+thickness+gain",
                   {**base, **combined, "magnitude": 0.6, "concentration": 0.0},
                   oracle="drift_eV"),
@@ -264,6 +275,45 @@ def realistic_conditions(quick: bool = True) -> list[Condition]:
                    "concentration": 0.0}, oracle="drift_eV"),
     ]
     return conds
+
+
+#: side in pixels of the squares of a ``bulk="spanning"`` condition's checkerboard region
+SPANNING_BLOCK = 8
+
+
+def bulk_region(cond: Condition, sim: Any) -> np.ndarray | None:
+    """The region a condition's detectors are fitted on.
+
+    Parameters
+    ----------
+    cond : Condition
+    sim : Simulation
+        The condition's simulated image.
+
+    Returns
+    -------
+    ndarray of bool, shape (ny, nx), or None
+        None (all pixels, robustly) when ``cond.supervised`` is False; the
+        simulation's bulk mask for ``bulk="simulated"``; for ``"spanning"`` the
+        squares of :data:`SPANNING_BLOCK` pixels with an even ``row + column``
+        square index that hold no anomalous pixel.
+
+    Raises
+    ------
+    InputError
+        When ``cond.bulk`` is not one of the two.
+    """
+    if not cond.supervised:
+        return None
+    if cond.bulk == "simulated":
+        return sim.bulk_mask
+    if cond.bulk != "spanning":
+        raise InputError(f"Condition {cond.name!r}: bulk expected 'simulated' or 'spanning', "
+                         f"got {cond.bulk!r}.")
+    ny, nx = sim.truth.shape
+    b = SPANNING_BLOCK
+    squares = ((np.arange(ny)[:, None] // b) + (np.arange(nx)[None] // b)) % 2 == 0
+    return squares & ~np.asarray(sim.truth, bool)
 
 
 def suite_conditions(suite: str, quick: bool) -> list[Condition]:
@@ -648,10 +698,10 @@ def run_condition(cond: Condition, methods: list[str], *, device: str, seed: int
 
     sim = simulate(**cond.sim, seed=seed)
     truth = sim.truth
-    train_mask = sim.bulk_mask if cond.supervised else None
+    train_mask = bulk_region(cond, sim)
     rows: list[dict[str, Any]] = []
     maps: dict[str, Any] = {"truth": truth, "nll": {}, "thresholds": {}}
-    base = {"condition": cond.name, "supervised": cond.supervised, "seed": seed,
+    base = {"condition": cond.name, "supervised": cond.supervised, "bulk": cond.bulk, "seed": seed,
             **{f"sim_{k}": (list(v) if isinstance(v, tuple) else v) for k, v in cond.sim.items()}}
     t0 = time.perf_counter()
     refs = reference_scores(sim, cond.oracle)
@@ -776,7 +826,7 @@ def calibration_fpr(conds: list[Condition], methods: list[str], *, device: str =
                              f"bulk region, got {cond.name!r}.")
         for s in range(int(seed), int(seed) + int(seeds)):
             sim = simulate(**cond.sim, seed=s)
-            bulk, normal = sim.bulk_mask, ~np.asarray(sim.truth, bool)
+            bulk, normal = bulk_region(cond, sim), ~np.asarray(sim.truth, bool)
             for method in methods:
                 if method == "hyperspy":
                     continue

@@ -23,12 +23,31 @@ def test_realistic_suite_covers_the_conditions_the_issue_asks_for():
     assert any("isolated pixels" in n for n in names)
     assert any("bulk not spanning" in n and c.sim["concentration"] > 0
                for n, c in zip(names, conds))
-    assert sum(c.sim["concentration"] == 0 for c in conds) == 2
+    assert sum(c.sim["concentration"] == 0 for c in conds) == 3
+    # the calibrated false-positive rate is measured first where the bulk spans the nuisance
+    assert bench.calibration_conditions(conds)[0].bulk == "spanning"
     assert all(c.oracle for c in conds)
     assert all(c.sim["shape"] == (64, 64) for c in conds)
     assert all(c.sim["shape"] == (128, 128) for c in bench.realistic_conditions(quick=False))
     with pytest.raises(InputError, match="suite: expected one of"):
         bench.suite_conditions("toy", True)
+
+
+def test_a_spanning_bulk_region_covers_the_image_and_leaves_anomalies_out():
+    from eelsanom.simulate import simulate
+
+    cond = bench.Condition("c", dict(TINY, shape=(32, 40)), bulk="spanning")
+    sim = simulate(**cond.sim, seed=0)
+    region = bench.bulk_region(cond, sim)
+    assert region.shape == (32, 40) and not (region & sim.truth).any()
+    b = bench.SPANNING_BLOCK
+    squares = region.reshape(32 // b, b, 40 // b, b).any(axis=(1, 3))
+    assert squares[::2, ::2].all() and not squares[1::2, ::2].any()  # every other square
+    assert 0.4 < region.mean() < 0.5
+    assert bench.bulk_region(bench.Condition("c", cond.sim), sim) is sim.bulk_mask
+    assert bench.bulk_region(bench.Condition("c", cond.sim, supervised=False), sim) is None
+    with pytest.raises(InputError, match="bulk expected"):
+        bench.bulk_region(bench.Condition("c", cond.sim, bulk="all"), sim)
 
 
 @pytest.mark.slow

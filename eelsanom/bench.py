@@ -1071,7 +1071,7 @@ def _dense_references():
             return gram
 
         @staticmethod
-        def _eig(gram, keep, k):
+        def _eig(gram, keep, k, final=False):
             mean, cov = gram.subset_moments(keep)
             w, v = torch.linalg.eigh(torch.as_tensor(cov, dtype=torch.float64))
             evals = np.clip(w.flip(0).numpy(), 0.0, None)

@@ -237,12 +237,13 @@ def test_subsample_of_a_mask_and_context_pca(small_limits, monkeypatch):
     from eelsanom.simulate import simulate
 
     monkeypatch.setattr(PCADetector, "max_fit_pixels", 300)
-    sim = simulate(shape=(40, 40), magnitude=0.9, concentration=0.02, seed=1)
+    sim = simulate(shape=(48, 48), magnitude=0.9, concentration=0.02, seed=1)
     bulk = sim.bulk_mask
-    assert bulk.sum() > 300
+    n_draw = 2 * sim.si.n_energy  # never fewer pixels than twice the channels
+    assert bulk.sum() > n_draw > 300
     for method in ("pca", "context-pca"):
         det = get_detector(method, device="cpu").fit(sim.si, bulk)
-        assert det.n_bulk_ == int(bulk.sum()) and det.n_sampled_ == 300
+        assert det.n_bulk_ == int(bulk.sum()) and det.n_sampled_ == n_draw
         assert det.solver_ == "randomized"
         assert det.n_trimmed_ == 0  # a mask is used as given
         assert roc_auc(det.score(sim.si).nll, sim.truth) > 0.9, method

@@ -143,8 +143,9 @@ class PCADetector(PooledGaussian, BaseDetector):
         chooses the same ``q`` and scores with the same AP as the exact fit.
 
     Large images: a subsample
-        At most ``max_fit_pixels = 4096`` training pixels enter the fit (and the
-        ``gain="auto"`` estimate): from a larger bulk (or image, without a mask)
+        At most ``max_fit_pixels = 4096`` training pixels (or twice the number of
+        channels, if more) enter the fit (and the ``gain="auto"`` estimate):
+        from a larger bulk (or image, without a mask)
         a random subsample is drawn, seeded by ``seed`` (same seed, same
         pixels, same model). The covariance of the channels and the noise
         variance are well estimated from a few thousand spectra; every pixel is
@@ -509,7 +510,10 @@ class PCADetector(PooledGaussian, BaseDetector):
         ny, nx = si.nav_shape
         self.n_bulk_ = int(mask.sum()) if mask is not None else ny * nx
         exact = self._gram_side != "auto"  # a forced side: the exact reference
-        pixels = None if exact else sample_pixels(si.nav_shape, mask, self.max_fit_pixels, rng)
+        cap = self.max_fit_pixels
+        if cap is not None:  # never fewer pixels than twice the channels
+            cap = max(int(cap), 2 * si.n_energy)
+        pixels = None if exact else sample_pixels(si.nav_shape, mask, cap, rng)
         if pixels is None:
             self.gain_ = training_gain(si, mask, self.gain, self.transform)
         else:  # the gain from the drawn pixels too

@@ -247,3 +247,19 @@ def test_subsample_of_a_mask_and_context_pca(small_limits, monkeypatch):
         assert det.solver_ == "randomized"
         assert det.n_trimmed_ == 0  # a mask is used as given
         assert roc_auc(det.score(sim.si).nll, sim.truth) > 0.9, method
+
+
+@pytest.mark.parametrize("gain", [1.0, 0.7])
+def test_projection_of_counts_equals_transform_then_project(gain):
+    from eelsanom.detectors.pca import _project_rows
+    from eelsanom.preprocess import forward_transform
+
+    rng = np.random.default_rng(0)
+    X = (rng.poisson(30, (500, 300)) * 0.7).astype(np.float32)
+    X[0, :5] = -3.0  # clipped at zero by the transform
+    mu = rng.normal(10, 1, 300)
+    U = np.linalg.qr(rng.normal(size=(300, 4)))[0]
+    a = _project_rows(X, mu, U, "anscombe", gain)
+    b = _project_rows(forward_transform(X, "anscombe", gain), mu, U)
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(a[1], b[1], rtol=1e-12)

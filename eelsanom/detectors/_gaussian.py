@@ -328,6 +328,7 @@ class Sketch:
         self.m0 = X.mean(axis=0, dtype=np.float64)
         self.Xc = np.asarray(X, np.float32) - self.m0.astype(np.float32)
         self.sq = np.einsum("ij,ij->i", self.Xc, self.Xc, dtype=np.float64)
+        self.colsum = self.Xc.sum(axis=0, dtype=np.float64)
         self.n_refine = int(n_refine)
         self.holdout = holdout
         self.l = int(max(1, min(rank + oversample, self.n, self.d)))
@@ -357,8 +358,8 @@ class Sketch:
             ``frob2`` is NaN (not estimated).
         """
         n_s = int(keep.sum())
-        w8 = keep.astype(np.float32) / np.float32(n_s)
-        off = np.asarray(w8 @ self.Xc, np.float64)  # a product, not a copy of the rows
+        # the subset's mean from the column sums less the (few) rows left out
+        off = (self.colsum - self.Xc[~keep].sum(axis=0, dtype=np.float64)) / n_s
         total = float(self.sq[keep].mean() - off @ off)
         if refine:
             Y = self.Xc[keep] - off.astype(np.float32)

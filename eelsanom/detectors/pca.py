@@ -92,11 +92,24 @@ def _project_rows(X: np.ndarray, mean: np.ndarray, U: np.ndarray, transform: str
     p = np.empty((n, U.shape[1]))
     sq = np.empty(n)
     step = max(1, _CHUNK_VALUES // max(d, 1))
+    anscombe = transform == "anscombe"
+    half_mean = 0.5 * np.asarray(mean, np.float64)
     for i in range(0, n, step):
         x = X[i:i + step]
-        if transform is not None:
-            x = forward_transform(x, transform, gain)
-        xc = np.subtract(x, mean, dtype=np.float64)
+        if anscombe:
+            # forward_transform's 2 sqrt(max(x / gain, 0) + 3/8) on one buffer: the factor 2
+            # is applied after the subtraction (exact: a power of two)
+            y = np.maximum(x, 0.0, dtype=np.float32)
+            if gain != 1.0:
+                y *= np.float32(1.0 / gain)
+            y += np.float32(0.375)
+            np.sqrt(y, out=y)
+            xc = np.subtract(y, half_mean, dtype=np.float64)
+            xc *= 2.0
+        else:
+            if transform is not None:
+                x = forward_transform(x, transform, gain)
+            xc = np.subtract(x, mean, dtype=np.float64)
         p[i:i + step] = xc @ U
         sq[i:i + step] = np.einsum("ij,ij->i", xc, xc)
     return p, sq

@@ -263,3 +263,8 @@ def test_projection_of_counts_equals_transform_then_project(gain):
     b = _project_rows(forward_transform(X, "anscombe", gain), mu, U)
     np.testing.assert_allclose(a[0], b[0], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(a[1], b[1], rtol=1e-12)
+    # many rows: split between two threads, the same results
+    big = np.repeat(X, 6, axis=0)
+    c = _project_rows(big, mu, U, "anscombe", gain)
+    np.testing.assert_allclose(c[0], np.repeat(a[0], 6, axis=0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(c[1], np.repeat(a[1], 6, axis=0), rtol=1e-12)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import Any, ClassVar
 
 import numpy as np
@@ -58,6 +59,8 @@ __all__ = ["PCADetector"]
 _LOG2PI = math.log(2.0 * math.pi)
 #: values per chunk of the CPU float64 projections (a few MB: stays in the cache)
 _CHUNK_VALUES = 1 << 18
+#: rows from which the CPU projections are split between two threads
+_PARALLEL_ROWS = 2048
 SCORE_KINDS = ("nll", "reconstruction")
 
 
@@ -86,8 +89,25 @@ def _project_rows(X: np.ndarray, mean: np.ndarray, U: np.ndarray, transform: str
 
     Float64 on the CPU by cache-sized chunks (one read of ``X``, no ``(n, D)``
     float64 copy). With ``transform`` the rows are counts, transformed chunk by
-    chunk (:func:`~eelsanom.preprocess.forward_transform`).
+    chunk (:func:`~eelsanom.preprocess.forward_transform`). Many rows are split
+    between two threads (numpy releases the GIL; each row's result is the same).
     """
+    n = X.shape[0]
+    workers = min(2, os.cpu_count() or 1)
+    if workers > 1 and n >= _PARALLEL_ROWS:
+        from concurrent.futures import ThreadPoolExecutor
+
+        cut = n // 2
+        with ThreadPoolExecutor(workers) as ex:
+            parts = list(ex.map(lambda sl: _project_chunks(X[sl], mean, U, transform, gain),
+                                (slice(0, cut), slice(cut, n))))
+        return np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts])
+    return _project_chunks(X, mean, U, transform, gain)
+
+
+def _project_chunks(X: np.ndarray, mean: np.ndarray, U: np.ndarray, transform: str | None,
+                    gain: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_project_rows` in one thread."""
     n, d = X.shape
     p = np.empty((n, U.shape[1]))
     sq = np.empty(n)

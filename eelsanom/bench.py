@@ -1350,7 +1350,7 @@ def _dense_references():
             return gram
 
         @staticmethod
-        def _eig(gram, keep, k):
+        def _eig(gram, keep, k, final=False):
             mean, cov = gram.subset_moments(keep)
             w, v = torch.linalg.eigh(torch.as_tensor(cov, dtype=torch.float64))
             evals = np.clip(w.flip(0).numpy(), 0.0, None)
@@ -1447,13 +1447,18 @@ def speed_ratios(*, device: str = "cpu", seed: int = 0, fit_shape=(16, 20, 2048)
 
     refs = _dense_references()
     rows: list[dict[str, Any]] = []
+    if not quiet:
+        hs_shape = hyperspy_shape if _hyperspy_available() else None
+        print("\n".join(speed_header(fit_shape, hs_shape, scaling_sides)), flush=True)
 
     def add(comp: str, what: str, size: str, t: float, t_ref: float = float("nan"),
-            ref_name: str = "") -> None:
+            ref_name: str = "", note: str = "") -> None:
         ratio = t_ref / max(t, 1e-12) if np.isfinite(t_ref) else float("nan")
         line = f"({comp}) {size:16s} {what:34s} {t:8.3f} s"
         if np.isfinite(t_ref):
             line += f"  vs {ref_name} {t_ref:8.3f} s  -> {ratio:6.1f}x faster"
+        if note:
+            line += f"  [{note}]"
         rows.append({"comparison": comp, "what": what, "size": size, "seconds": t,
                      "reference_seconds": t_ref, "ratio": ratio, "line": line})
         if not quiet:
@@ -1495,7 +1500,9 @@ def speed_ratios(*, device: str = "cpu", seed: int = 0, fit_shape=(16, 20, 2048)
             t0 = time.perf_counter()
             det.fit(sim.si).score(sim.si)
             t = time.perf_counter() - t0
-            add("b", label, size, t, t_hs, "HyperSpy SVD(8)+model")
+            add("b", label, size, t, t_hs, "HyperSpy SVD(8)+model",
+                note=f"q={det.n_components_}, fit on {det.n_sampled_} of {det.n_bulk_} px, "
+                     f"{det.n_trimmed_} trimmed, {det.solver_} solver")
 
     # (c) linear in pixels
     for side in scaling_sides:
@@ -1513,6 +1520,53 @@ def speed_ratios(*, device: str = "cpu", seed: int = 0, fit_shape=(16, 20, 2048)
             add("c", f"{method} score", size, t_score)
             rows[-1]["per_mpixel_s"] = t_score / n * 1e6
     return rows
+
+
+def speed_header(fit_shape=(16, 20, 2048), hyperspy_shape: tuple[int, int] | None = (192, 192),
+                 scaling_sides=(64, 128, 256)) -> list[str]:
+    """Lines saying what each ratio of :func:`speed_ratios` compares, and on what host.
+
+    Parameters
+    ----------
+    fit_shape : (int, int, int)
+        ``(ny, nx, n_energy)`` of comparison (a).
+    hyperspy_shape : (int, int) or None
+        Image size of comparison (b); None: not run.
+    scaling_sides : sequence of int
+        Image sides of comparison (c).
+
+    Returns
+    -------
+    list of str
+    """
+    from .detectors.pca import PCADetector
+
+    try:
+        load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    except (AttributeError, OSError):
+        load = "n/a"
+    ny, nx, ne = fit_shape
+    lines = [
+        "what each ratio compares (all measured in this run; ratio = reference s / ours):",
+        f"(a) {ny}x{nx}x{ne} Velox-like cube: PCA and RX fit (defaults, all pixels, robust) vs "
+        "the same fit on the dense D x D covariance with a full eigendecomposition; the "
+        "3D-CVAE's PCA initialisation (k=8) vs a dense D x D eigh",
+    ]
+    if hyperspy_shape is not None:
+        lines.append(
+            f"(b) {hyperspy_shape[0]}x{hyperspy_shape[1]}x1334 bfo simulation (float32): "
+            "eelsanom PCA fit + score (NLL map, latent, reconstruction error; gain='auto', "
+            "robust_fraction='auto', no mask; fit on at most "
+            f"{PCADetector.max_fit_pixels} drawn pixels, randomized solver from "
+            f"{PCADetector.randomized_min_side} pixels and channels) vs HyperSpy "
+            "Signal1D.decomposition(algorithm='SVD', output_dimension=8) + "
+            "get_decomposition_model(8) on the same array")
+    sides = ", ".join(f"{s}x{s}" for s in scaling_sides)
+    lines.append(f"(c) PCA and RX fit (bulk mask) and score at {sides} pixels x 267 channels "
+                 "(fe-l): seconds per million pixels")
+    lines.append(f"host: {os.cpu_count()} cores, load average {load} (other work on the host "
+                 f"slows both sides), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+    return lines
 
 
 def run_speed(out: Path, *, methods: list[str] | None = None, device: str = "auto",
@@ -1631,7 +1685,9 @@ def run_speed(out: Path, *, methods: list[str] | None = None, device: str = "aut
                               hyperspy_shape=(192, 192) if big else None, quiet=quiet)
         _write_csv([{k: v for k, v in r.items() if k != "line"} for r in ratios],
                    out / "speed_ratios.csv")
-        lines += ["", "## Fit ratios (one run)", "", "```"] + [r["line"] for r in ratios]
+        lines += ["", "## Fit ratios (one run)", "", "```"]
+        lines += speed_header(hyperspy_shape=(192, 192) if big else None)
+        lines += [r["line"] for r in ratios]
         for method in ("pca", "rx"):
             for kind in ("fit", "score"):
                 per = [(r["size"], r["per_mpixel_s"]) for r in ratios

@@ -32,3 +32,16 @@ def test_speed_ratios_measure_against_the_dense_reference(capsys):
     assert all(r["per_mpixel_s"] > 0 for r in c)
     out = capsys.readouterr().out
     assert "x faster" in out and "(a) 4x5x300" in out
+    # the header names what was compared and the host's state
+    assert "what each ratio compares" in out and "dense D x D" in out
+    assert "load average" in out and "OMP_NUM_THREADS" in out
+
+
+def test_speed_header_names_the_hyperspy_comparison():
+    from eelsanom.bench import speed_header
+
+    text = "\n".join(speed_header(hyperspy_shape=(192, 192)))
+    assert "decomposition(algorithm='SVD', output_dimension=8)" in text
+    assert "get_decomposition_model(8)" in text and "192x192x1334" in text
+    assert "drawn pixels" in text  # says the fit subsamples
+    assert "(b)" not in "\n".join(speed_header(hyperspy_shape=None))

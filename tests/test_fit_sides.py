@@ -143,3 +143,128 @@ def test_wide_fit_finds_the_planted_shift():
         kw = {"device": "cpu"} if method == "pca" else {}
         res = get_detector(method, **kw).fit(si).score(si)
         assert res.evaluate(truth)["roc_auc"] > 0.9, method
+
+
+# ----------------------------------------------------------------------------- large images
+def _low_rank(n, d, rank=4, seed=0):
+    rng = np.random.default_rng(seed)
+    scale = np.array([30.0, 12.0, 6.0, 3.0, 2.0][:rank])
+    return (5 + (rng.normal(size=(n, rank)) * scale) @ np.linalg.qr(rng.normal(size=(d, rank)))[0].T
+            + rng.normal(size=(n, d))).astype(np.float32)
+
+
+def test_orth_keeps_leading_spans():
+    from eelsanom.detectors._gaussian import _orth
+
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(300, 12)) * np.logspace(0, 5, 12)
+    Q = _orth(A)
+    np.testing.assert_allclose(Q.T @ Q, np.eye(12), atol=1e-12)
+    Qr = np.linalg.qr(A)[0]
+    np.testing.assert_allclose(np.abs(np.sum(Q * Qr, axis=0)), 1.0, atol=1e-10)
+    assert _orth(A.astype(np.float32)).dtype == np.float32
+
+
+@pytest.mark.parametrize("refine", [False, True])
+def test_sketch_matches_the_exact_eigenpairs(refine):
+    from eelsanom.detectors._gaussian import Sketch
+
+    X = _low_rank(700, 300)
+    keep = np.ones(700, bool)
+    keep[:30] = False
+    exact = Gram(X, numpy_gram).eig(keep, 4)
+    sk = Sketch(X, 4, np.random.default_rng(0)).eig(keep, 4, refine=refine)
+    np.testing.assert_allclose(sk.mean, exact.mean, rtol=1e-5)
+    assert sk.total == pytest.approx(exact.total, rel=1e-5)  # the trace is exact
+    # signal directions; without refine inside the range of all rows (an approximation)
+    tol = 1e-3 if refine else 5e-3
+    np.testing.assert_allclose(sk.evals, exact.evals, rtol=tol)
+    _same_subspace(sk.evecs, exact.evecs, tol)
+    np.testing.assert_allclose(sk.evecs.T @ sk.evecs, np.eye(4), atol=1e-9)
+
+
+def test_sample_pixels_is_seeded_and_inside_the_mask():
+    from eelsanom.detectors._gaussian import sample_pixels
+
+    mask = np.zeros((30, 40), bool)
+    mask[5:25, 3:30] = True
+    a = sample_pixels(mask.shape, mask, 100, np.random.default_rng(1))
+    b = sample_pixels(mask.shape, mask, 100, np.random.default_rng(1))
+    np.testing.assert_array_equal(a, b)
+    assert a.size == 100 and np.all(np.diff(a) > 0) and mask.ravel()[a].all()
+    assert sample_pixels(mask.shape, mask, int(mask.sum()), np.random.default_rng(1)) is None
+    assert sample_pixels(mask.shape, None, None, np.random.default_rng(1)) is None
+
+
+@pytest.fixture
+def small_limits(monkeypatch):
+    """Subsample above 900 pixels and use the randomized solver from 200 channels on."""
+    from eelsanom.detectors.pca import PCADetector
+
+    monkeypatch.setattr(PCADetector, "max_fit_pixels", 900)
+    monkeypatch.setattr(PCADetector, "randomized_min_side", 200)
+
+
+def test_large_bulk_is_subsampled_with_the_seed(small_limits, tmp_path):
+    from eelsanom.scoring import roc_auc
+    from eelsanom.simulate import simulate
+
+    sim = simulate(shape=(40, 40), magnitude=0.9, concentration=0.02, seed=0)
+    si, truth = sim.si, sim.truth
+    det = get_detector("pca", device="cpu", seed=3).fit(si)
+    assert (det.n_bulk_, det.n_sampled_, det.solver_) == (1600, 900, "randomized")
+    assert det.n_train_ + det.n_trimmed_ == 900
+    again = get_detector("pca", device="cpu", seed=3).fit(si)
+    np.testing.assert_array_equal(again.components_, det.components_)
+    other = get_detector("pca", device="cpu", seed=4).fit(si)
+    assert not np.array_equal(other.mean_, det.mean_)  # another seed draws other pixels
+    back = load_detector(det.save(tmp_path / "sub.eelsanom"))
+    assert (back.n_bulk_, back.n_sampled_, back.solver_) == (1600, 900, "randomized")
+    # quality: as good as the exact fit on every pixel
+    res = det.score(si)
+    full = get_detector("pca", device="cpu", seed=3)
+    full.max_fit_pixels = None  # every pixel, exact
+    full.randomized_min_side = 10**9
+    full = full.fit(si)
+    assert (full.n_sampled_, full.solver_) == (1600, "exact")
+    assert roc_auc(res.nll, truth) >= roc_auc(full.score(si).nll, truth) - 0.01
+    assert roc_auc(res.nll, truth) > 0.9
+
+
+def test_subsample_of_a_mask_and_context_pca(small_limits, monkeypatch):
+    from eelsanom.detectors.pca import PCADetector
+    from eelsanom.scoring import roc_auc
+    from eelsanom.simulate import simulate
+
+    monkeypatch.setattr(PCADetector, "max_fit_pixels", 300)
+    sim = simulate(shape=(48, 48), magnitude=0.9, concentration=0.02, seed=1)
+    bulk = sim.bulk_mask
+    n_draw = 2 * sim.si.n_energy  # never fewer pixels than twice the channels
+    assert bulk.sum() > n_draw > 300
+    for method in ("pca", "context-pca"):
+        det = get_detector(method, device="cpu").fit(sim.si, bulk)
+        assert det.n_bulk_ == int(bulk.sum()) and det.n_sampled_ == n_draw
+        assert det.solver_ == "randomized"
+        assert det.n_trimmed_ == 0  # a mask is used as given
+        assert roc_auc(det.score(sim.si).nll, sim.truth) > 0.9, method
+
+
+@pytest.mark.parametrize("gain", [1.0, 0.7])
+def test_projection_of_counts_equals_transform_then_project(gain):
+    from eelsanom.detectors.pca import _project_rows
+    from eelsanom.preprocess import forward_transform
+
+    rng = np.random.default_rng(0)
+    X = (rng.poisson(30, (500, 300)) * 0.7).astype(np.float32)
+    X[0, :5] = -3.0  # clipped at zero by the transform
+    mu = rng.normal(10, 1, 300)
+    U = np.linalg.qr(rng.normal(size=(300, 4)))[0]
+    a = _project_rows(X, mu, U, "anscombe", gain)
+    b = _project_rows(forward_transform(X, "anscombe", gain), mu, U)
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(a[1], b[1], rtol=1e-12)
+    # many rows: split between two threads, the same results
+    big = np.repeat(X, 6, axis=0)
+    c = _project_rows(big, mu, U, "anscombe", gain)
+    np.testing.assert_allclose(c[0], np.repeat(a[0], 6, axis=0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(c[1], np.repeat(a[1], 6, axis=0), rtol=1e-12)

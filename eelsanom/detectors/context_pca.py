@@ -20,7 +20,7 @@ from ..pooling import excess_stats, pooling_from
 from ..preprocess import forward_transform, inverse_transform, transform_sigma
 from ..progress import ProgressCallback, emit
 from ..spectrum import SpectrumImage
-from ._gaussian import check_int
+from ._gaussian import check_int, one_blas_thread
 from .pca import PCADetector
 
 __all__ = ["ContextPCADetector", "context_footprint"]
@@ -168,6 +168,7 @@ class ContextPCADetector(PCADetector):
         pooling radius."""
         return int(self.neighbourhood) // 2 + pooling_from(self.pooling).radius()
 
+    @one_blas_thread
     def _fit(self, si: SpectrumImage, mask: np.ndarray | None,
              progress: ProgressCallback | None) -> None:
         super()._fit(si, mask, progress)
@@ -191,7 +192,6 @@ class ContextPCADetector(PCADetector):
         from scipy.ndimage import rank_filter
         from scipy.stats import norm
 
-        t = self._tensors()
         ny, nx = si.nav_shape
         d = si.n_energy
         q = self.n_components_
@@ -200,9 +200,9 @@ class ContextPCADetector(PCADetector):
             data = data.compute() if hasattr(data, "compute") else np.asarray(data)
         x = forward_transform(np.asarray(data, np.float32).reshape(-1, d), self.transform,
                               self.gain_)
-        _, p, r = self._terms(x, t)
-        p = p.cpu().double().numpy().reshape(ny, nx, q)
-        r2 = (r * r).sum(1).cpu().double().numpy().reshape(ny, nx)
+        p, r2 = self._project(x)
+        p = p.reshape(ny, nx, q)
+        r2 = r2.reshape(ny, nx)
         fp = context_footprint(int(self.neighbourhood))
         n = int(fp.sum())
         # order statistics in sign-symmetric pairs (rank k and n-1-k), so that the
@@ -227,6 +227,7 @@ class ContextPCADetector(PCADetector):
             emit(progress, "score", i + 1, q)
         return {"p": p, "m": m, "v": v, "r2": r2, "x": x.reshape(ny, nx, d)}
 
+    @one_blas_thread
     def _score(self, si: SpectrumImage, progress: ProgressCallback | None
                ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
         c = self._context(si, progress)

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+import os
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -30,6 +31,7 @@ from ._gaussian import (
     BLOCK_VALUES,
     Gram,
     PooledGaussian,
+    Sketch,
     Spectrum,
     _fix_signs,
     auto_cutoff,
@@ -39,8 +41,10 @@ from ._gaussian import (
     gather_training,
     iter_row_blocks,
     numpy_gram,
+    one_blas_thread,
     outlyingness,
     robust_rule,
+    sample_pixels,
     tail_scale,
     top_eigh,
     training_gain,
@@ -53,6 +57,10 @@ log = logging.getLogger(__name__)
 __all__ = ["PCADetector"]
 
 _LOG2PI = math.log(2.0 * math.pi)
+#: values per chunk of the CPU float64 projections (a few MB: stays in the cache)
+_CHUNK_VALUES = 1 << 18
+#: rows from which the CPU projections are split between two threads
+_PARALLEL_ROWS = 2048
 SCORE_KINDS = ("nll", "reconstruction")
 
 
@@ -73,6 +81,58 @@ def _resolve_device(device: str, *, strict: bool):
 
         log.warning("device %r is not available; using the CPU", device)
         return torch.device("cpu")
+
+
+def _project_rows(X: np.ndarray, mean: np.ndarray, U: np.ndarray, transform: str | None = None,
+                  gain: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """``(p (n, k), sq (n,))``: ``p = (x - mean) U`` and ``sq = ||x - mean||^2`` of rows ``X``.
+
+    Float64 on the CPU by cache-sized chunks (one read of ``X``, no ``(n, D)``
+    float64 copy). With ``transform`` the rows are counts, transformed chunk by
+    chunk (:func:`~eelsanom.preprocess.forward_transform`). Many rows are split
+    between two threads (numpy releases the GIL; each row's result is the same).
+    """
+    n = X.shape[0]
+    workers = min(2, os.cpu_count() or 1)
+    if workers > 1 and n >= _PARALLEL_ROWS:
+        from concurrent.futures import ThreadPoolExecutor
+
+        cut = n // 2
+        with ThreadPoolExecutor(workers) as ex:
+            parts = list(ex.map(lambda sl: _project_chunks(X[sl], mean, U, transform, gain),
+                                (slice(0, cut), slice(cut, n))))
+        return np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts])
+    return _project_chunks(X, mean, U, transform, gain)
+
+
+def _project_chunks(X: np.ndarray, mean: np.ndarray, U: np.ndarray, transform: str | None,
+                    gain: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_project_rows` in one thread."""
+    n, d = X.shape
+    p = np.empty((n, U.shape[1]))
+    sq = np.empty(n)
+    step = max(1, _CHUNK_VALUES // max(d, 1))
+    anscombe = transform == "anscombe"
+    half_mean = 0.5 * np.asarray(mean, np.float64)
+    for i in range(0, n, step):
+        x = X[i:i + step]
+        if anscombe:
+            # forward_transform's 2 sqrt(max(x / gain, 0) + 3/8) on one buffer: the factor 2
+            # is applied after the subtraction (exact: a power of two)
+            y = np.maximum(x, 0.0, dtype=np.float32)
+            if gain != 1.0:
+                y *= np.float32(1.0 / gain)
+            y += np.float32(0.375)
+            np.sqrt(y, out=y)
+            xc = np.subtract(y, half_mean, dtype=np.float64)
+            xc *= 2.0
+        else:
+            if transform is not None:
+                x = forward_transform(x, transform, gain)
+            xc = np.subtract(x, mean, dtype=np.float64)
+        p[i:i + step] = xc @ U
+        sq[i:i + step] = np.einsum("ij,ij->i", xc, xc)
+    return p, sq
 
 
 class _Tensors:
@@ -107,7 +167,28 @@ class PCADetector(PooledGaussian, BaseDetector):
         ``O(n^2 D)``, no ``D x D`` matrix formed); otherwise the ``D x D``
         covariance (float64 BLAS on the CPU, torch float32 on a GPU), of which
         only the leading eigenvectors are computed (float64; on the GPU when the
-        device has one). Both are exact (LAPACK), not randomized.
+        device has one). Both are exact (LAPACK). When both sides are large
+        (at least ``randomized_min_side = 512`` pixels and channels) a
+        randomized solver replaces them (:class:`~._gaussian.Sketch`: subspace
+        iteration on the centred data, cost ``O(n D q)``; the held-out pixels
+        that choose ``q`` are left out of its range, the final fit is refined
+        on the kept pixels themselves); on a 192 x 192 x 1334 simulation it
+        chooses the same ``q`` and scores with the same AP as the exact fit.
+
+    Large images: a subsample
+        At most ``max_fit_pixels = 4096`` training pixels (or twice the number of
+        channels, if more) enter the fit (and the ``gain="auto"`` estimate):
+        from a larger bulk (or image, without a mask)
+        a random subsample is drawn, seeded by ``seed`` (same seed, same
+        pixels, same model). The covariance of the channels and the noise
+        variance are well estimated from a few thousand spectra; every pixel is
+        still scored. The fitted ``n_bulk_`` (training pixels available),
+        ``n_sampled_`` (pixels drawn), ``n_train_`` (kept after trimming),
+        ``n_trimmed_`` and ``solver_`` ("exact" or "randomized") say what the fit
+        used (saved with the model). On the 192 x 192 x 1334 bfo simulation
+        (1 % anomalies, no mask) the subsample's AP is 0.699 against 0.708 with
+        all 36864 pixels (a weak second component is no longer chosen), for a
+        fit about 10x faster.
 
     Score
         ``score_kind="nll"``: the PPCA negative log-likelihood per pixel, in
@@ -200,7 +281,8 @@ class PCADetector(PooledGaussian, BaseDetector):
     device : str
         ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``.
     seed : int
-        Seeds the validation split.
+        Seeds the validation split, the subsample of a large bulk and the
+        randomized solver's start.
     gain : "auto" or float
         Data units per detected electron; the data are divided by it before the
         Anscombe transform, so that the transform sees counts. ``"auto"``
@@ -268,6 +350,10 @@ class PCADetector(PooledGaussian, BaseDetector):
                              f"{self.device!r}.")
         _resolve_device(self.device, strict=True)
 
+    def _on_cpu(self) -> bool:
+        """Whether this detector computes on the CPU (see :func:`~._gaussian.one_blas_thread`)."""
+        return _resolve_device(self.device, strict=False).type == "cpu"
+
     def _torch_device(self, strict: bool):
         import torch
 
@@ -303,8 +389,13 @@ class PCADetector(PooledGaussian, BaseDetector):
         return gram
 
     #: which side of the data the covariance is decomposed on (see ``_gaussian.Gram``);
-    #: the benchmark's dense reference forces ``"channel"``
+    #: the benchmark's dense reference forces ``"channel"`` (and so the exact solver on
+    #: every training pixel)
     _gram_side = "auto"
+    #: most training pixels a fit reads: more are subsampled (seeded; see the class docstring)
+    max_fit_pixels: ClassVar[int | None] = 4096
+    #: the randomized solver when both the pixels and the channels number at least this
+    randomized_min_side: ClassVar[int] = 512
 
     @staticmethod
     def _device_eigh(dev: Any):
@@ -328,13 +419,17 @@ class PCADetector(PooledGaussian, BaseDetector):
         return eigh
 
     @staticmethod
-    def _eig(gram: Gram, keep: np.ndarray, k: int) -> Spectrum:
+    def _eig(gram: Gram | Sketch, keep: np.ndarray, k: int, final: bool = False) -> Spectrum:
         """Leading ``k`` eigenpairs of the covariance of ``gram.X[keep]`` (float64, CPU).
 
         On the smaller side of the data (:meth:`~._gaussian.Gram.eig`): the
         ``n x n`` pixel Gram matrix when there are fewer pixels than channels,
-        else the ``D x D`` covariance, and only the top ``k`` eigenvectors.
+        else the ``D x D`` covariance, and only the top ``k`` eigenvectors. With
+        a :class:`~._gaussian.Sketch` (both sides large) the randomized
+        decomposition, refined on the rows themselves when ``final``.
         """
+        if isinstance(gram, Sketch):
+            return gram.eig(keep, k, refine=final)
         return gram.eig(keep, k)
 
     @staticmethod
@@ -361,16 +456,19 @@ class PCADetector(PooledGaussian, BaseDetector):
         import torch
 
         d = X.shape[1]
-        V = torch.as_tensor(eig.evecs[:, :qmax], device=dev, dtype=dt)
-        mu = torch.as_tensor(eig.mean, device=dev, dtype=dt)
-        zs, sqs = [], []
-        step = max(1, BLOCK_VALUES // d)
-        for i in range(0, len(val_rows), step):
-            xc = torch.as_tensor(X[val_rows[i:i + step]], device=dev).to(dt) - mu
-            zs.append((xc @ V).cpu().double().numpy())
-            sqs.append((xc * xc).sum(1).cpu().double().numpy())
-        z2 = np.concatenate(zs) ** 2
-        sq = np.concatenate(sqs)
+        if dev.type == "cpu":
+            z, sq = _project_rows(X[val_rows], eig.mean, eig.evecs[:, :qmax])
+        else:
+            V = torch.as_tensor(eig.evecs[:, :qmax], device=dev, dtype=dt)
+            mu = torch.as_tensor(eig.mean, device=dev, dtype=dt)
+            zs, sqs = [], []
+            step = max(1, BLOCK_VALUES // d)
+            for i in range(0, len(val_rows), step):
+                xc = torch.as_tensor(X[val_rows[i:i + step]], device=dev).to(dt) - mu
+                zs.append((xc @ V).cpu().double().numpy())
+                sqs.append((xc * xc).sum(1).cpu().double().numpy())
+            z, sq = np.concatenate(zs), np.concatenate(sqs)
+        z2 = z ** 2
         cz = np.cumsum(z2, axis=1)
         ll = np.empty(qmax)
         for q in range(1, qmax + 1):
@@ -393,11 +491,18 @@ class PCADetector(PooledGaussian, BaseDetector):
         d = X.shape[1]
         n = int(keep.sum())
         if self.n_components is None:
-            kept = np.flatnonzero(keep)
-            n_val = max(2, int(round(self.validation_fraction * n)))
-            val = np.sort(rng.choice(kept, size=n_val, replace=False))
-            fit_rows = keep.copy()
-            fit_rows[val] = False
+            hold = gram.holdout if isinstance(gram, Sketch) else None
+            if hold is not None and np.sum(keep & hold) >= 2 and np.sum(keep & ~hold) >= 4:
+                # the randomized range was found without the held-out rows
+                val = np.flatnonzero(keep & hold)
+                n_val = int(val.size)
+                fit_rows = keep & ~hold
+            else:
+                kept = np.flatnonzero(keep)
+                n_val = max(2, int(round(self.validation_fraction * n)))
+                val = np.sort(rng.choice(kept, size=n_val, replace=False))
+                fit_rows = keep.copy()
+                fit_rows[val] = False
             qmax = max(1, min(int(self.max_components), n - n_val - 2, d - 1))
             eig_a = self._eig(gram, fit_rows, qmax)
             ll = self._heldout_loglik(eig_a, X, val, qmax, dev, dt, trim=trim)
@@ -415,7 +520,7 @@ class PCADetector(PooledGaussian, BaseDetector):
                     f"channels; got {n} pixels and {d} channels. Use fewer components "
                     "(or n_components=None to choose), or a larger bulk region.")
             selection = {"method": "given", "n_components": q}
-        return self._model(self._eig(gram, keep, q), q, selection)
+        return self._model(self._eig(gram, keep, q, final), q, selection)
 
     def _model(self, eig: Spectrum, q: int, selection: dict[str, Any]) -> dict[str, Any]:
         U, lam, s2 = self._ppca_params(eig, q)
@@ -430,14 +535,38 @@ class PCADetector(PooledGaussian, BaseDetector):
         self.n_components_ = int(self.components_.shape[1])
         self._cache = None
 
+    @one_blas_thread
     def _fit(self, si: SpectrumImage, mask: np.ndarray | None,
              progress: ProgressCallback | None) -> None:
         dev, dt = self._torch_device(strict=True)
-        self.gain_ = training_gain(si, mask, self.gain, self.transform)
-        X = gather_training(si, mask, self.transform, self.gain_)
-        gram = Gram(X, self._torch_gram(dev, dt), side=self._gram_side,
-                    eigh=self._device_eigh(dev))
         rng = np.random.default_rng(self.seed)
+        ny, nx = si.nav_shape
+        self.n_bulk_ = int(mask.sum()) if mask is not None else ny * nx
+        exact = self._gram_side != "auto"  # a forced side: the exact reference
+        cap = self.max_fit_pixels
+        if cap is not None:  # never fewer pixels than twice the channels
+            cap = max(int(cap), 2 * si.n_energy)
+        pixels = None if exact else sample_pixels(si.nav_shape, mask, cap, rng)
+        if pixels is None:
+            self.gain_ = training_gain(si, mask, self.gain, self.transform)
+        else:  # the gain from the drawn pixels too
+            drawn = np.zeros(ny * nx, bool)
+            drawn[pixels] = True
+            self.gain_ = training_gain(si, drawn.reshape(ny, nx), self.gain, self.transform,
+                                       max_values=1 << 20)
+        X = gather_training(si, mask, self.transform, self.gain_, pixels=pixels)
+        if not exact and min(X.shape) >= self.randomized_min_side:
+            rank = int(self.n_components or self.max_components)
+            hold = None
+            if self.n_components is None:  # a fixed validation set, outside the range
+                hold = np.zeros(X.shape[0], bool)
+                hold[rng.choice(X.shape[0], size=max(2, int(round(
+                    self.validation_fraction * X.shape[0]))), replace=False)] = True
+            gram = Sketch(X, rank, rng, holdout=hold)
+        else:
+            gram = Gram(X, self._torch_gram(dev, dt), side=self._gram_side,
+                        eigh=self._device_eigh(dev))
+        self.solver_ = "randomized" if isinstance(gram, Sketch) else "exact"
 
         fraction, adaptive = robust_rule(self.robust_fraction)
         trim = fraction if mask is None else 0.0
@@ -464,10 +593,12 @@ class PCADetector(PooledGaussian, BaseDetector):
             self._robust_variances(X[keep])
         self.selection_ = model["selection"]
         self.n_train_ = int(keep.sum())
+        self.n_sampled_ = int(X.shape[0])
         self.pool_excess_ = self._excess(X[keep])
-        log.info("PPCA: q=%d (%s), sigma^2=%.4g, %d training pixels (%d trimmed) on %s",
-                 self.n_components_, self.selection_["method"], self.noise_variance_,
-                 self.n_train_, self.n_trimmed_, dev)
+        log.info("PPCA: q=%d (%s), sigma^2=%.4g, %d training pixels (%d trimmed; %d drawn of "
+                 "%d, %s solver) on %s", self.n_components_, self.selection_["method"],
+                 self.noise_variance_, self.n_train_, self.n_trimmed_, self.n_sampled_,
+                 self.n_bulk_, self.solver_, dev)
         cautions.add(self, cautions.fit_cautions("pca", self.n_train_, X.shape[1],
                                                  self.n_components_))
 
@@ -488,6 +619,32 @@ class PCADetector(PooledGaussian, BaseDetector):
         r = xc - p @ t.U.T
         return xc, p, r
 
+    def _project(self, X: np.ndarray, counts: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``(p (n, q), r2 (n,))`` of transformed rows ``X`` (n, D), float64 numpy.
+
+        ``p = U^T (x - mu)``, ``r2 = ||x - mu||^2 - ||p||^2`` (``U`` orthonormal). On
+        the CPU in float64 by cache-sized chunks (:func:`_project_rows`);
+        elsewhere by the device's :meth:`_terms`. ``counts``: ``X`` holds counts,
+        transformed here.
+        """
+        t = self._tensors()
+        if counts and t.dev.type != "cpu":
+            X = forward_transform(X, self.transform, self.gain_)
+        n, d = X.shape
+        q = self.components_.shape[1]
+        if t.dev.type != "cpu":
+            step = max(1, BLOCK_VALUES // d)
+            ps, r2s = [], []
+            for i in range(0, n, step):
+                _, p, r = self._terms(X[i:i + step], t)
+                ps.append(p.cpu().double().numpy())
+                r2s.append((r * r).sum(1).cpu().double().numpy())
+            return (np.concatenate(ps) if ps else np.zeros((0, q)),
+                    np.concatenate(r2s) if r2s else np.zeros(0))
+        p, sq = _project_rows(X, self.mean_, self.components_,
+                              self.transform if counts else None, self.gain_)
+        return p, np.maximum(sq - np.einsum("ij,ij->i", p, p), 0.0)
+
     def _nll_from(self, p: Any, r: Any, t: _Tensors) -> tuple[Any, Any]:
         r2 = (r * r).sum(1)
         maha = (p * p / t.lam).sum(1) + r2 / t.s2
@@ -501,10 +658,7 @@ class PCADetector(PooledGaussian, BaseDetector):
         along (often a real bulk direction too, e.g. energy jitter for a shift), so
         they would be explained away; the 90 %-quantile scale ignores them.
         """
-        t = self._tensors()
-        step = max(1, BLOCK_VALUES // X.shape[1])
-        p = np.concatenate([self._terms(X[i:i + step], t)[1].cpu().double().numpy()
-                            for i in range(0, X.shape[0], step)])
+        p = self._project(X)[0]
         s2 = self.noise_variance_ * (1 + 1e-12)
         lam = np.clip(tail_scale(p) ** 2, s2, self.explained_variance_)
         log.debug("robust PPCA variances: %s -> %s", self.explained_variance_, lam)
@@ -517,23 +671,10 @@ class PCADetector(PooledGaussian, BaseDetector):
         :func:`~._gaussian.outlyingness` of the principal coordinates (scale at
         least ``sigma``) and of the residual ``||r||^2``.
         """
-        t = self._tensors()
-        step = max(1, BLOCK_VALUES // X.shape[1])
-        ps, r2s = [], []
-        for i in range(0, X.shape[0], step):
-            if t.dev.type == "cpu":  # float64 BLAS; ||r||^2 = ||x - mu||^2 - ||p||^2 (U orthonormal)
-                xc = np.asarray(X[i:i + step], np.float64) - self.mean_
-                p = xc @ self.components_
-                ps.append(p)
-                r2s.append(np.maximum(np.einsum("ij,ij->i", xc, xc)
-                                      - np.einsum("ij,ij->i", p, p), 0.0))
-                continue
-            _, p, r = self._terms(X[i:i + step], t)
-            ps.append(p.cpu().double().numpy())
-            r2s.append((r * r).sum(1).cpu().double().numpy())
-        return outlyingness(np.concatenate(ps), np.concatenate(r2s),
-                            math.sqrt(self.noise_variance_))
+        p, r2 = self._project(X)
+        return outlyingness(p, r2, math.sqrt(self.noise_variance_))
 
+    @one_blas_thread
     def _score(self, si: SpectrumImage, progress: ProgressCallback | None
                ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
         t = self._tensors()
@@ -542,13 +683,26 @@ class PCADetector(PooledGaussian, BaseDetector):
         nll = np.empty((ny, nx), np.float64)
         rerr = np.empty((ny, nx), np.float64)
         latent = np.empty((ny, nx, q), np.float32)
+        cpu = t.dev.type == "cpu"
+        lam = self.explained_variance_
+        lscale = np.sqrt(np.maximum(lam - t.s2, 0.0)) / lam
+        const = t.logdet + self.mean_.size * _LOG2PI
         for y0, y1, block in iter_row_blocks(si):
-            x = forward_transform(block.reshape(-1, block.shape[-1]), self.transform, self.gain_)
-            _, p, r = self._terms(x, t)
-            b_nll, r2 = self._nll_from(p, r, t)
-            nll[y0:y1] = b_nll.cpu().double().numpy().reshape(y1 - y0, nx)
-            rerr[y0:y1] = r2.cpu().double().numpy().reshape(y1 - y0, nx)
-            latent[y0:y1] = (p * t.latent_scale).cpu().float().numpy().reshape(y1 - y0, nx, q)
+            if cpu:  # transformed and projected by cache-sized chunks (see _project)
+                p, r2 = self._project(block.reshape(-1, block.shape[-1]), counts=True)
+                nll[y0:y1] = (0.5 * ((p * p / lam).sum(1) + r2 / t.s2 + const)
+                              ).reshape(y1 - y0, nx)
+                rerr[y0:y1] = r2.reshape(y1 - y0, nx)
+                latent[y0:y1] = (p * lscale).reshape(y1 - y0, nx, q)
+            else:
+                x = forward_transform(block.reshape(-1, block.shape[-1]), self.transform,
+                                      self.gain_)
+                _, p, r = self._terms(x, t)
+                b_nll, r2 = self._nll_from(p, r, t)
+                nll[y0:y1] = b_nll.cpu().double().numpy().reshape(y1 - y0, nx)
+                rerr[y0:y1] = r2.cpu().double().numpy().reshape(y1 - y0, nx)
+                latent[y0:y1] = (p * t.latent_scale).cpu().float().numpy().reshape(y1 - y0,
+                                                                                   nx, q)
             emit(progress, "score", y1, ny)
         score = nll if self.score_kind == "nll" else rerr.copy()
         maps = {"reconstruction_error": rerr}
@@ -586,15 +740,11 @@ class PCADetector(PooledGaussian, BaseDetector):
         """Excess-NLL statistics of transformed training rows ``X`` (the pooling's spill guard)."""
         from ..pooling import excess_stats
 
-        t = self._tensors()
-        step = max(1, BLOCK_VALUES // X.shape[1])
-        own = []
-        for i in range(0, X.shape[0], step):
-            _, p, _ = self._terms(X[i:i + step], t)
-            dev = (np.asarray(X[i:i + step], np.float64)
-                   - self._mean_y(p, t))
-            own.append(0.5 * np.sum(dev * dev, axis=1) / t.s2)
-        own_a = np.concatenate(own)
+        # x - mean_y = r + U (p (1 - shrink)), r orthogonal to U
+        p, r2 = self._project(X)
+        lam = self.explained_variance_
+        s2 = float(self.noise_variance_)
+        own_a = 0.5 * (r2 + ((p * (s2 / lam)) ** 2).sum(1)) / s2
         d = X.shape[1]
         return excess_stats(own_a, np.full(own_a.shape, 0.5 * d), d)
 
@@ -663,6 +813,7 @@ class PCADetector(PooledGaussian, BaseDetector):
         return {"n_components": self.n_components_, "noise_variance": self.noise_variance_,
                 "selection": self.selection_, "n_train": self.n_train_,
                 "n_trimmed": self.n_trimmed_, "gain": self.gain_,
+                "n_bulk": self.n_bulk_, "n_sampled": self.n_sampled_, "solver": self.solver_,
                 "pool_excess": [float(v) for v in self.pool_excess_]}
 
     def _get_arrays(self) -> dict[str, np.ndarray]:
@@ -676,6 +827,10 @@ class PCADetector(PooledGaussian, BaseDetector):
         self.selection_ = state.get("selection", {})
         self.n_train_ = int(state.get("n_train", 0))
         self.n_trimmed_ = int(state.get("n_trimmed", 0))
+        # files from before the subsample: the fit used every training pixel, exactly
+        self.n_sampled_ = int(state.get("n_sampled", self.n_train_ + self.n_trimmed_))
+        self.n_bulk_ = int(state.get("n_bulk", self.n_sampled_))
+        self.solver_ = str(state.get("solver", "exact"))
         self.gain_ = float(state.get("gain", 1.0))  # files from before the gain: counts
         pe = state.get("pool_excess")
         self.pool_excess_ = (tuple(float(v) for v in pe) if pe is not None

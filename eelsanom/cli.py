@@ -192,7 +192,7 @@ def load_mask_file(path: str, nav_shape: tuple[int, int]) -> np.ndarray:
             m = np.asarray(hs.load(str(p)).data)
     except InputError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad input
+    except Exception as exc:  # any reader failure is a bad input
         raise InputError(f"--train-mask: could not read {path!r} as a mask ({exc}).") from exc
     return check_train_mask(np.asarray(m) != 0, nav_shape, what=f"--train-mask {path!r}")
 
@@ -867,7 +867,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("eelsanom: interrupted; finished outputs are complete, nothing half-written was "
               "left under its final name", file=sys.stderr)
         return EXIT_CANCELLED
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if args.debug:
             raise
         print(f"eelsanom: internal error: {type(exc).__name__}: {exc} (rerun with --debug for "

@@ -191,7 +191,7 @@ def loopback_scheduler(tmp_path_factory):
     logs = []
 
     def start(*args: str, log: str) -> subprocess.Popen:
-        fh = open(d / log, "w")  # noqa: SIM115 - closed at teardown
+        fh = open(d / log, "w")  # closed at teardown
         logs.append(fh)
         p = subprocess.Popen([sys.executable, "-m", "dask", *args], cwd=d, env=ENV, stdout=fh,
                              stderr=subprocess.STDOUT, start_new_session=True)

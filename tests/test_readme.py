@@ -18,7 +18,7 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     code = blocks[0].replace('"sample_data/', f'"{ROOT.as_posix()}/sample_data/')
     monkeypatch.chdir(tmp_path)  # det.save("pca.h5") lands in tmp, not in the checkout
     ns: dict = {}
-    exec(compile(code, "README.md", "exec"), ns)  # noqa: S102 - our own documentation
+    exec(compile(code, "README.md", "exec"), ns)  # our own documentation
     res = ns["res"]
     assert res.nll.shape == (64, 64)
     assert res.evaluate()["roc_auc"] > 0.95

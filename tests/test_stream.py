@@ -124,7 +124,7 @@ class MaxResult(Callback):
         self.max_nbytes = 0
         self.tasks = 0
 
-    def _posttask(self, key, result, dsk, state, id):  # noqa: A002 - dask's signature
+    def _posttask(self, key, result, dsk, state, id):  # dask's signature
         self.tasks += 1
         if isinstance(result, np.ndarray):
             self.max_nbytes = max(self.max_nbytes, result.nbytes)

@@ -816,7 +816,7 @@ def load_detector(path: str | Path, expected: type[BaseDetector] | None = None) 
         det._set_state(state, arrays)
     except InputError as exc:
         raise InputError(f"model file {str(path)!r}: {exc}") from None
-    except Exception as exc:  # whatever else a damaged file does is a refusal
+    except Exception as exc:  # noqa: BLE001 - whatever else a damaged file does is a refusal
         raise InputError(f"model file {str(path)!r}: could not rebuild the {cls.__name__} "
                          f"({type(exc).__name__}: {exc}); the file is damaged. Train the model "
                          "again or use another model file.") from None

@@ -184,7 +184,7 @@ GUI_FIELDS: dict[str, tuple[str, ...]] = {
 def _method(method: str) -> str:
     """The canonical method name (the detector class's ``method``) of any accepted spelling."""
     # inside: the package may import this table, so importing it back at load is a cycle
-    from . import detector_class  # noqa: PLC0415
+    from . import detector_class
 
     try:
         key = detector_class(method).method
@@ -215,7 +215,7 @@ def detector_params(method: str) -> dict[str, Param]:
         When ``method`` is unknown.
     """
     # inside: the package may import this table (a cycle at load); imports the detector on demand
-    from . import detector_class  # noqa: PLC0415
+    from . import detector_class
 
     key = _method(method)
     sig = inspect.signature(detector_class(key).__init__)

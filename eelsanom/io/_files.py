@@ -225,7 +225,7 @@ def _read_marker(folder: Path) -> dict[str, Any]:
 def _is_own_model(p: Path) -> bool:
     """An eelsanom model file (HDF5 whose ``format`` attribute says so)."""
     try:
-        import h5py  # noqa: PLC0415
+        import h5py
 
         with h5py.File(p, "r") as f:
             return f.attrs.get("format") == "eelsanom-model"

@@ -78,7 +78,7 @@ def is_eels_spectrum_image(n_navigation: int, n_signal: int, energy_units: str,
 
 
 def _hs() -> Any:
-    import hyperspy.api as hs  # noqa: PLC0415 - heavy, imported on use only
+    import hyperspy.api as hs  # heavy, imported on use only
 
     return hs
 
@@ -86,7 +86,7 @@ def _hs() -> Any:
 class _DropRsciioAdvice(logging.Filter):
     """Hide HyperSpy's "please report this error" log line: we raise a clearer InputError."""
 
-    def filter(self, record: logging.LogRecord) -> bool:  # noqa: A003
+    def filter(self, record: logging.LogRecord) -> bool:
         return "please report this error" not in record.getMessage()
 
 
@@ -137,7 +137,7 @@ def _check_declared(path: Path) -> None:
                 return
     except OSError:
         return  # unreadable: the reader says why
-    import h5py  # noqa: PLC0415
+    import h5py
 
     problems: list[str] = []
 
@@ -256,7 +256,7 @@ def _read_all(path: Path, *, lazy: bool) -> list[Any]:
     try:
         with _quiet_read_errors():
             out = hs.load(path, lazy=lazy, **kw)
-    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad input file
+    except Exception as exc:  # any reader failure is a bad input file
         raise InputError(
             f"{path}: could not be read ({type(exc).__name__}: {_one_line(exc)}). Expected a "
             f"complete file in a format HyperSpy reads ({', '.join(SUPPORTED_EXTENSIONS)}, ...). "
@@ -401,7 +401,7 @@ def _file_handle(data: Any) -> Any:
     if isinstance(data, np.ndarray):
         return None
     try:
-        from rsciio.utils.file import get_file_handle  # noqa: PLC0415
+        from rsciio.utils.file import get_file_handle
 
         return get_file_handle(data, warn=False)
     except Exception:  # noqa: BLE001 - no handle to close
@@ -527,7 +527,7 @@ def load_spectrum_image(path: str | os.PathLike, *, lazy: bool | str = False,
             _check_fits(label, tuple(sig.data.shape))
             try:
                 sig.compute(show_progressbar=False)
-            except Exception as exc:  # noqa: BLE001 - e.g. a truncated dataset
+            except Exception as exc:  # e.g. a truncated dataset
                 raise InputError(
                     f"{label}: could not be read ({type(exc).__name__}: {_one_line(exc)}). "
                     "Check that the file is complete (not truncated or still being written)."
@@ -564,7 +564,7 @@ def _check_fits(label: str, shape: tuple[int, ...]) -> None:
     """Refuse to read a cube into memory when it cannot fit (float32), before reading it."""
     need = 4 * math.prod(int(n) for n in shape)
     try:
-        import psutil  # noqa: PLC0415
+        import psutil
 
         avail = int(psutil.virtual_memory().available)
     except Exception:  # noqa: BLE001 - cannot tell: let the read try
@@ -643,7 +643,7 @@ def stream_threshold_bytes() -> int:
         if v < 0:
             raise InputError(f"{STREAM_ENV}: expected a number of bytes >= 0, found {env!r}.")
         return v
-    import psutil  # noqa: PLC0415 - imported on use only
+    import psutil  # imported on use only
 
     return int(psutil.virtual_memory().available // 4)
 

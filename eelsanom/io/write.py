@@ -40,7 +40,7 @@ _RESULT_FORMATS = ("hspy", "zspy", "png", "tiff")
 def _check_writable_format(path: Path) -> None:
     ext = path.suffix.lower().lstrip(".")
     try:
-        from rsciio import IO_PLUGINS  # noqa: PLC0415
+        from rsciio import IO_PLUGINS
     except ImportError:  # pragma: no cover - rosettasciio comes with hyperspy
         return
     ok = sorted({e.lower() for p in IO_PLUGINS if p.get("writes") for e in p["file_extensions"]})
@@ -143,11 +143,11 @@ def save_png_map(arr: Any, path: str | os.PathLike, *, si_or_result: Any, title:
         ``si_or_result`` has no ``y``/``x`` :class:`Axis`, or when ``arr`` or
         ``mask_overlay`` is not of shape (ny, nx).
     """
-    import matplotlib  # noqa: PLC0415
-    from matplotlib import colors as mcolors  # noqa: PLC0415
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
-    from matplotlib.figure import Figure  # noqa: PLC0415
-    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
+    import matplotlib
+    from matplotlib import colors as mcolors
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     path = _check_output(Path(path), overwrite=True, protect=protect)
     y, x = _nav_axes(si_or_result)
@@ -182,7 +182,7 @@ def save_png_map(arr: Any, path: str | os.PathLike, *, si_or_result: Any, title:
     im = ax.imshow(np.ma.masked_invalid(data), extent=extent, origin="upper", cmap=cm, norm=norm,
                    interpolation="nearest", aspect=aspect)
     if is_bool:
-        from matplotlib.patches import Patch  # noqa: PLC0415
+        from matplotlib.patches import Patch
 
         n_yes = int(raw.sum())
         handles = [Patch(facecolor=MASK_COLOURS[0], edgecolor="0.5",
@@ -250,13 +250,13 @@ def write_json(obj: Any, path: str | os.PathLike, *, protect: Iterable[Any] = ()
 def _write_tiff(arr: np.ndarray, path: Path, protect: Iterable[Any]) -> Path | None:
     path = _check_output(path, overwrite=True, protect=protect)
     try:
-        import tifffile  # noqa: PLC0415
+        import tifffile
 
         def write(tmp: Path) -> None:
             tifffile.imwrite(tmp, arr)
     except ImportError:
         try:
-            import imageio.v3 as iio  # noqa: PLC0415
+            import imageio.v3 as iio
         except ImportError:
             logger.warning("TIFF output skipped for %s: install tifffile or imageio", path)
             return None

@@ -8,8 +8,8 @@ import numpy as np
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, *, size: tuple[float, float] = (6.4, 4.4)) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
-    from matplotlib.figure import Figure  # noqa: PLC0415
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     fig = Figure(figsize=size, dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
@@ -27,7 +27,7 @@ def new_axes(ax: Any = None, *, size: tuple[float, float] = (6.4, 4.4)) -> tuple
 def image(ax: Any, arr: np.ndarray, *, title: str, cbar_label: str, cmap: str = "viridis",
           vmin: float | None = None, vmax: float | None = None) -> Any:
     """A per-pixel map in pixel coordinates with a labelled colour bar."""
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     cm = matplotlib.colormaps[cmap].copy()
     cm.set_bad("0.6")

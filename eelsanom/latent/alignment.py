@@ -259,7 +259,7 @@ class UnitMatching:
         matplotlib.figure.Figure
             The figure holding the axes.
         """
-        from ._plot import new_axes  # noqa: PLC0415
+        from ._plot import new_axes
 
         fig, ax = new_axes(ax)
         im = ax.imshow(np.abs(self.correlation_matrix), vmin=0, vmax=1, cmap="viridis")
@@ -316,7 +316,7 @@ def match_units(z_a: Any, z_b: Any, *, method: str = "hungarian") -> UnitMatchin
     c = unit_correlation(z_a, z_b)
     w = np.nan_to_num(np.abs(c), nan=0.0)
     if method == "hungarian":
-        from scipy.optimize import linear_sum_assignment  # noqa: PLC0415
+        from scipy.optimize import linear_sum_assignment
 
         ri, ci = linear_sum_assignment(w, maximize=True)
     else:
@@ -385,7 +385,7 @@ def sparse_unit_prediction(z_a: Any, z_b: Any, *, alpha: float = 0.05,
         When ``alpha`` is not a positive number, or the codes are invalid as
         for :func:`unit_correlation`.
     """
-    from sklearn.linear_model import Lasso  # noqa: PLC0415
+    from sklearn.linear_model import Lasso
 
     alpha = check_positive(alpha, "alpha")
     a, b = _pair(z_a, z_b, min_points=3)
@@ -439,7 +439,7 @@ def cluster_units(z_a: Any, z_b: Any, n_clusters: int, *, seed: int = 0) -> np.n
         When ``n_clusters`` is not an integer in ``[1, d_a + d_b]``, or the
         codes are invalid as for :func:`unit_correlation`.
     """
-    from sklearn.cluster import SpectralClustering  # noqa: PLC0415
+    from sklearn.cluster import SpectralClustering
 
     a, b = _pair(z_a, z_b, min_points=3)
     z = np.concatenate([a.z, b.z], axis=1)

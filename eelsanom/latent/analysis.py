@@ -209,7 +209,7 @@ class LatentSummary:
         matplotlib.figure.Figure
             Three panels side by side.
         """
-        from ._plot import image, new_figure  # noqa: PLC0415
+        from ._plot import image, new_figure
 
         fig = new_figure(size=(14.0, 4.2))
         a1, a2, a3 = fig.subplots(1, 3)
@@ -428,7 +428,7 @@ class LatentComparison:
         matplotlib.figure.Figure
             Three map panels side by side.
         """
-        from ._plot import image, new_figure  # noqa: PLC0415
+        from ._plot import image, new_figure
 
         fig = new_figure(size=(14.0, 4.2))
         a1, a2, a3 = fig.subplots(1, 3)
@@ -482,7 +482,7 @@ def compare(z_a: Any, z_b: Any, *, k: int = 10, n_anchors: int = 32, cca_points:
         same pixels, ``k`` is out of range, or a tool refuses the codes (e.g. a
         space with no variance).
     """
-    from scipy.stats import spearmanr  # noqa: PLC0415
+    from scipy.stats import spearmanr
 
     a = as_codes(z_a, name="latent A", min_points=4)
     b = as_codes(z_b, name="latent B", min_points=4)

@@ -81,7 +81,7 @@ def _dse_points(z: np.ndarray, sigma: float, t: float) -> float:
     g = np.exp(-d2 / (2.0 * sigma * sigma))
     dinv = 1.0 / np.sqrt(g.sum(axis=1))
     kmat = g * dinv[:, None] * dinv[None, :]  # same spectrum as the diffusion operator D^-1 G
-    from scipy.linalg import eigh  # noqa: PLC0415
+    from scipy.linalg import eigh
 
     # divide-and-conquer driver: ~5x faster than LAPACK's default here
     lam = np.abs(eigh(kmat, eigvals_only=True, driver="evd", overwrite_a=True,

@@ -154,7 +154,7 @@ def fit_linear_nested_ae(x: Any, d: int, prefixes: Any = None, *, max_iter: int 
     -------
     LinearNestedAE
     """
-    import torch  # noqa: PLC0415
+    import torch
 
     data = _data(x)
     n, dim = data.shape
@@ -218,7 +218,7 @@ def principal_angles(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     InputError
         When ``a`` and ``b`` are not 2-D with the same number of rows.
     """
-    from scipy.linalg import subspace_angles  # noqa: PLC0415
+    from scipy.linalg import subspace_angles
 
     a, b = np.asarray(a, float), np.asarray(b, float)
     if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
@@ -340,7 +340,7 @@ class PrefixCurve:
         matplotlib.figure.Figure
             The figure holding the plot.
         """
-        from ._plot import new_axes  # noqa: PLC0415
+        from ._plot import new_axes
 
         fig, ax = new_axes(ax)
         if np.isfinite(self.auc).any():
@@ -381,7 +381,7 @@ def latent_prefix_scorer(z: Any, reference: Any = None) -> Callable[[int], np.nd
         When ``z`` is not valid latent codes (raised at once; ``reference`` is
         checked when the scorer is called).
     """
-    from .quantize import latent_anomaly_score  # noqa: PLC0415
+    from .quantize import latent_anomaly_score
 
     c = as_codes(z, name="Z")
 
@@ -416,7 +416,7 @@ def prefix_curve(scorer_or_maps: Callable[[int], Any] | Sequence[Any],
     -------
     PrefixCurve
     """
-    from ..scoring import roc_auc  # noqa: PLC0415
+    from ..scoring import roc_auc
 
     if callable(scorer_or_maps):
         if prefixes is None:

@@ -54,7 +54,7 @@ def float8_available() -> bool:
         False also when torch is not installed.
     """
     try:
-        import torch  # noqa: PLC0415
+        import torch
     except ImportError:  # pragma: no cover - torch is a dependency
         return False
     return hasattr(torch, "float8_e4m3fn")
@@ -210,7 +210,7 @@ def quantize(z: Any, kind: str) -> QuantizedCodes:
         if not float8_available():
             raise InputError("float8: the installed torch has no float8_e4m3fn (needs torch >= "
                              "2.1); choose another format.")
-        import torch  # noqa: PLC0415
+        import torch
 
         scale = np.max(np.abs(x), axis=0) / _FLOAT8_MAX
         scale = np.where(scale > 0, scale, 1.0)
@@ -380,7 +380,7 @@ class QuantizationReport:
         matplotlib.figure.Figure
             The figure holding the axes.
         """
-        from ._plot import new_axes  # noqa: PLC0415
+        from ._plot import new_axes
 
         fig, ax = new_axes(ax)
         ax.plot(self.bytes_per_pixel, self.knn_recall, "o", label=f"{self.k}-NN recall")
@@ -446,7 +446,7 @@ def quantization_report(z: Any, *, kinds: Sequence[str] | None = None,
         an integer in ``[1, n - 1]``, a kind is unknown, or ``truth`` /
         ``score_fn``'s output does not have one value per pixel.
     """
-    from ..scoring import roc_auc  # noqa: PLC0415
+    from ..scoring import roc_auc
 
     c = as_codes(z, name="Z", min_points=3)
     k = check_neighbours(c.n, k)

@@ -68,9 +68,9 @@ def select_anchors(z: Any, n_anchors: int = 32, *, method: str = "kmeans",
     rng = np.random.default_rng(seed)
     if method == "random":
         return np.sort(rng.choice(c.n, size=m, replace=False))
-    from sklearn.cluster import KMeans  # noqa: PLC0415
+    from sklearn.cluster import KMeans
 
-    from ._common import knn  # noqa: PLC0415
+    from ._common import knn
 
     fit_idx = rng.choice(c.n, size=min(c.n, 10000), replace=False)
     km = KMeans(n_clusters=m, random_state=seed, n_init=1, max_iter=100).fit(c.z[fit_idx])

@@ -112,7 +112,7 @@ def _map_png(arr: np.ndarray, res: Any, path: Path, title: str, label: str,
              cmap: str = "viridis") -> Path | None:
     """The map as a PNG, or None (and no file) when it holds no finite value: a quantity
     the tables mark n/a gets no figure (a stale one of an earlier report is removed)."""
-    from ..io import save_png_map  # noqa: PLC0415
+    from ..io import save_png_map
 
     a = np.asarray(arr, dtype=np.float64)
     if not np.isfinite(a).any():
@@ -128,7 +128,7 @@ def _drop_missing(figs: dict[str, Path | None]) -> dict[str, Path]:
 
 
 def _single_figures(s: Any, res: Any, out: Path, tag: str) -> dict[str, Path]:
-    from ._plot import new_axes  # noqa: PLC0415
+    from ._plot import new_axes
 
     figs: dict[str, Path | None] = {}
     figs["local_dimension"] = _map_png(
@@ -160,7 +160,7 @@ def _single_figures(s: Any, res: Any, out: Path, tag: str) -> dict[str, Path]:
 
 
 def _compare_figures(c: Any, res_a: Any, res_b: Any, out: Path) -> dict[str, Path]:
-    from ._plot import new_axes  # noqa: PLC0415
+    from ._plot import new_axes
 
     figs: dict[str, Path | None] = {}
     figs["mutual_knn"] = _map_png(c.mutual_knn_map, res_a, out / "compare_mutual_knn.png",
@@ -235,8 +235,8 @@ def write_report(run_a: Any, run_b: Any = None, out: str | os.PathLike = "latent
     InputError
         A run without latent codes (e.g. ``rx``), two runs of different images.
     """
-    from ..io import write_json  # noqa: PLC0415
-    from .analysis import compare, summarize  # noqa: PLC0415
+    from ..io import write_json
+    from .analysis import compare, summarize
 
     res_a = _as_result(run_a, stem_a)
     _require_latent(res_a, "run A")

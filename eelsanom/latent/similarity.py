@@ -258,7 +258,7 @@ def _masked_hsic(rows: np.ndarray, cols: np.ndarray, kv: np.ndarray, lv: np.ndar
     ``[sum(K~ * L~^T) + sum(K~) sum(L~) / ((n-1)(n-2)) - 2 sum_j colsum_K~(j) rowsum_L~(j)
     / (n-2)] / (n (n-3))``.
     """
-    from scipy.sparse import csr_matrix  # noqa: PLC0415
+    from scipy.sparse import csr_matrix
 
     km = csr_matrix((kv, (rows, cols)), shape=(n, n))
     lm = csr_matrix((lv, (rows, cols)), shape=(n, n))
@@ -503,7 +503,7 @@ class CCAAlignment:
         matplotlib.figure.Figure
             The figure holding the axes.
         """
-        from ._plot import new_axes  # noqa: PLC0415
+        from ._plot import new_axes
 
         fig, ax = new_axes(ax)
         r = np.arange(1, self.correlations.size + 1)

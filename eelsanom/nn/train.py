@@ -239,7 +239,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any] | None:
     """
     try:
         return torch.load(Path(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unreadable file means "start fresh"
+    except Exception as exc:  # noqa: BLE001 - any unreadable file means "start fresh"
         log.warning("checkpoint %s could not be read (%s); training from scratch", path, exc)
         return None
 

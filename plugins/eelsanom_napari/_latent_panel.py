@@ -384,7 +384,7 @@ class LatentPanel(_Panel):
         q = max(2, int(np.shape(res.latent)[-1]))
 
         def fit_pca() -> Any:
-            from eelsanom.detectors.pca import PCADetector  # noqa: PLC0415
+            from eelsanom.detectors.pca import PCADetector
 
             det = PCADetector(n_components=q, device="cpu", energy_range=energy, seed=0)
             return det.fit(si, mask).score(si).latent

@@ -115,18 +115,18 @@ def launch(path: str | os.PathLike | None = None, *, block: bool = True,
     if problem:
         raise InputError(problem)
     try:
-        import napari  # noqa: PLC0415
-        from napari.layers import Layer  # noqa: PLC0415
-        from napari.qt import get_qapp  # noqa: PLC0415, F401 - fails without a Qt binding
+        import napari
+        from napari.layers import Layer
+        from napari.qt import get_qapp  # noqa: F401 - fails without a Qt binding
     except ImportError as exc:
         raise InputError(f"eelsanom gui needs napari and a Qt binding: pip install "
                          f"'eelsanom[napari]' (import failed: {exc}).") from exc
-    from ._layers import spectrum_image_layers  # noqa: PLC0415
-    from ._sample_data import SAMPLE_NAME, sample_spectrum_image  # noqa: PLC0415
-    from ._widgets import dock_all, size_docks  # noqa: PLC0415
+    from ._layers import spectrum_image_layers
+    from ._sample_data import SAMPLE_NAME, sample_spectrum_image
+    from ._widgets import dock_all, size_docks
 
     if path is not None:
-        from eelsanom.io import load_spectrum_image  # noqa: PLC0415
+        from eelsanom.io import load_spectrum_image
 
         si = load_spectrum_image(path)
         name = Path(path).stem
@@ -139,7 +139,7 @@ def launch(path: str | os.PathLike | None = None, *, block: bool = True,
         viewer.add_layer(Layer.create(data, meta, kind))
     _show_strongest_channel(viewer, si)
     _fit_window(panels["Detector"].native.window())
-    from qtpy.QtCore import QTimer  # noqa: PLC0415
+    from qtpy.QtCore import QTimer
 
     def settle() -> None:  # once the window is laid out: panels sized, image fitted
         with contextlib.suppress(RuntimeError, AttributeError):
@@ -169,9 +169,9 @@ def panels_of(viewer: Any) -> dict[str, Any]:
 def _show_strongest_channel(viewer: Any, si: Any) -> None:
     """Put the energy slider on the channel with the highest mean intensity (the edge), with
     contrast limits that do not saturate that slice."""
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
-    from ._layers import role_of  # noqa: PLC0415
+    from ._layers import role_of
 
     try:
         mean = np.asarray(si.data[:: max(1, si.nav_shape[0] // 16),

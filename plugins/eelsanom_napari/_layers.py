@@ -80,7 +80,7 @@ def _nav_kwargs(si: SpectrumImage) -> dict[str, Any]:
 
 
 def _mask_colormap(color: str) -> Any:
-    from napari.utils.colormaps import DirectLabelColormap  # noqa: PLC0415
+    from napari.utils.colormaps import DirectLabelColormap
 
     return DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: color})
 
@@ -205,7 +205,7 @@ def pixel_to_world(iy: int, ix: int, si: SpectrumImage) -> tuple[float, float]:
 
 
 def _shapes_mask(layer: Any, si: SpectrumImage) -> tuple[np.ndarray, str]:
-    from napari.layers import Shapes  # noqa: PLC0415
+    from napari.layers import Shapes
 
     ny, nx = si.nav_shape
     verts, kinds, skipped = [], [], 0

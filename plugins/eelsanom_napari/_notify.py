@@ -26,7 +26,7 @@ def short(message: str) -> str:
 
 def error(message: str) -> None:
     """Show an error notification (file paths shortened; the log keeps them whole)."""
-    from napari.utils.notifications import show_error  # noqa: PLC0415
+    from napari.utils.notifications import show_error
 
     log.warning("%s", message)
     show_error(short(message))
@@ -34,7 +34,7 @@ def error(message: str) -> None:
 
 def warning(message: str) -> None:
     """Show a warning notification (and log it)."""
-    from napari.utils.notifications import show_warning  # noqa: PLC0415
+    from napari.utils.notifications import show_warning
 
     log.warning("%s", message)
     show_warning(message)
@@ -42,7 +42,7 @@ def warning(message: str) -> None:
 
 def info(message: str) -> None:
     """Show an information notification (and log it)."""
-    from napari.utils.notifications import show_info  # noqa: PLC0415
+    from napari.utils.notifications import show_info
 
     log.info("%s", message)
     show_info(message)

@@ -41,8 +41,8 @@ METHODS = [("3D-CVAE", "cvae"), ("context PCA", "context-pca"), ("PCA", "pca"), 
 METHOD_NAMES = {v: k for k, v in METHODS}
 
 def _scroll_area(inner: Any) -> Any:
-    from qtpy.QtCore import Qt  # noqa: PLC0415
-    from qtpy.QtWidgets import QFrame, QScrollArea  # noqa: PLC0415
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QFrame, QScrollArea
 
     area = QScrollArea()
     area.setWidgetResizable(True)
@@ -68,7 +68,7 @@ class _DockTabber(QObject):
         self.done = False
         panel.native.installEventFilter(self)
 
-    def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 - Qt API
+    def eventFilter(self, obj: Any, event: Any) -> bool:  # Qt API
         # (getattr: Qt may still deliver events while the Python side is torn down)
         if not getattr(self, "done", True) and \
                 event.type() in (QEvent.Type.Show, QEvent.Type.ParentChange):
@@ -236,7 +236,7 @@ class _Panel(Container):
         # generic traceback notifications (ours say what went wrong) and its registration
         # with the "current viewer" task list, which can be another viewer than ours (its
         # close would quit our worker) and keeps finished workers alive
-        from superqt.utils import create_worker  # noqa: PLC0415
+        from superqt.utils import create_worker
 
         self._watch_window()
         ref = weakref.ref(self)
@@ -301,7 +301,7 @@ class _Panel(Container):
 
     def _dock_widget(self) -> Any:
         """The QDockWidget this panel sits in, or None (not docked)."""
-        from qtpy.QtWidgets import QDockWidget  # noqa: PLC0415
+        from qtpy.QtWidgets import QDockWidget
 
         w = self.native.parentWidget()
         while w is not None and not isinstance(w, QDockWidget):
@@ -325,7 +325,7 @@ class _CloseWatcher(QObject):
         window.installEventFilter(self)
         window.destroyed.connect(lambda *_: on_close())
 
-    def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 - Qt API
+    def eventFilter(self, obj: Any, event: Any) -> bool:  # Qt API
         if event.type() == QEvent.Type.Close:
             QTimer.singleShot(0, self._check)
         return False
@@ -359,7 +359,7 @@ def leave_a_core() -> int:
         torch's intra-op thread count now (1 on a single-core machine).
     """
     try:
-        import torch  # noqa: PLC0415 - heavy: only ever imported in a worker
+        import torch  # heavy: only ever imported in a worker
     except ImportError:  # RX needs no torch
         return 0
     n = max(1, (os.cpu_count() or 2) - 1)

@@ -50,7 +50,7 @@ class _Canvas(FigureCanvasQTAgg):
         _Canvas._next_slot = start + self.STAGGER
         QTimer.singleShot(int(1000 * (start - now)), self._draw_idle)
 
-    def resizeEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
+    def resizeEvent(self, event: Any) -> None:  # Qt API
         super().resizeEvent(event)
         self.fit_margins()
 
@@ -137,7 +137,7 @@ class SpectrumCanvas(_Canvas):
     MARGIN = 0.12
 
     def __init__(self, width: float = 5.0, height: float = 3.6) -> None:
-        from matplotlib.widgets import SpanSelector  # noqa: PLC0415
+        from matplotlib.widgets import SpanSelector
 
         fig = Figure(figsize=(width, height), dpi=100)
         super().__init__(fig)
@@ -522,7 +522,7 @@ class LineScanCanvas(_Canvas):
         index : int, optional
             The inspected position.
         """
-        from ._layers import robust_limits  # noqa: PLC0415
+        from ._layers import robust_limits
 
         for ax in (self.ax_img, self.ax_nll):
             ax.clear()

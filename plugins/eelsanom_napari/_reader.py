@@ -31,7 +31,7 @@ NOTHING = [(None,)]
 
 
 def _extensions() -> tuple[str, ...]:
-    from eelsanom.io import SUPPORTED_EXTENSIONS  # noqa: PLC0415 - cheap module
+    from eelsanom.io import SUPPORTED_EXTENSIONS  # cheap module
 
     return SUPPORTED_EXTENSIONS
 
@@ -60,8 +60,8 @@ def napari_get_reader(path: str | os.PathLike | Sequence[str | os.PathLike]
 
 
 def _read_one(path: str | os.PathLike) -> list[tuple]:
-    from eelsanom.errors import InputError  # noqa: PLC0415
-    from eelsanom.io import load_spectrum_image  # noqa: PLC0415
+    from eelsanom.errors import InputError
+    from eelsanom.io import load_spectrum_image
 
     try:
         si = load_spectrum_image(path)
@@ -73,7 +73,7 @@ def _read_one(path: str | os.PathLike) -> list[tuple]:
         _notify.error(f"eelsanom cannot open {Path(path).name}: it does not fit in memory. "
                       "Crop it first (HyperSpy: s.inav[...] / s.isig[...]) or use the "
                       "command line (`eelsanom detect --lazy`).")
-    except Exception as exc:  # noqa: BLE001 - a reader must never crash the viewer
+    except Exception as exc:  # a reader must never crash the viewer
         log.exception("reading %s failed", path)
         _notify.error(f"eelsanom cannot open {Path(path).name}: unexpected "
                       f"{type(exc).__name__}: {exc}")

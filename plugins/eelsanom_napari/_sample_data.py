@@ -43,10 +43,10 @@ def sample_spectrum_image(*, prefer_file: bool = True) -> Any:
     """
     path = sample_path() if prefer_file else None
     if path is not None:
-        from eelsanom.io import load_spectrum_image  # noqa: PLC0415
+        from eelsanom.io import load_spectrum_image
 
         return load_spectrum_image(path)
-    from eelsanom.simulate import simulate  # noqa: PLC0415
+    from eelsanom.simulate import simulate
 
     log.info("sample file not found: regenerating it with eelsanom.simulate")
     return simulate(**SAMPLE_PARAMS).si

@@ -155,7 +155,7 @@ def prepare_result(result: Any, spec: Any = None) -> Prepared:
     counts, edges = np.histogram(v if v.size else np.zeros(1), bins=80)
     coords = explained = None
     if result.latent is not None:
-        from eelsanom.latent.maps import project_codes  # noqa: PLC0415
+        from eelsanom.latent.maps import project_codes
 
         try:
             coords, explained = project_codes(result.latent)
@@ -443,7 +443,7 @@ class Session:
     def set_threshold(self, spec: Any) -> Any:
         """Re-threshold the current result with ``spec`` (None: the detector's own rule);
         update the mask layer (live)."""
-        from eelsanom.scoring import parse_threshold  # noqa: PLC0415
+        from eelsanom.scoring import parse_threshold
 
         if spec is not None:
             parse_threshold(spec)  # refuse a bad spec before changing anything

@@ -207,7 +207,7 @@ class BulkRegionWidget(_Panel):
 
     def _on_new_labels(self, *_: Any) -> Any:
         """Add a labels layer on the image's grid, in paint mode, and select it."""
-        from ._layers import label_layer_kwargs  # noqa: PLC0415
+        from ._layers import label_layer_kwargs
 
         try:
             si = self._session.spectrum_image()
@@ -290,7 +290,7 @@ _EXTRA = "__extra__"
 
 def _parse_extra(text: str) -> dict[str, Any]:
     """``'batch_size=64, robust_fraction=0.1'`` -> dict (values as Python literals or strings)."""
-    import ast  # noqa: PLC0415
+    import ast
 
     out: dict[str, Any] = {}
     for part in (p.strip() for p in str(text or "").split(",")):
@@ -438,7 +438,7 @@ class DetectorWidget(_Panel):
     @staticmethod
     def _make_detector(method: str, params: dict[str, Any]) -> Any:
         """Build the detector (called in the worker thread: imports torch for PCA/CVAE)."""
-        from eelsanom.detectors import detector_class  # noqa: PLC0415
+        from eelsanom.detectors import detector_class
 
         cls = detector_class(method)
         names = set(cls._param_names())
@@ -571,7 +571,7 @@ class DetectorWidget(_Panel):
             return
 
         def work(progress: Callable[[Any], bool]) -> Any:
-            from eelsanom.detectors import load_detector  # noqa: PLC0415
+            from eelsanom.detectors import load_detector
 
             return load_detector(path)
 
@@ -586,7 +586,7 @@ class DetectorWidget(_Panel):
         self._run("loading model", work, done)
 
     def _check_axis(self, det: Any) -> None:
-        from eelsanom.errors import EnergyAxisMismatch  # noqa: PLC0415
+        from eelsanom.errors import EnergyAxisMismatch
 
         try:
             det.window(self._session.spectrum_image())
@@ -624,7 +624,7 @@ class DetectorWidget(_Panel):
         ``on_done(panel, value)`` runs in the GUI thread with the return value, unless the
         viewer was closed meanwhile. Errors become notifications; ``Cancelled`` an info.
         """
-        from napari.utils import cancelable_progress  # noqa: PLC0415
+        from napari.utils import cancelable_progress
 
         cancel = threading.Event()
         self._cancel_event = cancel
@@ -774,7 +774,7 @@ def line_scan_axis(si: Any) -> tuple[str, np.ndarray, str] | None:
 
 def threshold_methods() -> list[tuple[str, str]]:
     """The Results panel's threshold choices (``robust`` where eelsanom.scoring has it)."""
-    from eelsanom.scoring import parse_threshold  # noqa: PLC0415
+    from eelsanom.scoring import parse_threshold
 
     out = [("detector's rule", "default"), ("Otsu", "otsu"), ("GMM", "gmm")]
     try:
@@ -1028,8 +1028,8 @@ class SpectrumInspectorWidget(_Panel):
         self._flag.tooltip = "the inspected pixel against the current threshold"
         self.extend([row, self._flag])
         self._canvas = SpectrumCanvas()
-        from matplotlib.backends.backend_qtagg import NavigationToolbar2QT  # noqa: PLC0415
-        from qtpy.QtWidgets import QHBoxLayout, QWidget  # noqa: PLC0415
+        from matplotlib.backends.backend_qtagg import NavigationToolbar2QT
+        from qtpy.QtWidgets import QHBoxLayout, QWidget
 
         # zoom / pan / home of the plot, and the spectrum tools, on one row
         self._toolbar = NavigationToolbar2QT(self._canvas, None, coordinates=False)
@@ -1121,7 +1121,7 @@ class SpectrumInspectorWidget(_Panel):
     def _on_region_mean(self, *_: Any) -> Any:
         """Mean spectrum of the selected shapes/labels layer's area (else the bulk region),
         observed and, with a result, modelled (the model runs in a worker, once per result)."""
-        from ._layers import region_mask  # noqa: PLC0415
+        from ._layers import region_mask
 
         layer = self._region_layer()
         try:
@@ -1426,8 +1426,8 @@ class ExportWidget(_Panel):
         Every path is checked first (:func:`eelsanom.io.check_outputs`): an input is never
         written, and a file that eelsanom did not write is never replaced.
         """
-        from eelsanom.io import check_outputs, result_paths  # noqa: PLC0415
-        from eelsanom.pipeline import SEED_MAPS, write_run  # noqa: PLC0415
+        from eelsanom.io import check_outputs, result_paths
+        from eelsanom.pipeline import SEED_MAPS, write_run
 
         s = self._session
         res = s.result
@@ -1458,7 +1458,7 @@ class ExportWidget(_Panel):
                                     extra={"exported_from": "napari"})
                 written.update({k: Path(v) for k, v in summary["outputs"].items()})
             elif fmts:  # a result without its data (cannot happen through the panels)
-                from eelsanom.io import save_result  # noqa: PLC0415
+                from eelsanom.io import save_result
 
                 written.update(save_result(res, folder, stem=stem, formats=fmts))
             if self._model.value and s.detector is not None:
@@ -1559,7 +1559,7 @@ def size_docks(panels: dict[str, _Panel]) -> None:
     """Give the docks of :func:`dock_all` sensible sizes for the window's current size:
     a 470 px column on the right, the plots at least 45 % of its height (call again after
     resizing the window)."""
-    from qtpy.QtCore import Qt  # noqa: PLC0415
+    from qtpy.QtCore import Qt
 
     try:
         first, plots = panels["Bulk region"]._dock, panels["Spectrum inspector"]._dock

@@ -67,6 +67,7 @@ from ._panel import (
     METHODS,
     _next_turn,
     _Panel,
+    _report,
     leave_a_core,
 )
 from ._plot import HistogramCanvas, LineScanCanvas, SpectrumCanvas
@@ -634,20 +635,12 @@ class DetectorWidget(_Panel):
         self._epoch, self._shown_at, self.last_event = (0, int(epochs or 0)), 0.0, None
         self._bar_stage, self._batches_per_epoch = None, 0
 
+        notify = _report(what)  # the runner's notifications, plus the panel's status line
+
         def errored(w: DetectorWidget | None, exc: BaseException) -> None:
-            if isinstance(exc, Cancelled):
-                if w is not None:
-                    _notify.info(f"eelsanom: {what} cancelled.")
-                    w._set_status(f"{what} cancelled")
-                return
-            if isinstance(exc, InputError):
-                msg = str(exc)
-            else:
-                log.error("%s failed", what, exc_info=exc)
-                msg = f"{what} failed: {type(exc).__name__}: {exc}"
+            notify(w, exc)
             if w is not None:
-                _notify.error(msg)
-                w._set_status(f"{what} failed")
+                w._set_status(f"{what} {'cancelled' if isinstance(exc, Cancelled) else 'failed'}")
 
         def finished(w: DetectorWidget | None) -> None:
             pbar.close()

@@ -87,7 +87,7 @@ def fit_cautions(method: str, n_train: int, n_channels: int,
                    f"little between pixels); {fix}, or use PCA (--method pca).")
     if method == "pca" and n_components is not None and n_train < 5 * (n_components + 2):
         out.append(f"PCA fitted {n_components} components on {n_train} pixels (fewer than 5 per "
-                   "parameter direction): use fewer components (--n-components) or a larger "
+                   "parameter direction): use fewer components (--components) or a larger "
                    "region.")
     return out
 

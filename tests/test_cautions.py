@@ -127,3 +127,27 @@ def test_energy_clip_rule():
     assert not cautions.energy_clip_caution((None, 400.0), 300.0, 2347.0, 101)
     (msg,) = cautions.energy_clip_caution((None, 3000.0), 300.0, 2347.0, 2048)
     assert "start-3000 eV reaches beyond the data (300-2347 eV); used 300-2347 eV" in msg
+
+
+def test_every_option_a_caution_names_exists_in_the_cli():
+    """A caution that says what to do names options the user can actually type."""
+    import argparse
+    import re
+    from pathlib import Path
+
+    from eelsanom.cli import build_parser
+
+    options: set[str] = set()
+
+    def collect(parser: argparse.ArgumentParser) -> None:
+        for action in parser._actions:
+            options.update(s for s in action.option_strings if s.startswith("--"))
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    collect(sub)
+
+    collect(build_parser())
+    source = Path(cautions.__file__).read_text()
+    named = set(re.findall(r"(--[a-z][a-z-]*[a-z])", source))
+    assert named, "no option found in the cautions: the scan is broken"
+    assert named <= options, f"cautions name options the CLI does not have: {named - options}"

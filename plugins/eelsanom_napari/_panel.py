@@ -116,10 +116,9 @@ class _Panel(Container):
         # napari hands plugin widgets a public-only proxy of the viewer; the panels of one
         # viewer share state through the viewer itself
         viewer = getattr(viewer, "__wrapped__", viewer)
-        # held weakly, like everything of the viewer here: a panel is owned by the viewer's
-        # window, and a reference back would make a cycle that keeps the closed viewer (and
-        # its QtViewer) alive until a full garbage collection
-        self._viewer_ref = weakref.ref(viewer)
+        # the viewer is reached through the session, which holds it weakly: a panel is
+        # owned by the viewer's window, and a reference back would make a cycle that keeps
+        # the closed viewer (and its QtViewer) alive until a full garbage collection
         self._session: Session = get_session(viewer)
         self._closed = False
         self.native.destroyed.connect(self._mark_closed_factory())
@@ -136,10 +135,7 @@ class _Panel(Container):
     @property
     def _viewer(self) -> Any:
         """The viewer (raises RuntimeError once it is gone, as Qt does for deleted widgets)."""
-        v = self._viewer_ref()
-        if v is None:
-            raise RuntimeError("the viewer of this eelsanom panel was closed")
-        return v
+        return self._session.viewer
 
     def _mark_closed_factory(self) -> Callable[..., None]:
         ref = weakref.ref(self)

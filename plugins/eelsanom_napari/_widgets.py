@@ -1132,7 +1132,8 @@ class SpectrumInspectorWidget(_Panel):
                           "expected a rectangle, polygon or painted area on it.")
             return None
         label = f"{layer.name} (mean of {int(mask.sum())} px)"
-        obs = np.asarray(si.data, float)[mask].mean(axis=0)
+        # the region's pixels only become float64: not a float64 copy of the whole cube
+        obs = np.asarray(si.data[mask], float).mean(axis=0)
         raw = self._session.raw_result if self._result_for(self._session.cube()) is not None \
             else None
         entry = [label, si.energy.values, obs, None]

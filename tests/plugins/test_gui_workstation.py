@@ -89,6 +89,17 @@ def fit_result(si, method="pca", mask=None, **params):
     return get_detector(method, **params).fit(si, mask).score(si)
 
 
+def docked_with_pca_result(viewer, sample_file):
+    """The sample open, every panel docked and a 4-component PCA result shown:
+    ``(panels, session, si, result)``."""
+    open_sample(viewer, sample_file)
+    panels = dock_all(viewer)
+    session = get_session(viewer)
+    si = session.spectrum_image()
+    res = session.set_result(fit_result(si, n_components=4, device="cpu"), session.cube())
+    return panels, session, si, res
+
+
 def tiny_cvae_result(si, mask):
     """A real 3D-CVAE, trained briefly (the model's cost per pixel is what matters here)."""
     return fit_result(si, "cvae", mask, epochs=2, latent_dim=2, width=4, patch_size=8,
@@ -164,11 +175,7 @@ def test_clicks_and_slider_ticks_update_the_plots_in_place(viewer, qtbot, sample
     curves are updated in place); a pixel whose curves fit the limits costs a blit, no
     full redraw; a threshold tick redraws neither the histogram nor the spectrum, runs no
     model, and refreshes no layer but the mask (and that only when the flags change)."""
-    open_sample(viewer, sample_file)
-    panels = dock_all(viewer)
-    session = get_session(viewer)
-    si = session.spectrum_image()
-    res = session.set_result(fit_result(si, n_components=4, device="cpu"), session.cube())
+    panels, session, si, res = docked_with_pca_result(viewer, sample_file)
     insp, results = panels["Spectrum inspector"], panels["Results"]
     canvas, hist = insp._canvas, results._hist
     insp.inspect(20, 20)
@@ -395,11 +402,7 @@ def drag(canvas, ax, x0, x1):
 
 
 def test_spectrum_tool(viewer, qtbot, sample_file, notifications):
-    open_sample(viewer, sample_file)
-    panels = dock_all(viewer)
-    session = get_session(viewer)
-    si = session.spectrum_image()
-    res = session.set_result(fit_result(si, n_components=4, device="cpu"), session.cube())
+    panels, session, si, res = docked_with_pca_result(viewer, sample_file)
     insp, det = panels["Spectrum inspector"], panels["Detector"]
     canvas = insp._canvas
     # zoom / pan: the matplotlib toolbar

@@ -51,12 +51,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from .errors import InputError
+
+if TYPE_CHECKING:  # torch is imported where it is used: importing the PCA / RX detectors
+    import torch  # (which take pooling_from / excess_stats from here) must not import it
+
+    GaussianFn = Callable[[slice, slice], tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                torch.Tensor | None]]
 
 __all__ = ["Pooling", "pooling_from", "neighbourhood_kernel", "outlier_level", "expected_nll",
            "pool_region", "pool_image", "gaussian_block", "excess_stats", "LOG_2PI"]
@@ -198,6 +203,8 @@ def expected_nll(sigma: torch.Tensor) -> torch.Tensor:
     Tensor of shape (h, w)
         Expected NLL per pixel, nats.
     """
+    import torch
+
     return (0.5 + torch.log(sigma) + 0.5 * LOG_2PI).sum(0)
 
 
@@ -268,6 +275,8 @@ def _neighbourhood_nll(dev: torch.Tensor, v: torch.Tensor, kl: torch.Tensor, lev
     exact variance under the model. A pixel pools the sources whose level is at
     most its own plus one.
     """
+    import torch
+
     ay, ax, by, bx = mats
     th, tw = ay.shape[0], ax.shape[0]
     oy0, ox0 = origin
@@ -346,6 +355,8 @@ def pool_region(target: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor,
         ``expected`` (its expectation), ``penalty``; and ``channel_nll`` (E,)
         when asked and the pixel is in the block.
     """
+    import torch
+
     ny, nx = image_shape
     ay0, ay1, ax0, ax1 = out_box
     sy0, sy1, sx0, sx1 = src_box
@@ -407,10 +418,6 @@ def pool_region(target: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor,
     return out
 
 
-GaussianFn = Callable[[slice, slice], tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                            torch.Tensor | None]]
-
-
 def pool_image(gauss: GaussianFn, ny: int, nx: int, *, pooling: Pooling, noise2: float,
                excess: tuple[float, float] | None, region: tuple[int, int, int, int] | None = None,
                tile: int | None = None, n_energy: int | None = None,
@@ -449,6 +456,8 @@ def pool_image(gauss: GaussianFn, ny: int, nx: int, *, pooling: Pooling, noise2:
         ``score``, ``nb_nll``, ``scale``, ``own``, ``expected``, ``penalty``
         (each (h, w) float64 over the region), and ``channel_nll`` (E,) when asked.
     """
+    import torch
+
     y0r, y1r, x0r, x1r = region if region is not None else (0, ny, 0, nx)
     hh, ww = y1r - y0r, x1r - x0r
     rn = pooling.radius()
@@ -479,7 +488,7 @@ def pool_image(gauss: GaussianFn, ny: int, nx: int, *, pooling: Pooling, noise2:
 
 def gaussian_block(target: np.ndarray, mean: np.ndarray, sigma: np.ndarray | float,
                    penalty: np.ndarray | None = None, *, device: Any = "cpu",
-                   dtype: Any = torch.float64
+                   dtype: Any = None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``(h, w, E)`` numpy arrays -> the ``(E, h, w)`` tensors :func:`pool_region` takes.
 
@@ -489,12 +498,15 @@ def gaussian_block(target: np.ndarray, mean: np.ndarray, sigma: np.ndarray | flo
     sigma : ndarray of shape (h, w, E) or (E,), or float
     penalty : ndarray of shape (h, w), optional
     device, dtype
-        Where and in what precision the tensors are made.
+        Where and in what precision the tensors are made (``dtype`` None: ``torch.float64``).
 
     Returns
     -------
     (target, mean, sigma, penalty) as tensors, the first three of shape (E, h, w).
     """
+    import torch
+
+    dtype = torch.float64 if dtype is None else dtype
     t = torch.as_tensor(np.asarray(target), device=device).to(dtype).permute(2, 0, 1)
     m = torch.as_tensor(np.asarray(mean), device=device).to(dtype).permute(2, 0, 1)
     s = np.asarray(sigma, np.float64)

@@ -64,7 +64,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: importing the PCA / RX 
                                                 torch.Tensor | None]]
 
 __all__ = ["Pooling", "pooling_from", "neighbourhood_kernel", "outlier_level", "expected_nll",
-           "pool_region", "pool_image", "gaussian_block", "excess_stats", "LOG_2PI"]
+           "pool_region", "pool_image", "gaussian_block", "excess_stats", "tiles", "LOG_2PI"]
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -418,6 +418,25 @@ def pool_region(target: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor,
     return out
 
 
+def tiles(ny: int, nx: int, tile: int) -> list[tuple[int, int, int, int]]:
+    """Output tiles ``(y0, y1, x0, x1)`` (end-exclusive) covering an ``(ny, nx)`` block.
+
+    Parameters
+    ----------
+    ny, nx : int
+        Size of the block to cover, in pixels.
+    tile : int
+        Tile side in pixels (the last row and column of tiles may be smaller).
+
+    Returns
+    -------
+    list of (int, int, int, int)
+        Row-major tiles.
+    """
+    return [(y, min(y + tile, ny), x, min(x + tile, nx))
+            for y in range(0, ny, tile) for x in range(0, nx, tile)]
+
+
 def pool_image(gauss: GaussianFn, ny: int, nx: int, *, pooling: Pooling, noise2: float,
                excess: tuple[float, float] | None, region: tuple[int, int, int, int] | None = None,
                tile: int | None = None, n_energy: int | None = None,
@@ -466,23 +485,21 @@ def pool_image(gauss: GaussianFn, ny: int, nx: int, *, pooling: Pooling, noise2:
         tile = int(max(8, math.sqrt((1 << 22) / per) - 2 * rn))
     keys = ("score", "nb_nll", "scale", "own", "expected", "penalty")
     out: dict[str, Any] = {k: np.zeros((hh, ww), np.float64) for k in keys}
-    for ty0 in range(0, hh, tile):
-        for tx0 in range(0, ww, tile):
-            ay0, ay1 = ty0 + y0r, min(ty0 + tile, hh) + y0r
-            ax0, ax1 = tx0 + x0r, min(tx0 + tile, ww) + x0r
-            sy0, sy1 = max(0, ay0 - rn), min(ny, ay1 + rn)
-            sx0, sx1 = max(0, ax0 - rn), min(nx, ax1 + rn)
-            target, mean, sigma, penalty = gauss(slice(sy0, sy1), slice(sx0, sx1))
-            with torch.no_grad():
-                res = pool_region(target, mean, sigma, penalty, out_box=(ay0, ay1, ax0, ax1),
-                                  src_box=(sy0, sy1, sx0, sx1), image_shape=(ny, nx),
-                                  pooling=pooling, noise2=noise2, excess=excess,
-                                  want_channels=want_channels)
-            dst = (slice(ay0 - y0r, ay1 - y0r), slice(ax0 - x0r, ax1 - x0r))
-            for k in keys:
-                out[k][dst] = res[k].double().cpu().numpy()
-            if "channel_nll" in res:
-                out["channel_nll"] = res["channel_nll"].double().cpu().numpy()
+    for ty0, ty1, tx0, tx1 in tiles(hh, ww, tile):
+        ay0, ay1, ax0, ax1 = ty0 + y0r, ty1 + y0r, tx0 + x0r, tx1 + x0r
+        sy0, sy1 = max(0, ay0 - rn), min(ny, ay1 + rn)
+        sx0, sx1 = max(0, ax0 - rn), min(nx, ax1 + rn)
+        target, mean, sigma, penalty = gauss(slice(sy0, sy1), slice(sx0, sx1))
+        with torch.no_grad():
+            res = pool_region(target, mean, sigma, penalty, out_box=(ay0, ay1, ax0, ax1),
+                              src_box=(sy0, sy1, sx0, sx1), image_shape=(ny, nx),
+                              pooling=pooling, noise2=noise2, excess=excess,
+                              want_channels=want_channels)
+        dst = (slice(ty0, ty1), slice(tx0, tx1))
+        for k in keys:
+            out[k][dst] = res[k].double().cpu().numpy()
+        if "channel_nll" in res:
+            out["channel_nll"] = res["channel_nll"].double().cpu().numpy()
     return out
 
 

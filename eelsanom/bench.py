@@ -821,7 +821,7 @@ def calibration_fpr(conds: list[Condition], methods: list[str], *, device: str =
 
     rows: list[dict[str, Any]] = []
     for cond in conds:
-        if not cond.supervised or float(cond.sim.get("concentration", 1.0)) != 0.0:
+        if not calibration_conditions([cond]):
             raise InputError(f"calibration_fpr: expected anomaly-free conditions trained on the "
                              f"bulk region, got {cond.name!r}.")
         for s in range(int(seed), int(seed) + int(seeds)):

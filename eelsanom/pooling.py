@@ -51,15 +51,20 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from .errors import InputError
 
+if TYPE_CHECKING:  # torch is imported where it is used: importing the PCA / RX detectors
+    import torch  # (which take pooling_from / excess_stats from here) must not import it
+
+    GaussianFn = Callable[[slice, slice], tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                torch.Tensor | None]]
+
 __all__ = ["Pooling", "pooling_from", "neighbourhood_kernel", "outlier_level", "expected_nll",
-           "pool_region", "pool_image", "gaussian_block", "excess_stats", "LOG_2PI"]
+           "pool_region", "pool_image", "gaussian_block", "excess_stats", "tiles", "LOG_2PI"]
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -198,6 +203,8 @@ def expected_nll(sigma: torch.Tensor) -> torch.Tensor:
     Tensor of shape (h, w)
         Expected NLL per pixel, nats.
     """
+    import torch
+
     return (0.5 + torch.log(sigma) + 0.5 * LOG_2PI).sum(0)
 
 
@@ -268,6 +275,8 @@ def _neighbourhood_nll(dev: torch.Tensor, v: torch.Tensor, kl: torch.Tensor, lev
     exact variance under the model. A pixel pools the sources whose level is at
     most its own plus one.
     """
+    import torch
+
     ay, ax, by, bx = mats
     th, tw = ay.shape[0], ax.shape[0]
     oy0, ox0 = origin
@@ -346,6 +355,8 @@ def pool_region(target: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor,
         ``expected`` (its expectation), ``penalty``; and ``channel_nll`` (E,)
         when asked and the pixel is in the block.
     """
+    import torch
+
     ny, nx = image_shape
     ay0, ay1, ax0, ax1 = out_box
     sy0, sy1, sx0, sx1 = src_box
@@ -407,8 +418,23 @@ def pool_region(target: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor,
     return out
 
 
-GaussianFn = Callable[[slice, slice], tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                            torch.Tensor | None]]
+def tiles(ny: int, nx: int, tile: int) -> list[tuple[int, int, int, int]]:
+    """Output tiles ``(y0, y1, x0, x1)`` (end-exclusive) covering an ``(ny, nx)`` block.
+
+    Parameters
+    ----------
+    ny, nx : int
+        Size of the block to cover, in pixels.
+    tile : int
+        Tile side in pixels (the last row and column of tiles may be smaller).
+
+    Returns
+    -------
+    list of (int, int, int, int)
+        Row-major tiles.
+    """
+    return [(y, min(y + tile, ny), x, min(x + tile, nx))
+            for y in range(0, ny, tile) for x in range(0, nx, tile)]
 
 
 def pool_image(gauss: GaussianFn, ny: int, nx: int, *, pooling: Pooling, noise2: float,
@@ -449,6 +475,8 @@ def pool_image(gauss: GaussianFn, ny: int, nx: int, *, pooling: Pooling, noise2:
         ``score``, ``nb_nll``, ``scale``, ``own``, ``expected``, ``penalty``
         (each (h, w) float64 over the region), and ``channel_nll`` (E,) when asked.
     """
+    import torch
+
     y0r, y1r, x0r, x1r = region if region is not None else (0, ny, 0, nx)
     hh, ww = y1r - y0r, x1r - x0r
     rn = pooling.radius()
@@ -457,29 +485,27 @@ def pool_image(gauss: GaussianFn, ny: int, nx: int, *, pooling: Pooling, noise2:
         tile = int(max(8, math.sqrt((1 << 22) / per) - 2 * rn))
     keys = ("score", "nb_nll", "scale", "own", "expected", "penalty")
     out: dict[str, Any] = {k: np.zeros((hh, ww), np.float64) for k in keys}
-    for ty0 in range(0, hh, tile):
-        for tx0 in range(0, ww, tile):
-            ay0, ay1 = ty0 + y0r, min(ty0 + tile, hh) + y0r
-            ax0, ax1 = tx0 + x0r, min(tx0 + tile, ww) + x0r
-            sy0, sy1 = max(0, ay0 - rn), min(ny, ay1 + rn)
-            sx0, sx1 = max(0, ax0 - rn), min(nx, ax1 + rn)
-            target, mean, sigma, penalty = gauss(slice(sy0, sy1), slice(sx0, sx1))
-            with torch.no_grad():
-                res = pool_region(target, mean, sigma, penalty, out_box=(ay0, ay1, ax0, ax1),
-                                  src_box=(sy0, sy1, sx0, sx1), image_shape=(ny, nx),
-                                  pooling=pooling, noise2=noise2, excess=excess,
-                                  want_channels=want_channels)
-            dst = (slice(ay0 - y0r, ay1 - y0r), slice(ax0 - x0r, ax1 - x0r))
-            for k in keys:
-                out[k][dst] = res[k].double().cpu().numpy()
-            if "channel_nll" in res:
-                out["channel_nll"] = res["channel_nll"].double().cpu().numpy()
+    for ty0, ty1, tx0, tx1 in tiles(hh, ww, tile):
+        ay0, ay1, ax0, ax1 = ty0 + y0r, ty1 + y0r, tx0 + x0r, tx1 + x0r
+        sy0, sy1 = max(0, ay0 - rn), min(ny, ay1 + rn)
+        sx0, sx1 = max(0, ax0 - rn), min(nx, ax1 + rn)
+        target, mean, sigma, penalty = gauss(slice(sy0, sy1), slice(sx0, sx1))
+        with torch.no_grad():
+            res = pool_region(target, mean, sigma, penalty, out_box=(ay0, ay1, ax0, ax1),
+                              src_box=(sy0, sy1, sx0, sx1), image_shape=(ny, nx),
+                              pooling=pooling, noise2=noise2, excess=excess,
+                              want_channels=want_channels)
+        dst = (slice(ty0, ty1), slice(tx0, tx1))
+        for k in keys:
+            out[k][dst] = res[k].double().cpu().numpy()
+        if "channel_nll" in res:
+            out["channel_nll"] = res["channel_nll"].double().cpu().numpy()
     return out
 
 
 def gaussian_block(target: np.ndarray, mean: np.ndarray, sigma: np.ndarray | float,
                    penalty: np.ndarray | None = None, *, device: Any = "cpu",
-                   dtype: Any = torch.float64
+                   dtype: Any = None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``(h, w, E)`` numpy arrays -> the ``(E, h, w)`` tensors :func:`pool_region` takes.
 
@@ -489,12 +515,15 @@ def gaussian_block(target: np.ndarray, mean: np.ndarray, sigma: np.ndarray | flo
     sigma : ndarray of shape (h, w, E) or (E,), or float
     penalty : ndarray of shape (h, w), optional
     device, dtype
-        Where and in what precision the tensors are made.
+        Where and in what precision the tensors are made (``dtype`` None: ``torch.float64``).
 
     Returns
     -------
     (target, mean, sigma, penalty) as tensors, the first three of shape (E, h, w).
     """
+    import torch
+
+    dtype = torch.float64 if dtype is None else dtype
     t = torch.as_tensor(np.asarray(target), device=device).to(dtype).permute(2, 0, 1)
     m = torch.as_tensor(np.asarray(mean), device=device).to(dtype).permute(2, 0, 1)
     s = np.asarray(sigma, np.float64)

@@ -198,6 +198,14 @@ def threshold_contamination(nll: np.ndarray, percent: float) -> float:
     return float(np.percentile(np.asarray(nll, float), 100.0 - percent))
 
 
+def _number_after_colon(s: str) -> float:
+    """The number after the first ``:`` of ``s`` (``"robust:3"`` -> 3.0); NaN when it is none."""
+    try:
+        return float(s.split(":", 1)[1])
+    except ValueError:
+        return float("nan")
+
+
 def parse_threshold(spec: Any) -> tuple[str, float | None]:
     """Normalise a threshold spec to ``(kind, number)``.
 
@@ -242,26 +250,17 @@ def parse_threshold(spec: Any) -> tuple[str, float | None]:
     if s == "calibrated":
         return "calibrated", DEFAULT_ALPHA
     if s.startswith("calibrated:"):
-        try:
-            a = float(s.split(":", 1)[1])
-        except ValueError:
-            a = -1.0
+        a = _number_after_colon(s)
         if 0 < a < 0.5:
             return "calibrated", a
         raise InputError(f"threshold: 'calibrated:ALPHA' needs a false-positive rate ALPHA in "
                          f"(0, 0.5), e.g. 'calibrated:0.001'; got {spec!r}.")
     if s.startswith(("robust:", "mad:")):
-        try:
-            k = float(s.split(":", 1)[1])
-        except ValueError:
-            k = -1.0
+        k = _number_after_colon(s)
         if 0 < k < float("inf"):
             return "robust", k
     if s.startswith("value:"):
-        try:
-            v = float(s.split(":", 1)[1])
-        except ValueError:
-            v = float("nan")
+        v = _number_after_colon(s)
         if np.isfinite(v):  # value:nan / value:inf would flag nothing, silently
             return "value", v
     else:

@@ -3,6 +3,8 @@ set_params, sklearn.base.clone, and score() leaving the fitted state alone."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -77,16 +79,30 @@ def test_score_leaves_the_fitted_state_alone(method, threshold):
     mask = np.ones(si.nav_shape, bool)
     mask[3, 4] = False
     det = get_detector(method, threshold=threshold).fit(si, mask)
-    state = {k: v for k, v in vars(det).items() if k.endswith("_")}
+    # a deep copy: an array or dict changed in place must not compare equal to itself
+    state = copy.deepcopy({k: v for k, v in vars(det).items() if k.endswith("_")})
     other = _si(seed=3)
     det.score(other)
     det.score(si)
     after = {k: v for k, v in vars(det).items() if k.endswith("_")}
     assert after.keys() == state.keys()
     for k, v in state.items():
-        if isinstance(v, np.ndarray):
-            np.testing.assert_array_equal(after[k], v, err_msg=k)
-        elif isinstance(v, float) and np.isnan(v):
-            assert np.isnan(after[k]), k
-        elif isinstance(v, (int, float, str, bool, tuple)) or v is None:
-            assert after[k] == v, k
+        _assert_same(after[k], v, k)
+
+
+def _assert_same(a, b, where: str) -> None:
+    """``a == b`` through dicts, lists and tuples; arrays elementwise, NaN equal to NaN."""
+    if isinstance(b, dict):
+        assert isinstance(a, dict) and a.keys() == b.keys(), where
+        for key, v in b.items():
+            _assert_same(a[key], v, f"{where}[{key!r}]")
+    elif isinstance(b, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(b, np.ndarray):
+        np.testing.assert_array_equal(a, b, err_msg=where)
+    elif isinstance(b, float) and np.isnan(b):
+        assert isinstance(a, float) and np.isnan(a), where
+    else:
+        assert a == b, where

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -216,3 +218,10 @@ def test_cli_pooling_and_context_options_reach_the_detector(tmp_path):
                           "rx", "--pooling", "-1", "--out", str(tmp_path / "b")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "pooling: expected the neighbourhood sigma" in bad.stderr
+
+
+def test_importing_the_numpy_detectors_does_not_import_torch():
+    # PCA / RX take pooling_from / excess_stats from eelsanom.pooling; torch stays lazy there
+    code = ("import sys, eelsanom.detectors.pca, eelsanom.detectors.rx, eelsanom.pooling; "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

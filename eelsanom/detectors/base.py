@@ -303,14 +303,10 @@ class BaseDetector:
                   progress: ProgressCallback | None = None) -> BaseDetector:
         """Calibrate the threshold on held-out bulk pixels (cross-fitting over spatial blocks).
 
-        The bulk region is cut into ``block x block`` squares, dealt at random
-        (seeded by ``seed``) into ``folds`` groups; for each group a copy of this
-        detector (same hyperparameters) is fitted on the rest of the bulk and
-        scores the group's squares, each read with its neighbourhood
-        (:attr:`score_context`, so context and pooled scores see their
-        neighbours as when scoring an image): :meth:`held_out_scores`. Every
-        bulk pixel thus gets a score from a model that did not see it or the
-        square around it; their distribution
+        :meth:`held_out_scores` (``folds`` groups of ``block x block`` squares,
+        each scored with its neighbourhood by a copy fitted on the rest of the
+        bulk) gives every bulk pixel a score from a model that did not see it or
+        the square around it; their distribution
         (:func:`eelsanom.scoring.null_calibration`) sets ``threshold_`` for
         ``threshold="calibrated:ALPHA"`` (its ``1 - ALPHA`` quantile) and the
         ``p_value`` map of every later result. Saved with the model. Costs
@@ -324,12 +320,8 @@ class BaseDetector:
             The training data (containing the model's energy window).
         train_mask : ndarray of bool, shape (ny, nx)
             The bulk region the detector was fitted on.
-        folds : int
-            Number of groups of held-out squares, >= 2.
-        block : int
-            Side of the held-out squares in pixels, >= 1.
-        progress : callable, optional
-            Receives :class:`~eelsanom.progress.ProgressEvent`; return ``False`` to cancel.
+        folds, block, progress
+            As :meth:`held_out_scores`.
 
         Returns
         -------

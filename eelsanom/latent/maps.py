@@ -43,13 +43,8 @@ SCATTER_SEED = 0
 N_ANCHORS = 32
 
 
-def _codes_of(latent: Any) -> Any:
-    """An AnomalyResult's latent codes, or ``latent`` itself."""
-    return getattr(latent, "latent", latent) if not isinstance(latent, np.ndarray) else latent
-
-
 def _flat_codes(latent: Any) -> tuple[np.ndarray, tuple[int, int]]:
-    z = _codes_of(latent)
+    z = getattr(latent, "latent", latent)  # an AnomalyResult's codes, or the array itself
     if z is None:
         raise InputError("latent codes: expected an array of shape (ny, nx, d) or a result "
                          "with latent codes, found a result without them (RX keeps none); "

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .. import pooling as pooling_stage
-from ..pooling import Pooling
+from ..pooling import Pooling, tiles  # tiles: also this module's (the tiling it uses)
 from ..progress import ProgressCallback, emit
 from .device import channels_last
 from .losses import gaussian_outputs, kl_standard_normal
@@ -31,25 +31,6 @@ __all__ = ["score_cube", "auto_tile", "tiles"]
 
 #: maps of shape (h, w) every scoring returns (float64)
 _MAPS = ("score", "nb_nll", "scale", "recon_nll", "expected", "kl")
-
-
-def tiles(ny: int, nx: int, tile: int) -> list[tuple[int, int, int, int]]:
-    """Output tiles ``(y0, y1, x0, x1)`` (end-exclusive) covering an ``(ny, nx)`` block.
-
-    Parameters
-    ----------
-    ny, nx : int
-        Size of the block to cover, in pixels.
-    tile : int
-        Tile side in pixels (the last row and column of tiles may be smaller).
-
-    Returns
-    -------
-    list of (int, int, int, int)
-        Row-major tiles.
-    """
-    return [(y, min(y + tile, ny), x, min(x + tile, nx))
-            for y in range(0, ny, tile) for x in range(0, nx, tile)]
 
 
 def auto_tile(n_energy: int, width: int, device: torch.device, halo: int) -> int:

@@ -304,10 +304,8 @@ class ContextPCADetector(PCADetector):
     # ------------------------------------------------------------------ reconstruction
     def _reconstruct(self, si: SpectrumImage) -> tuple[np.ndarray, np.ndarray]:
         """The neighbourhood's prediction, mean and sigma in counts, (ny, nx, D)."""
-        c = self._context(si)
-        s2 = float(self.noise_variance_)
-        my = self.mean_ + c["m"] @ self.components_.T
-        sig_y = np.sqrt(s2 + (c["v"] - s2) @ (self.components_ ** 2).T)
+        g = self._gaussian(self._context(si))
+        my, sig_y = g["pred"], np.sqrt(g["var"])
         return (np.asarray(inverse_transform(my, self.transform, self.gain_), np.float32),
                 np.asarray(transform_sigma(my, sig_y, self.transform, self.gain_), np.float32))
 

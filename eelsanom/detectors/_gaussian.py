@@ -74,17 +74,26 @@ def iter_row_blocks(si: SpectrumImage, block_values: int = BLOCK_VALUES
     step = rows_per_block(si, block_values)
     for y0 in range(0, ny, step):
         y1 = min(ny, y0 + step)
-        block = si.data[y0:y1]
-        if si.is_lazy:
-            block = np.asarray(block.compute() if hasattr(block, "compute") else block,
-                               dtype=np.float32)
-            if not np.isfinite(block).all():
-                bad = np.argwhere(~np.isfinite(block))[0]
-                raise InputError(
-                    f"expected finite values, found NaN/inf in the lazy data (first at pixel "
-                    f"y={y0 + bad[0]}, x={bad[1]}, channel {bad[2]}). Replace them first, e.g. "
-                    "s.data = np.nan_to_num(s.data).")
-        yield y0, y1, np.asarray(block, dtype=np.float32)
+        yield y0, y1, read_block(si, slice(y0, y1), slice(None))
+
+
+def read_block(si: SpectrumImage, rows: slice, cols: slice) -> np.ndarray:
+    """``si.data[rows, cols]`` as float32 numpy; lazy (dask) data computed and checked for NaN/inf.
+
+    Eager data were checked on conversion. The error names the first bad pixel in
+    image coordinates.
+    """
+    block = si.data[rows, cols]
+    if si.is_lazy:
+        block = np.asarray(block.compute() if hasattr(block, "compute") else block,
+                           dtype=np.float32)
+        if not np.isfinite(block).all():
+            bad = np.argwhere(~np.isfinite(block))[0]
+            raise InputError(
+                f"expected finite values, found NaN/inf in the lazy data (first at pixel "
+                f"y={(rows.start or 0) + bad[0]}, x={(cols.start or 0) + bad[1]}, channel "
+                f"{bad[2]}). Replace them first, e.g. s.data = np.nan_to_num(s.data).")
+    return np.asarray(block, dtype=np.float32)
 
 
 def gather_training(si: SpectrumImage, mask: np.ndarray | None, transform: str,
@@ -690,14 +699,7 @@ def pooled_scores(si: SpectrumImage, gauss_rows: Callable[[np.ndarray], tuple[An
     ny, nx = si.nav_shape
 
     def gauss(rows: slice, cols: slice):
-        block = si.data[rows, cols]
-        if si.is_lazy:
-            block = np.asarray(block.compute() if hasattr(block, "compute") else block,
-                               dtype=np.float32)
-            if not np.isfinite(block).all():
-                raise InputError("expected finite values, found NaN/inf in the lazy data. "
-                                 "Replace them first, e.g. s.data = np.nan_to_num(s.data).")
-        block = np.asarray(block, np.float32)
+        block = read_block(si, rows, cols)
         h, w = block.shape[:2]
         t, m, s, p = gauss_rows(block.reshape(h * w, -1))
 

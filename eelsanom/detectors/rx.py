@@ -149,13 +149,9 @@ class RXDetector(PooledGaussian, BaseDetector):
         Threshold spec (see :func:`eelsanom.scoring.parse_threshold`).
     transform : {"anscombe", "none"}
     robust_fraction : "auto" or float
-        Pixels dropped at each trimmed refit when there is no mask. ``"auto"``
-        (default): every pixel whose outlyingness exceeds the cut a clean pixel
-        passes with 1 % chance (:func:`~._gaussian.auto_cutoff`), at least 5 % and
-        at most 45 % of them, chosen again at each refit, so an anomaly class
-        covering 10-20 % of the image is trimmed whole; a number: that fixed
-        fraction (the rule before "auto", which left all but 5 % of a 15 %
-        anomaly class in the fit: ROC-AUC 0.59-0.67 instead of 0.98).
+        Pixels dropped at each trimmed refit when there is no mask (``"auto"``, the
+        default: chosen from the outlyingness at each refit); as
+        :class:`~.pca.PCADetector`.
     robust_iter : int
         Most trimmed refits (0: plain fit on all pixels); stops early once the kept
         pixels no longer change.

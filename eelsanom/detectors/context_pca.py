@@ -11,6 +11,7 @@ share stands out. This detector is the linear baseline of that idea (the
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from ..preprocess import forward_transform, inverse_transform, transform_sigma
 from ..progress import ProgressCallback, emit
 from ..spectrum import SpectrumImage
 from ._gaussian import check_int, one_blas_thread
+from .base import BaseDetector
 from .pca import PCADetector
 
 __all__ = ["ContextPCADetector", "context_footprint"]
@@ -317,14 +319,10 @@ class ContextPCADetector(PCADetector):
         uses the diagonal of the predictive covariance (it sums to about, not
         exactly, the pixel's score).
         """
-        from ..detectors.base import BaseDetector
-
         ny, nx = si.nav_shape
         h = self.score_context
         y0, y1 = max(0, iy - h), min(ny, iy + h + 1)
         x0, x1 = max(0, ix - h), min(nx, ix + h + 1)
-        from dataclasses import replace
-
         sub = replace(si, data=np.asarray(si.data[y0:y1, x0:x1], np.float32),
                       ground_truth=None, y=None, x=None)
         if not (iy - y0 == h and y1 - iy - 1 == h and ix - x0 == h and x1 - ix - 1 == h):

@@ -321,12 +321,9 @@ class ContextPCADetector(PCADetector):
         """
         ny, nx = si.nav_shape
         h = self.score_context
-        y0, y1 = max(0, iy - h), min(ny, iy + h + 1)
-        x0, x1 = max(0, ix - h), min(nx, ix + h + 1)
-        sub = replace(si, data=np.asarray(si.data[y0:y1, x0:x1], np.float32),
-                      ground_truth=None, y=None, x=None)
-        if not (iy - y0 == h and y1 - iy - 1 == h and ix - x0 == h and x1 - ix - 1 == h):
-            # near the border: reflect as the whole-image filters do by scoring a larger crop
-            sub = si
-            y0 = x0 = 0
-        return BaseDetector._pixel(self, sub, iy - y0, ix - x0)
+        if h <= iy < ny - h and h <= ix < nx - h:  # the whole context inside the image
+            sub = replace(si, data=np.asarray(si.data[iy - h:iy + h + 1, ix - h:ix + h + 1],
+                                              np.float32), ground_truth=None, y=None, x=None)
+            return BaseDetector._pixel(self, sub, h, h)
+        # near the border: reflect as the whole-image filters do by scoring the whole image
+        return BaseDetector._pixel(self, si, iy, ix)

@@ -159,7 +159,7 @@ def training_gain(si: SpectrumImage, mask: np.ndarray | None, gain: Any, transfo
 
     if transform != "anscombe":
         return 1.0
-    if not (isinstance(gain, str) and gain.lower() == "auto"):
+    if not is_auto(gain):
         return float(gain)
     ny, nx = si.nav_shape
     n_pix = ny * nx if mask is None else int(mask.sum())
@@ -636,13 +636,18 @@ def auto_cutoff(n_coords: int, rate: float = AUTO_RATE) -> float:
     return float(norm.isf(0.5 * rate / max(1, int(n_coords))))
 
 
+def is_auto(value: Any) -> bool:
+    """Whether a parameter is the string ``"auto"`` (any case)."""
+    return isinstance(value, str) and value.lower() == "auto"
+
+
 def robust_rule(robust_fraction: Any) -> tuple[float, bool]:
     """``(fraction, adaptive)`` from a ``robust_fraction`` parameter.
 
     ``"auto"``: trim at least ``AUTO_MIN_FRACTION``, plus every row beyond
     :func:`auto_cutoff` (``adaptive=True``); a number: that fixed fraction.
     """
-    if isinstance(robust_fraction, str) and robust_fraction.lower() == "auto":
+    if is_auto(robust_fraction):
         return AUTO_MIN_FRACTION, True
     return float(robust_fraction), False
 
@@ -651,9 +656,8 @@ def check_common(det: Any) -> None:
     """Checks of ``transform``, ``robust_fraction``, ``robust_iter`` and ``seed``."""
     check_choice("transform", det.transform, TRANSFORMS)
     rf = det.robust_fraction
-    if isinstance(rf, str) and rf.lower() == "auto":
-        pass
-    elif isinstance(rf, bool) or not isinstance(rf, (int, float)) or not 0 <= rf < 0.5:
+    if not is_auto(rf) and (isinstance(rf, bool) or not isinstance(rf, (int, float))
+                            or not 0 <= rf < 0.5):
         raise InputError(f"robust_fraction: expected 'auto' or a fraction of pixels to drop in "
                          f"[0, 0.5) (0 disables trimming), got {rf!r}.")
     check_int("robust_iter", det.robust_iter, low=0)

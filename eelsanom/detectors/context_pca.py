@@ -21,7 +21,7 @@ from ..pooling import excess_stats, pooling_from
 from ..preprocess import forward_transform, inverse_transform, transform_sigma
 from ..progress import ProgressCallback, emit
 from ..spectrum import SpectrumImage
-from ._gaussian import check_int, one_blas_thread
+from ._gaussian import check_int, one_blas_thread, read_block
 from .base import BaseDetector
 from .pca import PCADetector
 
@@ -197,11 +197,8 @@ class ContextPCADetector(PCADetector):
         ny, nx = si.nav_shape
         d = si.n_energy
         q = self.n_components_
-        data = si.data
-        if si.is_lazy:
-            data = data.compute() if hasattr(data, "compute") else np.asarray(data)
-        x = forward_transform(np.asarray(data, np.float32).reshape(-1, d), self.transform,
-                              self.gain_)
+        data = read_block(si, slice(None), slice(None))
+        x = forward_transform(data.reshape(-1, d), self.transform, self.gain_)
         p, r2 = self._project(x)
         p = p.reshape(ny, nx, q)
         r2 = r2.reshape(ny, nx)

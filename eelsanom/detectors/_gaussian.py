@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -735,3 +736,14 @@ class PooledGaussian:
     def _pooled(self, si: SpectrumImage, pool: Any, **kw: Any) -> dict[str, np.ndarray]:
         return pooled_scores(si, self._gauss_rows, pooling=pool, noise2=self._pool_noise2(),
                              excess=getattr(self, "pool_excess_", None), **kw)
+
+    def _excess_state(self) -> list[float]:
+        """``pool_excess_`` as saved in a model file."""
+        return [float(v) for v in self.pool_excess_]
+
+    def _load_excess(self, state: dict[str, Any], n_channels: int) -> None:
+        """``pool_excess_`` from a model file; files from before the pooling stage get
+        ``(0, sqrt(n_channels / 2))``."""
+        pe = state.get("pool_excess")
+        self.pool_excess_ = (tuple(float(v) for v in pe) if pe is not None
+                             else (0.0, math.sqrt(0.5 * n_channels)))

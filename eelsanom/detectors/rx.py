@@ -441,7 +441,7 @@ class RXDetector(PooledGaussian, BaseDetector):
         return {"logdet": self.logdet_, "shrinkage": self.shrinkage_, "n_train": self.n_train_,
                 "n_trimmed": self.n_trimmed_, "gain": self.gain_,
                 "iso_precision": self.iso_precision_,
-                "pool_excess": [float(v) for v in self.pool_excess_]}
+                "pool_excess": self._excess_state()}
 
     def _get_arrays(self) -> dict[str, np.ndarray]:
         arrays = {"mean": self.mean_, "whitener": self.whitener_, "var": self.var_}
@@ -457,6 +457,4 @@ class RXDetector(PooledGaussian, BaseDetector):
         self.n_train_ = int(state.get("n_train", 0))
         self.n_trimmed_ = int(state.get("n_trimmed", 0))
         self.gain_ = float(state.get("gain", 1.0))  # files from before the gain: counts
-        pe = state.get("pool_excess")
-        self.pool_excess_ = (tuple(float(v) for v in pe) if pe is not None
-                             else (0.0, math.sqrt(0.5 * self._pool_channels())))
+        self._load_excess(state, self._pool_channels())

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -74,17 +75,26 @@ def iter_row_blocks(si: SpectrumImage, block_values: int = BLOCK_VALUES
     step = rows_per_block(si, block_values)
     for y0 in range(0, ny, step):
         y1 = min(ny, y0 + step)
-        block = si.data[y0:y1]
-        if si.is_lazy:
-            block = np.asarray(block.compute() if hasattr(block, "compute") else block,
-                               dtype=np.float32)
-            if not np.isfinite(block).all():
-                bad = np.argwhere(~np.isfinite(block))[0]
-                raise InputError(
-                    f"expected finite values, found NaN/inf in the lazy data (first at pixel "
-                    f"y={y0 + bad[0]}, x={bad[1]}, channel {bad[2]}). Replace them first, e.g. "
-                    "s.data = np.nan_to_num(s.data).")
-        yield y0, y1, np.asarray(block, dtype=np.float32)
+        yield y0, y1, read_block(si, slice(y0, y1), slice(None))
+
+
+def read_block(si: SpectrumImage, rows: slice, cols: slice) -> np.ndarray:
+    """``si.data[rows, cols]`` as float32 numpy; lazy (dask) data computed and checked for NaN/inf.
+
+    Eager data were checked on conversion. The error names the first bad pixel in
+    image coordinates.
+    """
+    block = si.data[rows, cols]
+    if si.is_lazy:
+        block = np.asarray(block.compute() if hasattr(block, "compute") else block,
+                           dtype=np.float32)
+        if not np.isfinite(block).all():
+            bad = np.argwhere(~np.isfinite(block))[0]
+            raise InputError(
+                f"expected finite values, found NaN/inf in the lazy data (first at pixel "
+                f"y={(rows.start or 0) + bad[0]}, x={(cols.start or 0) + bad[1]}, channel "
+                f"{bad[2]}). Replace them first, e.g. s.data = np.nan_to_num(s.data).")
+    return np.asarray(block, dtype=np.float32)
 
 
 def gather_training(si: SpectrumImage, mask: np.ndarray | None, transform: str,
@@ -150,7 +160,7 @@ def training_gain(si: SpectrumImage, mask: np.ndarray | None, gain: Any, transfo
 
     if transform != "anscombe":
         return 1.0
-    if not (isinstance(gain, str) and gain.lower() == "auto"):
+    if not is_auto(gain):
         return float(gain)
     ny, nx = si.nav_shape
     n_pix = ny * nx if mask is None else int(mask.sum())
@@ -627,13 +637,18 @@ def auto_cutoff(n_coords: int, rate: float = AUTO_RATE) -> float:
     return float(norm.isf(0.5 * rate / max(1, int(n_coords))))
 
 
+def is_auto(value: Any) -> bool:
+    """Whether a parameter is the string ``"auto"`` (any case)."""
+    return isinstance(value, str) and value.lower() == "auto"
+
+
 def robust_rule(robust_fraction: Any) -> tuple[float, bool]:
     """``(fraction, adaptive)`` from a ``robust_fraction`` parameter.
 
     ``"auto"``: trim at least ``AUTO_MIN_FRACTION``, plus every row beyond
     :func:`auto_cutoff` (``adaptive=True``); a number: that fixed fraction.
     """
-    if isinstance(robust_fraction, str) and robust_fraction.lower() == "auto":
+    if is_auto(robust_fraction):
         return AUTO_MIN_FRACTION, True
     return float(robust_fraction), False
 
@@ -642,9 +657,8 @@ def check_common(det: Any) -> None:
     """Checks of ``transform``, ``robust_fraction``, ``robust_iter`` and ``seed``."""
     check_choice("transform", det.transform, TRANSFORMS)
     rf = det.robust_fraction
-    if isinstance(rf, str) and rf.lower() == "auto":
-        pass
-    elif isinstance(rf, bool) or not isinstance(rf, (int, float)) or not 0 <= rf < 0.5:
+    if not is_auto(rf) and (isinstance(rf, bool) or not isinstance(rf, (int, float))
+                            or not 0 <= rf < 0.5):
         raise InputError(f"robust_fraction: expected 'auto' or a fraction of pixels to drop in "
                          f"[0, 0.5) (0 disables trimming), got {rf!r}.")
     check_int("robust_iter", det.robust_iter, low=0)
@@ -690,14 +704,7 @@ def pooled_scores(si: SpectrumImage, gauss_rows: Callable[[np.ndarray], tuple[An
     ny, nx = si.nav_shape
 
     def gauss(rows: slice, cols: slice):
-        block = si.data[rows, cols]
-        if si.is_lazy:
-            block = np.asarray(block.compute() if hasattr(block, "compute") else block,
-                               dtype=np.float32)
-            if not np.isfinite(block).all():
-                raise InputError("expected finite values, found NaN/inf in the lazy data. "
-                                 "Replace them first, e.g. s.data = np.nan_to_num(s.data).")
-        block = np.asarray(block, np.float32)
+        block = read_block(si, rows, cols)
         h, w = block.shape[:2]
         t, m, s, p = gauss_rows(block.reshape(h * w, -1))
 
@@ -729,3 +736,14 @@ class PooledGaussian:
     def _pooled(self, si: SpectrumImage, pool: Any, **kw: Any) -> dict[str, np.ndarray]:
         return pooled_scores(si, self._gauss_rows, pooling=pool, noise2=self._pool_noise2(),
                              excess=getattr(self, "pool_excess_", None), **kw)
+
+    def _excess_state(self) -> list[float]:
+        """``pool_excess_`` as saved in a model file."""
+        return [float(v) for v in self.pool_excess_]
+
+    def _load_excess(self, state: dict[str, Any], n_channels: int) -> None:
+        """``pool_excess_`` from a model file; files from before the pooling stage get
+        ``(0, sqrt(n_channels / 2))``."""
+        pe = state.get("pool_excess")
+        self.pool_excess_ = (tuple(float(v) for v in pe) if pe is not None
+                             else (0.0, math.sqrt(0.5 * n_channels)))

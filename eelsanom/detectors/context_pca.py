@@ -11,6 +11,7 @@ share stands out. This detector is the linear baseline of that idea (the
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,8 @@ from ..pooling import excess_stats, pooling_from
 from ..preprocess import forward_transform, inverse_transform, transform_sigma
 from ..progress import ProgressCallback, emit
 from ..spectrum import SpectrumImage
-from ._gaussian import check_int, one_blas_thread
+from ._gaussian import check_int, one_blas_thread, read_block
+from .base import BaseDetector
 from .pca import PCADetector
 
 __all__ = ["ContextPCADetector", "context_footprint"]
@@ -195,11 +197,8 @@ class ContextPCADetector(PCADetector):
         ny, nx = si.nav_shape
         d = si.n_energy
         q = self.n_components_
-        data = si.data
-        if si.is_lazy:
-            data = data.compute() if hasattr(data, "compute") else np.asarray(data)
-        x = forward_transform(np.asarray(data, np.float32).reshape(-1, d), self.transform,
-                              self.gain_)
+        data = read_block(si, slice(None), slice(None))
+        x = forward_transform(data.reshape(-1, d), self.transform, self.gain_)
         p, r2 = self._project(x)
         p = p.reshape(ny, nx, q)
         r2 = r2.reshape(ny, nx)
@@ -304,10 +303,8 @@ class ContextPCADetector(PCADetector):
     # ------------------------------------------------------------------ reconstruction
     def _reconstruct(self, si: SpectrumImage) -> tuple[np.ndarray, np.ndarray]:
         """The neighbourhood's prediction, mean and sigma in counts, (ny, nx, D)."""
-        c = self._context(si)
-        s2 = float(self.noise_variance_)
-        my = self.mean_ + c["m"] @ self.components_.T
-        sig_y = np.sqrt(s2 + (c["v"] - s2) @ (self.components_ ** 2).T)
+        g = self._gaussian(self._context(si))
+        my, sig_y = g["pred"], np.sqrt(g["var"])
         return (np.asarray(inverse_transform(my, self.transform, self.gain_), np.float32),
                 np.asarray(transform_sigma(my, sig_y, self.transform, self.gain_), np.float32))
 
@@ -319,18 +316,11 @@ class ContextPCADetector(PCADetector):
         uses the diagonal of the predictive covariance (it sums to about, not
         exactly, the pixel's score).
         """
-        from ..detectors.base import BaseDetector
-
         ny, nx = si.nav_shape
         h = self.score_context
-        y0, y1 = max(0, iy - h), min(ny, iy + h + 1)
-        x0, x1 = max(0, ix - h), min(nx, ix + h + 1)
-        from dataclasses import replace
-
-        sub = replace(si, data=np.asarray(si.data[y0:y1, x0:x1], np.float32),
-                      ground_truth=None, y=None, x=None)
-        if not (iy - y0 == h and y1 - iy - 1 == h and ix - x0 == h and x1 - ix - 1 == h):
-            # near the border: reflect as the whole-image filters do by scoring a larger crop
-            sub = si
-            y0 = x0 = 0
-        return BaseDetector._pixel(self, sub, iy - y0, ix - x0)
+        if h <= iy < ny - h and h <= ix < nx - h:  # the whole context inside the image
+            sub = replace(si, data=np.asarray(si.data[iy - h:iy + h + 1, ix - h:ix + h + 1],
+                                              np.float32), ground_truth=None, y=None, x=None)
+            return BaseDetector._pixel(self, sub, h, h)
+        # near the border: reflect as the whole-image filters do by scoring the whole image
+        return BaseDetector._pixel(self, si, iy, ix)

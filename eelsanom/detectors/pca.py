@@ -814,7 +814,7 @@ class PCADetector(PooledGaussian, BaseDetector):
                 "selection": self.selection_, "n_train": self.n_train_,
                 "n_trimmed": self.n_trimmed_, "gain": self.gain_,
                 "n_bulk": self.n_bulk_, "n_sampled": self.n_sampled_, "solver": self.solver_,
-                "pool_excess": [float(v) for v in self.pool_excess_]}
+                "pool_excess": self._excess_state()}
 
     def _get_arrays(self) -> dict[str, np.ndarray]:
         return {"mean": self.mean_, "components": self.components_,
@@ -832,6 +832,4 @@ class PCADetector(PooledGaussian, BaseDetector):
         self.n_bulk_ = int(state.get("n_bulk", self.n_sampled_))
         self.solver_ = str(state.get("solver", "exact"))
         self.gain_ = float(state.get("gain", 1.0))  # files from before the gain: counts
-        pe = state.get("pool_excess")
-        self.pool_excess_ = (tuple(float(v) for v in pe) if pe is not None
-                             else (0.0, math.sqrt(0.5 * self.mean_.size)))
+        self._load_excess(state, self.mean_.size)

@@ -149,13 +149,9 @@ class RXDetector(PooledGaussian, BaseDetector):
         Threshold spec (see :func:`eelsanom.scoring.parse_threshold`).
     transform : {"anscombe", "none"}
     robust_fraction : "auto" or float
-        Pixels dropped at each trimmed refit when there is no mask. ``"auto"``
-        (default): every pixel whose outlyingness exceeds the cut a clean pixel
-        passes with 1 % chance (:func:`~._gaussian.auto_cutoff`), at least 5 % and
-        at most 45 % of them, chosen again at each refit, so an anomaly class
-        covering 10-20 % of the image is trimmed whole; a number: that fixed
-        fraction (the rule before "auto", which left all but 5 % of a 15 %
-        anomaly class in the fit: ROC-AUC 0.59-0.67 instead of 0.98).
+        Pixels dropped at each trimmed refit when there is no mask (``"auto"``, the
+        default: chosen from the outlyingness at each refit); as
+        :class:`~.pca.PCADetector`.
     robust_iter : int
         Most trimmed refits (0: plain fit on all pixels); stops early once the kept
         pixels no longer change.
@@ -445,7 +441,7 @@ class RXDetector(PooledGaussian, BaseDetector):
         return {"logdet": self.logdet_, "shrinkage": self.shrinkage_, "n_train": self.n_train_,
                 "n_trimmed": self.n_trimmed_, "gain": self.gain_,
                 "iso_precision": self.iso_precision_,
-                "pool_excess": [float(v) for v in self.pool_excess_]}
+                "pool_excess": self._excess_state()}
 
     def _get_arrays(self) -> dict[str, np.ndarray]:
         arrays = {"mean": self.mean_, "whitener": self.whitener_, "var": self.var_}
@@ -461,6 +457,4 @@ class RXDetector(PooledGaussian, BaseDetector):
         self.n_train_ = int(state.get("n_train", 0))
         self.n_trimmed_ = int(state.get("n_trimmed", 0))
         self.gain_ = float(state.get("gain", 1.0))  # files from before the gain: counts
-        pe = state.get("pool_excess")
-        self.pool_excess_ = (tuple(float(v) for v in pe) if pe is not None
-                             else (0.0, math.sqrt(0.5 * self._pool_channels())))
+        self._load_excess(state, self._pool_channels())

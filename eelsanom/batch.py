@@ -252,10 +252,6 @@ class BatchSummary:
 
 
 # ----------------------------------------------------------------------------- inputs
-def _stem(path: Path) -> str:
-    return input_stem(path)
-
-
 def _is_input(p: Path) -> bool:
     return p.suffix.lower() in BATCH_EXTENSIONS and not p.name.startswith(".")
 
@@ -372,7 +368,7 @@ def folder_names(paths: Sequence[Path]) -> list[str]:
         characters and a leading ``.`` replaced by ``_``).
     """
     def level(p: Path, k: int) -> str:
-        stem = _stem(p)
+        stem = input_stem(p)
         if k == 0:
             return stem
         if k == 1:

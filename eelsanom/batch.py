@@ -73,7 +73,7 @@ from . import __version__
 from .detectors import detector_class, load_detector
 from .device import resolve_device
 from .errors import Cancelled, InputError
-from .io import SCANNED_EXTENSIONS, atomic_write_bytes, check_outputs, record_outputs, write_json
+from .io import SCANNED_EXTENSIONS, atomic_write_bytes, check_outputs, write_json
 from .io._files import _remove, _writing
 from .io.write import _normalise_formats
 from .modelfile import read_model
@@ -248,7 +248,6 @@ class BatchSummary:
         for r in self.records:
             w.writerow(r.csv_row())
         atomic_write_bytes(self.out / SUMMARY_CSV, buf.getvalue().encode("utf-8"))
-        record_outputs([self.out / SUMMARY_JSON, self.out / SUMMARY_CSV])
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -586,7 +585,6 @@ def process_file(path: str, folder: str, name: str, *, model: str, model_sha256:
                         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(
                             timespec="seconds")},
                        out / DONE_NAME, protect=[path, model])
-            record_outputs([out / DONE_NAME])
     except InputError as exc:
         rec.update(status="failed", output="", error=str(exc))
     except Exception as exc:  # noqa: BLE001 - one bad file never stops the batch

@@ -14,7 +14,6 @@ table (:mod:`eelsanom.detectors.params`).
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
 import os
@@ -34,7 +33,7 @@ from .detectors.params import HELP, METHODS
 from .detectors.params import defaults as detector_defaults
 from .errors import Cancelled, InputError
 from .io import SCANNED_EXTENSIONS, check_outputs, list_signals, record_outputs
-from .io._files import _writing
+from .io._files import _WRITE_FIX, _writing
 from .io.write import _normalise_formats
 from .pipeline import (
     fit_input,
@@ -52,7 +51,9 @@ log = logging.getLogger("eelsanom")
 EXIT_INPUT = 2
 EXIT_INTERNAL = 1
 EXIT_CANCELLED = 130
-_ENV_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+#: the operating-system failures that are the machine's, not eelsanom's (a full disk, no
+#: permission, a read-only disk): the ones io names a fix for
+_ENV_ERRNOS = frozenset(_WRITE_FIX)
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -427,6 +427,13 @@ def _check_outputs(args: argparse.Namespace, paths: Sequence[Any], what: str) ->
                   what=what)
 
 
+def _check_streamed_outputs(args: argparse.Namespace, si, stem: str, method: str) -> None:
+    """Once the input is read: a streamed one also writes ``.zspy`` maps by default, so those
+    paths are checked too (before anything is scored)."""
+    if si.is_lazy and getattr(args, "formats", None) is None:
+        _check_outputs(args, _planned_outputs(args, stem, method, streamed=True), "--out")
+
+
 def _prepare(args: argparse.Namespace, *, outputs: bool):
     """Check everything that needs no data (options, detector parameters, every output path),
     then read the input and check what needs its axes (ROI and mask ranges, the energy range,
@@ -447,8 +454,8 @@ def _prepare(args: argparse.Namespace, *, outputs: bool):
         return mask
 
     si = _load_input(args, args.input, on_axes=ranges)
-    if outputs and si.is_lazy and getattr(args, "formats", None) is None:
-        _check_outputs(args, _planned_outputs(args, stem, det.method, streamed=True), "--out")
+    if outputs:
+        _check_streamed_outputs(args, si, stem, det.method)
     return det, si, ranges(si)
 
 
@@ -516,9 +523,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     for path, stem in zip(args.inputs, stems):
         try:
             si = _load_input(args, path)
-            if si.is_lazy and getattr(args, "formats", None) is None:
-                _check_outputs(args, _planned_outputs(args, stem, det.method, streamed=True),
-                               "--out")
+            _check_streamed_outputs(args, si, stem, det.method)
             bar = _Bar(args.quiet)
             try:
                 result = _score(det, si, args, stem, bar)

@@ -73,7 +73,7 @@ from . import __version__
 from .detectors import detector_class, load_detector
 from .device import resolve_device
 from .errors import Cancelled, InputError
-from .io import SCANNED_EXTENSIONS, atomic_write_bytes, check_outputs, record_outputs, write_json
+from .io import SCANNED_EXTENSIONS, atomic_write_bytes, check_outputs, write_json
 from .io._files import _remove, _writing
 from .io.write import _normalise_formats
 from .modelfile import read_model
@@ -248,14 +248,9 @@ class BatchSummary:
         for r in self.records:
             w.writerow(r.csv_row())
         atomic_write_bytes(self.out / SUMMARY_CSV, buf.getvalue().encode("utf-8"))
-        record_outputs([self.out / SUMMARY_JSON, self.out / SUMMARY_CSV])
 
 
 # ----------------------------------------------------------------------------- inputs
-def _stem(path: Path) -> str:
-    return input_stem(path)
-
-
 def _is_input(p: Path) -> bool:
     return p.suffix.lower() in BATCH_EXTENSIONS and not p.name.startswith(".")
 
@@ -372,7 +367,7 @@ def folder_names(paths: Sequence[Path]) -> list[str]:
         characters and a leading ``.`` replaced by ``_``).
     """
     def level(p: Path, k: int) -> str:
-        stem = _stem(p)
+        stem = input_stem(p)
         if k == 0:
             return stem
         if k == 1:
@@ -590,7 +585,6 @@ def process_file(path: str, folder: str, name: str, *, model: str, model_sha256:
                         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(
                             timespec="seconds")},
                        out / DONE_NAME, protect=[path, model])
-            record_outputs([out / DONE_NAME])
     except InputError as exc:
         rec.update(status="failed", output="", error=str(exc))
     except Exception as exc:  # noqa: BLE001 - one bad file never stops the batch

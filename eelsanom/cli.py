@@ -14,7 +14,6 @@ table (:mod:`eelsanom.detectors.params`).
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
 import os
@@ -34,7 +33,7 @@ from .detectors.params import HELP, METHODS
 from .detectors.params import defaults as detector_defaults
 from .errors import Cancelled, InputError
 from .io import SCANNED_EXTENSIONS, check_outputs, list_signals, record_outputs
-from .io._files import _writing
+from .io._files import _WRITE_FIX, _writing
 from .io.write import _normalise_formats
 from .pipeline import (
     fit_input,
@@ -52,7 +51,9 @@ log = logging.getLogger("eelsanom")
 EXIT_INPUT = 2
 EXIT_INTERNAL = 1
 EXIT_CANCELLED = 130
-_ENV_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+#: the operating-system failures that are the machine's, not eelsanom's (a full disk, no
+#: permission, a read-only disk): the ones io names a fix for
+_ENV_ERRNOS = frozenset(_WRITE_FIX)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -426,6 +427,13 @@ def _check_outputs(args: argparse.Namespace, paths: Sequence[Any], what: str) ->
                   what=what)
 
 
+def _check_streamed_outputs(args: argparse.Namespace, si, stem: str, method: str) -> None:
+    """Once the input is read: a streamed one also writes ``.zspy`` maps by default, so those
+    paths are checked too (before anything is scored)."""
+    if si.is_lazy and getattr(args, "formats", None) is None:
+        _check_outputs(args, _planned_outputs(args, stem, method, streamed=True), "--out")
+
+
 def _prepare(args: argparse.Namespace, *, outputs: bool):
     """Check everything that needs no data (options, detector parameters, every output path),
     then read the input and check what needs its axes (ROI and mask ranges, the energy range,
@@ -446,8 +454,8 @@ def _prepare(args: argparse.Namespace, *, outputs: bool):
         return mask
 
     si = _load_input(args, args.input, on_axes=ranges)
-    if outputs and si.is_lazy and getattr(args, "formats", None) is None:
-        _check_outputs(args, _planned_outputs(args, stem, det.method, streamed=True), "--out")
+    if outputs:
+        _check_streamed_outputs(args, si, stem, det.method)
     return det, si, ranges(si)
 
 
@@ -515,9 +523,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     for path, stem in zip(args.inputs, stems):
         try:
             si = _load_input(args, path)
-            if si.is_lazy and getattr(args, "formats", None) is None:
-                _check_outputs(args, _planned_outputs(args, stem, det.method, streamed=True),
-                               "--out")
+            _check_streamed_outputs(args, si, stem, det.method)
             bar = _Bar(args.quiet)
             try:
                 result = _score(det, si, args, stem, bar)

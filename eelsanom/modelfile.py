@@ -30,31 +30,13 @@ FORMAT = "eelsanom-model"
 FORMAT_VERSION = 1
 
 
-def atomic_path(path: str | os.PathLike) -> Path:
-    """Temporary sibling path used while writing ``path``.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        Final path of the model file.
-
-    Returns
-    -------
-    pathlib.Path
-        ``.<name>.<pid>.tmp`` in the same folder as ``path`` (same file system,
-        so the final rename is atomic).
-    """
-    p = Path(path)
-    return p.with_name(f".{p.name}.{os.getpid()}.tmp")
-
-
 def write_model(path: str | os.PathLike, *, detector: str, params: dict[str, Any],
                 state: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
     """Write a model file atomically and return its path.
 
     The file is written by :func:`eelsanom.io.atomic_write` (a temporary name in the
-    same folder, renamed into place); the temporary file is removed if writing fails. Missing parent folders are
-    created.
+    same folder, renamed into place); the temporary file is removed if writing fails.
+    Missing parent folders are created (by :func:`~eelsanom.io.atomic_write`).
 
     Parameters
     ----------
@@ -79,9 +61,6 @@ def write_model(path: str | os.PathLike, *, detector: str, params: dict[str, Any
 
     from . import __version__
 
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
     def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             f.attrs["format"] = FORMAT

@@ -50,7 +50,6 @@ from .errors import InputError
 from .io import (
     atomic_write_bytes,
     load_result_maps,
-    record_outputs,
     result_paths,
     save_result,
     write_json,
@@ -404,7 +403,6 @@ def write_run(result: Any, si: Any, out: str | Path, stem: str, *,
         summary["metrics"] = result.evaluate(si.ground_truth)
     summary_path = write_json(summary, out / f"{stem}{SUMMARY_SUFFIX}", protect=protect)
     summary["outputs"]["summary"] = str(summary_path)
-    record_outputs(Path(v) for v in summary["outputs"].values())
     return summary
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -23,16 +24,20 @@ from eelsanom.simulate import simulate
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, Path]:
+def models(tmp_path_factory) -> dict[str, Any]:
     d = tmp_path_factory.mktemp("models")
     sim = simulate(shape=(10, 10), seed=1)
     data = sim.save(d / "data.hspy")
-    out = {"data": data}
+    out = {"data": data, "scores": {}}
+    from eelsanom.io import load_spectrum_image
+
+    si = load_spectrum_image(data)
     for method, kw in (("pca", {}), ("rx", {}),
                        ("cvae", {"epochs": 1, "latent_dim": 2, "width": 4, "patch_size": 8,
                                  "device": "cpu"})):
         det = get_detector(method, **kw).fit(sim.si)
         out[method] = det.save(d / f"{method}.h5")
+        out["scores"][method] = det.score(si).nll  # what the fitted detector gives, to compare
     return out
 
 
@@ -181,6 +186,7 @@ def test_good_models_still_load_and_score_the_same(models):
         det = load_detector(models[kind])
         res = det.score(si)
         assert np.isfinite(res.nll).all()
+        np.testing.assert_array_equal(res.nll, models["scores"][kind], err_msg=kind)
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ import pytest
 from dask.callbacks import Callback
 
 from eelsanom.detectors import get_detector
+from eelsanom.io import RUN_MARKER
 from eelsanom.simulate import simulate
 from eelsanom.stream import (
     STREAM_ENV,
@@ -202,7 +203,7 @@ def test_streamed_zspy_maps_load_in_hyperspy_like_save_result(sim, cvae, tmp_pat
                               chunk_pixels=150)
     assert "streaming CVAE3DDetector over 4 block(s) of up to 12 x 12 px" in caplog.text
     def names_in(folder):  # the run marker records every write (tests/test_reliability.py)
-        return sorted(p.name for p in folder.iterdir() if p.name != ".eelsanom-run.json")
+        return sorted(p.name for p in folder.iterdir() if p.name != RUN_MARKER)
 
     names = names_in(tmp_path / "lazy")
     assert names == names_in(tmp_path / "eager")

@@ -826,8 +826,7 @@ def run_batch(inputs: Iterable[str | os.PathLike], model: str | os.PathLike,
                     setattr(rec, k, v)
             report(rec=rec)
     except (KeyboardInterrupt, Cancelled):
-        for fut in futures:
-            fut.cancel()
+        _stop(client, futures, wait=not own_client)
         if own_client and client is not None:  # wait for the workers to stop writing
             client.close()
             if cluster is not None:
@@ -853,6 +852,33 @@ def run_batch(inputs: Iterable[str | os.PathLike], model: str | os.PathLike,
     summary.seconds = time.perf_counter() - t_start
     summary.write()
     return summary
+
+
+def _stop(client: Any, futures: dict[Any, Any], *, wait: bool, timeout: float = 600.0) -> None:
+    """Cancel the files not started; with ``wait``, let those a worker is running finish.
+
+    A task already running on a worker cannot be interrupted: cancelling its
+    future only forgets it while the worker goes on writing that file's
+    folder. On a scheduler the batch does not own (closing its own client stops
+    its workers), the batch therefore waits for those files, so that when it
+    returns no worker is still writing and a rerun finds each file done or
+    untouched, never half-written.
+    """
+    running: set[Any] = set()
+    if wait and client is not None:
+        try:
+            running = {k for keys in client.processing().values() for k in keys}
+        except Exception:  # noqa: BLE001 - the scheduler is gone: nothing to wait for
+            running = set()
+    keep = [f for f in futures if f.key in running]
+    for fut in futures:
+        if fut.key not in running:
+            fut.cancel()
+    if keep:
+        from distributed import wait as _wait
+
+        log.info("waiting for %d file(s) a worker is still processing", len(keep))
+        _wait(keep, timeout=timeout)
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -479,7 +479,7 @@ def pool_region(target: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor,
     Returns
     -------
     dict of str -> Tensor
-        Over the output block ``(th, tw)``: ``score`` (the larger of the scales'
+        float64, over the output block ``(th, tw)``: ``score`` (the larger of the scales'
         NLL + penalty), ``nb_nll`` (NLL part at the winning scale), ``scale``
         (winning sigma, 0 = the pixel), ``own`` (the pixel's own NLL),
         ``expected`` (its expectation), ``penalty``; and ``channel_nll`` (E,)
@@ -497,7 +497,7 @@ def pool_region(target: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor,
     dt, device = target.dtype, target.device
     f64 = torch.float64
     sig0 = sigma[:, :1, :1]
-    uniform = bool((sigma == sig0).all())
+    uniform = (sigma.stride(1) == 0 and sigma.stride(2) == 0) or bool((sigma == sig0).all())
     chunk = max(1, _CHUNK // max(1, hs * ws))
     half_log = 0.5 * LOG_2PI
     if uniform:
@@ -604,9 +604,8 @@ def pool_region(target: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor,
                 chan = nb_w
     out = {"score": best, "nb_nll": best_nll, "scale": best_scale, "own": own_s[sl],
            "expected": exp_s[sl], "penalty": pen[sl]}
-    out = {k: v.to(dt) for k, v in out.items()}
     if chan is not None:
-        out["channel_nll"] = chan.to(dt)
+        out["channel_nll"] = chan
     return out
 
 

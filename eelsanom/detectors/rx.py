@@ -390,7 +390,7 @@ class RXDetector(PooledGaussian, BaseDetector):
             rest = xc - (xc @ self.basis_) @ self.basis_.T
             w = np.concatenate([w, math.sqrt(self.iso_precision_) * rest], axis=1)
         wt = torch.as_tensor(w)
-        return wt, torch.zeros_like(wt), torch.ones_like(wt), None
+        return wt, torch.zeros_like(wt), torch.ones((1, 1), dtype=wt.dtype).expand_as(wt), None
 
     def _pool_channels(self) -> int:
         """Length of the whitened deviation vectors the pooling stage sees."""

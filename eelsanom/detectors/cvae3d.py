@@ -111,16 +111,10 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
 from ..checks import check_choice, check_int, check_number, is_int
 from ..device import resolve_device
 from ..errors import InputError, NotFittedError
-from ..nn.device import torch_threads
-from ..nn.infer import score_cube
-from ..nn.model import CVAE3D, energy_levels_for
-from ..nn.scaler import Scaler, to_input
-from ..nn.train import TrainConfig, fingerprint, spatial_split, train_cvae
 from ..pooling import Pooling, excess_stats, pooling_from
 from ..preprocess import TRANSFORMS, forward_transform, inverse_transform, transform_sigma
 from ..progress import ProgressCallback, ProgressEvent, emit
@@ -463,6 +457,8 @@ class CVAE3DDetector(BaseDetector):
         Unfitted, the count for a 1334-channel window (the ``bfo`` benchmark
         window; it depends on the number of channels only through the bottleneck).
         """
+        from ..nn.model import CVAE3D, energy_levels_for
+
         if hasattr(self, "model_"):
             return int(sum(m.n_parameters for m, _ in self._members()))
         return int(CVAE3D(1334, self.latent_dim, self.width, energy_levels_for(1334),
@@ -481,6 +477,13 @@ class CVAE3DDetector(BaseDetector):
     # ------------------------------------------------------------------ fit
     def _fit(self, si: SpectrumImage, mask: np.ndarray | None,
              progress: ProgressCallback | None) -> None:
+        import torch
+
+        from ..nn.device import torch_threads
+        from ..nn.model import CVAE3D, energy_levels_for
+        from ..nn.scaler import Scaler, to_input
+        from ..nn.train import TrainConfig, fingerprint, spatial_split, train_cvae
+
         device = self._device()
         ny, nx = si.nav_shape
         ne = si.n_energy
@@ -609,6 +612,11 @@ class CVAE3DDetector(BaseDetector):
              pooling: Pooling | None = None, *, model: Any = None,
              excess: tuple[float, float] | None = None, **kw: Any) -> dict[str, np.ndarray]:
         """Score with one network (default: the first member) through :func:`score_cube`."""
+        import torch
+
+        from ..nn.device import torch_threads
+        from ..nn.infer import score_cube
+
         if model is None:
             if not hasattr(self, "model_"):
                 raise NotFittedError("this CVAE3DDetector has no network: fit or load it first.")
@@ -862,6 +870,11 @@ class CVAE3DDetector(BaseDetector):
         return arrays
 
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        import torch
+
+        from ..nn.model import CVAE3D
+        from ..nn.scaler import Scaler
+
         sc = state["scaler"]
         self.scaler_ = Scaler(mean=np.asarray(arrays["scaler_mean"], np.float32),
                               scale=float(sc["scale"]), noise=float(sc["noise"]),

@@ -279,7 +279,13 @@ class CVAE3DDetector(BaseDetector):
     val_fraction : float
         Fraction of training pixels held out (whole blocks) for early stopping.
     patience : int
-        Epochs without a better validation NLL (by more than 0.005 %) before training stops.
+        Most epochs without a better validation NLL (by more than 0.005 %) before
+        training stops; a model whose best epoch came early stops sooner (after
+        a third of the optimiser steps up to its best epoch, at least two epochs),
+        so at most about a quarter of a long training is spent after its best epoch.
+    max_time : float or None
+        Most seconds of training (split evenly between the ``n_seeds`` members);
+        the best epoch within it is kept. ``None``: no limit.
     scoring : {"elbo", "recon"}
         Negative ELBO (NLL plus the latent code's KL term) or the NLL alone.
     transform : {"anscombe", "none"}
@@ -338,7 +344,7 @@ class CVAE3DDetector(BaseDetector):
                  epochs: int = 40, batch_size: int | None = None, lr: float = 1e-3,
                  beta: float = 1.0, beta_nll: float = 0.0, sigma_floor: float = 0.8,
                  robust_fraction: float = 0.05, val_fraction: float = 0.12, patience: int = 8,
-                 scoring: str = "elbo", transform: str = "anscombe", device: str = "auto",
+                 max_time: float | None = None, scoring: str = "elbo", transform: str = "anscombe", device: str = "auto",
                  amp: bool | str = "auto", tile_size: int | None = None, seed: int = 0,
                  n_seeds: int = 1, checkpoint: str | None = None,
                  context: str = "pixel", context_radius: int = 4) -> None:
@@ -359,6 +365,7 @@ class CVAE3DDetector(BaseDetector):
         self.robust_fraction = robust_fraction
         self.val_fraction = val_fraction
         self.patience = patience
+        self.max_time = max_time
         self.scoring = scoring
         self.transform = transform
         self.device = device
@@ -378,6 +385,8 @@ class CVAE3DDetector(BaseDetector):
                 "seed": (0, None)}
         for name, (lo, hi) in ints.items():
             check_int(name, getattr(self, name), lo, hi)
+        if self.max_time is not None:
+            check_number("max_time", self.max_time, low=0.0, low_open=True)
         check_int("n_seeds", self.n_seeds, 1, 64,
                   fix="n_seeds is the number of members of the seed ensemble. Fix: n_seeds=1 "
                       "trains one network; 3-5 seeds give a mean map and a disagreement map.")
@@ -538,6 +547,8 @@ class CVAE3DDetector(BaseDetector):
                               beta_nll=float(self.beta_nll),
                               robust_fraction=float(self.robust_fraction), robust=robust,
                               val_fraction=float(self.val_fraction), patience=int(self.patience),
+                              max_seconds=(None if self.max_time is None
+                                           else float(self.max_time) / len(seeds)),
                               seed=seed, amp=self._amp(device), prefixes=prefixes)
             fp = fingerprint("cvae3d-v1", {**params, "seed": seed}, arch, a_core, region_mask)
             with torch.random.fork_rng(devices=[]):
@@ -822,7 +833,8 @@ class CVAE3DDetector(BaseDetector):
     def _history_summary(h: dict[str, Any]) -> dict[str, Any]:
         summary = {k: h[k] for k in ("best_epoch", "best_val", "init_val", "init_won",
                                      "epochs_run", "stopped_early", "steps_per_epoch",
-                                     "batch_size") if k in h}
+                                     "batch_size", "train_seconds", "best_seconds",
+                                     "after_best_fraction", "stopped_by_time") if k in h}
         summary["loss"] = [float(v) for v in h.get("loss", [])]
         summary["val_nll"] = [float(v) if np.isfinite(v) else None for v in h.get("val_nll", [])]
         for k in ("best_val", "init_val"):

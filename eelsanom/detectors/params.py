@@ -139,7 +139,11 @@ HELP: dict[str, dict[str, tuple]] = {
         "val_fraction": ("float", 0.0, 0.5, (), False,
                          "fraction of training pixels held out (blocks) for early stopping"),
         "patience": ("int", 1, 100_000, (), False,
-                     "epochs without a better validation NLL before training stops"),
+                     "most epochs without a better validation NLL before training stops "
+                     "(an early best epoch stops sooner)"),
+        "max_time": ("float", 0.0, None, (), True,
+                     "most seconds of training (the best epoch within it is kept); empty: "
+                     "no limit"),
         "scoring": ("choice", None, None, ("elbo", "recon"), False,
                     "score: negative ELBO (NLL + KL of the code) or the reconstruction NLL alone"),
         "amp": ("any", None, None, (), False,

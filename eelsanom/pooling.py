@@ -690,8 +690,6 @@ def pool_image(gauss: GaussianFn, ny: int, nx: int, *, pooling: Pooling, noise2:
         ``score``, ``nb_nll``, ``scale``, ``own``, ``expected``, ``penalty``
         (each (h, w) float64 over the region), and ``channel_nll`` (E,) when asked.
     """
-    import torch
-
     y0r, y1r, x0r, x1r = region if region is not None else (0, ny, 0, nx)
     hh, ww = y1r - y0r, x1r - x0r
     rn = pooling.radius()
@@ -699,6 +697,21 @@ def pool_image(gauss: GaussianFn, ny: int, nx: int, *, pooling: Pooling, noise2:
         tile_h, tile_w = _auto_tile(hh, ww, nx, rn, max(1, int(n_energy or 256)))
     else:
         tile_h = tile_w = int(tile)
+    from .device import cpu_work
+
+    with cpu_work():  # the matrix products on every core (one left to a GUI)
+        return _pool_tiles(gauss, ny, nx, pooling=pooling, noise2=noise2, excess=excess,
+                           y0r=y0r, x0r=x0r, hh=hh, ww=ww, rn=rn, tile_h=tile_h, tile_w=tile_w,
+                           want_channels=want_channels)
+
+
+def _pool_tiles(gauss: GaussianFn, ny: int, nx: int, *, pooling: Pooling, noise2: float,
+                excess: tuple[float, float] | None, y0r: int, x0r: int, hh: int, ww: int,
+                rn: int, tile_h: int, tile_w: int,
+                want_channels: tuple[int, int] | None) -> dict[str, np.ndarray]:
+    """:func:`pool_image`'s loop over its output tiles."""
+    import torch
+
     keys = ("score", "nb_nll", "scale", "own", "expected", "penalty")
     out: dict[str, Any] = {k: np.zeros((hh, ww), np.float64) for k in keys}
     boxes = [(y, min(y + tile_h, hh), x, min(x + tile_w, ww))

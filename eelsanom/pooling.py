@@ -285,6 +285,8 @@ class _Axis:
             cols = np.flatnonzero(nz[o0:o1].any(0))
             if cols.size:
                 self.bands.append((o0, o1, int(cols[0]), int(cols[-1]) + 1))
+        #: every output row is written by a panel (no zero fill needed)
+        self.covers = sum(o1 - o0 for o0, o1, _, _ in self.bands) == m.shape[0]
 
     def sub(self, s0: int, s1: int) -> _Axis:
         """The weights of sources ``s0:s1`` only."""
@@ -300,7 +302,8 @@ class _Axis:
         flat = x.reshape(x.shape[0], -1)
         if self.full():
             return torch.matmul(self.t, flat).view((self.m.shape[0],) + x.shape[1:])
-        out = x.new_zeros((self.m.shape[0], flat.shape[1]))
+        shape = (self.m.shape[0], flat.shape[1])
+        out = x.new_empty(shape) if self.covers else x.new_zeros(shape)
         for o0, o1, s0, s1 in self.bands:
             torch.matmul(self.t[o0:o1, s0:s1], flat[s0:s1], out=out[o0:o1])
         return out.view((self.m.shape[0],) + x.shape[1:])
@@ -311,7 +314,8 @@ class _Axis:
 
         if self.full():
             return torch.matmul(self.t, x)
-        out = x.new_zeros((x.shape[0], self.m.shape[0], x.shape[2]))
+        shape = (x.shape[0], self.m.shape[0], x.shape[2])
+        out = x.new_empty(shape) if self.covers else x.new_zeros(shape)
         for o0, o1, s0, s1 in self.bands:
             out[:, o0:o1] = torch.matmul(self.t[o0:o1, s0:s1], x[:, s0:s1])
         return out
@@ -331,17 +335,44 @@ def _apply(x: torch.Tensor, lin: _Lin) -> torch.Tensor:
     return out
 
 
-def _sub(lin: _Lin, box: tuple[int, int, int, int]) -> _Lin:
-    """``lin`` reading only the sources ``box = (r0, r1, c0, c1)``."""
+def _span(ms: list[np.ndarray]) -> tuple[int, int]:
+    """Outputs ``[o0, o1)`` any of the weight matrices ``ms`` (sources already cut) reach."""
+    rows = np.flatnonzero(np.any([m != 0 for m in ms], axis=(0, 2)))
+    return (int(rows[0]), int(rows[-1]) + 1) if rows.size else (0, 0)
+
+
+def _sub(lin: _Lin, box: tuple[int, int, int, int]
+         ) -> tuple[_Lin, tuple[int, int, int, int]]:
+    """``lin`` reading only the sources ``box = (r0, r1, c0, c1)`` and writing only the
+    outputs they reach; returns it and that output box ``(o_r0, o_r1, o_c0, o_c1)``."""
     r0, r1, c0, c1 = box
-    return [(c, ay.sub(r0, r1), ax.sub(c0, c1)) for c, ay, ax in lin]
+    oy = _span([ay.m[:, r0:r1] for _, ay, _ in lin])
+    ox = _span([ax.m[:, c0:c1] for _, _, ax in lin])
+    sub = [(c, _Axis(ay.m[oy[0]:oy[1], r0:r1], ay.t.device, ay.t.dtype),
+            _Axis(ax.m[ox[0]:ox[1], c0:c1], ax.t.device, ax.t.dtype)) for c, ay, ax in lin]
+    return sub, (oy[0], oy[1], ox[0], ox[1])
 
 
-def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    if rows.size == 0:
-        return None
-    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+def _groups(mask: np.ndarray) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
+    """The groups of ``mask``'s pixels (pixels within 4 of each other share one): each
+    group's bounding box and its pixels within it. The spill correction works group by
+    group, not on one box around all (every pixel is in exactly one group)."""
+    from scipy import ndimage
+
+    if not mask.any():
+        return []
+    labels, _ = ndimage.label(ndimage.binary_dilation(mask, iterations=2))
+    labels = np.where(mask, labels, 0)
+    out = []
+    for lab, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        own = labels[sl] == lab
+        rows, cols = np.flatnonzero(own.any(1)), np.flatnonzero(own.any(0))
+        box = (sl[0].start + int(rows[0]), sl[0].start + int(rows[-1]) + 1,
+               sl[1].start + int(cols[0]), sl[1].start + int(cols[-1]) + 1)
+        out.append((box, labels[box[0]:box[1], box[2]:box[3]] == lab))
+    return out
 
 
 def _last(x: torch.Tensor) -> torch.Tensor:
@@ -381,16 +412,22 @@ def _neighbourhood_z2(dev: Callable[[int, int], tuple[torch.Tensor, torch.Tensor
     sd ``sqrt(max(v - noise2, 0))``; ``uniform = (v_inc, s_coh)`` ``(E,)`` when
     every pixel shares them. ``keeps``: source masks (``None``: every pixel).
     The statistic of a mask is that of every pixel minus that of the dropped
-    pixels (linear in the sources), the latter over the dropped pixels' box only.
+    pixels (linear in the sources), the latter group by group of dropped pixels,
+    each over the outputs it reaches only.
     Returns per mask the ``(th, tw)`` map (float64) and, for the pixel ``want``
     (output coordinates), its per-channel ``z^2``.
     """
     import torch
 
     hs, ws = shape
-    drops = [None if k is None else _bbox(~k) for k in keeps]
-    sub_d = [None if b is None else _sub(stat.d, b) for b in drops]
-    sub_v = [None if b is None else _sub(stat.v, b) for b in drops]
+    # per mask: the dropped pixels' groups, each with the maps restricted to it
+    drops = []
+    for k in keeps:
+        groups = []
+        for box, own in ([] if k is None else _groups(~k)):
+            sub_d, out_box = _sub(stat.d, box)
+            groups.append((box, out_box, sub_d, _sub(stat.v, box)[0], own))
+        drops.append(groups)
     var2d: list[tuple[torch.Tensor, torch.Tensor]] = []
     if uniform is not None:  # the variance maps are 2-D: pooled keep masks times v_inc, s_coh
         dev0 = uniform[0]
@@ -407,18 +444,22 @@ def _neighbourhood_z2(dev: Callable[[int, int], tuple[torch.Tensor, torch.Tensor
         d_all = _apply(d_c, stat.d)
         if uniform is None:
             v_all, s_all = _apply(vi_c, stat.v), _apply(sc_c, stat.d)
-        for i, k in enumerate(keeps):
+        for i in range(len(keeps)):
             d_k = d_all
             if uniform is None:
                 v_k, s_k = v_all, s_all
-            box = drops[i]
-            if box is not None:
-                r0, r1, q0, q1 = box
-                dropm = torch.as_tensor(~k[r0:r1, q0:q1, None], device=d_c.device).to(d_c.dtype)
-                d_k = d_all - _apply(d_c[r0:r1, q0:q1] * dropm, sub_d[i])
+            if drops[i]:
+                d_k = d_all.clone()
                 if uniform is None:
-                    v_k = v_all - _apply(vi_c[r0:r1, q0:q1] * dropm, sub_v[i])
-                    s_k = s_all - _apply(sc_c[r0:r1, q0:q1] * dropm, sub_d[i])
+                    v_k, s_k = v_all.clone(), s_all.clone()
+            for (r0, r1, q0, q1), (o0, o1, p0, p1), sub_d, sub_v, own in drops[i]:
+                if o1 <= o0 or p1 <= p0:
+                    continue
+                dropm = torch.as_tensor(own[..., None], device=d_c.device).to(d_c.dtype)
+                d_k[o0:o1, p0:p1] -= _apply(d_c[r0:r1, q0:q1] * dropm, sub_d)
+                if uniform is None:
+                    v_k[o0:o1, p0:p1] -= _apply(vi_c[r0:r1, q0:q1] * dropm, sub_v)
+                    s_k[o0:o1, p0:p1] -= _apply(sc_c[r0:r1, q0:q1] * dropm, sub_d)
             if uniform is None:
                 var = torch.clamp(v_k, min=1e-12) + s_k ** 2
             else:

@@ -467,7 +467,17 @@ def run_speed(out: Path, *, methods: list[str] | None = None, device: str = "aut
 def scaling_summary(ratios: list[dict[str, Any]]) -> list[str]:
     """One line per detector and fit/score of the scaling comparisons (c) and (d) of
     :func:`speed_ratios`: time per million pixels (c) or pixel-channels (d) at each size,
-    and the largest size's over the smallest's (1: linear)."""
+    and the largest size's over the smallest's (1: linear).
+
+    Parameters
+    ----------
+    ratios : list of dict
+        The rows of :func:`speed_ratios`.
+
+    Returns
+    -------
+    list of str
+    """
     lines = []
     for comp, key, unit in (("c", "per_mpixel_s", "pixels"),
                             ("d", "per_mvalue_s", "pixel-channels")):

@@ -515,6 +515,17 @@ def patience_steps(cfg: TrainConfig, hist: dict[str, Any]) -> int:
     ``max(2 epochs, cfg.patience_steps, cfg.patience_fraction * steps up to the best
     epoch)``, at most ``cfg.patience`` epochs: a model that stops learning early stops
     soon, one that learned for long gets a proportionate wait.
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+    hist : dict
+        The training history (``steps_per_epoch``, ``best_epoch``).
+
+    Returns
+    -------
+    int
+        Optimiser steps.
     """
     steps = max(1, int(hist.get("steps_per_epoch", 1)))
     best_steps = int(hist.get("best_epoch", 0)) * steps

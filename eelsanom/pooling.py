@@ -422,10 +422,19 @@ def _neighbourhood_z2(dev: Callable[[int, int], tuple[torch.Tensor, torch.Tensor
     hs, ws = shape
     # per mask: the dropped pixels' groups, each with the maps restricted to it
     drops = []
+    th, tw = stat.d[0][1].m.shape[0], stat.d[0][2].m.shape[0]
     for k in keeps:
+        parts = [] if k is None else _groups(~k)
+        if parts:
+            subs = [_sub(stat.d, box) for box, _ in parts]
+            area = sum((o[1] - o[0]) * (o[3] - o[2]) for _, o in subs)
+            if area > th * tw // 2:  # many scattered groups: one box around them all is cheaper
+                ys, xs = np.nonzero(~k)
+                box = (int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1)
+                parts = [(box, ~k[box[0]:box[1], box[2]:box[3]])]
+                subs = [_sub(stat.d, box)]
         groups = []
-        for box, own in ([] if k is None else _groups(~k)):
-            sub_d, out_box = _sub(stat.d, box)
+        for (box, own), (sub_d, out_box) in zip(parts, subs if parts else []):
             groups.append((box, out_box, sub_d, _sub(stat.v, box)[0], own))
         drops.append(groups)
     var2d: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -455,7 +464,7 @@ def _neighbourhood_z2(dev: Callable[[int, int], tuple[torch.Tensor, torch.Tensor
             for (r0, r1, q0, q1), (o0, o1, p0, p1), sub_d, sub_v, own in drops[i]:
                 if o1 <= o0 or p1 <= p0:
                     continue
-                dropm = torch.as_tensor(own[..., None], device=d_c.device).to(d_c.dtype)
+                dropm = torch.as_tensor(own[..., None], device=d_c.device, dtype=d_c.dtype)
                 d_k[o0:o1, p0:p1] -= _apply(d_c[r0:r1, q0:q1] * dropm, sub_d)
                 if uniform is None:
                     v_k[o0:o1, p0:p1] -= _apply(vi_c[r0:r1, q0:q1] * dropm, sub_v)

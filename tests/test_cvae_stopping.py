@@ -8,6 +8,7 @@ import pytest
 pytest.importorskip("torch")
 
 from eelsanom.detectors import get_detector
+from eelsanom.detectors.cvae3d import AUTO_PATIENCE
 from eelsanom.nn.train import TrainConfig, patience_steps
 from eelsanom.simulate import simulate
 
@@ -23,6 +24,15 @@ def test_patience_rule_in_steps():
     # an explicit floor in steps
     assert patience_steps(TrainConfig(patience=8, patience_steps=33),
                           {"steps_per_epoch": 5, "best_epoch": 0}) == 33
+    # a fixed patience (a number given to the detector): that many epochs, whatever the best
+    fixed = TrainConfig(patience=8, patience_fraction=0.0)
+    assert patience_steps(fixed, {"steps_per_epoch": 5, "best_epoch": 1}) == 40
+
+
+def test_the_detector_default_is_auto_and_a_number_is_fixed():
+    assert get_detector("cvae").patience == "auto"
+    with pytest.raises(Exception, match="patience"):
+        get_detector("cvae", patience="soon", device="cpu")._validate_params()
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +50,7 @@ def test_training_records_the_time_after_its_best_epoch(sim):
     if h["stopped_early"]:
         waited = (h["epochs_run"] - h["best_epoch"]) * h["steps_per_epoch"]
         assert waited == pytest.approx(
-            patience_steps(TrainConfig(patience=det.patience), h), abs=h["steps_per_epoch"])
+            patience_steps(TrainConfig(patience=AUTO_PATIENCE), h), abs=h["steps_per_epoch"])
     assert "after_best_fraction" in det._history_summary(h)
 
 

@@ -128,6 +128,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["CVAE3DDetector", "PrefixScorer"]
 
+#: the most epochs without improvement ``patience="auto"`` waits
+AUTO_PATIENCE = 8
+
 _SCORES = ("elbo", "recon")
 #: principal axes start in the model when their variance exceeds this multiple of the
 #: noise's Marchenko-Pastur edge
@@ -278,11 +281,11 @@ class CVAE3DDetector(BaseDetector):
         PCA start and of the training loss.
     val_fraction : float
         Fraction of training pixels held out (whole blocks) for early stopping.
-    patience : int
-        Most epochs without a better validation NLL (by more than 0.005 %) before
-        training stops; a model whose best epoch came early stops sooner (after
-        a third of the optimiser steps up to its best epoch, at least two epochs),
-        so at most about a quarter of a long training is spent after its best epoch.
+    patience : int or "auto"
+        Epochs without a better validation NLL (by more than 0.005 %) before
+        training stops. ``"auto"``: a third of the optimiser steps up to the best
+        epoch, at least two epochs and at most 8, so at most about a quarter of a
+        long training is spent after its best epoch.
     max_time : float or None
         Most seconds of training (split evenly between the ``n_seeds`` members);
         the best epoch within it is kept. ``None``: no limit.
@@ -343,7 +346,8 @@ class CVAE3DDetector(BaseDetector):
                  spatial_layers: int = 2, pooling: float = 0.8, patch_size: int = 16,
                  epochs: int = 40, batch_size: int | None = None, lr: float = 1e-3,
                  beta: float = 1.0, beta_nll: float = 0.0, sigma_floor: float = 0.8,
-                 robust_fraction: float = 0.05, val_fraction: float = 0.12, patience: int = 8,
+                 robust_fraction: float = 0.05, val_fraction: float = 0.12,
+                 patience: int | str = "auto",
                  max_time: float | None = None, scoring: str = "elbo", transform: str = "anscombe", device: str = "auto",
                  amp: bool | str = "auto", tile_size: int | None = None, seed: int = 0,
                  n_seeds: int = 1, checkpoint: str | None = None,
@@ -381,10 +385,13 @@ class CVAE3DDetector(BaseDetector):
     def _validate_params(self) -> None:
         super()._validate_params()
         ints = {"latent_dim": (1, 256), "width": (1, 256), "spatial_layers": (0, 16),
-                "patch_size": (1, 4096), "epochs": (1, None), "patience": (1, None),
-                "seed": (0, None)}
+                "patch_size": (1, 4096), "epochs": (1, None), "seed": (0, None)}
         for name, (lo, hi) in ints.items():
             check_int(name, getattr(self, name), lo, hi)
+        if not (isinstance(self.patience, str) and self.patience.lower() == "auto"):
+            check_int("patience", self.patience, 1, None,
+                      fix="patience is 'auto' (stop after a third of the steps up to the best "
+                          "epoch, 2 to 8 epochs) or a number of epochs without improvement.")
         if self.max_time is not None:
             check_number("max_time", self.max_time, low=0.0, low_open=True)
         check_int("n_seeds", self.n_seeds, 1, 64,
@@ -540,13 +547,16 @@ class CVAE3DDetector(BaseDetector):
         excess: list[tuple[float, float]] = []
         hists: list[dict[str, Any]] = []
         seeds = [int(self.seed) + i for i in range(n_seeds)]
+        auto_patience = isinstance(self.patience, str)  # validated: "auto"
         for i, seed in enumerate(seeds):
             train_m, val_m, boxes = spatial_split(region_mask, float(self.val_fraction), seed)
             cfg = TrainConfig(patch_size=int(self.patch_size), batch_size=self.batch_size,
                               epochs=int(self.epochs), lr=float(self.lr), beta=float(self.beta),
                               beta_nll=float(self.beta_nll),
                               robust_fraction=float(self.robust_fraction), robust=robust,
-                              val_fraction=float(self.val_fraction), patience=int(self.patience),
+                              val_fraction=float(self.val_fraction),
+                              patience=AUTO_PATIENCE if auto_patience else int(self.patience),
+                              patience_fraction=1.0 / 3.0 if auto_patience else 0.0,
                               max_seconds=(None if self.max_time is None
                                            else float(self.max_time) / len(seeds)),
                               seed=seed, amp=self._amp(device), prefixes=prefixes)

@@ -138,9 +138,9 @@ HELP: dict[str, dict[str, tuple]] = {
                         "smallest predicted sigma, as a fraction of the estimated noise level"),
         "val_fraction": ("float", 0.0, 0.5, (), False,
                          "fraction of training pixels held out (blocks) for early stopping"),
-        "patience": ("int", 1, 100_000, (), False,
-                     "most epochs without a better validation NLL before training stops "
-                     "(an early best epoch stops sooner)"),
+        "patience": ("any", None, None, (), False,
+                     "epochs without a better validation NLL before training stops; 'auto': "
+                     "a third of the steps up to the best epoch, 2 to 8 epochs"),
         "max_time": ("float", 0.0, None, (), True,
                      "most seconds of training (the best epoch within it is kept); empty: "
                      "no limit"),

@@ -89,7 +89,7 @@ class TrainConfig:
         checkpoint are at most about ``patience_fraction / (1 + patience_fraction)``
         of the training once it learns for a while (1/3: 25 %).
     patience_fraction : float
-        See ``patience_steps``.
+        See ``patience_steps``; 0: a fixed patience of ``patience`` epochs.
     max_seconds : float or None
         Stop after the epoch that ends past this many seconds of training
         (``None``: no limit); the best epoch so far is kept.
@@ -528,6 +528,8 @@ def patience_steps(cfg: TrainConfig, hist: dict[str, Any]) -> int:
         Optimiser steps.
     """
     steps = max(1, int(hist.get("steps_per_epoch", 1)))
+    if cfg.patience_fraction <= 0:  # a fixed patience
+        return int(cfg.patience) * steps
     best_steps = int(hist.get("best_epoch", 0)) * steps
     allowed = max(2 * steps, int(cfg.patience_steps),
                   int(math.ceil(cfg.patience_fraction * best_steps)))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import math
 import os
@@ -36,7 +37,7 @@ from ..errors import InputError
 from ..spectrum import Axis
 
 __all__ = ["RUN_MARKER", "WriteFailed", "atomic_write", "atomic_write_bytes", "check_outputs",
-           "record_outputs", "is_own_output"]
+           "check_run_outputs", "record_outputs", "is_own_output"]
 
 
 def _tmp_sibling(path: Path, tag: str = "tmp") -> Path:
@@ -204,10 +205,35 @@ def _same_or_inside(out: str, inp: str) -> bool:
     return out == inp or out.startswith(inp + os.sep) or inp.startswith(out + os.sep)
 
 
+#: a ``.zspy`` folder holding more entries than this is never recognised as an output (its
+#: stamp would take too long to compute)
+_MAX_DIR_ENTRIES = 200_000
+
+
+def _dir_stamp(p: Path) -> dict[str, Any]:
+    """What a ``.zspy`` output folder holds: its entries' names, sizes and modification times,
+    hashed, so that any file added, removed or changed inside it since it was written shows."""
+    h = hashlib.sha256()
+    n = total = 0
+    for root, dirs, names in os.walk(p):
+        dirs.sort()
+        for name in sorted(names + [d + os.sep for d in dirs]):
+            q = os.path.join(root, name.rstrip(os.sep))
+            st = os.lstat(q)
+            rel = os.path.relpath(q, p)
+            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_mode}\n".encode())
+            n += 1
+            total += int(st.st_size) if not name.endswith(os.sep) else 0
+            if n > _MAX_DIR_ENTRIES:
+                return {"dir": True, "entries": -1}
+    return {"dir": True, "entries": n, "size": total, "sha256": h.hexdigest()}
+
+
 def _stamp(p: Path) -> dict[str, Any]:
+    if p.is_dir():
+        return _dir_stamp(p)
     st = p.stat()
-    return {"dir": True} if p.is_dir() else {"size": int(st.st_size),
-                                             "mtime_ns": int(st.st_mtime_ns)}
+    return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
 
 
 def _read_marker(folder: Path) -> dict[str, Any]:
@@ -245,8 +271,9 @@ def is_own_output(path: str | os.PathLike) -> bool:
     -------
     bool
         True when the folder's :data:`RUN_MARKER` lists the name with the file's
-        current size and modification time (any size for a ``.zspy`` folder), or the
-        file is an eelsanom model file.
+        current size and modification time (for a ``.zspy`` folder: the names, sizes and
+        times of everything inside it, so a file the user added there counts as a
+        change), or the file is an eelsanom model file.
     """
     p = Path(path).expanduser()
     if p.is_symlink() or not p.exists():
@@ -254,7 +281,7 @@ def is_own_output(path: str | os.PathLike) -> bool:
     rec = _read_marker(p.parent).get(p.name)
     if isinstance(rec, dict):
         try:
-            if rec == _stamp(p) or (rec.get("dir") and p.is_dir()):
+            if rec.get("entries") != -1 and rec == _stamp(p):
                 return True
         except OSError:
             return False
@@ -346,6 +373,63 @@ def check_outputs(outputs: Iterable[str | os.PathLike], inputs: Iterable[Any] = 
                     "never silently); expected a new output path. Choose another output folder "
                     "or name, or pass --overwrite to replace it.")
     return outs
+
+
+def check_run_outputs(groups: Mapping[str, Iterable[str | os.PathLike]],
+                      inputs: Iterable[Any] = (), *, overwrite: bool = False) -> list[Path]:
+    """:func:`check_outputs` for every output of a run at once, compared with each other too.
+
+    ``groups`` maps the option that chose some outputs (``--out``, ``--model-out``) to its
+    paths. Besides the rules of :func:`check_outputs` (applied to each group), no output may
+    be, lie inside or hold another output of the same run: ``--model-out`` equal to one of
+    the maps, or to the ``--out`` folder itself, would replace one result by another.
+
+    Parameters
+    ----------
+    groups : mapping of str to iterable of path
+        The option (for the messages) and the paths it makes the run write.
+    inputs : iterable of path
+        Every file the run reads.
+    overwrite : bool
+        As :func:`check_outputs`.
+
+    Returns
+    -------
+    list of Path
+        Every output path, absolute, in order.
+
+    Raises
+    ------
+    InputError
+        Naming both paths and the fix when two outputs collide; else as
+        :func:`check_outputs`.
+    """
+    seen: dict[str, tuple[Path, str]] = {}  # real path -> (output, option)
+    holders: dict[str, tuple[Path, str]] = {}  # every folder above an output -> that output
+    for what, paths in groups.items():
+        for o in paths:
+            p = Path(os.path.abspath(os.path.expanduser(os.fspath(o))))
+            rp = _real(p)
+            clash = seen.get(rp) or holders.get(rp)
+            up = os.path.dirname(rp)
+            while clash is None and up != os.path.dirname(up):
+                clash, up = seen.get(up), os.path.dirname(up)
+            if clash is not None and clash != (p, what):
+                qp, qwhat = clash
+                raise InputError(
+                    f"{what}: refusing to write {p}: it is, holds or lies inside {qp}, which "
+                    f"{qwhat} also writes in this run; expected every output of a run to be a "
+                    f"path of its own. Choose another {what} (a name outside the --out folder "
+                    "and different from its maps).")
+            seen[rp] = (p, what)
+            up = os.path.dirname(rp)
+            while up != os.path.dirname(up):
+                holders.setdefault(up, (p, what))
+                up = os.path.dirname(up)
+    out: list[Path] = []
+    for what, paths in groups.items():
+        out += check_outputs(paths, inputs, overwrite=overwrite, what=what)
+    return out
 
 
 def record_outputs(paths: Iterable[str | os.PathLike]) -> None:

@@ -14,8 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import h5py
-import numpy as np
 import pytest
 
 from eelsanom.detectors import get_detector

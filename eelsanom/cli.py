@@ -673,14 +673,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"eelsanom: error: {exc}", file=sys.stderr)
+        if getattr(exc, "hdf5_left_open", False):  # a disk that filled inside an HDF5 write:
+            sys.stdout.flush()  # HDF5 would crash flushing that file at exit (the partial file
+            sys.stderr.flush()  # is already removed), so end here, with the refusal's status
+            os._exit(EXIT_INPUT)
         return EXIT_INPUT
-    except OSError as exc:  # the environment (a full disk, no permission), not eelsanom
-        if args.debug or exc.errno not in _ENV_ERRNOS:
+    except OSError as exc:  # the environment (a full disk, no permission), or a damaged file
+        if args.debug:
             raise
         where = f" {exc.filename}" if exc.filename else ""
-        print(f"eelsanom: error: could not write{where}: {exc.strerror or exc}; free some disk "
-              "space, or choose an output folder you can write (--out)", file=sys.stderr)
-        return EXIT_INPUT
+        if exc.errno in _ENV_ERRNOS:
+            print(f"eelsanom: error: could not write{where}: {exc.strerror or exc}; free some "
+                  "disk space, or choose an output folder you can write (--out)", file=sys.stderr)
+            return EXIT_INPUT
+        msg = " ".join(str(exc.strerror or exc).split())
+        print(f"eelsanom: error: could not read or write{where}: {msg}; expected complete, "
+              "readable input files and a writable output folder (rerun with --debug for the "
+              "traceback)", file=sys.stderr)
+        return EXIT_INPUT if exc.filename else EXIT_INTERNAL
     except Cancelled as exc:
         print(f"eelsanom: cancelled: {exc}", file=sys.stderr)
         return EXIT_CANCELLED

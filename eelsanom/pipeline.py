@@ -308,12 +308,24 @@ def score_input(detector: Any, si: SpectrumImage, *, out: str | os.PathLike | No
     InputError
         When ``si`` does not suit the fitted detector (its energy axis, ...).
     """
-    if not si.is_lazy:
-        return detector.score(si, progress=progress)
-    fmts = {f.lower().lstrip(".") for f in run_formats(formats, streamed=True)}
-    return score_streaming(detector, si, out=out if out is not None and "zspy" in fmts else None,
-                           stem=stem, protect=[*protect, *([si.source] if si.source else [])],
-                           progress=progress)
+    try:
+        if not si.is_lazy:
+            return detector.score(si, progress=progress)
+        fmts = {f.lower().lstrip(".") for f in run_formats(formats, streamed=True)}
+        return score_streaming(detector, si,
+                               out=out if out is not None and "zspy" in fmts else None,
+                               stem=stem, protect=[*protect, *([si.source] if si.source else [])],
+                               progress=progress)
+    except InputError as exc:
+        if "NLL map with no finite values" not in str(exc):
+            raise
+        # the data passed its checks (finite, positive): a model that scores no pixel finitely
+        # is the model's fault (absurd weights, a diverged fit), not the data file's
+        raise InputError(
+            f"the {getattr(detector, 'method', 'fitted')} model gives no finite score on any "
+            f"pixel of {si.source or 'the data'} (every NLL is NaN/inf); expected a model whose "
+            "weights suit this data. The model (or the model file it was loaded from) is "
+            "damaged or its fit diverged: train it again.") from None
 
 
 # ----------------------------------------------------------------------------- the run folder

@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 
 from eelsanom.detectors import get_detector
@@ -97,3 +99,191 @@ def test_outputs_are_compared_with_each_other(tmp_path):
     with pytest.raises(InputError, match="holds or lies inside"):
         check_run_outputs({"--out": [a], "--model-out": [tmp_path / "o"]})
     assert len(check_run_outputs({"--out": [a], "--model-out": [tmp_path / "m.h5"]})) == 2
+
+
+# ----------------------------------------------------------------------------- item 4
+def flip_chunk(src: Path, dst: Path, *, min_size: int = 100) -> None:
+    """Copy ``src`` to ``dst`` with bytes flipped inside one compressed chunk of its largest
+    chunked dataset (a damaged copy: the header is intact, the chunk does not decompress)."""
+    dst.write_bytes(Path(src).read_bytes())
+    found = []
+    with h5py.File(dst, "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset) and obj.chunks and obj.compression \
+                    and obj.size >= min_size:
+                found.append((obj.size, obj.id.get_chunk_info(obj.id.get_num_chunks() // 2)))
+        f.visititems(visit)
+    _, info = max(found, key=lambda t: t[0])
+    with open(dst, "r+b") as fh:
+        fh.seek(info.byte_offset + info.size // 4)
+        fh.write(b"\xff" * 16)
+
+
+def test_a_damaged_chunk_of_a_streamed_file_is_refused_naming_it(files, tmp_path):
+    bad = tmp_path / "damaged.hspy"
+    flip_chunk(files["sim"], bad)
+    before = digest(bad)
+    for lazy in ("--lazy", "--no-lazy"):
+        r = run_cli("detect", bad, "--method", "pca", "--train-mask", "file", "--out",
+                    tmp_path / f"o{lazy}", lazy, "-q")
+        one_line_refusal(r, "damaged.hspy")
+    assert digest(bad) == before
+
+
+def test_a_model_with_a_damaged_chunk_is_refused_naming_it(files, tmp_path):
+    bad = tmp_path / "damaged.h5"
+    flip_chunk(files["pca"], bad)
+    r = run_cli("apply", bad, files["sim"], "--out", tmp_path / "o", "-q")
+    one_line_refusal(r, "damaged.h5")
+    assert not (tmp_path / "o").exists()
+
+
+def test_main_never_lets_an_oserror_through_as_a_traceback(monkeypatch, capsys):
+    from eelsanom import cli
+
+    def boom(args):
+        raise OSError(5, "Input/output error", "/some/file.hspy")
+
+    monkeypatch.setattr(cli, "cmd_info", boom)
+    assert cli.main(["info", "x.hspy"]) == 2
+    err = capsys.readouterr().err
+    assert "/some/file.hspy" in err and len(err.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------- item 7
+def _fsize_limit(n: int):
+    def limit() -> None:
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (n, n))
+    return limit
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file-size limit")
+@pytest.mark.parametrize("what", ["maps", "model"])
+def test_a_disk_that_fills_inside_an_hdf5_write_exits_2_naming_the_path(files, tmp_path, what):
+    if what == "maps":
+        args = ("detect", files["sim"], "--method", "pca", "--train-mask", "file",
+                "--out", tmp_path / "o", "--formats", "hspy")
+        name = "sim_nll.hspy"
+    else:
+        args = ("train", files["sim"], "--method", "pca", "--train-mask", "file",
+                "--model-out", tmp_path / "o" / "m.h5")
+        name = "m.h5"
+    r = run_cli(*args, "-q", preexec_fn=_fsize_limit(6000))
+    one_line_refusal(r, name, "File too large")
+    left = [p.name for p in (tmp_path / "o").iterdir()] if (tmp_path / "o").exists() else []
+    assert name not in left and not [n for n in left if ".tmp-" in n], left
+
+
+def test_an_hdf5_runtime_error_with_an_errno_is_a_write_failure(tmp_path):
+    from eelsanom.io import WriteFailed
+    from eelsanom.io._files import _writing
+
+    with pytest.raises(WriteFailed, match="No space left on device"):
+        with _writing(tmp_path / "x.h5"):
+            raise RuntimeError("Can't decrement id ref count (file write failed: time = now\n, "
+                               "filename = 'x', errno = 28, error message = 'No space')")
+    with pytest.raises(RuntimeError, match="not a write"):  # not the machine's: left alone
+        with _writing(tmp_path / "x.h5"):
+            raise RuntimeError("not a write")
+
+
+# ----------------------------------------------------------------------------- item 5
+def _edit_model(src: Path, dst: Path, edit) -> Path:
+    dst.write_bytes(Path(src).read_bytes())
+    with h5py.File(dst, "r+") as f:
+        edit(f)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def ctx_model(files) -> Path:
+    sim = simulate(shape=(16, 16), seed=1)
+    det = get_detector("context-pca", neighbourhood=3).fit(sim.si, sim.bulk_mask)
+    return det.save(files["dir"] / "models" / "ctx.h5")
+
+
+def _replace(f, name, value):
+    del f["arrays"][name]
+    f["arrays"].create_dataset(name, data=value)
+
+
+@pytest.mark.parametrize("case", ["mean length", "noise variance", "explained variance"])
+def test_context_pca_model_files_are_validated(ctx_model, tmp_path, case):
+    from eelsanom.detectors import load_detector
+
+    def edit(f):
+        if case == "mean length":
+            _replace(f, "mean", np.zeros(f["arrays/mean"].shape[0] - 1))
+        elif case == "noise variance":
+            st = json.loads(f.attrs["state"])
+            st["noise_variance"] = -1.0
+            f.attrs["state"] = json.dumps(st)
+        else:
+            _replace(f, "explained_variance", -np.ones(f["arrays/explained_variance"].shape))
+
+    bad = _edit_model(ctx_model, tmp_path / "bad.h5", edit)
+    with pytest.raises(InputError, match="bad.h5"):
+        load_detector(bad)
+    r = run_cli("apply", bad, files_sim(ctx_model), "--out", tmp_path / "o", "-q")
+    one_line_refusal(r, "bad.h5")
+
+
+def files_sim(model: Path) -> Path:
+    return model.parent.parent / "in" / "sim.hspy"
+
+
+def test_a_detector_without_its_own_validator_does_not_load(ctx_model, tmp_path):
+    from eelsanom import _registry
+    from eelsanom.detectors import load_detector
+    from eelsanom.detectors.context_pca import ContextPCADetector
+
+    class Unchecked(ContextPCADetector):  # inherits its parent's validator, has none of its own
+        method = "unchecked"
+
+    def edit(f):
+        f.attrs["detector"] = "unchecked"
+
+    bad = _edit_model(ctx_model, tmp_path / "unchecked.h5", edit)
+    _registry.register("unchecked", lambda: Unchecked)
+    try:
+        with pytest.raises(InputError, match="unchecked.h5.*no model-file validator"):
+            load_detector(bad)
+    finally:
+        _registry._LOADERS.pop("unchecked")
+    for cls in ("pca", "rx", "cvae", "context-pca"):  # every built-in one has its own
+        assert "validate_model_file" in vars(_registry.detector_class(cls))
+
+
+# ----------------------------------------------------------------------------- item 6 (models)
+def test_an_unknown_array_in_a_model_file_is_refused_before_it_is_read(files, tmp_path,
+                                                                        monkeypatch):
+    def edit(f):
+        f["arrays"].create_dataset("junk", shape=(20000, 20000), dtype="f8",
+                                   chunks=(100, 100), compression="gzip")
+
+    bad = _edit_model(files["pca"], tmp_path / "junk.h5", edit)
+    assert bad.stat().st_size < 1 << 20
+    import h5py as h5
+
+    reads = []
+    orig = h5.Dataset.__getitem__
+    monkeypatch.setattr(h5.Dataset, "__getitem__",
+                        lambda self, k: reads.append(self.name) or orig(self, k))
+    from eelsanom.detectors import load_detector
+
+    with pytest.raises(InputError, match="junk.h5.*unknown.*junk"):
+        load_detector(bad)
+    assert reads == []  # refused from the header: nothing read
+
+
+def test_absurd_finite_weights_are_refused_as_the_model_s_fault(files, tmp_path):
+    def edit(f):
+        _replace(f, "mean", np.full(f["arrays/mean"].shape, 1e30))
+
+    bad = _edit_model(files["pca"], tmp_path / "absurd.h5", edit)
+    r = run_cli("apply", bad, files["sim"], "--out", tmp_path / "o", "-q")
+    one_line_refusal(r, "absurd.h5")

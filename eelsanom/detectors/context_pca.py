@@ -156,6 +156,13 @@ class ContextPCADetector(PCADetector):
         self.neighbourhood = neighbourhood
         self.code_variance = code_variance
 
+    @classmethod
+    def validate_model_file(cls, check: Any) -> None:
+        """Check a context-PCA model file (the PCA state) before its arrays are read (:func:`eelsanom.detectors._schemas.pca`)."""
+        from . import _schemas
+
+        _schemas.pca(check)
+
     def _validate_params(self) -> None:
         super()._validate_params()
         check_int("neighbourhood", self.neighbourhood, low=3)

@@ -833,6 +833,12 @@ class CVAE3DDetector(BaseDetector):
                 hist[k] = float("nan")
         return hist
 
+    @classmethod
+    def validate_model_file(cls, check: Any) -> None:
+        """Check a 3D-CVAE model file before its arrays are read (:func:`eelsanom.detectors._schemas.cvae`)."""
+        from ._schemas import cvae
+        cvae(check)
+
     def _get_state(self) -> dict[str, Any]:
         state = {"arch": self.model_.arch(), "scaler": self.scaler_.to_dict(),
                  "excess_stats": [float(v) for v in self.excess_stats_],

@@ -809,6 +809,13 @@ class PCADetector(PooledGaussian, BaseDetector):
         return mean, sigma, chan
 
     # ------------------------------------------------------------------ persistence
+    @classmethod
+    def validate_model_file(cls, check: Any) -> None:
+        """Check a PCA model file before its arrays are read (:func:`eelsanom.detectors._schemas.pca`)."""
+        from . import _schemas
+
+        _schemas.pca(check)
+
     def _get_state(self) -> dict[str, Any]:
         return {"n_components": self.n_components_, "noise_variance": self.noise_variance_,
                 "selection": self.selection_, "n_train": self.n_train_,

@@ -437,6 +437,13 @@ class RXDetector(PooledGaussian, BaseDetector):
         return mean, sigma, chan
 
     # ------------------------------------------------------------------ persistence
+    @classmethod
+    def validate_model_file(cls, check: Any) -> None:
+        """Check an RX model file before its arrays are read (:func:`eelsanom.detectors._schemas.rx`)."""
+        from . import _schemas
+
+        _schemas.rx(check)
+
     def _get_state(self) -> dict[str, Any]:
         return {"logdet": self.logdet_, "shrinkage": self.shrinkage_, "n_train": self.n_train_,
                 "n_trimmed": self.n_trimmed_, "gain": self.gain_,

@@ -22,7 +22,9 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -461,6 +463,8 @@ _WRITE_FIX = {
     errno.EACCES: "choose a folder you can write (--out) or fix its permissions",
     errno.EPERM: "choose a folder you can write (--out) or fix its permissions",
     errno.EROFS: "the disk is read-only: choose an output folder on a writable disk (--out)",
+    errno.EFBIG: "the file is larger than the disk or your file-size limit allows: choose an "
+                 "output folder on another disk (--out) or raise the limit (ulimit -f)",
 }
 
 
@@ -470,19 +474,70 @@ class WriteFailed(InputError, OSError):
     that is also an ``OSError``, so callers catching the operating-system error still do."""
 
 
+def _quiet_hdf5_dealloc() -> None:
+    """Install (once) a filter of ``sys.unraisablehook`` that drops h5py's "Exception ignored
+    in ObjectID.__dealloc__ ... file write failed" tracebacks: after a disk fills inside an
+    HDF5 write, every handle of the failed file prints one as it is freed; the failure itself
+    is reported once, as a :class:`WriteFailed`."""
+    prev = sys.unraisablehook
+    if getattr(prev, "_eelsanom", False):
+        return
+
+    def hook(u: Any) -> None:
+        text = f"{getattr(u, 'exc_value', '')} {getattr(u, 'object', '')}"
+        if "write failed" in text and "h5py" in repr(getattr(u, "object", "")) + text:
+            return
+        prev(u)
+
+    hook._eelsanom = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+    prev_except = sys.excepthook  # Cython prints the same error through it first
+
+    def excepthook(kind: Any, value: Any, tb: Any) -> None:
+        frames, t = [], tb
+        while t is not None:
+            frames.append(t.tb_frame.f_code.co_filename)
+            t = t.tb_next
+        if "write failed" in str(value) and any("h5py" in f for f in frames):
+            return
+        prev_except(kind, value, tb)
+
+    sys.excepthook = excepthook
+
+
 @contextlib.contextmanager
 def _writing(path: Path) -> Iterator[None]:
     """Turn an operating-system failure while writing ``path`` into an InputError that names
     the path and the fix (a full disk, a read-only folder, ...)."""
+    _quiet_hdf5_dealloc()
     try:
         yield
     except InputError:
         raise
-    except OSError as exc:
-        fix = _WRITE_FIX.get(exc.errno or 0, "check the output folder (space, permissions)")
-        raise WriteFailed(
-            f"could not write {path}: {exc.strerror or exc}; expected a writable folder with free "
-            f"space. {fix[0].upper() + fix[1:]}. Nothing partial was left under that name.") from exc
+    except (OSError, RuntimeError) as exc:
+        code = _errno_of(exc)
+        if not isinstance(exc, OSError) and code is None:
+            raise  # a RuntimeError that is not the machine's: not a write failure
+        fix = _WRITE_FIX.get(code or 0, "check the output folder (space, permissions)")
+        why = os.strerror(code) if code else " ".join(str(exc).split())[:200]
+        failed = WriteFailed(
+            f"could not write {path}: {why}; expected a writable folder with free "
+            f"space. {fix[0].upper() + fix[1:]}. Nothing partial was left under that name.")
+        # HDF5 reports a failed write in its message (``errno = N``) and keeps the file open
+        # inside the library, which crashes the interpreter when it flushes it at exit: the
+        # command line then ends without that flush (see eelsanom.cli.main)
+        failed.hdf5_left_open = not (isinstance(exc, OSError) and exc.errno) and code is not None
+        raise failed from exc
+
+
+def _errno_of(exc: BaseException) -> int | None:
+    """The operating-system error number behind ``exc``: its ``errno``, or the ``errno = N``
+    that HDF5 writes into its messages (a disk that fills inside an HDF5 write reaches
+    Python as ``RuntimeError: ... file write failed: ..., errno = 28, ...``)."""
+    if isinstance(exc, OSError) and exc.errno:
+        return int(exc.errno)
+    m = re.search(r"errno\s*=\s*(\d+)", str(exc))
+    return int(m.group(1)) if m else None
 
 
 def _jsonify(obj: Any, *, max_list: int | None = None, _depth: int = 0) -> Any:

@@ -578,15 +578,29 @@ def _check_fits(label: str, shape: tuple[int, ...]) -> None:
 
 
 def _finite_guard(data: Any, label: str) -> Any:
-    """Wrap a dask array so that computing a chunk with NaN/inf raises InputError."""
+    """Wrap a dask array so that computing a chunk reads it through one guard: a read failure
+    (a damaged or missing chunk of a partly copied file: h5py's OSError, zarr's errors, ...)
+    raises an :class:`InputError` naming the file and the pixels, and a chunk with NaN/inf
+    raises one too. Every streamed computation (fit, score, the GUI) reads through it."""
+    import dask.array as da
 
-    def check(block: np.ndarray, block_info: dict | None = None) -> np.ndarray:
+    def read(block_info: dict | None = None) -> np.ndarray:
+        loc = block_info[None]["array-location"]
+        where = tuple(slice(lo, hi) for lo, hi in loc)
+        try:
+            block = np.asarray(data[where].compute(scheduler="synchronous"))
+        except (InputError, KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as exc:  # any read failure of the file is the file's
+            (y0, y1), (x0, x1) = loc[0], loc[1]
+            raise InputError(
+                f"{label}: could not read pixels y={y0}:{y1}, x={x0}:{x1} "
+                f"({type(exc).__name__}: {_one_line(exc, 160)}). The file is damaged or "
+                "incomplete (a partly copied or still-written acquisition?); expected a complete "
+                "file. Copy or export it again.") from exc
         bad = ~np.isfinite(block)
         if bad.any():
-            first = np.argwhere(bad)[0]
-            if block_info and None not in block_info:
-                starts = [lo for lo, _ in block_info[0]["array-location"]]
-                first = first + np.asarray(starts)
+            first = np.argwhere(bad)[0] + np.asarray([lo for lo, _ in loc])
             raise InputError(
                 f"{label}: expected finite values, found {int(bad.sum())} NaN/inf values in one "
                 f"chunk (first at pixel y={first[0]}, x={first[1]}, channel {first[2]}). "
@@ -594,7 +608,8 @@ def _finite_guard(data: Any, label: str) -> Any:
                 "the affected pixels/channels.")
         return block
 
-    return data.map_blocks(check, dtype=data.dtype, meta=np.empty((0, 0, 0), dtype=data.dtype))
+    return da.map_blocks(read, chunks=data.chunks, dtype=data.dtype,
+                         meta=np.empty((0,) * data.ndim, dtype=data.dtype))
 
 
 def _acquisition_info(sig: Any) -> dict[str, Any]:

@@ -287,3 +287,42 @@ def test_absurd_finite_weights_are_refused_as_the_model_s_fault(files, tmp_path)
     bad = _edit_model(files["pca"], tmp_path / "absurd.h5", edit)
     r = run_cli("apply", bad, files["sim"], "--out", tmp_path / "o", "-q")
     one_line_refusal(r, "absurd.h5")
+
+
+# ----------------------------------------------------------------------------- item 6 (data)
+def _zspy_bomb(src: Path, dst: Path, chunks: list[int]) -> Path:
+    """A copy of ``src`` (.zspy) whose data declares 4000 x 4000 pixels (16 GB) in ``chunks``,
+    none written, padded with a 17 MB junk file."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    za = next(p for p in dst.rglob(".zarray") if p.parent.name == "data")
+    meta = json.loads(za.read_text())
+    meta["shape"] = [4000, 4000, meta["shape"][2]]
+    meta["chunks"] = chunks[:2] + [meta["shape"][2]]
+    za.write_text(json.dumps(meta))
+    for f in za.parent.iterdir():
+        if f.name[0].isdigit():
+            shutil.rmtree(f) if f.is_dir() else f.unlink()
+    (za.parent / "junk.bin").write_bytes(np.random.default_rng(0).bytes(17 << 20))
+    return dst
+
+
+@pytest.mark.parametrize("chunks", [[4000, 4000], [100, 100]], ids=["one 16 GB chunk",
+                                                                    "chunks never written"])
+def test_a_zspy_memory_bomb_is_refused_before_it_is_read(tmp_path, chunks):
+    src = simulate(shape=(8, 8), seed=1).save(tmp_path / "z.zspy")
+    bomb = _zspy_bomb(src, tmp_path / "bomb.zspy", chunks)
+    r = run_cli("detect", bomb, "--method", "pca", "--out", tmp_path / "o", "-q", timeout=120)
+    err = one_line_refusal(r, "bomb.zspy")
+    assert ("chunks of" in err) if chunks[0] == 4000 else ("its chunks store only" in err)
+
+
+def test_an_hdf5_dataset_with_huge_chunks_is_refused(tmp_path):
+    from eelsanom.io import load_spectrum_image
+
+    p = tmp_path / "huge.h5"
+    with h5py.File(p, "w") as f:
+        f.create_dataset("data", shape=(4000, 4000, 300), dtype="f4", chunks=(4000, 4000, 30))
+    with pytest.raises(InputError, match="huge.h5.*chunks of"):
+        load_spectrum_image(p)

@@ -171,6 +171,9 @@ def _check_declared(path: Path) -> None:
         if ds.size == 0 or ds.shape is None:
             return
         nbytes = int(ds.size) * ds.dtype.itemsize
+        if ds.chunks is not None and (big := _chunk_problem(where, ds.chunks, ds.dtype.itemsize)):
+            problems.append(big)
+            return
         if ds.chunks is not None:
             expected = math.prod(math.ceil(n / c) for n, c in zip(ds.shape, ds.chunks))
             stored = ds.id.get_num_chunks()
@@ -219,29 +222,72 @@ _BOMB_MIN_BYTES = 1 << 28
 _BOMB_RATIO = 1000
 
 
+#: the largest one chunk of a file may decompress to (a reader holds a whole chunk at once;
+#: instrument and HyperSpy files use chunks of megabytes)
+_MAX_CHUNK_BYTES = 1 << 30
+
+
+def _chunk_limit() -> int:
+    try:
+        import psutil
+
+        return int(min(_MAX_CHUNK_BYTES, psutil.virtual_memory().available // 4))
+    except Exception:  # noqa: BLE001 - psutil missing: the fixed cap
+        return _MAX_CHUNK_BYTES
+
+
+def _chunk_problem(where: str, chunks: Any, itemsize: int) -> str | None:
+    nbytes = math.prod(int(c) for c in chunks) * int(itemsize)
+    limit = _chunk_limit()
+    if nbytes > limit:
+        return (f"{where} is stored in chunks of {tuple(int(c) for c in chunks)} "
+                f"({nbytes / 2**30:.3g} GiB each, more than the {limit / 2**30:.3g} GiB one read "
+                "may take)")
+    return None
+
+
+def _zarr_chunk_files(root: str, meta: dict[str, Any]) -> tuple[int, int]:
+    """``(files, bytes)`` of the chunk files of the zarr array in ``root``: only names that
+    are chunk keys of its grid (``0.1.2``, or ``0/1/2`` with the ``/`` separator), so a
+    junk file beside them does not count as stored data."""
+    ndim = len(meta["shape"])
+    sep = meta.get("dimension_separator") or "."
+    n = total = 0
+    for sub_root, _d, names in os.walk(root):
+        rel = os.path.relpath(sub_root, root)
+        prefix = [] if rel == "." else rel.split(os.sep)
+        for name in names:
+            parts = prefix + (name.split(".") if sep == "." else [name])
+            if len(parts) == ndim and all(p.isdigit() for p in parts):
+                n += 1
+                total += os.path.getsize(os.path.join(sub_root, name))
+    return n, total
+
+
 def _check_declared_zarr(path: Path) -> None:
-    """:func:`_check_declared` for a ``.zspy`` (zarr) folder: each array's declared size
-    against the bytes its folder stores."""
+    """:func:`_check_declared` for a ``.zspy`` (zarr) folder: each array's chunk size bounded,
+    and its declared size against the bytes its chunk files (nothing else) store."""
     for root, _dirs, names in os.walk(path):
         if ".zarray" not in names:
             continue
         try:
             meta = json.loads((Path(root) / ".zarray").read_text(encoding="utf-8"))
             shape = [int(n) for n in meta["shape"]]
-            nbytes = math.prod(shape) * np.dtype(meta["dtype"]).itemsize
+            chunks = [int(c) for c in meta["chunks"]]
+            itemsize = np.dtype(meta["dtype"]).itemsize
+            nbytes = math.prod(shape) * itemsize
         except (OSError, ValueError, KeyError, TypeError):
             continue  # the reader refuses it with its own message
-        if nbytes <= _BOMB_MIN_BYTES:
-            continue
-        stored = sum(e.stat().st_size for e in os.scandir(root) if e.is_file())
-        for sub_root, _d, sub in os.walk(root):
-            if sub_root != root:
-                stored += sum(os.path.getsize(os.path.join(sub_root, n)) for n in sub)
-        if stored * _BOMB_RATIO < nbytes:
-            where = os.path.relpath(root, path)
+        where = os.path.relpath(root, path)
+        problem = _chunk_problem(where, chunks, itemsize) if len(chunks) == len(shape) else None
+        if problem is None and nbytes > _BOMB_MIN_BYTES:
+            _n, stored = _zarr_chunk_files(root, meta)
+            if stored * _BOMB_RATIO < nbytes:
+                problem = (f"{where} declares shape {tuple(shape)} ({nbytes / 1e9:.3g} GB) but "
+                           f"its chunks store only {stored} bytes")
+        if problem:
             raise InputError(
-                f"{path}: {where} declares shape {tuple(shape)} ({nbytes / 1e9:.3g} GB) but stores "
-                f"only {stored} bytes. The file is incomplete, damaged or crafted; expected a "
+                f"{path}: {problem}. The file is incomplete, damaged or crafted; expected a "
                 "complete file as HyperSpy wrote it. Export it again from the original data.")
 
 

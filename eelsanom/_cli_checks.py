@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -179,6 +180,9 @@ def _precheck(args: argparse.Namespace) -> None:
     roi, mask = getattr(args, "train_roi", None), getattr(args, "train_mask", None)
     if roi and mask:
         raise InputError("give either --train-roi or --train-mask, not both.")
+    if getattr(args, "command", None) in ("detect", "train") and not (roi or mask):
+        check_calibration_region(SimpleNamespace(threshold=getattr(args, "threshold", None)),
+                                 None)
     if roi:
         parts = roi.split(",")
         if len(parts) not in (1, 2):
@@ -220,3 +224,40 @@ def _check_streamed_outputs(args: argparse.Namespace, si, stem: str, method: str
     paths are checked too (before anything is scored)."""
     if si.is_lazy and getattr(args, "formats", None) is None:
         _check_run_outputs(args, _planned_outputs(args, stem, method, streamed=True))
+
+
+def check_calibration_region(det: Any, mask: np.ndarray | None) -> None:
+    """With ``--threshold calibrated``: refuse a missing or too small bulk region from the
+    mask alone, before the data is read and long before the main fit (the calibration's
+    held-out split, :meth:`~eelsanom.detectors.base.BaseDetector.held_out_scores` with its
+    default 4 folds of 8 x 8 squares, is computed here the same way)."""
+    rule = getattr(det, "threshold", None)
+    if rule is None or isinstance(rule, (int, float)) or parse_threshold(rule)[0] != "calibrated":
+        return
+    if mask is None:
+        raise InputError("--threshold calibrated is set from held-out bulk pixels, so it needs a "
+                         "bulk region; expected --train-roi Y0:Y1,X0:X1 or --train-mask MASK. "
+                         "Give one, or choose another rule (robust, otsu, gmm, PERCENT).")
+    folds, block, need = 4, 8, int(getattr(det, "min_train_pixels", 2))
+    ny, nx = mask.shape
+    tiles = (np.arange(ny)[:, None] // block) * (-(-nx // block)) + np.arange(nx)[None] // block
+    ids = np.unique(tiles[mask])
+    short = None
+    if int(mask.sum()) < 2 * need:
+        short = f"it holds {int(mask.sum())} pixels, fewer than {2 * need}"
+    elif ids.size < folds:
+        short = (f"it covers {ids.size} square(s) of {block} x {block} pixels, fewer than the "
+                 f"{folds} groups held out in turn")
+    else:
+        rng = np.random.default_rng(int(getattr(det, "seed", 0) or 0))
+        group = dict(zip(rng.permutation(ids).tolist(), np.arange(ids.size) % folds))
+        for g in range(folds):
+            rest = mask & ~np.isin(tiles, [t for t, k in group.items() if k == g])
+            if int(rest.sum()) < need:
+                short = (f"holding out one group of its squares leaves {int(rest.sum())} pixels "
+                         f"to fit on, fewer than {need}")
+                break
+    if short:
+        raise InputError(f"--threshold calibrated: the bulk region is too small to calibrate on "
+                         f"({short}); expected a larger bulk region. Draw a larger one, or "
+                         "choose another rule (robust, otsu, gmm, PERCENT).")

@@ -34,6 +34,7 @@ from ._cli_checks import (
     _precheck,
     _run_inputs,
     _train_mask,
+    check_calibration_region,
 )
 from .batch import add_parser as add_batch_parser
 from .detectors import DEFAULT_METHOD, get_detector, load_detector
@@ -47,6 +48,7 @@ from .io import (
     record_outputs,
 )
 from .io._files import _WRITE_FIX, _writing
+from .modelfile import check_threshold_override
 from .pipeline import (
     fit_input,
     input_stem,
@@ -263,6 +265,7 @@ def _prepare(args: argparse.Namespace, *, outputs: bool):
     _check_run_outputs(args, _planned_outputs(args, stem, det.method) if outputs else [])
     def ranges(si) -> np.ndarray | None:  # need the axes only: before the data is read
         mask = _train_mask(args, si)
+        check_calibration_region(det, mask)
         er = getattr(det, "energy_range", None)
         if er is not None:
             si.crop_energy(er[0], er[1])  # refuses a window outside the data
@@ -327,6 +330,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
                          "separate --out folders.")
     _precheck(args)
     det = load_detector(args.model)  # the whole model file is checked before any data is read
+    check_threshold_override(args.model, args.threshold, getattr(det, "calibration_", None)
+                             is not None)
     if args.threshold is not None:
         det.threshold = args.threshold
     if args.device is not None and "device" in det.get_params():

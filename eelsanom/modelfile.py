@@ -388,6 +388,36 @@ def validate_model(path: str | os.PathLike, header: dict[str, Any], params: dict
     return check
 
 
+def check_threshold_override(path: str | os.PathLike, threshold: Any, calibrated: bool) -> None:
+    """Refuse ``--threshold calibrated`` for a model that holds no calibration, before any
+    data is scored (it would be scored, then refused once per data file).
+
+    Parameters
+    ----------
+    path : str or Path
+        The model file (for the message).
+    threshold : str or None
+        The threshold rule asked for (None: the model's own).
+    calibrated : bool
+        Whether the model holds a calibration (``calibration_``, the file's
+        ``state.calibration``).
+
+    Raises
+    ------
+    InputError
+        Naming the model file and the fix.
+    """
+    from .scoring import parse_threshold
+
+    if threshold is None or calibrated or parse_threshold(threshold)[0] != "calibrated":
+        return
+    raise InputError(
+        f"model file {str(path)!r} holds no calibration (it was trained without --threshold "
+        "calibrated), so --threshold calibrated cannot be used with it; expected a calibrated "
+        "model. Train it again with --threshold calibrated and a bulk region (--train-roi or "
+        "--train-mask), or choose another rule (robust, otsu, gmm, PERCENT, value:X).")
+
+
 def read_model(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any],
                                                    dict[str, np.ndarray]]:
     """Read a model file: ``(header, params, state, arrays)``.

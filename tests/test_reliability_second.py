@@ -326,3 +326,33 @@ def test_an_hdf5_dataset_with_huge_chunks_is_refused(tmp_path):
         f.create_dataset("data", shape=(4000, 4000, 300), dtype="f4", chunks=(4000, 4000, 30))
     with pytest.raises(InputError, match="huge.h5.*chunks of"):
         load_spectrum_image(p)
+
+
+# ----------------------------------------------------------------------------- item 8
+@pytest.mark.parametrize("region", [(), ("--train-roi", "0:4,0:4")], ids=["none", "too small"])
+def test_calibrated_without_a_usable_bulk_region_is_refused_before_any_work(files, tmp_path,
+                                                                            region):
+    out = tmp_path / "o"
+    r = run_cli("detect", files["sim"], "--method", "pca", "--threshold", "calibrated",
+                *region, "--out", out, "-q")
+    one_line_refusal(r, "--threshold calibrated")
+    assert not out.exists()
+
+
+def test_calibrated_is_fine_with_a_large_enough_region(files, tmp_path):
+    r = run_cli("detect", files["sim"], "--method", "pca", "--threshold", "calibrated",
+                "--train-roi", "0:16,0:16", "--out", tmp_path / "o", "-q")
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("command", ["apply", "batch"])
+def test_calibrated_with_an_uncalibrated_model_is_refused_naming_the_model(files, tmp_path,
+                                                                           command):
+    if command == "apply":
+        r = run_cli("apply", files["pca"], files["sim"], "--threshold", "calibrated",
+                    "--out", tmp_path / "o", "-q")
+    else:
+        r = run_cli("batch", files["sim"], "--model", files["pca"], "--threshold",
+                    "calibrated", "--out", tmp_path / "o", "--workers", "1", "-q")
+    one_line_refusal(r, "pca.h5", "holds no calibration")
+    assert not (tmp_path / "o").exists()

@@ -23,7 +23,7 @@ from .pipeline import planned_outputs
 from .scoring import parse_threshold
 
 
-def _parse_slice(part: str, n: int, what: str) -> slice:
+def _parse_slice(part: str, n: int | None, what: str) -> slice:
     part = part.strip()
     if part in ("", ":"):
         return slice(0, n)
@@ -32,9 +32,11 @@ def _parse_slice(part: str, n: int, what: str) -> slice:
     a, b = part.split(":", 1)
     try:
         lo = int(a) if a.strip() else 0
-        hi = int(b) if b.strip() else n
+        hi = int(b) if b.strip() else (n if n is not None else 0)
     except ValueError as exc:
         raise InputError(f"{what}: expected integers in START:STOP, got {part!r}.") from exc
+    if n is None:  # the syntax only (the image size is not known yet)
+        return slice(lo, hi)
     if lo < 0:
         lo += n
     if hi < 0:
@@ -105,9 +107,7 @@ def load_mask_file(path: str, nav_shape: tuple[int, int]) -> np.ndarray:
         When the file does not exist or cannot be read, its shape is not ``nav_shape``,
         or it selects no pixel.
     """
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"--train-mask: file {path!r} does not exist.")
+    p = _mask_path(path)
     ext = p.suffix.lower()
     try:
         if ext == ".npy":
@@ -188,9 +188,9 @@ def _precheck(args: argparse.Namespace) -> None:
         if len(parts) not in (1, 2):
             raise InputError(f"--train-roi: expected 'Y0:Y1,X0:X1' (pixel indices), got {roi!r}.")
         for part in parts:  # the syntax now; the ranges against the image once it is read
-            _parse_slice(part, 1 << 62, "--train-roi")
-    if mask and mask != "file" and not Path(mask).exists():
-        raise InputError(f"--train-mask: file {mask!r} does not exist.")
+            _parse_slice(part, None, "--train-roi")
+    if mask and mask != "file":
+        _mask_path(mask)
     if getattr(args, "formats", None) is not None:
         fm = [f for f in args.formats.split(",") if f.strip()]
         if not fm:
@@ -261,3 +261,64 @@ def check_calibration_region(det: Any, mask: np.ndarray | None) -> None:
         raise InputError(f"--threshold calibrated: the bulk region is too small to calibrate on "
                          f"({short}); expected a larger bulk region. Draw a larger one, or "
                          "choose another rule (robust, otsu, gmm, PERCENT).")
+
+
+def _mask_path(path: str) -> Path:
+    """A ``--train-mask`` path that is a file (a folder or a missing path refused)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise InputError(f"--train-mask: {path!r} is a folder; expected a mask file (.npy, .npz, "
+                         ".png, .tif or .hspy, nonzero = bulk). Give the path of the file itself.")
+    if not p.exists():
+        raise InputError(f"--train-mask: file {path!r} does not exist; expected a mask file "
+                         "(.npy, .npz, .png, .tif or .hspy, nonzero = bulk).")
+    return p
+
+
+#: options whose value may begin with "-" (negative indices, negative energies)
+_DASH_VALUE_OPTIONS = ("--train-roi", "--energy-range")
+
+
+def join_dash_values(argv: Sequence[str]) -> list[str]:
+    """``--train-roi -5:,-5:`` as ``--train-roi=-5:,-5:``: argparse takes a value that begins
+    with "-" for an option (and refuses it) unless it is joined with ``=``."""
+    out: list[str] = []
+    it = iter(range(len(argv)))
+    for i in it:
+        a = argv[i]
+        if a in _DASH_VALUE_OPTIONS and i + 1 < len(argv) and argv[i + 1].startswith("-") \
+                and ":" in argv[i + 1]:
+            out.append(f"{a}={argv[i + 1]}")
+            next(it, None)
+        else:
+            out.append(a)
+    return out
+
+
+#: bytes the simulator holds per value of the cube (the noisy counts, the expected spectra with
+#: and without the anomaly, the nuisance terms; measured ~20, rounded up)
+_SIM_BYTES_PER_VALUE = 32
+
+
+def check_simulate_size(shape: Sequence[int], window: str) -> None:
+    """Refuse ``simulate --shape`` that is not positive or needs more memory than is
+    available, before any array is made (instead of a MemoryError half-way)."""
+    from .simulate import WINDOWS  # scipy: imported by simulate anyway
+
+    ny, nx = (int(v) for v in shape)
+    if ny < 1 or nx < 1:
+        raise InputError(f"--shape: expected two positive pixel counts NY NX, got {ny} {nx}.")
+    e0, e1 = WINDOWS.get(window, (0.0, 0.0))
+    n_energy = int((e1 - e0) / 0.3) + 1
+    need = ny * nx * max(n_energy, 1) * _SIM_BYTES_PER_VALUE
+    try:
+        import psutil
+
+        avail = int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 - cannot tell: let it try
+        return
+    if need > avail:
+        raise InputError(
+            f"--shape {ny} {nx}: simulating {ny} x {nx} pixels x {n_energy} channels needs about "
+            f"{need / 2**30:.3g} GiB of memory, more than the {avail / 2**30:.3g} GiB available; "
+            "expected a smaller image. Simulate a smaller --shape (e.g. 256 256).")

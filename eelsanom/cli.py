@@ -35,6 +35,8 @@ from ._cli_checks import (
     _run_inputs,
     _train_mask,
     check_calibration_region,
+    check_simulate_size,
+    join_dash_values,
 )
 from .batch import add_parser as add_batch_parser
 from .detectors import DEFAULT_METHOD, get_detector, load_detector
@@ -372,6 +374,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             raise InputError(f"--thickness: expected T_MIN:T_MAX (t/lambda), found "
                              f"{args.thickness!r}. Use e.g. --thickness 0.2:1.0.") from None
     (path,) = check_outputs([args.out], overwrite=args.overwrite, what="--out")
+    check_simulate_size(args.shape, args.window)
     sim = simulate(shape=tuple(args.shape), window=args.window, anomaly=args.anomaly,
                    magnitude=args.magnitude, anomaly_shape=args.anomaly_shape,
                    concentration=args.concentration, dose=args.dose, seed=args.seed,
@@ -660,7 +663,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     interrupted.
     """
     ap = build_parser()
-    args = ap.parse_args(argv)
+    args = ap.parse_args(join_dash_values(sys.argv[1:] if argv is None else list(argv)))
     if not getattr(args, "command", None):
         ap.print_help()
         return EXIT_INPUT

@@ -356,3 +356,46 @@ def test_calibrated_with_an_uncalibrated_model_is_refused_naming_the_model(files
                     "calibrated", "--out", tmp_path / "o", "--workers", "1", "-q")
     one_line_refusal(r, "pca.h5", "holds no calibration")
     assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------- item 10
+@pytest.mark.parametrize("scale", [0.0, float("nan")])
+def test_an_uncalibrated_energy_scale_is_not_told_to_reverse(scale):
+    from eelsanom.spectrum import Axis, validate_energy_axis
+
+    with pytest.raises(InputError) as e:
+        validate_energy_axis(Axis(size=5, scale=scale, offset=0.0, units="eV"))
+    assert "Reverse" not in str(e.value) and "calibrated" in str(e.value)
+
+
+def test_messages_of_the_second_pass(files, tmp_path):
+    sim = files["sim"]
+    r = run_cli("detect", sim, "--method", "pca", "--train-roi", "-5:,-5:", "--out",
+                tmp_path / "o1", "-q")  # a value beginning with "-", given with a space
+    assert r.returncode == 0, r.stderr
+    err = one_line_refusal(run_cli("detect", sim, "--method", "pca", "--train-roi", "0:4,40:50",
+                                   "--out", tmp_path / "o2", "-q"), "outside 0:16")
+    assert "4611686018427387904" not in err
+    folder = tmp_path / "a folder"
+    folder.mkdir()
+    one_line_refusal(run_cli("detect", sim, "--method", "pca", "--train-mask", folder,
+                             "--out", tmp_path / "o3", "-q"), "is a folder")
+    one_line_refusal(run_cli("apply", folder, sim, "--out", tmp_path / "o3", "-q"), "is a folder")
+    one_line_refusal(run_cli("simulate", "--shape", "100000", "100000", "--out",
+                             tmp_path / "big.hspy"), "--shape", "GiB")
+    assert not (tmp_path / "o3").exists() and not (tmp_path / "big.hspy").exists()
+
+
+@pytest.mark.parametrize("kind", ["folder", "symlink"])
+def test_a_run_marker_that_is_not_a_plain_file_is_refused_before_the_work(files, tmp_path, kind):
+    out = tmp_path / "o"
+    out.mkdir()
+    if kind == "folder":
+        (out / RUN_MARKER).mkdir()
+    else:
+        elsewhere = tmp_path / "elsewhere.json"
+        elsewhere.write_text(json.dumps({"outputs": {"sim_nll.hspy": {"size": 1}}}))
+        (out / RUN_MARKER).symlink_to(elsewhere)
+    r = run_cli("detect", files["sim"], "--method", "pca", "--out", out, "-q")
+    one_line_refusal(r, RUN_MARKER, "plain file")
+    assert sorted(p.name for p in out.iterdir()) == [RUN_MARKER]  # nothing written

@@ -241,7 +241,7 @@ def _stamp(p: Path) -> dict[str, Any]:
 def _read_marker(folder: Path) -> dict[str, Any]:
     m = folder / RUN_MARKER
     try:
-        if not m.is_file() or m.stat().st_size > _MARKER_MAX_BYTES:
+        if m.is_symlink() or not m.is_file() or m.stat().st_size > _MARKER_MAX_BYTES:
             return {}
         d = json.loads(m.read_text(encoding="utf-8"))
         out = d.get("outputs") if isinstance(d, dict) else None
@@ -298,12 +298,20 @@ def _nearest_existing(folder: Path) -> Path:
 
 
 def _probe_folder(folder: Path, what: str) -> None:
-    """Refuse a folder that is a file, or lies under a file, or cannot be written into."""
+    """Refuse a folder that is a file, or lies under a file, or cannot be written into, or
+    whose run marker is not a plain file (a folder or a link there would be met only after
+    the work, or followed to a record that is not this folder's)."""
     base = _nearest_existing(folder)
     if not base.is_dir():
         raise InputError(
             f"{what}: cannot write into {folder}: {base} is an existing file, expected a folder. "
             "Choose another output folder (--out) or move that file away.")
+    marker = folder / RUN_MARKER
+    if marker.is_symlink() or (marker.exists() and not marker.is_file()):
+        kind = "a symbolic link" if marker.is_symlink() else "a folder"
+        raise InputError(
+            f"{what}: {marker} is {kind}; expected eelsanom's run marker there to be a plain "
+            "file (or absent). Remove or rename it, or choose another output folder (--out).")
     try:
         fd, probe = tempfile.mkstemp(prefix=".eelsanom-probe-", dir=base)
         os.close(fd)

@@ -36,6 +36,9 @@ def _parse_slice(part: str, n: int | None, what: str) -> slice:
     except ValueError as exc:
         raise InputError(f"{what}: expected integers in START:STOP, got {part!r}.") from exc
     if n is None:  # the syntax only (the image size is not known yet)
+        if a.strip() and b.strip() and (lo < 0) == (hi < 0) and lo >= hi:
+            raise InputError(f"{what}: {part!r} is empty (START must be below STOP); expected "
+                             "START:STOP pixel indices, stop exclusive.")
         return slice(lo, hi)
     if lo < 0:
         lo += n

@@ -284,7 +284,7 @@ def _check_declared_zarr(path: Path) -> None:
             _n, stored = _zarr_chunk_files(root, meta)
             if stored * _BOMB_RATIO < nbytes:
                 problem = (f"{where} declares shape {tuple(shape)} ({nbytes / 1e9:.3g} GB) but "
-                           f"its chunks store only {stored} bytes")
+                           f"stores only {stored} bytes in its chunk files")
         if problem:
             raise InputError(
                 f"{path}: {problem}. The file is incomplete, damaged or crafted; expected a "

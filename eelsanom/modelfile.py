@@ -262,13 +262,41 @@ class ModelCheck:
         self.expected: dict[str, tuple[bool, float]] = {}
 
     def bad(self, expected: str, found: str) -> InputError:
-        """The refusal "model file M: expected ..., found ..." (raise it)."""
+        """The refusal "model file M: expected ..., found ..." (raise it).
+
+        Parameters
+        ----------
+        expected, found : str
+            What the detector needs, and what the file holds.
+
+        Returns
+        -------
+        InputError
+            The refusal, naming the file and the fix.
+        """
         return _bad(self.path, expected, found)
 
     def expect(self, name: str, shape: tuple[int, ...], *, positive: bool = False,
                limit: float = MAX_ABS) -> None:
         """Require the array ``name`` of ``shape``; its values are checked once read: finite,
-        of magnitude at most ``limit``, and > 0 with ``positive``."""
+        of magnitude at most ``limit``, and > 0 with ``positive``.
+
+        Parameters
+        ----------
+        name : str
+            The array, ``/arrays/<name>``.
+        shape : tuple of int
+            Its shape, from the energy axis and the detector's state.
+        positive : bool
+            Every value must be > 0.
+        limit : float
+            Largest magnitude allowed.
+
+        Raises
+        ------
+        InputError
+            When the array is missing or declared with another shape.
+        """
         if name not in self.shapes:
             raise self.bad(f"the array /arrays/{name}", "none")
         if tuple(self.shapes[name]) != tuple(shape):
@@ -278,7 +306,27 @@ class ModelCheck:
 
     def number(self, key: str, *, positive: bool = False, limit: float = MAX_ABS) -> float:
         """The state's ``key``: a finite number of magnitude at most ``limit`` (> 0 with
-        ``positive``)."""
+        ``positive``).
+
+        Parameters
+        ----------
+        key : str
+            The state entry.
+        positive : bool
+            It must be > 0.
+        limit : float
+            Largest magnitude allowed.
+
+        Returns
+        -------
+        float
+            Its value.
+
+        Raises
+        ------
+        InputError
+            When it is missing, not a finite number, or out of bounds.
+        """
         v = self.state.get(key)
         if not (_num(v) and abs(v) <= limit and (v > 0 or not positive)):
             raise self.bad(f"a {'positive ' if positive else ''}finite number of magnitude at "

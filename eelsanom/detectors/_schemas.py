@@ -10,6 +10,7 @@ the fitted state, names every array its detector reads with the declared shape i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..modelfile import MAX_MEMBERS, ModelCheck, _int, _num, _short
@@ -131,3 +132,28 @@ def _cvae_weights(arch: dict[str, Any]) -> dict[str, tuple[int, ...]]:
 
     with torch.device("meta"):  # shapes only: nothing is allocated
         return {k: tuple(v.shape) for k, v in CVAE3D(**arch).state_dict().items()}
+
+
+def validator(schema: Callable[[ModelCheck], None]) -> classmethod:
+    """A detector class's ``validate_model_file`` classmethod running ``schema``
+    (``validate_model_file = _schemas.validator(_schemas.pca)`` in the class body)."""
+    def validate_model_file(cls: type, check: ModelCheck) -> None:
+        schema(check)
+
+    validate_model_file.__doc__ = f"""Check a model file of this detector before its arrays are read.
+
+        The detector's model-file schema, :func:`eelsanom.detectors._schemas.{schema.__name__}`
+        (found through the class by :func:`eelsanom._registry.model_validator`).
+
+        Parameters
+        ----------
+        check : eelsanom.modelfile.ModelCheck
+            The file's hyperparameters, state and declared array shapes; the arrays this
+            detector reads are named on it.
+
+        Raises
+        ------
+        InputError
+            "model file M: expected ..., found ..." for the first violation.
+        """
+    return classmethod(validate_model_file)

@@ -21,6 +21,7 @@ from ..pooling import excess_stats, pooling_from
 from ..preprocess import forward_transform, inverse_transform, transform_sigma
 from ..progress import ProgressCallback, emit
 from ..spectrum import SpectrumImage
+from . import _schemas
 from ._gaussian import check_int, one_blas_thread, read_block
 from .base import BaseDetector
 from .pca import PCADetector
@@ -156,12 +157,7 @@ class ContextPCADetector(PCADetector):
         self.neighbourhood = neighbourhood
         self.code_variance = code_variance
 
-    @classmethod
-    def validate_model_file(cls, check: Any) -> None:
-        """Check a context-PCA model file (the PCA state) before its arrays are read (:func:`eelsanom.detectors._schemas.pca`)."""
-        from . import _schemas
-
-        _schemas.pca(check)
+    validate_model_file = _schemas.validator(_schemas.pca)  # the model-file schema
 
     def _validate_params(self) -> None:
         super()._validate_params()

@@ -127,6 +127,7 @@ from ..progress import ProgressCallback, ProgressEvent, emit
 from ..result import AnomalyResult
 from ..scoring import seed_maps
 from ..spectrum import SpectrumImage
+from . import _schemas
 from ._gaussian import top_eigh
 from .base import BaseDetector
 
@@ -833,11 +834,7 @@ class CVAE3DDetector(BaseDetector):
                 hist[k] = float("nan")
         return hist
 
-    @classmethod
-    def validate_model_file(cls, check: Any) -> None:
-        """Check a 3D-CVAE model file before its arrays are read (:func:`eelsanom.detectors._schemas.cvae`)."""
-        from ._schemas import cvae
-        cvae(check)
+    validate_model_file = _schemas.validator(_schemas.cvae)  # the model-file schema
 
     def _get_state(self) -> dict[str, Any]:
         state = {"arch": self.model_.arch(), "scaler": self.scaler_.to_dict(),

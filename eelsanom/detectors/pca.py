@@ -27,6 +27,7 @@ from ..pooling import pooling_from
 from ..preprocess import check_gain, forward_transform, inverse_transform, transform_sigma
 from ..progress import ProgressCallback, emit
 from ..spectrum import SpectrumImage
+from . import _schemas
 from ._gaussian import (
     BLOCK_VALUES,
     Gram,
@@ -809,12 +810,7 @@ class PCADetector(PooledGaussian, BaseDetector):
         return mean, sigma, chan
 
     # ------------------------------------------------------------------ persistence
-    @classmethod
-    def validate_model_file(cls, check: Any) -> None:
-        """Check a PCA model file before its arrays are read (:func:`eelsanom.detectors._schemas.pca`)."""
-        from . import _schemas
-
-        _schemas.pca(check)
+    validate_model_file = _schemas.validator(_schemas.pca)  # the model-file schema
 
     def _get_state(self) -> dict[str, Any]:
         return {"n_components": self.n_components_, "noise_variance": self.noise_variance_,

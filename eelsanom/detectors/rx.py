@@ -21,6 +21,7 @@ from ..pooling import excess_stats, pooling_from
 from ..preprocess import check_gain, forward_transform, inverse_transform, transform_sigma
 from ..progress import ProgressCallback, emit
 from ..spectrum import SpectrumImage
+from . import _schemas
 from ._gaussian import (
     BLOCK_VALUES,
     Gram,
@@ -437,12 +438,7 @@ class RXDetector(PooledGaussian, BaseDetector):
         return mean, sigma, chan
 
     # ------------------------------------------------------------------ persistence
-    @classmethod
-    def validate_model_file(cls, check: Any) -> None:
-        """Check an RX model file before its arrays are read (:func:`eelsanom.detectors._schemas.rx`)."""
-        from . import _schemas
-
-        _schemas.rx(check)
+    validate_model_file = _schemas.validator(_schemas.rx)  # the model-file schema
 
     def _get_state(self) -> dict[str, Any]:
         return {"logdet": self.logdet_, "shrinkage": self.shrinkage_, "n_train": self.n_train_,

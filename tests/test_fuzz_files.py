@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import shutil
 import tempfile
 import tracemalloc
@@ -40,8 +41,9 @@ from eelsanom import cli  # noqa: E402
 from eelsanom.detectors import get_detector  # noqa: E402
 from eelsanom.simulate import simulate  # noqa: E402
 
-FAST = 12
-LONG = 150
+FAST = 8
+#: the long profile's mutations per family ($EELSANOM_FUZZ_LONG for a longer hunt)
+LONG = int(os.environ.get("EELSANOM_FUZZ_LONG", "60"))
 MEMORY_BOUND = 512 << 20
 
 

@@ -26,25 +26,39 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from ._cli_checks import (
+    _check_run_outputs,
+    _check_streamed_outputs,
+    _energy_range,
+    _planned_outputs,
+    _precheck,
+    _run_inputs,
+    _train_mask,
+    check_calibration_region,
+    check_simulate_size,
+    join_dash_values,
+)
 from .batch import add_parser as add_batch_parser
 from .detectors import DEFAULT_METHOD, get_detector, load_detector
-from .detectors.base import check_train_mask
 from .detectors.params import HELP, METHODS
 from .detectors.params import defaults as detector_defaults
 from .errors import Cancelled, InputError
-from .io import SCANNED_EXTENSIONS, check_outputs, list_signals, record_outputs
+from .io import (
+    SCANNED_EXTENSIONS,
+    check_outputs,
+    list_signals,
+    record_outputs,
+)
 from .io._files import _WRITE_FIX, _writing
-from .io.write import _normalise_formats
+from .modelfile import check_threshold_override
 from .pipeline import (
     fit_input,
     input_stem,
     load_input,
-    planned_outputs,
     run_formats,
     score_input,
     write_run,
 )
-from .scoring import parse_threshold
 
 log = logging.getLogger("eelsanom")
 
@@ -87,144 +101,6 @@ class _Bar:
         for b in self.bars.values():
             b.close()
         self.bars.clear()
-
-
-def _parse_slice(part: str, n: int, what: str) -> slice:
-    part = part.strip()
-    if part in ("", ":"):
-        return slice(0, n)
-    if ":" not in part:
-        raise InputError(f"{what}: expected START:STOP pixel indices, got {part!r}.")
-    a, b = part.split(":", 1)
-    try:
-        lo = int(a) if a.strip() else 0
-        hi = int(b) if b.strip() else n
-    except ValueError as exc:
-        raise InputError(f"{what}: expected integers in START:STOP, got {part!r}.") from exc
-    if lo < 0:
-        lo += n
-    if hi < 0:
-        hi += n
-    if not 0 <= lo < hi <= n:
-        raise InputError(f"{what}: {part!r} is outside 0:{n} or empty.")
-    return slice(lo, hi)
-
-
-def parse_roi(text: str, nav_shape: tuple[int, int]) -> np.ndarray:
-    """``'Y0:Y1,X0:X1'`` (pixel indices, stop exclusive) -> boolean mask of ``nav_shape``.
-
-    A line scan (ny == 1) also accepts a single ``'X0:X1'``. An empty part or ``:``
-    means the whole range, an omitted start or stop the edge, and negative indices
-    count from the end.
-
-    Parameters
-    ----------
-    text : str
-        The ``--train-roi`` value, ``'Y0:Y1,X0:X1'`` in pixel indices.
-    nav_shape : (int, int)
-        The image's navigation shape ``(ny, nx)``, in pixels.
-
-    Returns
-    -------
-    ndarray of bool, shape (ny, nx)
-        ``True`` inside the rectangle.
-
-    Raises
-    ------
-    InputError
-        When ``text`` is not two ``START:STOP`` parts of integers, or a range is
-        empty or outside the image.
-    """
-    parts = text.split(",")
-    ny, nx = nav_shape
-    if len(parts) == 1 and ny == 1:
-        parts = ["0:1", parts[0]]
-    if len(parts) != 2:
-        raise InputError(f"--train-roi: expected 'Y0:Y1,X0:X1' (pixel indices), got {text!r}.")
-    sy = _parse_slice(parts[0], ny, "--train-roi rows")
-    sx = _parse_slice(parts[1], nx, "--train-roi columns")
-    m = np.zeros(nav_shape, dtype=bool)
-    m[sy, sx] = True
-    return m
-
-
-def load_mask_file(path: str, nav_shape: tuple[int, int]) -> np.ndarray:
-    """Read a bulk mask: ``.npy``/``.npz`` array, an image (``.png``/``.tif``: nonzero = bulk)
-    or a HyperSpy file holding a 2-D signal.
-
-    Parameters
-    ----------
-    path : str
-        Mask file: ``.npy``, ``.npz`` (its first array), ``.png``/``.tif``/``.tiff``/
-        ``.bmp`` (colour images: the maximum of R, G, B), or anything HyperSpy reads.
-    nav_shape : (int, int)
-        The image's navigation shape ``(ny, nx)``, in pixels.
-
-    Returns
-    -------
-    ndarray of bool, shape (ny, nx)
-        ``True`` where the file is nonzero (bulk pixels).
-
-    Raises
-    ------
-    InputError
-        When the file does not exist or cannot be read, its shape is not ``nav_shape``,
-        or it selects no pixel.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"--train-mask: file {path!r} does not exist.")
-    ext = p.suffix.lower()
-    try:
-        if ext == ".npy":
-            m = np.load(p, allow_pickle=False)
-        elif ext == ".npz":
-            with np.load(p, allow_pickle=False) as z:
-                m = z[z.files[0]]
-        elif ext in (".png", ".tif", ".tiff", ".bmp"):
-            from PIL import Image
-
-            m = np.asarray(Image.open(p))
-            if m.ndim == 3:
-                m = m[..., :3].max(axis=-1)
-        else:
-            import hyperspy.api as hs
-
-            m = np.asarray(hs.load(str(p)).data)
-    except InputError:
-        raise
-    except Exception as exc:  # any reader failure is a bad input
-        raise InputError(f"--train-mask: could not read {path!r} as a mask ({exc}).") from exc
-    return check_train_mask(np.asarray(m) != 0, nav_shape, what=f"--train-mask {path!r}")
-
-
-def _train_mask(args: argparse.Namespace, si) -> np.ndarray | None:
-    if getattr(args, "train_roi", None) and getattr(args, "train_mask", None):
-        raise InputError("give either --train-roi or --train-mask, not both.")
-    if getattr(args, "train_roi", None):
-        return parse_roi(args.train_roi, si.nav_shape)
-    if getattr(args, "train_mask", None):
-        if args.train_mask == "file":
-            bm = si.metadata.get("bulk_mask")
-            if bm is None:
-                raise InputError("--train-mask file: the input carries no bulk mask in its "
-                                 "metadata (only files written by `eelsanom simulate` do). Use "
-                                 "--train-roi Y0:Y1,X0:X1 or a mask file.")
-            return np.asarray(bm, dtype=bool)
-        return load_mask_file(args.train_mask, si.nav_shape)
-    return None
-
-
-def _energy_range(text: str | None) -> tuple[float, float] | None:
-    if not text:
-        return None
-    try:
-        a, b = (float(v) for v in text.split(":"))
-    except ValueError as exc:
-        raise InputError(f"--energy-range: expected START:STOP in eV, got {text!r}.") from exc
-    if not (np.isfinite(a) and np.isfinite(b) and a < b):
-        raise InputError(f"--energy-range: expected finite START < STOP in eV, got {text!r}.")
-    return (a, b)
 
 
 #: ``detect``/``train`` options that set a detector parameter (option dest -> parameter). Each
@@ -380,60 +256,6 @@ def _print_summary(summary: dict[str, Any], quiet: bool) -> None:
 
 
 # ----------------------------------------------------------------------------- checks first
-def _run_inputs(args: argparse.Namespace) -> list[str]:
-    """Every file the run reads (data, mask file, model): none of them is ever written."""
-    files = [getattr(args, "input", None), *(getattr(args, "inputs", None) or [])]
-    mask = getattr(args, "train_mask", None)
-    if mask and mask != "file":
-        files.append(mask)
-    files.append(getattr(args, "model", None))
-    return [str(f) for f in files if f]
-
-
-def _precheck(args: argparse.Namespace) -> None:
-    """Parse and validate every option that needs no data, before any file is read: the
-    threshold, energy range, ROI syntax, mask file and map formats (issue 15, item 2)."""
-    if getattr(args, "threshold", None) is not None:
-        parse_threshold(args.threshold)
-    _energy_range(getattr(args, "energy_range", None))
-    roi, mask = getattr(args, "train_roi", None), getattr(args, "train_mask", None)
-    if roi and mask:
-        raise InputError("give either --train-roi or --train-mask, not both.")
-    if roi:
-        parts = roi.split(",")
-        if len(parts) not in (1, 2):
-            raise InputError(f"--train-roi: expected 'Y0:Y1,X0:X1' (pixel indices), got {roi!r}.")
-        for part in parts:  # the syntax now; the ranges against the image once it is read
-            _parse_slice(part, 1 << 62, "--train-roi")
-    if mask and mask != "file" and not Path(mask).exists():
-        raise InputError(f"--train-mask: file {mask!r} does not exist.")
-    if getattr(args, "formats", None) is not None:
-        fm = [f for f in args.formats.split(",") if f.strip()]
-        if not fm:
-            raise InputError(f"--formats: expected some of hspy,zspy,png,tiff, got "
-                             f"{args.formats!r}.")
-        _normalise_formats(fm)
-
-
-def _planned_outputs(args: argparse.Namespace, stem: str, method: str, *,
-                     streamed: bool = False) -> list[Path]:
-    """The files a detect/apply run writes for one input (checked before it is read)."""
-    return planned_outputs(args.out, stem, method, formats=getattr(args, "formats", None),
-                           streamed=streamed, n_seeds=getattr(args, "n_seeds", None))
-
-
-def _check_outputs(args: argparse.Namespace, paths: Sequence[Any], what: str) -> None:
-    check_outputs(paths, _run_inputs(args), overwrite=bool(getattr(args, "overwrite", False)),
-                  what=what)
-
-
-def _check_streamed_outputs(args: argparse.Namespace, si, stem: str, method: str) -> None:
-    """Once the input is read: a streamed one also writes ``.zspy`` maps by default, so those
-    paths are checked too (before anything is scored)."""
-    if si.is_lazy and getattr(args, "formats", None) is None:
-        _check_outputs(args, _planned_outputs(args, stem, method, streamed=True), "--out")
-
-
 def _prepare(args: argparse.Namespace, *, outputs: bool):
     """Check everything that needs no data (options, detector parameters, every output path),
     then read the input and check what needs its axes (ROI and mask ranges, the energy range,
@@ -442,12 +264,10 @@ def _prepare(args: argparse.Namespace, *, outputs: bool):
     det = _build_detector(args)
     det._validate_params()
     stem = input_stem(args.input)
-    if outputs:
-        _check_outputs(args, _planned_outputs(args, stem, det.method), "--out")
-    if getattr(args, "model_out", None):
-        _check_outputs(args, [args.model_out], "--model-out")
+    _check_run_outputs(args, _planned_outputs(args, stem, det.method) if outputs else [])
     def ranges(si) -> np.ndarray | None:  # need the axes only: before the data is read
         mask = _train_mask(args, si)
+        check_calibration_region(det, mask)
         er = getattr(det, "energy_range", None)
         if er is not None:
             si.crop_energy(er[0], er[1])  # refuses a window outside the data
@@ -512,12 +332,14 @@ def cmd_apply(args: argparse.Namespace) -> int:
                          "separate --out folders.")
     _precheck(args)
     det = load_detector(args.model)  # the whole model file is checked before any data is read
+    check_threshold_override(args.model, args.threshold, getattr(det, "calibration_", None)
+                             is not None)
     if args.threshold is not None:
         det.threshold = args.threshold
     if args.device is not None and "device" in det.get_params():
         det.set_params(device=args.device)
-    _check_outputs(args, [p for stem in stems for p in _planned_outputs(args, stem, det.method)],
-                   "--out")
+    _check_run_outputs(args, [p for stem in stems for p in _planned_outputs(args, stem,
+                                                                             det.method)])
     out = Path(args.out)
     failures = 0
     for path, stem in zip(args.inputs, stems):
@@ -552,6 +374,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             raise InputError(f"--thickness: expected T_MIN:T_MAX (t/lambda), found "
                              f"{args.thickness!r}. Use e.g. --thickness 0.2:1.0.") from None
     (path,) = check_outputs([args.out], overwrite=args.overwrite, what="--out")
+    check_simulate_size(args.shape, args.window)
     sim = simulate(shape=tuple(args.shape), window=args.window, anomaly=args.anomaly,
                    magnitude=args.magnitude, anomaly_shape=args.anomaly_shape,
                    concentration=args.concentration, dose=args.dose, seed=args.seed,
@@ -841,7 +664,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     interrupted.
     """
     ap = build_parser()
-    args = ap.parse_args(argv)
+    args = ap.parse_args(join_dash_values(sys.argv[1:] if argv is None else list(argv)))
     if not getattr(args, "command", None):
         ap.print_help()
         return EXIT_INPUT
@@ -859,14 +682,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"eelsanom: error: {exc}", file=sys.stderr)
+        if getattr(exc, "hdf5_left_open", False):  # a disk that filled inside an HDF5 write:
+            sys.stdout.flush()  # HDF5 would crash flushing that file at exit (the partial file
+            sys.stderr.flush()  # is already removed), so end here, with the refusal's status
+            os._exit(EXIT_INPUT)
         return EXIT_INPUT
-    except OSError as exc:  # the environment (a full disk, no permission), not eelsanom
-        if args.debug or exc.errno not in _ENV_ERRNOS:
+    except OSError as exc:  # the environment (a full disk, no permission), or a damaged file
+        if args.debug:
             raise
         where = f" {exc.filename}" if exc.filename else ""
-        print(f"eelsanom: error: could not write{where}: {exc.strerror or exc}; free some disk "
-              "space, or choose an output folder you can write (--out)", file=sys.stderr)
-        return EXIT_INPUT
+        if exc.errno in _ENV_ERRNOS:
+            print(f"eelsanom: error: could not write{where}: {exc.strerror or exc}; free some "
+                  "disk space, or choose an output folder you can write (--out)", file=sys.stderr)
+            return EXIT_INPUT
+        msg = " ".join(str(exc.strerror or exc).split())
+        print(f"eelsanom: error: could not read or write{where}: {msg}; expected complete, "
+              "readable input files and a writable output folder (rerun with --debug for the "
+              "traceback)", file=sys.stderr)
+        return EXIT_INPUT if exc.filename else EXIT_INTERNAL
     except Cancelled as exc:
         print(f"eelsanom: cancelled: {exc}", file=sys.stderr)
         return EXIT_CANCELLED

@@ -16,6 +16,7 @@ so an interrupted save never leaves a file that looks complete.
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import os
 from pathlib import Path
@@ -23,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from . import _registry
 from .errors import InputError
-from .io._files import atomic_write
+from .io._files import atomic_write_bytes
 
 FORMAT = "eelsanom-model"
 FORMAT_VERSION = 1
@@ -34,8 +36,9 @@ def write_model(path: str | os.PathLike, *, detector: str, params: dict[str, Any
                 state: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
     """Write a model file atomically and return its path.
 
-    The file is written by :func:`eelsanom.io.atomic_write` (a temporary name in the
-    same folder, renamed into place); the temporary file is removed if writing fails.
+    The file is built in memory, then written by :func:`eelsanom.io.atomic_write_bytes` (a
+    temporary name in the same folder, flushed, renamed into place); the temporary file is
+    removed if writing fails (a full disk: :class:`~eelsanom.io.WriteFailed`).
     Missing parent folders are created (by :func:`~eelsanom.io.atomic_write`).
 
     Parameters
@@ -61,20 +64,19 @@ def write_model(path: str | os.PathLike, *, detector: str, params: dict[str, Any
 
     from . import __version__
 
-    def write(tmp: Path) -> None:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["eelsanom_version"] = __version__
-            f.attrs["detector"] = detector
-            f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
-            f.attrs["params"] = json.dumps(params)
-            f.attrs["state"] = json.dumps(state)
-            g = f.create_group("arrays")
-            for name, arr in arrays.items():
-                g.create_dataset(name, data=np.asarray(arr), compression="gzip", compression_opts=1)
-
-    return atomic_write(path, write)
+    buf = io.BytesIO()  # built in memory (the model is small): a disk that fills is then met
+    with h5py.File(buf, "w") as f:  # by a plain write, never inside HDF5 (whose failed close
+        f.attrs["format"] = FORMAT  # leaves handles that crash the process at exit)
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["eelsanom_version"] = __version__
+        f.attrs["detector"] = detector
+        f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
+        f.attrs["params"] = json.dumps(params)
+        f.attrs["state"] = json.dumps(state)
+        g = f.create_group("arrays")
+        for name, arr in arrays.items():
+            g.create_dataset(name, data=np.asarray(arr), compression="gzip", compression_opts=1)
+    return atomic_write_bytes(path, buf.getvalue(), record=False)
 
 
 #: bounds of what a model file may declare (checked before anything is read or built)
@@ -83,11 +85,6 @@ MAX_JSON_DEPTH = 32
 MAX_CHANNELS = 1 << 20
 MAX_ARRAY_BYTES = 4 << 30
 MAX_MEMBERS = 256
-#: 3D-CVAE architecture keys and their allowed integer ranges (``raw_init``: any finite number)
-CVAE_ARCH = {"n_energy": (1, MAX_CHANNELS), "latent_dim": (1, 4096), "width": (1, 4096),
-             "levels": (0, 16), "spatial_layers": (0, 64), "hidden": (1, 16384)}
-#: architecture keys only some models have: the blind-spot context radius (pixels)
-CVAE_ARCH_OPTIONAL = {"context_radius": (0, 64)}
 #: hyperparameters that name files: never taken from a model file (reset to None on load)
 PATH_PARAMS = ("checkpoint",)
 
@@ -100,6 +97,11 @@ def _bad(path: Path, expected: str, found: str) -> InputError:
     return _Refusal(f"model file {str(path)!r}: expected {expected}, found {found}. The file is "
                     "damaged or was not written by eelsanom: train the model again (`eelsanom "
                     "train ... --model-out MODEL.h5`) or use another model file.")
+
+
+def _one_line(exc: Any, n: int = 200) -> str:
+    t = " ".join(str(exc).split())
+    return t if len(t) <= n else t[: n - 3] + "..."
 
 
 def _short(v: Any, n: int = 80) -> str:
@@ -170,10 +172,19 @@ def _memory_budget() -> int:
         return MAX_ARRAY_BYTES
 
 
-def _read_arrays(path: Path, f: Any) -> dict[str, np.ndarray]:
-    """The ``/arrays`` datasets, each checked before it is read: a hard link (no soft or
-    external links followed), not virtual, no external raw storage, a numeric dtype, and all
-    together within the memory budget; floats must be finite."""
+#: largest magnitude a stored value may have unless its validator says otherwise (a value of
+#: 1e30 in a model's weights is damage, not training: it scores every pixel NaN/inf)
+MAX_ABS = 1e18
+#: most held-out calibration scores a model file may hold
+MAX_CALIBRATION = 1 << 24
+#: the largest one stored chunk of an array may decompress to
+MAX_CHUNK_BYTES = 256 << 20
+
+
+def _declared(path: Path, f: Any) -> dict[str, Any]:
+    """The ``/arrays`` datasets, checked from their headers only (nothing is read): hard links
+    inside the file (no soft or external links followed), not virtual, no external raw
+    storage, a real numeric dtype, chunks of bounded size, all within the memory budget."""
     import h5py
 
     link = f.get("arrays", getlink=True)
@@ -183,6 +194,8 @@ def _read_arrays(path: Path, f: Any) -> dict[str, np.ndarray]:
         raise _bad(path, "/arrays to be a group inside the file", f"a {type(link).__name__}")
     g = f["arrays"]
     budget, total, dsets = _memory_budget(), 0, {}
+    if len(g) > 4 * MAX_MEMBERS * 64:
+        raise _bad(path, "a bounded number of arrays", f"{len(g)} entries in /arrays")
     for name in g:
         lk = g.get(name, getlink=True)
         if not isinstance(lk, h5py.HardLink):
@@ -196,20 +209,20 @@ def _read_arrays(path: Path, f: Any) -> dict[str, np.ndarray]:
                        "a virtual dataset or external storage (never followed)")
         if ds.dtype.kind not in "fiu" or ds.dtype.itemsize > 8:
             raise _bad(path, f"/arrays/{name} of a real numeric dtype", f"dtype {ds.dtype}")
+        if ds.shape is None:
+            raise _bad(path, f"/arrays/{name} holding an array", "an empty (null) dataspace")
+        if ds.chunks is not None:
+            cb = int(np.prod(ds.chunks, dtype=np.float64)) * ds.dtype.itemsize
+            if cb > MAX_CHUNK_BYTES:
+                raise _bad(path, f"/arrays/{name} stored in chunks of at most "
+                           f"{MAX_CHUNK_BYTES >> 20} MiB", f"chunks {ds.chunks} ({cb >> 20} MiB)")
         total += int(ds.size) * ds.dtype.itemsize
         if total > budget:
             raise _bad(path, f"arrays of at most {budget / 2**30:.2g} GiB in all (the memory "
                        "budget)", f"/arrays/{name} of shape {ds.shape} declaring "
                        f"{int(ds.size) * ds.dtype.itemsize / 2**30:.3g} GiB")
         dsets[name] = ds
-    arrays = {}
-    for name, ds in dsets.items():
-        a = np.asarray(ds[()])
-        if a.dtype.kind == "f" and not np.isfinite(a).all():
-            raise _bad(path, f"finite values in /arrays/{name}",
-                       f"{int((~np.isfinite(a)).sum())} NaN/inf values")
-        arrays[name] = a
-    return arrays
+    return dsets
 
 
 def _num(v: Any) -> bool:
@@ -220,51 +233,110 @@ def _int(v: Any, lo: int, hi: int) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
 
 
-def _shape(path: Path, arrays: dict[str, np.ndarray], name: str, shape: tuple[int, ...]) -> np.ndarray:
-    if name not in arrays:
-        raise _bad(path, f"the array /arrays/{name}", "none")
-    a = arrays[name]
-    if a.shape != shape:
-        raise _bad(path, f"/arrays/{name} of shape {shape} (from the energy axis and detector)",
-                   f"shape {a.shape}")
-    return a
+class ModelCheck:
+    """What a detector's model-file validator sees, before any array is read.
 
+    A detector class's ``validate_model_file(check)`` classmethod (found through the
+    class, :func:`eelsanom._registry.model_validator`) reads ``params``, ``state`` and the
+    arrays' declared shapes, refuses what its detector cannot use (:meth:`bad`), and names
+    every array its detector reads (:meth:`expect`). Any array it does not name is then
+    refused before anything is read, and the named ones are read and checked (finite,
+    bounded, positive where asked).
 
-def _positive(path: Path, what: str, a: Any) -> None:
-    a = np.asarray(a, dtype=np.float64)
-    if not (np.isfinite(a).all() and (a > 0).all()):
-        raise _bad(path, f"positive finite {what}", f"values down to {np.nanmin(a):.4g}")
-
-
-def validate_model(path: str | os.PathLike, header: dict[str, Any], params: dict[str, Any],
-                   state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-    """Check a model file's content against the schema of its detector, before anything is built.
-
-    Checks the energy axis, that every hyperparameter is one of the detector's, and per
-    detector the arrays' shapes against the energy axis (PCA: mean, components,
-    explained variance > 0, noise variance > 0; RX: mean, whitener, variances > 0;
-    3D-CVAE: known, bounded architecture keys, the scaler, and every state-dict array's
-    shape against the architecture).
-
-    Parameters
+    Attributes
     ----------
-    path : str or os.PathLike
-        The model file (for the messages).
-    header, params, state, arrays
-        As :func:`read_model` returns them.
-
-    Raises
-    ------
-    InputError
-        "model file M: expected ..., found ..." for the first violation.
+    path : Path
+        The model file.
+    params, state : dict
+        The hyperparameters and the fitted state (JSON).
+    shapes : dict of str to tuple of int
+        Each stored array's declared shape (nothing read).
+    n_energy : int
+        The size of the energy axis the model was trained on (checked already).
     """
-    from .detectors import detector_class
 
-    path = Path(path)
-    try:
-        cls = detector_class(str(header.get("detector")))
-    except InputError as exc:
-        raise _bad(path, "a detector eelsanom knows", f"{exc}") from None
+    def __init__(self, path: Path, params: dict[str, Any], state: dict[str, Any],
+                 shapes: dict[str, tuple[int, ...]], n_energy: int) -> None:
+        self.path, self.params, self.state = path, params, state
+        self.shapes, self.n_energy = shapes, n_energy
+        self.expected: dict[str, tuple[bool, float]] = {}
+
+    def bad(self, expected: str, found: str) -> InputError:
+        """The refusal "model file M: expected ..., found ..." (raise it).
+
+        Parameters
+        ----------
+        expected, found : str
+            What the detector needs, and what the file holds.
+
+        Returns
+        -------
+        InputError
+            The refusal, naming the file and the fix.
+        """
+        return _bad(self.path, expected, found)
+
+    def expect(self, name: str, shape: tuple[int, ...], *, positive: bool = False,
+               limit: float = MAX_ABS) -> None:
+        """Require the array ``name`` of ``shape``; its values are checked once read: finite,
+        of magnitude at most ``limit``, and > 0 with ``positive``.
+
+        Parameters
+        ----------
+        name : str
+            The array, ``/arrays/<name>``.
+        shape : tuple of int
+            Its shape, from the energy axis and the detector's state.
+        positive : bool
+            Every value must be > 0.
+        limit : float
+            Largest magnitude allowed.
+
+        Raises
+        ------
+        InputError
+            When the array is missing or declared with another shape.
+        """
+        if name not in self.shapes:
+            raise self.bad(f"the array /arrays/{name}", "none")
+        if tuple(self.shapes[name]) != tuple(shape):
+            raise self.bad(f"/arrays/{name} of shape {tuple(shape)} (from the energy axis and "
+                           "detector)", f"shape {tuple(self.shapes[name])}")
+        self.expected[name] = (positive, limit)
+
+    def number(self, key: str, *, positive: bool = False, limit: float = MAX_ABS) -> float:
+        """The state's ``key``: a finite number of magnitude at most ``limit`` (> 0 with
+        ``positive``).
+
+        Parameters
+        ----------
+        key : str
+            The state entry.
+        positive : bool
+            It must be > 0.
+        limit : float
+            Largest magnitude allowed.
+
+        Returns
+        -------
+        float
+            Its value.
+
+        Raises
+        ------
+        InputError
+            When it is missing, not a finite number, or out of bounds.
+        """
+        v = self.state.get(key)
+        if not (_num(v) and abs(v) <= limit and (v > 0 or not positive)):
+            raise self.bad(f"a {'positive ' if positive else ''}finite number of magnitude at "
+                           f"most {limit:g} as {key}", _short(v))
+        return float(v)
+
+
+def _check_common(path: Path, cls: Any, params: dict[str, Any], state: dict[str, Any]) -> int:
+    """What every model file holds: the detector's hyperparameters, the energy axis, the
+    threshold value; returns the energy axis size."""
     known = set(cls._param_names())
     unknown = sorted(set(params) - known - set(cls.renamed_params))
     if unknown:
@@ -282,106 +354,116 @@ def validate_model(path: str | os.PathLike, header: dict[str, Any], params: dict
             and isinstance(ax.get("units", ""), str) and isinstance(ax.get("name", ""), str)):
         raise _bad(path, f"an energy axis with an integer size in 2..{MAX_CHANNELS}, a finite "
                    "positive scale and a finite offset", _short(ax))
-    D = int(ax["size"])
     tv = state.get("threshold_value")
     if tv is not None and not isinstance(tv, (int, float)):
         raise _bad(path, "a number as threshold_value", _short(tv))
-    cal = arrays.get("calibration_scores")  # a calibrated threshold's held-out bulk scores
-    if cal is not None and np.ndim(cal) != 1:
-        raise _bad(path, "calibration_scores: a 1-D array of held-out scores",
-                   f"shape {np.shape(cal)}")
-    method = cls.method
-    if method == "pca":
-        comp = arrays.get("components")
-        q = comp.shape[1] if comp is not None and comp.ndim == 2 else 1
-        if not 1 <= q <= D:
-            raise _bad(path, f"1..{D} PCA components", str(q))
-        _shape(path, arrays, "mean", (D,))
-        _shape(path, arrays, "components", (D, q))
-        _positive(path, "explained variances", _shape(path, arrays, "explained_variance", (q,)))
-        nv = state.get("noise_variance")
-        if not (_num(nv) and nv > 0):
-            raise _bad(path, "a positive finite noise_variance", _short(nv))
-    elif method == "rx":
-        _shape(path, arrays, "mean", (D,))
-        wh = arrays.get("whitener")
-        r = wh.shape[1] if wh is not None and wh.ndim == 2 else D
-        if not 1 <= r <= D:
-            raise _bad(path, f"1..{D} whitened directions", str(r))
-        _shape(path, arrays, "whitener", (D, r))
-        if "basis" in arrays:  # fitted on fewer pixels than channels (Woodbury form)
-            _shape(path, arrays, "basis", (D, r))
-            iso = state.get("iso_precision")
-            if not (_num(iso) and iso > 0):
-                raise _bad(path, "a positive finite iso_precision with /arrays/basis", _short(iso))
-        elif r != D:
-            raise _bad(path, f"/arrays/whitener of shape ({D}, {D}) or an /arrays/basis",
-                       f"shape {wh.shape} and no basis")
-        _positive(path, "channel variances (var)", _shape(path, arrays, "var", (D,)))
-        for k in ("logdet", "shrinkage"):
-            if not _num(state.get(k)):
-                raise _bad(path, f"a finite number as {k}", _short(state.get(k)))
-    elif method == "cvae":
-        _validate_cvae(path, state, arrays, D)
+    return int(ax["size"])
 
 
-def _validate_cvae(path: Path, state: dict[str, Any], arrays: dict[str, np.ndarray],
-                   D: int) -> None:
-    arch = state.get("arch")
-    required = set(CVAE_ARCH) | {"raw_init"}
-    if not isinstance(arch, dict) or not required <= set(arch) \
-            or set(arch) - required - set(CVAE_ARCH_OPTIONAL):
-        raise _bad(path, f"a CVAE architecture with the keys {sorted(required)} (optionally "
-                   f"{sorted(CVAE_ARCH_OPTIONAL)})", _short(arch))
-    for k, (lo, hi) in {**CVAE_ARCH, **CVAE_ARCH_OPTIONAL}.items():
-        if k in arch and not _int(arch[k], lo, hi):
-            raise _bad(path, f"arch.{k} an integer in {lo}..{hi}", _short(arch[k]))
-    if arch.get("context_radius", 0) and arch["spatial_layers"]:
-        raise _bad(path, "arch.spatial_layers 0 in a context (blind-spot) model",
-                   str(arch["spatial_layers"]))
-    if not _num(arch["raw_init"]):
-        raise _bad(path, "arch.raw_init a finite number", _short(arch["raw_init"]))
-    if arch["n_energy"] != D:
-        raise _bad(path, f"arch.n_energy equal to the energy axis size {D}", str(arch["n_energy"]))
-    sc = state.get("scaler")
-    if not isinstance(sc, dict) or not all(_num(sc.get(k)) for k in ("scale", "noise", "floor")) \
-            or sc["scale"] <= 0 or sc["floor"] <= 0 or sc["noise"] < 0:
-        raise _bad(path, "a scaler with finite scale > 0, noise >= 0 and floor > 0", _short(sc))
-    _shape(path, arrays, "scaler_mean", (D,))
-    for key in ("excess_stats",):
-        v = state.get(key)
-        if v is not None and not (isinstance(v, list) and len(v) == 2 and all(map(_num, v))):
-            raise _bad(path, f"{key}: two finite numbers", _short(v))
-    members = state.get("members", [])
-    if not isinstance(members, list) or len(members) > MAX_MEMBERS or not all(
-            isinstance(m, dict) and isinstance(m.get("excess_stats"), list)
-            and len(m["excess_stats"]) == 2 and all(map(_num, m["excess_stats"]))
-            for m in members):
-        raise _bad(path, f"members: a list of at most {MAX_MEMBERS} objects with two finite "
-                   "excess_stats", _short(members))
-    nested = state.get("nested_prefixes")
-    if nested is not None and not (isinstance(nested, list) and nested and all(
-            _int(p, 1, arch["latent_dim"]) for p in nested)):
-        raise _bad(path, f"nested_prefixes: sizes in 1..{arch['latent_dim']}", _short(nested))
-    import torch
+def _read_checked(path: Path, dsets: dict[str, Any], check: ModelCheck) -> dict[str, np.ndarray]:
+    """Refuse the arrays no validator named, then read the named ones and check their values
+    (a read failure of a damaged chunk is a refusal naming the file)."""
+    unknown = sorted(set(dsets) - set(check.expected))
+    if unknown:
+        raise _bad(path, f"only the arrays its detector reads ({', '.join(sorted(check.expected))})",
+                   f"unknown {_short(unknown)}")
+    arrays = {}
+    for name, (positive, limit) in check.expected.items():
+        try:
+            a = np.asarray(dsets[name][()])
+        except Exception as exc:  # noqa: BLE001 - a damaged chunk: h5py's OSError, ...
+            raise _bad(path, f"/arrays/{name} readable",
+                       f"a read error ({type(exc).__name__}: {' '.join(str(exc).split())})"
+                       ) from None
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise _bad(path, f"finite values in /arrays/{name}",
+                       f"{int((~np.isfinite(a)).sum())} NaN/inf values")
+        if a.size and float(np.max(np.abs(a))) > limit:
+            raise _bad(path, f"values of magnitude at most {limit:g} in /arrays/{name}",
+                       f"values up to {float(np.max(np.abs(a))):.4g}")
+        if positive and a.size and not (a > 0).all():
+            raise _bad(path, f"positive values in /arrays/{name}",
+                       f"values down to {float(np.min(a)):.4g}")
+        arrays[name] = a
+    return arrays
 
-    from .nn.model import CVAE3D
 
-    with torch.device("meta"):  # shapes only: nothing is allocated
-        want = {k: tuple(v.shape) for k, v in CVAE3D(**arch).state_dict().items()}
-    prefixes = ["net."] + [f"member{i}.net." for i in range(1, len(members) + 1)]
-    expected = {p + k: s for p in prefixes for k, s in want.items()}
-    found = {k: a.shape for k, a in arrays.items()
-             if k not in ("scaler_mean", "calibration_scores")}
-    if set(found) != set(expected):
-        missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
-        raise _bad(path, "the network weights of its architecture",
-                   f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}, unexpected "
-                   f"{extra[:3]}{'...' if len(extra) > 3 else ''}")
-    for k, s in expected.items():
-        if found[k] != s:
-            raise _bad(path, f"/arrays/{k} of shape {s} (from the architecture)",
-                       f"shape {found[k]}")
+def validate_model(path: str | os.PathLike, header: dict[str, Any], params: dict[str, Any],
+                   state: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> ModelCheck:
+    """Check a model file's content against the schema of its detector, before any array is read.
+
+    Checks that the detector is registered and has a validator of its own, that every
+    hyperparameter is one of the detector's, the energy axis, then calls the detector
+    class's ``validate_model_file`` (PCA and context PCA: mean, components, explained
+    variance > 0, noise variance > 0; RX: mean, whitener, variances > 0; 3D-CVAE: known,
+    bounded architecture keys, the scaler, every state-dict array's shape against the
+    architecture).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The model file (for the messages).
+    header, params, state : dict
+        As :func:`read_model` returns them.
+    shapes : dict of str to tuple of int
+        Each stored array's declared shape.
+
+    Returns
+    -------
+    ModelCheck
+        With ``expected``: the arrays to read and how to check their values.
+
+    Raises
+    ------
+    InputError
+        "model file M: expected ..., found ..." for the first violation.
+    """
+    path = Path(path)
+    try:
+        cls = _registry.detector_class(str(header.get("detector")))
+        validator = _registry.model_validator(cls)
+    except LookupError as exc:
+        raise _bad(path, "a detector eelsanom knows and can check", f"{exc}") from None
+    D = _check_common(path, cls, params, state)
+    check = ModelCheck(path, params, state, dict(shapes), D)
+    if "calibration_scores" in shapes:  # a calibrated threshold's held-out bulk scores
+        n = shapes["calibration_scores"]
+        if len(n) != 1 or n[0] > MAX_CALIBRATION:
+            raise _bad(path, f"calibration_scores: a 1-D array of at most {MAX_CALIBRATION} "
+                       "held-out scores", f"shape {tuple(n)}")
+        check.expect("calibration_scores", tuple(n), limit=np.inf)
+    validator(check)
+    return check
+
+
+def check_threshold_override(path: str | os.PathLike, threshold: Any, calibrated: bool) -> None:
+    """Refuse ``--threshold calibrated`` for a model that holds no calibration, before any
+    data is scored (it would be scored, then refused once per data file).
+
+    Parameters
+    ----------
+    path : str or Path
+        The model file (for the message).
+    threshold : str or None
+        The threshold rule asked for (None: the model's own).
+    calibrated : bool
+        Whether the model holds a calibration (``calibration_``, the file's
+        ``state.calibration``).
+
+    Raises
+    ------
+    InputError
+        Naming the model file and the fix.
+    """
+    from .scoring import parse_threshold
+
+    if threshold is None or calibrated or parse_threshold(threshold)[0] != "calibrated":
+        return
+    raise InputError(
+        f"model file {str(path)!r} holds no calibration (it was trained without --threshold "
+        "calibrated), so --threshold calibrated cannot be used with it; expected a calibrated "
+        "model. Train it again with --threshold calibrated and a bulk region (--train-roi or "
+        "--train-mask), or choose another rule (robust, otsu, gmm, PERCENT, value:X).")
 
 
 def read_model(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any],
@@ -420,42 +502,54 @@ def read_model(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any],
     import h5py
 
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"model file {str(path)!r} is a folder; expected a model file (.h5) "
+                         "written by `eelsanom train ... --model-out MODEL.h5` or "
+                         "detector.save(path). Give the path of the file itself.")
     if not path.is_file():
         raise InputError(f"model file {str(path)!r} does not exist. Train one with "
                          "`eelsanom train ... --model-out MODEL.h5` or detector.save(path).")
     try:
         f = h5py.File(path, "r")
-    except OSError as exc:
+    except Exception as exc:  # noqa: BLE001 - not HDF5, truncated, unreadable
         raise InputError(f"{str(path)!r} is not an eelsanom model file (expected HDF5 written by "
-                         f"detector.save; could not open it: {exc}).") from exc
-    with f:
-        if f.attrs.get("format") != FORMAT:
-            raise InputError(f"{str(path)!r} is an HDF5 file but not an eelsanom model (format "
-                             f"attribute {f.attrs.get('format')!r}, expected {FORMAT!r}).")
-        version = f.attrs.get("format_version", 0)
-        if isinstance(version, (bool, np.bool_)) or not isinstance(version, (int, np.integer)):
-            raise _bad(path, "an integer format_version", _short(version))
-        version = int(version)
-        if version > FORMAT_VERSION:
-            raise InputError(f"{str(path)!r} uses model format {version}; this eelsanom reads up "
-                             f"to {FORMAT_VERSION}. Upgrade eelsanom.")
-        if version < 1:
-            raise _bad(path, f"format_version 1..{FORMAT_VERSION}", str(version))
-        header = {}
-        for k in f.attrs:
-            if k in ("params", "state"):
-                continue
-            if _attr_bytes(f, k) > 1 << 16:
-                raise _bad(path, f"a short root attribute {k!r}",
-                           f"{_attr_bytes(f, k)} bytes")
-            v = f.attrs[k]
-            v = v.decode("utf-8", "replace") if isinstance(v, bytes) else v
-            header[k] = v.item() if isinstance(v, np.generic) else v
-        if not isinstance(header.get("detector"), str):
-            raise _bad(path, "a detector name (pca, rx, cvae) in the root attributes",
-                       _short(header.get("detector")))
-        params = _json_attr(path, f, "params")
-        state = _json_attr(path, f, "state")
-        arrays = _read_arrays(path, f)
-    validate_model(path, header, params, state, arrays)
+                         f"detector.save; could not open it: {_one_line(exc)}).") from None
+    try:
+        with f:
+            if f.attrs.get("format") != FORMAT:
+                raise InputError(f"{str(path)!r} is an HDF5 file but not an eelsanom model (format "
+                                 f"attribute {f.attrs.get('format')!r}, expected {FORMAT!r}).")
+            version = f.attrs.get("format_version", 0)
+            if isinstance(version, (bool, np.bool_)) or not isinstance(version, (int, np.integer)):
+                raise _bad(path, "an integer format_version", _short(version))
+            version = int(version)
+            if version > FORMAT_VERSION:
+                raise InputError(f"{str(path)!r} uses model format {version}; this eelsanom reads up "
+                                 f"to {FORMAT_VERSION}. Upgrade eelsanom.")
+            if version < 1:
+                raise _bad(path, f"format_version 1..{FORMAT_VERSION}", str(version))
+            header = {}
+            for k in f.attrs:
+                if k in ("params", "state"):
+                    continue
+                if _attr_bytes(f, k) > 1 << 16:
+                    raise _bad(path, f"a short root attribute {k!r}",
+                               f"{_attr_bytes(f, k)} bytes")
+                v = f.attrs[k]
+                v = v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+                header[k] = v.item() if isinstance(v, np.generic) else v
+            if not isinstance(header.get("detector"), str):
+                raise _bad(path, "a detector name (pca, rx, cvae) in the root attributes",
+                           _short(header.get("detector")))
+            params = _json_attr(path, f, "params")
+            state = _json_attr(path, f, "state")
+            dsets = _declared(path, f)
+            check = validate_model(path, header, params, state,
+                                   {k: tuple(d.shape) for k, d in dsets.items()})
+            arrays = _read_checked(path, dsets, check)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any read failure of a damaged file is a refusal
+        raise _bad(path, "a model file that reads without errors",
+                   f"a read error ({type(exc).__name__}: {_one_line(exc)})") from None
     return header, params, state, arrays

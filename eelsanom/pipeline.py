@@ -62,7 +62,7 @@ log = logging.getLogger("eelsanom")
 
 __all__ = ["SEED_MAPS", "SUMMARY_SUFFIX", "SavedRun", "input_stem", "run_formats",
            "planned_outputs", "load_input", "check_content", "fit_input", "score_input",
-           "write_run", "find_stem", "load_run"]
+           "write_run", "check_run_owner", "find_stem", "load_run"]
 
 #: seed-ensemble maps saved beside the run as ``STEM_<name>.npy`` (3D-CVAE ``n_seeds > 1``)
 SEED_MAPS = ("seed_disagreement", "seed_std_nll")
@@ -308,12 +308,24 @@ def score_input(detector: Any, si: SpectrumImage, *, out: str | os.PathLike | No
     InputError
         When ``si`` does not suit the fitted detector (its energy axis, ...).
     """
-    if not si.is_lazy:
-        return detector.score(si, progress=progress)
-    fmts = {f.lower().lstrip(".") for f in run_formats(formats, streamed=True)}
-    return score_streaming(detector, si, out=out if out is not None and "zspy" in fmts else None,
-                           stem=stem, protect=[*protect, *([si.source] if si.source else [])],
-                           progress=progress)
+    try:
+        if not si.is_lazy:
+            return detector.score(si, progress=progress)
+        fmts = {f.lower().lstrip(".") for f in run_formats(formats, streamed=True)}
+        return score_streaming(detector, si,
+                               out=out if out is not None and "zspy" in fmts else None,
+                               stem=stem, protect=[*protect, *([si.source] if si.source else [])],
+                               progress=progress)
+    except InputError as exc:
+        if "NLL map with no finite values" not in str(exc):
+            raise
+        # the data passed its checks (finite, positive): a model that scores no pixel finitely
+        # is the model's fault (absurd weights, a diverged fit), not the data file's
+        raise InputError(
+            f"the {getattr(detector, 'method', 'fitted')} model gives no finite score on any "
+            f"pixel of {si.source or 'the data'} (every NLL is NaN/inf); expected a model whose "
+            "weights suit this data. The model (or the model file it was loaded from) is "
+            "damaged or its fit diverged: train it again.") from None
 
 
 # ----------------------------------------------------------------------------- the run folder
@@ -404,6 +416,50 @@ def write_run(result: Any, si: Any, out: str | Path, stem: str, *,
     summary_path = write_json(summary, out / f"{stem}{SUMMARY_SUFFIX}", protect=protect)
     summary["outputs"]["summary"] = str(summary_path)
     return summary
+
+
+def check_run_owner(out: str | os.PathLike, stem: str, si: Any) -> None:
+    """Refuse to write a run over the results of another input that share its stem.
+
+    The run marker lets a run replace eelsanom's own earlier outputs; this check keeps it
+    from replacing the outputs of a *different* input written under the same name (two
+    images exported to one folder under one name, the second over the first).
+
+    Parameters
+    ----------
+    out : str or Path
+        The run folder.
+    stem : str
+        The outputs' stem.
+    si : SpectrumImage
+        The data about to be written (its ``source`` and ``title``).
+
+    Raises
+    ------
+    InputError
+        When ``STEM_summary.json`` exists and names another input (or, for data not
+        read from a file, another title).
+    """
+    path = Path(out) / f"{stem}{SUMMARY_SUFFIX}"
+    if not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # not a summary eelsanom can read: check_outputs decides about it
+    if not isinstance(old, dict):
+        return
+    src = getattr(si, "source", None)
+    if src or old.get("input"):
+        same = bool(src and old.get("input")) and \
+            os.path.realpath(str(old["input"])) == os.path.realpath(str(src))
+    else:
+        same = old.get("title") == getattr(si, "title", None)
+    if not same:
+        raise InputError(
+            f"{path} holds the results of {old.get('input') or old.get('title')!r}, not of "
+            f"{src or getattr(si, 'title', None)!r}; expected a name of its own for each image's "
+            "results. Choose another name or folder, so that neither image's results are lost.")
 
 
 def find_stem(run_dir: str | os.PathLike, stem: str | None = None) -> str:

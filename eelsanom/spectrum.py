@@ -151,10 +151,15 @@ def validate_energy_axis(axis: Axis, *, what: str = "the data") -> None:
             f"{what}: expected an energy-loss axis calibrated in eV, found {found}. "
             "Calibrate it first, e.g. in HyperSpy: s.axes_manager[-1].units = 'eV'; "
             "s.axes_manager[-1].scale = <eV per channel>; s.axes_manager[-1].offset = <eV>.")
-    if not (np.isfinite(axis.scale) and axis.scale > 0):
+    if np.isfinite(axis.scale) and axis.scale < 0:
         raise InputError(
             f"{what}: expected an increasing energy axis (scale > 0 eV/channel), found scale "
             f"{axis.scale!r}. Reverse the spectra (s = s.isig[::-1]) and set a positive scale.")
+    if not (np.isfinite(axis.scale) and axis.scale > 0):
+        raise InputError(
+            f"{what}: expected a calibrated energy axis (a finite scale > 0 eV/channel), found "
+            f"scale {axis.scale!r}. Calibrate it first, e.g. in HyperSpy: "
+            "s.axes_manager[-1].scale = <eV per channel>; s.axes_manager[-1].offset = <eV>.")
     if not np.isfinite(axis.offset):
         raise InputError(f"{what}: energy axis offset is {axis.offset!r}; expected a finite value.")
 

@@ -16,7 +16,7 @@ from ..device import resolve_device
 from ..errors import Cancelled, InputError
 from ..io._files import _writing
 from ..io.write import _normalise_formats
-from ..modelfile import read_model
+from ..modelfile import check_threshold_override, read_model
 from ..progress import ProgressCallback, emit
 from ..scoring import parse_threshold
 from .inputs import (
@@ -161,11 +161,12 @@ def run_batch(inputs: Iterable[str | os.PathLike], model: str | os.PathLike,
     if not model_p.is_file():
         raise InputError(f"--model: {str(model)!r} is not a file. Expected a model file written "
                          "by `eelsanom train` or `eelsanom detect --model-out`.")
-    header, params, _, _ = read_model(model_p)  # refuses a bad model before any cluster starts
+    header, params, state, _ = read_model(model_p)  # refuses a bad model before any cluster
     detector_class(header["detector"])
     if threshold is not None:
         parse_threshold(threshold)
         threshold = str(threshold)
+        check_threshold_override(model_p, threshold, "calibration" in state)
     n_gpus = _cuda_gpus(params, device) if scheduler is None and client is None else 0
     fmts = None if formats is None else ",".join(  # None: hspy,png (+ zspy when streamed)
         _normalise_formats(formats.split(",") if isinstance(formats, str) else formats))

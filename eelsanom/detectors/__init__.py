@@ -9,6 +9,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+from .. import _registry
 from .base import BaseDetector, load_detector
 
 #: The detector a user gets without choosing one (CLI ``--method``, the napari panel): the
@@ -23,6 +24,14 @@ _REGISTRY = {
     "cvae": ("eelsanom.detectors.cvae3d", "CVAE3DDetector"),
     "contextpca": ("eelsanom.detectors.context_pca", "ContextPCADetector"),
 }
+
+
+def _loader(module: str, name: str) -> Any:
+    return lambda: getattr(import_module(module), name)
+
+
+for _key, (_mod, _cls) in _REGISTRY.items():  # imported when first asked for (torch: cvae)
+    _registry.register(_key, _loader(_mod, _cls))
 
 
 def detector_class(name: str) -> type[BaseDetector]:
@@ -46,11 +55,10 @@ def detector_class(name: str) -> type[BaseDetector]:
     """
     from ..errors import InputError
 
-    key = str(name).lower().replace("-", "").replace("3d", "")
-    if key not in _REGISTRY:
-        raise InputError(f"unknown method {name!r}; expected one of {sorted(_REGISTRY)}.")
-    mod, cls = _REGISTRY[key]
-    return getattr(import_module(mod), cls)
+    try:
+        return _registry.detector_class(name)
+    except _registry.UnknownDetector as exc:
+        raise InputError(str(exc)) from None
 
 
 def get_detector(name: str, **params: Any) -> BaseDetector:

@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .. import cautions, scoring
+from .. import _registry, cautions, scoring
 from ..checks import check_int, check_window
 from ..device import resolve_device
 from ..errors import EnergyAxisMismatch, InputError, NotFittedError
@@ -778,10 +778,8 @@ def load_detector(path: str | Path, expected: type[BaseDetector] | None = None) 
         a detector other than ``expected``. Path hyperparameters (the 3D-CVAE's
         ``checkpoint``) are reset to None: a model file never chooses a file to write.
     """
-    from . import detector_class
-
     header, params, state, arrays = read_model(path)
-    cls = detector_class(header["detector"])
+    cls = _registry.detector_class(header["detector"])  # registered: read_model checked it
     params = {cls.renamed_params.get(k, k): v for k, v in params.items()}
     if expected is not None and not issubclass(cls, expected):
         raise InputError(f"{str(path)!r} holds a {cls.__name__} model, not a {expected.__name__}.")

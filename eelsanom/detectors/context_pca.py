@@ -21,6 +21,7 @@ from ..pooling import excess_stats, pooling_from
 from ..preprocess import forward_transform, inverse_transform, transform_sigma
 from ..progress import ProgressCallback, emit
 from ..spectrum import SpectrumImage
+from . import _schemas
 from ._gaussian import check_int, one_blas_thread, read_block
 from .base import BaseDetector
 from .pca import PCADetector
@@ -155,6 +156,8 @@ class ContextPCADetector(PCADetector):
                          device=device, seed=seed, gain=gain)
         self.neighbourhood = neighbourhood
         self.code_variance = code_variance
+
+    validate_model_file = _schemas.validator(_schemas.pca)  # the model-file schema
 
     def _validate_params(self) -> None:
         super()._validate_params()

@@ -121,6 +121,7 @@ from ..progress import ProgressCallback, ProgressEvent, emit
 from ..result import AnomalyResult
 from ..scoring import seed_maps
 from ..spectrum import SpectrumImage
+from . import _schemas
 from ._gaussian import top_eigh
 from .base import BaseDetector
 
@@ -862,6 +863,8 @@ class CVAE3DDetector(BaseDetector):
             if k in hist and hist[k] is None:
                 hist[k] = float("nan")
         return hist
+
+    validate_model_file = _schemas.validator(_schemas.cvae)  # the model-file schema
 
     def _get_state(self) -> dict[str, Any]:
         state = {"arch": self.model_.arch(), "scaler": self.scaler_.to_dict(),

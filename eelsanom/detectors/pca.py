@@ -27,6 +27,7 @@ from ..pooling import pooling_from
 from ..preprocess import check_gain, forward_transform, inverse_transform, transform_sigma
 from ..progress import ProgressCallback, emit
 from ..spectrum import SpectrumImage
+from . import _schemas
 from ._gaussian import (
     BLOCK_VALUES,
     Gram,
@@ -811,6 +812,8 @@ class PCADetector(PooledGaussian, BaseDetector):
         return mean, sigma, chan
 
     # ------------------------------------------------------------------ persistence
+    validate_model_file = _schemas.validator(_schemas.pca)  # the model-file schema
+
     def _get_state(self) -> dict[str, Any]:
         return {"n_components": self.n_components_, "noise_variance": self.noise_variance_,
                 "selection": self.selection_, "n_train": self.n_train_,

@@ -21,6 +21,7 @@ from ..pooling import excess_stats, pooling_from
 from ..preprocess import check_gain, forward_transform, inverse_transform, transform_sigma
 from ..progress import ProgressCallback, emit
 from ..spectrum import SpectrumImage
+from . import _schemas
 from ._gaussian import (
     BLOCK_VALUES,
     Gram,
@@ -473,6 +474,8 @@ class RXDetector(PooledGaussian, BaseDetector):
         return mean, sigma, chan
 
     # ------------------------------------------------------------------ persistence
+    validate_model_file = _schemas.validator(_schemas.rx)  # the model-file schema
+
     def _get_state(self) -> dict[str, Any]:
         return {"logdet": self.logdet_, "shrinkage": self.shrinkage_, "n_train": self.n_train_,
                 "n_trimmed": self.n_trimmed_, "gain": self.gain_,

@@ -27,6 +27,7 @@ from ._files import (
     atomic_write,
     atomic_write_bytes,
     check_outputs,
+    check_run_outputs,
     is_own_output,
     record_outputs,
 )
@@ -53,6 +54,6 @@ __all__ = [
     "SUPPORTED_EXTENSIONS", "SCANNED_EXTENSIONS", "is_eels_spectrum_image", "list_signals",
     "format_signal_list", "load_spectrum_image", "to_signal", "map_to_signal", "save_signal",
     "save_png_map", "write_json", "save_result", "load_result_maps", "result_paths",
-    "check_outputs", "record_outputs", "is_own_output", "RUN_MARKER", "WriteFailed",
+    "check_outputs", "check_run_outputs", "record_outputs", "is_own_output", "RUN_MARKER", "WriteFailed",
     "atomic_write", "atomic_write_bytes", "MASK_COLOURS",
 ]

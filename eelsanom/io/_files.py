@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import math
 import os
+import re
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -36,7 +39,7 @@ from ..errors import InputError
 from ..spectrum import Axis
 
 __all__ = ["RUN_MARKER", "WriteFailed", "atomic_write", "atomic_write_bytes", "check_outputs",
-           "record_outputs", "is_own_output"]
+           "check_run_outputs", "record_outputs", "is_own_output"]
 
 
 def _tmp_sibling(path: Path, tag: str = "tmp") -> Path:
@@ -204,16 +207,41 @@ def _same_or_inside(out: str, inp: str) -> bool:
     return out == inp or out.startswith(inp + os.sep) or inp.startswith(out + os.sep)
 
 
+#: a ``.zspy`` folder holding more entries than this is never recognised as an output (its
+#: stamp would take too long to compute)
+_MAX_DIR_ENTRIES = 200_000
+
+
+def _dir_stamp(p: Path) -> dict[str, Any]:
+    """What a ``.zspy`` output folder holds: its entries' names, sizes and modification times,
+    hashed, so that any file added, removed or changed inside it since it was written shows."""
+    h = hashlib.sha256()
+    n = total = 0
+    for root, dirs, names in os.walk(p):
+        dirs.sort()
+        for name in sorted(names + [d + os.sep for d in dirs]):
+            q = os.path.join(root, name.rstrip(os.sep))
+            st = os.lstat(q)
+            rel = os.path.relpath(q, p)
+            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_mode}\n".encode())
+            n += 1
+            total += int(st.st_size) if not name.endswith(os.sep) else 0
+            if n > _MAX_DIR_ENTRIES:
+                return {"dir": True, "entries": -1}
+    return {"dir": True, "entries": n, "size": total, "sha256": h.hexdigest()}
+
+
 def _stamp(p: Path) -> dict[str, Any]:
+    if p.is_dir():
+        return _dir_stamp(p)
     st = p.stat()
-    return {"dir": True} if p.is_dir() else {"size": int(st.st_size),
-                                             "mtime_ns": int(st.st_mtime_ns)}
+    return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
 
 
 def _read_marker(folder: Path) -> dict[str, Any]:
     m = folder / RUN_MARKER
     try:
-        if not m.is_file() or m.stat().st_size > _MARKER_MAX_BYTES:
+        if m.is_symlink() or not m.is_file() or m.stat().st_size > _MARKER_MAX_BYTES:
             return {}
         d = json.loads(m.read_text(encoding="utf-8"))
         out = d.get("outputs") if isinstance(d, dict) else None
@@ -245,8 +273,9 @@ def is_own_output(path: str | os.PathLike) -> bool:
     -------
     bool
         True when the folder's :data:`RUN_MARKER` lists the name with the file's
-        current size and modification time (any size for a ``.zspy`` folder), or the
-        file is an eelsanom model file.
+        current size and modification time (for a ``.zspy`` folder: the names, sizes and
+        times of everything inside it, so a file the user added there counts as a
+        change), or the file is an eelsanom model file.
     """
     p = Path(path).expanduser()
     if p.is_symlink() or not p.exists():
@@ -254,7 +283,7 @@ def is_own_output(path: str | os.PathLike) -> bool:
     rec = _read_marker(p.parent).get(p.name)
     if isinstance(rec, dict):
         try:
-            if rec == _stamp(p) or (rec.get("dir") and p.is_dir()):
+            if rec.get("entries") != -1 and rec == _stamp(p):
                 return True
         except OSError:
             return False
@@ -269,12 +298,20 @@ def _nearest_existing(folder: Path) -> Path:
 
 
 def _probe_folder(folder: Path, what: str) -> None:
-    """Refuse a folder that is a file, or lies under a file, or cannot be written into."""
+    """Refuse a folder that is a file, or lies under a file, or cannot be written into, or
+    whose run marker is not a plain file (a folder or a link there would be met only after
+    the work, or followed to a record that is not this folder's)."""
     base = _nearest_existing(folder)
     if not base.is_dir():
         raise InputError(
             f"{what}: cannot write into {folder}: {base} is an existing file, expected a folder. "
             "Choose another output folder (--out) or move that file away.")
+    marker = folder / RUN_MARKER
+    if marker.is_symlink() or (marker.exists() and not marker.is_file()):
+        kind = "a symbolic link" if marker.is_symlink() else "a folder"
+        raise InputError(
+            f"{what}: {marker} is {kind}; expected eelsanom's run marker there to be a plain "
+            "file (or absent). Remove or rename it, or choose another output folder (--out).")
     try:
         fd, probe = tempfile.mkstemp(prefix=".eelsanom-probe-", dir=base)
         os.close(fd)
@@ -348,6 +385,63 @@ def check_outputs(outputs: Iterable[str | os.PathLike], inputs: Iterable[Any] = 
     return outs
 
 
+def check_run_outputs(groups: Mapping[str, Iterable[str | os.PathLike]],
+                      inputs: Iterable[Any] = (), *, overwrite: bool = False) -> list[Path]:
+    """:func:`check_outputs` for every output of a run at once, compared with each other too.
+
+    ``groups`` maps the option that chose some outputs (``--out``, ``--model-out``) to its
+    paths. Besides the rules of :func:`check_outputs` (applied to each group), no output may
+    be, lie inside or hold another output of the same run: ``--model-out`` equal to one of
+    the maps, or to the ``--out`` folder itself, would replace one result by another.
+
+    Parameters
+    ----------
+    groups : mapping of str to iterable of path
+        The option (for the messages) and the paths it makes the run write.
+    inputs : iterable of path
+        Every file the run reads.
+    overwrite : bool
+        As :func:`check_outputs`.
+
+    Returns
+    -------
+    list of Path
+        Every output path, absolute, in order.
+
+    Raises
+    ------
+    InputError
+        Naming both paths and the fix when two outputs collide; else as
+        :func:`check_outputs`.
+    """
+    seen: dict[str, tuple[Path, str]] = {}  # real path -> (output, option)
+    holders: dict[str, tuple[Path, str]] = {}  # every folder above an output -> that output
+    for what, paths in groups.items():
+        for o in paths:
+            p = Path(os.path.abspath(os.path.expanduser(os.fspath(o))))
+            rp = _real(p)
+            clash = seen.get(rp) or holders.get(rp)
+            up = os.path.dirname(rp)
+            while clash is None and up != os.path.dirname(up):
+                clash, up = seen.get(up), os.path.dirname(up)
+            if clash is not None and clash != (p, what):
+                qp, qwhat = clash
+                raise InputError(
+                    f"{what}: refusing to write {p}: it is, holds or lies inside {qp}, which "
+                    f"{qwhat} also writes in this run; expected every output of a run to be a "
+                    f"path of its own. Choose another {what} (a name outside the --out folder "
+                    "and different from its maps).")
+            seen[rp] = (p, what)
+            up = os.path.dirname(rp)
+            while up != os.path.dirname(up):
+                holders.setdefault(up, (p, what))
+                up = os.path.dirname(up)
+    out: list[Path] = []
+    for what, paths in groups.items():
+        out += check_outputs(paths, inputs, overwrite=overwrite, what=what)
+    return out
+
+
 def record_outputs(paths: Iterable[str | os.PathLike]) -> None:
     """Add ``paths`` (just written by this run) to their folders' :data:`RUN_MARKER`.
 
@@ -377,6 +471,8 @@ _WRITE_FIX = {
     errno.EACCES: "choose a folder you can write (--out) or fix its permissions",
     errno.EPERM: "choose a folder you can write (--out) or fix its permissions",
     errno.EROFS: "the disk is read-only: choose an output folder on a writable disk (--out)",
+    errno.EFBIG: "the file is larger than the disk or your file-size limit allows: choose an "
+                 "output folder on another disk (--out) or raise the limit (ulimit -f)",
 }
 
 
@@ -386,19 +482,70 @@ class WriteFailed(InputError, OSError):
     that is also an ``OSError``, so callers catching the operating-system error still do."""
 
 
+def _quiet_hdf5_dealloc() -> None:
+    """Install (once) a filter of ``sys.unraisablehook`` that drops h5py's "Exception ignored
+    in ObjectID.__dealloc__ ... file write failed" tracebacks: after a disk fills inside an
+    HDF5 write, every handle of the failed file prints one as it is freed; the failure itself
+    is reported once, as a :class:`WriteFailed`."""
+    prev = sys.unraisablehook
+    if getattr(prev, "_eelsanom", False):
+        return
+
+    def hook(u: Any) -> None:
+        text = f"{getattr(u, 'exc_value', '')} {getattr(u, 'object', '')}"
+        if "write failed" in text and "h5py" in repr(getattr(u, "object", "")) + text:
+            return
+        prev(u)
+
+    hook._eelsanom = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+    prev_except = sys.excepthook  # Cython prints the same error through it first
+
+    def excepthook(kind: Any, value: Any, tb: Any) -> None:
+        frames, t = [], tb
+        while t is not None:
+            frames.append(t.tb_frame.f_code.co_filename)
+            t = t.tb_next
+        if "write failed" in str(value) and any("h5py" in f for f in frames):
+            return
+        prev_except(kind, value, tb)
+
+    sys.excepthook = excepthook
+
+
 @contextlib.contextmanager
 def _writing(path: Path) -> Iterator[None]:
     """Turn an operating-system failure while writing ``path`` into an InputError that names
     the path and the fix (a full disk, a read-only folder, ...)."""
+    _quiet_hdf5_dealloc()
     try:
         yield
     except InputError:
         raise
-    except OSError as exc:
-        fix = _WRITE_FIX.get(exc.errno or 0, "check the output folder (space, permissions)")
-        raise WriteFailed(
-            f"could not write {path}: {exc.strerror or exc}; expected a writable folder with free "
-            f"space. {fix[0].upper() + fix[1:]}. Nothing partial was left under that name.") from exc
+    except (OSError, RuntimeError) as exc:
+        code = _errno_of(exc)
+        if not isinstance(exc, OSError) and code is None:
+            raise  # a RuntimeError that is not the machine's: not a write failure
+        fix = _WRITE_FIX.get(code or 0, "check the output folder (space, permissions)")
+        why = os.strerror(code) if code else " ".join(str(exc).split())[:200]
+        failed = WriteFailed(
+            f"could not write {path}: {why}; expected a writable folder with free "
+            f"space. {fix[0].upper() + fix[1:]}. Nothing partial was left under that name.")
+        # HDF5 reports a failed write in its message (``errno = N``) and keeps the file open
+        # inside the library, which crashes the interpreter when it flushes it at exit: the
+        # command line then ends without that flush (see eelsanom.cli.main)
+        failed.hdf5_left_open = not (isinstance(exc, OSError) and exc.errno) and code is not None
+        raise failed from exc
+
+
+def _errno_of(exc: BaseException) -> int | None:
+    """The operating-system error number behind ``exc``: its ``errno``, or the ``errno = N``
+    that HDF5 writes into its messages (a disk that fills inside an HDF5 write reaches
+    Python as ``RuntimeError: ... file write failed: ..., errno = 28, ...``)."""
+    if isinstance(exc, OSError) and exc.errno:
+        return int(exc.errno)
+    m = re.search(r"errno\s*=\s*(\d+)", str(exc))
+    return int(m.group(1)) if m else None
 
 
 def _jsonify(obj: Any, *, max_list: int | None = None, _depth: int = 0) -> Any:

@@ -171,6 +171,9 @@ def _check_declared(path: Path) -> None:
         if ds.size == 0 or ds.shape is None:
             return
         nbytes = int(ds.size) * ds.dtype.itemsize
+        if ds.chunks is not None and (big := _chunk_problem(where, ds.chunks, ds.dtype.itemsize)):
+            problems.append(big)
+            return
         if ds.chunks is not None:
             expected = math.prod(math.ceil(n / c) for n, c in zip(ds.shape, ds.chunks))
             stored = ds.id.get_num_chunks()
@@ -219,29 +222,72 @@ _BOMB_MIN_BYTES = 1 << 28
 _BOMB_RATIO = 1000
 
 
+#: the largest one chunk of a file may decompress to (a reader holds a whole chunk at once;
+#: instrument and HyperSpy files use chunks of megabytes)
+_MAX_CHUNK_BYTES = 1 << 30
+
+
+def _chunk_limit() -> int:
+    try:
+        import psutil
+
+        return int(min(_MAX_CHUNK_BYTES, psutil.virtual_memory().available // 4))
+    except Exception:  # noqa: BLE001 - psutil missing: the fixed cap
+        return _MAX_CHUNK_BYTES
+
+
+def _chunk_problem(where: str, chunks: Any, itemsize: int) -> str | None:
+    nbytes = math.prod(int(c) for c in chunks) * int(itemsize)
+    limit = _chunk_limit()
+    if nbytes > limit:
+        return (f"{where} is stored in chunks of {tuple(int(c) for c in chunks)} "
+                f"({nbytes / 2**30:.3g} GiB each, more than the {limit / 2**30:.3g} GiB one read "
+                "may take)")
+    return None
+
+
+def _zarr_chunk_files(root: str, meta: dict[str, Any]) -> tuple[int, int]:
+    """``(files, bytes)`` of the chunk files of the zarr array in ``root``: only names that
+    are chunk keys of its grid (``0.1.2``, or ``0/1/2`` with the ``/`` separator), so a
+    junk file beside them does not count as stored data."""
+    ndim = len(meta["shape"])
+    sep = meta.get("dimension_separator") or "."
+    n = total = 0
+    for sub_root, _d, names in os.walk(root):
+        rel = os.path.relpath(sub_root, root)
+        prefix = [] if rel == "." else rel.split(os.sep)
+        for name in names:
+            parts = prefix + (name.split(".") if sep == "." else [name])
+            if len(parts) == ndim and all(p.isdigit() for p in parts):
+                n += 1
+                total += os.path.getsize(os.path.join(sub_root, name))
+    return n, total
+
+
 def _check_declared_zarr(path: Path) -> None:
-    """:func:`_check_declared` for a ``.zspy`` (zarr) folder: each array's declared size
-    against the bytes its folder stores."""
+    """:func:`_check_declared` for a ``.zspy`` (zarr) folder: each array's chunk size bounded,
+    and its declared size against the bytes its chunk files (nothing else) store."""
     for root, _dirs, names in os.walk(path):
         if ".zarray" not in names:
             continue
         try:
             meta = json.loads((Path(root) / ".zarray").read_text(encoding="utf-8"))
             shape = [int(n) for n in meta["shape"]]
-            nbytes = math.prod(shape) * np.dtype(meta["dtype"]).itemsize
+            chunks = [int(c) for c in meta["chunks"]]
+            itemsize = np.dtype(meta["dtype"]).itemsize
+            nbytes = math.prod(shape) * itemsize
         except (OSError, ValueError, KeyError, TypeError):
             continue  # the reader refuses it with its own message
-        if nbytes <= _BOMB_MIN_BYTES:
-            continue
-        stored = sum(e.stat().st_size for e in os.scandir(root) if e.is_file())
-        for sub_root, _d, sub in os.walk(root):
-            if sub_root != root:
-                stored += sum(os.path.getsize(os.path.join(sub_root, n)) for n in sub)
-        if stored * _BOMB_RATIO < nbytes:
-            where = os.path.relpath(root, path)
+        where = os.path.relpath(root, path)
+        problem = _chunk_problem(where, chunks, itemsize) if len(chunks) == len(shape) else None
+        if problem is None and nbytes > _BOMB_MIN_BYTES:
+            _n, stored = _zarr_chunk_files(root, meta)
+            if stored * _BOMB_RATIO < nbytes:
+                problem = (f"{where} declares shape {tuple(shape)} ({nbytes / 1e9:.3g} GB) but "
+                           f"stores only {stored} bytes in its chunk files")
+        if problem:
             raise InputError(
-                f"{path}: {where} declares shape {tuple(shape)} ({nbytes / 1e9:.3g} GB) but stores "
-                f"only {stored} bytes. The file is incomplete, damaged or crafted; expected a "
+                f"{path}: {problem}. The file is incomplete, damaged or crafted; expected a "
                 "complete file as HyperSpy wrote it. Export it again from the original data.")
 
 
@@ -645,15 +691,29 @@ def _check_fits(label: str, shape: tuple[int, ...]) -> None:
 
 
 def _finite_guard(data: Any, label: str) -> Any:
-    """Wrap a dask array so that computing a chunk with NaN/inf raises InputError."""
+    """Wrap a dask array so that computing a chunk reads it through one guard: a read failure
+    (a damaged or missing chunk of a partly copied file: h5py's OSError, zarr's errors, ...)
+    raises an :class:`InputError` naming the file and the pixels, and a chunk with NaN/inf
+    raises one too. Every streamed computation (fit, score, the GUI) reads through it."""
+    import dask.array as da
 
-    def check(block: np.ndarray, block_info: dict | None = None) -> np.ndarray:
+    def read(block_info: dict | None = None) -> np.ndarray:
+        loc = block_info[None]["array-location"]
+        where = tuple(slice(lo, hi) for lo, hi in loc)
+        try:
+            block = np.asarray(data[where].compute(scheduler="synchronous"))
+        except (InputError, KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as exc:  # any read failure of the file is the file's
+            (y0, y1), (x0, x1) = loc[0], loc[1]
+            raise InputError(
+                f"{label}: could not read pixels y={y0}:{y1}, x={x0}:{x1} "
+                f"({type(exc).__name__}: {_one_line(exc, 160)}). The file is damaged or "
+                "incomplete (a partly copied or still-written acquisition?); expected a complete "
+                "file. Copy or export it again.") from exc
         bad = ~np.isfinite(block)
         if bad.any():
-            first = np.argwhere(bad)[0]
-            if block_info and None not in block_info:
-                starts = [lo for lo, _ in block_info[0]["array-location"]]
-                first = first + np.asarray(starts)
+            first = np.argwhere(bad)[0] + np.asarray([lo for lo, _ in loc])
             raise InputError(
                 f"{label}: expected finite values, found {int(bad.sum())} NaN/inf values in one "
                 f"chunk (first at pixel y={first[0]}, x={first[1]}, channel {first[2]}). "
@@ -661,7 +721,8 @@ def _finite_guard(data: Any, label: str) -> Any:
                 "the affected pixels/channels.")
         return block
 
-    return data.map_blocks(check, dtype=data.dtype, meta=np.empty((0, 0, 0), dtype=data.dtype))
+    return da.map_blocks(read, chunks=data.chunks, dtype=data.dtype,
+                         meta=np.empty((0,) * data.ndim, dtype=data.dtype))
 
 
 def _acquisition_info(sig: Any) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from eelsanom.errors import InputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["display_problem", "launch"]
+__all__ = ["display_problem", "qt_platform_problem", "launch"]
 
 _NO_DISPLAY_FIX = ("Run it on a machine with a screen, over `ssh -X`, or under a virtual X server "
                    "(`xvfb-run -a eelsanom gui`); for headless work use `eelsanom detect`.")
@@ -86,6 +86,86 @@ def display_problem(env: dict[str, str] | None = None, platform: str | None = No
     return None
 
 
+#: Qt bindings napari may use, in its order of preference
+_QT_BINDINGS = ("PyQt5", "PyQt6", "PySide2", "PySide6")
+
+
+def _xcb_plugin() -> Path | None:
+    """The installed Qt binding's X11 platform plugin (``libqxcb.so``), found without
+    importing Qt."""
+    import importlib.util
+
+    for name in _QT_BINDINGS:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        for root in spec.submodule_search_locations:
+            for found in Path(root).glob("**/platforms/libqxcb.so"):
+                return found
+    return None
+
+
+def _missing_libs(plugin: Path) -> list[str]:
+    """The shared libraries ``plugin`` needs that the system lacks (``ldd``: "not found")."""
+    import shutil
+    import subprocess
+
+    ldd = shutil.which("ldd")
+    if ldd is None:
+        return []
+    try:
+        out = subprocess.run([ldd, str(plugin)], capture_output=True, text=True, timeout=20,
+                             check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return sorted({line.split("=>")[0].strip() for line in out.splitlines()
+                   if "not found" in line})
+
+
+def package_of(soname: str) -> str:
+    """The Debian/Ubuntu package of a shared library: ``libxcb-icccm.so.4`` ->
+    ``libxcb-icccm4``, ``libxkbcommon-x11.so.0`` -> ``libxkbcommon-x11-0``."""
+    base, _, version = soname.partition(".so")
+    version = version.lstrip(".").split(".")[0]
+    if not version:
+        return base
+    return f"{base}-{version}" if base[-1:].isdigit() else f"{base}{version}"
+
+
+def qt_platform_problem(env: dict[str, str] | None = None, platform: str | None = None,
+                        missing: list[str] | None = None) -> str | None:
+    """Why Qt's X11 platform plugin cannot load here (the system libraries it needs are
+    missing), or None. Without them Qt aborts the whole process (exit 134) when napari
+    opens; this names what to install instead.
+
+    Parameters
+    ----------
+    env, platform
+        As :func:`display_problem` (default: this process's).
+    missing : list of str, optional
+        The missing libraries (default: ``ldd`` of the installed Qt's ``libqxcb.so``).
+    """
+    env = dict(os.environ if env is None else env)
+    platform = sys.platform if platform is None else platform
+    qpa = env.get("QT_QPA_PLATFORM", "").split(":")[0].strip().lower()
+    if not platform.startswith("linux") or qpa not in ("", "xcb"):
+        return None
+    if qpa == "" and env.get("WAYLAND_DISPLAY"):
+        return None
+    if missing is None:
+        plugin = _xcb_plugin()
+        missing = _missing_libs(plugin) if plugin is not None else []
+    if not missing:
+        return None
+    pkgs = " ".join(sorted({package_of(m) for m in missing}))
+    return (f"eelsanom gui: Qt's X11 platform plugin cannot load, the system lacks "
+            f"{', '.join(missing)}; expected Qt's xcb libraries. Install them (Debian/Ubuntu: "
+            f"sudo apt-get install {pkgs}), then run `eelsanom gui` again.")
+
+
 def launch(path: str | os.PathLike | None = None, *, block: bool = True,
            show: bool = True) -> Any:
     """Open napari with the eelsanom panels docked and ``path`` (or the sample) loaded.
@@ -111,7 +191,7 @@ def launch(path: str | os.PathLike | None = None, *, block: bool = True,
         No display, napari/Qt not installed, or a file eelsanom cannot use (the message says
         why); raised before any window opens.
     """
-    problem = display_problem()
+    problem = display_problem() or qt_platform_problem()
     if problem:
         raise InputError(problem)
     try:

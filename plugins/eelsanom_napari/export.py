@@ -44,21 +44,33 @@ class ExportWidget(_Panel):
         self._session.result_changed.connect(self._default_stem)
 
     def _default_stem(self, res: Any = None) -> None:
-        if self._closed or str(self._stem.value).strip():
+        """Name the outputs after the layer the result belongs to, ``<layer>_<method>``; a
+        name the user typed is kept, one this panel chose follows each new result (so
+        exporting another image never reuses the first image's name)."""
+        if self._closed:
             return
-        cube = self._session.result_cube
-        base = Path(str(getattr(cube, "name", "") or "eelsanom")).stem
-        self._stem.value = f"{base}_{res.method}" if res is not None else base
+        current = str(self._stem.value).strip()
+        if current and current != getattr(self, "_auto_stem", None):
+            return  # the user's own name
+        res = self._session.result if res is None else res
+        auto = _stem_of(getattr(self._session.result_cube, "name", "") or "eelsanom")
+        if res is not None:
+            auto = f"{auto}_{res.method}"
+        self._auto_stem = auto
+        self._stem.value = auto
 
     def _on_export(self, *_: Any) -> dict[str, Path] | None:
         """Write the run folder ``eelsanom detect`` writes (maps, seed maps, summary JSON; see
         :func:`eelsanom.run.write_run`) and the model file; returns ``{key: path}``.
 
-        Every path is checked first (:func:`eelsanom.io.check_outputs`): an input is never
-        written, and a file that eelsanom did not write is never replaced.
+        Every path is checked first, by the rules of ``eelsanom detect``
+        (:func:`eelsanom.io.check_run_outputs`): an input is never written, a file that
+        eelsanom did not write is never replaced, the outputs never collide with each other,
+        and the results of another input under the same name are never replaced
+        (:func:`eelsanom.pipeline.check_run_owner`). The summary records the bulk region.
         """
-        from eelsanom.io import check_outputs, result_paths
-        from eelsanom.pipeline import SEED_MAPS, write_run
+        from eelsanom.io import check_run_outputs, result_paths
+        from eelsanom.pipeline import SEED_MAPS, check_run_owner, write_run
 
         s = self._session
         res = s.result
@@ -81,12 +93,14 @@ class ExportWidget(_Panel):
                            .values()) if fmts else []
             planned += [Path(folder) / f"{stem}_{m}.npy" for m in SEED_MAPS if m in res.maps]
             planned.append(Path(folder) / f"{stem}_summary.json")
-            if self._model.value and s.detector is not None:
-                planned.append(Path(folder) / f"{stem}_model.h5")
-            check_outputs(planned, inputs, what="export")
+            model = ([Path(folder) / f"{stem}_model.h5"]
+                     if self._model.value and s.detector is not None else [])
+            check_run_outputs({"export": planned, "export (model)": model}, inputs)
             if si is not None:
+                check_run_owner(folder, stem, si)
                 summary = write_run(res, si, folder, stem, formats=fmts, protect=inputs,
-                                    extra={"exported_from": "napari"})
+                                    extra={"exported_from": "napari",
+                                           **_training_record(s)})
                 written.update({k: Path(v) for k, v in summary["outputs"].items()})
             elif fmts:  # a result without its data (cannot happen through the panels)
                 from eelsanom.io import save_result
@@ -103,3 +117,32 @@ class ExportWidget(_Panel):
         self._written.value = f"{len(written)} files in {folder}"
         _notify.info("eelsanom wrote " + ", ".join(p.name for p in written.values()))
         return written
+
+
+def _stem_of(layer_name: str) -> str:
+    """A layer's name as an output stem: a data file's extension dropped, nothing else (a
+    name such as ``sample_fe-l_shift1.5`` keeps its ``.5``)."""
+    from eelsanom.io import SUPPORTED_EXTENSIONS
+
+    name = str(layer_name).strip() or "eelsanom"
+    suffix = Path(name).suffix.lower()
+    exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in SUPPORTED_EXTENSIONS}
+    stem = name[: -len(suffix)] if suffix and suffix in exts else name
+    return stem.replace("/", "_").replace("\\", "_") or "eelsanom"
+
+
+def _training_record(session: Any) -> dict[str, Any]:
+    """How the exported result's detector was trained, for the summary (as ``eelsanom
+    detect`` records ``train_pixels``): the bulk pixels, and the region layer's name."""
+    det = session.detector
+    if det is None:
+        return {}
+    if getattr(det, "n_fit_pixels_", None) is None:  # loaded from a model file
+        header = getattr(det, "model_header_", None) or {}
+        return {"train_pixels": "from the model file", "model_created": header.get("created")}
+    rec: dict[str, Any] = {"train_pixels": int(det.n_fit_pixels_)
+                           if getattr(det, "trained_on_mask_", False) else "all (robust)"}
+    region = session.region_layer
+    if getattr(det, "trained_on_mask_", False) and region is not None:
+        rec["bulk_region"] = str(getattr(region, "name", ""))
+    return rec

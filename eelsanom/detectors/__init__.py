@@ -22,6 +22,7 @@ _REGISTRY = {
     "rx": ("eelsanom.detectors.rx", "RXDetector"),
     "cvae": ("eelsanom.detectors.cvae3d", "CVAE3DDetector"),
     "contextpca": ("eelsanom.detectors.context_pca", "ContextPCADetector"),
+    "bulkcontext": ("eelsanom.detectors.bulk_context", "BulkContextDetector"),
 }
 
 

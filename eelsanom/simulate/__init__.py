@@ -39,25 +39,33 @@ model family plugs in beside the first:
 - :mod:`eelsanom.simulate.felmodel`: the Fe L2,3 / BiFeO3 spectrum model above
   (tabulated line shapes, plural scattering);
 - :mod:`eelsanom.simulate.core`: :func:`simulate` (validation, assembly, noise);
-- :mod:`eelsanom.simulate.result`: :class:`Simulation`, what every family returns.
+- :mod:`eelsanom.simulate.result`: :class:`Simulation`, what every family returns;
+- :mod:`eelsanom.simulate.components`: the second, independent spectral model
+  family (exSpy-style components: power-law background, arctan edges,
+  Gaussian or Lorentzian white lines);
+- :mod:`eelsanom.simulate.general`: the generalisation suite's images from it,
+  with their own nuisances and detector noise (:func:`general_image`,
+  :func:`quick_general_conditions`).
 """
 
 from __future__ import annotations
 
 from .core import NUISANCE_KEYS, PIXEL_SIZE_NM, simulate
 from .felmodel import (
-                       ANOMALY_TYPES,
-                       DEFAULT_MAGNITUDE,
-                       ENERGY_SCALE,
-                       WINDOWS,
-                       _plasmon_kernel,
-                       _plural,
+    ANOMALY_TYPES,
+    DEFAULT_MAGNITUDE,
+    ENERGY_SCALE,
+    WINDOWS,
+    _plasmon_kernel,
+    _plural,
 )
 from .fields import DRIFT_PATTERNS, SHAPES
+from .general import GeneralCondition, general_conditions, general_image, quick_general_conditions
 from .result import Simulation
 
 __all__ = ["WINDOWS", "ANOMALY_TYPES", "SHAPES", "DRIFT_PATTERNS", "DEFAULT_MAGNITUDE",
-           "NUISANCE_KEYS", "Simulation", "simulate"]
+           "NUISANCE_KEYS", "Simulation", "simulate", "general_image", "GeneralCondition",
+           "quick_general_conditions", "general_conditions"]
 
 # names older code imported from the single module ``eelsanom.simulate``
 _ = (ENERGY_SCALE, PIXEL_SIZE_NM, _plasmon_kernel, _plural)

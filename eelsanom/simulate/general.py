@@ -483,10 +483,11 @@ def quick_general_conditions() -> list[GeneralCondition]:
 
     Ten images, each with and without a bulk region (20 conditions): the two
     issue-22 reproductions (64 x 64: 1.5 eV at dose 1000, 1.0 eV at dose
-    600); then at 48 x 48, dose 600: a 1 eV shift in clusters under a rough
-    (2.5 px, +-30 %) and a smooth (30 px, +-40 %) thickness field, in large
-    particles (20 % of the image), an L3/L2 ratio x0.7 along an interface
-    line (CCD detector), a new Co L edge in isolated pixels, two must-not-flag
+    600); then at 48 x 48, dose 600: a 0.6 eV shift in clusters under a rough
+    (2.5 px, +-30 %) and a smooth (30 px, +-40 %) thickness field, and in
+    large particles (20 % of the image), an L3/L2 ratio x0.7 along an
+    interface line (CCD detector), a new Co L edge (0.15) in isolated pixels,
+    two must-not-flag
     changes in large particles (thickness x1.35, intensity x1.4 with the CCD
     detector) and an anomaly-free image with a rough thickness field and
     10 % beam-current noise (CCD).
@@ -501,19 +502,20 @@ def quick_general_conditions() -> list[GeneralCondition]:
                   {**ISSUE_22, "kind": "shift", "magnitude": 1.5, "dose": 1000.0})
     conds += _both("issue 22: shift 1 eV, clusters, dose 600",
                    {**ISSUE_22, "kind": "shift", "magnitude": 1.0, "dose": 600.0})
-    conds += _both("rough thickness 2.5 px +-30 % / shift 1 eV, clusters",
-                   {**q, "kind": "shift", "geometry": "clusters", "correlation_px": 2.5,
-                    "thickness_amplitude": 0.3})
-    conds += _both("smooth thickness 30 px +-40 % / shift 1 eV, clusters",
-                   {**q, "kind": "shift", "geometry": "clusters", "correlation_px": 30.0,
-                    "thickness_amplitude": 0.4})
-    conds += _both("particles 20 % / shift 1 eV",
-                   {**q, "kind": "shift", "geometry": "region", "fraction": 0.2})
+    conds += _both("rough thickness 2.5 px +-30 % / shift 0.6 eV, clusters",
+                   {**q, "kind": "shift", "magnitude": 0.6, "geometry": "clusters",
+                    "correlation_px": 2.5, "thickness_amplitude": 0.3})
+    conds += _both("smooth thickness 30 px +-40 % / shift 0.6 eV, clusters",
+                   {**q, "kind": "shift", "magnitude": 0.6, "geometry": "clusters",
+                    "correlation_px": 30.0, "thickness_amplitude": 0.4})
+    conds += _both("particles 20 % / shift 0.6 eV",
+                   {**q, "kind": "shift", "magnitude": 0.6, "geometry": "region",
+                    "fraction": 0.2})
     conds += _both("interface line / L3/L2 x0.7, CCD",
                    {**q, "kind": "ratio", "magnitude": 0.7, "geometry": "line",
                     "detector": "ccd"})
-    conds += _both("isolated pixels / Co L edge 0.3",
-                   {**q, "kind": "edge", "magnitude": 0.3, "geometry": "pixels"})
+    conds += _both("isolated pixels / Co L edge 0.15",
+                   {**q, "kind": "edge", "magnitude": 0.15, "geometry": "pixels"})
     conds += _both("must not flag: particles 25 % thickness x1.35",
                    {**q, "kind": "thickness", "magnitude": 1.35, "geometry": "region",
                     "fraction": 0.25})

@@ -29,6 +29,10 @@ _LOG2PI = math.log(2.0 * math.pi)
 #: upper quantile of the training pixels' scores that sets each evidence's scale (with a
 #: bulk region); without one, the MAD (the training pixels hold the anomalies too)
 CAL_QUANTILE = 0.99
+#: side (pixels) of the square whose median, where positive, is taken off the local evidence:
+#: its smooth part (a residual off the bulk subspace that grows across the scan where the
+#: region does not span a drift) is no evidence that a pixel differs from its surroundings
+BACKGROUND_WINDOW = 31
 
 
 def _scale_stats(s: np.ndarray, tail: bool) -> tuple[float, float]:
@@ -56,6 +60,14 @@ def _scale_stats(s: np.ndarray, tail: bool) -> tuple[float, float]:
     return med, max(sc, 1e-9)
 
 
+def _high_pass(z: np.ndarray) -> np.ndarray:
+    """``z`` less its positive :data:`BACKGROUND_WINDOW` median (the smooth part of a map)."""
+    from scipy.ndimage import median_filter
+
+    w = BACKGROUND_WINDOW
+    return z - np.maximum(median_filter(z, size=w, mode="reflect"), 0.0)
+
+
 class BulkContextDetector(ContextPCADetector):
     """Larger of the bulk (per-pixel PPCA) and the context evidence, each calibrated on the bulk.
 
@@ -77,8 +89,19 @@ class BulkContextDetector(ContextPCADetector):
         way). At fit each is calibrated on the training pixels: ``z = (s -
         median) / spread`` (the spread from their 99 % quantile with a bulk
         region, so the tails agree; from the MAD without one), stored per
-        pooling setting (the fitted one and unpooled). The score is ``max(z_global,
+        pooling setting (the fitted one and unpooled). Where the fitted
+        image's own scores (median, MAD over all its pixels) lie higher or
+        spread wider than the bulk's, those are used, so an evidence that is
+        high all over the image weighs less. The score is ``max(z_global,
         z_local)``: in units of the bulk's spread, 0 for a typical bulk pixel.
+        The local evidence is first taken relative to its own smooth part (less
+        its median over :data:`BACKGROUND_WINDOW` pixels where that is positive):
+        a smooth rise of the context NLL across the scan (a residual off the bulk
+        subspace where the region does not span a drift) is not local evidence.
+        The global evidence is not: a region unlike the bulk is flagged
+        whatever its size, so where the bulk region does not span a nuisance the
+        pixels beyond it are flagged (as by pooled PCA): draw the bulk region
+        across the scan.
         ``maps``: ``global_z``, ``local_z``, ``pca_score``, ``context_score``,
         ``reconstruction_error``, ``code_deviation``.
 
@@ -125,6 +148,12 @@ class BulkContextDetector(ContextPCADetector):
         if self.code_variance != "bulk" or self.score_kind != "nll":
             raise InputError("bulk-context: the code variance is learnt on the bulk and the "
                              "score is an NLL; use method 'context-pca' for other settings.")
+
+    @property
+    def score_context(self) -> int:  # type: ignore[override]
+        """Pixels on each side a pixel's score depends on: the context model's (neighbourhood
+        and pooling) plus half the local evidence's background window."""
+        return super().score_context + BACKGROUND_WINDOW // 2
 
     # ------------------------------------------------------------------ fit
     @one_blas_thread
@@ -192,6 +221,7 @@ class BulkContextDetector(ContextPCADetector):
         g, loc = self._evidence(si, c, pool)
         gm, gs, lm, ls = self._stats(pool)
         zg, zl = (g - gm) / gs, (loc - lm) / ls
+        zl = _high_pass(zl)
         score = np.maximum(zg, zl)
         s2 = float(self.noise_variance_)
         lam = self.explained_variance_

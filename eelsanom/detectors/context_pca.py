@@ -39,7 +39,7 @@ BULK_QUANTILE = 0.75
 #: predict less well (a nuisance rougher than the window) is fitted on the pixel itself,
 #: because the pooling stage takes the excess over the noise as coherent between
 #: neighbours and cancelled by its wide background, which a rough nuisance is not
-LOCAL_RATIO = float(__import__("os").environ.get("EELSANOM_LOCAL_RATIO", "2.0"))
+LOCAL_RATIO = 2.0
 
 
 def context_footprint(window: int) -> np.ndarray:
@@ -359,7 +359,7 @@ class ContextPCADetector(PCADetector):
         arrays = super()._get_arrays()
         if getattr(self, "code_var_", None) is not None:
             arrays.update(code_var=np.asarray(self.code_var_, np.float64),
-                          code_local=np.asarray(self.code_local_, bool))
+                          code_local=np.asarray(self.code_local_, np.uint8))
         return arrays
 
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:

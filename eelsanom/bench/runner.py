@@ -384,7 +384,7 @@ def run_benchmark(out: Path, *, quick: bool = True, methods: list[str] | None = 
         :func:`realistic_conditions` at 64 x 64) rather than the full one.
     methods : list of str or None, default None
         Detectors to run: ``"cvae"``, ``"cvae-ctx"`` (its blind-spot context
-        mode), ``"pca"``, ``"context-pca"``, ``"rx"`` and ``"hyperspy"``
+        mode), ``"pca"``, ``"context-pca"``, ``"bulk-context"``, ``"rx"`` and ``"hyperspy"``
         (HyperSpy's decomposition peer, skipped when HyperSpy is not
         installed). ``None`` runs all of them (:data:`DEFAULT_METHODS`).
     device : str, default "auto"

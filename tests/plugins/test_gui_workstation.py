@@ -65,7 +65,7 @@ def test_gui_defaults_equal_library_defaults(viewer):
     # untouched, the panel offers the library's default method (the realistic benchmark's winner)
     from eelsanom.detectors import DEFAULT_METHOD
 
-    assert det._method.value == DEFAULT_METHOD == "context-pca"
+    assert det._method.value == DEFAULT_METHOD == "bulk-context"
     for method in ("cvae", "context-pca", "pca", "rx"):
         det._method.value = method
         m, params = det.detector_params()

@@ -61,11 +61,14 @@ def _scale_stats(s: np.ndarray, tail: bool) -> tuple[float, float]:
 
 
 def _high_pass(z: np.ndarray) -> np.ndarray:
-    """``z`` less its positive :data:`BACKGROUND_WINDOW` median (the smooth part of a map)."""
+    """``z`` less its smooth part where positive: the median over :data:`BACKGROUND_WINDOW`
+    pixels along x, then along y (a separable median: robust like the square's, at
+    ``2 w`` instead of ``w^2`` comparisons per pixel)."""
     from scipy.ndimage import median_filter
 
     w = BACKGROUND_WINDOW
-    return z - np.maximum(median_filter(z, size=w, mode="reflect"), 0.0)
+    bg = median_filter(median_filter(z, size=(1, w), mode="reflect"), size=(w, 1), mode="reflect")
+    return z - np.maximum(bg, 0.0)
 
 
 class BulkContextDetector(ContextPCADetector):
@@ -95,7 +98,8 @@ class BulkContextDetector(ContextPCADetector):
         high all over the image weighs less. The score is ``max(z_global,
         z_local)``: in units of the bulk's spread, 0 for a typical bulk pixel.
         The local evidence is first taken relative to its own smooth part (less
-        its median over :data:`BACKGROUND_WINDOW` pixels where that is positive):
+        its separable median over :data:`BACKGROUND_WINDOW` pixels where that is
+        positive):
         a smooth rise of the context NLL across the scan (a residual off the bulk
         subspace where the region does not span a drift) is not local evidence.
         The global evidence is not: a region unlike the bulk is flagged

@@ -462,7 +462,16 @@ class GeneralCondition:
         return self.params.get("kind", "shift") not in FLAGGED_KINDS
 
     def simulate(self, seed: int = 0) -> Simulation:
-        """The condition's image at ``seed`` (:func:`general_image`)."""
+        """The condition's image at ``seed`` (:func:`general_image`).
+
+        Parameters
+        ----------
+        seed : int
+
+        Returns
+        -------
+        Simulation
+        """
         return general_image(**self.params, seed=seed)
 
 

@@ -91,7 +91,14 @@ class Condition:
         return float(self.sim.get("concentration", 1.0)) == 0.0
 
     def energy_channels(self) -> tuple[str, int]:
-        """``(window label, number of energy channels)`` of the condition's images."""
+        """The energy window of the condition's images.
+
+        Returns
+        -------
+        (str, int)
+            The window's label (``"fe-l"``, ``"bfo"`` or ``"general"``) and its
+            number of energy channels.
+        """
         if self.family == "general":
             from ..simulate.components import ENERGY_SCALE, WINDOW
 

@@ -139,7 +139,17 @@ def flagged_table(rows: list[dict[str, Any]]) -> str:
 
 
 def fp_bound(true_fraction: float) -> float:
-    """The flagged fraction issue 22 allows: 1 % on an empty truth, else 2 x true + 1 %."""
+    """The flagged fraction issue 22 allows: 1 % on an empty truth, else 2 x true + 1 %.
+
+    Parameters
+    ----------
+    true_fraction : float
+        Fraction of anomalous pixels.
+
+    Returns
+    -------
+    float
+    """
     return 0.01 if true_fraction == 0 else 2.0 * true_fraction + 0.01
 
 

@@ -379,7 +379,8 @@ def run_benchmark(out: Path, *, quick: bool = True, methods: list[str] | None = 
         Output folder (created if missing).
     quick : bool, default True
         The suite's CPU-sized subset (:func:`quick_conditions`,
-        :func:`realistic_conditions` at 64 x 64) rather than the full one.
+        :func:`realistic_conditions` at 64 x 64, the general suite's 20
+        conditions at 48 x 48 and 64 x 64) rather than the full one.
     methods : list of str or None, default None
         Detectors to run: ``"cvae"``, ``"cvae-ctx"`` (its blind-spot context
         mode), ``"pca"``, ``"context-pca"``, ``"rx"`` and ``"hyperspy"``
@@ -393,12 +394,13 @@ def run_benchmark(out: Path, *, quick: bool = True, methods: list[str] | None = 
         Seed of every simulation and detector.
     conditions : list of Condition, optional
         Run these instead of the suite's.
-    suite : {"paper", "realistic"}, default "paper"
+    suite : {"paper", "realistic", "general"}, default "paper"
         Which conditions (:func:`suite_conditions`).
     calibration_seeds : int, optional
         Seeds of the calibrated-FPR measurement; ``None``: :data:`CALIBRATION_SEEDS`
         for the realistic suite, none for the paper suite (which has no anomaly-free
-        condition); 0 skips it.
+        condition) and the general suite (whose measure is the flagged fraction at
+        the automatic threshold); 0 skips it.
 
     Returns
     -------

@@ -109,3 +109,12 @@ def test_cli_accepts_the_general_suite():
     p = subprocess.run([sys.executable, "-m", "eelsanom", "bench", "--help"],
                        capture_output=True, text=True)
     assert p.returncode == 0 and "general" in p.stdout
+
+
+def test_calibrated_fpr_runs_on_a_must_not_flag_image():
+    c = bench.Condition("intensity x1.4", {**TINY, "shape": (32, 32), "kind": "intensity",
+                                           "geometry": "region", "fraction": 0.25},
+                        family="general")
+    rows = bench.calibration_fpr([c], ["pca"], device="cpu", seeds=1)
+    assert {r["detector"] for r in rows} == {"pca", "pca+pool"}
+    assert all(r["n_pixels"] == 32 * 32 and 0 <= r["n_calibrated"] <= 1024 for r in rows)

@@ -312,7 +312,7 @@ def general_image(*, shape: tuple[int, int] = (48, 48), kind: str = "shift",
         avail[n_bulk:] = True
         changed = _place_region(rng_mask, avail, k) if k else np.zeros((ny, nx), dtype=bool)
     else:
-        changed = _place(rng_mask, ny, nx, n_bulk, k, "line" if geometry == "line" else geometry)
+        changed = _place(rng_mask, ny, nx, n_bulk, k, geometry)
     truth = changed.copy() if kind in FLAGGED_KINDS else np.zeros((ny, nx), dtype=bool)
     bulk_mask = np.zeros((ny, nx), dtype=bool)
     bulk_mask[:n_bulk] = True

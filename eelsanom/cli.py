@@ -789,9 +789,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("bench", help="the detection benchmark (docs/benchmark.md)")
-    p.add_argument("--suite", choices=("paper", "realistic"), default="paper",
+    p.add_argument("--suite", choices=("paper", "realistic", "general"), default="paper",
                    help="paper: the paper's shift sweep on a simple bulk; realistic: shifts "
-                        "under energy drift, valence gradient, thickness and detector response")
+                        "under energy drift, valence gradient, thickness and detector response; "
+                        "general: a second spectral family, rough nuisances, large regions, "
+                        "changes that must not be flagged, with and without a bulk region")
     p.add_argument("--quick", action="store_true", help="CPU-sized subset (64x64, fe-l)")
     p.add_argument("--speed", action="store_true", help="time fit and score on fixed sizes")
     p.add_argument("--large", action="store_true",

@@ -198,3 +198,16 @@ def test_quick_condition_list():
     assert sim.truth.sum() == round(0.015 * 64 * 64) and sim.params["dose"] == 1000.0
     full = general_conditions(quick=False)
     assert len(full) > len(conds) and len({c.name for c in full}) == len(full)
+
+
+def test_normal_expected_with_a_nuisance_replaced():
+    sim = general_image(shape=(16, 16), kind="shift", geometry="clusters", seed=2)
+    flat = sim.normal_expected(thickness=1.0, scale=1.0, jitter_eV=0.0)
+    # every pixel the average normal spectrum: the dose sits at the Fe L3 maximum
+    np.testing.assert_allclose(flat, np.broadcast_to(flat[0, 0], flat.shape), rtol=1e-6)
+    assert 0.9 * sim.params["dose"] <= float(flat[0, 0].max()) <= 1.001 * sim.params["dose"]
+    assert not np.array_equal(flat, sim.normal_expected())
+    with pytest.raises(InputError, match="nuisance names"):
+        sim.normal_expected(drift_eV=0.1)
+    with pytest.raises(InputError, match="thickness expected > 0"):
+        sim.normal_expected(thickness=0.0)

@@ -93,6 +93,18 @@ def ratio_factors(factor: float, shape: str) -> tuple[float, float]:
     """Multipliers ``(a3, a2)`` of the L3 and L2 white lines for an L3/L2 ratio times ``factor``.
 
     The total white-line area is kept.
+
+    Parameters
+    ----------
+    factor : float
+        The change of the L3/L2 area ratio, > 0.
+    shape : {"gaussian", "lorentzian"}
+        White-line shape.
+
+    Returns
+    -------
+    (float, float)
+        ``a3 / a2 == factor`` and ``a3 * area3 + a2 * area2 == area3 + area2``.
     """
     s3 = _lines_area(COMPONENTS["fe_l3_lines"], shape)
     s2 = _lines_area(COMPONENTS["fe_l2_lines"], shape)
@@ -156,7 +168,20 @@ def component_spectra(energy: np.ndarray, thickness: np.ndarray, jitter: np.ndar
 
 
 def psf(spec: np.ndarray, sigma: float) -> np.ndarray:
-    """The detector's point-spread along energy: a unit-area Gaussian of ``sigma`` channels."""
+    """The detector's point-spread along energy: a unit-area Gaussian of ``sigma`` channels.
+
+    Parameters
+    ----------
+    spec : ndarray (..., ne)
+        Spectra along the last axis.
+    sigma : float
+        Channels; 0 returns ``spec`` itself.
+
+    Returns
+    -------
+    ndarray
+        Same shape (edges extended with the nearest channel).
+    """
     if sigma <= 0:
         return spec
     return ndimage.gaussian_filter1d(spec, sigma, axis=-1, mode="nearest", truncate=4.0)
@@ -170,6 +195,24 @@ class ComponentModel:
     (beam current) and ``jitter_eV`` and returns the noise-free normal
     electrons ``psf(scale_k * scale * spectrum(thickness, jitter))``: exactly
     what the generator computed where nothing changed.
+
+    Attributes
+    ----------
+    energy : ndarray (ne,)
+        Channel energies, eV.
+    scale_k : float
+        Electrons per relative unit (set by the dose).
+    white_lines : {"gaussian", "lorentzian"}
+    psf_sigma : float
+        The detector's point-spread, channels.
+    dtype : numpy dtype
+        Of the returned spectra.
+    rows : int
+        Image rows evaluated at once.
+    max_jitter : float
+        Largest ``|jitter_eV|`` accepted by :meth:`check_maps`.
+    t_ref : None
+        No t/lambda nuisance in this family.
     """
 
     energy: np.ndarray
@@ -186,7 +229,18 @@ class ComponentModel:
                 apply_psf: bool = True) -> np.ndarray:
         """Noise-free electrons (ny, nx, ne) for nuisance maps of shape (ny, nx).
 
-        ``apply_psf=False``: before the detector's point-spread (the Poisson means).
+        Parameters
+        ----------
+        maps : dict of str to ndarray (ny, nx)
+            ``thickness``, ``scale`` and ``jitter_eV``.
+        kind, magnitude, anomalous
+            The hypothesis (see :func:`component_spectra`).
+        apply_psf : bool
+            False: before the detector's point-spread (the Poisson means).
+
+        Returns
+        -------
+        ndarray (ny, nx, ne) of ``dtype``
         """
         ny, nx = maps["thickness"].shape
         ne = self.energy.size
@@ -203,7 +257,17 @@ class ComponentModel:
         return out
 
     def check_maps(self, maps: dict[str, np.ndarray]) -> None:
-        """Refuse nuisance maps this model cannot evaluate (InputError)."""
+        """Refuse nuisance maps this model cannot evaluate.
+
+        Parameters
+        ----------
+        maps : dict of str to ndarray (ny, nx)
+
+        Raises
+        ------
+        InputError
+            A jitter beyond :attr:`max_jitter`, or a thickness or scale <= 0.
+        """
         if float(np.abs(maps["jitter_eV"]).max()) > self.max_jitter:
             raise InputError(f"normal_expected: expected |jitter_eV| <= {self.max_jitter:g} eV, "
                              f"found {float(np.abs(maps['jitter_eV']).max()):.3g}. Use smaller "
@@ -214,5 +278,15 @@ class ComponentModel:
                                  f"{float(maps[key].min()):.3g}. Use values near 1.")
 
     def normal_expected(self, maps: dict[str, np.ndarray]) -> np.ndarray:
-        """Noise-free normal electrons (ny, nx, ne) for nuisance maps of shape (ny, nx)."""
+        """Noise-free normal electrons (ny, nx, ne) for nuisance maps of shape (ny, nx).
+
+        Parameters
+        ----------
+        maps : dict of str to ndarray (ny, nx)
+            ``thickness``, ``scale`` and ``jitter_eV``.
+
+        Returns
+        -------
+        ndarray (ny, nx, ne)
+        """
         return self.spectra(maps)

@@ -27,9 +27,25 @@ FIELD_CORRELATION = 0.2
 # --------------------------------------------------------------------------- spatial fields
 
 
-def _smooth_field(rng: np.random.Generator, ny: int, nx: int, amplitude: float,
-                  correlation: float = FIELD_CORRELATION) -> np.ndarray:
-    """Low-frequency random field with zero mean and max |value| == amplitude, shape (ny, nx)."""
+def smooth_field(rng: np.random.Generator, ny: int, nx: int, amplitude: float,
+                 correlation: float = FIELD_CORRELATION) -> np.ndarray:
+    """Low-frequency random field with zero mean and max |value| == amplitude, shape (ny, nx).
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Draws the white noise that is smoothed.
+    ny, nx : int
+        Shape.
+    amplitude : float
+        The largest absolute value of the result.
+    correlation : float
+        The Gaussian smoothing's sigma as a fraction of ``max(ny, nx)``.
+
+    Returns
+    -------
+    ndarray of float64, shape (ny, nx)
+    """
     sigma = correlation * max(ny, nx)
     f = ndimage.gaussian_filter(rng.standard_normal((ny, nx)), sigma, mode="reflect")
     f = f - f.mean()
@@ -69,9 +85,27 @@ def _thickness_map(rng: np.random.Generator, ny: int, nx: int, t_range: tuple[fl
 # --------------------------------------------------------------------------- anomaly shapes
 
 
-def _place(rng: np.random.Generator, ny: int, nx: int, n_bulk: int, k: int,
-           shape: str) -> np.ndarray:
-    """Boolean mask (ny, nx) with exactly ``k`` True pixels, all in rows >= n_bulk."""
+def place(rng: np.random.Generator, ny: int, nx: int, n_bulk: int, k: int,
+          shape: str) -> np.ndarray:
+    """Boolean mask (ny, nx) with exactly ``k`` True pixels, all in rows >= n_bulk.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+    ny, nx : int
+        Shape.
+    n_bulk : int
+        The first ``n_bulk`` rows (the bulk region) stay False.
+    k : int
+        Pixels to set.
+    shape : {"pixels", "clusters", "line"}
+        Isolated pixels (no 8-neighbour set while possible), small discs of
+        radius 1.5-3 px, or thin (1-2 px) gently curving lines.
+
+    Returns
+    -------
+    ndarray of bool, shape (ny, nx)
+    """
     truth = np.zeros((ny, nx), dtype=bool)
     if k == 0:
         return truth
@@ -126,8 +160,23 @@ def _place_clusters(rng, truth, avail, k) -> None:
         n += take
 
 
-def _trace_curve(rng, avail, step: float = 0.5) -> list[tuple[int, int]]:
-    """Pixels of a gently curving random line through a random available point, in order."""
+def trace_curve(rng: np.random.Generator, avail: np.ndarray,
+                step: float = 0.5) -> list[tuple[int, int]]:
+    """Pixels of a gently curving random line through a random available point, in order.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+    avail : ndarray of bool, shape (ny, nx)
+        Where the line may run; it stops at the first pixel outside.
+    step : float
+        Step along the line, pixels.
+
+    Returns
+    -------
+    list of (int, int)
+        ``(y, x)`` of the line's pixels, end to end.
+    """
     ny, nx = avail.shape
     c = int(rng.choice(np.flatnonzero(avail)))
     y0, x0 = divmod(c, nx)
@@ -178,12 +227,25 @@ def _place_lines(rng, truth, avail, k) -> None:
 # --------------------------------------------------------------------------- simulate
 
 
-def _row_chunks(ny: int, rows: int) -> list[slice]:
+def row_chunks(ny: int, rows: int) -> list[slice]:
+    """Slices of ``rows`` image rows covering ``0..ny`` (the last one may be shorter).
+
+    Parameters
+    ----------
+    ny : int
+        Image rows.
+    rows : int
+        Rows per chunk, >= 1.
+
+    Returns
+    -------
+    list of slice
+    """
     return [slice(r, min(ny, r + rows)) for r in range(0, ny, rows)]
 
 
-# public names of the image side (the underscored ones are what the simulators call)
-smooth_field = _smooth_field
-place = _place
-trace_curve = _trace_curve
-row_chunks = _row_chunks
+# the names the simulators have always called
+_smooth_field = smooth_field
+_place = place
+_trace_curve = trace_curve
+_row_chunks = row_chunks

@@ -312,7 +312,7 @@ def general_image(*, shape: tuple[int, int] = (48, 48), kind: str = "shift",
         avail[n_bulk:] = True
         changed = _place_region(rng_mask, avail, k) if k else np.zeros((ny, nx), dtype=bool)
     else:
-        changed = _place(rng_mask, ny, nx, n_bulk, k, "line" if geometry == "line" else geometry)
+        changed = _place(rng_mask, ny, nx, n_bulk, k, geometry)
     truth = changed.copy() if kind in FLAGGED_KINDS else np.zeros((ny, nx), dtype=bool)
     bulk_mask = np.zeros((ny, nx), dtype=bool)
     bulk_mask[:n_bulk] = True
@@ -462,7 +462,16 @@ class GeneralCondition:
         return self.params.get("kind", "shift") not in FLAGGED_KINDS
 
     def simulate(self, seed: int = 0) -> Simulation:
-        """The condition's image at ``seed`` (:func:`general_image`)."""
+        """The condition's image at ``seed`` (:func:`general_image`).
+
+        Parameters
+        ----------
+        seed : int
+
+        Returns
+        -------
+        Simulation
+        """
         return general_image(**self.params, seed=seed)
 
 

@@ -109,3 +109,18 @@ def test_saved_model_scores_the_same_and_blocks_equal_the_image(issue22, tmp_pat
     np.testing.assert_allclose(back.score(sim.si).nll, ref.nll, rtol=1e-9, atol=1e-9)
     blk, _, _ = det.score_block(sim.si, (10, 30, 5, 40))
     np.testing.assert_allclose(blk, ref.nll[10:30, 5:40], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape,window", [((37, 53), 9), ((1, 30), 9), ((12, 7), 5)])
+def test_window_ranks_equal_scipy_rank_filter(shape, window):
+    """The one-partition neighbourhood median equals scipy's rank filter (reflect border)."""
+    from scipy.ndimage import rank_filter
+
+    from eelsanom.detectors.context_pca import _window_ranks, context_footprint
+
+    a = np.random.default_rng(0).standard_normal(shape)
+    fp = context_footprint(window)
+    n = int(fp.sum())
+    ks = ((n - 1) // 2, n // 2)
+    for got, k in zip(_window_ranks(a, fp, ks, block_values=200), ks):
+        np.testing.assert_array_equal(got, rank_filter(a, k, footprint=fp, mode="reflect"))

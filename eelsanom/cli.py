@@ -797,7 +797,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="CPU-sized subset (64x64, fe-l)")
     p.add_argument("--speed", action="store_true", help="time fit and score on fixed sizes")
     p.add_argument("--large", action="store_true",
-                   help="with --speed on the CPU: also PCA vs HyperSpy on 192x192x1334")
+                   help="with --speed on the CPU: also every detector (default, pooled PCA, PCA, "
+                        "RX, 3D-CVAE) vs HyperSpy on 192x192x1334")
     p.add_argument("--out", required=True)
     p.add_argument("--methods", default=None,
                    help="comma-separated detectors (default: cvae,cvae-ctx,pca,context-pca,bulk-context,rx,"

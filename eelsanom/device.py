@@ -1,10 +1,72 @@
-"""Choosing the torch device: ``"auto"`` picks CUDA, then MPS, then the CPU."""
+"""Choosing the torch device (``"auto"`` picks CUDA, then MPS, then the CPU) and CPU threads."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
+
 from .errors import InputError
 
-__all__ = ["resolve_device"]
+__all__ = ["resolve_device", "cpu_threads", "reserve_gui_core", "cpu_work"]
+
+#: whether a GUI runs in this process: CPU work then leaves one core to it
+_GUI_CORE = False
+
+
+def reserve_gui_core(on: bool = True) -> None:
+    """Say that a GUI runs in this process, so CPU work leaves one core to it (:func:`cpu_threads`).
+
+    Parameters
+    ----------
+    on : bool, default True
+        ``False`` gives the core back.
+    """
+    global _GUI_CORE
+    _GUI_CORE = bool(on)
+
+
+def cpu_threads() -> int:
+    """Threads the CPU work of one detector uses: the cores this process may run on.
+
+    ``OMP_NUM_THREADS``, when set to a positive number, replaces the core count
+    (so a benchmark asking for one thread gets one); one core is left to a GUI
+    (:func:`reserve_gui_core`) when there are at least two.
+
+    Returns
+    -------
+    int
+        At least 1.
+    """
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        n = int(env)
+    else:
+        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        n = int(n or 1)
+    if _GUI_CORE and n > 1:
+        n -= 1
+    return max(1, n)
+
+
+@contextlib.contextmanager
+def cpu_work() -> Iterator[int]:
+    """torch's intra-op threads set to :func:`cpu_threads` for the block (restored afterwards).
+
+    Yields
+    ------
+    int
+        The thread count used.
+    """
+    import torch
+
+    old = torch.get_num_threads()
+    n = cpu_threads()
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(old)
 
 
 def resolve_device(device: str | None = "auto"):

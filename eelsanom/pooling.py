@@ -179,12 +179,16 @@ def neighbourhood_kernel(sigma: float) -> np.ndarray:
 
 def _pool_matrix(out0: int, out1: int, src0: int, src1: int, n: int,
                  g: np.ndarray) -> np.ndarray:
-    """Weights ``A[p, s]`` of source index ``s`` (clipped to the image) in output ``p``."""
+    """Weights ``A[p, s]`` of source index ``s`` (clipped to the image) in output ``p``.
+
+    A replicated border pixel's weights are added up (in the kernel's order), so
+    squaring ``A`` gives the exact variance weights.
+    """
     r = (g.size - 1) // 2
+    idx = np.clip(np.arange(out0, out1)[:, None] + np.arange(-r, r + 1)[None, :], 0, n - 1) - src0
     a = np.zeros((out1 - out0, src1 - src0))
-    for i, p in enumerate(range(out0, out1)):
-        for k, o in enumerate(range(-r, r + 1)):
-            a[i, min(max(p + o, 0), n - 1) - src0] += g[k]
+    rows = np.broadcast_to(np.arange(out1 - out0)[:, None], idx.shape)
+    np.add.at(a, (rows, idx), np.broadcast_to(g, idx.shape))
     return a
 
 
@@ -260,57 +264,227 @@ def excess_stats(own: np.ndarray, expected: np.ndarray, n_energy: int) -> tuple[
     return med, max(sd, 0.25 * math.sqrt(0.5 * n_energy))
 
 
-def _neighbourhood_nll(dev: torch.Tensor, v: torch.Tensor, kl: torch.Tensor, level: torch.Tensor,
-                       noise2: float, mats: tuple[torch.Tensor | None, ...],
-                       origin: tuple[int, int], sig_c: torch.Tensor
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel NLL ``(E, th, tw)`` of each output pixel's neighbourhood statistic, and its penalty.
+#: channel x source-pixel values one chunk of the pooled statistic holds (fits a CPU cache)
+_CHUNK = 1 << 20
+#: output rows (columns) per panel of a banded weight matrix: a panel reads only its band
+_PANEL = 32
 
-    ``dev = data - mean`` and ``v = sigma^2`` ``(E, hs, ws)``, ``kl`` and ``level``
-    (:func:`outlier_level`) ``(hs, ws)`` over the source region; ``mats = (ay, ax,
-    by, bx)`` the (border-aggregated) weights ``(th, hs)`` / ``(tw, ws)`` of the
-    neighbourhood and of its background (``by, bx`` may be ``None``); ``origin``
-    the output block's offset in the source region; ``sig_c`` the output
-    pixels' own sigma. The statistic is ``sum_q (a_pq - b_pq) dev_q`` with its
-    exact variance under the model. A pixel pools the sources whose level is at
-    most its own plus one.
+
+class _Axis:
+    """One axis' weights ``m (out, src)`` as a tensor, split into panels that skip the zeros."""
+
+    def __init__(self, m: np.ndarray, device: Any, dtype: Any) -> None:
+        import torch
+
+        self.m = m
+        self.t = torch.as_tensor(m, device=device, dtype=dtype)
+        nz = m != 0
+        self.bands: list[tuple[int, int, int, int]] = []
+        for o0 in range(0, m.shape[0], _PANEL):
+            o1 = min(m.shape[0], o0 + _PANEL)
+            cols = np.flatnonzero(nz[o0:o1].any(0))
+            if cols.size:
+                self.bands.append((o0, o1, int(cols[0]), int(cols[-1]) + 1))
+        #: every output row is written by a panel (no zero fill needed)
+        self.covers = sum(o1 - o0 for o0, o1, _, _ in self.bands) == m.shape[0]
+
+    def sub(self, s0: int, s1: int) -> _Axis:
+        """The weights of sources ``s0:s1`` only."""
+        return _Axis(self.m[:, s0:s1], self.t.device, self.t.dtype)
+
+    def full(self) -> bool:
+        return len(self.bands) == 1 and self.bands[0] == (0, self.m.shape[0], 0, self.m.shape[1])
+
+    def along_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """``m`` over the first axis: ``(src, w, C) -> (out, w, C)``, one product per panel."""
+        import torch
+
+        flat = x.reshape(x.shape[0], -1)
+        if self.full():
+            return torch.matmul(self.t, flat).view((self.m.shape[0],) + x.shape[1:])
+        shape = (self.m.shape[0], flat.shape[1])
+        out = x.new_empty(shape) if self.covers else x.new_zeros(shape)
+        for o0, o1, s0, s1 in self.bands:
+            torch.matmul(self.t[o0:o1, s0:s1], flat[s0:s1], out=out[o0:o1])
+        return out.view((self.m.shape[0],) + x.shape[1:])
+
+    def along_cols(self, x: torch.Tensor) -> torch.Tensor:
+        """``m`` over the second axis: ``(h, src, C) -> (h, out, C)``."""
+        import torch
+
+        if self.full():
+            return torch.matmul(self.t, x)
+        shape = (x.shape[0], self.m.shape[0], x.shape[2])
+        out = x.new_empty(shape) if self.covers else x.new_zeros(shape)
+        for o0, o1, s0, s1 in self.bands:
+            out[:, o0:o1] = torch.matmul(self.t[o0:o1, s0:s1], x[:, s0:s1])
+        return out
+
+
+#: a linear pooling: terms ``(coefficient, rows axis, columns axis)``
+_Lin = list[tuple[float, _Axis, _Axis]]
+
+
+def _apply(x: torch.Tensor, lin: _Lin) -> torch.Tensor:
+    """``sum_k c_k Y_k x X_k^T`` over the image axes of ``x (hs, ws, C) -> (th, tw, C)``."""
+    out = None
+    for c, ay, ax in lin:
+        r = ax.along_cols(ay.along_rows(x))
+        out = r.mul_(c) if out is None else out.add_(r, alpha=c)
+    assert out is not None
+    return out
+
+
+def _span(ms: list[np.ndarray]) -> tuple[int, int]:
+    """Outputs ``[o0, o1)`` any of the weight matrices ``ms`` (sources already cut) reach."""
+    rows = np.flatnonzero(np.any([m != 0 for m in ms], axis=(0, 2)))
+    return (int(rows[0]), int(rows[-1]) + 1) if rows.size else (0, 0)
+
+
+def _sub(lin: _Lin, box: tuple[int, int, int, int]
+         ) -> tuple[_Lin, tuple[int, int, int, int]]:
+    """``lin`` reading only the sources ``box = (r0, r1, c0, c1)`` and writing only the
+    outputs they reach; returns it and that output box ``(o_r0, o_r1, o_c0, o_c1)``."""
+    r0, r1, c0, c1 = box
+    oy = _span([ay.m[:, r0:r1] for _, ay, _ in lin])
+    ox = _span([ax.m[:, c0:c1] for _, _, ax in lin])
+    sub = [(c, _Axis(ay.m[oy[0]:oy[1], r0:r1], ay.t.device, ay.t.dtype),
+            _Axis(ax.m[ox[0]:ox[1], c0:c1], ax.t.device, ax.t.dtype)) for c, ay, ax in lin]
+    return sub, (oy[0], oy[1], ox[0], ox[1])
+
+
+def _groups(mask: np.ndarray) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
+    """The groups of ``mask``'s pixels (pixels within 4 of each other share one): each
+    group's bounding box and its pixels within it. The spill correction works group by
+    group, not on one box around all (every pixel is in exactly one group)."""
+    from scipy import ndimage
+
+    if not mask.any():
+        return []
+    labels, _ = ndimage.label(ndimage.binary_dilation(mask, iterations=2))
+    labels = np.where(mask, labels, 0)
+    out = []
+    for lab, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        own = labels[sl] == lab
+        rows, cols = np.flatnonzero(own.any(1)), np.flatnonzero(own.any(0))
+        box = (sl[0].start + int(rows[0]), sl[0].start + int(rows[-1]) + 1,
+               sl[1].start + int(cols[0]), sl[1].start + int(cols[-1]) + 1)
+        out.append((box, labels[box[0]:box[1], box[2]:box[3]] == lab))
+    return out
+
+
+def _last(x: torch.Tensor) -> torch.Tensor:
+    """``(C, h, w) -> (h, w, C)``, contiguous (the pooling's working layout)."""
+    return x.permute(1, 2, 0).contiguous()
+
+
+class _Stat:
+    """The pooled statistic's linear maps over one block (see :func:`_neighbourhood_z2`)."""
+
+    def __init__(self, ay: np.ndarray, ax: np.ndarray, by: np.ndarray | None,
+                 bx: np.ndarray | None, device: Any, dtype: Any) -> None:
+        import torch
+
+        def lin(pairs: list[tuple[float, np.ndarray, np.ndarray]], dt: Any) -> _Lin:
+            return [(c, _Axis(my, device, dt), _Axis(mx, device, dt)) for c, my, mx in pairs]
+
+        d = [(1.0, ay, ax)] + ([(-1.0, by, bx)] if by is not None else [])
+        v = [(1.0, ay ** 2, ax ** 2)]
+        if by is not None:
+            v += [(-2.0, ay * by, ax * bx), (1.0, by ** 2, bx ** 2)]
+        self.d, self.v = lin(d, dtype), lin(v, dtype)
+        self.d64, self.v64 = lin(d, torch.float64), lin(v, torch.float64)
+        self.a64 = lin([(1.0, ay, ax)], torch.float64)
+
+
+def _neighbourhood_z2(dev: Callable[[int, int], tuple[torch.Tensor, torch.Tensor | None,
+                                                      torch.Tensor | None]],
+                      n_ch: int, shape: tuple[int, int], stat: _Stat, keeps: list[np.ndarray | None],
+                      uniform: tuple[torch.Tensor, torch.Tensor] | None,
+                      want: tuple[int, int] | None) -> tuple[list[torch.Tensor],
+                                                             list[torch.Tensor | None]]:
+    """Sum over channels of the squared neighbourhood statistic ``z`` for each keep mask.
+
+    ``dev(c0, c1)`` gives channels ``c0:c1`` of the deviations ``(hs, ws, C)`` and
+    (unless ``uniform``) their incoherent variance ``min(v, noise2)`` and coherent
+    sd ``sqrt(max(v - noise2, 0))``; ``uniform = (v_inc, s_coh)`` ``(E,)`` when
+    every pixel shares them. ``keeps``: source masks (``None``: every pixel).
+    The statistic of a mask is that of every pixel minus that of the dropped
+    pixels (linear in the sources), the latter group by group of dropped pixels,
+    each over the outputs it reaches only.
+    Returns per mask the ``(th, tw)`` map (float64) and, for the pixel ``want``
+    (output coordinates), its per-channel ``z^2``.
     """
     import torch
 
-    ay, ax, by, bx = mats
-    th, tw = ay.shape[0], ax.shape[0]
-    oy0, ox0 = origin
-
-    def pool(t: torch.Tensor, a_y: torch.Tensor, a_x: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("ps,...sr,qr->...pq", a_y, t, a_x)
-
-    def stats(keep: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-        d_, vi_, sc_, k_ = (dev, v_inc, s_coh, kl) if keep is None else (
-            dev * keep, v_inc * keep, s_coh * keep, kl * keep)
-        w_ = torch.ones_like(kl) if keep is None else keep
-        d = pool(d_, ay, ax)
-        var = pool(vi_, ay ** 2, ax ** 2)
-        coh = pool(sc_, ay, ax)
-        if by is not None:
-            d = d - pool(d_, by, bx)
-            var = var - 2.0 * pool(vi_, ay * by, ax * bx) + pool(vi_, by ** 2, bx ** 2)
-            coh = coh - pool(sc_, by, bx)
-        var = torch.clamp(var, min=1e-12) + coh ** 2
-        return d / torch.sqrt(var), pool(k_, ay, ax) / pool(w_, ay, ax)
-
-    v_inc = torch.clamp(v, max=noise2)
-    s_coh = torch.sqrt(torch.clamp(v - noise2, min=0.0))
-    lev_c = level[oy0:oy0 + th, ox0:ox0 + tw]
-    z = torch.zeros_like(sig_c)
-    k_out = torch.zeros_like(lev_c)
-    top = float(level.max())
-    for lv in torch.unique(lev_c).tolist():
-        zz, kk = stats(None if lv + 1.0 >= top else (level <= lv + 1.0).to(dev.dtype))
-        m = lev_c == lv
-        z = torch.where(m, zz, z)
-        k_out = torch.where(m, kk, k_out)
-    nb_e = 0.5 * z ** 2 + torch.log(sig_c) + 0.5 * LOG_2PI
-    return nb_e, k_out
+    hs, ws = shape
+    # per mask: the dropped pixels' groups, each with the maps restricted to it
+    drops = []
+    th, tw = stat.d[0][1].m.shape[0], stat.d[0][2].m.shape[0]
+    for k in keeps:
+        parts = [] if k is None else _groups(~k)
+        if parts:
+            subs = [_sub(stat.d, box) for box, _ in parts]
+            area = sum((o[1] - o[0]) * (o[3] - o[2]) for _, o in subs)
+            if area > th * tw // 2:  # many scattered groups: one box around them all is cheaper
+                ys, xs = np.nonzero(~k)
+                box = (int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1)
+                parts = [(box, ~k[box[0]:box[1], box[2]:box[3]])]
+                subs = [_sub(stat.d, box)]
+        groups = []
+        for (box, own), (sub_d, out_box) in zip(parts, subs if parts else []):
+            groups.append((box, out_box, sub_d, _sub(stat.v, box)[0], own))
+        drops.append(groups)
+    var2d: list[tuple[torch.Tensor, torch.Tensor]] = []
+    if uniform is not None:  # the variance maps are 2-D: pooled keep masks times v_inc, s_coh
+        dev0 = uniform[0]
+        for k in keeps:
+            w = (torch.ones((hs, ws, 1), dtype=torch.float64, device=dev0.device) if k is None
+                 else torch.as_tensor(k[..., None], device=dev0.device).to(torch.float64))
+            var2d.append((_apply(w, stat.v64), _apply(w, stat.d64)))
+    z2 = [None] * len(keeps)
+    z2w: list[Any] = [[] for _ in keeps]
+    chunk = max(1, _CHUNK // max(1, hs * ws))
+    for c0 in range(0, n_ch, chunk):
+        c1 = min(n_ch, c0 + chunk)
+        d_c, vi_c, sc_c = dev(c0, c1)
+        d_all = _apply(d_c, stat.d)
+        if uniform is None:
+            v_all, s_all = _apply(vi_c, stat.v), _apply(sc_c, stat.d)
+        for i in range(len(keeps)):
+            d_k = d_all
+            if uniform is None:
+                v_k, s_k = v_all, s_all
+            if drops[i]:
+                d_k = d_all.clone()
+                if uniform is None:
+                    v_k, s_k = v_all.clone(), s_all.clone()
+            for (r0, r1, q0, q1), (o0, o1, p0, p1), sub_d, sub_v, own in drops[i]:
+                if o1 <= o0 or p1 <= p0:
+                    continue
+                dropm = torch.as_tensor(own[..., None], device=d_c.device, dtype=d_c.dtype)
+                d_k[o0:o1, p0:p1] -= _apply(d_c[r0:r1, q0:q1] * dropm, sub_d)
+                if uniform is None:
+                    v_k[o0:o1, p0:p1] -= _apply(vi_c[r0:r1, q0:q1] * dropm, sub_v)
+                    s_k[o0:o1, p0:p1] -= _apply(sc_c[r0:r1, q0:q1] * dropm, sub_d)
+            if uniform is None:
+                var = torch.clamp(v_k, min=1e-12) + s_k ** 2
+            else:
+                vi = uniform[0][c0:c1].to(d_c.dtype)
+                sc = uniform[1][c0:c1].to(d_c.dtype)
+                q, cm = (m.to(d_c.dtype) for m in var2d[i])
+                var = torch.clamp(vi * q, min=1e-12)
+                if bool((sc != 0).any()):
+                    var = var + (sc * cm) ** 2
+            zz = d_k * d_k / var
+            s = zz.sum(-1, dtype=torch.float64)
+            z2[i] = s if z2[i] is None else z2[i] + s
+            if want is not None:
+                z2w[i].append(zz[want[0], want[1]])
+    chans = [torch.cat(w) if w else None for w in z2w]
+    return z2, chans
 
 
 def pool_region(target: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor,
@@ -320,7 +494,13 @@ def pool_region(target: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor,
                 want_channels: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
     """Scores of the output block ``out_box`` from per-pixel Gaussians over ``src_box``.
 
-    The one implementation of the pooling stage (see the module docstring).
+    The one implementation of the pooling stage (see the module docstring). The
+    neighbourhood sums are separable: one banded matrix product per image axis,
+    over chunks of channels, in the inputs' precision (float32 inputs: relative
+    differences of a few 1e-6 from a float64 evaluation); the per-pixel maps are
+    accumulated in float64. When every pixel shares its channels' sigma (PCA,
+    RX, references) the variance of the statistic is a 2-D map, so only the
+    deviations are pooled channel by channel.
 
     Parameters
     ----------
@@ -349,7 +529,7 @@ def pool_region(target: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor,
     Returns
     -------
     dict of str -> Tensor
-        Over the output block ``(th, tw)``: ``score`` (the larger of the scales'
+        float64, over the output block ``(th, tw)``: ``score`` (the larger of the scales'
         NLL + penalty), ``nb_nll`` (NLL part at the winning scale), ``scale``
         (winning sigma, 0 = the pixel), ``own`` (the pixel's own NLL),
         ``expected`` (its expectation), ``penalty``; and ``channel_nll`` (E,)
@@ -361,60 +541,121 @@ def pool_region(target: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor,
     ay0, ay1, ax0, ax1 = out_box
     sy0, sy1, sx0, sx1 = src_box
     oy0, ox0 = ay0 - sy0, ax0 - sx0
-    sl = (slice(oy0, oy0 + ay1 - ay0), slice(ox0, ox0 + ax1 - ax0))
-    dev = target - mean
-    v = sigma ** 2
-    own_s = (0.5 * dev ** 2 / v + torch.log(sigma) + 0.5 * LOG_2PI).sum(0)
-    exp_s = expected_nll(sigma)
-    pen = torch.zeros_like(own_s) if penalty is None else penalty
-    sig_c = sigma[:, sl[0], sl[1]]
-    scales = pooling.scales()
-    device = target.device
-    best = best_nll = best_scale = best_e = None
-    for scale in scales:
+    th, tw = ay1 - ay0, ax1 - ax0
+    sl = (slice(oy0, oy0 + th), slice(ox0, ox0 + tw))
+    n_e, hs, ws = target.shape
+    dt, device = target.dtype, target.device
+    f64 = torch.float64
+    sig0 = sigma[:, :1, :1]
+    uniform = (sigma.stride(1) == 0 and sigma.stride(2) == 0) or bool((sigma == sig0).all())
+    chunk = max(1, _CHUNK // max(1, hs * ws))
+    half_log = 0.5 * LOG_2PI
+    if uniform:
+        s_e = sig0[:, 0, 0].to(f64)
+        logsum = float(torch.log(s_e).sum())
+        inv2v = (0.5 / s_e ** 2).to(dt)[:, None, None]
+        own_s = torch.zeros((hs, ws), dtype=f64, device=device)
+        for c0 in range(0, n_e, chunk):
+            c1 = min(n_e, c0 + chunk)
+            d = target[c0:c1] - mean[c0:c1]
+            own_s += (d * d * inv2v[c0:c1]).sum(0, dtype=f64)
+        own_s += logsum + n_e * half_log
+        exp_s = torch.full((hs, ws), logsum + n_e * (0.5 + half_log), dtype=f64, device=device)
+    else:
+        own_s = torch.zeros((hs, ws), dtype=f64, device=device)
+        exp_s = torch.zeros((hs, ws), dtype=f64, device=device)
+        for c0 in range(0, n_e, chunk):
+            c1 = min(n_e, c0 + chunk)
+            s = sigma[c0:c1]
+            d = (target[c0:c1] - mean[c0:c1]) / s
+            ls = torch.log(s)
+            own_s += (0.5 * d * d + ls).sum(0, dtype=f64)
+            exp_s += ls.sum(0, dtype=f64)
+        own_s += n_e * half_log
+        exp_s += n_e * (0.5 + half_log)
+    pen = (torch.zeros((hs, ws), dtype=f64, device=device) if penalty is None
+           else penalty.to(f64))
+    best = best_nll = best_scale = None
+    chan: torch.Tensor | None = None
+    want = None
+    if want_channels is not None and ay0 <= want_channels[0] < ay1 \
+            and ax0 <= want_channels[1] < ax1:
+        want = (want_channels[0] - ay0, want_channels[1] - ax0)
+    for scale in pooling.scales():
         if scale <= 0:  # the pixel itself
-            nb_e = 0.5 * ((target[:, sl[0], sl[1]] - mean[:, sl[0], sl[1]]) / sig_c) ** 2 \
-                + torch.log(sig_c) + 0.5 * LOG_2PI
-            pen_nb = pen[sl]
+            nb, pen_nb = own_s[sl], pen[sl]
+            if want is not None:
+                py, px = want[0] + oy0, want[1] + ox0
+                s_w = sigma[:, py, px].to(f64)
+                nb_w = (0.5 * ((target[:, py, px] - mean[:, py, px]).to(f64) / s_w) ** 2
+                        + torch.log(s_w) + half_log)
         else:
             g = neighbourhood_kernel(scale)
             gb = (neighbourhood_kernel(max(pooling.background, scale))
                   if pooling.background > 0 else None)
-
-            def mat(kern: np.ndarray | None, o0: int, o1: int, s0: int, s1: int,
-                    n: int) -> torch.Tensor | None:
-                if kern is None:
-                    return None
-                return torch.as_tensor(_pool_matrix(o0, o1, s0, s1, n, kern), device=device,
-                                       dtype=dev.dtype)
-
-            mats = (mat(g, ay0, ay1, sy0, sy1, ny), mat(g, ax0, ax1, sx0, sx1, nx),
-                    mat(gb, ay0, ay1, sy0, sy1, ny), mat(gb, ax0, ax1, sx0, sx1, nx))
+            stat = _Stat(_pool_matrix(ay0, ay1, sy0, sy1, ny, g),
+                         _pool_matrix(ax0, ax1, sx0, sx1, nx, g),
+                         None if gb is None else _pool_matrix(ay0, ay1, sy0, sy1, ny, gb),
+                         None if gb is None else _pool_matrix(ax0, ax1, sx0, sx1, nx, gb),
+                         device, dt)
             if excess is None:
-                level = torch.zeros_like(own_s)
+                level = np.zeros((hs, ws))
             else:
                 level = outlier_level(own_s - exp_s, float(excess[0]),
-                                      float(pooling.spill * excess[1]))
-            nb_e, pen_nb = _neighbourhood_nll(dev, v, pen, level, float(noise2), mats,
-                                              (oy0, ox0), sig_c)
-        nb = nb_e.sum(0)
+                                      float(pooling.spill * excess[1])).cpu().numpy()
+            lev_c = level[sl]
+            top = float(level.max())
+            thr_of = {lv: (None if lv + 1.0 >= top else lv + 1.0) for lv in np.unique(lev_c)}
+            thrs = list(dict.fromkeys(thr_of.values()))
+            keeps = [None if t is None else level <= t for t in thrs]
+            if uniform:
+                vv = (s_e ** 2).to(f64)
+                uni = (torch.clamp(vv, max=noise2), torch.sqrt(torch.clamp(vv - noise2, min=0.0)))
+
+                def dev(c0: int, c1: int) -> tuple[Any, Any, Any]:
+                    return _last(target[c0:c1] - mean[c0:c1]), None, None
+            else:
+                uni = None
+
+                def dev(c0: int, c1: int) -> tuple[Any, Any, Any]:
+                    v = _last(sigma[c0:c1] ** 2)
+                    return (_last(target[c0:c1] - mean[c0:c1]), torch.clamp(v, max=noise2),
+                            torch.sqrt(torch.clamp(v - noise2, min=0.0)))
+
+            z2s, chans = _neighbourhood_z2(dev, n_e, (hs, ws), stat, keeps, uni, want)
+            z2 = torch.zeros((th, tw), dtype=f64, device=device)
+            pen_nb = torch.zeros((th, tw), dtype=f64, device=device)
+            lev_t = torch.as_tensor(lev_c, device=device)
+            for lv, thr in thr_of.items():
+                i = thrs.index(thr)
+                m = lev_t == lv
+                w = (torch.ones((hs, ws, 1), dtype=f64, device=device) if keeps[i] is None
+                     else torch.as_tensor(keeps[i][..., None], device=device).to(f64))
+                kk = (_apply(pen[..., None] * w, stat.a64) / _apply(w, stat.a64))[..., 0]
+                z2 = torch.where(m, z2s[i], z2)
+                pen_nb = torch.where(m, kk, pen_nb)
+                if want is not None and lev_c[want] == lv:
+                    z_w = chans[i]
+            nb = 0.5 * z2 + exp_s[sl] - 0.5 * n_e
+            if want is not None:
+                py, px = want[0] + oy0, want[1] + ox0
+                nb_w = 0.5 * z_w.to(f64) + torch.log(sigma[:, py, px].to(f64)) + half_log
         tot = nb + pen_nb
         if best is None:
-            best, best_nll, best_e = tot, nb, nb_e
+            best, best_nll = tot, nb
             best_scale = torch.full_like(tot, scale)
+            chan = nb_w if want is not None else None
         else:
             up = tot > best
             best = torch.where(up, tot, best)
             best_nll = torch.where(up, nb, best_nll)
             best_scale = torch.where(up, torch.full_like(tot, scale), best_scale)
-            if want_channels is not None:
-                best_e = torch.where(up[None], nb_e, best_e)
+            if want is not None and bool(up[want]):
+                chan = nb_w
     out = {"score": best, "nb_nll": best_nll, "scale": best_scale, "own": own_s[sl],
            "expected": exp_s[sl], "penalty": pen[sl]}
-    if want_channels is not None:
-        cy, cx = want_channels
-        if ay0 <= cy < ay1 and ax0 <= cx < ax1:
-            out["channel_nll"] = best_e[:, cy - ay0, cx - ax0]
+    if chan is not None:
+        out["channel_nll"] = chan
     return out
 
 
@@ -435,6 +676,29 @@ def tiles(ny: int, nx: int, tile: int) -> list[tuple[int, int, int, int]]:
     """
     return [(y, min(y + tile, ny), x, min(x + tile, nx))
             for y in range(0, ny, tile) for x in range(0, nx, tile)]
+
+
+#: source values (channels x pixels) :func:`pool_image` reads per tile by default
+TILE_VALUES = 1 << 25
+
+
+def _auto_tile(hh: int, ww: int, nx: int, rn: int, n_energy: int) -> tuple[int, int]:
+    """``(rows, cols)`` of the output tiles that read the least context per output pixel.
+
+    Each tile reads at most about :data:`TILE_VALUES` values: either bands of
+    whole rows of the region (when the image is narrow enough) or squares.
+    """
+    budget = max(1, TILE_VALUES // n_energy)  # source pixels per tile
+    if (hh + 2 * rn) * min(nx, ww + 2 * rn) <= budget:
+        return hh, ww
+    cands = []
+    src_w = min(nx, ww + 2 * rn)
+    rows = budget // src_w - 2 * rn
+    if rows >= 8:
+        cands.append((src_w * (rows + 2 * rn) / (ww * rows), (min(rows, hh), ww)))
+    side = max(8, int(math.sqrt(budget)) - 2 * rn)
+    cands.append((((side + 2 * rn) / side) ** 2, (min(side, hh), min(side, ww))))
+    return min(cands)[1]
 
 
 def pool_image(gauss: GaussianFn, ny: int, nx: int, *, pooling: Pooling, noise2: float,
@@ -463,7 +727,8 @@ def pool_image(gauss: GaussianFn, ny: int, nx: int, *, pooling: Pooling, noise2:
     region : (y0, y1, x0, x1), optional
         Score only this block (context still comes from the image).
     tile : int, optional
-        Output tile side; default: about 2**22 source values per tile.
+        Output tile side; default: about :data:`TILE_VALUES` source values per tile, whole
+        rows of the region where that reads less context than squares.
     n_energy : int, optional
         Channels (for the default tile size).
     want_channels : (iy, ix), optional
@@ -475,17 +740,33 @@ def pool_image(gauss: GaussianFn, ny: int, nx: int, *, pooling: Pooling, noise2:
         ``score``, ``nb_nll``, ``scale``, ``own``, ``expected``, ``penalty``
         (each (h, w) float64 over the region), and ``channel_nll`` (E,) when asked.
     """
-    import torch
-
     y0r, y1r, x0r, x1r = region if region is not None else (0, ny, 0, nx)
     hh, ww = y1r - y0r, x1r - x0r
     rn = pooling.radius()
     if tile is None:
-        per = max(1, int(n_energy or 256))
-        tile = int(max(8, math.sqrt((1 << 22) / per) - 2 * rn))
+        tile_h, tile_w = _auto_tile(hh, ww, nx, rn, max(1, int(n_energy or 256)))
+    else:
+        tile_h = tile_w = int(tile)
+    from .device import cpu_work
+
+    with cpu_work():  # the matrix products on every core (one left to a GUI)
+        return _pool_tiles(gauss, ny, nx, pooling=pooling, noise2=noise2, excess=excess,
+                           y0r=y0r, x0r=x0r, hh=hh, ww=ww, rn=rn, tile_h=tile_h, tile_w=tile_w,
+                           want_channels=want_channels)
+
+
+def _pool_tiles(gauss: GaussianFn, ny: int, nx: int, *, pooling: Pooling, noise2: float,
+                excess: tuple[float, float] | None, y0r: int, x0r: int, hh: int, ww: int,
+                rn: int, tile_h: int, tile_w: int,
+                want_channels: tuple[int, int] | None) -> dict[str, np.ndarray]:
+    """:func:`pool_image`'s loop over its output tiles."""
+    import torch
+
     keys = ("score", "nb_nll", "scale", "own", "expected", "penalty")
     out: dict[str, Any] = {k: np.zeros((hh, ww), np.float64) for k in keys}
-    for ty0, ty1, tx0, tx1 in tiles(hh, ww, tile):
+    boxes = [(y, min(y + tile_h, hh), x, min(x + tile_w, ww))
+             for y in range(0, hh, tile_h) for x in range(0, ww, tile_w)]
+    for ty0, ty1, tx0, tx1 in boxes:
         ay0, ay1, ax0, ax1 = ty0 + y0r, ty1 + y0r, tx0 + x0r, tx1 + x0r
         sy0, sy1 = max(0, ay0 - rn), min(ny, ay1 + rn)
         sx0, sx1 = max(0, ax0 - rn), min(nx, ax1 + rn)

@@ -22,14 +22,26 @@ def test_header_counts_the_network_the_benchmark_trains():
 
 
 def test_speed_ratios_measure_against_the_dense_reference(capsys):
+    from eelsanom.bench.speed import scaling_summary
+    from eelsanom.detectors import DEFAULT_METHOD
+
     rows = speed_ratios(device="cpu", fit_shape=(4, 5, 300), hyperspy_shape=None,
-                        scaling_sides=(8, 16))
+                        scaling_sides=(8, 16), channel_counts=(64, 128), channel_side=8)
     a = [r for r in rows if r["comparison"] == "a"]
     assert {r["what"].split()[0] for r in a} == {"pca", "rx", "cvae"}
     assert all(r["ratio"] > 0 and math.isfinite(r["ratio"]) for r in a)
     c = [r for r in rows if r["comparison"] == "c"]
     assert {r["size"] for r in c} == {"8x8x267", "16x16x267"}
     assert all(r["per_mpixel_s"] > 0 for r in c)
+    # every detector a user runs, in pixels (c) and in channels (d)
+    whats = {f"default ({DEFAULT_METHOD}) fit", "pca pooled 0.8 score", "pca fit", "rx score"}
+    assert whats <= {r["what"] for r in c}
+    d = [r for r in rows if r["comparison"] == "d"]
+    assert {r["size"] for r in d} == {"8x8x64", "8x8x128"} and whats <= {r["what"] for r in d}
+    assert all(r["per_mvalue_s"] > 0 for r in d)
+    summary = "\n".join(scaling_summary(rows))
+    assert "(d) rx fit: seconds per million pixel-channels" in summary
+    assert "(c) pca pooled 0.8 score: seconds per million pixels" in summary
     out = capsys.readouterr().out
     assert "x faster" in out and "(a) 4x5x300" in out
     # the header names what was compared and the host's state
@@ -45,3 +57,20 @@ def test_speed_header_names_the_hyperspy_comparison():
     assert "get_decomposition_model(8)" in text and "192x192x1334" in text
     assert "drawn pixels" in text  # says the fit subsamples
     assert "(b)" not in "\n".join(speed_header(hyperspy_shape=None))
+
+
+def test_speed_ratios_time_every_detector_against_hyperspy(capsys):
+    """(b): the default detector, pooled PCA, RX and the 3D-CVAE against HyperSpy's time."""
+    import pytest
+
+    pytest.importorskip("hyperspy")
+    from eelsanom.detectors import DEFAULT_METHOD
+
+    rows = speed_ratios(device="cpu", fit_shape=(4, 5, 300), hyperspy_shape=(10, 12),
+                        scaling_sides=(), channel_counts=(), cvae=True)
+    b = {r["what"]: r for r in rows if r["comparison"] == "b"}
+    for what in (f"default ({DEFAULT_METHOD}) fit+score", "pca pooled 0.8 fit+score",
+                 "rx fit+score", "rx pooled 0.8 fit+score", "cvae fit", "cvae score"):
+        assert what in b and math.isfinite(b[what]["ratio"]), what
+    assert 0.0 <= b["cvae fit"]["after_best_fraction"] <= 1.0
+    assert "% of the training after the best epoch" in capsys.readouterr().out

@@ -101,9 +101,24 @@ def _timed(fn, *args: Any, repeat: int = 1) -> float:
     return best
 
 
+def _rows_timed(device: str, seed: int) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(label, method, params)`` of the detectors the speed ratios time: the default
+    detector, pooled PCA, PCA, RX (each with the bench's seed and device)."""
+    from ..detectors import DEFAULT_METHOD
+
+    out = []
+    for label, method, extra in ((f"default ({DEFAULT_METHOD})", DEFAULT_METHOD, {}),
+                                 ("pca pooled 0.8", "pca", {"pooling": 0.8}),
+                                 ("pca", "pca", {}), ("rx", "rx", {})):
+        out.append((label, method, {**_detector_params(method, device, seed), **extra}))
+    return out
+
+
 def speed_ratios(*, device: str = "cpu", seed: int = 0, fit_shape=(16, 20, 2048),
                  hyperspy_shape: tuple[int, int] | None = (192, 192),
-                 scaling_sides=(64, 128, 256), quiet: bool = False) -> list[dict[str, Any]]:
+                 scaling_sides=(64, 128, 256), channel_counts=(256, 512, 1024, 2048),
+                 channel_side: int = 64, cvae: bool = True,
+                 quiet: bool = False) -> list[dict[str, Any]]:
     """Speed ratios of the fits, each measured within this one run (see ``run_speed``).
 
     (a) a ``fit_shape`` fit (PCA and RX with their defaults, on all pixels, and the
@@ -113,8 +128,13 @@ def speed_ratios(*, device: str = "cpu", seed: int = 0, fit_shape=(16, 20, 2048)
     ``hyperspy_shape x 1334`` (bfo window) simulation, PCA fit + score vs
     HyperSpy's ``decomposition(algorithm="SVD", output_dimension=8)`` +
     ``get_decomposition_model(8)`` (skipped without HyperSpy, or when
-    ``hyperspy_shape`` is None); (c) PCA and RX fit and score times at
-    ``side x side`` pixels (fe-l window, 267 channels) for each of ``scaling_sides``.
+    ``hyperspy_shape`` is None), and on the same cube every detector a user runs:
+    the default detector, pooled PCA, RX (plain and pooled), the 3D-CVAE's fit
+    (with ``cvae``; its note gives the share of the training time after its best
+    epoch) and score; (c) fit and score times of the default detector, pooled
+    PCA, PCA and RX at ``side x side`` pixels (fe-l window, 267 channels) for each
+    of ``scaling_sides``; (d) the same at ``channel_side x channel_side`` pixels
+    of the Velox-like cube for each of ``channel_counts`` channels.
 
     Parameters
     ----------
@@ -128,13 +148,19 @@ def speed_ratios(*, device: str = "cpu", seed: int = 0, fit_shape=(16, 20, 2048)
         Image size of comparison (b).
     scaling_sides : sequence of int, default (64, 128, 256)
         Image sides of comparison (c).
+    channel_counts : sequence of int, default (256, 512, 1024, 2048)
+        Channels of comparison (d) (empty: not run).
+    channel_side : int, default 64
+        Image side of comparison (d).
+    cvae : bool, default True
+        Time the 3D-CVAE in comparison (b).
     quiet : bool, default False
         Do not print each line.
 
     Returns
     -------
     list of dict
-        One row per measurement: ``comparison`` ("a", "b" or "c"), ``what``,
+        One row per measurement: ``comparison`` ("a" to "d"), ``what``,
         ``size``, ``seconds``, ``reference_seconds`` (NaN where there is none),
         ``ratio`` (reference / ours; NaN where there is none) and ``line`` (the
         printed text).
@@ -202,22 +228,55 @@ def speed_ratios(*, device: str = "cpu", seed: int = 0, fit_shape=(16, 20, 2048)
             add("b", label, size, t, t_hs, "HyperSpy SVD(8)+model",
                 note=f"q={det.n_components_}, fit on {det.n_sampled_} of {det.n_bulk_} px, "
                      f"{det.n_trimmed_} trimmed, {det.solver_} solver")
+        timed = _rows_timed(device, seed)
+        timed.insert(4, ("rx pooled 0.8", "rx", {**_detector_params("rx", device, seed),
+                                                 "pooling": 0.8}))
+        for label, method, params in timed:
+            if label == "pca":
+                continue  # the rows above
+            det = get_detector(method, **params)
+            t0 = time.perf_counter()
+            det.fit(sim.si)
+            t1 = time.perf_counter()
+            det.score(sim.si)
+            t2 = time.perf_counter()
+            add("b", f"{label} fit+score", size, t2 - t0, t_hs, "HyperSpy SVD(8)+model",
+                note=f"fit {t1 - t0:.2f} s, score {t2 - t1:.2f} s")
+        if cvae:
+            det = get_detector("cvae", **_detector_params("cvae", device, seed))
+            t0 = time.perf_counter()
+            det.fit(sim.si)
+            t1 = time.perf_counter()
+            det.score(sim.si)
+            t2 = time.perf_counter()
+            h = getattr(det, "history_", {})
+            add("b", "cvae fit", size, t1 - t0, t_hs, "HyperSpy SVD(8)+model",
+                note=f"{h.get('epochs_run', '?')} epochs, best {h.get('best_epoch', '?')}, "
+                     f"{100 * float(h.get('after_best_fraction', float('nan'))):.0f} % of the "
+                     f"training after the best epoch; score {t2 - t1:.2f} s")
+            rows[-1]["after_best_fraction"] = float(h.get("after_best_fraction", float("nan")))
+            add("b", "cvae score", size, t2 - t1, t_hs, "HyperSpy SVD(8)+model")
+
+    def scaling(comp: str, si: Any, mask: Any, size: str, n: int, ne: int) -> None:
+        for label, method, params in _rows_timed(device, seed):
+            det = get_detector(method, **params)
+            t_fit = _timed(det.fit, si, mask)
+            t_score = _timed(det.score, si)
+            for kind, t in (("fit", t_fit), ("score", t_score)):
+                add(comp, f"{label} {kind}", size, t)
+                rows[-1]["per_mpixel_s"] = t / n * 1e6
+                rows[-1]["per_mvalue_s"] = t / (n * ne) * 1e6
 
     # (c) linear in pixels
     for side in scaling_sides:
         sim = simulate(shape=(side, side), window="fe-l", magnitude=0.9, concentration=0.01,
                        seed=seed)
-        size = f"{side}x{side}x{sim.si.n_energy}"
-        for method in ("pca", "rx"):
-            kw = {"device": device} if method == "pca" else {}
-            det = get_detector(method, seed=seed, **kw)
-            t_fit = _timed(det.fit, sim.si, sim.bulk_mask)
-            t_score = _timed(det.score, sim.si)
-            n = side * side
-            add("c", f"{method} fit", size, t_fit)
-            rows[-1]["per_mpixel_s"] = t_fit / n * 1e6
-            add("c", f"{method} score", size, t_score)
-            rows[-1]["per_mpixel_s"] = t_score / n * 1e6
+        scaling("c", sim.si, sim.bulk_mask, f"{side}x{side}x{sim.si.n_energy}", side * side,
+                sim.si.n_energy)
+    # (d) at most linear in channels
+    for ne in channel_counts:
+        si = _wide_cube(channel_side, channel_side, int(ne), seed)
+        scaling("d", si, None, f"{channel_side}x{channel_side}x{ne}", channel_side ** 2, int(ne))
     return rows
 
 
@@ -260,9 +319,16 @@ def speed_header(fit_shape=(16, 20, 2048), hyperspy_shape: tuple[int, int] | Non
             f"{PCADetector.randomized_min_side} pixels and channels) vs HyperSpy "
             "Signal1D.decomposition(algorithm='SVD', output_dimension=8) + "
             "get_decomposition_model(8) on the same array")
+    if hyperspy_shape is not None:
+        lines.append("(b) also, on the same cube and against the same HyperSpy time: the default "
+                     "detector, pooled PCA (0.8), RX (plain and pooled 0.8) fit + score, and the "
+                     "3D-CVAE's fit (defaults; share of its training after the best epoch) "
+                     "and score")
     sides = ", ".join(f"{s}x{s}" for s in scaling_sides)
-    lines.append(f"(c) PCA and RX fit (bulk mask) and score at {sides} pixels x 267 channels "
-                 "(fe-l): seconds per million pixels")
+    lines.append(f"(c) the default detector, pooled PCA, PCA and RX fit (bulk mask) and score at "
+                 f"{sides} pixels x 267 channels (fe-l): seconds per million pixels")
+    lines.append("(d) the same (no mask) on the 64x64 Velox-like cube at 256 to 2048 channels: "
+                 "seconds per million pixel-channels")
     lines.append(f"host: {os.cpu_count()} cores, load average {load} (other work on the host "
                  f"slows both sides), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     return lines
@@ -387,14 +453,7 @@ def run_speed(out: Path, *, methods: list[str] | None = None, device: str = "aut
         lines += ["", "## Fit ratios (one run)", "", "```"]
         lines += speed_header(hyperspy_shape=(192, 192) if big else None)
         lines += [r["line"] for r in ratios]
-        for method in ("pca", "rx"):
-            for kind in ("fit", "score"):
-                per = [(r["size"], r["per_mpixel_s"]) for r in ratios
-                       if r["comparison"] == "c" and r["what"] == f"{method} {kind}"]
-                if len(per) > 1:
-                    lines.append(f"(c) {method} {kind}: seconds per million pixels "
-                                 + ", ".join(f"{sz} {v:.3g}" for sz, v in per)
-                                 + f" (largest / smallest {per[-1][1] / per[0][1]:.2f})")
+        lines += scaling_summary(ratios)
         lines.append("```")
         if not big:
             lines.append("(b) PCA vs HyperSpy on 192 x 192 x 1334: not run "
@@ -403,3 +462,31 @@ def run_speed(out: Path, *, methods: list[str] | None = None, device: str = "aut
     if not quiet:
         print("\n".join(lines))
     return rows
+
+
+def scaling_summary(ratios: list[dict[str, Any]]) -> list[str]:
+    """One line per detector and fit/score of the scaling comparisons (c) and (d) of
+    :func:`speed_ratios`: time per million pixels (c) or pixel-channels (d) at each size,
+    and the largest size's over the smallest's (1: linear).
+
+    Parameters
+    ----------
+    ratios : list of dict
+        The rows of :func:`speed_ratios`.
+
+    Returns
+    -------
+    list of str
+    """
+    lines = []
+    for comp, key, unit in (("c", "per_mpixel_s", "pixels"),
+                            ("d", "per_mvalue_s", "pixel-channels")):
+        whats = list(dict.fromkeys(r["what"] for r in ratios if r["comparison"] == comp))
+        for what in whats:
+            per = [(r["size"], r[key]) for r in ratios
+                   if r["comparison"] == comp and r["what"] == what]
+            if len(per) > 1:
+                lines.append(f"({comp}) {what}: seconds per million {unit} "
+                             + ", ".join(f"{sz} {v:.3g}" for sz, v in per)
+                             + f" (largest / smallest {per[-1][1] / per[0][1]:.2f})")
+    return lines

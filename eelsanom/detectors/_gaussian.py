@@ -666,6 +666,10 @@ def check_common(det: Any) -> None:
 
 
 # ----------------------------------------------------------------------------- pooled scoring
+#: values (pixels x channels) per call of a detector's ``gauss_rows`` in :func:`pooled_scores`
+POOL_ROW_VALUES = 1 << 17
+
+
 def pooled_scores(si: SpectrumImage, gauss_rows: Callable[[np.ndarray], tuple[Any, ...]], *,
                   pooling: Any, noise2: float, excess: tuple[float, float] | None,
                   region: tuple[int, int, int, int] | None = None,
@@ -674,7 +678,9 @@ def pooled_scores(si: SpectrumImage, gauss_rows: Callable[[np.ndarray], tuple[An
 
     ``gauss_rows(x)`` maps counts ``x (n, E)`` to ``(target, mean, sigma, penalty)``
     torch tensors of shapes ``(n, E')`` and ``(n,)`` (transformed units; ``E'`` may
-    differ from ``E``, e.g. whitened coordinates; ``penalty`` may be ``None``);
+    differ from ``E``, e.g. whitened coordinates; ``penalty`` may be ``None``; a
+    sigma shared by every pixel may come as an expanded, stride-0 tensor). It is
+    called on cache-sized runs of pixels and its outputs are kept in float32;
     :func:`eelsanom.pooling.pool_image` reads each tile with the context the
     pooling needs (lazy data computed block by block and checked for NaN/inf).
 
@@ -703,15 +709,42 @@ def pooled_scores(si: SpectrumImage, gauss_rows: Callable[[np.ndarray], tuple[An
 
     ny, nx = si.nav_shape
 
+    import torch
+
     def gauss(rows: slice, cols: slice):
         block = read_block(si, rows, cols)
         h, w = block.shape[:2]
-        t, m, s, p = gauss_rows(block.reshape(h * w, -1))
+        flat = block.reshape(h * w, -1)
+        # cache-sized runs of pixels through the detector, written into float32 arrays
+        # (channel-last): the block-sized intermediates of one call would run from memory
+        step = max(1, POOL_ROW_VALUES // max(1, flat.shape[1]))
+        t_all = m_all = s_all = p_all = None
+        s_uniform = None
+        for i in range(0, h * w, step):
+            t, m, s, p = gauss_rows(flat[i:i + step])
+            if t_all is None:
+                n_ch = t.shape[1]
+                t_all = torch.empty((h * w, n_ch), dtype=torch.float32)
+                m_all = torch.empty_like(t_all)
+                if s.dim() == 2 and s.shape[0] > 1 and s.stride(0) == 0:
+                    s_uniform = s[0].to(torch.float32)  # the same sigma for every pixel
+                else:
+                    s_all = torch.empty_like(t_all)
+                p_all = None if p is None else torch.empty(h * w, dtype=torch.float64)
+            j = i + t.shape[0]
+            t_all[i:j] = t
+            m_all[i:j] = m
+            if s_all is not None:
+                s_all[i:j] = s
+            if p_all is not None:
+                p_all[i:j] = p
 
         def img(a: Any) -> Any:
             return a.T.reshape(-1, h, w)
 
-        return img(t), img(m), img(s), None if p is None else p.reshape(h, w)
+        s_img = (s_uniform[:, None, None].expand(-1, h, w) if s_uniform is not None
+                 else img(s_all))
+        return img(t_all), img(m_all), s_img, None if p_all is None else p_all.reshape(h, w)
 
     return pool_image(gauss, ny, nx, pooling=pooling, noise2=noise2, excess=excess,
                       region=region, n_energy=si.n_energy, want_channels=want_channels)

@@ -111,16 +111,10 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
 from ..checks import check_choice, check_int, check_number, is_int
 from ..device import resolve_device
 from ..errors import InputError, NotFittedError
-from ..nn.device import torch_threads
-from ..nn.infer import score_cube
-from ..nn.model import CVAE3D, energy_levels_for
-from ..nn.scaler import Scaler, to_input
-from ..nn.train import TrainConfig, fingerprint, spatial_split, train_cvae
 from ..pooling import Pooling, excess_stats, pooling_from
 from ..preprocess import TRANSFORMS, forward_transform, inverse_transform, transform_sigma
 from ..progress import ProgressCallback, ProgressEvent, emit
@@ -133,6 +127,9 @@ from .base import BaseDetector
 log = logging.getLogger(__name__)
 
 __all__ = ["CVAE3DDetector", "PrefixScorer"]
+
+#: the most epochs without improvement ``patience="auto"`` waits
+AUTO_PATIENCE = 8
 
 _SCORES = ("elbo", "recon")
 #: principal axes start in the model when their variance exceeds this multiple of the
@@ -284,8 +281,14 @@ class CVAE3DDetector(BaseDetector):
         PCA start and of the training loss.
     val_fraction : float
         Fraction of training pixels held out (whole blocks) for early stopping.
-    patience : int
-        Epochs without a better validation NLL (by more than 0.005 %) before training stops.
+    patience : int or "auto"
+        Epochs without a better validation NLL (by more than 0.005 %) before
+        training stops. ``"auto"``: a third of the optimiser steps up to the best
+        epoch, at least two epochs and at most 8, so at most about a quarter of a
+        long training is spent after its best epoch.
+    max_time : float or None
+        Most seconds of training (split evenly between the ``n_seeds`` members);
+        the best epoch within it is kept. ``None``: no limit.
     scoring : {"elbo", "recon"}
         Negative ELBO (NLL plus the latent code's KL term) or the NLL alone.
     transform : {"anscombe", "none"}
@@ -343,8 +346,9 @@ class CVAE3DDetector(BaseDetector):
                  spatial_layers: int = 2, pooling: float = 0.8, patch_size: int = 16,
                  epochs: int = 40, batch_size: int | None = None, lr: float = 1e-3,
                  beta: float = 1.0, beta_nll: float = 0.0, sigma_floor: float = 0.8,
-                 robust_fraction: float = 0.05, val_fraction: float = 0.12, patience: int = 8,
-                 scoring: str = "elbo", transform: str = "anscombe", device: str = "auto",
+                 robust_fraction: float = 0.05, val_fraction: float = 0.12,
+                 patience: int | str = "auto",
+                 max_time: float | None = None, scoring: str = "elbo", transform: str = "anscombe", device: str = "auto",
                  amp: bool | str = "auto", tile_size: int | None = None, seed: int = 0,
                  n_seeds: int = 1, checkpoint: str | None = None,
                  context: str = "pixel", context_radius: int = 4) -> None:
@@ -365,6 +369,7 @@ class CVAE3DDetector(BaseDetector):
         self.robust_fraction = robust_fraction
         self.val_fraction = val_fraction
         self.patience = patience
+        self.max_time = max_time
         self.scoring = scoring
         self.transform = transform
         self.device = device
@@ -380,10 +385,15 @@ class CVAE3DDetector(BaseDetector):
     def _validate_params(self) -> None:
         super()._validate_params()
         ints = {"latent_dim": (1, 256), "width": (1, 256), "spatial_layers": (0, 16),
-                "patch_size": (1, 4096), "epochs": (1, None), "patience": (1, None),
-                "seed": (0, None)}
+                "patch_size": (1, 4096), "epochs": (1, None), "seed": (0, None)}
         for name, (lo, hi) in ints.items():
             check_int(name, getattr(self, name), lo, hi)
+        if not (isinstance(self.patience, str) and self.patience.lower() == "auto"):
+            check_int("patience", self.patience, 1, None,
+                      fix="patience is 'auto' (stop after a third of the steps up to the best "
+                          "epoch, 2 to 8 epochs) or a number of epochs without improvement.")
+        if self.max_time is not None:
+            check_number("max_time", self.max_time, low=0.0, low_open=True)
         check_int("n_seeds", self.n_seeds, 1, 64,
                   fix="n_seeds is the number of members of the seed ensemble. Fix: n_seeds=1 "
                       "trains one network; 3-5 seeds give a mean map and a disagreement map.")
@@ -463,6 +473,8 @@ class CVAE3DDetector(BaseDetector):
         Unfitted, the count for a 1334-channel window (the ``bfo`` benchmark
         window; it depends on the number of channels only through the bottleneck).
         """
+        from ..nn.model import CVAE3D, energy_levels_for
+
         if hasattr(self, "model_"):
             return int(sum(m.n_parameters for m, _ in self._members()))
         return int(CVAE3D(1334, self.latent_dim, self.width, energy_levels_for(1334),
@@ -481,6 +493,13 @@ class CVAE3DDetector(BaseDetector):
     # ------------------------------------------------------------------ fit
     def _fit(self, si: SpectrumImage, mask: np.ndarray | None,
              progress: ProgressCallback | None) -> None:
+        import torch
+
+        from ..nn.device import torch_threads
+        from ..nn.model import CVAE3D, energy_levels_for
+        from ..nn.scaler import Scaler, to_input
+        from ..nn.train import TrainConfig, fingerprint, spatial_split, train_cvae
+
         device = self._device()
         ny, nx = si.nav_shape
         ne = si.n_energy
@@ -528,13 +547,18 @@ class CVAE3DDetector(BaseDetector):
         excess: list[tuple[float, float]] = []
         hists: list[dict[str, Any]] = []
         seeds = [int(self.seed) + i for i in range(n_seeds)]
+        auto_patience = isinstance(self.patience, str)  # validated: "auto"
         for i, seed in enumerate(seeds):
             train_m, val_m, boxes = spatial_split(region_mask, float(self.val_fraction), seed)
             cfg = TrainConfig(patch_size=int(self.patch_size), batch_size=self.batch_size,
                               epochs=int(self.epochs), lr=float(self.lr), beta=float(self.beta),
                               beta_nll=float(self.beta_nll),
                               robust_fraction=float(self.robust_fraction), robust=robust,
-                              val_fraction=float(self.val_fraction), patience=int(self.patience),
+                              val_fraction=float(self.val_fraction),
+                              patience=AUTO_PATIENCE if auto_patience else int(self.patience),
+                              patience_fraction=1.0 / 3.0 if auto_patience else 0.0,
+                              max_seconds=(None if self.max_time is None
+                                           else float(self.max_time) / len(seeds)),
                               seed=seed, amp=self._amp(device), prefixes=prefixes)
             fp = fingerprint("cvae3d-v1", {**params, "seed": seed}, arch, a_core, region_mask)
             with torch.random.fork_rng(devices=[]):
@@ -609,6 +633,11 @@ class CVAE3DDetector(BaseDetector):
              pooling: Pooling | None = None, *, model: Any = None,
              excess: tuple[float, float] | None = None, **kw: Any) -> dict[str, np.ndarray]:
         """Score with one network (default: the first member) through :func:`score_cube`."""
+        import torch
+
+        from ..nn.device import torch_threads
+        from ..nn.infer import score_cube
+
         if model is None:
             if not hasattr(self, "model_"):
                 raise NotFittedError("this CVAE3DDetector has no network: fit or load it first.")
@@ -814,7 +843,8 @@ class CVAE3DDetector(BaseDetector):
     def _history_summary(h: dict[str, Any]) -> dict[str, Any]:
         summary = {k: h[k] for k in ("best_epoch", "best_val", "init_val", "init_won",
                                      "epochs_run", "stopped_early", "steps_per_epoch",
-                                     "batch_size") if k in h}
+                                     "batch_size", "train_seconds", "best_seconds",
+                                     "after_best_fraction", "stopped_by_time") if k in h}
         summary["loss"] = [float(v) for v in h.get("loss", [])]
         summary["val_nll"] = [float(v) if np.isfinite(v) else None for v in h.get("val_nll", [])]
         for k in ("best_val", "init_val"):
@@ -862,6 +892,11 @@ class CVAE3DDetector(BaseDetector):
         return arrays
 
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        import torch
+
+        from ..nn.model import CVAE3D
+        from ..nn.scaler import Scaler
+
         sc = state["scaler"]
         self.scaler_ = Scaler(mean=np.asarray(arrays["scaler_mean"], np.float32),
                               scale=float(sc["scale"]), noise=float(sc["noise"]),

@@ -139,8 +139,12 @@ HELP: dict[str, dict[str, tuple]] = {
                         "smallest predicted sigma, as a fraction of the estimated noise level"),
         "val_fraction": ("float", 0.0, 0.5, (), False,
                          "fraction of training pixels held out (blocks) for early stopping"),
-        "patience": ("int", 1, 100_000, (), False,
-                     "epochs without a better validation NLL before training stops"),
+        "patience": ("any", None, None, (), False,
+                     "epochs without a better validation NLL before training stops; 'auto': "
+                     "a third of the steps up to the best epoch, 2 to 8 epochs"),
+        "max_time": ("float", 0.0, None, (), True,
+                     "most seconds of training (the best epoch within it is kept); empty: "
+                     "no limit"),
         "scoring": ("choice", None, None, ("elbo", "recon"), False,
                     "score: negative ELBO (NLL + KL of the code) or the reconstruction NLL alone"),
         "amp": ("any", None, None, (), False,

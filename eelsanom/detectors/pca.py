@@ -730,7 +730,9 @@ class PCADetector(PooledGaussian, BaseDetector):
         xc, p, _ = self._terms(x, t)
         target = xc + t.mu
         mean = (p * t.shrink) @ t.U.T + t.mu
-        sigma = torch.full_like(mean, math.sqrt(t.s2))
+        # one sigma for every pixel: a stride-0 view (the pooling stage pools 2-D variance maps)
+        sigma = torch.full((1, 1), math.sqrt(t.s2), dtype=mean.dtype,
+                           device=mean.device).expand_as(mean)
         z = p * t.latent_scale
         pv = t.s2 / t.lam
         kl = 0.5 * ((z * z).sum(1) + float((pv - torch.log(pv) - 1.0).sum()))

@@ -32,6 +32,7 @@ from ._gaussian import (
     numpy_gram,
     outlyingness,
     robust_rule,
+    sample_pixels,
     training_gain,
     trimmed_fit,
 )
@@ -213,8 +214,15 @@ class RXDetector(PooledGaussian, BaseDetector):
 
     # ------------------------------------------------------------------ fitting
     #: which side of the data the covariance is decomposed on (see ``_gaussian.Gram``);
-    #: the benchmark's dense reference forces ``"channel"``
+    #: the benchmark's dense reference forces ``"channel"`` (and with it the exact fit: every
+    #: training pixel, the full covariance)
     _gram_side = "auto"
+    #: most training pixels the covariance is estimated from (a seeded subsample beyond):
+    #: the fit costs ``O(n^2 D)`` on the pixel side, so it follows the channels, not their square
+    max_fit_pixels: int | None = 1024
+    #: directions of the shrunk covariance kept exactly; the rest share their mean variance
+    #: (low rank plus isotropic, as PPCA): scoring costs ``O(D max_rank)`` per pixel, not ``D^2``
+    max_rank: int | None = 64
 
     def _shrinkage_for(self, trace: float, frob2: float, d: int, n: int,
                        s4: Callable[[], float]) -> float:
@@ -244,8 +252,20 @@ class RXDetector(PooledGaussian, BaseDetector):
         Ss.flat[::d + 1] += a * float(np.trace(S)) / d
         e, V = np.linalg.eigh(Ss)
         e = np.maximum(e, 1e-10 * max(float(np.mean(np.abs(e))), 1e-30))
+        k = self._rank_cap()
+        if k is not None and k < d:  # the top k directions, the rest at their mean variance
+            rest = float(np.mean(e[:-k]))
+            U, ek = V[:, -k:][:, ::-1], e[-k:][::-1]
+            return {"mean": mean, "whitener": U / np.sqrt(ek),
+                    "logdet": float(np.sum(np.log(ek)) + (d - k) * math.log(rest)),
+                    "shrinkage": float(a), "var": np.maximum(np.diag(Ss), 0.0), "basis": U,
+                    "iso_precision": 1.0 / rest}
         return {"mean": mean, "whitener": V / np.sqrt(e), "logdet": float(np.sum(np.log(e))),
                 "shrinkage": float(a), "var": np.maximum(np.diag(Ss), 0.0)}
+
+    def _rank_cap(self) -> int | None:
+        """Directions kept exactly (``None``: all): :attr:`max_rank`, except in the exact fit."""
+        return None if self._gram_side != "auto" or self.max_rank is None else int(self.max_rank)
 
     def _fit_subset_pixels(self, gram: Gram, keep: np.ndarray) -> dict[str, Any]:
         """The same model with fewer pixels ``n`` than channels ``D``, in ``O(n^2 D)``.
@@ -272,13 +292,17 @@ class RXDetector(PooledGaussian, BaseDetector):
         mu, V = mu[::-1], V[:, ::-1]
         r = int(np.sum(mu > max(float(mu[0]), 1e-300) * n * 1e-13)) if mu.size else 0
         Yc = np.asarray(gram.X[rows], np.float64) - mean
-        U = (Yc.T @ V[:, :r]) / np.sqrt(mu[:r])
         lam = mu[:r] / n
         b = a * trace / d
         e = (1.0 - a) * lam + b
         floor = 1e-10 * max(trace / d, 1e-30)  # the dense path's floor (mean |eigenvalue|)
         e = np.maximum(e, floor)
         b = max(b, floor)
+        k = self._rank_cap()
+        if k is not None and r > k:  # the top k directions, the rest at their mean variance
+            b = float((np.sum(e[k:]) + (d - r) * b) / (d - k))
+            e, r = e[:k], k
+        U = (Yc.T @ V[:, :r]) / np.sqrt(mu[:r])
         var = np.maximum((1.0 - a) * np.mean(Yc * Yc, axis=0) + a * trace / d, 0.0)
         return {"mean": mean, "whitener": U / np.sqrt(e),
                 "logdet": float(np.sum(np.log(e)) + (d - r) * math.log(b)),
@@ -296,8 +320,16 @@ class RXDetector(PooledGaussian, BaseDetector):
 
     def _fit(self, si: SpectrumImage, mask: np.ndarray | None,
              progress: ProgressCallback | None) -> None:
-        self.gain_ = training_gain(si, mask, self.gain, self.transform)
-        X = gather_training(si, mask, self.transform, self.gain_)
+        ny, nx = si.nav_shape
+        cap = None if self._gram_side != "auto" else self.max_fit_pixels
+        pixels = sample_pixels(si.nav_shape, mask, cap, np.random.default_rng(self.seed))
+        if pixels is None:
+            self.gain_ = training_gain(si, mask, self.gain, self.transform)
+        else:  # the gain from the drawn pixels too
+            drawn = np.zeros(ny * nx, bool)
+            drawn[pixels] = True
+            self.gain_ = training_gain(si, drawn.reshape(ny, nx), self.gain, self.transform)
+        X = gather_training(si, mask, self.transform, self.gain_, pixels=pixels)
         gram = Gram(X, numpy_gram, side=self._gram_side)
 
         def score(model: dict[str, Any]) -> np.ndarray:
@@ -320,7 +352,11 @@ class RXDetector(PooledGaussian, BaseDetector):
         self.pool_excess_ = excess_stats(0.5 * m2, np.full(m2.shape, 0.5 * n_pool), n_pool)
         log.info("RX: shrinkage %.4g, %d training pixels (%d trimmed)", self.shrinkage_,
                  self.n_train_, self.n_trimmed_)
-        cautions.add(self, cautions.fit_cautions("rx", self.n_train_, X.shape[1]))
+        # a drawn subsample is by design (low rank plus isotropic): the caution looks at the
+        # training pixels there were
+        n_avail = self.n_train_ if pixels is None else (
+            int(mask.sum()) if mask is not None else ny * nx) - self.n_trimmed_
+        cautions.add(self, cautions.fit_cautions("rx", n_avail, X.shape[1]))
 
     def _whiten(self, X: np.ndarray) -> np.ndarray:
         """Whitened coordinates ``W^T (x - mu)`` of transformed rows, shape (n, r).
@@ -390,7 +426,7 @@ class RXDetector(PooledGaussian, BaseDetector):
             rest = xc - (xc @ self.basis_) @ self.basis_.T
             w = np.concatenate([w, math.sqrt(self.iso_precision_) * rest], axis=1)
         wt = torch.as_tensor(w)
-        return wt, torch.zeros_like(wt), torch.ones_like(wt), None
+        return wt, torch.zeros_like(wt), torch.ones((1, 1), dtype=wt.dtype).expand_as(wt), None
 
     def _pool_channels(self) -> int:
         """Length of the whitened deviation vectors the pooling stage sees."""

@@ -303,6 +303,70 @@ def _signal_type_of(sig: Any) -> str:
         return ""
 
 
+def _describe_hspy(path: Path) -> list[dict[str, Any]] | None:
+    """:func:`list_signals` of a ``.hspy`` file read with h5py (importing HyperSpy takes seconds).
+
+    Only for the plain case :func:`_describe` would give the same answer for: an HDF5
+    file that declares ``file_format="HyperSpy"``, every signal with uniform axes, one
+    signal axis, at least one navigation axis, not ragged, and signal type EELS or
+    unset; anything else returns ``None`` and goes through HyperSpy.
+    """
+    if path.is_dir() or path.suffix.lower() != ".hspy":
+        return None
+    try:
+        _check_declared(path)
+    except InputError:
+        return None  # the HyperSpy path reports it
+    import importlib.util
+
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if str(f.attrs.get("file_format", "")) != "HyperSpy" or "Experiments" not in f:
+                return None
+            exps = f["Experiments"]
+            out = []
+            for index, name in enumerate(exps):
+                g = exps[name]
+                attrs = g.get("attributes")
+                if attrs is not None and bool(attrs.attrs.get("ragged", False)):
+                    return None
+                data = g["data"]
+                axes = [g[f"axis-{i}"].attrs for i in range(data.ndim)]
+                if any(str(a.get("_type", "UniformDataAxis")) != "UniformDataAxis"
+                       or "scale" not in a or "offset" not in a for a in axes):
+                    return None
+                nav = [a for a in axes if bool(a.get("navigate"))]
+                sig = [a for a in axes if not bool(a.get("navigate"))]
+                meta = g.get("metadata")
+                general = meta.get("General") if meta is not None else None
+                signal = meta.get("Signal") if meta is not None else None
+                title = str(general.attrs.get("title", "")) if general is not None else ""
+                stype = str(signal.attrs.get("signal_type", "")) if signal is not None else ""
+                if len(sig) != 1 or not nav or stype not in ("EELS", ""):
+                    return None
+                eels = stype == "EELS" and importlib.util.find_spec("exspy") is not None
+                ax = sig[0]
+                size, scale, offset = int(ax["size"]), float(ax["scale"]), float(ax["offset"])
+                units = str(ax.get("units", ""))
+                units = "" if units == "<undefined>" else units
+                axis_vals = offset + scale * np.arange(size)
+                out.append({
+                    "index": index, "title": title, "signal_type": stype,
+                    "class": "LazyEELSSpectrum" if eels else "LazySignal1D",
+                    "shape": tuple(int(n) for n in data.shape),
+                    "nav_shape": tuple(int(a["size"]) for a in nav),
+                    "signal_shape": (size,), "dtype": str(data.dtype),
+                    "energy_offset": float(axis_vals[0]) if size else None,
+                    "energy_end": float(axis_vals[-1]) if size else None,
+                    "energy_scale": float(scale or np.nan), "energy_units": units,
+                    "is_candidate": is_eels_spectrum_image(len(nav), 1, units, stype)})
+            return out or None
+    except Exception:  # noqa: BLE001 - anything unexpected: HyperSpy reads it and explains
+        return None
+
+
 def _describe(sig: Any, index: int) -> dict[str, Any]:
     am = sig.axes_manager
     sig_axes = list(am.signal_axes)
@@ -388,6 +452,9 @@ def list_signals(path: str | os.PathLike) -> list[dict[str, Any]]:
         Missing or unreadable file.
     """
     p = _check_input_path(path)
+    fast = _describe_hspy(p)  # a plain HyperSpy HDF5 file: its headers, without HyperSpy
+    if fast is not None:
+        return fast
     signals = _read_all(p, lazy=True)
     try:
         return [_describe(s, i) for i, s in enumerate(signals)]

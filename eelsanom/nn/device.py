@@ -8,7 +8,6 @@ prefers): :func:`channels_last` puts a tensor in it.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 
 import torch
@@ -22,8 +21,9 @@ __all__ = ["resolve_device", "torch_threads", "autocast", "channels_last"]
 def torch_threads(device: torch.device) -> Iterator[None]:
     """On the CPU, use one torch thread per core for the duration (restored afterwards).
 
-    The cores counted are those this process may run on (its CPU affinity); on
-    other devices the thread count is left alone.
+    The cores counted are those this process may run on (its CPU affinity), less
+    one while a GUI runs, ``OMP_NUM_THREADS`` when set (:func:`eelsanom.device.cpu_threads`);
+    on other devices the thread count is left alone.
 
     Parameters
     ----------
@@ -39,13 +39,10 @@ def torch_threads(device: torch.device) -> Iterator[None]:
     if device.type != "cpu":
         yield
         return
-    old = torch.get_num_threads()
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch.set_num_threads(max(1, int(n or 1)))
-    try:
+    from ..device import cpu_work
+
+    with cpu_work():
         yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:

@@ -80,7 +80,19 @@ class TrainConfig:
         Fraction of the training pixels held out for validation (the caller
         makes the split, see :func:`spatial_split`).
     patience : int
-        Epochs without improvement of the validation criterion before stopping early.
+        Most epochs without improvement of the validation criterion before
+        stopping early (the cap of the rule below).
+    patience_steps : int
+        Optimiser steps without improvement always allowed (at least two
+        epochs' worth are). Beyond that the patience is ``patience_fraction``
+        of the steps up to the best epoch, so the steps run after the best
+        checkpoint are at most about ``patience_fraction / (1 + patience_fraction)``
+        of the training once it learns for a while (1/3: 25 %).
+    patience_fraction : float
+        See ``patience_steps``; 0: a fixed patience of ``patience`` epochs.
+    max_seconds : float or None
+        Stop after the epoch that ends past this many seconds of training
+        (``None``: no limit); the best epoch so far is kept.
     min_delta : float
         Smallest relative improvement (fraction of the best value) that counts.
     seed : int
@@ -107,6 +119,9 @@ class TrainConfig:
     robust: bool = False
     val_fraction: float = 0.12
     patience: int = 8
+    patience_steps: int = 0
+    patience_fraction: float = 1.0 / 3.0
+    max_seconds: float | None = None
     min_delta: float = 5e-5
     seed: int = 0
     amp: bool = False
@@ -491,7 +506,34 @@ def _record_epoch(run: _Run, cfg: TrainConfig, epoch: int, tr: float, val: float
     else:
         bad_epochs += 1
     hist["bad_epochs"] = bad_epochs
-    return bad_epochs >= cfg.patience
+    return bad_epochs * int(hist.get("steps_per_epoch", 1)) >= patience_steps(cfg, hist)
+
+
+def patience_steps(cfg: TrainConfig, hist: dict[str, Any]) -> int:
+    """Optimiser steps without improvement allowed after the best epoch of ``hist``.
+
+    ``max(2 epochs, cfg.patience_steps, cfg.patience_fraction * steps up to the best
+    epoch)``, at most ``cfg.patience`` epochs: a model that stops learning early stops
+    soon, one that learned for long gets a proportionate wait.
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+    hist : dict
+        The training history (``steps_per_epoch``, ``best_epoch``).
+
+    Returns
+    -------
+    int
+        Optimiser steps.
+    """
+    steps = max(1, int(hist.get("steps_per_epoch", 1)))
+    if cfg.patience_fraction <= 0:  # a fixed patience
+        return int(cfg.patience) * steps
+    best_steps = int(hist.get("best_epoch", 0)) * steps
+    allowed = max(2 * steps, int(cfg.patience_steps),
+                  int(math.ceil(cfg.patience_fraction * best_steps)))
+    return min(allowed, int(cfg.patience) * steps)
 
 
 def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
@@ -536,8 +578,11 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
         each pixel under its neighbourhood's prediction for a context model),
         ``init_val`` (the initialisation's held-out value, NaN without a
         validation split), ``best_epoch`` (0 = the initialisation), ``best_val``,
-        ``init_won``, ``epochs_run``, ``stopped_early``, ``resumed_from``. The
-        model holds the best weights on return.
+        ``init_won``, ``epochs_run``, ``stopped_early``, ``resumed_from``,
+        ``train_seconds`` (initial validation, epochs and their validation),
+        ``best_seconds`` (when the best epoch ended), ``after_best_fraction``
+        (the share after it) and ``stopped_by_time`` when ``cfg.max_seconds``
+        ended it. The model holds the best weights on return.
 
     Raises
     ------
@@ -578,10 +623,12 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
                checkpoint=checkpoint)
     epoch, done = run.resume(cfg, device)
 
+    t_init = time.perf_counter()
     if epoch == 0 and not done:
         # the initialisation (PPCA) is epoch 0: a candidate like any epoch, so training
         # never keeps weights that do worse on held-out bulk than where it started
         init_val = _validate(model, data, scaler, cfg, use_kl=use_kl, progress=progress)
+        run.hist["train_seconds"] = run.hist["best_seconds"] = time.perf_counter() - t_init
         run.hist["init_val"] = init_val
         if np.isfinite(init_val):
             run.hist["best_val"] = init_val
@@ -605,7 +652,16 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
             tr = float(np.mean(losses))
             check_finite_loss(tr)
             epoch += 1
+            run.hist["train_seconds"] = (float(run.hist.get("train_seconds", 0.0))
+                                         + time.perf_counter() - t0)
             stop = _record_epoch(run, cfg, epoch, tr, val, cutoff)
+            if run.hist["best_epoch"] == epoch:
+                run.hist["best_seconds"] = run.hist["train_seconds"]
+            if not stop and cfg.max_seconds is not None \
+                    and run.hist["train_seconds"] >= cfg.max_seconds:
+                log.info("training stopped at its time limit (%.0f s) after epoch %d",
+                         cfg.max_seconds, epoch)
+                run.hist["stopped_by_time"] = stop = True
             run.mark_boundary(epoch)
             log.debug("epoch %d/%d loss %.3f val %.3f (%.2f s)", epoch, cfg.epochs, tr, val,
                       time.perf_counter() - t0)
@@ -625,5 +681,9 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
         raise
     model.load_state_dict(run.best_state)
     run.hist["init_won"] = run.hist["best_epoch"] == 0
+    total = float(run.hist.get("train_seconds", 0.0))
+    # the share of the training time spent after the best checkpoint (thrown away)
+    run.hist["after_best_fraction"] = (
+        (total - float(run.hist.get("best_seconds", 0.0))) / total if total > 0 else 0.0)
     run.save(run.snapshot(epoch, True))
     return run.hist

@@ -355,6 +355,9 @@ def leave_a_core() -> int:
     int
         torch's intra-op thread count now (1 on a single-core machine).
     """
+    from eelsanom.device import reserve_gui_core
+
+    reserve_gui_core()  # the library's own thread choices (pooling, 3D-CVAE) leave it too
     try:
         import torch  # heavy: only ever imported in a worker
     except ImportError:  # RX needs no torch

@@ -480,12 +480,14 @@ def _add_common_io(p: argparse.ArgumentParser) -> None:
 
 
 def _add_training(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", choices=["context-pca", "cvae", "pca", "rx"],
+    p.add_argument("--method", choices=["bulk-context", "context-pca", "cvae", "pca", "rx"],
                    default=DEFAULT_METHOD,
-                   help="detector (default: context-pca, PCA whose codes are predicted from "
-                        "each pixel's neighbourhood, pooled: it wins the realistic benchmark, see "
-                        "docs/benchmark.md; cvae: the 3D convolutional VAE, --context blind-spot "
-                        "for its neighbourhood mode; pca; rx)")
+                   help="detector (default: bulk-context, the larger of the bulk PPCA's and the "
+                        "neighbourhood's evidence, each calibrated on the bulk, pooled: never "
+                        "far from the best detector on the paper, realistic and general suites, "
+                        "see docs/benchmark.md; context-pca: the neighbourhood alone; cvae: the "
+                        "3D convolutional VAE, --context blind-spot for its neighbourhood mode; "
+                        "pca; rx)")
     p.add_argument("--train-roi", metavar="Y0:Y1,X0:X1",
                    help="bulk (defect-free) rectangle in pixel indices, stop exclusive")
     p.add_argument("--train-mask", metavar="MASK",
@@ -610,9 +612,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("bench", help="the detection benchmark (docs/benchmark.md)")
-    p.add_argument("--suite", choices=("paper", "realistic"), default="paper",
+    p.add_argument("--suite", choices=("paper", "realistic", "general"), default="paper",
                    help="paper: the paper's shift sweep on a simple bulk; realistic: shifts "
-                        "under energy drift, valence gradient, thickness and detector response")
+                        "under energy drift, valence gradient, thickness and detector response; "
+                        "general: a second spectral family, rough nuisances, large regions, "
+                        "changes that must not be flagged, with and without a bulk region")
     p.add_argument("--quick", action="store_true", help="CPU-sized subset (64x64, fe-l)")
     p.add_argument("--speed", action="store_true", help="time fit and score on fixed sizes")
     p.add_argument("--large", action="store_true",
@@ -620,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "RX, 3D-CVAE) vs HyperSpy on 192x192x1334")
     p.add_argument("--out", required=True)
     p.add_argument("--methods", default=None,
-                   help="comma-separated detectors (default: cvae,cvae-ctx,pca,context-pca,rx,"
+                   help="comma-separated detectors (default: cvae,cvae-ctx,pca,context-pca,bulk-context,rx,"
                         "hyperspy for the detection benchmark, cvae,pca,rx,hyperspy for --speed)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)

@@ -19,6 +19,7 @@ from eelsanom.spectrum import Axis, SpectrumImage  # noqa: E402
 CHANGED = {"pca": dict(n_components=3, energy_range=(701.0, 708.0), threshold="robust:4"),
            "rx": dict(energy_range=(701.0, 708.0), robust_fraction=0.1),
            "context-pca": dict(n_components=2, energy_range=(701.0, 708.0)),
+           "bulk-context": dict(n_components=2, neighbourhood=5, energy_range=(701.0, 708.0)),
            "cvae": dict(latent_dim=2, width=4, epochs=2, energy_range=(701.0, 708.0),
                         nested_prefixes=(1, 2), device="cpu")}
 
@@ -49,7 +50,7 @@ def test_clone_copies_the_parameters_and_nothing_fitted(method):
     assert repr(twin) == repr(det)
 
 
-@pytest.mark.parametrize("method", ["pca", "rx", "context-pca"])
+@pytest.mark.parametrize("method", ["pca", "rx", "context-pca", "bulk-context"])
 def test_clone_of_a_fitted_detector_is_unfitted_and_fits_the_same(method):
     si = _si()
     det = get_detector(method, **CHANGED[method]).fit(si)

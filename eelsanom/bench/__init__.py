@@ -13,7 +13,11 @@ the ground truth. Two suites:
   nuisances of real scans -- a smooth energy drift larger than the shifts, a
   bulk valence gradient, thickness with plural scattering, gain-scaled counts
   with a dark offset and read noise; isolated pixels; a bulk region that does
-  not span the drift; an anomaly-free image (false-positive rate).
+  not span the drift; an anomaly-free image (false-positive rate);
+- ``general`` (:func:`general_suite_conditions`): data we did not design for, from
+  a second spectral model family (:func:`eelsanom.simulate.general_image`) with
+  its own noise model, nuisances at several correlation lengths, large anomalous
+  regions, changes that must not be flagged, each with and without a bulk region.
 
 Every eelsanom detector appears with and without the shared evidence pooling
 (:mod:`eelsanom.pooling`): one fit, scored twice (``+pool`` in the label). The
@@ -49,7 +53,7 @@ constants :data:`POOLED_SIGMA`, :data:`CALIBRATION_SEEDS`,
 :data:`ALIASES`.
 
 Layout: :mod:`.conditions` (a condition, its nuisances, its fitted region), one module
-per suite (:mod:`.paper`, :mod:`.realistic`) registered in :mod:`.suites`,
+per suite (:mod:`.paper`, :mod:`.realistic`, :mod:`.general`) registered in :mod:`.suites`,
 :mod:`.references`, :mod:`.settings` (the bench's own choices), :mod:`.runner`,
 :mod:`.report` (CSV and Markdown), :mod:`.figures`, :mod:`.measure` (memory, device,
 commit) and :mod:`.speed` (``eelsanom bench --speed``). Every name stays importable
@@ -69,6 +73,9 @@ from .conditions import (  # noqa: F401
 )
 from .figures import (  # noqa: F401
     _figures,
+)
+from .general import (  # noqa: F401
+    general_suite_conditions,
 )
 from .measure import (  # noqa: F401
     PeakRSS,
@@ -106,8 +113,11 @@ from .report import (  # noqa: F401
     _write_csv,
     _write_markdown,
     calibration_table,
+    flagged_table,
+    fp_bound,
     markdown_table,
     verdict,
+    worst_case_table,
 )
 from .runner import (  # noqa: F401
     _detector_params,

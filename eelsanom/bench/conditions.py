@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,11 @@ class Condition:
         ``"spanning"``, every other square of :data:`SPANNING_BLOCK` pixels (a
         checkerboard over the whole image, so the region spans every smooth
         nuisance field, as a user's region should; :func:`bulk_region`).
+    family : {"simulate", "general"}, default "simulate"
+        The generator ``sim`` is for: :func:`eelsanom.simulate.simulate` (the
+        Fe L2,3 model of the paper and realistic suites) or
+        :func:`eelsanom.simulate.general_image` (the second spectral family of
+        the general suite).
     """
 
     name: str
@@ -46,6 +52,63 @@ class Condition:
     supervised: bool = True  # train on the bulk mask (else: all pixels, robustly)
     oracle: str | None = None
     bulk: str = "simulated"
+    family: str = "simulate"
+
+    def simulate(self, seed: int) -> Any:
+        """The condition's image at ``seed``, from its family's generator.
+
+        Parameters
+        ----------
+        seed : int
+
+        Returns
+        -------
+        Simulation
+
+        Raises
+        ------
+        InputError
+            When ``family`` is unknown, or the generator refuses ``sim``.
+        """
+        if self.family == "simulate":
+            from ..simulate import simulate
+
+            return simulate(**self.sim, seed=seed)
+        if self.family == "general":
+            from ..simulate import general_image
+
+            return general_image(**self.sim, seed=seed)
+        raise InputError(f"Condition {self.name!r}: family expected 'simulate' or 'general', "
+                         f"got {self.family!r}.")
+
+    @property
+    def anomaly_free(self) -> bool:
+        """True when the image holds no anomalous pixel (its truth is empty)."""
+        if self.family == "general":
+            from ..simulate.components import FLAGGED_KINDS
+
+            return self.sim.get("kind", "shift") not in FLAGGED_KINDS
+        return float(self.sim.get("concentration", 1.0)) == 0.0
+
+    def energy_channels(self) -> tuple[str, int]:
+        """The energy window of the condition's images.
+
+        Returns
+        -------
+        (str, int)
+            The window's label (``"fe-l"``, ``"bfo"`` or ``"general"``) and its
+            number of energy channels.
+        """
+        if self.family == "general":
+            from ..simulate.components import ENERGY_SCALE, WINDOW
+
+            label, (e0, e1), step = "general", WINDOW, ENERGY_SCALE
+        else:
+            from ..simulate import ENERGY_SCALE, WINDOWS
+
+            label = self.sim.get("window", "fe-l")
+            (e0, e1), step = WINDOWS[label], ENERGY_SCALE
+        return label, int(math.floor((e1 - e0) / step + 1e-9)) + 1
 
     def label(self) -> str:
         """The condition's display label (its ``name``).

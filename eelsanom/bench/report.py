@@ -110,6 +110,102 @@ def markdown_table(rows: list[dict[str, Any]], metric: str) -> str:
     return "\n".join(lines)
 
 
+def flagged_table(rows: list[dict[str, Any]]) -> str:
+    """Flagged fraction at each detector's automatic threshold, beside the true fraction.
+
+    Parameters
+    ----------
+    rows : list of dict
+        Benchmark rows with ``flagged_fraction`` and ``true_fraction``.
+
+    Returns
+    -------
+    str
+        A Markdown table: conditions as rows, a ``true`` column, then one
+        column per detector (fractions of all pixels, 3 decimals).
+    """
+    conds = list(dict.fromkeys(r["condition"] for r in rows))
+    dets = list(dict.fromkeys(r["detector"] for r in rows))
+    lines = ["| condition | true | " + " | ".join(dets) + " |", "|---" * (len(dets) + 2) + "|"]
+    for c in conds:
+        rc = [r for r in rows if r["condition"] == c]
+        true = next((r.get("true_fraction") for r in rc if "true_fraction" in r), float("nan"))
+        cells = []
+        for d in dets:
+            v = next((r.get("flagged_fraction") for r in rc if r["detector"] == d), None)
+            cells.append("" if v is None or not np.isfinite(v) else f"{v:.3f}")
+        lines.append(f"| {str(c).replace('|', '/')} | {true:.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def fp_bound(true_fraction: float) -> float:
+    """The flagged fraction issue 22 allows: 1 % on an empty truth, else 2 x true + 1 %.
+
+    Parameters
+    ----------
+    true_fraction : float
+        Fraction of anomalous pixels.
+
+    Returns
+    -------
+    float
+    """
+    return 0.01 if true_fraction == 0 else 2.0 * true_fraction + 0.01
+
+
+def worst_case_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Each detector's worst case across the suite (Markdown lines).
+
+    Per detector (the references left out): its lowest AP and lowest ROC-AUC
+    over the conditions with anomalies, its largest flagged fraction on an
+    image whose truth is empty, and the number of conditions where its flagged
+    fraction exceeds :func:`fp_bound` (the largest excess named).
+
+    Parameters
+    ----------
+    rows : list of dict
+        Benchmark rows.
+
+    Returns
+    -------
+    list of str
+        A table, empty without detector rows.
+    """
+    refs = set(REFERENCES)
+    dets = [d for d in dict.fromkeys(r["detector"] for r in rows) if d not in refs]
+    if not dets:
+        return []
+
+    def fin(v: Any) -> bool:
+        return isinstance(v, (int, float)) and np.isfinite(v)
+
+    out = ["| detector | worst AP | worst ROC-AUC | most flagged, truth empty | flagged above "
+           "2 x true + 1 % (worst) |", "|---|---|---|---|---|"]
+    for d in dets:
+        rd = [r for r in rows if r["detector"] == d]
+        ap = [r for r in rd if fin(r.get("average_precision"))]
+        auc = [r for r in rd if fin(r.get("roc_auc"))]
+        empty = [r for r in rd if r.get("true_fraction") == 0 and fin(r.get("flagged_fraction"))]
+        with_ff = [r for r in rd if fin(r.get("flagged_fraction")) and fin(r.get("true_fraction"))]
+        over = [r for r in with_ff if r["flagged_fraction"] > fp_bound(r["true_fraction"])]
+
+        def cell(rs: list[dict[str, Any]], key: str, worst: Any) -> str:
+            if not rs:
+                return "n/a"
+            r = worst(rs, key=lambda r: r[key])
+            return f"{r[key]:.3f} ({str(r['condition']).replace('|', '/')})"
+
+        if over:
+            r = max(over, key=lambda r: r["flagged_fraction"] - fp_bound(r["true_fraction"]))
+            ov = (f"{len(over)} of {len(with_ff)} ({r['flagged_fraction']:.3f} vs true "
+                  f"{r['true_fraction']:.3f}: {str(r['condition']).replace('|', '/')})")
+        else:
+            ov = f"0 of {len(with_ff)}"
+        out.append(f"| {d} | {cell(ap, 'average_precision', min)} | {cell(auc, 'roc_auc', min)} "
+                   f"| {cell(empty, 'flagged_fraction', max)} | {ov} |")
+    return out
+
+
 def verdict(rows: list[dict[str, Any]], lead: float = 0.05, trail: float = 0.02) -> list[str]:
     """Plain-language comparison of the 3D-CVAE with the other eelsanom detectors, by AP.
 
@@ -202,6 +298,17 @@ def _write_markdown(rows: list[dict[str, Any]], header: dict[str, Any], path: Pa
     verdict_lines = verdict(rows)
     if verdict_lines:
         parts += ["## Verdict (average precision)", ""] + verdict_lines + [""]
+    worst = worst_case_table(rows)
+    if worst:
+        parts += ["## Worst case per detector", "",
+                  "Across this suite's conditions: the lowest AP and ROC-AUC (conditions with "
+                  "anomalies), the largest fraction of pixels flagged at the automatic threshold "
+                  "on an image whose truth is empty (anomaly-free or must-not-flag), and the "
+                  "conditions where the flagged fraction exceeds 1 % (empty truth) or twice the "
+                  "true fraction plus 1 % (issue 22's bound).", ""] + worst + [""]
+    parts += ["## Flagged fraction (automatic threshold) vs true fraction", "",
+              "Fraction of all pixels each detector flags at its own automatic threshold; "
+              "`true` is the fraction of anomalous pixels.", "", flagged_table(rows), ""]
     for metric, title in (("roc_auc", "ROC-AUC"), ("average_precision", "Average precision"),
                           ("f1", "F1 (automatic threshold)"), ("best_f1", "F1 (best threshold)"),
                           ("fpr", "False-positive rate (automatic threshold)"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -97,6 +96,8 @@ def _metrics(nll: np.ndarray, truth: np.ndarray, threshold_spec: Any = "robust")
     m.update(scoring.bimodality(nll))
     m["fpr"] = float(np.mean(mask[~truth])) if (~truth).any() else float("nan")
     m["n_flagged"] = int(mask.sum())
+    m["flagged_fraction"] = float(np.mean(mask))
+    m["true_fraction"] = float(np.mean(truth))
     m["threshold"] = t
     m["threshold_method"] = label
     return m
@@ -147,9 +148,8 @@ def run_condition(cond: Condition, methods: list[str], *, device: str, seed: int
         NLL map) and ``"thresholds"`` (detector -> float).
     """
     from ..detectors import get_detector
-    from ..simulate import simulate
 
-    sim = simulate(**cond.sim, seed=seed)
+    sim = cond.simulate(seed)
     truth = sim.truth
     train_mask = bulk_region(cond, sim)
     rows: list[dict[str, Any]] = []
@@ -216,9 +216,11 @@ def calibration_conditions(conds: list[Condition]) -> list[Condition]:
     Returns
     -------
     list of Condition
-        Those with ``concentration == 0`` that train on the bulk region.
+        Those whose truth is empty (:attr:`Condition.anomaly_free`: ``concentration
+        == 0``; in the general suite the must-not-flag and anomaly-free kinds) that
+        train on the bulk region.
     """
-    return [c for c in conds if c.supervised and float(c.sim.get("concentration", 1.0)) == 0.0]
+    return [c for c in conds if c.supervised and c.anomaly_free]
 
 
 def calibration_fpr(conds: list[Condition], methods: list[str], *, device: str = "auto",
@@ -270,7 +272,6 @@ def calibration_fpr(conds: list[Condition], methods: list[str], *, device: str =
         is unknown.
     """
     from ..detectors import get_detector
-    from ..simulate import simulate
 
     rows: list[dict[str, Any]] = []
     for cond in conds:
@@ -278,7 +279,7 @@ def calibration_fpr(conds: list[Condition], methods: list[str], *, device: str =
             raise InputError(f"calibration_fpr: expected anomaly-free conditions trained on the "
                              f"bulk region, got {cond.name!r}.")
         for s in range(int(seed), int(seed) + int(seeds)):
-            sim = simulate(**cond.sim, seed=s)
+            sim = cond.simulate(s)
             bulk, normal = bulk_region(cond, sim), ~np.asarray(sim.truth, bool)
             for method in methods:
                 if method == "hyperspy":
@@ -338,16 +339,13 @@ def cvae_parameter_count(conds: list[Condition], *, device: str = "auto",
     """
     from ..detectors import get_detector
     from ..nn.model import CVAE3D, energy_levels_for
-    from ..simulate import ENERGY_SCALE, WINDOWS
 
     det = get_detector("cvae", **_detector_params("cvae", device, seed))
     counts = {}
     for cond in conds:
-        window = cond.sim.get("window", "fe-l")
+        window, ne = cond.energy_channels()
         if window in counts:
             continue
-        e0, e1 = WINDOWS[window]
-        ne = int(math.floor((e1 - e0) / ENERGY_SCALE + 1e-9)) + 1
         net = CVAE3D(ne, int(det.latent_dim), int(det.width), energy_levels_for(ne),
                      int(det.spatial_layers))
         counts[window] = int(net.n_parameters) * max(1, int(getattr(det, "n_seeds", 1) or 1))
@@ -381,10 +379,11 @@ def run_benchmark(out: Path, *, quick: bool = True, methods: list[str] | None = 
         Output folder (created if missing).
     quick : bool, default True
         The suite's CPU-sized subset (:func:`quick_conditions`,
-        :func:`realistic_conditions` at 64 x 64) rather than the full one.
+        :func:`realistic_conditions` at 64 x 64, the general suite's 20
+        conditions at 48 x 48 and 64 x 64) rather than the full one.
     methods : list of str or None, default None
         Detectors to run: ``"cvae"``, ``"cvae-ctx"`` (its blind-spot context
-        mode), ``"pca"``, ``"context-pca"``, ``"rx"`` and ``"hyperspy"``
+        mode), ``"pca"``, ``"context-pca"``, ``"bulk-context"``, ``"rx"`` and ``"hyperspy"``
         (HyperSpy's decomposition peer, skipped when HyperSpy is not
         installed). ``None`` runs all of them (:data:`DEFAULT_METHODS`).
     device : str, default "auto"
@@ -395,12 +394,13 @@ def run_benchmark(out: Path, *, quick: bool = True, methods: list[str] | None = 
         Seed of every simulation and detector.
     conditions : list of Condition, optional
         Run these instead of the suite's.
-    suite : {"paper", "realistic"}, default "paper"
+    suite : {"paper", "realistic", "general"}, default "paper"
         Which conditions (:func:`suite_conditions`).
     calibration_seeds : int, optional
         Seeds of the calibrated-FPR measurement; ``None``: :data:`CALIBRATION_SEEDS`
         for the realistic suite, none for the paper suite (which has no anomaly-free
-        condition); 0 skips it.
+        condition) and the general suite (whose measure is the flagged fraction at
+        the automatic threshold); 0 skips it.
 
     Returns
     -------
@@ -439,7 +439,8 @@ def run_benchmark(out: Path, *, quick: bool = True, methods: list[str] | None = 
             for row in r:
                 tqdm.write(f"  {cond.name:44s} {row['detector']:24s} AUC {row['roc_auc']:.3f}  "
                            f"AP {row['average_precision']:.3f}  F1 {row['f1']:.3f}  "
-                           f"FPR {row['fpr']:.4f}  fit {row['fit_s']:.1f}s  "
+                           f"FPR {row['fpr']:.4f}  flagged {row['flagged_fraction']:.3f} "
+                           f"(true {row['true_fraction']:.3f})  fit {row['fit_s']:.1f}s  "
                            f"score {row['score_s']:.2f}s")
         _write_csv(rows, out / "results.csv")  # after each condition: nothing lost on interrupt
     n_cal = (CALIBRATION_SEEDS if suite == "realistic" else 0) if calibration_seeds is None \

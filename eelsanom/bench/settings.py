@@ -8,7 +8,7 @@ from .. import scoring
 from ..pooling import DEFAULT_SIGMA
 
 #: what ``eelsanom bench`` runs by default: every eelsanom detector and the outside peer
-DEFAULT_METHODS = ("cvae", "cvae-ctx", "pca", "context-pca", "rx", "hyperspy")
+DEFAULT_METHODS = ("cvae", "cvae-ctx", "pca", "context-pca", "bulk-context", "rx", "hyperspy")
 #: benchmark names that are a detector with other settings: name -> (method, params)
 ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
     "cvae-ctx": ("cvae", {"context": "blind-spot"}),  # the 3D-CVAE's blind-spot context mode

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from ..errors import InputError
 from .conditions import Condition
+from .general import general_suite_conditions
 from .paper import paper_conditions
 from .realistic import realistic_conditions
 
@@ -14,6 +15,7 @@ from .realistic import realistic_conditions
 SUITE_BUILDERS: dict[str, Callable[[bool], list[Condition]]] = {
     "paper": paper_conditions,
     "realistic": realistic_conditions,
+    "general": general_suite_conditions,
 }
 SUITES = tuple(SUITE_BUILDERS)
 
@@ -23,7 +25,7 @@ def suite_conditions(suite: str, quick: bool) -> list[Condition]:
 
     Parameters
     ----------
-    suite : {"paper", "realistic"}
+    suite : {"paper", "realistic", "general"}
     quick : bool
         The CPU-sized subset.
 

@@ -30,7 +30,44 @@ __all__ = ["ContextPCADetector", "context_footprint"]
 
 _LOG2PI = math.log(2.0 * math.pi)
 #: how the variance of the neighbourhood's code prediction is set (see the class docstring)
-CODE_VARIANCES = ("spread", "noise")
+CODE_VARIANCES = ("spread", "noise", "bulk")
+#: quantile of the bulk's absolute code residuals that sets the learnt code variance
+#: (``code_variance="bulk"``): ignores up to a quarter of outlying residuals (anomalies in
+#: a region trained without a mask), yet follows a heavy-tailed nuisance better than the MAD
+BULK_QUANTILE = 0.75
+#: ``code_variance="bulk"``: a code is predicted by its neighbourhood only where the bulk's
+#: neighbourhoods predict it to within this many times the noise variance; a code they
+#: predict less well (a nuisance rougher than the window) is fitted on the pixel itself,
+#: because the pooling stage takes the excess over the noise as coherent between
+#: neighbours and cancelled by its wide background, which a rough nuisance is not
+LOCAL_RATIO = 2.0
+
+
+def _window_ranks(a: np.ndarray, fp: np.ndarray, ks: tuple[int, ...],
+                  block_values: int = 1 << 22) -> list[np.ndarray]:
+    """Order statistics ``ks`` of ``a`` over the footprint ``fp`` around each pixel.
+
+    Equal to ``scipy.ndimage.rank_filter(a, k, footprint=fp, mode="reflect")`` for
+    each ``k`` (the same half-sample reflection at the border), from one
+    ``np.partition`` of the windows for all ``ks`` instead of one filter pass per
+    rank, row block by row block (at most about ``block_values`` values at once).
+    """
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    hy, hx = fp.shape[0] // 2, fp.shape[1] // 2
+    pad = np.pad(np.asarray(a, np.float64), ((hy, hy), (hx, hx)), mode="symmetric")
+    win = sliding_window_view(pad, fp.shape)  # (ny, nx, wy, wx), a view
+    sel = fp.ravel()
+    n = int(sel.sum())
+    ny, nx = a.shape
+    out = [np.empty((ny, nx)) for _ in ks]
+    step = max(1, block_values // max(1, nx * n))
+    for y0 in range(0, ny, step):
+        w = win[y0:y0 + step].reshape(-1, nx, sel.size)[..., sel]
+        part = np.partition(w, list(ks), axis=-1)
+        for o, k in zip(out, ks):
+            o[y0:y0 + step] = part[..., k]
+    return out
 
 
 def context_footprint(window: int) -> np.ndarray:
@@ -177,6 +214,9 @@ class ContextPCADetector(PCADetector):
     def _fit(self, si: SpectrumImage, mask: np.ndarray | None,
              progress: ProgressCallback | None) -> None:
         super()._fit(si, mask, progress)
+        self.code_var_ = self.code_local_ = None
+        if self.code_variance == "bulk":
+            self._learn_code_variance(si, mask)
         # the pooling's spill guard: excess NLL of the bulk under the context Gaussian
         # (always, so that pooling can be switched on after the fit)
         g = self._gaussian(self._context(si))
@@ -184,15 +224,46 @@ class ContextPCADetector(PCADetector):
         exc = exc[mask] if mask is not None else exc.ravel()
         self.pool_excess_ = excess_stats(exc, np.zeros_like(exc), si.n_energy)
 
+    def _learn_code_variance(self, si: SpectrumImage, mask: np.ndarray | None) -> None:
+        """``code_variance="bulk"``: how well the neighbourhood predicts each code on the bulk.
+
+        On the training pixels (all pixels without a mask), the residual of each code
+        from its neighbourhood median ``p_i - m_i`` has a robust variance ``v_i`` (from
+        the :data:`BULK_QUANTILE` quantile of its absolute deviation); a code the
+        neighbourhood predicts no better than the bulk's own spread (``v_i >=
+        lambda_i``: a per-pixel nuisance such as beam current or a thickness rougher
+        than the window, which only the pixel's own spectrum determines) is fitted
+        on the pixel instead (:meth:`_context`). Sets ``code_var_`` (q,) and
+        ``code_local_`` (q,) bool.
+        """
+        from scipy.stats import norm
+
+        self.code_var_ = self.code_local_ = None
+        c = self._context(si, raw=True)
+        res = (c["p"] - c["m"]).reshape(-1, c["p"].shape[-1])
+        if mask is not None:
+            res = res[np.asarray(mask, bool).ravel()]
+        dev = np.abs(res - np.median(res, axis=0))
+        qz = float(norm.ppf(0.5 + 0.5 * BULK_QUANTILE))
+        v_loc = (np.quantile(dev, BULK_QUANTILE, axis=0) / qz) ** 2
+        lam = np.asarray(self.explained_variance_, np.float64)
+        n = int(context_footprint(int(self.neighbourhood)).sum())
+        floor = float(self.noise_variance_) * (1.0 + math.pi / (2.0 * n))
+        self.code_local_ = v_loc < np.minimum(lam, LOCAL_RATIO * floor)
+        self.code_var_ = np.maximum(np.where(self.code_local_, v_loc, lam), floor)
+
     # ------------------------------------------------------------------ the context model
-    def _context(self, si: SpectrumImage, progress: ProgressCallback | None = None
-                 ) -> dict[str, np.ndarray]:
+    def _context(self, si: SpectrumImage, progress: ProgressCallback | None = None,
+                 raw: bool = False) -> dict[str, np.ndarray]:
         """Codes, their neighbourhood median and variance, residuals, for the whole of ``si``.
 
         Returns a dict of ``p`` (ny, nx, q) the pixels' codes ``U^T (x - mu)``,
         ``m`` (ny, nx, q) the neighbourhood medians, ``v`` (ny, nx, q) the
         predictive variances, ``r2`` (ny, nx) the squared residual off the
-        subspace, ``x`` (ny, nx, D) the transformed data.
+        subspace, ``x`` (ny, nx, D) the transformed data. With ``code_variance="bulk"``
+        the learnt ``code_var_`` sets ``v``, and the codes the neighbourhood does not
+        predict (``~code_local_``) are the pixel's own (``m = p``, ``v`` the noise's:
+        fitted per pixel, not predicted); ``raw``: the plain medians (to learn them).
         """
         from scipy.ndimage import rank_filter
         from scipy.stats import norm
@@ -218,10 +289,20 @@ class ContextPCADetector(PCADetector):
         s2 = float(self.noise_variance_)
         m = np.empty_like(p)
         v = np.empty_like(p)
+        learnt = self.code_variance == "bulk" and not raw \
+            and getattr(self, "code_var_", None) is not None
         for i in range(q):
             a = p[..., i]
-            m[..., i] = 0.5 * (rank(a, (n - 1) // 2) + rank(a, n // 2))
-            if self.code_variance == "spread":
+            if learnt and not self.code_local_[i]:
+                # a per-pixel nuisance: fitted on the pixel itself, not predicted (whether
+                # its value is usual is the bulk model's question)
+                m[..., i] = a
+                v[..., i] = s2 * (1.0 + math.pi / (2.0 * n))
+                continue
+            m[..., i] = 0.5 * sum(_window_ranks(a, fp, ((n - 1) // 2, n // 2)))
+            if learnt:
+                v[..., i] = self.code_var_[i]
+            elif self.code_variance == "spread":
                 spread2 = ((rank(a, hi) - rank(a, lo)) / iqr_sigma) ** 2
                 v[..., i] = np.maximum(spread2, s2) * (1.0 + math.pi / (2.0 * n))
             else:  # "noise": the neighbourhood predicts the code up to the noise
@@ -302,6 +383,21 @@ class ContextPCADetector(PCADetector):
         siw = self.window(si)
         g = self._gaussian(self._context(siw))
         return {"dev": g["dev"], "var": g["var"], "penalty": np.zeros(siw.nav_shape)}
+
+    # ------------------------------------------------------------------ persistence
+    def _get_arrays(self) -> dict[str, np.ndarray]:
+        arrays = super()._get_arrays()
+        if getattr(self, "code_var_", None) is not None:
+            arrays.update(code_var=np.asarray(self.code_var_, np.float64),
+                          code_local=np.asarray(self.code_local_, np.uint8))
+        return arrays
+
+    def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        super()._set_state(state, arrays)
+        self.code_var_ = self.code_local_ = None
+        if "code_var" in arrays:
+            self.code_var_ = np.asarray(arrays["code_var"], np.float64)
+            self.code_local_ = np.asarray(arrays["code_local"], bool)
 
     # ------------------------------------------------------------------ reconstruction
     def _reconstruct(self, si: SpectrumImage) -> tuple[np.ndarray, np.ndarray]:

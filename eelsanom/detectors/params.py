@@ -26,6 +26,7 @@ __all__ = ["Param", "HELP", "GUI_FIELDS", "METHODS", "detector_params", "default
 
 #: Method keys with their display names, in the order front ends list them.
 METHODS: dict[str, str] = {"cvae": "3D-CVAE", "pca": "PCA", "context-pca": "context PCA",
+                            "bulk-context": "bulk + context PCA",
                             "rx": "RX"}
 
 
@@ -162,9 +163,14 @@ HELP: dict[str, dict[str, tuple]] = {
                           "odd side (px) of the square whose codes predict the centre pixel"),
         "score_kind": ("choice", None, None, ("nll", "reconstruction"), False,
                        "score: NLL under the neighbourhood's prediction, or its squared error"),
-        "code_variance": ("choice", None, None, ("noise", "spread"), False,
-                          "how sure the neighbourhood's code prediction is: noise (sharp) or "
-                          "the codes' spread in the window"),
+        "code_variance": ("choice", None, None, ("noise", "spread", "bulk"), False,
+                          "how sure the neighbourhood's code prediction is: noise (sharp), "
+                          "the codes' spread in the window, or learnt on the bulk region"),
+    },
+    "bulk-context": {
+        **{k: v for k, v in _PCA.items() if k != "score_kind"},
+        "neighbourhood": ("int", 3, 99, (), False,
+                          "odd side (px) of the square whose codes predict the centre pixel"),
     },
     "rx": {
         **{k: _COMMON[k] for k in ("energy_range", "threshold", "transform", "robust_fraction",
@@ -181,6 +187,7 @@ GUI_FIELDS: dict[str, tuple[str, ...]] = {
              "n_seeds"),
     "pca": ("n_components", "pooling"),
     "context-pca": ("neighbourhood", "pooling", "n_components"),
+    "bulk-context": ("neighbourhood", "pooling", "n_components"),
     "rx": ("shrinkage", "pooling"),
 }
 

@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["METHODS", "METHOD_NAMES", "deliver", "leave_a_core"]
 
-METHODS = [("3D-CVAE", "cvae"), ("context PCA", "context-pca"), ("PCA", "pca"), ("RX", "rx")]
+METHODS = [("bulk + context PCA", "bulk-context"), ("3D-CVAE", "cvae"), ("context PCA", "context-pca"),
+           ("PCA", "pca"), ("RX", "rx")]
 METHOD_NAMES = {v: k for k, v in METHODS}
 
 def _scroll_area(inner: Any) -> Any:

@@ -156,7 +156,7 @@ class DetectorWidget(_Panel):
         #: per method: parameter name -> field, built from eelsanom.detectors.params
         self._fields: dict[str, dict[str, Any]] = {
             m: {p.name: _param_field(p) for p in gui_params(m)}
-            for m in ("pca", "context-pca", "rx", "cvae")}
+            for m in ("pca", "context-pca", "bulk-context", "rx", "cvae")}
         f = self._fields
         # short names the tests (and older code) use
         self._pca_components = f["pca"]["n_components"]
@@ -225,7 +225,7 @@ class DetectorWidget(_Panel):
         for key, ws in self._per_method.items():
             for w in ws:
                 w.visible = key == m
-        self._device.enabled = m in ("pca", "context-pca", "cvae")
+        self._device.enabled = m in ("pca", "context-pca", "bulk-context", "cvae")
 
     def _on_window_picked(self, lo: float, hi: float) -> None:
         """An energy window dragged on the spectrum plot becomes the detector's window."""

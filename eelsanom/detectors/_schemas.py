@@ -46,6 +46,38 @@ def pca(m: ModelCheck) -> None:
     _pool_excess(m)
 
 
+def context_pca(m: ModelCheck) -> None:
+    """Context PCA: the PCA arrays, and with ``code_variance="bulk"`` the learnt code
+    variances (q,) > 0 and the per-code 'fitted on the pixel' flags (q,) as 0/1."""
+    pca(m)
+    q = m.shapes["components"][1]
+    if "code_var" in m.shapes or "code_local" in m.shapes:
+        m.expect("code_var", (q,), positive=True)
+        m.expect("code_local", (q,), limit=1.0)
+
+
+def bulk_context(m: ModelCheck) -> None:
+    """Bulk + context PCA: context PCA's arrays, the global evidence's pool excess (two
+    finite numbers) and, per pooling width, the calibration statistics (four finite numbers:
+    median and spread of the global and the local evidence)."""
+    context_pca(m)
+    ge = m.state.get("global_excess")
+    if not (isinstance(ge, list) and len(ge) == 2 and all(map(_num, ge))):
+        raise m.bad("global_excess: two finite numbers", _short(ge))
+    cs = m.state.get("calibration_stats")
+    if not (isinstance(cs, dict) and 1 <= len(cs) <= MAX_MEMBERS):
+        raise m.bad("calibration_stats: a table of pooling widths", _short(cs))
+    for k, v in cs.items():
+        try:
+            ok = float(k) >= 0.0
+        except (TypeError, ValueError):
+            ok = False
+        if not (ok and isinstance(v, list) and len(v) == 4 and all(map(_num, v))
+                and v[1] > 0 and v[3] > 0):
+            raise m.bad("calibration_stats: per pooling width (a number >= 0) four finite "
+                        "numbers with positive spreads", f"{_short(k)}: {_short(v)}")
+
+
 def rx(m: ModelCheck) -> None:
     """RX: mean (D,), whitener (D, r) (with a basis (D, r) when r < D), channel variances > 0,
     finite logdet and shrinkage."""

@@ -20,6 +20,7 @@ from ..errors import InputError
 from ..pooling import DEFAULT_SIGMA, pooling_from
 from ..progress import ProgressCallback
 from ..spectrum import SpectrumImage
+from . import _schemas
 from ._gaussian import one_blas_thread, pooled_scores
 from .context_pca import ContextPCADetector
 
@@ -146,6 +147,8 @@ class BulkContextDetector(ContextPCADetector):
                          robust_fraction=robust_fraction, robust_iter=robust_iter,
                          validation_fraction=validation_fraction, pooling=pooling,
                          device=device, seed=seed, gain=gain, code_variance="bulk")
+
+    validate_model_file = _schemas.validator(_schemas.bulk_context)  # the model-file schema
 
     def _validate_params(self) -> None:
         super()._validate_params()

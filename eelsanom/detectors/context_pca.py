@@ -194,7 +194,7 @@ class ContextPCADetector(PCADetector):
         self.neighbourhood = neighbourhood
         self.code_variance = code_variance
 
-    validate_model_file = _schemas.validator(_schemas.pca)  # the model-file schema
+    validate_model_file = _schemas.validator(_schemas.context_pca)  # the model-file schema
 
     def _validate_params(self) -> None:
         super()._validate_params()

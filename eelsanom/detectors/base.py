@@ -178,6 +178,8 @@ class BaseDetector:
     method: ClassVar[str] = ""
     #: smallest number of training pixels ``fit`` accepts
     min_train_pixels: ClassVar[int] = 2
+    #: a network (its few-training-pixels caution is :func:`eelsanom.cautions.network_fit_cautions`)
+    network: ClassVar[bool] = False
     #: old parameter names of saved model files -> today's (read by :func:`load_detector`)
     renamed_params: ClassVar[dict[str, str]] = {}
 
@@ -360,7 +362,10 @@ class BaseDetector:
                              f"{type(self).__name__} needs at least {self.min_train_pixels}.")
         self.n_fit_pixels_ = int(mask.sum()) if mask is not None else int(np.prod(si.nav_shape))
         t0 = time.perf_counter()
+        self.score_notes_ = []
         self._fit(si, mask, progress)
+        if self.network:
+            cautions.add(self, cautions.network_fit_cautions(self.method, self.n_fit_pixels_))
         self.energy_axis_ = si.energy
         self.trained_on_mask_ = mask is not None
         self.fit_seconds_ = time.perf_counter() - t0
@@ -481,7 +486,7 @@ class BaseDetector:
         ids = np.unique(tiles[mask])
         if ids.size < folds:
             raise InputError(f"calibrate: the bulk region covers {ids.size} square(s) of "
-                             f"{block} x {block} pixels, fewer than folds={folds}; draw a larger "
+                             f"{block} x {block} pixels, fewer than folds={folds}; use a larger "
                              "bulk region or pass a smaller block.")
         rng = np.random.default_rng(int(getattr(self, "seed", 0)))
         group = dict(zip(rng.permutation(ids).tolist(), np.arange(ids.size) % folds))
@@ -493,7 +498,7 @@ class BaseDetector:
             rest = mask & ~held
             if rest.sum() < self.min_train_pixels:
                 raise InputError(f"calibrate: holding out a group leaves {int(rest.sum())} bulk "
-                                 f"pixels to fit on; draw a larger bulk region.")
+                                 f"pixels to fit on; use a larger bulk region.")
             twin = type(self)(**params)
             twin._validate_params()
             twin._fit(siw, rest, None)

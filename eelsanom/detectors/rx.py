@@ -320,7 +320,7 @@ class RXDetector(PooledGaussian, BaseDetector):
         self.pool_excess_ = excess_stats(0.5 * m2, np.full(m2.shape, 0.5 * n_pool), n_pool)
         log.info("RX: shrinkage %.4g, %d training pixels (%d trimmed)", self.shrinkage_,
                  self.n_train_, self.n_trimmed_)
-        cautions.add(self, cautions.fit_cautions("rx", self.n_train_, X.shape[1]))
+        cautions.add(self, cautions.fit_cautions(self.method, self.n_train_, X.shape[1]))
 
     def _whiten(self, X: np.ndarray) -> np.ndarray:
         """Whitened coordinates ``W^T (x - mu)`` of transformed rows, shape (n, r).

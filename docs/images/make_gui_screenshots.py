@@ -23,7 +23,7 @@ def main() -> int:
     import napari
     from eelsanom_napari._launch import launch, panels_of
     from eelsanom_napari._session import get_session
-    from eelsanom_napari._widgets import size_docks
+    from eelsanom_napari.layout import size_docks
 
     app = napari.qt.get_qapp()
 

@@ -123,7 +123,7 @@ def launch(path: str | os.PathLike | None = None, *, block: bool = True,
                          f"'eelsanom[napari]' (import failed: {exc}).") from exc
     from ._layers import spectrum_image_layers
     from ._sample_data import SAMPLE_NAME, sample_spectrum_image
-    from ._widgets import dock_all, size_docks
+    from .layout import dock_all, size_docks
 
     if path is not None:
         from eelsanom.io import load_spectrum_image

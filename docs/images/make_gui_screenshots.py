@@ -5,9 +5,10 @@
     xvfb-run -a -s "-screen 0 1920x1080x24" env QT_QPA_PLATFORM=xcb \\
         python docs/images/make_gui_screenshots.py
 
-``eelsanom gui`` on the bundled sample, a PCA trained through the Detector panel,
-a flagged pixel inspected; the whole window is saved as
-``docs/images/workstation_<W>x<H>.png`` (the screen's size).
+``eelsanom gui`` on the bundled sample, the default detector (context PCA) trained
+through the Detector panel, a flagged pixel inspected; the whole window is saved as
+``docs/images/workstation_<W>x<H>.png`` (the screen's size). Look at each: Train and
+Apply in view without scrolling, no clipped text.
 """
 
 from __future__ import annotations
@@ -43,8 +44,7 @@ def main() -> int:
     wait(1.0)
     size_docks(panels)
     det = panels["Detector"]
-    det._method.value = "pca"
-    det._device.value = "cpu"
+    det._device.value = "cpu"  # the default method, as a user first meets it
     det._on_train()
     wait(300, lambda: not det.busy)
     s = get_session(viewer)

@@ -18,10 +18,12 @@ from magicgui.widgets import (
     FileEdit,
     Label,
     LineEdit,
+    ProgressBar,
     PushButton,
     SpinBox,
 )
 from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QSizePolicy
 
 from eelsanom.detectors import DEFAULT_METHOD
 from eelsanom.detectors.params import Param, detector_params, gui_params
@@ -174,6 +176,12 @@ class DetectorWidget(_Panel):
         self._load_btn = PushButton(text="Load model")
         self._save_btn = PushButton(text="Save model")
         self._status = Label(label="status", value="no model")
+        # one line, cut at the panel's width rather than widening it (the full text is its
+        # tooltip): a wrapped label in the fixed-height footer would be clipped instead
+        self._status.native.setSizePolicy(QSizePolicy.Policy.Ignored,
+                                          QSizePolicy.Policy.Preferred)
+        self._progress = ProgressBar(value=0, min=0, max=1000, visible=False)
+        self._progress.tooltip = "the work under way (also in napari's activity dock)"
         self._per_method = {m: list(ws.values()) for m, ws in self._fields.items()}
         run_row = Container(widgets=[self._train_btn, self._apply_btn, self._cancel_btn],
                             layout="horizontal", labels=False)
@@ -181,7 +189,9 @@ class DetectorWidget(_Panel):
                               labels=False)
         self.extend([self._method, self._device, self._energy, self._seed,
                      *[w for ws in self._per_method.values() for w in ws],
-                     self._extra, self._auto_apply, run_row, self._model_file, model_row, self._status])
+                     self._extra, self._auto_apply, self._model_file, model_row])
+        # the primary actions and the progress stay in view below the scrolling fields
+        self.pin([run_row, self._progress, self._status])
         self._delivering = 0
         self._cancel_event: threading.Event | None = None
         self._worker: Any = None
@@ -217,6 +227,9 @@ class DetectorWidget(_Panel):
             for b in (self._train_btn, self._apply_btn, self._load_btn, self._save_btn):
                 b.enabled = not busy
             self._cancel_btn.enabled = busy
+            self._progress.visible = busy
+            if busy:
+                self._progress.value = 0
         except RuntimeError:
             self._closed = True
 
@@ -237,6 +250,7 @@ class DetectorWidget(_Panel):
             return
         try:
             self._status.value = text
+            self._status.tooltip = text
         except RuntimeError:
             self._closed = True
 
@@ -546,6 +560,10 @@ class DetectorWidget(_Panel):
         self._shown_at = time.monotonic()
         done, total, text = self.progress_fraction()
         self._set_status(text)
+        try:  # the panel's own bar (pinned beside Train): the fraction of the stage done
+            self._progress.value = int(round(1000 * min(1.0, done / total))) if total else 0
+        except RuntimeError:
+            self._closed = True
         pbar = self._pbar
         if pbar is None:
             return

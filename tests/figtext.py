@@ -3,8 +3,8 @@
 :func:`text_problems` draws a figure with its renderer, records each text artist that is
 actually drawn (tick labels outside the view are not) and its window extent
 (``get_window_extent``), and lists what is wrong: a text reaching beyond the figure, an axis
-label or title overlapping another text, an axis with tick labels but no label, a colour bar
-without a label. :func:`install` makes every ``Figure.savefig`` of a process check its figure
+label or title overlapping another text or another plot, an axis with tick labels but no
+label, a colour bar without a label. :func:`install` makes every ``Figure.savefig`` of a process check its figure
 first and append the problems to a JSON-lines file, so that a CLI run as a subprocess can be
 checked for every picture it writes.
 """
@@ -92,6 +92,12 @@ def text_problems(fig: Any, *, where: str = "figure", overlaps: bool = True) -> 
             for j, (u, ub) in enumerate(drawn):
                 if i != j and _overlap_area(bb, ub) > 2.0:
                     out.append(f"{where}: {_name(t)} overlaps {_name(u)}")
+            for ax in fig.axes:  # ... or over another plot
+                if ax is t.axes or not ax.get_visible() or not ax.axison:
+                    continue
+                if _overlap_area(bb, ax.get_window_extent()) > 2.0:
+                    out.append(f"{where}: {_name(t)} lies over another plot "
+                               f"({ax.get_title() or ax.get_ylabel() or 'axes'!r})")
     return sorted(set(out))
 
 

@@ -118,3 +118,12 @@ def test_the_checker_finds_clipped_and_unlabelled_text():
     assert any("leaves the" in p for p in probs)
     assert any("colour bar has no label" in p for p in probs)
     assert any("x tick labels but no x label" in p for p in probs)
+    # an axis label over the plot below it
+    fig = Figure(figsize=(4, 2), dpi=100)
+    FigureCanvasAgg(fig)
+    top, bottom = fig.subplots(2, 1)
+    fig.subplots_adjust(hspace=0.0)
+    for ax in (top, bottom):
+        ax.set_xlabel("energy loss (eV)")
+        ax.set_ylabel("y")
+    assert any("lies over another plot" in p for p in text_problems(fig, where="g"))

@@ -74,11 +74,20 @@ def get_session(viewer: Any) -> Session:
         def inserted(event: Any = None) -> None:
             layer = getattr(event, "value", None)
             if layer is not None and role_of(layer) == "cube":  # a file opened: at its edge
-                show_edge(viewer, layer)
+                # once napari has set up the new layer's slider (it centres it afterwards)
+                try:
+                    from qtpy.QtCore import QTimer
+
+                    QTimer.singleShot(0, lambda: show_edge(viewer, layer))
+                except ImportError:  # no Qt: now
+                    show_edge(viewer, layer)
             dims(event)
 
         viewer.dims.events.current_step.connect(dims)
         viewer.layers.events.inserted.connect(inserted)
+        for layer in list(viewer.layers):  # opened before any panel: at its edge too
+            if role_of(layer) == "cube":
+                show_edge(viewer, layer)
         s._show_energy()
     return s
 

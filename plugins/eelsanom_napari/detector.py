@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import napari
+import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -330,6 +331,7 @@ class DetectorWidget(_Panel):
                 text = (f"{name}: {res.n_flagged} of {res.nll.size} pixels flagged "
                         f"({res.threshold_method}).")
                 _next_turn(lambda: _notify.info(text))
+                w._tell_cautions(res)
 
         epochs = params.get("epochs")
         self._run(f"training {name}", work, done,
@@ -360,10 +362,19 @@ class DetectorWidget(_Panel):
             return prepare_result(det.score(si, progress=progress), spec)
 
         def done(w: DetectorWidget, prep: Any) -> None:
-            w._deliver_result(prep, cube_ref())
+            res = w._deliver_result(prep, cube_ref())
             w._set_status(f"{name} applied to {cube_name}")
+            if res is not None:
+                w._tell_cautions(res)
 
         self._run("scoring", work, done)
+
+    def _tell_cautions(self, res: Any) -> None:
+        """The result's cautions and notes as warnings, and a note when it disagrees with the
+        result it replaced on the same image (another detector or seed) about which pixels
+        are anomalous."""
+        for msg in result_messages(res, self._session.previous_result):
+            _next_turn(lambda m=msg: _notify.warning(m))
 
     def _deliver_result(self, prep: Any, cube: Any) -> Any:
         """Show a prepared result over several event-loop turns; busy until it is shown."""
@@ -583,3 +594,21 @@ class DetectorWidget(_Panel):
         n = int(round(done * unit)) if total else int(done)
         if n >= pbar.n:
             pbar.update(n - pbar.n)
+
+
+def result_messages(res: Any, previous: Any = None) -> list[str]:
+    """What the user should read about ``res``: its cautions and notes, and
+    :func:`eelsanom.cautions.disagreement_notes` against ``previous`` when that scored the
+    same image (same pixel grid) with another detector or seed."""
+    from eelsanom import cautions
+
+    info = getattr(res, "info", {}) or {}
+    out = [*info.get("cautions", []), *info.get("notes", [])]
+    if previous is None or previous is res or np.shape(previous.mask) != np.shape(res.mask) \
+            or previous.x != res.x or previous.y != res.y:
+        return out
+    a, b = METHOD_NAMES.get(previous.method, previous.method), METHOD_NAMES.get(res.method,
+                                                                                res.method)
+    if a == b:
+        a, b = f"the earlier {a} run", f"this {b} run"
+    return out + cautions.disagreement_notes({a: previous.mask, b: res.mask})

@@ -160,3 +160,27 @@ def test_strongest_edge_channel_is_the_edge_not_the_background():
                          Axis(e.size, 0.5, 400.0, "eV"))
     assert strongest_edge_channel(flat) == 0  # no edge: the brightest channel
 
+
+
+def test_result_messages_tell_cautions_and_disagreement():
+    from dataclasses import replace
+
+    from eelsanom_napari.detector import result_messages
+
+    from eelsanom.detectors import get_detector
+
+    rng = np.random.default_rng(0)
+    si = SpectrumImage(rng.poisson(50, (1, 40, 60)).astype(np.float32),
+                       Axis(60, 1.0, 400.0, "eV"))
+    res = get_detector("pca").fit(si).score(si)
+    msgs = result_messages(res)
+    assert msgs and all(m in msgs for m in res.info["cautions"])  # 40 pixels: cautions
+    a = replace(res, mask=np.zeros_like(res.mask), method="context-pca")
+    a.mask[0, [2, 19, 30, 37]] = True
+    b = replace(res, mask=np.zeros_like(res.mask), method="cvae")
+    b.mask[0, 14] = True
+    notes = [m for m in result_messages(b, a) if "disagree" in m]
+    assert len(notes) == 1 and notes[0].startswith("context PCA and 3D-CVAE disagree")
+    assert not [m for m in result_messages(a, a) if "disagree" in m]
+    other_grid = replace(a, x=Axis(40, 2.0, 0.0, "nm", "x"))
+    assert not [m for m in result_messages(b, other_grid) if "disagree" in m]

@@ -195,7 +195,7 @@ class SpectrumCanvas(_Canvas):
         self._span = SpanSelector(ax, self._spanned, "horizontal", useblit=False,
                                   props={"facecolor": "#4cc9f0", "alpha": 0.25},
                                   interactive=False, minspan=1e-9, button=1)
-        self.setMinimumHeight(180)
+        self.setMinimumHeight(220)
         self.clear("click a pixel to see its spectrum")
 
     def _count_draw(self, _event: Any) -> None:

@@ -26,7 +26,8 @@ from magicgui.widgets import (
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QSizePolicy
 
-from eelsanom.detectors import DEFAULT_METHOD
+from eelsanom.detectors import DEFAULT_METHOD, detector_class
+from eelsanom.detectors.base import check_train_mask
 from eelsanom.detectors.params import Param, detector_params, gui_params
 from eelsanom.errors import Cancelled, InputError
 
@@ -300,6 +301,12 @@ class DetectorWidget(_Panel):
                     "image. Draw a rectangle or polygon on it, or choose none to train on all "
                     "pixels (robustly).")
             method, params = self.detector_params()
+            if mask is not None:  # too small for this detector: said in the GUI's words
+                check_train_mask(mask, si.nav_shape,
+                                 min_pixels=detector_class(method).min_train_pixels,
+                                 what=f"the bulk region {session.region_layer.name!r}",
+                                 fix="Draw a larger region, or choose none to train on all "
+                                     "pixels (robustly).")
         except InputError as exc:
             _notify.error(str(exc))
             return

@@ -170,11 +170,14 @@ def test_result_messages_tell_cautions_and_disagreement():
     from eelsanom.detectors import get_detector
 
     rng = np.random.default_rng(0)
+    small = SpectrumImage(rng.poisson(50, (1, 12, 60)).astype(np.float32),
+                          Axis(60, 1.0, 400.0, "eV"))
+    res = get_detector("pca").fit(small).score(small)
+    msgs = result_messages(res)
+    assert res.info["cautions"] and all(m in msgs for m in res.info["cautions"])  # 12 pixels
     si = SpectrumImage(rng.poisson(50, (1, 40, 60)).astype(np.float32),
                        Axis(60, 1.0, 400.0, "eV"))
     res = get_detector("pca").fit(si).score(si)
-    msgs = result_messages(res)
-    assert msgs and all(m in msgs for m in res.info["cautions"])  # 40 pixels: cautions
     a = replace(res, mask=np.zeros_like(res.mask), method="context-pca")
     a.mask[0, [2, 19, 30, 37]] = True
     b = replace(res, mask=np.zeros_like(res.mask), method="cvae")

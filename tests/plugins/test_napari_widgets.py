@@ -361,7 +361,8 @@ def test_training_refusals(viewer, qtbot, sample_file, notifications):
     painted.events.data()
     assert panels["Bulk region"]._count.value.startswith("1 of 4096")
     train(qtbot, det, "pca", _device="cpu")
-    assert "covers 1 pixel(s)" in errors(notifications)[-1]
+    assert "covers 1 pixel;" in errors(notifications)[-1]
+    assert "Draw a larger region" in errors(notifications)[-1]  # the GUI's words
     assert f"at least {PCADetector.min_train_pixels}" in errors(notifications)[-1]
     assert get_session(viewer).detector is None and by_role(viewer, "nll") is None
     # bad typed parameters

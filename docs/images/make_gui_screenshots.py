@@ -58,6 +58,14 @@ def main() -> int:
     insp._dock.raise_()
     viewer.reset_view()
     wait(1.5)
+    try:  # the "N pixels flagged" toast fades by itself; not over the colour bar in the picture
+        from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+        for toast in window.findChildren(NapariQtNotification):
+            toast.close()
+        wait(0.5)
+    except ImportError:
+        pass
     out = Path(__file__).resolve().parent / f"workstation_{w}x{h}.png"
     viewer.screenshot(str(out), canvas_only=False, flash=False)
     print(f"wrote {out} ({window.width()} x {window.height()} window, minimum size hint "

@@ -16,17 +16,61 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MIN_THRESHOLD_PIXELS", "MIN_FIT_PIXELS", "threshold_cautions", "fit_cautions",
-           "energy_clip_caution", "training_notes", "add", "collect"]
+__all__ = ["MIN_THRESHOLD_PIXELS", "MIN_FIT_PIXELS", "MIN_NN_FIT_PIXELS", "display_name",
+           "plural", "threshold_cautions", "fit_cautions", "network_fit_cautions",
+           "energy_clip_caution", "training_notes", "disagreement_notes", "add", "collect"]
 
 #: fewer scored pixels than this and an automatic threshold is a guess
 MIN_THRESHOLD_PIXELS = 30
 #: fewer training pixels than this and a Gaussian bulk model (PCA, RX) is a guess
 MIN_FIT_PIXELS = 20
+#: fewer training pixels than this and a network (the 3D-CVAE) learns the bulk roughly
+MIN_NN_FIT_PIXELS = 200
+#: two detectors (or seeds) whose flagged pixels overlap less than this (Jaccard) disagree
+DISAGREE_JACCARD = 0.5
+
+
+def display_name(method: str) -> str:
+    """The detector's own name as front ends show it (``"context-pca"`` -> ``"context PCA"``).
+
+    Parameters
+    ----------
+    method : str
+        Detector key (``"cvae"``, ``"pca"``, ``"context-pca"``, ``"rx"``); an unknown key is
+        returned as given.
+
+    Returns
+    -------
+    str
+    """
+    from .detectors.params import METHODS
+
+    return METHODS.get(str(method), str(method))
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``"1 pixel"``, ``"2 pixels"``: ``n`` and ``word`` in the number ``n`` asks for.
+
+    Parameters
+    ----------
+    n : int
+    word : str
+        The singular.
+    many : str, optional
+        The plural (default ``word + "s"``).
+
+    Returns
+    -------
+    str
+    """
+    return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
 def threshold_cautions(n_pixels: int, threshold_method: str) -> list[str]:
@@ -54,7 +98,7 @@ def threshold_cautions(n_pixels: int, threshold_method: str) -> list[str]:
 
 def fit_cautions(method: str, n_train: int, n_channels: int,
                  n_components: int | None = None) -> list[str]:
-    """Cautions on a Gaussian bulk model (PCA, RX) fitted on few pixels for its channels.
+    """Cautions on a Gaussian bulk model (PCA, context PCA, RX) fitted on few pixels.
 
     RX estimates a full ``D x D`` covariance: with fewer training pixels than
     channels it is rank-deficient and mostly the shrinkage target. PPCA with
@@ -63,7 +107,8 @@ def fit_cautions(method: str, n_train: int, n_channels: int,
 
     Parameters
     ----------
-    method : {"pca", "rx"}
+    method : {"pca", "context-pca", "rx"}
+        Detector key; the messages name the detector as :func:`display_name` does.
     n_train : int
         Training pixels used by the final fit.
     n_channels : int
@@ -76,20 +121,49 @@ def fit_cautions(method: str, n_train: int, n_channels: int,
     list of str
     """
     out = []
+    name = display_name(method)
     fix = ("train on a larger region (more pixels) or model a narrower energy window "
            "(--energy-range) with fewer channels")
     if n_train < MIN_FIT_PIXELS:
-        out.append(f"{method.upper()} was fitted on only {n_train} pixels (fewer than "
+        out.append(f"{name} was fitted on only {plural(n_train, 'pixel')} (fewer than "
                    f"{MIN_FIT_PIXELS}): its bulk model and every score are rough; {fix}.")
     elif method == "rx" and n_train < n_channels:
-        out.append(f"RX's covariance rests on {n_train} pixels for {n_channels} channels (fewer "
-                   "pixels than channels: it is mostly the shrinkage target, and scores differ "
-                   f"little between pixels); {fix}, or use PCA (--method pca).")
-    if method == "pca" and n_components is not None and n_train < 5 * (n_components + 2):
-        out.append(f"PCA fitted {n_components} components on {n_train} pixels (fewer than 5 per "
-                   "parameter direction): use fewer components (--components) or a larger "
-                   "region.")
+        out.append(f"{name}'s covariance rests on {plural(n_train, 'pixel')} for {n_channels} "
+                   "channels (fewer pixels than channels: it is mostly the shrinkage target, and "
+                   f"scores differ little between pixels); {fix}, or use PCA (--method pca).")
+    if method in ("pca", "context-pca") and n_components is not None \
+            and n_train < 5 * (n_components + 2):
+        out.append(f"{name} fitted {plural(n_components, 'component')} on "
+                   f"{plural(n_train, 'pixel')} (fewer than 5 per parameter direction): use "
+                   "fewer components (--components) or a larger region.")
     return out
+
+
+def network_fit_cautions(method: str, n_train: int) -> list[str]:
+    """A caution when a network (the 3D-CVAE) was trained on few pixels.
+
+    A network has thousands of weights; on fewer than :data:`MIN_NN_FIT_PIXELS`
+    training pixels it learns a rough bulk (often no better than its PPCA
+    initialisation, "best epoch 0"), and its validation split is small or absent.
+
+    Parameters
+    ----------
+    method : str
+        Detector key (``"cvae"``).
+    n_train : int
+        Training pixels.
+
+    Returns
+    -------
+    list of str
+        Zero or one message.
+    """
+    if n_train >= MIN_NN_FIT_PIXELS:
+        return []
+    return [f"the {display_name(method)} was trained on only {plural(n_train, 'pixel')} (fewer "
+            f"than {MIN_NN_FIT_PIXELS}): a network learns little from so few spectra, so its "
+            "scores are rough; train on a larger region, or use context PCA (--method "
+            "context-pca), which needs fewer pixels."]
 
 
 def energy_clip_caution(asked: tuple[float | None, float | None], lo: float, hi: float,
@@ -151,6 +225,11 @@ def training_notes(det: Any) -> list[str]:
         if h.get("stopped_early"):
             notes.append(f"{who}training stopped early at epoch {int(h.get('epochs_run', 0))} "
                          f"(best epoch {int(h.get('best_epoch', 0))})")
+        if h.get("init_won") or (h.get("best_epoch") == 0 and int(h.get("epochs_run", 0) or 0)):
+            notes.append(f"{who}best epoch 0: no training epoch beat the network's starting "
+                         "point (its PPCA initialisation) on held-out bulk pixels, so that "
+                         "starting point was kept; the scores are those of a PPCA-like model. "
+                         "More bulk pixels or more epochs (--epochs) may let training help")
         vals = [v for v in h.get("val_nll", []) if v is not None]
         if vals and not any(math.isfinite(float(v)) for v in vals):
             npx = getattr(det, "n_fit_pixels_", None)
@@ -158,6 +237,76 @@ def training_notes(det: Any) -> list[str]:
                          else f"{who}no validation split (too few training pixels")
             notes[-1] += "); the best epoch was chosen by the training loss"
     return notes
+
+
+def _where(mask: np.ndarray, limit: int = 8) -> str:
+    """Where a mask's pixels are: positions of a line scan, (row, column) of an image."""
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return ""
+    if mask.shape[0] == 1:
+        items = [str(int(x)) for x in xs[:limit]]
+        label = "position" if xs.size == 1 else "positions"
+    else:
+        items = [f"({int(y)}, {int(x)})" for y, x in zip(ys[:limit], xs[:limit])]
+        label = "pixel" if xs.size == 1 else "pixels"
+    more = f", ... ({xs.size - limit} more)" if xs.size > limit else ""
+    return f" ({label} {', '.join(items)}{more})"
+
+
+def disagreement_notes(masks: Mapping[str, Any]) -> list[str]:
+    """A note when detectors (or seeds) of one image disagree on which pixels are anomalous.
+
+    Two masks disagree when their flagged pixels overlap less than
+    :data:`DISAGREE_JACCARD` (intersection over union). The note lists what
+    each flags, what they share, and how far to trust either: on fewer than
+    :data:`MIN_THRESHOLD_PIXELS` pixels (or with a handful flagged), which
+    pixels cross an automatic threshold is close to chance.
+
+    Parameters
+    ----------
+    masks : mapping of str to bool array of shape (ny, nx)
+        Label (e.g. ``"context PCA"``, ``"3D-CVAE"``, ``"seed 1"``) -> anomaly mask; all
+        of one image (the same shape).
+
+    Returns
+    -------
+    list of str
+        Zero or one note.
+
+    Raises
+    ------
+    InputError
+        When the masks do not all have the same shape.
+    """
+    from .errors import InputError
+
+    items = [(str(k), np.atleast_2d(np.asarray(v, dtype=bool))) for k, v in masks.items()]
+    if len(items) < 2:
+        return []
+    shapes = {m.shape for _, m in items}
+    if len(shapes) > 1:
+        raise InputError(f"disagreement_notes: expected masks of one image (one shape), got "
+                         f"shapes {sorted(shapes)}.")
+    union = np.logical_or.reduce([m for _, m in items])
+    inter = np.logical_and.reduce([m for _, m in items])
+    if not union.any():
+        return []
+    jac = float(inter.sum() / union.sum())
+    if jac >= DISAGREE_JACCARD:
+        return []
+    n_px = items[0][1].size
+    each = "; ".join(f"{k} flags {plural(int(m.sum()), 'pixel')}{_where(m)}" for k, m in items)
+    who = " and ".join(k for k, _ in items) if len(items) == 2 else "these runs"
+    trust = (f"on {plural(n_px, 'pixel')} each automatic threshold rests on a handful of scores, "
+             "so neither list is reliable on its own" if n_px < 4 * MIN_THRESHOLD_PIXELS or
+             union.sum() < 5 else
+             "the maps rank pixels differently, so neither threshold is reliable on its own")
+    return [f"{who} disagree on which pixels are anomalous: {each}; both flag "
+            f"{int(inter.sum())} of the {int(union.sum())} (overlap {jac:.2f}). {trust[0].upper()}"
+            f"{trust[1:]}: trust the pixels both flag most, look at the others' spectra against "
+            "the model before believing them, or give an explicit threshold (--threshold "
+            "value:X)."]
 
 
 def add(det: Any, messages: list[str]) -> None:
@@ -179,8 +328,9 @@ def add(det: Any, messages: list[str]) -> None:
 def collect(det: Any, n_scored: int, threshold_method: str) -> dict[str, list[str]]:
     """``{"cautions": [...], "notes": [...]}`` for a result of ``det`` on ``n_scored`` pixels.
 
-    The detector's fit cautions (``fit_cautions_``), the threshold caution and
-    :func:`training_notes`.
+    The detector's fit cautions (``fit_cautions_``), the threshold caution,
+    :func:`training_notes` and the notes of its last scoring (``score_notes_``, e.g. a
+    seed ensemble's :func:`disagreement_notes`).
 
     Parameters
     ----------
@@ -196,4 +346,5 @@ def collect(det: Any, n_scored: int, threshold_method: str) -> dict[str, list[st
     """
     cautions = list(getattr(det, "fit_cautions_", []) or [])
     cautions += threshold_cautions(int(n_scored), threshold_method)
-    return {"cautions": cautions, "notes": training_notes(det)}
+    notes = training_notes(det) + list(getattr(det, "score_notes_", []) or [])
+    return {"cautions": cautions, "notes": notes}

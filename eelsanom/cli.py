@@ -40,6 +40,7 @@ from ._cli_checks import (
 )
 from .batch import add_parser as add_batch_parser
 from .detectors import DEFAULT_METHOD, get_detector, load_detector
+from .detectors.base import check_train_mask
 from .detectors.params import HELP, METHODS
 from .detectors.params import defaults as detector_defaults
 from .errors import Cancelled, InputError
@@ -72,7 +73,15 @@ _ENV_ERRNOS = frozenset(_WRITE_FIX)
 
 # ----------------------------------------------------------------------------- helpers
 class _Bar:
-    """Turn eelsanom ProgressEvents into tqdm bars (one per stage)."""
+    """Turn eelsanom ProgressEvents into tqdm bars (one per stage).
+
+    A stage of one step (``fit 1/1``) shows its elapsed time, not a count; the training's
+    epochs count in ``epoch`` units; the ``batch`` bar starts again at each epoch, so that its
+    rate is this epoch's, not the time summed over every epoch so far.
+    """
+
+    #: the unit each stage counts
+    UNITS = {"train": "epoch", "batch": "batch", "score": "block", "fit": "step"}
 
     def __init__(self, quiet: bool):
         self.quiet = quiet
@@ -84,11 +93,17 @@ class _Bar:
         from tqdm.auto import tqdm
 
         bar = self.bars.get(ev.stage)
+        counted = bool(ev.total and ev.total > 1)
         if bar is None:
-            bar = tqdm(total=ev.total or None, desc=ev.stage, unit="step", file=sys.stderr,
-                       leave=False, dynamic_ncols=True)
+            kw: dict[str, Any] = {} if counted else {
+                "bar_format": "{desc}: {elapsed}{postfix}"}  # no useless "1/1"
+            bar = tqdm(total=ev.total if counted else None, desc=ev.stage,
+                       unit=self.UNITS.get(ev.stage, "step"), file=sys.stderr, leave=False,
+                       dynamic_ncols=True, **kw)
             self.bars[ev.stage] = bar
-        if ev.total and bar.total != ev.total:
+        elif counted and ev.step < bar.n:  # a new round (the next epoch's batches)
+            bar.reset(total=ev.total)
+        if counted and bar.total != ev.total:
             bar.total = ev.total
         bar.n = ev.step
         if ev.metrics:
@@ -101,6 +116,19 @@ class _Bar:
         for b in self.bars.values():
             b.close()
         self.bars.clear()
+
+
+class _TqdmLogHandler(logging.StreamHandler):
+    """Log records written with ``tqdm.write``: a warning gets its own line above the progress
+    bars instead of being printed onto a bar's line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
 
 
 #: ``detect``/``train`` options that set a detector parameter (option dest -> parameter). Each
@@ -267,6 +295,13 @@ def _prepare(args: argparse.Namespace, *, outputs: bool):
     _check_run_outputs(args, _planned_outputs(args, stem, det.method) if outputs else [])
     def ranges(si) -> np.ndarray | None:  # need the axes only: before the data is read
         mask = _train_mask(args, si)
+        if mask is not None:  # too small a region, said in the command line's words
+            opt = (f"--train-roi {args.train_roi}" if getattr(args, "train_roi", None)
+                   else f"--train-mask {args.train_mask}")
+            check_train_mask(mask, si.nav_shape, min_pixels=det.min_train_pixels, what=opt,
+                             fix="Give a larger region (--train-roi Y0:Y1,X0:X1 or a mask file "
+                                 "with --train-mask), or leave both out to train on all pixels "
+                                 "(robustly).")
         check_calibration_region(det, mask)
         er = getattr(det, "energy_range", None)
         if er is not None:
@@ -673,7 +708,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.print_help()
         return EXIT_INPUT
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+                        format="%(levelname)s %(name)s: %(message)s", handlers=[_TqdmLogHandler()])
     if not args.debug:
         import warnings
 

@@ -256,3 +256,102 @@ class AnomalyResult:
         mean, _ = det.reconstruct(si)
         data = det.window(si).data
         return np.asarray(data, dtype=np.float32) - mean
+
+    # ------------------------------------------------------------------ HyperSpy
+    def to_signal(self, which: str = "nll") -> Any:
+        """One map of the result as a HyperSpy signal with the input's axes and metadata.
+
+        Round-trips through ``.hspy``: ``res.to_signal().save("nll.hspy")``, then
+        ``hs.load("nll.hspy")``.
+
+        Parameters
+        ----------
+        which : str, default "nll"
+            ``"nll"``, ``"mask"``, ``"latent"`` (detectors with latent codes) or a key of
+            ``maps``.
+
+        Returns
+        -------
+        hyperspy signal
+            ``Signal2D`` of shape (ny, nx) over the input's calibrated ``y`` and ``x``
+            axes; a line scan's map is a ``Signal1D`` profile over its position axis;
+            ``"latent"`` a ``Signal1D`` over the latent dimension. Title, original file
+            name, ``Acquisition_instrument`` and ``metadata.eelsanom`` (method,
+            threshold) are set (see :func:`eelsanom.io.signals.result_signal`).
+
+        Raises
+        ------
+        InputError
+            When ``which`` names no map of this result.
+        ImportError
+            When HyperSpy is not installed.
+        """
+        from .io.signals import result_signal
+
+        return result_signal(self, which)
+
+    def to_signals(self) -> dict[str, Any]:
+        """Every map of the result as a HyperSpy signal: ``{"nll": ..., "mask": ..., ...}``.
+
+        Returns
+        -------
+        dict of str to hyperspy signal
+            Keys ``"nll"``, ``"mask"``, ``"latent"`` (where present) and those of
+            ``maps``; see :meth:`to_signal`.
+        """
+        names = ["nll", "mask", *(["latent"] if self.latent is not None else []), *self.maps]
+        return {k: self.to_signal(k) for k in names}
+
+    def plot(self, *, residual: bool = False) -> dict[str, Any]:
+        """Show the result with HyperSpy's plotting, as ``plot_decomposition_results()`` does.
+
+        The NLL map is the navigator: moving its pointer (or clicking, with an
+        interactive backend such as ``%matplotlib widget`` or ``qt``) shows that
+        pixel's spectrum and the model's prediction of it (and, with ``residual``,
+        the residual) in synchronised windows; the anomaly mask is shown beside it.
+        A result loaded from disk (no data attached) shows the NLL and mask maps only.
+
+        Parameters
+        ----------
+        residual : bool, default False
+            Also plot ``observed - model``.
+
+        Returns
+        -------
+        dict of str to hyperspy signal
+            The signals plotted: ``"nll"``, ``"mask"`` and, with data attached,
+            ``"data"`` and ``"model"`` (``EELSSpectrum`` over the detector's energy
+            window), plus ``"residual"``.
+
+        Raises
+        ------
+        ImportError
+            When HyperSpy (or exSpy) is not installed.
+        """
+        import hyperspy.api as hs
+
+        from .io.signals import to_signal as si_to_signal
+
+        nll, mask = self.to_signal("nll"), self.to_signal("mask")
+        out: dict[str, Any] = {"nll": nll, "mask": mask}
+        if self._detector is None or self._si is None:
+            nll.plot()
+            mask.plot()
+            return out
+        det, si = self._need_source()
+        siw = det.window(si)
+        mean, _ = det.reconstruct(si)
+        data = si_to_signal(siw)
+        data.metadata.General.title = f"{si.title or 'data'}: observed"
+        model = si_to_signal(replace(siw, data=np.asarray(mean, np.float32), ground_truth=None))
+        model.metadata.General.title = f"{si.title or 'data'}: model ({self.method})"
+        out.update(data=data, model=model)
+        sigs = [data, model]
+        if residual:
+            res = data - model
+            res.metadata.General.title = f"{si.title or 'data'}: residual"
+            out["residual"] = res
+            sigs.append(res)
+        hs.plot.plot_signals(sigs, navigator=nll)
+        mask.plot()
+        return out

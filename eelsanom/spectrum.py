@@ -437,5 +437,19 @@ def _from_hyperspy(sig: Any, *, what: str) -> SpectrumImage:
             meta["bulk_mask"] = bm[None] if bm.ndim == 1 else bm
     except Exception:  # noqa: BLE001 - metadata without the node
         pass
+    # a signal cut by a ROI or inav keeps the whole image's metadata maps: drop those that no
+    # longer fit (they describe the uncut image) instead of refusing the cut signal
+    if gt is not None and gt.shape != (y.size, x.size):
+        gt = None
+    if "bulk_mask" in meta and meta["bulk_mask"].shape != (y.size, x.size):
+        del meta["bulk_mask"]
+    try:  # the acquisition metadata, carried to the result's signals (res.to_signal)
+        from .io.read import _acquisition_info
+
+        acq = _acquisition_info(sig)
+        if acq:
+            meta["original_metadata"] = acq
+    except Exception:  # noqa: BLE001 - a duck-typed signal without HyperSpy metadata
+        pass
     return SpectrumImage(data=data if is_dask else np.asarray(data), energy=energy, y=y, x=x,
                          title=title, ground_truth=gt, metadata=meta)

@@ -53,23 +53,83 @@ from ..spectrum import Axis, SpectrumImage, as_spectrum_image
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BaseDetector", "load_detector", "check_train_mask"]
+__all__ = ["BaseDetector", "load_detector", "check_train_mask", "roi_to_mask"]
+
+
+def roi_to_mask(roi: Any, y: Any, x: Any) -> np.ndarray:
+    """A HyperSpy ROI as a boolean ``(ny, nx)`` map over the axes ``y`` and ``x``.
+
+    A ``RectangularROI`` (``left``, ``right``, ``top``, ``bottom``) selects a
+    rectangle of a 2-D image; a ``SpanROI`` (``left``, ``right``) a range of a line
+    scan's positions (or of columns, all rows). Values are in the axes' calibrated
+    units; pixels are picked as HyperSpy's ``roi(s)`` picks them (each end rounded
+    to the nearest pixel, the end excluded).
+
+    Parameters
+    ----------
+    roi : hyperspy.roi.RectangularROI or SpanROI (anything with those attributes)
+    y, x : Axis
+        The image's navigation axes.
+
+    Returns
+    -------
+    ndarray of bool, shape (y.size, x.size)
+
+    Raises
+    ------
+    InputError
+        When an edge is undefined (NaN) or the ROI selects no pixel of the image.
+    """
+    def span(lo: float, hi: float, ax: Any, name: str) -> slice:
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise InputError(f"bulk ROI: its {name} edges are not set ({lo}, {hi}); give the ROI "
+                             "its position, e.g. RectangularROI(left, top, right, bottom).")
+        lo, hi = sorted((float(lo), float(hi)))
+        a = int(np.floor((lo - ax.offset) / ax.scale + 0.5))
+        b = int(np.floor((hi - ax.offset) / ax.scale + 0.5))
+        a, b = max(a, 0), min(b, ax.size)
+        if b <= a:
+            raise InputError(
+                f"bulk ROI: {name} {lo:g} to {hi:g} {ax.units} selects no pixel of the image's "
+                f"{name} axis ({ax.offset:g} to {ax.offset + ax.scale * (ax.size - 1):g} "
+                f"{ax.units}, {ax.scale:g} {ax.units}/px); move or enlarge the ROI.")
+        return slice(a, b)
+
+    m = np.zeros((y.size, x.size), bool)
+    xs = span(roi.left, roi.right, x, "x")
+    if hasattr(roi, "top") and hasattr(roi, "bottom") and y.size > 1:
+        m[span(roi.top, roi.bottom, y, "y"), xs] = True
+    else:
+        m[:, xs] = True
+    return m
+
+
+def _is_roi(obj: Any) -> bool:
+    """A HyperSpy ROI (duck-typed: ``left`` and ``right`` edges, not an array)."""
+    return hasattr(obj, "left") and hasattr(obj, "right") and not hasattr(obj, "__array__")
 
 
 def check_train_mask(train_mask: Any, nav_shape: tuple[int, int], *, min_pixels: int = 1,
-                     what: str = "train_mask") -> np.ndarray | None:
+                     what: str = "train_mask", axes: tuple[Any, Any] | None = None,
+                     fix: str | None = None) -> np.ndarray | None:
     """Validate a bulk mask: boolean ``(ny, nx)`` (a line scan's ``(n,)`` is accepted).
 
     Parameters
     ----------
-    train_mask : array-like of bool or 0/1, shape (ny, nx) or (nx,) for a line scan, or None
-        Bulk (defect-free) pixels.
+    train_mask : array-like of bool or 0/1, HyperSpy boolean signal or ROI, or None
+        Bulk (defect-free) pixels: a map of shape (ny, nx), or (nx,) for a line scan;
+        a boolean HyperSpy signal of that shape; or, when ``axes`` is given, a HyperSpy
+        ``RectangularROI`` (``SpanROI`` for a line scan), see :func:`roi_to_mask`.
     nav_shape : (int, int)
         The image's navigation shape ``(ny, nx)``, in pixels.
     min_pixels : int
         Smallest number of ``True`` pixels accepted.
     what : str
         Name of the mask in error messages.
+    axes : (Axis, Axis), optional
+        The image's ``(y, x)`` axes, to place a ROI.
+    fix : str, optional
+        What to do when the region is too small (default: a wording for the Python API).
 
     Returns
     -------
@@ -84,6 +144,13 @@ def check_train_mask(train_mask: Any, nav_shape: tuple[int, int], *, min_pixels:
     """
     if train_mask is None:
         return None
+    if _is_roi(train_mask):
+        if axes is None:
+            raise InputError(f"{what}: a ROI needs the image's axes to be placed; pass a boolean "
+                             f"map of shape {tuple(nav_shape)} instead.")
+        train_mask = roi_to_mask(train_mask, *axes)
+    elif hasattr(train_mask, "axes_manager") and hasattr(train_mask, "data"):
+        train_mask = train_mask.data  # a HyperSpy signal: its (ny, nx) or (n,) data
     m = np.asarray(train_mask)
     if m.ndim == 1 and nav_shape[0] == 1:
         m = m[None]
@@ -97,9 +164,11 @@ def check_train_mask(train_mask: Any, nav_shape: tuple[int, int], *, min_pixels:
         m = m.astype(bool)
     n = int(m.sum())
     if n < min_pixels:
-        raise InputError(f"{what}: the bulk region covers {n} pixel(s); this detector needs at "
-                         f"least {min_pixels}. Draw a larger region, or pass none to train on all "
-                         "pixels (robustly).")
+        px = "pixel" if n == 1 else "pixels"
+        raise InputError(f"{what}: the bulk region covers {n} {px}; this detector needs at "
+                         f"least {min_pixels}. " + (fix or "Give a larger bulk region, or "
+                                                    "train_mask=None to train on all pixels "
+                                                    "(robustly)."))
     return m
 
 
@@ -109,6 +178,8 @@ class BaseDetector:
     method: ClassVar[str] = ""
     #: smallest number of training pixels ``fit`` accepts
     min_train_pixels: ClassVar[int] = 2
+    #: a network (its few-training-pixels caution is :func:`eelsanom.cautions.network_fit_cautions`)
+    network: ClassVar[bool] = False
     #: old parameter names of saved model files -> today's (read by :func:`load_detector`)
     renamed_params: ClassVar[dict[str, str]] = {}
 
@@ -250,8 +321,11 @@ class BaseDetector:
         Parameters
         ----------
         si : SpectrumImage, HyperSpy EELS signal, or ndarray of shape (ny, nx, n_energy)
-        train_mask : ndarray of bool, shape (ny, nx), optional
-            Bulk (defect-free) pixels to learn from. ``None``: all pixels, robustly.
+        train_mask : ndarray of bool, shape (ny, nx), HyperSpy ROI or signal, optional
+            Bulk (defect-free) pixels to learn from: a boolean map (a line scan's
+            ``(n,)`` too), a boolean HyperSpy signal of that shape, or a HyperSpy
+            ``RectangularROI`` (``SpanROI`` on a line scan) in the data's calibrated
+            units (see :func:`check_train_mask`). ``None``: all pixels, robustly.
         progress : callable, optional
             Receives :class:`~eelsanom.progress.ProgressEvent`; return ``False`` to cancel.
 
@@ -281,13 +355,17 @@ class BaseDetector:
             lo, hi = float(si.energy.values[0]), float(si.energy.values[-1])
             si = si.crop_energy(er[0], er[1])
             cautions.add(self, cautions.energy_clip_caution(tuple(er), lo, hi, si.n_energy))
-        mask = check_train_mask(train_mask, si.nav_shape, min_pixels=self.min_train_pixels)
+        mask = check_train_mask(train_mask, si.nav_shape, min_pixels=self.min_train_pixels,
+                                axes=(si.y, si.x))
         if mask is None and si.nav_shape[0] * si.nav_shape[1] < self.min_train_pixels:
             raise InputError(f"training data has {si.nav_shape[0] * si.nav_shape[1]} pixels; "
                              f"{type(self).__name__} needs at least {self.min_train_pixels}.")
         self.n_fit_pixels_ = int(mask.sum()) if mask is not None else int(np.prod(si.nav_shape))
         t0 = time.perf_counter()
+        self.score_notes_ = []
         self._fit(si, mask, progress)
+        if self.network:
+            cautions.add(self, cautions.network_fit_cautions(self.method, self.n_fit_pixels_))
         self.energy_axis_ = si.energy
         self.trained_on_mask_ = mask is not None
         self.fit_seconds_ = time.perf_counter() - t0
@@ -402,12 +480,13 @@ class BaseDetector:
             if bad:
                 raise InputError(f"held_out_scores: variants name {bad}, which "
                                  f"{type(self).__name__} does not have; valid: {sorted(names)}.")
-        mask = check_train_mask(train_mask, (ny, nx), min_pixels=2 * self.min_train_pixels)
+        mask = check_train_mask(train_mask, (ny, nx), min_pixels=2 * self.min_train_pixels,
+                                axes=(siw.y, siw.x))
         tiles = (np.arange(ny)[:, None] // block) * (-(-nx // block)) + np.arange(nx)[None] // block
         ids = np.unique(tiles[mask])
         if ids.size < folds:
             raise InputError(f"calibrate: the bulk region covers {ids.size} square(s) of "
-                             f"{block} x {block} pixels, fewer than folds={folds}; draw a larger "
+                             f"{block} x {block} pixels, fewer than folds={folds}; use a larger "
                              "bulk region or pass a smaller block.")
         rng = np.random.default_rng(int(getattr(self, "seed", 0)))
         group = dict(zip(rng.permutation(ids).tolist(), np.arange(ids.size) % folds))
@@ -419,7 +498,7 @@ class BaseDetector:
             rest = mask & ~held
             if rest.sum() < self.min_train_pixels:
                 raise InputError(f"calibrate: holding out a group leaves {int(rest.sum())} bulk "
-                                 f"pixels to fit on; draw a larger bulk region.")
+                                 f"pixels to fit on; use a larger bulk region.")
             twin = type(self)(**params)
             twin._validate_params()
             twin._fit(siw, rest, None)

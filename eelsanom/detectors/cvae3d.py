@@ -339,6 +339,7 @@ class CVAE3DDetector(BaseDetector):
 
     method: ClassVar[str] = "cvae"
     min_train_pixels: ClassVar[int] = 4
+    network: ClassVar[bool] = True
     renamed_params: ClassVar[dict[str, str]] = {"neighbourhood": "pooling"}
 
     def __init__(self, *, energy_range: tuple[float, float] | None = None,
@@ -703,6 +704,7 @@ class CVAE3DDetector(BaseDetector):
         per = [self._maps(o) for o in outs]
         maps = {k: np.mean([p[k] for p in per], axis=0) for k in per[0]}
         ens = seed_maps([o["score"] for o in outs])
+        self.score_notes_ = _seed_disagreement(self, [o["score"] for o in outs])
         maps.update(seed_mean_nll=ens["mean"], seed_std_nll=ens["std"],
                     seed_disagreement=ens["disagreement"])
         latent = np.concatenate([o["latent"] for o in outs], axis=-1)
@@ -929,3 +931,19 @@ class CVAE3DDetector(BaseDetector):
                                                     for m in members]
         self.member_seeds_ = [int(s) for s in state.get(
             "member_seeds", [int(self.seed) + i for i in range(len(self.models_))])]
+
+
+def _seed_disagreement(det: CVAE3DDetector, scores: list[np.ndarray]) -> list[str]:
+    """A note when the seeds' own thresholded maps disagree on the anomalous pixels."""
+    from .. import cautions
+    from ..scoring import compute_threshold
+
+    masks = {}
+    for i, sc in enumerate(scores):
+        try:
+            t, _ = compute_threshold(sc, det.threshold,
+                                     calibration=getattr(det, "calibration_", None))
+        except InputError:  # a rule the members cannot apply alone (no calibration each)
+            return []
+        masks[f"seed {int(det.seed) + i}"] = np.asarray(sc) > t
+    return cautions.disagreement_notes(masks)

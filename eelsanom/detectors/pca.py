@@ -600,7 +600,7 @@ class PCADetector(PooledGaussian, BaseDetector):
                  "%d, %s solver) on %s", self.n_components_, self.selection_["method"],
                  self.noise_variance_, self.n_train_, self.n_trimmed_, self.n_sampled_,
                  self.n_bulk_, self.solver_, dev)
-        cautions.add(self, cautions.fit_cautions("pca", self.n_train_, X.shape[1],
+        cautions.add(self, cautions.fit_cautions(self.method, self.n_train_, X.shape[1],
                                                  self.n_components_))
 
     # ------------------------------------------------------------------ scoring

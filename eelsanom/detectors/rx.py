@@ -357,7 +357,7 @@ class RXDetector(PooledGaussian, BaseDetector):
         # training pixels there were
         n_avail = self.n_train_ if pixels is None else (
             int(mask.sum()) if mask is not None else ny * nx) - self.n_trimmed_
-        cautions.add(self, cautions.fit_cautions("rx", n_avail, X.shape[1]))
+        cautions.add(self, cautions.fit_cautions(self.method, n_avail, X.shape[1]))
 
     def _whiten(self, X: np.ndarray) -> np.ndarray:
         """Whitened coordinates ``W^T (x - mu)`` of transformed rows, shape (n, r).

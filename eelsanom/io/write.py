@@ -189,8 +189,10 @@ def save_png_map(arr: Any, path: str | os.PathLike, *, si_or_result: Any, title:
                          label=f"not flagged ({raw.size - n_yes} px)"),
                    Patch(facecolor=MASK_COLOURS[1], edgecolor="0.5",
                          label=f"flagged ({n_yes} px)")]
-        fig.legend(handles=handles, title=cbar_label, loc="outside right center", fontsize=9,
-                   title_fontsize=9)
+        # an axes legend beside the map: constrained layout makes room for it (a figure legend
+        # "outside right" with an equal-aspect map pushed the title and y label off the figure)
+        ax.legend(handles=handles, title=cbar_label, loc="center left", bbox_to_anchor=(1.03, 0.5),
+                  borderaxespad=0.0, fontsize=9, title_fontsize=9)
     else:
         cb = fig.colorbar(im, ax=ax)
         cb.set_label(cbar_label)
@@ -211,9 +213,23 @@ def save_png_map(arr: Any, path: str | os.PathLike, *, si_or_result: Any, title:
         ax.set_ylabel(f"y ({y.units or 'px'})")
     px = (f"{x.scale:.3g} {x.units or 'px'}" if math.isclose(x.scale, y.scale, rel_tol=1e-6)
           or ny == 1 else f"{x.scale:.3g} x {y.scale:.3g} {x.units or 'px'}")
-    ax.set_title(f"{title}\n{ny} x {nx} px, pixel {px}", fontsize=10)
+    ax.set_title(f"{title}\n{ny} x {nx} px, pixel {px}", fontsize=10, wrap=True)
+    _fit_text(fig)
     return atomic_write(path, lambda tmp: fig.savefig(
         tmp, format=(path.suffix.lstrip(".").lower() or "png")), record=True)
+
+
+def _fit_text(fig: Any) -> None:
+    """Widen ``fig`` until everything drawn lies inside it (a long title or legend), at most
+    to 12.8 inches."""
+    for _ in range(4):
+        fig.canvas.draw()
+        tb = fig.get_tightbbox(fig.canvas.get_renderer())  # inches, drawn artists only
+        w, h = fig.get_size_inches()
+        over = max(-tb.x0, tb.x1 - w)
+        if over <= 0.01 or w >= 12.8:
+            return
+        fig.set_size_inches(min(w + 2 * over + 0.1, 12.8), h)
 
 
 def write_json(obj: Any, path: str | os.PathLike, *, protect: Iterable[Any] = ()) -> Path:

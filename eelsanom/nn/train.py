@@ -670,11 +670,14 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
                 done = True
             elif cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0:
                 run.save(run.boundary)
+            epoch_s = time.perf_counter() - t0  # this epoch's time (a bar's rate sums them)
             if data.val_mask is None:  # say why there is no validation NLL rather than show nan
                 emit(progress, "train", epoch, cfg.epochs, loss=tr,
-                     val=f"no validation split ({data.n_train} training pixels)")
+                     val=f"no validation split ({data.n_train} training pixels)",
+                     s_per_epoch=epoch_s)
             else:
-                emit(progress, "train", epoch, cfg.epochs, loss=tr, val_nll=val)
+                emit(progress, "train", epoch, cfg.epochs, loss=tr, val_nll=val,
+                     s_per_epoch=epoch_s)
         done = True
     except Cancelled:
         run.save(run.boundary)

@@ -247,24 +247,13 @@ def panels_of(viewer: Any) -> dict[str, Any]:
 
 
 def _show_strongest_channel(viewer: Any, si: Any) -> None:
-    """Put the energy slider on the channel with the highest mean intensity (the edge), with
-    contrast limits that do not saturate that slice."""
-    import numpy as np
-
+    """Put the energy slider on the strongest edge (see :func:`._session.show_edge`)."""
     from ._layers import role_of
+    from ._session import show_edge
 
-    try:
-        mean = np.asarray(si.data[:: max(1, si.nav_shape[0] // 16),
-                                  :: max(1, si.nav_shape[1] // 16)], float).mean(axis=(0, 1))
-        k = int(np.argmax(mean))
-        viewer.dims.set_point(0, float(si.energy.values[k]))
-        cube = next(ly for ly in viewer.layers if role_of(ly) == "cube")
-        lo, hi = cube.contrast_limits
-        top = float(np.percentile(np.asarray(si.data[:, :, k], float), 99.5))
-        if top > hi:
-            cube.contrast_limits = (lo, top)
-    except Exception as exc:  # noqa: BLE001 - cosmetic only
-        log.debug("could not set the energy slider: %s", exc)
+    cube = next((ly for ly in viewer.layers if role_of(ly) == "cube"), None)
+    if cube is not None:
+        show_edge(viewer, cube, si)
 
 
 def _fit_window(window: Any, width: int = 1800, height: int = 1050) -> None:

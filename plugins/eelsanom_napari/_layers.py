@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "KEY", "role_of", "spectrum_image_layers", "nav_scale_translate", "layer_spectrum_image",
     "is_cube_layer", "region_mask", "world_to_pixel", "pixel_to_world", "robust_limits",
+    "strongest_edge_channel",
 ]
 
 #: ``layer.metadata`` key for everything eelsanom stores on a layer.
@@ -65,6 +66,43 @@ def robust_limits(arr: Any, lo: float = 0.5, hi: float = 99.5) -> tuple[float, f
     if not a1 > a0:
         a1 = a0 + 1.0
     return a0, a1
+
+
+def strongest_edge_channel(si: SpectrumImage) -> int:
+    """The energy channel to open a spectrum image at: just past its strongest edge.
+
+    A core-loss spectrum is highest at its first channels (the background falls off as
+    a power law), so the brightest channel is background. The edge is where the mean
+    spectrum (pixels subsampled, smoothed over ~2 % of the channels) *rises* most (in
+    counts) over that width; the channel returned is the top of that rise. A
+    spectrum that never rises (no edge in the window) opens at its brightest channel.
+
+    Parameters
+    ----------
+    si : SpectrumImage
+
+    Returns
+    -------
+    int
+        Channel index in ``0 .. n_energy - 1``.
+    """
+    ny, nx = si.nav_shape
+    sub = np.asarray(si.data[:: max(1, ny // 16), :: max(1, nx // 16)], float)
+    mean = sub.reshape(-1, sub.shape[-1]).mean(axis=0)
+    n = mean.size
+    if n < 4 or not np.isfinite(mean).all():
+        return int(np.nanargmax(mean)) if np.isfinite(mean).any() else 0
+    w = max(2, n // 50)
+    if n < 3 * w:
+        return int(np.argmax(mean))
+    smooth = np.convolve(mean, np.ones(w) / w, mode="valid")  # [j]: channels j .. j+w-1
+    rise = smooth[w:] - smooth[:-w]  # in counts: a noisy tail's ratios do not count
+    k = int(np.argmax(rise))
+    if not rise[k] > 0.02 * float(np.max(np.abs(smooth))):  # no edge: the brightest channel
+        return int(np.argmax(mean))
+    top = k + w  # the rise ends in the window starting here; its highest point after it
+    peak = top + int(np.argmax(smooth[top:top + 2 * w]))
+    return int(min(peak + w // 2, n - 1))
 
 
 def nav_scale_translate(y: Axis, x: Axis) -> tuple[tuple[float, float], tuple[float, float]]:

@@ -174,6 +174,21 @@ class _Panel(Container):
     def _add_qt(self, qwidget: Any) -> None:
         self._body.native.layout().addWidget(qwidget)
 
+    def pin(self, widgets: Any) -> None:
+        """Add magicgui widgets below the scrolling body, always visible: the panel's primary
+        actions (Train, Apply, Cancel, the progress) never scroll out of sight on a small
+        screen."""
+        footer = self.__dict__.get("_footer")
+        if footer is None:
+            from qtpy.QtWidgets import QSizePolicy
+
+            footer = self._footer = Container(labels=False)
+            footer.native.layout().setContentsMargins(6, 2, 6, 4)
+            # its own height always: the scrolling body above gives way
+            footer.native.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)
+            self.native.layout().addWidget(footer.native)
+        footer.extend(widgets)
+
     def extend(self, widgets: Any) -> None:
         """Add magicgui widgets to the panel's (scrolling) body."""
         body = self.__dict__.get("_body")

@@ -492,7 +492,6 @@ class LineScanCanvas(_Canvas):
         fig = Figure(figsize=(width, height), dpi=100)
         super().__init__(fig)
         self.ax_img, self.ax_nll = fig.subplots(2, 1, height_ratios=(1.6, 1))
-        fig.subplots_adjust(hspace=0.45)
         self.fit_margins()
         self.image: Any = None
         self.nll_line: Any = None
@@ -503,6 +502,21 @@ class LineScanCanvas(_Canvas):
         self.on_pick: Any = None
         self.setMinimumHeight(260)
         self.mpl_connect("button_press_event", self._clicked)
+
+    #: the gap (inches) between the two plots: the image's tick labels and x label
+    GAP = 0.62
+
+    def fit_margins(self) -> None:
+        """The margins, and a gap between the plots fixed in inches (``hspace`` is a
+        fraction of the plots' height, so a fixed fraction let the image's x label run into
+        the NLL plot on a short canvas)."""
+        super().fit_margins()
+        w, h = self.figure.get_size_inches()
+        if w <= 0 or h <= 0:
+            return
+        sp = self.figure.subplotpars
+        mean_h = max(((sp.top - sp.bottom) * h - self.GAP) / 2, 0.1)
+        self.figure.subplots_adjust(hspace=self.GAP / mean_h)
 
     def show(self, energy: np.ndarray, spectra: np.ndarray, positions: np.ndarray, *,
              position_label: str, nll: np.ndarray | None = None,

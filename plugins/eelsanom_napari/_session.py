@@ -30,13 +30,14 @@ from ._layers import (
     region_mask,
     robust_limits,
     role_of,
+    strongest_edge_channel,
 )
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Session", "Prepared", "get_session", "threshold_spec", "prepare_result"]
 
-NLL_NAME = "NLL map"
+NLL_NAME = "NLL map (nats)"
 MASK_NAME = "anomaly mask"
 
 _SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -70,10 +71,45 @@ def get_session(viewer: Any) -> Session:
             if session is not None:
                 session._show_energy()
 
+        def inserted(event: Any = None) -> None:
+            layer = getattr(event, "value", None)
+            if layer is not None and role_of(layer) == "cube":  # a file opened: at its edge
+                # once napari has set up the new layer's slider (it centres it afterwards)
+                try:
+                    from qtpy.QtCore import QTimer
+
+                    QTimer.singleShot(0, lambda: show_edge(viewer, layer))
+                except ImportError:  # no Qt: now
+                    show_edge(viewer, layer)
+            dims(event)
+
         viewer.dims.events.current_step.connect(dims)
-        viewer.layers.events.inserted.connect(dims)
+        viewer.layers.events.inserted.connect(inserted)
+        for layer in list(viewer.layers):  # opened before any panel: at its edge too
+            if role_of(layer) == "cube":
+                show_edge(viewer, layer)
         s._show_energy()
     return s
+
+
+def show_edge(viewer: Any, cube: Any, si: Any = None) -> None:
+    """Put the energy slider on ``cube``'s strongest edge
+    (:func:`._layers.strongest_edge_channel`; a core-loss image's brightest channel is
+    background), with contrast limits that do not saturate that slice. Once per layer."""
+    meta = (getattr(cube, "metadata", None) or {}).get(KEY)
+    if not isinstance(meta, dict) or meta.get("opened_at_edge"):
+        return
+    try:
+        si = si if si is not None else layer_spectrum_image(cube)
+        k = strongest_edge_channel(si)
+        viewer.dims.set_point(0, float(si.energy.values[k]))
+        meta["opened_at_edge"] = True
+        lo, hi = cube.contrast_limits
+        top = float(np.percentile(np.asarray(si.data[:, :, k], float), 99.5))
+        if top > hi:
+            cube.contrast_limits = (lo, top)
+    except Exception as exc:  # noqa: BLE001 - cosmetic only
+        log.debug("could not set the energy slider: %s", exc)
 
 
 @dataclass
@@ -118,13 +154,25 @@ def _threshold(result: Any, spec: Any) -> tuple[Any, Any]:
 
 
 def show_colorbar(layer: Any) -> None:
-    """Turn on napari's colour bar of an image layer (napari >= 0.5; else nothing)."""
+    """Turn on napari's colour bar of an image layer (napari >= 0.5; else nothing), labelled:
+    the layer's name (the quantity and its units, e.g. ``"NLL map (nats)"``) is shown beside
+    it (napari's layer-name overlay, in the same corner: napari tiles the two)."""
     bar = getattr(layer, "colorbar", None) if layer is not None else None
     if bar is not None:
         try:
+            # bottom right: the energy text holds the top of a narrow canvas
+            bar.position = "bottom_right"
             bar.visible = True
         except Exception as exc:  # noqa: BLE001 - cosmetic only
             log.debug("no colour bar: %s", exc)
+            return
+        name = (getattr(layer, "_overlays", None) or {}).get("layer_name")
+        if name is not None:
+            try:
+                name.position = bar.position
+                name.visible = True
+            except Exception as exc:  # noqa: BLE001 - cosmetic only
+                log.debug("no colour bar label: %s", exc)
 
 
 def _set_grid(layer: Any, scale: Any, translate: Any) -> None:

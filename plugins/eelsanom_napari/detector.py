@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import napari
+import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -18,12 +19,15 @@ from magicgui.widgets import (
     FileEdit,
     Label,
     LineEdit,
+    ProgressBar,
     PushButton,
     SpinBox,
 )
 from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QSizePolicy
 
-from eelsanom.detectors import DEFAULT_METHOD
+from eelsanom.detectors import DEFAULT_METHOD, detector_class
+from eelsanom.detectors.base import check_train_mask
 from eelsanom.detectors.params import Param, detector_params, gui_params
 from eelsanom.errors import Cancelled, InputError
 
@@ -174,6 +178,12 @@ class DetectorWidget(_Panel):
         self._load_btn = PushButton(text="Load model")
         self._save_btn = PushButton(text="Save model")
         self._status = Label(label="status", value="no model")
+        # one line, cut at the panel's width rather than widening it (the full text is its
+        # tooltip): a wrapped label in the fixed-height footer would be clipped instead
+        self._status.native.setSizePolicy(QSizePolicy.Policy.Ignored,
+                                          QSizePolicy.Policy.Preferred)
+        self._progress = ProgressBar(value=0, min=0, max=1000, visible=False)
+        self._progress.tooltip = "the work under way (also in napari's activity dock)"
         self._per_method = {m: list(ws.values()) for m, ws in self._fields.items()}
         run_row = Container(widgets=[self._train_btn, self._apply_btn, self._cancel_btn],
                             layout="horizontal", labels=False)
@@ -181,7 +191,9 @@ class DetectorWidget(_Panel):
                               labels=False)
         self.extend([self._method, self._device, self._energy, self._seed,
                      *[w for ws in self._per_method.values() for w in ws],
-                     self._extra, self._auto_apply, run_row, self._model_file, model_row, self._status])
+                     self._extra, self._auto_apply, self._model_file, model_row])
+        # the primary actions and the progress stay in view below the scrolling fields
+        self.pin([run_row, self._progress, self._status])
         self._delivering = 0
         self._cancel_event: threading.Event | None = None
         self._worker: Any = None
@@ -217,6 +229,9 @@ class DetectorWidget(_Panel):
             for b in (self._train_btn, self._apply_btn, self._load_btn, self._save_btn):
                 b.enabled = not busy
             self._cancel_btn.enabled = busy
+            self._progress.visible = busy
+            if busy:
+                self._progress.value = 0
         except RuntimeError:
             self._closed = True
 
@@ -237,6 +252,7 @@ class DetectorWidget(_Panel):
             return
         try:
             self._status.value = text
+            self._status.tooltip = text
         except RuntimeError:
             self._closed = True
 
@@ -285,6 +301,12 @@ class DetectorWidget(_Panel):
                     "image. Draw a rectangle or polygon on it, or choose none to train on all "
                     "pixels (robustly).")
             method, params = self.detector_params()
+            if mask is not None:  # too small for this detector: said in the GUI's words
+                check_train_mask(mask, si.nav_shape,
+                                 min_pixels=detector_class(method).min_train_pixels,
+                                 what=f"the bulk region {session.region_layer.name!r}",
+                                 fix="Draw a larger region, or choose none to train on all "
+                                     "pixels (robustly).")
         except InputError as exc:
             _notify.error(str(exc))
             return
@@ -316,6 +338,7 @@ class DetectorWidget(_Panel):
                 text = (f"{name}: {res.n_flagged} of {res.nll.size} pixels flagged "
                         f"({res.threshold_method}).")
                 _next_turn(lambda: _notify.info(text))
+                w._tell_cautions(res)
 
         epochs = params.get("epochs")
         self._run(f"training {name}", work, done,
@@ -346,10 +369,19 @@ class DetectorWidget(_Panel):
             return prepare_result(det.score(si, progress=progress), spec)
 
         def done(w: DetectorWidget, prep: Any) -> None:
-            w._deliver_result(prep, cube_ref())
+            res = w._deliver_result(prep, cube_ref())
             w._set_status(f"{name} applied to {cube_name}")
+            if res is not None:
+                w._tell_cautions(res)
 
         self._run("scoring", work, done)
+
+    def _tell_cautions(self, res: Any) -> None:
+        """The result's cautions and notes as warnings, and a note when it disagrees with the
+        result it replaced on the same image (another detector or seed) about which pixels
+        are anomalous."""
+        for msg in result_messages(res, self._session.previous_result):
+            _next_turn(lambda m=msg: _notify.warning(m))
 
     def _deliver_result(self, prep: Any, cube: Any) -> Any:
         """Show a prepared result over several event-loop turns; busy until it is shown."""
@@ -546,6 +578,10 @@ class DetectorWidget(_Panel):
         self._shown_at = time.monotonic()
         done, total, text = self.progress_fraction()
         self._set_status(text)
+        try:  # the panel's own bar (pinned beside Train): the fraction of the stage done
+            self._progress.value = int(round(1000 * min(1.0, done / total))) if total else 0
+        except RuntimeError:
+            self._closed = True
         pbar = self._pbar
         if pbar is None:
             return
@@ -565,3 +601,21 @@ class DetectorWidget(_Panel):
         n = int(round(done * unit)) if total else int(done)
         if n >= pbar.n:
             pbar.update(n - pbar.n)
+
+
+def result_messages(res: Any, previous: Any = None) -> list[str]:
+    """What the user should read about ``res``: its cautions and notes, and
+    :func:`eelsanom.cautions.disagreement_notes` against ``previous`` when that scored the
+    same image (same pixel grid) with another detector or seed."""
+    from eelsanom import cautions
+
+    info = getattr(res, "info", {}) or {}
+    out = [*info.get("cautions", []), *info.get("notes", [])]
+    if previous is None or previous is res or np.shape(previous.mask) != np.shape(res.mask) \
+            or previous.x != res.x or previous.y != res.y:
+        return out
+    a, b = METHOD_NAMES.get(previous.method, previous.method), METHOD_NAMES.get(res.method,
+                                                                                res.method)
+    if a == b:
+        a, b = f"the earlier {a} run", f"this {b} run"
+    return out + cautions.disagreement_notes({a: previous.mask, b: res.mask})

@@ -104,7 +104,8 @@ def dock_all(viewer: napari.viewer.Viewer, layout: str | None = None) -> dict[st
 
 def size_docks(panels: dict[str, _Panel]) -> None:
     """Give the docks of :func:`dock_all` sensible sizes for the window's current size:
-    a 470 px column on the right, the plots at least 45 % of its height (call again after
+    a 470 px column on the right; the plots 55 % of its height beside the panels, or 31 % of
+    the window below the canvas, which keeps most of the window (call again after
     resizing the window)."""
     from qtpy.QtCore import Qt
 
@@ -118,7 +119,7 @@ def size_docks(panels: dict[str, _Panel]) -> None:
                              Qt.Orientation.Vertical)
         else:  # below the canvas: the spectrum and the Results side by side
             results = panels["Results"]._dock
-            qwin.resizeDocks([plots], [max(280, int(0.34 * qwin.height()))],
+            qwin.resizeDocks([plots], [max(300, int(0.31 * qwin.height()))],
                              Qt.Orientation.Vertical)
             if qwin.dockWidgetArea(results) == qwin.dockWidgetArea(plots):
                 w = qwin.width()

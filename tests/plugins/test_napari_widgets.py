@@ -352,7 +352,7 @@ def test_training_refusals(viewer, qtbot, sample_file, notifications):
     det._on_train()
     assert not det.busy
     assert "covers 0 pixels" in errors(notifications)[-1]
-    # a region too small for PCA: refused by the detector, from the worker
+    # a region too small for PCA: refused at once too, in the GUI's words
     from eelsanom.detectors.pca import PCADetector
 
     assert PCADetector.min_train_pixels > 1
@@ -360,8 +360,11 @@ def test_training_refusals(viewer, qtbot, sample_file, notifications):
     painted.data[3, 3] = 1
     painted.events.data()
     assert panels["Bulk region"]._count.value.startswith("1 of 4096")
-    train(qtbot, det, "pca", _device="cpu")
-    assert "covers 1 pixel(s)" in errors(notifications)[-1]
+    det._device.value = "cpu"
+    det._on_train()
+    assert not det.busy
+    assert "covers 1 pixel;" in errors(notifications)[-1]
+    assert "Draw a larger region" in errors(notifications)[-1]  # the GUI's words
     assert f"at least {PCADetector.min_train_pixels}" in errors(notifications)[-1]
     assert get_session(viewer).detector is None and by_role(viewer, "nll") is None
     # bad typed parameters
@@ -369,6 +372,8 @@ def test_training_refusals(viewer, qtbot, sample_file, notifications):
     det._on_train()
     assert "START < STOP" in errors(notifications)[-1] and not det.busy
     det._energy.value = ""
+    painted.data[:10, :10] = 1  # a region large enough: the parameter fails in the worker
+    painted.events.data()
     det._extra.value = "no_such_parameter=3"
     train(qtbot, det, "pca")
     assert "no_such_parameter" in errors(notifications)[-1]

@@ -4,17 +4,48 @@ Real EELS files written by acquisition software live outside the project, in
 ``../shared/data/real`` next to the repository (see PROVENANCE.md there), or in
 the folder named by the ``EELSANOM_REAL_DATA`` environment variable. Tests that
 need them skip with the reason where the folder is absent.
+
+Parallel runs (pytest-xdist, ``-n 2 --dist loadfile`` in the README's test command): the tests
+of one file run on one worker, so a module-scoped fixture trains once; and each worker is
+pinned to its own share of the CPUs before torch is imported, so the library's "use every core
+this process may run on" (``eelsanom.nn.device.torch_threads``) and the CLI subprocesses and
+notebook kernels a test starts use that share instead of all cores twice over.
+(``--dist loadgroup`` does not group with pytest 9: xdist 3.8 renames ``item._nodeid``, which
+pytest 9 no longer reads.)
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 REAL_DATA_ENV = "EELSANOM_REAL_DATA"
+
+
+def _pin_xdist_worker() -> None:
+    """Give xdist worker i of n the CPUs i, i+n, ... of this process's affinity (and as many
+    OpenMP/MKL threads), so n workers do not each start one thread per core."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ...
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or count < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    mine = set(cpus[int(worker[2:]) % len(cpus)::count]) if len(cpus) >= count else set(cpus)
+    if not mine:
+        return
+    os.sched_setaffinity(0, mine)
+    threads = str(len(mine))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = threads
+    if "torch" in sys.modules:  # imported already (by a plugin): set its pool too
+        sys.modules["torch"].set_num_threads(len(mine))
+
+
+_pin_xdist_worker()
 
 
 def real_data_path() -> Path:

@@ -38,7 +38,8 @@ NOTEBOOKS = sorted(NB_DIR.glob("*.ipynb"))
 def _execute(path: Path, extra_env: dict[str, str] | None = None):
     """Run ``path`` in a fresh kernel and return the executed notebook (in memory)."""
     nb = nbformat.read(path, as_version=4)
-    env = {"EELSANOM_QUICK": "1", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "2",
+    env = {"EELSANOM_QUICK": "1", "MPLBACKEND": "Agg",
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),  # an xdist worker's share
            "PYTHONWARNINGS": "ignore::DeprecationWarning", **(extra_env or {})}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the kernel inherits this process's environment

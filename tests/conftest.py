@@ -7,9 +7,9 @@ need them skip with the reason where the folder is absent.
 
 Parallel runs (pytest-xdist, ``-n 2 --dist loadfile`` in the README's test command): the tests
 of one file run on one worker, so a module-scoped fixture trains once; and each worker is
-pinned to its own share of the CPUs before torch is imported, so the library's "use every core
-this process may run on" (``eelsanom.nn.device.torch_threads``) and the CLI subprocesses and
-notebook kernels a test starts use that share instead of all cores twice over.
+given its share of the CPUs as thread count (``OMP_NUM_THREADS`` and friends) before torch is
+imported, so the library's thread count (``eelsanom.device.cpu_threads``) and the CLI
+subprocesses and notebook kernels a test starts use that share instead of all cores twice over.
 (``--dist loadgroup`` does not group with pytest 9: xdist 3.8 renames ``item._nodeid``, which
 pytest 9 no longer reads.)
 """
@@ -27,22 +27,24 @@ REAL_DATA_ENV = "EELSANOM_REAL_DATA"
 
 
 def _pin_xdist_worker() -> None:
-    """Give xdist worker i of n the CPUs i, i+n, ... of this process's affinity (and as many
-    OpenMP/MKL threads), so n workers do not each start one thread per core."""
+    """Give each of n xdist workers 1/n of this process's CPUs as its thread count (OpenMP,
+    MKL, OpenBLAS, torch), so n workers do not each start one thread per core.
+
+    The workers are not bound to cores (no affinity): a GUI test's event loop and its
+    training thread must be free to run on any core, or its responsiveness checks (a cancel
+    within 1 s, no stalled event-loop turn) measure the sharing instead of the code.
+    """
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ...
     count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
-    if not worker.startswith("gw") or count < 2 or not hasattr(os, "sched_setaffinity"):
+    if not worker.startswith("gw") or count < 2:
         return
-    cpus = sorted(os.sched_getaffinity(0))
-    mine = set(cpus[int(worker[2:]) % len(cpus)::count]) if len(cpus) >= count else set(cpus)
-    if not mine:
-        return
-    os.sched_setaffinity(0, mine)
-    threads = str(len(mine))
+    ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+    threads = str(max(1, ncpu // count))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = threads
     if "torch" in sys.modules:  # imported already (by a plugin): set its pool too
-        sys.modules["torch"].set_num_threads(len(mine))
+        sys.modules["torch"].set_num_threads(int(threads))
 
 
 _pin_xdist_worker()

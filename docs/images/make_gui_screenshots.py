@@ -5,7 +5,7 @@
     xvfb-run -a -s "-screen 0 1920x1080x24" env QT_QPA_PLATFORM=xcb \\
         python docs/images/make_gui_screenshots.py
 
-``eelsanom gui`` on the bundled sample, the default detector (context PCA) trained
+``eelsanom gui`` on the bundled sample, the default detector (bulk + context PCA, ``DEFAULT_METHOD``) trained
 through the Detector panel, a flagged pixel inspected; the whole window is saved as
 ``docs/images/workstation_<W>x<H>.png`` (the screen's size). Look at each: Train and
 Apply in view without scrolling, no clipped text.

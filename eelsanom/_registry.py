@@ -23,6 +23,12 @@ class NoValidator(LookupError):
 
 _LOADERS = {}
 
+#: Method keys with their display names, in the order front ends list them (the one table:
+#: :data:`eelsanom.detectors.params.METHODS` is this dict; here so that modules below the
+#: detectors, such as :mod:`eelsanom.cautions`, can name a detector without importing them)
+METHODS = {"cvae": "3D-CVAE", "pca": "PCA", "context-pca": "context PCA",
+           "bulk-context": "bulk + context PCA", "rx": "RX"}
+
 
 def key(name):
     """The registry key of a method name: lower case, ``-`` and ``3d`` ignored

@@ -50,7 +50,7 @@ def display_name(method: str) -> str:
     -------
     str
     """
-    from .detectors.params import METHODS
+    from ._registry import METHODS
 
     return METHODS.get(str(method), str(method))
 

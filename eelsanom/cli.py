@@ -695,25 +695,8 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``eelsanom`` command line; return its exit status (0, 1, 2 or 130).
-
-    0: success; 1: an internal error, or some ``batch`` files failed; 2: bad input
-    (an :class:`~eelsanom.errors.InputError`, or no subcommand); 130: cancelled or
-    interrupted.
-    """
-    ap = build_parser()
-    args = ap.parse_args(join_dash_values(sys.argv[1:] if argv is None else list(argv)))
-    if not getattr(args, "command", None):
-        ap.print_help()
-        return EXIT_INPUT
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s", handlers=[_TqdmLogHandler()])
-    if not args.debug:
-        import warnings
-
-        warnings.filterwarnings("ignore")
-    os.environ.setdefault("TQDM_DISABLE", "1" if args.quiet else "")
+def _run(args: argparse.Namespace) -> int:
+    """Run the parsed command; every failure becomes its exit status (see :func:`main`)."""
     t0 = time.perf_counter()
     try:
         rc = args.func(args)
@@ -754,6 +737,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERNAL
     log.info("done in %.1f s", time.perf_counter() - t0)
     return rc
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``eelsanom`` command line; return its exit status (0, 1, 2 or 130).
+
+    0: success; 1: an internal error, or some ``batch`` files failed; 2: bad input
+    (an :class:`~eelsanom.errors.InputError`, or no subcommand); 130: cancelled or
+    interrupted.
+    """
+    ap = build_parser()
+    args = ap.parse_args(join_dash_values(sys.argv[1:] if argv is None else list(argv)))
+    if not getattr(args, "command", None):
+        ap.print_help()
+        return EXIT_INPUT
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", handlers=[_TqdmLogHandler()])
+    if not args.debug:
+        import warnings
+
+        warnings.filterwarnings("ignore")
+    # tqdm reads TQDM_DISABLE: set for this call only (an in-process caller, such as a test or
+    # a notebook running main() with --quiet, must not silence every later bar and subprocess)
+    prior = os.environ.get("TQDM_DISABLE")
+    os.environ.setdefault("TQDM_DISABLE", "1" if args.quiet else "")
+    try:
+        return _run(args)
+    finally:
+        if prior is None:
+            os.environ.pop("TQDM_DISABLE", None)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,7 +10,9 @@ by duck typing, :mod:`eelsanom.io` reads and writes files).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -444,8 +446,6 @@ def _from_hyperspy(sig: Any, *, what: str) -> SpectrumImage:
     if "bulk_mask" in meta and meta["bulk_mask"].shape != (y.size, x.size):
         del meta["bulk_mask"]
     try:  # the acquisition metadata, carried to the result's signals (res.to_signal)
-        from .io.read import _acquisition_info
-
         acq = _acquisition_info(sig)
         if acq:
             meta["original_metadata"] = acq
@@ -453,3 +453,77 @@ def _from_hyperspy(sig: Any, *, what: str) -> SpectrumImage:
         pass
     return SpectrumImage(data=data if is_dask else np.asarray(data), energy=energy, y=y, x=x,
                          title=title, ground_truth=gt, metadata=meta)
+
+
+# --------------------------------------------------------------------------- metadata to JSON
+def _jsonify(obj: Any, *, max_list: int | None = None, _depth: int = 0) -> Any:
+    """Convert ``obj`` to plain JSON types: numpy scalars/arrays, NaN/inf -> None, Path -> str.
+
+    With ``max_list``, sequences longer than that are dropped (returned as ``_DROP``)
+    and so are objects of unknown type; without it they become ``str(obj)``.
+    """
+    if _depth > 20:
+        return _DROP
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    if isinstance(obj, (np.complexfloating, complex)):
+        return _DROP if max_list is not None else str(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, Axis):
+        return obj.to_dict()
+    if is_dataclass(obj) and not isinstance(obj, type):
+        obj = {f.name: getattr(obj, f.name) for f in fields(obj) if not f.name.startswith("_")}
+    if isinstance(obj, Mapping):
+        out = {}
+        for k, v in obj.items():
+            jv = _jsonify(v, max_list=max_list, _depth=_depth + 1)
+            if jv is not _DROP:
+                out[str(k)] = jv
+        return out
+    if isinstance(obj, np.ndarray) or isinstance(obj, (list, tuple, set, frozenset)):
+        seq = obj.tolist() if isinstance(obj, np.ndarray) else list(obj)
+        if isinstance(obj, np.ndarray) and obj.ndim == 0:
+            return _jsonify(seq, max_list=max_list, _depth=_depth + 1)
+        if max_list is not None and len(seq) > max_list:
+            return _DROP
+        out_l = [_jsonify(v, max_list=max_list, _depth=_depth + 1) for v in seq]
+        return [v for v in out_l if v is not _DROP]
+    if hasattr(obj, "as_dictionary"):  # HyperSpy DictionaryTreeBrowser
+        return _jsonify(obj.as_dictionary(), max_list=max_list, _depth=_depth + 1)
+    return _DROP if max_list is not None else str(obj)
+
+
+_DROP = object()
+
+#: longest metadata list kept in a digest (longer ones are dropped)
+_MAX_META_LIST = 64
+
+
+def _acquisition_info(sig: Any) -> dict[str, Any]:
+    """A small JSON-able digest of the file's metadata (acquisition, sample, date)."""
+    md = sig.metadata
+    out: dict[str, Any] = {}
+    for key in ("Acquisition_instrument", "Sample"):
+        if md.has_item(key):
+            node = _jsonify(md.get_item(key), max_list=_MAX_META_LIST)
+            if node not in (_DROP, {}, None):
+                out[key] = node
+    general = {}
+    for key in ("date", "time", "original_filename", "authors"):
+        if md.has_item(f"General.{key}"):
+            v = _jsonify(md.get_item(f"General.{key}"), max_list=_MAX_META_LIST)
+            if v is not _DROP:
+                general[key] = v
+    if general:
+        out["General"] = general
+    if md.has_item("Signal.quantity"):
+        out["quantity"] = str(md.get_item("Signal.quantity"))
+    return out

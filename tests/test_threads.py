@@ -12,6 +12,7 @@ from eelsanom import device
 
 @pytest.fixture
 def no_gui():
+    device.reserve_gui_core(False)  # a GUI test earlier in this process may have reserved one
     yield
     device.reserve_gui_core(False)
 

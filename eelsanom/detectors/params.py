@@ -19,15 +19,15 @@ import inspect
 from dataclasses import dataclass
 from typing import Any
 
+from .. import _registry
 from ..errors import InputError
 
 __all__ = ["Param", "HELP", "GUI_FIELDS", "METHODS", "detector_params", "defaults",
            "gui_params"]
 
-#: Method keys with their display names, in the order front ends list them.
-METHODS: dict[str, str] = {"cvae": "3D-CVAE", "pca": "PCA", "context-pca": "context PCA",
-                            "bulk-context": "bulk + context PCA",
-                            "rx": "RX"}
+#: Method keys with their display names, in the order front ends list them (kept in the
+#: registry, which imports nothing, so that eelsanom.cautions can read it without a cycle).
+METHODS: dict[str, str] = _registry.METHODS
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ import contextlib
 import errno
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
@@ -28,15 +27,12 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .. import __version__
 from ..errors import InputError
-from ..spectrum import Axis
+from ..spectrum import _DROP, Axis, _jsonify  # noqa: F401 - _DROP/_jsonify: their home before
 
 __all__ = ["RUN_MARKER", "WriteFailed", "atomic_write", "atomic_write_bytes", "check_outputs",
            "check_run_outputs", "record_outputs", "is_own_output"]
@@ -548,50 +544,4 @@ def _errno_of(exc: BaseException) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _jsonify(obj: Any, *, max_list: int | None = None, _depth: int = 0) -> Any:
-    """Convert ``obj`` to plain JSON types: numpy scalars/arrays, NaN/inf -> None, Path -> str.
-
-    With ``max_list``, sequences longer than that are dropped (returned as ``_DROP``)
-    and so are objects of unknown type; without it they become ``str(obj)``.
-    """
-    if _depth > 20:
-        return _DROP
-    if obj is None or isinstance(obj, (bool, str)):
-        return obj
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    if isinstance(obj, (np.complexfloating, complex)):
-        return _DROP if max_list is not None else str(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, Axis):
-        return obj.to_dict()
-    if is_dataclass(obj) and not isinstance(obj, type):
-        obj = {f.name: getattr(obj, f.name) for f in fields(obj) if not f.name.startswith("_")}
-    if isinstance(obj, Mapping):
-        out = {}
-        for k, v in obj.items():
-            jv = _jsonify(v, max_list=max_list, _depth=_depth + 1)
-            if jv is not _DROP:
-                out[str(k)] = jv
-        return out
-    if isinstance(obj, np.ndarray) or isinstance(obj, (list, tuple, set, frozenset)):
-        seq = obj.tolist() if isinstance(obj, np.ndarray) else list(obj)
-        if isinstance(obj, np.ndarray) and obj.ndim == 0:
-            return _jsonify(seq, max_list=max_list, _depth=_depth + 1)
-        if max_list is not None and len(seq) > max_list:
-            return _DROP
-        out_l = [_jsonify(v, max_list=max_list, _depth=_depth + 1) for v in seq]
-        return [v for v in out_l if v is not _DROP]
-    if hasattr(obj, "as_dictionary"):  # HyperSpy DictionaryTreeBrowser
-        return _jsonify(obj.as_dictionary(), max_list=max_list, _depth=_depth + 1)
-    return _DROP if max_list is not None else str(obj)
-
-
-_DROP = object()
 

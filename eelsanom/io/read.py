@@ -28,8 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..spectrum import SpectrumImage, _units_are_ev, as_spectrum_image
-from ._files import _DROP, _jsonify
+from ..spectrum import SpectrumImage, _acquisition_info, _units_are_ev, as_spectrum_image
 
 logger = logging.getLogger("eelsanom.io")
 
@@ -49,7 +48,6 @@ SUPPORTED_EXTENSIONS: tuple[str, ...] = tuple(_EXTENSIONS)
 #: Extensions picked up when a folder is given as input (lower case).
 SCANNED_EXTENSIONS: tuple[str, ...] = tuple(e for e, scan in _EXTENSIONS.items() if scan)
 
-_MAX_META_LIST = 64
 #: environment variable: stream cubes larger than this many bytes (overrides the RAM rule)
 STREAM_ENV = "EELSANOM_STREAM_BYTES"
 
@@ -723,28 +721,6 @@ def _finite_guard(data: Any, label: str) -> Any:
 
     return da.map_blocks(read, chunks=data.chunks, dtype=data.dtype,
                          meta=np.empty((0,) * data.ndim, dtype=data.dtype))
-
-
-def _acquisition_info(sig: Any) -> dict[str, Any]:
-    """A small JSON-able digest of the file's metadata (acquisition, sample, date)."""
-    md = sig.metadata
-    out: dict[str, Any] = {}
-    for key in ("Acquisition_instrument", "Sample"):
-        if md.has_item(key):
-            node = _jsonify(md.get_item(key), max_list=_MAX_META_LIST)
-            if node not in (_DROP, {}, None):
-                out[key] = node
-    general = {}
-    for key in ("date", "time", "original_filename", "authors"):
-        if md.has_item(f"General.{key}"):
-            v = _jsonify(md.get_item(f"General.{key}"), max_list=_MAX_META_LIST)
-            if v is not _DROP:
-                general[key] = v
-    if general:
-        out["General"] = general
-    if md.has_item("Signal.quantity"):
-        out["quantity"] = str(md.get_item("Signal.quantity"))
-    return out
 
 
 # --------------------------------------------------------------------------- when to stream

@@ -317,3 +317,27 @@ def _stop(client: Any, futures: dict[Any, Any], *, wait: bool, timeout: float = 
 
         log.info("waiting for %d file(s) a worker is still processing", len(keep))
         _wait(keep, timeout=timeout)
+    if wait and client is not None:
+        # a file may have started between the look at the scheduler and the cancel: the
+        # scheduler then forgets it while its worker goes on writing, so ask the workers
+        _wait_workers_idle(client, {str(f.key) for f in futures}, timeout)
+
+
+def _executing_keys(dask_worker: Any) -> list[str]:
+    """The keys of the tasks a worker is executing now (run on the worker)."""
+    st = dask_worker.state
+    return [str(ts.key) for ts in (*st.executing, *st.long_running)]
+
+
+def _wait_workers_idle(client: Any, keys: set[str], timeout: float) -> None:
+    """Wait until no worker executes any of ``keys`` (or ``timeout`` seconds pass)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            busy = client.run(_executing_keys)
+        except Exception:  # noqa: BLE001 - the cluster is gone: nothing is writing
+            return
+        if not any(k in keys for ks in busy.values() for k in ks):
+            return
+        time.sleep(0.2)
+    log.warning("a worker was still processing a cancelled file after %.0f s", timeout)

@@ -20,7 +20,7 @@ from .errors import InputError
 from .io import check_outputs, check_run_outputs
 from .io.write import _normalise_formats
 from .pipeline import planned_outputs
-from .scoring import parse_threshold
+from .scoring import held_out_groups, parse_threshold
 
 
 def _parse_slice(part: str, n: int | None, what: str) -> slice:
@@ -242,20 +242,17 @@ def check_calibration_region(det: Any, mask: np.ndarray | None) -> None:
                          "bulk region; expected --train-roi Y0:Y1,X0:X1 or --train-mask MASK. "
                          "Give one, or choose another rule (robust, otsu, gmm, PERCENT).")
     folds, block, need = 4, 8, int(getattr(det, "min_train_pixels", 2))
-    ny, nx = mask.shape
-    tiles = (np.arange(ny)[:, None] // block) * (-(-nx // block)) + np.arange(nx)[None] // block
-    ids = np.unique(tiles[mask])
+    n_squares, groups = held_out_groups(mask, folds=folds, block=block,
+                                        seed=int(getattr(det, "seed", 0) or 0))
     short = None
     if int(mask.sum()) < 2 * need:
         short = f"it holds {int(mask.sum())} pixels, fewer than {2 * need}"
-    elif ids.size < folds:
-        short = (f"it covers {ids.size} square(s) of {block} x {block} pixels, fewer than the "
+    elif not groups:
+        short = (f"it covers {n_squares} square(s) of {block} x {block} pixels, fewer than the "
                  f"{folds} groups held out in turn")
     else:
-        rng = np.random.default_rng(int(getattr(det, "seed", 0) or 0))
-        group = dict(zip(rng.permutation(ids).tolist(), np.arange(ids.size) % folds))
-        for g in range(folds):
-            rest = mask & ~np.isin(tiles, [t for t, k in group.items() if k == g])
+        for held in groups:
+            rest = mask & ~held
             if int(rest.sum()) < need:
                 short = (f"holding out one group of its squares leaves {int(rest.sum())} pixels "
                          f"to fit on, fewer than {need}")

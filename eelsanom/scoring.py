@@ -42,7 +42,7 @@ __all__ = [
     "parse_threshold", "compute_threshold", "threshold_otsu", "threshold_gmm",
     "threshold_contamination", "threshold_robust", "roc_auc", "average_precision", "precision_recall_f1",
     "best_f1", "bimodality", "evaluate", "null_calibration", "calibrated_threshold", "p_values",
-    "DEFAULT_ALPHA", "seed_maps",
+    "DEFAULT_ALPHA", "seed_maps", "held_out_groups",
 ]
 
 #: default false-positive rate of the ``"calibrated"`` threshold
@@ -654,3 +654,36 @@ def seed_maps(nlls: Sequence[Any]) -> dict[str, np.ndarray]:
     ranks = np.stack([_rank_quantile(a) for a in stack])
     return {"mean": stack.mean(axis=0), "std": stack.std(axis=0),
             "disagreement": ranks.std(axis=0)}
+
+
+def held_out_groups(mask: np.ndarray, *, folds: int, block: int, seed: int
+                    ) -> tuple[int, list[np.ndarray]]:
+    """The calibration's held-out split of a bulk region (:meth:`~eelsanom.detectors.base.BaseDetector.held_out_scores`).
+
+    The region is cut into ``block x block`` squares dealt at random (seeded) into ``folds``
+    groups.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, shape (ny, nx)
+        The bulk region.
+    folds, block, seed : int
+        Number of groups, square side in pixels, and the seed of the deal.
+
+    Returns
+    -------
+    n_squares : int
+        Squares the region touches.
+    groups : list of ndarray of bool
+        Each group's held-out pixels (within ``mask``); empty when there are fewer squares
+        than ``folds``.
+    """
+    ny, nx = mask.shape
+    tiles = (np.arange(ny)[:, None] // block) * (-(-nx // block)) + np.arange(nx)[None] // block
+    ids = np.unique(tiles[mask])
+    if ids.size < folds:
+        return int(ids.size), []
+    rng = np.random.default_rng(int(seed))
+    group = dict(zip(rng.permutation(ids).tolist(), np.arange(ids.size) % folds))
+    return int(ids.size), [mask & np.isin(tiles, [t for t, k in group.items() if k == g])
+                           for g in range(folds)]

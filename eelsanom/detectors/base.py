@@ -482,19 +482,15 @@ class BaseDetector:
                                  f"{type(self).__name__} does not have; valid: {sorted(names)}.")
         mask = check_train_mask(train_mask, (ny, nx), min_pixels=2 * self.min_train_pixels,
                                 axes=(siw.y, siw.x))
-        tiles = (np.arange(ny)[:, None] // block) * (-(-nx // block)) + np.arange(nx)[None] // block
-        ids = np.unique(tiles[mask])
-        if ids.size < folds:
-            raise InputError(f"calibrate: the bulk region covers {ids.size} square(s) of "
+        n_squares, groups = scoring.held_out_groups(mask, folds=folds, block=block,
+                                                    seed=int(getattr(self, "seed", 0)))
+        if not groups:
+            raise InputError(f"calibrate: the bulk region covers {n_squares} square(s) of "
                              f"{block} x {block} pixels, fewer than folds={folds}; use a larger "
                              "bulk region or pass a smaller block.")
-        rng = np.random.default_rng(int(getattr(self, "seed", 0)))
-        group = dict(zip(rng.permutation(ids).tolist(), np.arange(ids.size) % folds))
         held_scores = [np.full((ny, nx), np.nan) for _ in variants]
         params = {k: (None if k in PATH_PARAMS else v) for k, v in self.get_params().items()}
-        for g in range(folds):
-            mine = [t for t, k in group.items() if k == g]
-            held = mask & np.isin(tiles, mine)
+        for g, held in enumerate(groups):
             rest = mask & ~held
             if rest.sum() < self.min_train_pixels:
                 raise InputError(f"calibrate: holding out a group leaves {int(rest.sum())} bulk "

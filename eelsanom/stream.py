@@ -52,13 +52,13 @@ import numpy as np
 
 from .detectors.base import check_train_mask
 from .errors import InputError
-from .io._files import _check_output, _commit, _jsonify, _remove, _tmp_sibling, _writing
+from .io._files import _check_output, _commit, _remove, _tmp_sibling, _writing
 from .io.read import STREAM_ENV, should_stream, stream_decision, stream_threshold_bytes
 from .io.signals import _latent_signal, map_to_signal
 from .io.write import _map_labels, _result_info, _safe_stem
 from .progress import ProgressCallback, emit
 from .result import AnomalyResult
-from .spectrum import Axis, SpectrumImage, as_spectrum_image
+from .spectrum import Axis, SpectrumImage, _jsonify, as_spectrum_image
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,6 @@ from typing import Any
 
 from .. import __version__
 from ..errors import InputError
-from ..spectrum import _DROP, Axis, _jsonify  # noqa: F401 - _DROP/_jsonify: their home before
 
 __all__ = ["RUN_MARKER", "WriteFailed", "atomic_write", "atomic_write_bytes", "check_outputs",
            "check_run_outputs", "record_outputs", "is_own_output"]

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..spectrum import Axis
-from ._files import _check_output, _jsonify, atomic_write, atomic_write_bytes
+from ..spectrum import Axis, _jsonify
+from ._files import _check_output, atomic_write, atomic_write_bytes
 from .read import _read_all
 from .signals import _check_map, _latent_signal, _nav_axes, map_to_signal
 

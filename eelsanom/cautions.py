@@ -202,7 +202,7 @@ def energy_clip_caution(asked: tuple[float | None, float | None], lo: float, hi:
 
 
 def training_notes(det: Any) -> list[str]:
-    """What a neural detector's training did on its own: early stop, no validation split.
+    """What training did on its own: early stop, no validation split, an extended bulk region.
 
     Read from ``det.history_`` (and ``member_histories_`` of a seed ensemble), as
     :func:`eelsanom.nn.train.train_cvae` fills it.
@@ -219,6 +219,12 @@ def training_notes(det: Any) -> list[str]:
     hists = getattr(det, "member_histories_", None) or (
         [det.history_] if getattr(det, "history_", None) else [])
     notes = []
+    ext = int(getattr(det, "extended_pixels_", 0) or 0)
+    if ext > 0:  # bulk-context's extend_bulk="smooth" learnt more than the drawn region
+        notes.append(f"the bulk region was extended by {plural(ext, 'pixel')} that join it "
+                     "without an edge (a drift, thickness or valence gradient reaching beyond "
+                     "the drawn region, learnt as bulk rather than flagged); --extend-bulk off "
+                     "keeps the region as drawn")
     n = len(hists)
     for i, h in enumerate(hists):
         who = f"seed member {i + 1}/{n}: " if n > 1 else ""

@@ -10,7 +10,8 @@ from eelsanom.detectors.params import METHODS, detector_params
 
 GIVEN = ["--components", "3", "--pooling", "0.5", "--device", "cpu", "--seed", "7",
          "--epochs", "2", "--latent-dim", "4", "--patch", "8", "--context", "pixel",
-         "--beta", "0.5", "--lr", "0.01", "--n-seeds", "2", "--nested-latent", "1,2"]
+         "--beta", "0.5", "--lr", "0.01", "--n-seeds", "2", "--nested-latent", "1,2",
+         "--extend-bulk", "off"]
 
 
 def _help(capsys, command: str) -> str:

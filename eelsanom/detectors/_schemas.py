@@ -64,6 +64,9 @@ def bulk_context(m: ModelCheck) -> None:
     ge = m.state.get("global_excess")
     if not (isinstance(ge, list) and len(ge) == 2 and all(map(_num, ge))):
         raise m.bad("global_excess: two finite numbers", _short(ge))
+    ext = m.state.get("extended_pixels", 0)
+    if not (isinstance(ext, int) and not isinstance(ext, bool) and 0 <= ext <= 10**9):
+        raise m.bad("extended_pixels: a count of pixels >= 0", _short(ext))
     cs = m.state.get("calibration_stats")
     if not (isinstance(cs, dict) and 1 <= len(cs) <= MAX_MEMBERS):
         raise m.bad("calibration_stats: a table of pooling widths", _short(cs))

@@ -119,6 +119,15 @@ class BulkContextDetector(ContextPCADetector):
     n_components, max_components, energy_range, threshold, transform,
     robust_fraction, robust_iter, validation_fraction, device, seed, gain
         As :class:`~.pca.PCADetector`.
+    extend_bulk : {"smooth", "off"}
+        With a bulk region, ``"smooth"`` (default) first fits on it, then refits on
+        the region plus the large parts of the image that the bulk model does not
+        explain but that join the region without crossing an edge
+        (:func:`~._bulk_growth.grow_bulk`): a drift, thickness or valence gradient
+        that grows beyond the values inside the drawn region is learnt as bulk
+        instead of flagged at the far end of the scan, while a particle, a cluster
+        or a line (bounded by an edge) is not. ``extended_pixels_`` says how many
+        pixels were added. ``"off"``: the region as drawn.
 
     Examples
     --------
@@ -140,13 +149,14 @@ class BulkContextDetector(ContextPCADetector):
                  threshold: Any = "robust", transform: str = "anscombe",
                  robust_fraction: float | str = "auto", robust_iter: int = 5,
                  validation_fraction: float = 0.2, pooling: float = 0.8, device: str = "auto",
-                 seed: int = 0, gain: float | str = "auto") -> None:
+                 seed: int = 0, gain: float | str = "auto", extend_bulk: str = "smooth") -> None:
         super().__init__(neighbourhood=neighbourhood, n_components=n_components,
                          score_kind="nll", max_components=max_components,
                          energy_range=energy_range, threshold=threshold, transform=transform,
                          robust_fraction=robust_fraction, robust_iter=robust_iter,
                          validation_fraction=validation_fraction, pooling=pooling,
                          device=device, seed=seed, gain=gain, code_variance="bulk")
+        self.extend_bulk = extend_bulk
 
     validate_model_file = _schemas.validator(_schemas.bulk_context)  # the model-file schema
 
@@ -155,6 +165,9 @@ class BulkContextDetector(ContextPCADetector):
         if self.code_variance != "bulk" or self.score_kind != "nll":
             raise InputError("bulk-context: the code variance is learnt on the bulk and the "
                              "score is an NLL; use method 'context-pca' for other settings.")
+        if self.extend_bulk not in ("smooth", "off"):
+            raise InputError(f"bulk-context: extend_bulk expected 'smooth' (extend the bulk "
+                             f"region along smooth paths) or 'off', got {self.extend_bulk!r}.")
 
     @property
     def score_context(self) -> int:  # type: ignore[override]
@@ -169,13 +182,27 @@ class BulkContextDetector(ContextPCADetector):
         super()._fit(si, mask, progress)
         self.global_excess_ = self._excess_global(si, mask)
         c = self._context(si)
+        self.extended_pixels_ = 0
+        if mask is not None and self.extend_bulk == "smooth":
+            grown = self._grown_region(si, c, mask)
+            if grown is not None:  # refit on the region and the parts smoothly joined to it
+                self.extended_pixels_ = int(grown.sum() - np.asarray(mask, bool).sum())
+                mask = grown
+                super()._fit(si, mask, progress)
+                self.global_excess_ = self._excess_global(si, mask)
+                c = self._context(si)
         sel = (np.asarray(mask, bool) if mask is not None
                else np.ones(si.nav_shape, bool))
-        tail = mask is not None
         sigmas = {0.0}
         fitted = pooling_from(self.pooling)
         sigmas.add(float(fitted.sigma) if fitted.enabled else DEFAULT_SIGMA)
-        self.calibration_stats_ = {}
+        self.calibration_stats_ = self._calibration(si, c, sel, mask is not None, sigmas)
+
+    def _calibration(self, si: SpectrumImage, c: dict[str, np.ndarray], sel: np.ndarray,
+                     tail: bool, sigmas: set[float]) -> dict[str, tuple[float, ...]]:
+        """Per pooling width, the (median, spread) of the global and the local evidence on
+        the training pixels ``sel`` (each raised to the whole image's where that is higher)."""
+        stats_by: dict[str, tuple[float, ...]] = {}
         for sigma in sorted(sigmas):
             maps = self._evidence(si, c, pooling_from(sigma))
             stats: list[float] = []
@@ -183,7 +210,23 @@ class BulkContextDetector(ContextPCADetector):
                 bm, bs = _scale_stats(a[sel], tail)
                 im, isc = _scale_stats(a, False)
                 stats += [max(bm, im), max(bs, isc)]
-            self.calibration_stats_[f"{sigma:g}"] = tuple(stats)
+            stats_by[f"{sigma:g}"] = tuple(stats)
+        return stats_by
+
+    def _grown_region(self, si: SpectrumImage, c: dict[str, np.ndarray], mask: np.ndarray
+                      ) -> np.ndarray | None:
+        """``extend_bulk="smooth"``: the bulk region plus the parts of the image the fitted
+        model does not explain but that join it smoothly (:func:`._bulk_growth.grow_bulk`),
+        or None when no part qualifies."""
+        from ._bulk_growth import grow_bulk
+
+        pool = pooling_from(self.pooling)
+        sigma = float(pool.sigma) if pool.enabled else 0.0
+        self.calibration_stats_ = self._calibration(si, c, np.asarray(mask, bool), True, {sigma})
+        zg, zl = self._z_maps(si, c, pool)
+        grown, info = grow_bulk(zg, zl, mask)
+        self.growth_info_ = info
+        return grown if info["added"] > 0 else None
 
     def _excess_global(self, si: SpectrumImage, mask: np.ndarray | None) -> tuple[float, float]:
         """PCA's spill-guard statistics (the context model's are ``pool_excess_``)."""
@@ -220,15 +263,21 @@ class BulkContextDetector(ContextPCADetector):
             key = min(stats, key=lambda k: abs(float(k) - float(pool.sigma)))
         return tuple(stats[key])  # type: ignore[return-value]
 
+    def _z_maps(self, si: SpectrumImage, c: dict[str, np.ndarray], pool: Any,
+                raw: bool = False) -> tuple[np.ndarray, ...]:
+        """``(global_z, local_z)`` under ``pool``: each evidence in units of the bulk's spread,
+        the local one less its smooth part; ``raw``: the raw maps appended."""
+        g, loc = self._evidence(si, c, pool)
+        gm, gs, lm, ls = self._stats(pool)
+        zg, zl = (g - gm) / gs, _high_pass((loc - lm) / ls)
+        return (zg, zl, g, loc) if raw else (zg, zl)
+
     @one_blas_thread
     def _score(self, si: SpectrumImage, progress: ProgressCallback | None
                ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
         c = self._context(si, progress)
         pool = pooling_from(self.pooling)
-        g, loc = self._evidence(si, c, pool)
-        gm, gs, lm, ls = self._stats(pool)
-        zg, zl = (g - gm) / gs, (loc - lm) / ls
-        zl = _high_pass(zl)
+        zg, zl, g, loc = self._z_maps(si, c, pool, raw=True)
         score = np.maximum(zg, zl)
         s2 = float(self.noise_variance_)
         lam = self.explained_variance_
@@ -247,6 +296,7 @@ class BulkContextDetector(ContextPCADetector):
     def _get_state(self) -> dict[str, Any]:
         state = super()._get_state()
         state.update(global_excess=[float(v) for v in self.global_excess_],
+                     extended_pixels=int(getattr(self, "extended_pixels_", 0)),
                      calibration_stats={k: [float(x) for x in v]
                                         for k, v in self.calibration_stats_.items()})
         return state
@@ -254,5 +304,6 @@ class BulkContextDetector(ContextPCADetector):
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         super()._set_state(state, arrays)
         self.global_excess_ = tuple(float(v) for v in state["global_excess"])
+        self.extended_pixels_ = int(state.get("extended_pixels", 0))
         self.calibration_stats_ = {k: tuple(float(x) for x in v)
                                    for k, v in state["calibration_stats"].items()}

@@ -171,6 +171,10 @@ HELP: dict[str, dict[str, tuple]] = {
         **{k: v for k, v in _PCA.items() if k != "score_kind"},
         "neighbourhood": ("int", 3, 99, (), False,
                           "odd side (px) of the square whose codes predict the centre pixel"),
+        "extend_bulk": ("choice", None, None, ("smooth", "off"), False,
+                        "with a bulk region: smooth = also learn the parts of the image that "
+                        "join it without an edge (a drift or thickness gradient beyond the "
+                        "region); off = the region as drawn"),
     },
     "rx": {
         **{k: _COMMON[k] for k in ("energy_range", "threshold", "transform", "robust_fraction",

@@ -50,11 +50,16 @@ then trains on random crops of the bulk region (the loss counts bulk pixels
 only) or, with no bulk mask, on all pixels leaving out the worst
 ``robust_fraction`` (per batch in the first epoch, then beyond the previous
 epoch's quantile). A spatially held-out ``val_fraction`` of the training pixels
-(whole blocks) drives early stopping and the choice of the kept weights; the
-initialisation itself (epoch 0) is a candidate, so training never returns a
-model worse on held-out bulk than the PPCA it started from, and
-``history_`` records the held-out NLL of both (``init_val``, ``best_val``,
-``init_won``). Adam with a one-cycle learning-rate schedule; seeded (CPU runs
+(whole blocks) drives early stopping and the choice of the kept weights,
+checked within epochs; the initialisation itself (step 0) is a candidate, so
+training never returns a model worse on held-out bulk than the PPCA it started
+from, and ``history_`` records the held-out NLL of both (``init_val``,
+``best_val``, ``init_won``). With ``patience="auto"`` training is not started
+when the PPCA already explains the held-out bulk to the noise level (the usual
+case on a linear bulk under counting noise), stops soon when it does not beat
+the PPCA, and otherwise stops after a third of the steps to its best check;
+``history_["after_best_fraction"]`` is the share of the training time spent
+after the best checkpoint. Adam with a one-cycle learning-rate schedule; seeded (CPU runs
 are reproducible); resumable checkpoints.
 
 Context mode

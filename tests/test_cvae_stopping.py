@@ -23,11 +23,12 @@ from eelsanom.spectrum import Axis, SpectrumImage
 def test_patience_rule_in_steps():
     cfg = TrainConfig(patience=8)
     h = {"steps_per_epoch": 5, "val_every": 1}
-    # the warm start still best: the floor only (half an epoch, at least one check interval)
-    assert patience_steps(cfg, {**h, "best_step": 0}) == 3
-    assert patience_steps(cfg, {**h, "val_every": 4, "best_step": 0}) == 4
+    # the warm start still best: the floor only (6 steps, two check intervals, half an epoch)
+    assert patience_steps(cfg, {**h, "best_step": 0}) == 6
+    assert patience_steps(cfg, {**h, "val_every": 4, "best_step": 0}) == 8
+    assert patience_steps(cfg, {"steps_per_epoch": 30, "val_every": 1, "best_step": 0}) == 15
     # an early best check: the floor
-    assert patience_steps(cfg, {**h, "best_step": 5}) == 3
+    assert patience_steps(cfg, {**h, "best_step": 5}) == 6
     # a late one: a third of the steps up to it (60 steps -> 20)
     assert patience_steps(cfg, {**h, "best_step": 60}) == 20
     # never more than `patience` epochs
@@ -102,9 +103,9 @@ def test_an_unbeaten_warm_start_stops_within_the_floor(sim, monkeypatch):
     det.fit(sim.si, sim.bulk_mask)
     h = det.history_
     assert h["init_won"] and h["best_step"] == 0 and h["stopped_early"]
-    floor = max(h["val_every"], math.ceil(h["steps_per_epoch"] / 2), 3)
+    floor = max(2 * h["val_every"], math.ceil(h["steps_per_epoch"] / 2), 6)
     assert floor <= h["steps_run"] < floor + h["val_every"]
-    assert h["epochs_run"] <= 3 < 40
+    assert h["steps_run"] <= 2 * floor < 40 * h["steps_per_epoch"]
     assert 0.0 < h["after_best_fraction"] <= 1.0
     assert 0.0 < h["after_best_fit_fraction"] < h["after_best_fraction"]
     assert h["train_seconds"] >= h["best_seconds"] >= 0.0

@@ -193,7 +193,7 @@ class CVAE3DDetector(BaseDetector):
         within epochs (:func:`~eelsanom.nn.train.validation_interval`); training is
         skipped when the PPCA start is already within 0.05 nats per channel of the
         noise floor on held-out bulk (nothing left to learn); it stops after a short
-        floor (half an epoch, at least 3 steps) while the start is unbeaten, and
+        floor (half an epoch, at least 6 steps) while the start is unbeaten, and
         otherwise after a third of the steps up to the best check (at most 8
         epochs), so at most about a quarter of a long training is spent after its
         best check. A number: that many epochs, never skipped.

@@ -160,3 +160,23 @@ def test_max_time_is_validated(sim, bad):
 
     with pytest.raises(InputError, match="max_time"):
         get_detector("cvae", max_time=bad, device="cpu").fit(sim.si, sim.bulk_mask)
+
+
+def test_the_bench_reports_the_training_record(sim):
+    from eelsanom.bench.report import _training_table
+    from eelsanom.bench.runner import _training_record
+
+    det = get_detector("cvae", epochs=40, width=4, latent_dim=2, device="cpu", seed=0)
+    det.fit(sim.si, sim.bulk_mask)
+    rec = _training_record(det)
+    assert rec["at_noise_floor"] and rec["steps_run"] == 0 and rec["after_best_fraction"] == 0.0
+    assert rec["init_floor_gap"] <= TrainConfig().floor_gap
+    learnt = {**rec, "at_noise_floor": False, "init_won": False, "best_step": 30, "steps_run": 40,
+              "best_epoch": 10, "best_val": rec["init_val"] - 2.0, "train_s": 8.0,
+              "after_best_fraction": 0.2, "after_best_fit_fraction": 0.15}
+    rows = [{"condition": "c", "detector": "cvae+pool", **rec},
+            {"condition": "c", "detector": "cvae-ctx+pool", **learnt}]
+    table = _training_table(rows)
+    assert len(table) == 4
+    assert "training skipped: at the noise floor" in table[2] and "| 0 / 0 |" in table[2]
+    assert "| blind-spot |" in table[3] and "30 (10) of 40" in table[3] and "| 20 / 15 |" in table[3]

@@ -339,8 +339,8 @@ def _write_markdown(rows: list[dict[str, Any]], header: dict[str, Any], path: Pa
                   "the scores of held-out bulk squares (4 folds, each fitted without them), "
                   f"nominal rate {100 * CALIBRATION_ALPHA:g} %; the robust rule of the same map "
                   "beside it. Pooled over seeds: flagged pixels / pixels."
-                  + (f" The 3D-CVAE trains {cvae_epochs} epochs here (quick mode; the tables "
-                     "above use its default)." if cvae_epochs else ""), ""]
+                  + (f" The 3D-CVAE trains at most {cvae_epochs} epochs here (quick mode; the "
+                     "tables above: see its epochs in the header)." if cvae_epochs else ""), ""]
         parts += cal + [""]
     train = _training_table(rows)
     if train:

@@ -231,7 +231,13 @@ def training_notes(det: Any) -> list[str]:
         if h.get("stopped_early"):
             notes.append(f"{who}training stopped early at epoch {int(h.get('epochs_run', 0))} "
                          f"(best epoch {int(h.get('best_epoch', 0))})")
-        if h.get("init_won") or (h.get("best_epoch") == 0 and int(h.get("epochs_run", 0) or 0)):
+        if h.get("at_noise_floor"):
+            notes.append(f"{who}training skipped: the network's starting point (its PPCA "
+                         "initialisation) already explains held-out bulk pixels to the noise "
+                         "level, so the scores are those of a PPCA-like model; a fixed patience "
+                         "(patience=N in the Python API) trains anyway")
+        elif h.get("init_won") or (h.get("best_epoch") == 0
+                                   and int(h.get("epochs_run", 0) or 0)):
             notes.append(f"{who}best epoch 0: no training epoch beat the network's starting "
                          "point (its PPCA initialisation) on held-out bulk pixels, so that "
                          "starting point was kept; the scores are those of a PPCA-like model. "

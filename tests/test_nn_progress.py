@@ -37,27 +37,35 @@ def _epochs(events):
     return out, cur
 
 
-def test_batch_events_count_steps_then_validation_blocks_within_each_epoch():
+def test_batch_events_count_steps_and_validation_checks_within_each_epoch():
+    from eelsanom.nn.train import _check_steps
+
     events = []
     det = CVAE3DDetector(**TINY).fit(_si(24, 24), progress=events.append)
-    steps = det.history_["steps_per_epoch"]
+    steps, every = det.history_["steps_per_epoch"], det.history_["val_every"]
+    assert 1 <= every <= steps
     # the initialisation's validation pass comes first, as phase="validation" batch events
     n_init = next(i for i, ev in enumerate(events) if "loss" in ev.metrics)
     assert n_init >= 1 and all(ev.stage == "batch" and ev.metrics["phase"] == "validation"
                                for ev in events[:n_init])
     epochs, tail = _epochs(events[n_init:])
     assert [ep[-1].step for ep in epochs] == [1, 2, 3] and tail == []
-    for ep in epochs:
+    for e, ep in enumerate(epochs):
         batches = ep[:-1]
         assert all(ev.stage == "batch" for ev in batches)
         n = batches[0].total
         assert [ev.step for ev in batches] == list(range(1, n + 1))
         assert all(ev.total == n for ev in batches)
         train = [ev for ev in batches if "loss" in ev.metrics]
-        val = [ev for ev in batches if ev.metrics.get("phase") == "validation"]
-        assert len(train) == steps and len(val) == n - steps == n_init > 0
-        assert all(np.isfinite(ev.metrics["loss"]) for ev in train)
-        assert batches.index(val[0]) == steps  # the validation blocks follow the steps
+        assert len(train) == steps and all(np.isfinite(ev.metrics["loss"]) for ev in train)
+        # a full validation pass (as many blocks as the initialisation's) after each check step
+        checks = _check_steps(e, steps, every)
+        assert checks[-1] == steps and n == steps + len(checks) * n_init
+        kinds = ["v" if ev.metrics.get("phase") == "validation" else "s" for ev in batches]
+        expect = []
+        for k in range(1, steps + 1):
+            expect += ["s"] + (["v"] * n_init if k in checks else [])
+        assert kinds == expect
 
 
 def test_cancel_at_first_batch_of_epoch_1_stops_before_the_epoch_ends():

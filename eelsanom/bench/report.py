@@ -273,13 +273,29 @@ def _training_table(rows: list[dict[str, Any]]) -> list[str]:
     rec = [r for r in rows if r["detector"] in ("cvae+pool", "cvae-ctx+pool") and "init_val" in r]
     if not rec:
         return []
-    out = ["| condition | network | held-out bulk NLL, initialisation | best epoch | held-out "
-           "bulk NLL, best | improvement | initialisation kept |", "|---|---|---|---|---|---|---|"]
+    out = ["| condition | network | held-out bulk NLL, initialisation | above the noise floor "
+           "(nats/channel) | best step (epoch) of steps run | held-out bulk NLL, best | "
+           "improvement | initialisation kept | training s | after best: % of training "
+           "/ % of fit |", "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def num(r: dict[str, Any], k: str, default: float = float("nan")) -> float:
+        try:
+            return float(r.get(k, default))
+        except (TypeError, ValueError):
+            return default
+
     for r in rec:
         net = "blind-spot" if r["detector"].startswith("cvae-ctx") else "per-pixel"
-        out.append(f"| {r['condition']} | {net} | {r['init_val']:.3f} | {r['best_epoch']} of "
-                   f"{r['epochs_run']} | {r['best_val']:.3f} | {r['init_val'] - r['best_val']:.3f} "
-                   f"| {'yes' if r['init_won'] else 'no'} |")
+        kept = ("yes (training skipped: at the noise floor)" if str(r.get("at_noise_floor"))
+                in ("True", "1", "true") else ("yes" if str(r["init_won"]) in ("True", "1", "true")
+                                               else "no"))
+        best_step, steps_run = int(num(r, "best_step", -1)), int(num(r, "steps_run", 0))
+        out.append(f"| {r['condition']} | {net} | {num(r, 'init_val'):.3f} | "
+                   f"{num(r, 'init_floor_gap'):.3f} | {best_step} ({r['best_epoch']}) of "
+                   f"{steps_run} | {num(r, 'best_val'):.3f} | "
+                   f"{num(r, 'init_val') - num(r, 'best_val'):.3f} | {kept} | "
+                   f"{num(r, 'train_s'):.1f} | {100 * num(r, 'after_best_fraction'):.0f} / "
+                   f"{100 * num(r, 'after_best_fit_fraction'):.0f} |")
     return out
 
 
@@ -323,13 +339,18 @@ def _write_markdown(rows: list[dict[str, Any]], header: dict[str, Any], path: Pa
                   "the scores of held-out bulk squares (4 folds, each fitted without them), "
                   f"nominal rate {100 * CALIBRATION_ALPHA:g} %; the robust rule of the same map "
                   "beside it. Pooled over seeds: flagged pixels / pixels."
-                  + (f" The 3D-CVAE trains {cvae_epochs} epochs here (quick mode; the tables "
-                     "above use its default)." if cvae_epochs else ""), ""]
+                  + (f" The 3D-CVAE trains at most {cvae_epochs} epochs here (quick mode; the "
+                     "tables above: see its epochs in the header)." if cvae_epochs else ""), ""]
         parts += cal + [""]
     train = _training_table(rows)
     if train:
         parts += ["## 3D-CVAE training: held-out bulk NLL (nats per pixel)", "",
-                  "Epoch 0 is the initialisation (PPCA; for the blind-spot network the median of "
-                  "the neighbours' PPCA codes); when no epoch beats it, it is kept.", ""]
+                  "Step 0 is the initialisation (PPCA; for the blind-spot network the median of "
+                  "the neighbours' PPCA codes); when no validation check beats it, it is kept, "
+                  "and training is not started when it is within 0.05 nats per channel of the "
+                  "noise floor. The last column is the share of the training time, and of the "
+                  "whole fit, spent after the best checkpoint (thrown away)."
+                  + (f" 3D-CVAE epochs: {header['cvae_epochs']}."
+                     if header.get("cvae_epochs") else ""), ""]
         parts += train + [""]
     atomic_write(path, lambda tmp: tmp.write_text("\n".join(parts)))

@@ -29,6 +29,7 @@ from .settings import (
     CALIBRATION_SEEDS,
     DEFAULT_METHODS,
     QUICK_CALIBRATION_EPOCHS,
+    QUICK_CVAE_EPOCHS,
     variants,
 )
 from .suites import suite_conditions
@@ -109,11 +110,18 @@ def _training_record(det: Any) -> dict[str, Any]:
     return {"init_val": float(h.get("init_val", float("nan"))),
             "best_val": float(h.get("best_val", float("nan"))),
             "best_epoch": int(h.get("best_epoch", -1)), "epochs_run": int(h.get("epochs_run", 0)),
-            "init_won": bool(h.get("init_won", False))}
+            "init_won": bool(h.get("init_won", False)),
+            "best_step": int(h.get("best_step", -1)), "steps_run": int(h.get("steps_run", 0)),
+            "init_floor_gap": float(h.get("init_floor_gap", float("nan"))),
+            "at_noise_floor": bool(h.get("at_noise_floor", False)),
+            "train_s": float(h.get("train_seconds", float("nan"))),
+            "after_best_fraction": float(h.get("after_best_fraction", float("nan"))),
+            "after_best_fit_fraction": float(h.get("after_best_fit_fraction", float("nan")))}
 
 
 def run_condition(cond: Condition, methods: list[str], *, device: str, seed: int,
-                  progress=None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                  progress=None, cvae_epochs: int | None = None
+                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Simulate one condition and run every detector and reference on it.
 
     Each eelsanom detector is fitted once and scored without and with the
@@ -133,6 +141,9 @@ def run_condition(cond: Condition, methods: list[str], *, device: str, seed: int
         Seed of the simulation and of the detectors.
     progress : callable, optional
         Progress callback passed to each detector's ``fit``.
+    cvae_epochs : int, optional
+        The 3D-CVAE's most epochs (the quick suites' :data:`QUICK_CVAE_EPOCHS`);
+        None: the detector's default.
 
     Returns
     -------
@@ -142,7 +153,9 @@ def run_condition(cond: Condition, methods: list[str], *, device: str, seed: int
         bimodality, the false-positive rate ``fpr`` and the automatic threshold),
         fit/score seconds, device, peak memory (MiB); the 3D-CVAE's rows carry
         its training record (``init_val``, ``best_val``, ``best_epoch``,
-        ``init_won``).
+        ``init_won``, ``best_step``, ``steps_run``, ``init_floor_gap``,
+        ``at_noise_floor``, ``train_s``, ``after_best_fraction`` of the training
+        and ``after_best_fit_fraction`` of the whole fit).
     maps : dict
         ``"truth"`` (bool, ``(ny, nx)``), ``"nll"`` (detector -> ``(ny, nx)``
         NLL map) and ``"thresholds"`` (detector -> float).
@@ -182,6 +195,8 @@ def run_condition(cond: Condition, methods: list[str], *, device: str, seed: int
             maps["thresholds"]["hyperspy-decomposition"] = m["threshold"]
             continue
         base_method, settings = ALIASES.get(method, (method, {}))
+        if base_method == "cvae" and cvae_epochs is not None:
+            settings = {**settings, "epochs": int(cvae_epochs)}
         det = get_detector(base_method, **_detector_params(base_method, device, seed), **settings)
         _cuda_reset(device)
         with PeakRSS() as mem:
@@ -424,15 +439,19 @@ def run_benchmark(out: Path, *, quick: bool = True, methods: list[str] | None = 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     header = _header(quick, device, seed, methods, suite)
-    if "cvae" in methods:
+    if "cvae" in methods or "cvae-ctx" in methods:
         header["cvae_parameters"] = cvae_parameter_count(conds, device=device, seed=seed)
+        if quick and QUICK_CVAE_EPOCHS is not None:
+            header["cvae_epochs"] = (f"at most {QUICK_CVAE_EPOCHS} in every condition (quick; "
+                                     "the full suite: the detector's default)")
     if not quiet:
         print(" | ".join(f"{k}: {v}" for k, v in header.items()))
     rows: list[dict[str, Any]] = []
     cond_maps = []
     t0 = time.perf_counter()
     for cond in tqdm(conds, desc="conditions", disable=quiet):
-        r, maps = run_condition(cond, methods, device=device, seed=seed)
+        r, maps = run_condition(cond, methods, device=device, seed=seed,
+                                cvae_epochs=QUICK_CVAE_EPOCHS if quick else None)
         rows += r
         cond_maps.append((cond.name, maps))
         if not quiet:

@@ -50,11 +50,16 @@ then trains on random crops of the bulk region (the loss counts bulk pixels
 only) or, with no bulk mask, on all pixels leaving out the worst
 ``robust_fraction`` (per batch in the first epoch, then beyond the previous
 epoch's quantile). A spatially held-out ``val_fraction`` of the training pixels
-(whole blocks) drives early stopping and the choice of the kept weights; the
-initialisation itself (epoch 0) is a candidate, so training never returns a
-model worse on held-out bulk than the PPCA it started from, and
-``history_`` records the held-out NLL of both (``init_val``, ``best_val``,
-``init_won``). Adam with a one-cycle learning-rate schedule; seeded (CPU runs
+(whole blocks) drives early stopping and the choice of the kept weights,
+checked within epochs; the initialisation itself (step 0) is a candidate, so
+training never returns a model worse on held-out bulk than the PPCA it started
+from, and ``history_`` records the held-out NLL of both (``init_val``,
+``best_val``, ``init_won``). With ``patience="auto"`` training is not started
+when the PPCA already explains the held-out bulk to the noise level (the usual
+case on a linear bulk under counting noise), stops soon when it does not beat
+the PPCA, and otherwise stops after a third of the steps to its best check;
+``history_["after_best_fraction"]`` is the share of the training time spent
+after the best checkpoint. Adam with a one-cycle learning-rate schedule; seeded (CPU runs
 are reproducible); resumable checkpoints.
 
 Context mode
@@ -107,6 +112,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -182,10 +188,15 @@ class CVAE3DDetector(BaseDetector):
     val_fraction : float
         Fraction of training pixels held out (whole blocks) for early stopping.
     patience : int or "auto"
-        Epochs without a better validation NLL (by more than 0.005 %) before
-        training stops. ``"auto"``: a third of the optimiser steps up to the best
-        epoch, at least two epochs and at most 8, so at most about a quarter of a
-        long training is spent after its best epoch.
+        Optimiser steps without a better validation NLL (by more than 0.005 %),
+        counted in epochs, before training stops. ``"auto"``: validation checks
+        within epochs (:func:`~eelsanom.nn.train.validation_interval`); training is
+        skipped when the PPCA start is already within 0.05 nats per channel of the
+        noise floor on held-out bulk (nothing left to learn); it stops after a short
+        floor (half an epoch, at least 6 steps) while the start is unbeaten, and
+        otherwise after a third of the steps up to the best check (at most 8
+        epochs), so at most about a quarter of a long training is spent after its
+        best check. A number: that many epochs, never skipped.
     max_time : float or None
         Most seconds of training (split evenly between the ``n_seeds`` members);
         the best epoch within it is kept. ``None``: no limit.
@@ -401,6 +412,7 @@ class CVAE3DDetector(BaseDetector):
         from ..nn.scaler import Scaler, to_input
         from ..nn.train import TrainConfig, fingerprint, spatial_split, train_cvae
 
+        t_fit = time.perf_counter()
         device = self._device()
         ny, nx = si.nav_shape
         ne = si.n_energy
@@ -458,6 +470,8 @@ class CVAE3DDetector(BaseDetector):
                               val_fraction=float(self.val_fraction),
                               patience=AUTO_PATIENCE if auto_patience else int(self.patience),
                               patience_fraction=1.0 / 3.0 if auto_patience else 0.0,
+                              # a fixed patience asks for training: never skipped
+                              floor_gap=TrainConfig.floor_gap if auto_patience else None,
                               max_seconds=(None if self.max_time is None
                                            else float(self.max_time) / len(seeds)),
                               seed=seed, amp=self._amp(device), prefixes=prefixes)
@@ -485,6 +499,14 @@ class CVAE3DDetector(BaseDetector):
             models.append(model)
             excess.append(excess_stats(out["recon_nll"][region_mask],
                                        out["expected"][region_mask], ne))
+            # this member's whole fit (the first member's includes the shared preparation) and
+            # the share of it spent after the best checkpoint
+            now = time.perf_counter()
+            hist["fit_seconds"] = now - t_fit
+            t_fit = now
+            hist["after_best_fit_fraction"] = (
+                (float(hist.get("train_seconds", 0.0)) - float(hist.get("best_seconds", 0.0)))
+                / hist["fit_seconds"] if hist["fit_seconds"] > 0 else 0.0)
             hists.append(hist)
             log.info("3D-CVAE%s: %d parameters; held-out bulk NLL per pixel: initialisation "
                      "%.3f, best epoch %d of %d %.3f%s%s",
@@ -746,7 +768,9 @@ class CVAE3DDetector(BaseDetector):
         summary = {k: h[k] for k in ("best_epoch", "best_val", "init_val", "init_won",
                                      "epochs_run", "stopped_early", "steps_per_epoch",
                                      "batch_size", "train_seconds", "best_seconds",
-                                     "after_best_fraction", "stopped_by_time") if k in h}
+                                     "after_best_fraction", "stopped_by_time", "best_step",
+                                     "steps_run", "val_every", "fit_seconds",
+                                     "after_best_fit_fraction") if k in h}
         summary["loss"] = [float(v) for v in h.get("loss", [])]
         summary["val_nll"] = [float(v) if np.isfinite(v) else None for v in h.get("val_nll", [])]
         for k in ("best_val", "init_val"):

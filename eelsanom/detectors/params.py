@@ -141,9 +141,10 @@ HELP: dict[str, dict[str, tuple]] = {
                          "fraction of training pixels held out (blocks) for early stopping"),
         "patience": ("any", None, None, (), False,
                      "epochs without a better validation NLL before training stops; 'auto': "
-                     "a third of the steps up to the best epoch, 2 to 8 epochs"),
+                     "skipped when the PPCA start is at the noise floor, else a third of the "
+                     "steps up to the best check (6 steps or half an epoch to 8 epochs)"),
         "max_time": ("float", 0.0, None, (), True,
-                     "most seconds of training (the best epoch within it is kept); empty: "
+                     "most seconds of training (the best check within it is kept); empty: "
                      "no limit"),
         "scoring": ("choice", None, None, ("elbo", "recon"), False,
                     "score: negative ELBO (NLL + KL of the code) or the reconstruction NLL alone"),

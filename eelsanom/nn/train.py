@@ -43,7 +43,7 @@ from .scaler import Scaler
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "train_cvae", "spatial_split", "save_checkpoint", "load_checkpoint",
+__all__ = ["TrainConfig", "train_cvae", "noise_floor_gap", "validation_interval", "spatial_split", "save_checkpoint", "load_checkpoint",
            "fingerprint", "check_finite_loss"]
 
 
@@ -83,16 +83,30 @@ class TrainConfig:
         Most epochs without improvement of the validation criterion before
         stopping early (the cap of the rule below).
     patience_steps : int
-        Optimiser steps without improvement always allowed (at least two
-        epochs' worth are). Beyond that the patience is ``patience_fraction``
-        of the steps up to the best epoch, so the steps run after the best
-        checkpoint are at most about ``patience_fraction / (1 + patience_fraction)``
-        of the training once it learns for a while (1/3: 25 %).
+        Optimiser steps without improvement always allowed (the floor; 0: the
+        automatic floor, the largest of two validation intervals, half an epoch
+        and 6 steps).
+        Beyond it the patience is ``patience_fraction`` of the steps up to the
+        best check, so the steps run after the best checkpoint are at most about
+        ``patience_fraction / (1 + patience_fraction)`` of the training once it
+        learns for a while (1/3: 25 %); while the warm start is unbeaten the
+        floor alone applies (see :func:`patience_steps`).
     patience_fraction : float
         See ``patience_steps``; 0: a fixed patience of ``patience`` epochs.
+    floor_gap : float or None
+        Skip training when the warm start's held-out NLL is within this many
+        nats per channel of the noise floor (the NLL of a model whose residual
+        is the noise itself, ``0.5 log(2 pi noise^2) + 1/2`` per channel at the
+        scaler's noise level): nothing is left for training to learn, and every
+        step would be thrown away (:func:`noise_floor_gap`). ``None``: always train.
+    val_every : int or None
+        Optimiser steps between validation checks (a check also ends every
+        epoch); ``None``: as often as keeps validation at about a quarter of
+        the steps' cost (:func:`validation_interval`), at most once a step.
     max_seconds : float or None
-        Stop after the epoch that ends past this many seconds of training
-        (``None``: no limit); the best epoch so far is kept.
+        Stop at the first validation check past this many seconds of training
+        (``None``: no limit; the clock is read after every step, and a stop
+        between checks runs one last check); the best check so far is kept.
     min_delta : float
         Smallest relative improvement (fraction of the best value) that counts.
     seed : int
@@ -121,6 +135,8 @@ class TrainConfig:
     patience: int = 8
     patience_steps: int = 0
     patience_fraction: float = 1.0 / 3.0
+    floor_gap: float | None = 0.05
+    val_every: int | None = None
     max_seconds: float | None = None
     min_delta: float = 5e-5
     seed: int = 0
@@ -363,6 +379,20 @@ class _Run:
     checkpoint: str | os.PathLike | None
     #: the checkpoint state at the end of the last finished epoch (what a cancel saves)
     boundary: dict[str, Any] | None = field(default=None)
+    #: when ``hist["train_seconds"]`` was last brought up to date (None: the clock is stopped)
+    clock: float | None = field(default=None)
+
+    def tick(self) -> float:
+        """Add the time since the last tick to ``hist["train_seconds"]``; return the total."""
+        now = time.perf_counter()
+        if self.clock is not None:
+            self.hist["train_seconds"] = float(self.hist.get("train_seconds", 0.0)) + now - self.clock
+        self.clock = now
+        return float(self.hist.get("train_seconds", 0.0))
+
+    def out_of_time(self, cfg: TrainConfig) -> bool:
+        """Whether the training time has reached ``cfg.max_seconds``."""
+        return cfg.max_seconds is not None and self.tick() >= cfg.max_seconds
 
     def snapshot(self, epoch: int, finished: bool) -> dict[str, Any] | None:
         """The checkpoint state now (copies; ``None`` when no checkpoint is kept)."""
@@ -451,17 +481,95 @@ def _validate(model: CVAE3D, data: _Data, scaler: Scaler, cfg: TrainConfig, *, u
                               cfg.robust_fraction if cfg.robust else 0.0))
 
 
-def _train_epoch(run: _Run, data: _Data, scaler: Scaler, cfg: TrainConfig, *, use_kl: bool,
-                 cutoff: float | None, progress: ProgressCallback | None
-                 ) -> tuple[list[float], list[torch.Tensor]]:
-    """One epoch of optimiser steps: ``(losses per step, the robust run's pixel losses)``.
+def noise_floor_gap(val: float, n_energy: int, noise: float) -> float:
+    """Nats per channel between a held-out NLL per pixel and the noise floor.
 
-    Each step is a ``"batch"`` event (``loss`` = that step's loss).
+    The floor is the expected Gaussian NLL of a residual that is the noise
+    itself, ``n_energy * (0.5 * log(2 pi noise^2) + 0.5)``: no model of the
+    signal does better on held-out pixels on average (its KL term, when
+    counted, only adds). A warm start within a few hundredths of a nat per
+    channel of it leaves training nothing to learn.
+
+    Parameters
+    ----------
+    val : float
+        Mean held-out negative ELBO (or NLL) per pixel, nats.
+    n_energy : int
+        Channels.
+    noise : float
+        The noise standard deviation in the likelihood's units (the scaler's
+        ``noise``: about 1 in Anscombe units for Poisson counts).
+
+    Returns
+    -------
+    float
+        ``(val - floor) / n_energy``; NaN when ``val`` or ``noise`` is not finite and positive.
+    """
+    if not (np.isfinite(val) and np.isfinite(noise) and noise > 0 and n_energy > 0):
+        return float("nan")
+    floor = n_energy * (0.5 * math.log(2.0 * math.pi * noise * noise) + 0.5)
+    return float((val - floor) / n_energy)
+
+
+def validation_interval(cfg: TrainConfig, data: _Data) -> int:
+    """Optimiser steps between validation checks (``cfg.val_every``, or chosen from the geometry).
+
+    A validation check runs the network forward over the held-out blocks (with
+    their halo); a step runs it forward and backward (about three forward
+    passes) over ``batch`` crops. The automatic interval keeps the checks at
+    about a quarter of the steps' cost: ``ceil(4/3 * val_px / step_px)`` steps,
+    at least 1 and at most an epoch. Pixel counts, not timings, so it is the
+    same on every run.
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+    data : _Data
+
+    Returns
+    -------
+    int
+        Steps (``data.steps`` when there is no validation split: the training
+        loss of each epoch is then the criterion).
+    """
+    if data.val_mask is None:
+        return data.steps
+    if cfg.val_every:
+        return int(max(1, cfg.val_every))
+    h = data.halo
+    val_px = sum((y1 - y0 + 2 * h) * (x1 - x0 + 2 * h) for y0, y1, x0, x1 in data.val_boxes)
+    step_px = data.batch * (data.py + 2 * h) * (data.px + 2 * h)
+    return int(min(data.steps, max(1, math.ceil(4.0 * val_px / (3.0 * step_px)))))
+
+
+def _check_steps(epoch: int, steps: int, every: int) -> list[int]:
+    """The steps (1-based, within epoch ``epoch`` counted from 0) after which a check runs.
+
+    Every ``every``-th step of the whole run, and the epoch's last step.
+    """
+    first = epoch * steps
+    out = [k for k in range(1, steps + 1) if (first + k) % every == 0]
+    if not out or out[-1] != steps:
+        out.append(steps)
+    return out
+
+
+def _train_epoch(run: _Run, data: _Data, scaler: Scaler, cfg: TrainConfig, *, use_kl: bool,
+                 cutoff: float | None, progress: ProgressCallback | None, epoch: int,
+                 every: int, check: Any) -> tuple[list[float], list[torch.Tensor], bool]:
+    """One epoch of optimiser steps: ``(losses per step, the robust run's pixel losses, stop)``.
+
+    After each step of :func:`_check_steps` (and after any step once the time
+    limit is past) ``check(step, total, first, losses)`` validates and returns
+    ``True`` to stop; the epoch then ends there. Each step is a ``"batch"``
+    event (``loss`` = that step's loss), each validation block one more.
     """
     model, rng, halo = run.model, run.rng, data.halo
     h, w = data.train_mask.shape
     py, px, batch = data.py, data.px, data.batch
-    total = data.steps + data.n_val_events
+    checks = set(_check_steps(epoch, data.steps, every))
+    total = data.steps + len(checks) * data.n_val_events
+    done_events = 0
     losses: list[float] = []
     seen: list[torch.Tensor] = []
     for step in range(data.steps):
@@ -483,44 +591,61 @@ def _train_epoch(run: _Run, data: _Data, scaler: Scaler, cfg: TrainConfig, *, us
         run.opt.step()
         run.sched.step()
         losses.append(float(loss.detach()))
-        emit(progress, "batch", step + 1, total, loss=losses[-1])
-    return losses, seen
+        done_events += 1
+        emit(progress, "batch", done_events, total, loss=losses[-1])
+        if step + 1 in checks or run.out_of_time(cfg):
+            if check(step + 1, total, done_events, losses):
+                return losses, seen, True
+            done_events += data.n_val_events
+    return losses, seen, False
 
 
-def _record_epoch(run: _Run, cfg: TrainConfig, epoch: int, tr: float, val: float,
-                  cutoff: float | None) -> bool:
-    """Add an epoch to the history, keep the best weights; ``True`` when stopping early."""
+def _record_check(run: _Run, cfg: TrainConfig, step: int, crit: float) -> bool:
+    """Record a validation check at global ``step``, keep the best weights; ``True`` to stop.
+
+    Stops when the steps since the best check reach :func:`patience_steps`, or
+    when the time limit is past.
+    """
     hist = run.hist
-    hist["loss"].append(tr)
-    hist["val_nll"].append(val)
-    hist["epochs_run"] = epoch
-    hist["robust_cutoff"] = cutoff
-    crit = val if np.isfinite(val) else tr
-    first = epoch == 1 and not np.isfinite(hist.get("init_val", float("nan")))
-    bad_epochs = int(hist.get("bad_epochs", 0))
+    hist.setdefault("checks", []).append([int(step), float(crit)])
+    first = len(hist["checks"]) == 1 and not np.isfinite(hist.get("init_val", float("nan")))
     if crit < hist["best_val"] - cfg.min_delta * abs(hist["best_val"]) or first:
         hist["best_val"] = crit
-        hist["best_epoch"] = epoch
+        hist["best_step"] = int(step)
+        hist["best_epoch"] = int(math.ceil(step / max(1, int(hist.get("steps_per_epoch", 1)))))
+        hist["best_seconds"] = float(hist.get("train_seconds", 0.0))
         run.best_state = _state_cpu(run.model)
-        bad_epochs = 0
-    else:
-        bad_epochs += 1
-    hist["bad_epochs"] = bad_epochs
-    return bad_epochs * int(hist.get("steps_per_epoch", 1)) >= patience_steps(cfg, hist)
+    if run.out_of_time(cfg):
+        log.info("training stopped at its time limit (%.0f s) after step %d",
+                 cfg.max_seconds, step)
+        hist["stopped_by_time"] = True
+        return True
+    return step - int(hist.get("best_step", 0)) >= patience_steps(cfg, hist)
 
 
 def patience_steps(cfg: TrainConfig, hist: dict[str, Any]) -> int:
-    """Optimiser steps without improvement allowed after the best epoch of ``hist``.
+    """Optimiser steps without improvement allowed after the best check of ``hist``.
 
-    ``max(2 epochs, cfg.patience_steps, cfg.patience_fraction * steps up to the best
-    epoch)``, at most ``cfg.patience`` epochs: a model that stops learning early stops
-    soon, one that learned for long gets a proportionate wait.
+    The floor is ``cfg.patience_steps`` or, when 0, the largest of two
+    validation intervals, half an epoch and 6 steps: the held-out curve of the
+    first steps is noisy (the learning rate warms up to its peak; a blind-spot
+    network measured on the general suite improved 30 nats by step 4, lost it
+    at step 5 and was 45 nats better by step 9), so a shorter wait stops
+    training that is learning. While the warm start (step 0) is still the best,
+    the floor alone: training that has not beaten the PPCA after that many
+    steps is given up (it was thrown away whenever it went on). After a
+    better check, ``max(floor, cfg.patience_fraction * steps up to the best
+    check)``: a model that learned for long gets a proportionate wait, so at
+    most about ``f / (1 + f)`` of its steps come after its best. Never more
+    than ``cfg.patience`` epochs. ``cfg.patience_fraction == 0``: a fixed
+    ``cfg.patience`` epochs.
 
     Parameters
     ----------
     cfg : TrainConfig
     hist : dict
-        The training history (``steps_per_epoch``, ``best_epoch``).
+        The training history (``steps_per_epoch``, ``best_step`` or
+        ``best_epoch``, ``val_every``).
 
     Returns
     -------
@@ -530,9 +655,10 @@ def patience_steps(cfg: TrainConfig, hist: dict[str, Any]) -> int:
     steps = max(1, int(hist.get("steps_per_epoch", 1)))
     if cfg.patience_fraction <= 0:  # a fixed patience
         return int(cfg.patience) * steps
-    best_steps = int(hist.get("best_epoch", 0)) * steps
-    allowed = max(2 * steps, int(cfg.patience_steps),
-                  int(math.ceil(cfg.patience_fraction * best_steps)))
+    best = int(hist.get("best_step", int(hist.get("best_epoch", 0)) * steps))
+    floor = (int(cfg.patience_steps) if cfg.patience_steps > 0
+             else max(2 * int(hist.get("val_every", 1)), int(math.ceil(steps / 2)), 6))
+    allowed = floor if best == 0 else max(floor, int(math.ceil(cfg.patience_fraction * best)))
     return min(allowed, int(cfg.patience) * steps)
 
 
@@ -577,12 +703,17 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
         ELBO, nats; averaged over the prefixes with ``cfg.prefixes``; the NLL of
         each pixel under its neighbourhood's prediction for a context model),
         ``init_val`` (the initialisation's held-out value, NaN without a
-        validation split), ``best_epoch`` (0 = the initialisation), ``best_val``,
-        ``init_won``, ``epochs_run``, ``stopped_early``, ``resumed_from``,
-        ``train_seconds`` (initial validation, epochs and their validation),
-        ``best_seconds`` (when the best epoch ended), ``after_best_fraction``
-        (the share after it) and ``stopped_by_time`` when ``cfg.max_seconds``
-        ended it. The model holds the best weights on return.
+        validation split), ``checks`` (``[step, criterion]`` of every validation
+        check, :func:`validation_interval` = ``val_every`` steps apart),
+        ``best_step`` (0 = the initialisation), ``best_epoch`` (the epoch holding
+        it), ``best_val``, ``init_won``, ``epochs_run`` (epochs started: training
+        may stop at a check within one), ``steps_run``, ``stopped_early``,
+        ``resumed_from``, ``train_seconds`` (initial validation, steps and
+        checks), ``best_seconds`` (when the best check ended),
+        ``after_best_fraction`` (the share after it) and ``stopped_by_time`` when
+        ``cfg.max_seconds`` ended it, ``init_floor_gap`` (:func:`noise_floor_gap`
+        of the initialisation) and ``at_noise_floor`` when training was skipped
+        for it. The model holds the best weights on return.
 
     Raises
     ------
@@ -623,53 +754,72 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
                checkpoint=checkpoint)
     epoch, done = run.resume(cfg, device)
 
-    t_init = time.perf_counter()
+    run.hist["val_every"] = every = validation_interval(cfg, data)
     if epoch == 0 and not done:
-        # the initialisation (PPCA) is epoch 0: a candidate like any epoch, so training
+        # the initialisation (PPCA) is step 0: a candidate like any check, so training
         # never keeps weights that do worse on held-out bulk than where it started
+        run.clock = time.perf_counter()
         init_val = _validate(model, data, scaler, cfg, use_kl=use_kl, progress=progress)
-        run.hist["train_seconds"] = run.hist["best_seconds"] = time.perf_counter() - t_init
+        run.hist["train_seconds"] = 0.0
+        run.hist["best_seconds"] = run.tick()
         run.hist["init_val"] = init_val
         if np.isfinite(init_val):
             run.hist["best_val"] = init_val
-            run.hist["best_epoch"] = 0
+            run.hist["best_epoch"] = run.hist["best_step"] = 0
+        gap = noise_floor_gap(init_val, model.n_energy, scaler.noise)
+        run.hist["init_floor_gap"] = gap
+        if cfg.floor_gap is not None and np.isfinite(gap) and gap <= cfg.floor_gap:
+            log.info("3D-CVAE: the PPCA start is %.3f nats per channel above the noise floor "
+                     "on held-out bulk (<= %.3f): nothing left to learn, training skipped",
+                     gap, cfg.floor_gap)
+            run.hist["at_noise_floor"] = done = True
     run.mark_boundary(epoch)
     cutoff: float | None = run.hist.get("robust_cutoff")
     try:
         model.train()
+        run.clock = time.perf_counter()
         while not done and epoch < cfg.epochs:
             t0 = time.perf_counter()
-            losses, seen = _train_epoch(run, data, scaler, cfg, use_kl=use_kl, cutoff=cutoff,
-                                        progress=progress)
-            if cfg.robust and seen:
+            last_val = [float("nan")]
+
+            def check(k: int, total: int, first: int, losses: list[float],
+                      _e: int = epoch, _v: list[float] = last_val) -> bool:
+                check_finite_loss(float(np.mean(losses)))
+                if data.val_mask is None:  # no split: the epoch's training loss is the criterion
+                    crit = float(np.mean(losses))
+                else:
+                    crit = _v[0] = _validate(model, data, scaler, cfg, use_kl=use_kl,
+                                             progress=progress, first=first, total=total)
+                run.tick()
+                return _record_check(run, cfg, _e * steps + k, crit)
+
+            losses, seen, stop = _train_epoch(run, data, scaler, cfg, use_kl=use_kl,
+                                              cutoff=cutoff, progress=progress, epoch=epoch,
+                                              every=every, check=check)
+            if cfg.robust and seen and not stop:
                 # robust training: from now on leave out pixels worse than the worst
                 # robust_fraction of the last epoch's (a global cut, so that a batch full of
                 # one anomalous cluster cannot slip past a per-batch trim)
                 cutoff = float(torch.quantile(torch.cat(seen).float().cpu()[:1_000_000],
                                               1.0 - cfg.robust_fraction))
-            val = _validate(model, data, scaler, cfg, use_kl=use_kl, progress=progress,
-                            first=steps, total=steps + data.n_val_events)
             tr = float(np.mean(losses))
-            check_finite_loss(tr)
-            epoch += 1
-            run.hist["train_seconds"] = (float(run.hist.get("train_seconds", 0.0))
-                                         + time.perf_counter() - t0)
-            stop = _record_epoch(run, cfg, epoch, tr, val, cutoff)
-            if run.hist["best_epoch"] == epoch:
-                run.hist["best_seconds"] = run.hist["train_seconds"]
-            if not stop and cfg.max_seconds is not None \
-                    and run.hist["train_seconds"] >= cfg.max_seconds:
-                log.info("training stopped at its time limit (%.0f s) after epoch %d",
-                         cfg.max_seconds, epoch)
-                run.hist["stopped_by_time"] = stop = True
-            run.mark_boundary(epoch)
+            val = last_val[0]
+            run.hist["steps_run"] = epoch * steps + len(losses)
+            epoch += 1  # epochs started (the last one may have stopped at a check within it)
+            run.hist["loss"].append(tr)
+            run.hist["val_nll"].append(val)
+            run.hist["epochs_run"] = epoch
+            run.hist["robust_cutoff"] = cutoff
+            run.tick()
             log.debug("epoch %d/%d loss %.3f val %.3f (%.2f s)", epoch, cfg.epochs, tr, val,
                       time.perf_counter() - t0)
             if stop:
                 run.hist["stopped_early"] = True
                 done = True
-            elif cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0:
-                run.save(run.boundary)
+            else:
+                run.mark_boundary(epoch)
+                if cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0:
+                    run.save(run.boundary)
             epoch_s = time.perf_counter() - t0  # this epoch's time (a bar's rate sums them)
             if data.val_mask is None:  # say why there is no validation NLL rather than show nan
                 emit(progress, "train", epoch, cfg.epochs, loss=tr,
@@ -682,8 +832,9 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
     except Cancelled:
         run.save(run.boundary)
         raise
+    run.clock = None
     model.load_state_dict(run.best_state)
-    run.hist["init_won"] = run.hist["best_epoch"] == 0
+    run.hist["init_won"] = int(run.hist.get("best_step", run.hist["best_epoch"])) == 0
     total = float(run.hist.get("train_seconds", 0.0))
     # the share of the training time spent after the best checkpoint (thrown away)
     run.hist["after_best_fraction"] = (

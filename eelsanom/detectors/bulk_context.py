@@ -34,6 +34,10 @@ CAL_QUANTILE = 0.99
 #: its smooth part (a residual off the bulk subspace that grows across the scan where the
 #: region does not span a drift) is no evidence that a pixel differs from its surroundings
 BACKGROUND_WINDOW = 31
+#: pixels the fit-time statistics of the pooled maps are taken on (at least; whole tiles)
+CAL_PIXELS = 8192
+#: side (pixels) of the seeded squares those pixels come in (:func:`calibration_tiles`)
+CAL_TILE = 64
 
 
 def _scale_stats(s: np.ndarray, tail: bool) -> tuple[float, float]:
@@ -59,6 +63,57 @@ def _scale_stats(s: np.ndarray, tail: bool) -> tuple[float, float]:
     else:
         sc = mad
     return med, max(sc, 1e-9)
+
+
+def calibration_tiles(sel: np.ndarray, seed: int
+                      ) -> tuple[list[tuple[int, int, int, int]] | None,
+                                 list[tuple[int, int, int, int]] | None]:
+    """Seeded tiles the fit-time statistics of the pooled maps are taken on.
+
+    The image is cut into :data:`CAL_TILE`-pixel squares, dealt in a seeded order:
+    ``image`` takes squares in that order until they hold :data:`CAL_PIXELS` pixels,
+    ``bulk`` (the training pixels ``sel``) those holding training pixels until they hold
+    :data:`CAL_PIXELS` of them (or all). The statistics (medians, an upper quantile)
+    need a few thousand pixels, not all; the pooled maps cost about a scoring pass.
+    Returns ``(None, None)`` when the squares would cover half the image or more: then
+    the whole image is used (exact).
+
+    Parameters
+    ----------
+    sel : ndarray of bool, shape (ny, nx)
+        The training pixels.
+    seed : int
+        Seed of the order.
+
+    Returns
+    -------
+    (image, bulk) : lists of (y0, y1, x0, x1), or (None, None)
+    """
+    ny, nx = sel.shape
+    boxes = [(y, min(y + CAL_TILE, ny), x, min(x + CAL_TILE, nx))
+             for y in range(0, ny, CAL_TILE) for x in range(0, nx, CAL_TILE)]
+    order = np.random.default_rng(seed).permutation(len(boxes))
+    image: list[tuple[int, int, int, int]] = []
+    bulk: list[tuple[int, int, int, int]] = []
+    n_img = n_bulk = 0
+    want_bulk = min(CAL_PIXELS, int(sel.sum()))
+    if want_bulk == 0:
+        return None, None
+    for i in order:
+        b = boxes[int(i)]
+        if n_img < CAL_PIXELS:
+            image.append(b)
+            n_img += (b[1] - b[0]) * (b[3] - b[2])
+        k = int(sel[b[0]:b[1], b[2]:b[3]].sum())
+        if n_bulk < want_bulk and k:
+            bulk.append(b)
+            n_bulk += k
+        if n_img >= CAL_PIXELS and n_bulk >= want_bulk:
+            break
+    covered = sum((b[1] - b[0]) * (b[3] - b[2]) for b in dict.fromkeys(image + bulk))
+    if 2 * covered >= ny * nx:
+        return None, None
+    return image, bulk
 
 
 def _high_pass(z: np.ndarray) -> np.ndarray:
@@ -163,41 +218,54 @@ class BulkContextDetector(ContextPCADetector):
         return super().score_context + BACKGROUND_WINDOW // 2
 
     # ------------------------------------------------------------------ fit
-    @one_blas_thread
-    def _fit(self, si: SpectrumImage, mask: np.ndarray | None,
-             progress: ProgressCallback | None) -> None:
-        super()._fit(si, mask, progress)
-        self.global_excess_ = self._excess_global(si, mask)
-        c = self._context(si)
+    def _fit_context(self, si: SpectrumImage, mask: np.ndarray | None) -> dict[str, np.ndarray]:
+        c = super()._fit_context(si, mask)
         sel = (np.asarray(mask, bool) if mask is not None
                else np.ones(si.nav_shape, bool))
+        self.global_excess_ = self._excess_global(c, sel)
         tail = mask is not None
         sigmas = {0.0}
         fitted = pooling_from(self.pooling)
         sigmas.add(float(fitted.sigma) if fitted.enabled else DEFAULT_SIGMA)
+        image_tiles, bulk_tiles = calibration_tiles(sel, self.seed)
         self.calibration_stats_ = {}
         for sigma in sorted(sigmas):
-            maps = self._evidence(si, c, pooling_from(sigma))
-            stats: list[float] = []
-            for a in maps:
-                bm, bs = _scale_stats(a[sel], tail)
-                im, isc = _scale_stats(a, False)
-                stats += [max(bm, im), max(bs, isc)]
+            pool = pooling_from(sigma)
+            if pool.enabled and image_tiles is not None:
+                # pooled maps on the seeded tiles only (the unpooled ones cost nothing)
+                maps = {box: self._evidence(si, c, pool, region=box)
+                        for box in dict.fromkeys(image_tiles + bulk_tiles)}
+                stats: list[float] = []
+                for k in (0, 1):
+                    bulk = np.concatenate([maps[b][k][sel[b[0]:b[1], b[2]:b[3]]]
+                                           for b in bulk_tiles])
+                    img = np.concatenate([maps[b][k].ravel() for b in image_tiles])
+                    bm, bs = _scale_stats(bulk, tail)
+                    im, isc = _scale_stats(img, False)
+                    stats += [max(bm, im), max(bs, isc)]
+            else:
+                stats = []
+                for a in self._evidence(si, c, pool):
+                    bm, bs = _scale_stats(a[sel], tail)
+                    im, isc = _scale_stats(a, False)
+                    stats += [max(bm, im), max(bs, isc)]
             self.calibration_stats_[f"{sigma:g}"] = tuple(stats)
+        return c
 
-    def _excess_global(self, si: SpectrumImage, mask: np.ndarray | None) -> tuple[float, float]:
-        """PCA's spill-guard statistics (the context model's are ``pool_excess_``)."""
-        from ._gaussian import gather_training
-
-        X = gather_training(si, mask, self.transform, self.gain_)
-        if X.shape[0] > 4096:
-            X = X[np.random.default_rng(self.seed).choice(X.shape[0], 4096, replace=False)]
-        return self._excess(X)
+    def _excess_global(self, c: dict[str, np.ndarray], sel: np.ndarray) -> tuple[float, float]:
+        """PCA's spill-guard statistics (the context model's are ``pool_excess_``), on at most
+        4096 seeded training pixels ``sel``, from the context's transformed data ``c["x"]``."""
+        idx = np.flatnonzero(sel.ravel())
+        if idx.size > 4096:
+            idx = idx[np.random.default_rng(self.seed).choice(idx.size, 4096, replace=False)]
+        return self._excess(c["x"].reshape(-1, c["x"].shape[-1])[idx])
 
     # ------------------------------------------------------------------ scoring
-    def _evidence(self, si: SpectrumImage, c: dict[str, np.ndarray], pool: Any
+    def _evidence(self, si: SpectrumImage, c: dict[str, np.ndarray], pool: Any,
+                  region: tuple[int, int, int, int] | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
-        """Raw ``(global, local)`` score maps (ny, nx) under pooling ``pool``."""
+        """Raw ``(global, local)`` score maps (ny, nx) under pooling ``pool``; ``region``
+        ``(y0, y1, x0, x1)``: the pooled maps of that block only (context from the image)."""
         d = self.mean_.size
         q = self.n_components_
         s2 = float(self.noise_variance_)
@@ -209,8 +277,8 @@ class BulkContextDetector(ContextPCADetector):
                          + np.log(c["v"]).sum(-1) + (d - q) * math.log(s2) + d * _LOG2PI)
             return g, loc
         g = pooled_scores(si, self._gauss_rows, pooling=pool, noise2=s2,
-                          excess=self.global_excess_)["score"]
-        loc = self._pooled_context(c, pool)["score"]
+                          excess=self.global_excess_, region=region)["score"]
+        loc = self._pooled_context(c, pool, region=region)["score"]
         return g, loc
 
     def _stats(self, pool: Any) -> tuple[float, float, float, float]:

@@ -34,10 +34,6 @@ CAL_QUANTILE = 0.99
 #: its smooth part (a residual off the bulk subspace that grows across the scan where the
 #: region does not span a drift) is no evidence that a pixel differs from its surroundings
 BACKGROUND_WINDOW = 31
-#: pixels the fit-time statistics of the pooled maps are taken on (at least; whole tiles)
-CAL_PIXELS = 8192
-#: side (pixels) of the seeded squares those pixels come in (:func:`calibration_tiles`)
-CAL_TILE = 64
 
 
 def _scale_stats(s: np.ndarray, tail: bool) -> tuple[float, float]:
@@ -63,57 +59,6 @@ def _scale_stats(s: np.ndarray, tail: bool) -> tuple[float, float]:
     else:
         sc = mad
     return med, max(sc, 1e-9)
-
-
-def calibration_tiles(sel: np.ndarray, seed: int
-                      ) -> tuple[list[tuple[int, int, int, int]] | None,
-                                 list[tuple[int, int, int, int]] | None]:
-    """Seeded tiles the fit-time statistics of the pooled maps are taken on.
-
-    The image is cut into :data:`CAL_TILE`-pixel squares, dealt in a seeded order:
-    ``image`` takes squares in that order until they hold :data:`CAL_PIXELS` pixels,
-    ``bulk`` (the training pixels ``sel``) those holding training pixels until they hold
-    :data:`CAL_PIXELS` of them (or all). The statistics (medians, an upper quantile)
-    need a few thousand pixels, not all; the pooled maps cost about a scoring pass.
-    Returns ``(None, None)`` when the squares would cover half the image or more: then
-    the whole image is used (exact).
-
-    Parameters
-    ----------
-    sel : ndarray of bool, shape (ny, nx)
-        The training pixels.
-    seed : int
-        Seed of the order.
-
-    Returns
-    -------
-    (image, bulk) : lists of (y0, y1, x0, x1), or (None, None)
-    """
-    ny, nx = sel.shape
-    boxes = [(y, min(y + CAL_TILE, ny), x, min(x + CAL_TILE, nx))
-             for y in range(0, ny, CAL_TILE) for x in range(0, nx, CAL_TILE)]
-    order = np.random.default_rng(seed).permutation(len(boxes))
-    image: list[tuple[int, int, int, int]] = []
-    bulk: list[tuple[int, int, int, int]] = []
-    n_img = n_bulk = 0
-    want_bulk = min(CAL_PIXELS, int(sel.sum()))
-    if want_bulk == 0:
-        return None, None
-    for i in order:
-        b = boxes[int(i)]
-        if n_img < CAL_PIXELS:
-            image.append(b)
-            n_img += (b[1] - b[0]) * (b[3] - b[2])
-        k = int(sel[b[0]:b[1], b[2]:b[3]].sum())
-        if n_bulk < want_bulk and k:
-            bulk.append(b)
-            n_bulk += k
-        if n_img >= CAL_PIXELS and n_bulk >= want_bulk:
-            break
-    covered = sum((b[1] - b[0]) * (b[3] - b[2]) for b in dict.fromkeys(image + bulk))
-    if 2 * covered >= ny * nx:
-        return None, None
-    return image, bulk
 
 
 def _high_pass(z: np.ndarray) -> np.ndarray:
@@ -162,6 +107,10 @@ class BulkContextDetector(ContextPCADetector):
         whatever its size, so where the bulk region does not span a nuisance the
         pixels beyond it are flagged (as by pooled PCA): draw the bulk region
         across the scan.
+        The fit computes both maps of the image it is fitted on (for these
+        statistics) and keeps those of the fitted pooling: scoring that same
+        image again (the same transformed data, by a hash, and the same
+        parameters) takes them instead of pooling again.
         ``maps``: ``global_z``, ``local_z``, ``pca_score``, ``context_score``,
         ``reconstruction_error``, ``code_deviation``.
 
@@ -227,30 +176,31 @@ class BulkContextDetector(ContextPCADetector):
         sigmas = {0.0}
         fitted = pooling_from(self.pooling)
         sigmas.add(float(fitted.sigma) if fitted.enabled else DEFAULT_SIGMA)
-        image_tiles, bulk_tiles = calibration_tiles(sel, self.seed)
         self.calibration_stats_ = {}
+        self._fitted_maps = None
         for sigma in sorted(sigmas):
             pool = pooling_from(sigma)
-            if pool.enabled and image_tiles is not None:
-                # pooled maps on the seeded tiles only (the unpooled ones cost nothing)
-                maps = {box: self._evidence(si, c, pool, region=box)
-                        for box in dict.fromkeys(image_tiles + bulk_tiles)}
-                stats: list[float] = []
-                for k in (0, 1):
-                    bulk = np.concatenate([maps[b][k][sel[b[0]:b[1], b[2]:b[3]]]
-                                           for b in bulk_tiles])
-                    img = np.concatenate([maps[b][k].ravel() for b in image_tiles])
-                    bm, bs = _scale_stats(bulk, tail)
-                    im, isc = _scale_stats(img, False)
-                    stats += [max(bm, im), max(bs, isc)]
-            else:
-                stats = []
-                for a in self._evidence(si, c, pool):
-                    bm, bs = _scale_stats(a[sel], tail)
-                    im, isc = _scale_stats(a, False)
-                    stats += [max(bm, im), max(bs, isc)]
+            maps = self._evidence(si, c, pool)
+            stats: list[float] = []
+            for a in maps:
+                bm, bs = _scale_stats(a[sel], tail)
+                im, isc = _scale_stats(a, False)
+                stats += [max(bm, im), max(bs, isc)]
             self.calibration_stats_[f"{sigma:g}"] = tuple(stats)
+            if pool == fitted or (not pool.enabled and not fitted.enabled):
+                # the maps a score of this same image computes again (exactly)
+                self._fitted_maps = (self._maps_key(c, pool), maps)
         return c
+
+    def _maps_key(self, c: dict[str, np.ndarray], pool: Any) -> tuple[str, str]:
+        """What the evidence maps of a context ``c`` depend on beyond the fitted model: the
+        transformed data (a hash of ``c["x"]``), the parameters and the pooling."""
+        import hashlib
+
+        x = np.ascontiguousarray(c["x"])
+        h = hashlib.blake2b(x.view(np.uint8).ravel(), digest_size=16)
+        h.update(repr(x.shape).encode())
+        return h.hexdigest(), repr((sorted(self.get_params().items()), pool))
 
     def _excess_global(self, c: dict[str, np.ndarray], sel: np.ndarray) -> tuple[float, float]:
         """PCA's spill-guard statistics (the context model's are ``pool_excess_``), on at most
@@ -261,11 +211,9 @@ class BulkContextDetector(ContextPCADetector):
         return self._excess(c["x"].reshape(-1, c["x"].shape[-1])[idx])
 
     # ------------------------------------------------------------------ scoring
-    def _evidence(self, si: SpectrumImage, c: dict[str, np.ndarray], pool: Any,
-                  region: tuple[int, int, int, int] | None = None
+    def _evidence(self, si: SpectrumImage, c: dict[str, np.ndarray], pool: Any
                   ) -> tuple[np.ndarray, np.ndarray]:
-        """Raw ``(global, local)`` score maps (ny, nx) under pooling ``pool``; ``region``
-        ``(y0, y1, x0, x1)``: the pooled maps of that block only (context from the image)."""
+        """Raw ``(global, local)`` score maps (ny, nx) under pooling ``pool``."""
         d = self.mean_.size
         q = self.n_components_
         s2 = float(self.noise_variance_)
@@ -277,8 +225,8 @@ class BulkContextDetector(ContextPCADetector):
                          + np.log(c["v"]).sum(-1) + (d - q) * math.log(s2) + d * _LOG2PI)
             return g, loc
         g = pooled_scores(si, self._gauss_rows, pooling=pool, noise2=s2,
-                          excess=self.global_excess_, region=region)["score"]
-        loc = self._pooled_context(c, pool, region=region)["score"]
+                          excess=self.global_excess_)["score"]
+        loc = self._pooled_context(c, pool)["score"]
         return g, loc
 
     def _stats(self, pool: Any) -> tuple[float, float, float, float]:
@@ -293,7 +241,12 @@ class BulkContextDetector(ContextPCADetector):
                ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
         c = self._context(si, progress)
         pool = pooling_from(self.pooling)
-        g, loc = self._evidence(si, c, pool)
+        fitted = getattr(self, "_fitted_maps", None)
+        if fitted is not None and fitted[0] == self._maps_key(c, pool):
+            # the image the model was fitted on: the fit computed these maps already
+            g, loc = (a.copy() for a in fitted[1])
+        else:
+            g, loc = self._evidence(si, c, pool)
         gm, gs, lm, ls = self._stats(pool)
         zg, zl = (g - gm) / gs, (loc - lm) / ls
         zl = _high_pass(zl)

@@ -232,23 +232,30 @@ class ContextPCADetector(PCADetector):
         self.pool_excess_ = excess_stats(exc, np.zeros_like(exc), si.n_energy)
         return c
 
-    def _context_excess(self, c: dict[str, np.ndarray], sel: np.ndarray | None,
-                        block_values: int = 1 << 22) -> np.ndarray:
+    def _context_excess(self, c: dict[str, np.ndarray], sel: np.ndarray | None) -> np.ndarray:
         """``0.5 sum_e (dev^2 / var - 1)`` of the pixels ``sel`` (all: ``None``) under the
-        context Gaussian (:meth:`_gaussian`), computed on those pixels only, by blocks."""
+        context Gaussian (:meth:`_gaussian`), computed on those pixels only, by cache-sized
+        runs (one variance for all when the code variances are the same everywhere)."""
         x = c["x"].reshape(-1, c["x"].shape[-1])
         m = c["m"].reshape(-1, c["m"].shape[-1])
         v = c["v"].reshape(-1, c["v"].shape[-1])
         idx = np.arange(x.shape[0]) if sel is None else np.flatnonzero(sel.ravel())
         s2 = float(self.noise_variance_)
-        u2t = (self.components_ ** 2).T
+        ut, u2t = self.components_.T, (self.components_ ** 2).T
+        inv = None
+        if v.shape[0] and bool(np.all(v == v[:1])):
+            inv = 1.0 / (s2 + (v[:1] - s2) @ u2t)[0]
         out = np.empty(idx.size)
-        step = max(1, block_values // max(1, x.shape[1]))
+        step = max(1, POOL_ROW_VALUES // max(1, x.shape[1]))
         for i in range(0, idx.size, step):
             j = idx[i:i + step]
-            dev = x[j] - (self.mean_ + m[j] @ self.components_.T)
-            var = s2 + (v[j] - s2) @ u2t
-            out[i:i + step] = 0.5 * np.sum(dev ** 2 / var - 1.0, axis=-1)
+            dev = x[j] - (self.mean_ + m[j] @ ut)
+            dev *= dev
+            if inv is not None:
+                dev *= inv
+            else:
+                dev /= s2 + (v[j] - s2) @ u2t
+            out[i:i + step] = 0.5 * (dev.sum(-1) - dev.shape[1])
         return out
 
     def _learn_code_variance(self, si: SpectrumImage, mask: np.ndarray | None,

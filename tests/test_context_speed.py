@@ -99,6 +99,7 @@ def test_score_of_the_fitted_image_reuses_the_fit_maps_exactly(drift, monkeypatc
     fresh = det.score(sim.si)
     assert calls == [1]
     np.testing.assert_array_equal(cached.nll, fresh.nll)
+    np.testing.assert_array_equal(cached.latent, fresh.latent)
     for k in fresh.maps:
         np.testing.assert_array_equal(cached.maps[k], fresh.maps[k], err_msg=k)
     # a changed pixel, another pooling, another neighbourhood: pooled again

@@ -109,8 +109,8 @@ class BulkContextDetector(ContextPCADetector):
         across the scan.
         The fit computes both maps of the image it is fitted on (for these
         statistics) and keeps those of the fitted pooling: scoring that same
-        image again (the same transformed data, by a hash, and the same
-        parameters) takes them instead of pooling again.
+        image again (the same data, by a hash, and the same parameters) takes
+        them (and the context's codes) instead of pooling again.
         ``maps``: ``global_z``, ``local_z``, ``pca_score``, ``context_score``,
         ``reconstruction_error``, ``code_deviation``.
 
@@ -188,16 +188,20 @@ class BulkContextDetector(ContextPCADetector):
                 stats += [max(bm, im), max(bs, isc)]
             self.calibration_stats_[f"{sigma:g}"] = tuple(stats)
             if pool == fitted or (not pool.enabled and not fitted.enabled):
-                # the maps a score of this same image computes again (exactly)
-                self._fitted_maps = (self._maps_key(c, pool), maps)
+                # what a score of this same image computes again (exactly): the maps and
+                # the context's small arrays
+                self._fitted_maps = (self._maps_key(si, pool), maps,
+                                     {k: c[k] for k in ("p", "m", "v", "r2")})
         return c
 
-    def _maps_key(self, c: dict[str, np.ndarray], pool: Any) -> tuple[str, str]:
-        """What the evidence maps of a context ``c`` depend on beyond the fitted model: the
-        transformed data (a hash of ``c["x"]``), the parameters and the pooling."""
+    def _maps_key(self, si: SpectrumImage, pool: Any) -> tuple[str, str]:
+        """What the maps of an image depend on beyond the fitted model: its data (a hash of
+        the counts on the model's window), the parameters and the pooling."""
         import hashlib
 
-        x = np.ascontiguousarray(c["x"])
+        from ._gaussian import read_block
+
+        x = np.ascontiguousarray(read_block(si, slice(None), slice(None)))
         h = hashlib.blake2b(x.view(np.uint8).ravel(), digest_size=16)
         h.update(repr(x.shape).encode())
         return h.hexdigest(), repr((sorted(self.get_params().items()), pool))
@@ -239,13 +243,14 @@ class BulkContextDetector(ContextPCADetector):
     @one_blas_thread
     def _score(self, si: SpectrumImage, progress: ProgressCallback | None
                ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
-        c = self._context(si, progress)
         pool = pooling_from(self.pooling)
         fitted = getattr(self, "_fitted_maps", None)
-        if fitted is not None and fitted[0] == self._maps_key(c, pool):
-            # the image the model was fitted on: the fit computed these maps already
+        if fitted is not None and fitted[0] == self._maps_key(si, pool):
+            # the image the model was fitted on: the fit computed these already
             g, loc = (a.copy() for a in fitted[1])
+            c = {k: a.copy() for k, a in fitted[2].items()}
         else:
+            c = self._context(si, progress)
             g, loc = self._evidence(si, c, pool)
         gm, gs, lm, ls = self._stats(pool)
         zg, zl = (g - gm) / gs, (loc - lm) / ls

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 from .errors import InputError
 
-__all__ = ["resolve_device", "cpu_threads", "reserve_gui_core", "cpu_work"]
+__all__ = ["resolve_device", "cpu_threads", "reserve_gui_core", "cpu_work", "intra_op_threads"]
 
 #: whether a GUI runs in this process: CPU work then leaves one core to it
 _GUI_CORE = False
@@ -65,6 +65,30 @@ def cpu_work() -> Iterator[int]:
     torch.set_num_threads(n)
     try:
         yield n
+    finally:
+        torch.set_num_threads(old)
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int) -> Iterator[int]:
+    """torch's intra-op threads set to ``n`` for the block (restored afterwards).
+
+    Parameters
+    ----------
+    n : int
+        Threads, at least 1.
+
+    Yields
+    ------
+    int
+        ``n``.
+    """
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(n)))
+    try:
+        yield max(1, int(n))
     finally:
         torch.set_num_threads(old)
 

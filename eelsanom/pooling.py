@@ -743,30 +743,42 @@ def pool_image(gauss: GaussianFn, ny: int, nx: int, *, pooling: Pooling, noise2:
     y0r, y1r, x0r, x1r = region if region is not None else (0, ny, 0, nx)
     hh, ww = y1r - y0r, x1r - x0r
     rn = pooling.radius()
+    from .device import cpu_threads, intra_op_threads
+
+    workers = cpu_threads()
     if tile is None:
         tile_h, tile_w = _auto_tile(hh, ww, nx, rn, max(1, int(n_energy or 256)))
+        k = -(-hh // tile_h)
+        if workers > 1 and tile_w == ww and (k > 1 or hh >= 4 * rn * workers):
+            # bands, as many as a multiple of the workers (one band split only where the
+            # context each band reads adds at most about half)
+            k = -(-k // workers) * workers
+            tile_h = max(1, -(-hh // k))
     else:
         tile_h = tile_w = int(tile)
-    from .device import cpu_work
-
-    with cpu_work():  # the matrix products on every core (one left to a GUI)
+    # every core (one left to a GUI) on its own tiles, each tile's products on one thread:
+    # threads that meet at every small product stall whenever the host is busy
+    with intra_op_threads(1):
         return _pool_tiles(gauss, ny, nx, pooling=pooling, noise2=noise2, excess=excess,
                            y0r=y0r, x0r=x0r, hh=hh, ww=ww, rn=rn, tile_h=tile_h, tile_w=tile_w,
-                           want_channels=want_channels)
+                           want_channels=want_channels, workers=workers)
 
 
 def _pool_tiles(gauss: GaussianFn, ny: int, nx: int, *, pooling: Pooling, noise2: float,
                 excess: tuple[float, float] | None, y0r: int, x0r: int, hh: int, ww: int,
                 rn: int, tile_h: int, tile_w: int,
-                want_channels: tuple[int, int] | None) -> dict[str, np.ndarray]:
-    """:func:`pool_image`'s loop over its output tiles."""
+                want_channels: tuple[int, int] | None, workers: int = 1
+                ) -> dict[str, np.ndarray]:
+    """:func:`pool_image`'s loop over its output tiles (``workers`` threads, each a tile)."""
     import torch
 
     keys = ("score", "nb_nll", "scale", "own", "expected", "penalty")
     out: dict[str, Any] = {k: np.zeros((hh, ww), np.float64) for k in keys}
     boxes = [(y, min(y + tile_h, hh), x, min(x + tile_w, ww))
              for y in range(0, hh, tile_h) for x in range(0, ww, tile_w)]
-    for ty0, ty1, tx0, tx1 in boxes:
+
+    def one(box: tuple[int, int, int, int]) -> None:
+        ty0, ty1, tx0, tx1 = box
         ay0, ay1, ax0, ax1 = ty0 + y0r, ty1 + y0r, tx0 + x0r, tx1 + x0r
         sy0, sy1 = max(0, ay0 - rn), min(ny, ay1 + rn)
         sx0, sx1 = max(0, ax0 - rn), min(nx, ax1 + rn)
@@ -781,6 +793,15 @@ def _pool_tiles(gauss: GaussianFn, ny: int, nx: int, *, pooling: Pooling, noise2
             out[k][dst] = res[k].double().cpu().numpy()
         if "channel_nll" in res:
             out["channel_nll"] = res["channel_nll"].double().cpu().numpy()
+
+    if workers > 1 and len(boxes) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(workers, len(boxes))) as ex:
+            list(ex.map(one, boxes))  # torch and numpy release the GIL in their kernels
+    else:
+        for box in boxes:
+            one(box)
     return out
 
 

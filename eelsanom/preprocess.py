@@ -65,9 +65,17 @@ def forward_transform(x: np.ndarray, name: str = "anscombe", gain: float = 1.0) 
     x = np.asarray(x, dtype=np.float32)
     if name == "none":
         return x
+    # in place in one new array (the same float32 operations as
+    # ``2 sqrt(max(x, 0) + 3/8)``, without an array per step)
     if gain != 1.0:
-        x = x * np.float32(1.0 / gain)
-    return 2.0 * np.sqrt(np.maximum(x, 0.0) + 0.375, dtype=np.float32)
+        y = np.multiply(x, np.float32(1.0 / gain))
+        np.maximum(y, np.float32(0.0), out=y)
+    else:
+        y = np.maximum(x, np.float32(0.0))
+    y += np.float32(0.375)
+    np.sqrt(y, out=y)
+    y *= np.float32(2.0)
+    return y
 
 
 def inverse_transform(y: np.ndarray, name: str = "anscombe", gain: float = 1.0) -> np.ndarray:

@@ -36,6 +36,11 @@ def test_cpu_threads_counts_cores_and_leaves_one_to_a_gui(monkeypatch, no_gui):
 
 
 def test_pooling_and_training_run_on_cpu_threads(monkeypatch, no_gui):
+    """Pooling: tiles on ``cpu_threads()`` worker threads, each tile's products on one
+    torch thread (threads meeting at every small product stall on a busy host), the same
+    scores as one worker; training: ``cpu_threads()`` torch threads."""
+    import threading
+
     torch = pytest.importorskip("torch")
     from eelsanom import pooling
     from eelsanom.nn.device import torch_threads
@@ -45,14 +50,24 @@ def test_pooling_and_training_run_on_cpu_threads(monkeypatch, no_gui):
     before = torch.get_num_threads()
     seen = []
     rng = np.random.default_rng(0)
-    target = rng.standard_normal((12, 12, 5))
+    target = rng.standard_normal((24, 24, 5))
+    target[5:9, 3:7] += 0.8
 
     def gauss(rows, cols):
-        seen.append(torch.get_num_threads())
+        seen.append((threading.get_ident(), torch.get_num_threads()))
         return pooling.gaussian_block(target[rows, cols], 0 * target[rows, cols], 1.0)
 
-    pooling.pool_image(gauss, 12, 12, pooling=pooling.Pooling(), noise2=1.0, excess=None)
-    assert seen and set(seen) == {2}
+    kw = dict(pooling=pooling.Pooling(background=3.0), noise2=1.0, excess=(0.0, 1.0), tile=6)
+    two = pooling.pool_image(gauss, 24, 24, **kw)
+    assert len(seen) == 16 and {n for _, n in seen} == {1}
+    assert 1 <= len({t for t, _ in seen}) <= 2 and threading.get_ident() not in {t for t, _ in seen}
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    seen.clear()
+    one = pooling.pool_image(gauss, 24, 24, **kw)
+    assert {t for t, _ in seen} == {threading.get_ident()}
+    for k in one:
+        np.testing.assert_array_equal(two[k], one[k], err_msg=k)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
     with torch_threads(torch.device("cpu")):
         assert torch.get_num_threads() == 2
     assert torch.get_num_threads() == before

@@ -107,6 +107,10 @@ class BulkContextDetector(ContextPCADetector):
         whatever its size, so where the bulk region does not span a nuisance the
         pixels beyond it are flagged (as by pooled PCA): draw the bulk region
         across the scan.
+        The fit computes both maps of the image it is fitted on (for these
+        statistics) and keeps those of the fitted pooling: scoring that same
+        image again (the same data, by a hash, and the same parameters) takes
+        them (and the context's codes) instead of pooling again.
         ``maps``: ``global_z``, ``local_z``, ``pca_score``, ``context_score``,
         ``reconstruction_error``, ``code_deviation``.
 
@@ -119,6 +123,7 @@ class BulkContextDetector(ContextPCADetector):
     n_components, max_components, energy_range, threshold, transform,
     robust_fraction, robust_iter, validation_fraction, device, seed, gain
         As :class:`~.pca.PCADetector`.
+
     extend_bulk : {"smooth", "off"}
         With a bulk region, ``"smooth"`` (default) first fits on it, then refits on
         the region plus the large parts of the image that the bulk model does not
@@ -179,63 +184,76 @@ class BulkContextDetector(ContextPCADetector):
     @one_blas_thread
     def _fit(self, si: SpectrumImage, mask: np.ndarray | None,
              progress: ProgressCallback | None) -> None:
-        super()._fit(si, mask, progress)
-        self.global_excess_ = self._excess_global(si, mask)
-        c = self._context(si)
         self.extended_pixels_ = 0
+        self.growth_info_ = None
+        super()._fit(si, mask, progress)
         if mask is not None and self.extend_bulk == "smooth":
-            grown = self._grown_region(si, c, mask)
+            grown = self._grown_region(mask)
             if grown is not None:  # refit on the region and the parts smoothly joined to it
                 self.extended_pixels_ = int(grown.sum() - np.asarray(mask, bool).sum())
-                mask = grown
-                super()._fit(si, mask, progress)
-                self.global_excess_ = self._excess_global(si, mask)
-                c = self._context(si)
+                super()._fit(si, grown, progress)
+
+    def _grown_region(self, mask: np.ndarray) -> np.ndarray | None:
+        """``extend_bulk="smooth"``: the bulk region plus the parts of the image the fitted
+        model does not explain but that join it smoothly (:func:`._bulk_growth.grow_bulk`),
+        from the fit's own maps of the fitted pooling; None when no part qualifies."""
+        from ._bulk_growth import grow_bulk
+
+        fitted = getattr(self, "_fitted_maps", None)
+        if fitted is None:
+            return None
+        g, loc = fitted[1]
+        zg, zl = self._z(g, loc, pooling_from(self.pooling))
+        grown, info = grow_bulk(zg, zl, np.asarray(mask, bool))
+        self.growth_info_ = info
+        return grown if info["added"] > 0 else None
+
+    def _fit_context(self, si: SpectrumImage, mask: np.ndarray | None) -> dict[str, np.ndarray]:
+        c = super()._fit_context(si, mask)
         sel = (np.asarray(mask, bool) if mask is not None
                else np.ones(si.nav_shape, bool))
+        self.global_excess_ = self._excess_global(c, sel)
+        tail = mask is not None
         sigmas = {0.0}
         fitted = pooling_from(self.pooling)
         sigmas.add(float(fitted.sigma) if fitted.enabled else DEFAULT_SIGMA)
-        self.calibration_stats_ = self._calibration(si, c, sel, mask is not None, sigmas)
-
-    def _calibration(self, si: SpectrumImage, c: dict[str, np.ndarray], sel: np.ndarray,
-                     tail: bool, sigmas: set[float]) -> dict[str, tuple[float, ...]]:
-        """Per pooling width, the (median, spread) of the global and the local evidence on
-        the training pixels ``sel`` (each raised to the whole image's where that is higher)."""
-        stats_by: dict[str, tuple[float, ...]] = {}
+        self.calibration_stats_ = {}
+        self._fitted_maps = None
         for sigma in sorted(sigmas):
-            maps = self._evidence(si, c, pooling_from(sigma))
+            pool = pooling_from(sigma)
+            maps = self._evidence(si, c, pool)
             stats: list[float] = []
             for a in maps:
                 bm, bs = _scale_stats(a[sel], tail)
                 im, isc = _scale_stats(a, False)
                 stats += [max(bm, im), max(bs, isc)]
-            stats_by[f"{sigma:g}"] = tuple(stats)
-        return stats_by
+            self.calibration_stats_[f"{sigma:g}"] = tuple(stats)
+            if pool == fitted or (not pool.enabled and not fitted.enabled):
+                # what a score of this same image computes again (exactly): the maps and
+                # the context's small arrays
+                self._fitted_maps = (self._maps_key(si, pool), maps,
+                                     {k: c[k] for k in ("p", "m", "v", "r2")})
+        return c
 
-    def _grown_region(self, si: SpectrumImage, c: dict[str, np.ndarray], mask: np.ndarray
-                      ) -> np.ndarray | None:
-        """``extend_bulk="smooth"``: the bulk region plus the parts of the image the fitted
-        model does not explain but that join it smoothly (:func:`._bulk_growth.grow_bulk`),
-        or None when no part qualifies."""
-        from ._bulk_growth import grow_bulk
+    def _maps_key(self, si: SpectrumImage, pool: Any) -> tuple[str, str]:
+        """What the maps of an image depend on beyond the fitted model: its data (a hash of
+        the counts on the model's window), the parameters and the pooling."""
+        import hashlib
 
-        pool = pooling_from(self.pooling)
-        sigma = float(pool.sigma) if pool.enabled else 0.0
-        self.calibration_stats_ = self._calibration(si, c, np.asarray(mask, bool), True, {sigma})
-        zg, zl = self._z_maps(si, c, pool)
-        grown, info = grow_bulk(zg, zl, mask)
-        self.growth_info_ = info
-        return grown if info["added"] > 0 else None
+        from ._gaussian import read_block
 
-    def _excess_global(self, si: SpectrumImage, mask: np.ndarray | None) -> tuple[float, float]:
-        """PCA's spill-guard statistics (the context model's are ``pool_excess_``)."""
-        from ._gaussian import gather_training
+        x = np.ascontiguousarray(read_block(si, slice(None), slice(None)))
+        h = hashlib.blake2b(x.view(np.uint8).ravel(), digest_size=16)
+        h.update(repr(x.shape).encode())
+        return h.hexdigest(), repr((sorted(self.get_params().items()), pool))
 
-        X = gather_training(si, mask, self.transform, self.gain_)
-        if X.shape[0] > 4096:
-            X = X[np.random.default_rng(self.seed).choice(X.shape[0], 4096, replace=False)]
-        return self._excess(X)
+    def _excess_global(self, c: dict[str, np.ndarray], sel: np.ndarray) -> tuple[float, float]:
+        """PCA's spill-guard statistics (the context model's are ``pool_excess_``), on at most
+        4096 seeded training pixels ``sel``, from the context's transformed data ``c["x"]``."""
+        idx = np.flatnonzero(sel.ravel())
+        if idx.size > 4096:
+            idx = idx[np.random.default_rng(self.seed).choice(idx.size, 4096, replace=False)]
+        return self._excess(c["x"].reshape(-1, c["x"].shape[-1])[idx])
 
     # ------------------------------------------------------------------ scoring
     def _evidence(self, si: SpectrumImage, c: dict[str, np.ndarray], pool: Any
@@ -263,21 +281,25 @@ class BulkContextDetector(ContextPCADetector):
             key = min(stats, key=lambda k: abs(float(k) - float(pool.sigma)))
         return tuple(stats[key])  # type: ignore[return-value]
 
-    def _z_maps(self, si: SpectrumImage, c: dict[str, np.ndarray], pool: Any,
-                raw: bool = False) -> tuple[np.ndarray, ...]:
-        """``(global_z, local_z)`` under ``pool``: each evidence in units of the bulk's spread,
-        the local one less its smooth part; ``raw``: the raw maps appended."""
-        g, loc = self._evidence(si, c, pool)
+    def _z(self, g: np.ndarray, loc: np.ndarray, pool: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``(global_z, local_z)``: the raw maps under ``pool`` in units of the bulk's spread,
+        the local one less its smooth part."""
         gm, gs, lm, ls = self._stats(pool)
-        zg, zl = (g - gm) / gs, _high_pass((loc - lm) / ls)
-        return (zg, zl, g, loc) if raw else (zg, zl)
+        return (g - gm) / gs, _high_pass((loc - lm) / ls)
 
     @one_blas_thread
     def _score(self, si: SpectrumImage, progress: ProgressCallback | None
                ) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
-        c = self._context(si, progress)
         pool = pooling_from(self.pooling)
-        zg, zl, g, loc = self._z_maps(si, c, pool, raw=True)
+        fitted = getattr(self, "_fitted_maps", None)
+        if fitted is not None and fitted[0] == self._maps_key(si, pool):
+            # the image the model was fitted on: the fit computed these already
+            g, loc = (a.copy() for a in fitted[1])
+            c = {k: a.copy() for k, a in fitted[2].items()}
+        else:
+            c = self._context(si, progress)
+            g, loc = self._evidence(si, c, pool)
+        zg, zl = self._z(g, loc, pool)
         score = np.maximum(zg, zl)
         s2 = float(self.noise_variance_)
         lam = self.explained_variance_

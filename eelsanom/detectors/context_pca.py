@@ -22,7 +22,7 @@ from ..preprocess import forward_transform, inverse_transform, transform_sigma
 from ..progress import ProgressCallback, emit
 from ..spectrum import SpectrumImage
 from . import _schemas
-from ._gaussian import check_int, one_blas_thread, read_block
+from ._gaussian import POOL_ROW_VALUES, check_int, one_blas_thread, read_block
 from .base import BaseDetector
 from .pca import PCADetector
 
@@ -214,17 +214,52 @@ class ContextPCADetector(PCADetector):
     def _fit(self, si: SpectrumImage, mask: np.ndarray | None,
              progress: ProgressCallback | None) -> None:
         super()._fit(si, mask, progress)
+        self._fit_context(si, mask)
+
+    def _fit_context(self, si: SpectrumImage, mask: np.ndarray | None) -> dict[str, np.ndarray]:
+        """The context model's fitted parts (learnt code variances, the pooling's spill
+        guard) on the bulk PPCA just fitted; returns the fitted context of ``si``
+        (:meth:`_context`), which subclasses calibrate on."""
         self.code_var_ = self.code_local_ = None
+        raw = None
         if self.code_variance == "bulk":
-            self._learn_code_variance(si, mask)
+            raw = self._context(si, raw=True)
+            self._learn_code_variance(si, mask, raw)
+        c = self._context(si, reuse=raw)
         # the pooling's spill guard: excess NLL of the bulk under the context Gaussian
         # (always, so that pooling can be switched on after the fit)
-        g = self._gaussian(self._context(si))
-        exc = 0.5 * np.sum(g["dev"] ** 2 / g["var"] - 1.0, axis=-1)
-        exc = exc[mask] if mask is not None else exc.ravel()
+        exc = self._context_excess(c, None if mask is None else np.asarray(mask, bool))
         self.pool_excess_ = excess_stats(exc, np.zeros_like(exc), si.n_energy)
+        return c
 
-    def _learn_code_variance(self, si: SpectrumImage, mask: np.ndarray | None) -> None:
+    def _context_excess(self, c: dict[str, np.ndarray], sel: np.ndarray | None) -> np.ndarray:
+        """``0.5 sum_e (dev^2 / var - 1)`` of the pixels ``sel`` (all: ``None``) under the
+        context Gaussian (:meth:`_gaussian`), computed on those pixels only, by cache-sized
+        runs (one variance for all when the code variances are the same everywhere)."""
+        x = c["x"].reshape(-1, c["x"].shape[-1])
+        m = c["m"].reshape(-1, c["m"].shape[-1])
+        v = c["v"].reshape(-1, c["v"].shape[-1])
+        idx = np.arange(x.shape[0]) if sel is None else np.flatnonzero(sel.ravel())
+        s2 = float(self.noise_variance_)
+        ut, u2t = self.components_.T, (self.components_ ** 2).T
+        inv = None
+        if v.shape[0] and bool(np.all(v == v[:1])):
+            inv = 1.0 / (s2 + (v[:1] - s2) @ u2t)[0]
+        out = np.empty(idx.size)
+        step = max(1, POOL_ROW_VALUES // max(1, x.shape[1]))
+        for i in range(0, idx.size, step):
+            j = idx[i:i + step]
+            dev = x[j] - (self.mean_ + m[j] @ ut)
+            dev *= dev
+            if inv is not None:
+                dev *= inv
+            else:
+                dev /= s2 + (v[j] - s2) @ u2t
+            out[i:i + step] = 0.5 * (dev.sum(-1) - dev.shape[1])
+        return out
+
+    def _learn_code_variance(self, si: SpectrumImage, mask: np.ndarray | None,
+                             raw: dict[str, np.ndarray] | None = None) -> None:
         """``code_variance="bulk"``: how well the neighbourhood predicts each code on the bulk.
 
         On the training pixels (all pixels without a mask), the residual of each code
@@ -234,12 +269,12 @@ class ContextPCADetector(PCADetector):
         lambda_i``: a per-pixel nuisance such as beam current or a thickness rougher
         than the window, which only the pixel's own spectrum determines) is fitted
         on the pixel instead (:meth:`_context`). Sets ``code_var_`` (q,) and
-        ``code_local_`` (q,) bool.
+        ``code_local_`` (q,) bool. ``raw``: ``_context(si, raw=True)`` when already computed.
         """
         from scipy.stats import norm
 
         self.code_var_ = self.code_local_ = None
-        c = self._context(si, raw=True)
+        c = raw if raw is not None else self._context(si, raw=True)
         res = (c["p"] - c["m"]).reshape(-1, c["p"].shape[-1])
         if mask is not None:
             res = res[np.asarray(mask, bool).ravel()]
@@ -254,7 +289,8 @@ class ContextPCADetector(PCADetector):
 
     # ------------------------------------------------------------------ the context model
     def _context(self, si: SpectrumImage, progress: ProgressCallback | None = None,
-                 raw: bool = False) -> dict[str, np.ndarray]:
+                 raw: bool = False, reuse: dict[str, np.ndarray] | None = None
+                 ) -> dict[str, np.ndarray]:
         """Codes, their neighbourhood median and variance, residuals, for the whole of ``si``.
 
         Returns a dict of ``p`` (ny, nx, q) the pixels' codes ``U^T (x - mu)``,
@@ -264,6 +300,8 @@ class ContextPCADetector(PCADetector):
         the learnt ``code_var_`` sets ``v``, and the codes the neighbourhood does not
         predict (``~code_local_``) are the pixel's own (``m = p``, ``v`` the noise's:
         fitted per pixel, not predicted); ``raw``: the plain medians (to learn them).
+        ``reuse``: a ``raw=True`` context of the same ``si`` whose codes, residuals, data
+        and medians are taken instead of computed again (the same values).
         """
         from scipy.ndimage import rank_filter
         from scipy.stats import norm
@@ -271,11 +309,14 @@ class ContextPCADetector(PCADetector):
         ny, nx = si.nav_shape
         d = si.n_energy
         q = self.n_components_
-        data = read_block(si, slice(None), slice(None))
-        x = forward_transform(data.reshape(-1, d), self.transform, self.gain_)
-        p, r2 = self._project(x)
-        p = p.reshape(ny, nx, q)
-        r2 = r2.reshape(ny, nx)
+        if reuse is not None:
+            x, p, r2 = reuse["x"].reshape(-1, d), reuse["p"], reuse["r2"]
+        else:
+            data = read_block(si, slice(None), slice(None))
+            x = forward_transform(data.reshape(-1, d), self.transform, self.gain_)
+            p, r2 = self._project(x)
+            p = p.reshape(ny, nx, q)
+            r2 = r2.reshape(ny, nx)
         fp = context_footprint(int(self.neighbourhood))
         n = int(fp.sum())
         # order statistics in sign-symmetric pairs (rank k and n-1-k), so that the
@@ -299,7 +340,8 @@ class ContextPCADetector(PCADetector):
                 m[..., i] = a
                 v[..., i] = s2 * (1.0 + math.pi / (2.0 * n))
                 continue
-            m[..., i] = 0.5 * sum(_window_ranks(a, fp, ((n - 1) // 2, n // 2)))
+            m[..., i] = (reuse["m"][..., i] if reuse is not None
+                         else 0.5 * sum(_window_ranks(a, fp, ((n - 1) // 2, n // 2))))
             if learnt:
                 v[..., i] = self.code_var_[i]
             elif self.code_variance == "spread":
@@ -344,17 +386,53 @@ class ContextPCADetector(PCADetector):
 
     def _pooled_context(self, c: dict[str, np.ndarray], pool: Any, **kw: Any
                         ) -> dict[str, np.ndarray]:
-        """The shared pooling stage (:func:`eelsanom.pooling.pool_image`) on the context Gaussian."""
-        from ..pooling import gaussian_block, pool_image
+        """The shared pooling stage (:func:`eelsanom.pooling.pool_image`) on the context Gaussian.
 
-        g = self._gaussian(c)
-        x, pred, sig = c["x"], g["pred"], np.sqrt(g["var"])
+        Each tile's deviations ``x - (mu + U m)`` are computed when the tile is read
+        (float64, handed to the pooling in float32 as PCA's are), and a predictive
+        variance shared by every pixel (learnt or noise-level code variances) is handed
+        over once, so the pooling pools 2-D variance maps (:func:`~.pooling.pool_region`).
+        ``kw``: passed to :func:`~.pooling.pool_image` (``region``, ``want_channels``).
+        """
+        import torch
+
+        from ..pooling import pool_image
+
+        x, m, v = c["x"], c["m"], c["v"]
         ny, nx, d = x.shape
+        q = m.shape[-1]
+        s2 = float(self.noise_variance_)
+        ut, u2t = self.components_.T, (self.components_ ** 2).T
+        v_flat = v.reshape(-1, q)
+        sig_all = None
+        if v_flat.shape[0] and bool(np.all(v_flat == v_flat[:1])):
+            sig_all = torch.as_tensor(np.sqrt(s2 + (v_flat[:1] - s2) @ u2t)[0], dtype=torch.float32)
+
+        step = max(1, POOL_ROW_VALUES // max(1, d))
 
         def gauss(rows: slice, cols: slice):
-            return gaussian_block(x[rows, cols], pred[rows, cols], sig[rows, cols])
+            xt, mt = x[rows, cols], m[rows, cols]
+            h, w = xt.shape[:2]
+            xt, mt = xt.reshape(h * w, d), mt.reshape(h * w, q)
+            # cache-sized runs of pixels written into one float32 array (channel-last, as
+            # the pooling works): whole-tile float64 intermediates would run from memory
+            dev = np.empty((h * w, d), np.float32)
+            sg = vt = None
+            if sig_all is None:
+                sg = np.empty((h * w, d), np.float32)
+                vt = v[rows, cols].reshape(h * w, q)
+            for i in range(0, h * w, step):
+                j = min(h * w, i + step)
+                dev[i:j] = xt[i:j] - (self.mean_ + mt[i:j] @ ut)
+                if sg is not None:
+                    sg[i:j] = np.sqrt(s2 + (vt[i:j] - s2) @ u2t)
+            target = torch.from_numpy(dev).T.reshape(d, h, w)
+            mean = torch.zeros((1, 1, 1), dtype=torch.float32).expand(d, h, w)
+            sig = (sig_all[:, None, None].expand(d, h, w) if sg is None
+                   else torch.from_numpy(sg).T.reshape(d, h, w))
+            return target, mean, sig, None
 
-        return pool_image(gauss, ny, nx, pooling=pool, noise2=float(self.noise_variance_),
+        return pool_image(gauss, ny, nx, pooling=pool, noise2=s2,
                           excess=getattr(self, "pool_excess_", None), n_energy=d, **kw)
 
     def gaussian_terms(self, si: Any) -> dict[str, np.ndarray]:

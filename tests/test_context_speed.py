@@ -1,0 +1,136 @@
+"""The faster context scoring and bulk-context fit (issue 24) score as before.
+
+Exact paths (the context computed once at fit, the spill guards' excess on the
+training pixels only, the fitted image's maps kept from the fit) are compared
+for equality with the computations they replace; the context Gaussian's pooling
+(float32 tiles with one shared sigma) with the former whole-image float64
+evaluation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from eelsanom.detectors import get_detector
+from eelsanom.detectors._gaussian import gather_training
+from eelsanom.pooling import excess_stats, gaussian_block, pool_image, pooling_from
+from eelsanom.simulate import simulate
+
+
+@pytest.fixture(scope="module")
+def drift():
+    """Realistic suite's drift condition (64 x 64, fe-l), bulk in the top rows."""
+    return simulate(shape=(64, 64), window="fe-l", anomaly="shift", anomaly_shape="clusters",
+                    concentration=0.02, dose=200.0, drift=0.8, magnitude=0.6, seed=0)
+
+
+def _dense_pooled_context(det, c, pool):
+    """The former ``_pooled_context``: whole-image float64 prediction and sigma."""
+    g = det._gaussian(c)
+    x, pred, sig = c["x"], g["pred"], np.sqrt(g["var"])
+    ny, nx, d = x.shape
+
+    def gauss(rows, cols):
+        return gaussian_block(x[rows, cols], pred[rows, cols], sig[rows, cols])
+
+    return pool_image(gauss, ny, nx, pooling=pool, noise2=float(det.noise_variance_),
+                      excess=det.pool_excess_, n_energy=d)
+
+
+@pytest.mark.parametrize("code_variance", ["bulk", "noise", "spread"])
+def test_pooled_context_equals_the_float64_whole_image_evaluation(drift, code_variance):
+    """Tiles in float32 (one shared sigma where the code variances are learnt or the
+    noise's; per-pixel sigmas for "spread"): within 2e-5 relative of float64."""
+    sim = drift
+    det = get_detector("context-pca", device="cpu", code_variance=code_variance)
+    det.fit(sim.si, sim.bulk_mask)
+    c = det._context(sim.si)
+    pool = pooling_from(0.8)
+    new = det._pooled_context(c, pool)
+    ref = _dense_pooled_context(det, c, pool)
+    for k in ("score", "nb_nll", "own", "expected"):
+        np.testing.assert_allclose(new[k], ref[k], rtol=2e-5, atol=1e-3, err_msg=k)
+    np.testing.assert_array_equal(new["scale"], ref["scale"])
+    # a block with its context equals the whole image's
+    blk = det._pooled_context(c, pool, region=(10, 30, 5, 41))
+    np.testing.assert_allclose(blk["score"], new["score"][10:30, 5:41], rtol=1e-6)
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_fit_context_is_the_context_computed_again(drift, masked):
+    """The learnt context built from the raw one equals a fresh ``_context``; the spill
+    guards' statistics equal the former whole-image computations."""
+    sim = drift
+    mask = sim.bulk_mask if masked else None
+    # the region as drawn: the statistics below are of the pixels the model was fitted on
+    det = get_detector("bulk-context", device="cpu", extend_bulk="off").fit(sim.si, mask)
+    raw = det._context(sim.si, raw=True)
+    fresh = det._context(sim.si)
+    reused = det._context(sim.si, reuse=raw)
+    for k in fresh:
+        np.testing.assert_array_equal(reused[k], fresh[k], err_msg=k)
+    # the context model's excess: the dense Gaussian over every pixel, then the mask
+    g = det._gaussian(fresh)
+    exc = 0.5 * np.sum(g["dev"] ** 2 / g["var"] - 1.0, axis=-1)
+    exc = exc[mask] if mask is not None else exc.ravel()
+    np.testing.assert_allclose(det.pool_excess_, excess_stats(exc, np.zeros_like(exc),
+                                                              sim.si.n_energy), rtol=1e-12)
+    # PCA's excess: the former gather-then-draw of 4096 training rows
+    X = gather_training(sim.si, mask, det.transform, det.gain_)
+    if X.shape[0] > 4096:
+        X = X[np.random.default_rng(det.seed).choice(X.shape[0], 4096, replace=False)]
+    np.testing.assert_allclose(det.global_excess_, det._excess(X), rtol=1e-12)
+
+
+def test_score_of_the_fitted_image_reuses_the_fit_maps_exactly(drift, monkeypatch):
+    """Scoring the image the model was fitted on takes the fit's maps: equal to pooling
+    again; other data, another pooling or other parameters pool again."""
+    from eelsanom.detectors.bulk_context import BulkContextDetector
+
+    sim = drift
+    det = get_detector("bulk-context", device="cpu").fit(sim.si, sim.bulk_mask)
+    calls = []
+    real = BulkContextDetector._evidence
+    monkeypatch.setattr(BulkContextDetector, "_evidence",
+                        lambda self, *a: calls.append(1) or real(self, *a))
+    cached = det.score(sim.si)
+    assert calls == []
+    det._fitted_maps = None
+    fresh = det.score(sim.si)
+    assert calls == [1]
+    np.testing.assert_array_equal(cached.nll, fresh.nll)
+    np.testing.assert_array_equal(cached.latent, fresh.latent)
+    for k in fresh.maps:
+        np.testing.assert_array_equal(cached.maps[k], fresh.maps[k], err_msg=k)
+    # a changed pixel, another pooling, another neighbourhood: pooled again
+    det.fit(sim.si, sim.bulk_mask)
+    calls.clear()
+    other = sim.si.data.copy()
+    other[5, 7] += 1.0
+    from dataclasses import replace
+
+    det.score(replace(sim.si, data=other))
+    det.set_params(pooling=1.2)
+    det.score(sim.si)
+    det.set_params(pooling=0.8, neighbourhood=7)
+    det.score(sim.si)
+    assert calls == [1, 1, 1]
+
+
+@pytest.mark.parametrize("pooling", [0.0, 0.8])
+def test_rx_top_eigenpairs_equal_the_full_decomposition(drift, pooling, monkeypatch):
+    """RX's channel-side fit takes only its kept directions' eigenpairs and the rest's mean
+    from the trace: scores within 1e-9 of the full eigendecomposition's."""
+    import scipy.linalg
+
+    sim = drift
+    new = get_detector("rx", seed=0, pooling=pooling).fit(sim.si, sim.bulk_mask).score(sim.si)
+
+    def full(a, subset_by_index):  # every eigenpair, then the same subset
+        e, v = np.linalg.eigh(a)
+        return e[subset_by_index[0]:], v[:, subset_by_index[0]:]
+
+    monkeypatch.setattr(scipy.linalg, "eigh", full)
+    ref = get_detector("rx", seed=0, pooling=pooling).fit(sim.si, sim.bulk_mask).score(sim.si)
+    np.testing.assert_allclose(new.nll, ref.nll, rtol=1e-9, atol=1e-9)

@@ -138,6 +138,7 @@ _DETECTOR_OPTIONS: dict[str, str] = {
     "components": "n_components", "pooling": "pooling", "device": "device", "seed": "seed",
     "epochs": "epochs", "latent_dim": "latent_dim", "patch": "patch_size", "context": "context",
     "beta": "beta", "lr": "lr", "n_seeds": "n_seeds", "nested_latent": "nested_prefixes",
+    "scale": "scale",
 }
 #: what the command line adds to a parameter's help (its own syntax)
 _CLI_NOTES: dict[str, str] = {

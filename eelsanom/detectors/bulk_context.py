@@ -117,7 +117,7 @@ class BulkContextDetector(ContextPCADetector):
     pooling : float
         Evidence pooling sigma in pixels (default 0.8; 0: each pixel alone).
     n_components, max_components, energy_range, threshold, transform,
-    robust_fraction, robust_iter, validation_fraction, device, seed, gain
+    robust_fraction, robust_iter, validation_fraction, device, seed, gain, scale
         As :class:`~.pca.PCADetector`.
 
     Examples
@@ -140,13 +140,14 @@ class BulkContextDetector(ContextPCADetector):
                  threshold: Any = "robust", transform: str = "anscombe",
                  robust_fraction: float | str = "auto", robust_iter: int = 5,
                  validation_fraction: float = 0.2, pooling: float = 0.8, device: str = "auto",
-                 seed: int = 0, gain: float | str = "auto") -> None:
+                 seed: int = 0, gain: float | str = "auto", scale: str = "fixed") -> None:
         super().__init__(neighbourhood=neighbourhood, n_components=n_components,
                          score_kind="nll", max_components=max_components,
                          energy_range=energy_range, threshold=threshold, transform=transform,
                          robust_fraction=robust_fraction, robust_iter=robust_iter,
                          validation_fraction=validation_fraction, pooling=pooling,
-                         device=device, seed=seed, gain=gain, code_variance="bulk")
+                         device=device, seed=seed, gain=gain, code_variance="bulk",
+                         scale=scale)
 
     validate_model_file = _schemas.validator(_schemas.bulk_context)  # the model-file schema
 
@@ -187,9 +188,7 @@ class BulkContextDetector(ContextPCADetector):
 
     def _excess_global(self, si: SpectrumImage, mask: np.ndarray | None) -> tuple[float, float]:
         """PCA's spill-guard statistics (the context model's are ``pool_excess_``)."""
-        from ._gaussian import gather_training
-
-        X = gather_training(si, mask, self.transform, self.gain_)
+        X = self._gather(si, mask, fit=False)  # as the model sees them (per-pixel scale)
         if X.shape[0] > 4096:
             X = X[np.random.default_rng(self.seed).choice(X.shape[0], 4096, replace=False)]
         return self._excess(X)

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..pooling import excess_stats, pooling_from
-from ..preprocess import forward_transform, inverse_transform, transform_sigma
+from ..preprocess import inverse_transform, transform_sigma
 from ..progress import ProgressCallback, emit
 from ..spectrum import SpectrumImage
 from . import _schemas
@@ -159,7 +159,7 @@ class ContextPCADetector(PCADetector):
         Default 0.8: the context Gaussian scored through the shared pooling
         stage (0 scores each pixel alone).
     n_components, score_kind, max_components, energy_range, threshold, transform,
-    robust_fraction, robust_iter, validation_fraction, pooling, device, seed, gain
+    robust_fraction, robust_iter, validation_fraction, pooling, device, seed, gain, scale
         As :class:`~.pca.PCADetector` (``score_kind="reconstruction"`` scores the
         pixel by ``||x - mu - U m||^2``, the squared distance from the
         neighbourhood's prediction).
@@ -184,13 +184,13 @@ class ContextPCADetector(PCADetector):
                  transform: str = "anscombe", robust_fraction: float | str = "auto",
                  robust_iter: int = 5, validation_fraction: float = 0.2, pooling: float = 0.8,
                  device: str = "auto", seed: int = 0, gain: float | str = "auto",
-                 code_variance: str = "noise") -> None:
+                 code_variance: str = "noise", scale: str = "fixed") -> None:
         super().__init__(n_components=n_components, score_kind=score_kind,
                          max_components=max_components, energy_range=energy_range,
                          threshold=threshold, transform=transform,
                          robust_fraction=robust_fraction, robust_iter=robust_iter,
                          validation_fraction=validation_fraction, pooling=pooling,
-                         device=device, seed=seed, gain=gain)
+                         device=device, seed=seed, gain=gain, scale=scale)
         self.neighbourhood = neighbourhood
         self.code_variance = code_variance
 
@@ -272,8 +272,8 @@ class ContextPCADetector(PCADetector):
         d = si.n_energy
         q = self.n_components_
         data = read_block(si, slice(None), slice(None))
-        x = forward_transform(data.reshape(-1, d), self.transform, self.gain_)
-        p, r2 = self._project(x)
+        x = self._transform(data.reshape(-1, d))
+        p, r2, sc = self._project(x, with_scale=True)
         p = p.reshape(ny, nx, q)
         r2 = r2.reshape(ny, nx)
         fp = context_footprint(int(self.neighbourhood))
@@ -308,7 +308,8 @@ class ContextPCADetector(PCADetector):
             else:  # "noise": the neighbourhood predicts the code up to the noise
                 v[..., i] = s2 * (1.0 + math.pi / (2.0 * n))
             emit(progress, "score", i + 1, q)
-        return {"p": p, "m": m, "v": v, "r2": r2, "x": x.reshape(ny, nx, d)}
+        return {"p": p, "m": m, "v": v, "r2": r2, "x": x.reshape(ny, nx, d),
+                "c": sc.reshape(ny, nx)}
 
     @one_blas_thread
     def _score(self, si: SpectrumImage, progress: ProgressCallback | None
@@ -339,6 +340,8 @@ class ContextPCADetector(PCADetector):
         """``dev`` and diagonal ``var`` (ny, nx, D) of the neighbourhood's prediction."""
         s2 = float(self.noise_variance_)
         pred = self.mean_ + c["m"] @ self.components_.T
+        if self._fixed_dims:  # the pixel's own scale (scale="free"), fitted on it
+            pred = pred + c["c"][..., None] * self.scale_direction_
         var = s2 + (c["v"] - s2) @ (self.components_ ** 2).T
         return {"dev": c["x"] - pred, "var": var, "pred": pred}
 

@@ -46,6 +46,7 @@ from ._gaussian import (
     outlyingness,
     robust_rule,
     sample_pixels,
+    spatial_outlyingness,
     tail_scale,
     top_eigh,
     training_gain,
@@ -63,6 +64,40 @@ _CHUNK_VALUES = 1 << 18
 #: rows from which the CPU projections are split between two threads
 _PARALLEL_ROWS = 2048
 SCORE_KINDS = ("nll", "reconstruction")
+#: how a pixel's overall intensity (beam current, thickness to first order) enters the model
+#: (see the class docstring, "Per-pixel scale")
+SCALES = ("fixed", "free", "sum")
+
+
+def scale_direction(mean: np.ndarray, transform: str) -> np.ndarray:
+    """Unit direction (D,) along which scaling a pixel's counts moves its transformed spectrum.
+
+    With the Anscombe transform ``y = 2 sqrt(c + 3/8)`` a factor ``a`` on the counts
+    moves ``y`` by ``dy/da = y / 2 - 3 / (4 y)`` at ``a = 1`` (about ``y / 2``: a
+    scale, less at the lowest counts); without a transform, along the spectrum itself.
+    Taken at the training mean ``mean``.
+
+    Parameters
+    ----------
+    mean : ndarray of shape (D,)
+        Mean transformed training spectrum.
+    transform : {"anscombe", "none"}
+
+    Returns
+    -------
+    ndarray of shape (D,)
+        Unit norm (a zero mean gives the first channel's unit vector).
+    """
+    m = np.asarray(mean, np.float64)
+    t = 0.5 * m - 0.75 / np.maximum(m, 1e-12) if transform == "anscombe" else m.copy()
+    if transform == "anscombe":
+        t = np.maximum(t, 0.0)
+    n = float(np.linalg.norm(t))
+    if not np.isfinite(n) or n <= 0:
+        t = np.zeros_like(m)
+        t[0] = 1.0
+        return t
+    return t / n
 
 
 def _resolve_device(device: str, *, strict: bool):
@@ -152,6 +187,8 @@ class _Tensors:
         self.shrink = torch.as_tensor((lam - self.s2) / lam, device=dev, dtype=dt)
         self.latent_scale = torch.as_tensor(np.sqrt(np.maximum(lam - self.s2, 0.0)) / lam,
                                             device=dev, dtype=dt)
+        sd = getattr(det, "scale_direction_", None)
+        self.tdir = None if sd is None else torch.as_tensor(sd, device=dev, dtype=dt)
 
 
 class PCADetector(PooledGaussian, BaseDetector):
@@ -238,6 +275,25 @@ class PCADetector(PooledGaussian, BaseDetector):
         maximum-likelihood fit). With a mask the masked pixels are used as given:
         no trimming, classical estimates.
 
+    Per-pixel scale
+        ``scale="free"``: each pixel's overall intensity (beam current, to first
+        order its thickness) is a free parameter of its own, fitted on the pixel
+        and not scored: the model is ``x = mu + s t + W z + eps`` with ``t`` the
+        direction along which scaling the counts moves the transformed spectrum
+        (:func:`scale_direction`, at the training mean). Minimising the NLL over
+        ``s`` is the same as removing the component of ``x - mu`` along ``t``
+        (the training spectra are projected the same way before the fit, so the
+        components are orthogonal to ``t``): the residual loses one dimension,
+        ``sigma^2`` is the mean of ``D - q - 1`` eigenvalues. A shift, an
+        L3/L2 change or a new edge is not a scale and is still scored; a
+        change of intensity alone is not. ``scale="sum"`` (the classical
+        reference): each pixel's counts are first scaled to the training
+        pixels' median total over the window (unit-sum normalisation, as
+        before a scikit-learn PCA), then the same model; the noise model then no
+        longer holds exactly (a dim pixel's noise is amplified).
+        ``scale="fixed"``: no per-pixel scale (intensity is a bulk direction
+        like any other).
+
     Latent, reconstruction
         ``latent`` is the posterior mean ``E[z | x] = M^-1 W^T (x - mu)``,
         ``M = W^T W + sigma^2 I``, shape ``(ny, nx, q)``. The reconstruction is the
@@ -284,6 +340,10 @@ class PCADetector(PooledGaussian, BaseDetector):
     seed : int
         Seeds the validation split, the subsample of a large bulk and the
         randomized solver's start.
+    scale : {"fixed", "free", "sum"}
+        The pixel's intensity as a free per-pixel parameter (``"free"``), the
+        counts normalised to a common total first (``"sum"``), or neither
+        (``"fixed"``); see "Per-pixel scale".
     gain : "auto" or float
         Data units per detected electron; the data are divided by it before the
         Anscombe transform, so that the transform sees counts. ``"auto"``
@@ -315,7 +375,7 @@ class PCADetector(PooledGaussian, BaseDetector):
                  threshold: Any = "robust", transform: str = "anscombe",
                  robust_fraction: float | str = "auto", robust_iter: int = 5,
                  validation_fraction: float = 0.2, pooling: float = 0.0, device: str = "auto",
-                 seed: int = 0, gain: float | str = "auto") -> None:
+                 seed: int = 0, gain: float | str = "auto", scale: str = "fixed") -> None:
         self.n_components = n_components
         self.score_kind = score_kind
         self.max_components = max_components
@@ -329,6 +389,7 @@ class PCADetector(PooledGaussian, BaseDetector):
         self.device = device
         self.seed = seed
         self.gain = gain
+        self.scale = scale
 
     # ------------------------------------------------------------------ params
     def _validate_params(self) -> None:
@@ -336,6 +397,7 @@ class PCADetector(PooledGaussian, BaseDetector):
         check_int("n_components", self.n_components, low=1, allow_none=True)
         check_int("max_components", self.max_components, low=1)
         check_choice("score_kind", self.score_kind, SCORE_KINDS)
+        check_choice("scale", self.scale, SCALES)
         check_common(self)
         check_gain(self.gain)
         pool = pooling_from(self.pooling)
@@ -419,8 +481,8 @@ class PCADetector(PooledGaussian, BaseDetector):
 
         return eigh
 
-    @staticmethod
-    def _eig(gram: Gram | Sketch, keep: np.ndarray, k: int, final: bool = False) -> Spectrum:
+    def _eig(self, gram: Gram | Sketch, keep: np.ndarray, k: int, final: bool = False
+             ) -> Spectrum:
         """Leading ``k`` eigenpairs of the covariance of ``gram.X[keep]`` (float64, CPU).
 
         On the smaller side of the data (:meth:`~._gaussian.Gram.eig`): the
@@ -429,9 +491,17 @@ class PCADetector(PooledGaussian, BaseDetector):
         a :class:`~._gaussian.Sketch` (both sides large) the randomized
         decomposition, refined on the rows themselves when ``final``.
         """
-        if isinstance(gram, Sketch):
-            return gram.eig(keep, k, refine=final)
-        return gram.eig(keep, k)
+        eig = gram.eig(keep, k, refine=final) if isinstance(gram, Sketch) else gram.eig(keep, k)
+        if self._fixed_dims:  # the projected-out scale direction is no noise dimension
+            from dataclasses import replace
+
+            eig = replace(eig, d=eig.d - self._fixed_dims)
+        return eig
+
+    @property
+    def _fixed_dims(self) -> int:
+        """Dimensions of the transformed spectrum fitted per pixel (1 with ``scale="free"``)."""
+        return 0 if getattr(self, "scale_direction_", None) is None else 1
 
     @staticmethod
     def _ppca_params(eig: Spectrum, q: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -456,7 +526,7 @@ class PCADetector(PooledGaussian, BaseDetector):
         """
         import torch
 
-        d = X.shape[1]
+        d = X.shape[1] - self._fixed_dims
         if dev.type == "cpu":
             z, sq = _project_rows(X[val_rows], eig.mean, eig.evecs[:, :qmax])
         else:
@@ -555,7 +625,7 @@ class PCADetector(PooledGaussian, BaseDetector):
             drawn[pixels] = True
             self.gain_ = training_gain(si, drawn.reshape(ny, nx), self.gain, self.transform,
                                        max_values=1 << 20)
-        X = gather_training(si, mask, self.transform, self.gain_, pixels=pixels)
+        X = self._gather(si, mask, pixels)
         if not exact and min(X.shape) >= self.randomized_min_side:
             rank = int(self.n_components or self.max_components)
             hold = None
@@ -572,15 +642,21 @@ class PCADetector(PooledGaussian, BaseDetector):
         fraction, adaptive = robust_rule(self.robust_fraction)
         trim = fraction if mask is None else 0.0
 
+        # without a mask the rows' neighbourhoods are scored too (their own image positions)
+        where = None
+        if mask is None:
+            where = (pixels if pixels is not None else np.arange(ny * nx), (ny, nx))
+
         def cutoff(model: dict[str, Any]) -> float:  # the q principal coordinates + the residual
-            return auto_cutoff(np.shape(model["components"])[1] + 1)
+            return auto_cutoff((np.shape(model["components"])[1] + 1) * (1 if where is None
+                                                                         else 2))
 
         def fit(keep: np.ndarray, final: bool) -> dict[str, Any]:
             return self._fit_subset(gram, keep, final, rng, dev, dt, trim=trim)
 
         def score(model: dict[str, Any]) -> np.ndarray:
             self._set_fitted(model)
-            return self._trim_score(X)
+            return self._trim_score(X, where)
 
         min_keep = max(self.min_train_pixels, (self.n_components or 1) + 2)
         model, keep = trimmed_fit(X.shape[0], fit, score, robust=mask is None,
@@ -603,6 +679,46 @@ class PCADetector(PooledGaussian, BaseDetector):
         cautions.add(self, cautions.fit_cautions(self.method, self.n_train_, X.shape[1],
                                                  self.n_components_))
 
+    def _gather(self, si: SpectrumImage, mask: np.ndarray | None,
+                pixels: np.ndarray | None = None, fit: bool = True) -> np.ndarray:
+        """Transformed training spectra (n, D) float32, as the model sees them.
+
+        ``fit``: also set the per-pixel scale's fitted state (``scale_total_`` with
+        ``scale="sum"``, ``scale_direction_`` with ``"free"``) from them; with
+        ``"free"`` the rows then come back projected off the scale direction (else
+        as read: :meth:`_project` takes the scale off).
+        """
+        if fit:
+            self.scale_total_ = self.scale_direction_ = None
+        if self.scale == "sum":
+            raw = gather_training(si, mask, "none", 1.0, pixels=pixels)
+            if fit:
+                tot = raw.sum(axis=1, dtype=np.float64)
+                self.scale_total_ = float(max(np.median(tot), 1e-12))
+            X = self._transform(raw)
+        else:
+            X = gather_training(si, mask, self.transform, self.gain_, pixels=pixels)
+        if fit and self.scale == "free":
+            self.scale_direction_ = scale_direction(X.mean(axis=0, dtype=np.float64),
+                                                    self.transform)
+        if fit and self._fixed_dims:
+            mu = X.mean(axis=0, dtype=np.float64)
+            t = self.scale_direction_
+            c = (X @ t.astype(np.float32)) - np.float32(mu @ t)
+            X = X - np.outer(c, t).astype(np.float32)
+        return X
+
+    def _transform(self, x_counts: np.ndarray) -> np.ndarray:
+        """Counts (n, E) -> transformed rows: with ``scale="sum"`` each row is first scaled
+        to the training pixels' median total (``scale_total_``)."""
+        if self.scale == "sum" and getattr(self, "scale_total_", None) is not None:
+            x = np.asarray(x_counts, np.float32)
+            tot = x.sum(axis=1, dtype=np.float64, keepdims=True)
+            x = x * (self.scale_total_ / np.maximum(tot, 1e-12 * self.scale_total_)
+                     ).astype(np.float32)
+            return forward_transform(x, self.transform, self.gain_)
+        return forward_transform(x_counts, self.transform, self.gain_)
+
     # ------------------------------------------------------------------ scoring
     def _tensors(self) -> _Tensors:
         cache = getattr(self, "_cache", None)
@@ -611,40 +727,57 @@ class PCADetector(PooledGaussian, BaseDetector):
             cache = self._cache = _Tensors(self, dev, dt)
         return cache
 
-    def _terms(self, x: np.ndarray, t: _Tensors) -> tuple[Any, Any, Any]:
-        """``(xc, p, r)`` for transformed rows ``x`` (n, D): centred data, projections, residuals."""
+    def _terms(self, x: np.ndarray, t: _Tensors) -> tuple[Any, Any, Any, Any]:
+        """``(xc, p, r, c)`` for transformed rows ``x`` (n, D): centred data, projections,
+        residuals, and the scale coordinate ``c = t . (x - mu)`` (``scale="free"``; else
+        None), ``xc`` and ``r`` then taken off the scale direction."""
         import torch
 
         xc = torch.as_tensor(x, device=t.dev).to(t.dt) - t.mu
+        c = None
+        if t.tdir is not None:
+            c = xc @ t.tdir
+            xc = xc - c[:, None] * t.tdir
         p = xc @ t.U
         r = xc - p @ t.U.T
-        return xc, p, r
+        return xc, p, r, c
 
-    def _project(self, X: np.ndarray, counts: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def _project(self, X: np.ndarray, counts: bool = False, with_scale: bool = False
+                 ) -> tuple[np.ndarray, ...]:
         """``(p (n, q), r2 (n,))`` of transformed rows ``X`` (n, D), float64 numpy.
 
-        ``p = U^T (x - mu)``, ``r2 = ||x - mu||^2 - ||p||^2`` (``U`` orthonormal). On
-        the CPU in float64 by cache-sized chunks (:func:`_project_rows`);
-        elsewhere by the device's :meth:`_terms`. ``counts``: ``X`` holds counts,
-        transformed here.
+        ``p = U^T (x - mu)``, ``r2 = ||x - mu||^2 - ||p||^2`` (``U`` orthonormal), less
+        ``c^2`` with ``scale="free"`` (``c = t . (x - mu)`` the scale coordinate; ``U`` is
+        orthogonal to ``t``). On the CPU in float64 by cache-sized chunks
+        (:func:`_project_rows`); elsewhere by the device's :meth:`_terms`. ``counts``:
+        ``X`` holds counts, transformed here. ``with_scale``: ``c`` (n,) is returned
+        third (zeros without a free scale).
         """
         t = self._tensors()
-        if counts and t.dev.type != "cpu":
-            X = forward_transform(X, self.transform, self.gain_)
+        if counts and (t.dev.type != "cpu" or self.scale == "sum"):
+            X, counts = self._transform(X), False
         n, d = X.shape
         q = self.components_.shape[1]
         if t.dev.type != "cpu":
             step = max(1, BLOCK_VALUES // d)
-            ps, r2s = [], []
+            ps, r2s, cs = [], [], []
             for i in range(0, n, step):
-                _, p, r = self._terms(X[i:i + step], t)
+                _, p, r, c = self._terms(X[i:i + step], t)
                 ps.append(p.cpu().double().numpy())
                 r2s.append((r * r).sum(1).cpu().double().numpy())
-            return (np.concatenate(ps) if ps else np.zeros((0, q)),
-                    np.concatenate(r2s) if r2s else np.zeros(0))
-        p, sq = _project_rows(X, self.mean_, self.components_,
-                              self.transform if counts else None, self.gain_)
-        return p, np.maximum(sq - np.einsum("ij,ij->i", p, p), 0.0)
+                cs.append(np.zeros(p.shape[0]) if c is None else c.cpu().double().numpy())
+            p = np.concatenate(ps) if ps else np.zeros((0, q))
+            r2 = np.concatenate(r2s) if r2s else np.zeros(0)
+            return (p, r2, np.concatenate(cs) if cs else np.zeros(0)) if with_scale else (p, r2)
+        U = self.components_
+        if self._fixed_dims:
+            U = np.concatenate([U, self.scale_direction_[:, None]], axis=1)
+        p, sq = _project_rows(X, self.mean_, U, self.transform if counts else None, self.gain_)
+        c = np.zeros(n)
+        if self._fixed_dims:
+            p, c = p[:, :q], p[:, q]
+        r2 = np.maximum(sq - np.einsum("ij,ij->i", p, p) - c * c, 0.0)
+        return (p, r2, c) if with_scale else (p, r2)
 
     def _nll_from(self, p: Any, r: Any, t: _Tensors) -> tuple[Any, Any]:
         r2 = (r * r).sum(1)
@@ -666,14 +799,21 @@ class PCADetector(PooledGaussian, BaseDetector):
         self.explained_variance_ = lam
         self._cache = None
 
-    def _trim_score(self, X: np.ndarray) -> np.ndarray:
+    def _trim_score(self, X: np.ndarray, where: tuple[np.ndarray, tuple[int, int]] | None = None
+                    ) -> np.ndarray:
         """Outlyingness of transformed rows ``X`` (n, D) used to choose the pixels to trim.
 
         :func:`~._gaussian.outlyingness` of the principal coordinates (scale at
-        least ``sigma``) and of the residual ``||r||^2``.
+        least ``sigma``) and of the residual ``||r||^2``; with ``where`` (the rows'
+        flat pixel indices and the image shape) the larger of that and the rows'
+        neighbourhood outlyingness (:func:`~._gaussian.spatial_outlyingness`).
         """
         p, r2 = self._project(X)
-        return outlyingness(p, r2, math.sqrt(self.noise_variance_))
+        floor = math.sqrt(self.noise_variance_)
+        own = outlyingness(p, r2, floor)
+        if where is None:
+            return own
+        return np.maximum(own, spatial_outlyingness(p, r2, floor, where[0], where[1]))
 
     @one_blas_thread
     def _score(self, si: SpectrumImage, progress: ProgressCallback | None
@@ -696,9 +836,8 @@ class PCADetector(PooledGaussian, BaseDetector):
                 rerr[y0:y1] = r2.reshape(y1 - y0, nx)
                 latent[y0:y1] = (p * lscale).reshape(y1 - y0, nx, q)
             else:
-                x = forward_transform(block.reshape(-1, block.shape[-1]), self.transform,
-                                      self.gain_)
-                _, p, r = self._terms(x, t)
+                x = self._transform(block.reshape(-1, block.shape[-1]))
+                _, p, r, _ = self._terms(x, t)
                 b_nll, r2 = self._nll_from(p, r, t)
                 nll[y0:y1] = b_nll.cpu().double().numpy().reshape(y1 - y0, nx)
                 rerr[y0:y1] = r2.cpu().double().numpy().reshape(y1 - y0, nx)
@@ -727,10 +866,12 @@ class PCADetector(PooledGaussian, BaseDetector):
         import torch
 
         t = self._tensors()
-        x = forward_transform(x_counts, self.transform, self.gain_)
-        xc, p, _ = self._terms(x, t)
-        target = xc + t.mu
+        x = self._transform(x_counts)
+        _, p, _, c = self._terms(x, t)
+        target = torch.as_tensor(x, device=t.dev).to(t.dt)
         mean = (p * t.shrink) @ t.U.T + t.mu
+        if c is not None:  # the pixel's own scale, fitted on it
+            mean = mean + c[:, None] * t.tdir
         # one sigma for every pixel: a stride-0 view (the pooling stage pools 2-D variance maps)
         sigma = torch.full((1, 1), math.sqrt(t.s2), dtype=mean.dtype,
                            device=mean.device).expand_as(mean)
@@ -761,8 +902,11 @@ class PCADetector(PooledGaussian, BaseDetector):
         post = (self.components_ ** 2) @ ((lam - s2) / lam)
         return np.sqrt(s2 * (1.0 + post))
 
-    def _mean_y(self, p: Any, t: _Tensors) -> np.ndarray:
-        return ((p * t.shrink) @ t.U.T + t.mu).cpu().double().numpy()
+    def _mean_y(self, p: Any, t: _Tensors, c: Any = None) -> np.ndarray:
+        m = (p * t.shrink) @ t.U.T + t.mu
+        if c is not None:
+            m = m + c[:, None] * t.tdir
+        return m.cpu().double().numpy()
 
     def _reconstruct(self, si: SpectrumImage) -> tuple[np.ndarray, np.ndarray]:
         t = self._tensors()
@@ -772,9 +916,9 @@ class PCADetector(PooledGaussian, BaseDetector):
         mean = np.empty((ny, nx, d), np.float32)
         sigma = np.empty((ny, nx, d), np.float32)
         for y0, y1, block in iter_row_blocks(si):
-            x = forward_transform(block.reshape(-1, d), self.transform, self.gain_)
-            _, p, _ = self._terms(x, t)
-            my = self._mean_y(p, t)
+            x = self._transform(block.reshape(-1, d))
+            _, p, _, c = self._terms(x, t)
+            my = self._mean_y(p, t, c)
             mean[y0:y1] = inverse_transform(my, self.transform, self.gain_).reshape(y1 - y0, nx, d)
             sigma[y0:y1] = transform_sigma(my, sig_y, self.transform,
                                            self.gain_).reshape(y1 - y0, nx, d)
@@ -792,10 +936,9 @@ class PCADetector(PooledGaussian, BaseDetector):
         it is ``r_k^2`` (sums to the reconstruction error).
         """
         t = self._tensors()
-        x = forward_transform(np.asarray(si.data[iy, ix], np.float32)[None], self.transform,
-                              self.gain_)
-        xc, p, r = self._terms(x, t)
-        my = self._mean_y(p, t)[0]
+        x = self._transform(np.asarray(si.data[iy, ix], np.float32)[None])
+        xc, p, r, c = self._terms(x, t)
+        my = self._mean_y(p, t, c)[0]
         mean = np.asarray(inverse_transform(my, self.transform, self.gain_), np.float64)
         sigma = np.asarray(transform_sigma(my, self._sigma_y(), self.transform, self.gain_),
                            np.float64)
@@ -819,11 +962,15 @@ class PCADetector(PooledGaussian, BaseDetector):
                 "selection": self.selection_, "n_train": self.n_train_,
                 "n_trimmed": self.n_trimmed_, "gain": self.gain_,
                 "n_bulk": self.n_bulk_, "n_sampled": self.n_sampled_, "solver": self.solver_,
-                "pool_excess": self._excess_state()}
+                "pool_excess": self._excess_state(),
+                **({} if self.scale_total_ is None else {"scale_total": self.scale_total_})}
 
     def _get_arrays(self) -> dict[str, np.ndarray]:
-        return {"mean": self.mean_, "components": self.components_,
-                "explained_variance": self.explained_variance_}
+        arrays = {"mean": self.mean_, "components": self.components_,
+                  "explained_variance": self.explained_variance_}
+        if self.scale_direction_ is not None:
+            arrays["scale_direction"] = np.asarray(self.scale_direction_, np.float64)
+        return arrays
 
     def _set_state(self, state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         self._set_fitted({"mean": arrays["mean"], "components": arrays["components"],
@@ -838,3 +985,13 @@ class PCADetector(PooledGaussian, BaseDetector):
         self.solver_ = str(state.get("solver", "exact"))
         self.gain_ = float(state.get("gain", 1.0))  # files from before the gain: counts
         self._load_excess(state, self.mean_.size)
+        # files from before the per-pixel scale were fitted without one (their params lack
+        # it, so the detector has the current default: set it to what the file holds)
+        self.scale_total_ = (float(state["scale_total"]) if "scale_total" in state else None)
+        self.scale_direction_ = (np.asarray(arrays["scale_direction"], np.float64)
+                                 if "scale_direction" in arrays else None)
+        if self.scale_direction_ is None and self.scale == "free":
+            self.scale = "fixed"
+        if self.scale_total_ is None and self.scale == "sum":
+            self.scale = "fixed"
+        self._cache = None

@@ -111,7 +111,8 @@ def test_context_pca_free_scale_follows_a_rough_intensity():
     a = 1.0 + 0.1 * rng.standard_normal((ny, nx))
     data = rng.poisson(a[..., None] * _bulk_spectrum()[None, None]).astype(np.float32)
     si = SpectrumImage(data=data, energy=Axis(E.size, 0.5, 700.0, "eV", "Energy loss"))
-    fixed = get_detector("context-pca", neighbourhood=5, device="cpu").fit(si).score(si)
+    fixed = get_detector("context-pca", neighbourhood=5, scale="fixed", device="cpu").fit(si)
+    fixed = fixed.score(si)
     free = get_detector("context-pca", neighbourhood=5, scale="free", device="cpu").fit(si)
     assert fixed.mask.mean() > 0.05, fixed.mask.mean()
     assert free.score(si).mask.mean() <= 0.01
@@ -135,7 +136,7 @@ def test_save_load_round_trip(tmp_path, scale):
 def test_model_file_schema_of_the_scale(tmp_path):
     si, _, bulk = _ramp_image(1.5)
     free = get_detector("pca", scale="free", device="cpu").fit(si, bulk)
-    fixed = get_detector("pca", device="cpu").fit(si, bulk)
+    fixed = get_detector("pca", scale="fixed", device="cpu").fit(si, bulk)
     p_free, p_fixed = free.save(tmp_path / "free.h5"), fixed.save(tmp_path / "fixed.h5")
     with h5py.File(p_free, "r+") as f:  # a free-scale model without its direction
         del f["arrays"]["scale_direction"]

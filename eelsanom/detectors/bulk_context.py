@@ -140,7 +140,7 @@ class BulkContextDetector(ContextPCADetector):
                  threshold: Any = "robust", transform: str = "anscombe",
                  robust_fraction: float | str = "auto", robust_iter: int = 5,
                  validation_fraction: float = 0.2, pooling: float = 0.8, device: str = "auto",
-                 seed: int = 0, gain: float | str = "auto", scale: str = "fixed") -> None:
+                 seed: int = 0, gain: float | str = "auto", scale: str = "free") -> None:
         super().__init__(neighbourhood=neighbourhood, n_components=n_components,
                          score_kind="nll", max_components=max_components,
                          energy_range=energy_range, threshold=threshold, transform=transform,

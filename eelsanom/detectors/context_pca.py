@@ -184,7 +184,7 @@ class ContextPCADetector(PCADetector):
                  transform: str = "anscombe", robust_fraction: float | str = "auto",
                  robust_iter: int = 5, validation_fraction: float = 0.2, pooling: float = 0.8,
                  device: str = "auto", seed: int = 0, gain: float | str = "auto",
-                 code_variance: str = "noise", scale: str = "fixed") -> None:
+                 code_variance: str = "noise", scale: str = "free") -> None:
         super().__init__(n_components=n_components, score_kind=score_kind,
                          max_components=max_components, energy_range=energy_range,
                          threshold=threshold, transform=transform,

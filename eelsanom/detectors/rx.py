@@ -135,8 +135,9 @@ class RXDetector(PooledGaussian, BaseDetector):
         ``S``) and the Mahalanobis distance: a rare anomaly class inflates the
         variance of the directions it lies along, which hides it from the plain
         distance, but hardly their MAD. A pixel's outlyingness is the largest it
-        had under any fit so far (this stops the loop from cycling). With a mask
-        the masked pixels are used as given.
+        had under any fit so far (this stops the loop from cycling), and the larger
+        of its own and its neighbourhood's (as :class:`~.pca.PCADetector`). With a
+        mask the masked pixels are used as given.
 
     Reconstruction
         The mean is the bulk mean spectrum (the same for every pixel), mapped back to

@@ -501,8 +501,8 @@ class PCADetector(PooledGaussian, BaseDetector):
 
         return eigh
 
-    def _eig(self, gram: Gram | Sketch, keep: np.ndarray, k: int, final: bool = False
-             ) -> Spectrum:
+    @staticmethod
+    def _eig(gram: Gram | Sketch, keep: np.ndarray, k: int, final: bool = False) -> Spectrum:
         """Leading ``k`` eigenpairs of the covariance of ``gram.X[keep]`` (float64, CPU).
 
         On the smaller side of the data (:meth:`~._gaussian.Gram.eig`): the
@@ -511,26 +511,23 @@ class PCADetector(PooledGaussian, BaseDetector):
         a :class:`~._gaussian.Sketch` (both sides large) the randomized
         decomposition, refined on the rows themselves when ``final``.
         """
-        eig = gram.eig(keep, k, refine=final) if isinstance(gram, Sketch) else gram.eig(keep, k)
-        if self._fixed_dims:  # the projected-out scale direction is no noise dimension
-            from dataclasses import replace
-
-            eig = replace(eig, d=eig.d - self._fixed_dims)
-        return eig
+        if isinstance(gram, Sketch):
+            return gram.eig(keep, k, refine=final)
+        return gram.eig(keep, k)
 
     @property
     def _fixed_dims(self) -> int:
         """Dimensions of the transformed spectrum fitted per pixel (1 with ``scale="free"``)."""
         return 0 if getattr(self, "scale_direction_", None) is None else 1
 
-    @staticmethod
-    def _ppca_params(eig: Spectrum, q: int) -> tuple[np.ndarray, np.ndarray, float]:
+    def _ppca_params(self, eig: Spectrum, q: int) -> tuple[np.ndarray, np.ndarray, float]:
         """``(components (D, q), eigenvalues (q,), sigma^2)`` of the ML PPCA with ``q`` components.
 
         ``sigma^2`` is the mean of the ``D - q`` discarded eigenvalues, from the
-        trace: ``(tr S - sum_{i<q} lambda_i) / (D - q)``.
+        trace: ``(tr S - sum_{i<q} lambda_i) / (D - q)`` (``D - q - 1`` with a free
+        scale: the projected-out scale direction holds no noise).
         """
-        d = eig.d
+        d = eig.d - self._fixed_dims
         floor = 1e-10 * max(eig.total / d, 1e-30)
         s2 = max((eig.total - float(eig.evals[:q].sum())) / (d - q), floor)
         lam = np.maximum(eig.evals[:q], s2 * (1 + 1e-12))

@@ -3,6 +3,8 @@ trimming of training without a bulk region (issue 22, item 4)."""
 
 from __future__ import annotations
 
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -138,6 +140,16 @@ def test_model_file_schema_of_the_scale(tmp_path):
     free = get_detector("pca", scale="free", device="cpu").fit(si, bulk)
     fixed = get_detector("pca", scale="fixed", device="cpu").fit(si, bulk)
     p_free, p_fixed = free.save(tmp_path / "free.h5"), fixed.save(tmp_path / "fixed.h5")
+    # a file from before the option (no "scale" among its parameters) loads as it was fitted
+    old = tmp_path / "old.h5"
+    old.write_bytes(p_fixed.read_bytes())
+    with h5py.File(old, "r+") as f:
+        params = json.loads(f.attrs["params"])
+        del params["scale"]
+        f.attrs["params"] = json.dumps(params)
+    back = load_detector(old)
+    assert back.scale == "fixed"
+    np.testing.assert_array_equal(back.score(si).nll, fixed.score(si).nll)
     with h5py.File(p_free, "r+") as f:  # a free-scale model without its direction
         del f["arrays"]["scale_direction"]
     with pytest.raises(InputError, match="scale_direction"):

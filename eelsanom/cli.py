@@ -139,6 +139,7 @@ _DETECTOR_OPTIONS: dict[str, str] = {
     "epochs": "epochs", "latent_dim": "latent_dim", "patch": "patch_size", "context": "context",
     "beta": "beta", "lr": "lr", "n_seeds": "n_seeds", "nested_latent": "nested_prefixes",
     "extend_bulk": "extend_bulk",
+    "scale": "scale",
 }
 #: what the command line adds to a parameter's help (its own syntax)
 _CLI_NOTES: dict[str, str] = {

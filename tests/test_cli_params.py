@@ -11,7 +11,8 @@ from eelsanom.detectors.params import METHODS, detector_params
 GIVEN = ["--components", "3", "--pooling", "0.5", "--device", "cpu", "--seed", "7",
          "--epochs", "2", "--latent-dim", "4", "--patch", "8", "--context", "pixel",
          "--beta", "0.5", "--lr", "0.01", "--n-seeds", "2", "--nested-latent", "1,2",
-         "--extend-bulk", "off"]
+         "--extend-bulk", "off",
+         "--scale", "free"]
 
 
 def _help(capsys, command: str) -> str:
@@ -49,6 +50,8 @@ def test_options_reach_exactly_the_detectors_that_take_them(method):
     assert det.get_params()["seed"] == 7
     if "pooling" in takes:
         assert det.get_params()["pooling"] == 0.5
+    if "scale" in takes:  # the PPCA family's per-pixel scale
+        assert det.get_params()["scale"] == "free"
 
 
 @pytest.mark.parametrize("method", list(METHODS))

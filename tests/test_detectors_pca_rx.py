@@ -121,14 +121,17 @@ def test_robust_trimming_drops_the_anomalies():
     assert scoring.roc_auc(det.score(si).nll, truth) >= 0.95
 
 
-def test_reconstruction_score_kind(cube):
+@pytest.mark.parametrize("scale, rtol", [("fixed", 1e-8), ("free", 1e-6)])
+def test_reconstruction_score_kind(cube, scale, rtol):
     si, truth = cube
-    det = _det("pca", score_kind="reconstruction").fit(si, ~truth)
+    det = _det("pca", score_kind="reconstruction", scale=scale).fit(si, ~truth)
     res = det.score(si)
     np.testing.assert_allclose(res.nll, res.maps["reconstruction_error"])
     assert scoring.roc_auc(res.nll, truth) >= 0.95
     px = res.pixel(0, 0)
-    np.testing.assert_allclose(np.sum(px.channel_nll), res.nll[0, 0], rtol=1e-8)
+    # free: the residual is ||x - mu||^2 less the projections (the scale's the largest),
+    # summed by another route than the channels: a relative 1e-8 of cancellation
+    np.testing.assert_allclose(np.sum(px.channel_nll), res.nll[0, 0], rtol=rtol)
 
 
 # ----------------------------------------------------------------------------- PPCA maths
@@ -161,7 +164,8 @@ def test_ppca_nll_matches_dense_reference():
     data = (20.0 + rng.normal(size=(5, 8, 12)) @ np.diag(np.linspace(3, 0.5, 12))).astype(
         np.float32)
     si = SpectrumImage(data, Axis(12, 0.3, 680.0, "eV"))
-    det = _det("pca", n_components=2, transform="none").fit(si, np.ones((5, 8), bool))
+    det = _det("pca", n_components=2, transform="none", scale="fixed").fit(si,
+                                                                         np.ones((5, 8), bool))
     res = det.score(si)
     W = det.components_ * np.sqrt(det.explained_variance_ - det.noise_variance_)
     C = W @ W.T + det.noise_variance_ * np.eye(12)
@@ -177,7 +181,8 @@ def test_ppca_fit_is_the_maximum_likelihood_solution():
     from sklearn.decomposition import PCA
 
     si = _low_rank_cube(3, shape=(12, 12), d=30)
-    det = _det("pca", n_components=3, transform="none").fit(si, np.ones((12, 12), bool))
+    det = _det("pca", n_components=3, transform="none", scale="fixed").fit(
+        si, np.ones((12, 12), bool))
     X = si.data.reshape(-1, 30).astype(np.float64)
     n = X.shape[0]
     sk = PCA(n_components=3).fit(X)  # unbiased (n - 1) covariance
@@ -186,6 +191,41 @@ def test_ppca_fit_is_the_maximum_likelihood_solution():
     np.testing.assert_allclose(det.noise_variance_, sk.noise_variance_ * (n - 1) / n, rtol=1e-6)
     np.testing.assert_allclose(np.abs(det.components_.T @ sk.components_.T), np.eye(3),
                                atol=1e-6)
+
+
+def test_free_scale_nll_is_the_profile_likelihood():
+    """``scale="free"``: the NLL minimised over a per-pixel scale along ``t`` (the components
+    are orthogonal to it, so the minimiser is ``c = t . (x - mu)``), and the fit is the ML
+    PPCA of the spectra projected off ``t`` (noise from the ``D - q - 1`` other directions)."""
+    from sklearn.decomposition import PCA
+
+    si = _low_rank_cube(3, shape=(12, 12), d=30)
+    det = _det("pca", n_components=3, transform="none", scale="free").fit(
+        si, np.ones((12, 12), bool))
+    X = si.data.reshape(-1, 30).astype(np.float64)
+    t = det.scale_direction_
+    np.testing.assert_allclose(t, X.mean(0) / np.linalg.norm(X.mean(0)), rtol=1e-6)
+    P = X - np.outer((X - X.mean(0)) @ t, t)
+    n, q, d = X.shape[0], 3, 30
+    sk = PCA(n_components=q).fit(P)
+    np.testing.assert_allclose(det.explained_variance_, sk.explained_variance_ * (n - 1) / n,
+                               rtol=1e-5)
+    ev = np.linalg.eigvalsh(np.cov(P.T, bias=True))[::-1]
+    assert det.noise_variance_ == pytest.approx(ev[q:d - 1].mean(), rel=1e-5)
+    W = det.components_ * np.sqrt(det.explained_variance_ - det.noise_variance_)
+    C = W @ W.T + det.noise_variance_ * np.eye(d)
+    c = (X - det.mean_) @ t
+    ref = -multivariate_normal(det.mean_, C).logpdf(X - np.outer(c, t))
+    np.testing.assert_allclose(det.score(si).nll.ravel(), ref, rtol=1e-6)
+    # the scale is free: adding 30 % of the mean spectrum (t, without a transform) to a pixel
+    # changes nothing, where the fixed model scores it far out
+    data2 = np.asarray(si.data).copy()
+    data2[3, 4] += 0.3 * det.mean_.astype(np.float32)
+    si2 = SpectrumImage(data2, si.energy)
+    assert det.score(si2).nll[3, 4] == pytest.approx(det.score(si).nll[3, 4], rel=1e-5)
+    fixed = _det("pca", n_components=3, transform="none", scale="fixed").fit(
+        si, np.ones((12, 12), bool))
+    assert fixed.score(si2).nll[3, 4] > fixed.score(si).nll[3, 4] + 100
 
 
 def test_rx_nll_matches_dense_reference():

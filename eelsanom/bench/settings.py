@@ -12,6 +12,11 @@ DEFAULT_METHODS = ("cvae", "cvae-ctx", "pca", "context-pca", "bulk-context", "rx
 #: benchmark names that are a detector with other settings: name -> (method, params)
 ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
     "cvae-ctx": ("cvae", {"context": "blind-spot"}),  # the 3D-CVAE's blind-spot context mode
+    # the per-pixel scale settings of the PPCA family (eelsanom.detectors.pca, "Per-pixel
+    # scale"): "-sum" is the classical reference (unit-sum-normalised counts, as before a
+    # scikit-learn PCA) with everything else the detector's
+    **{f"{m}-{sc}": (m, {"scale": sc}) for m in ("pca", "context-pca", "bulk-context")
+       for sc in ("fixed", "free", "sum")},
 }
 # The bench's own choices (everything else is the detector's default, read from the
 # parameter table eelsanom.detectors.params, so the bench measures what users get):

@@ -44,6 +44,21 @@ def pca(m: ModelCheck) -> None:
     m.expect("explained_variance", (q,), positive=True)
     m.number("noise_variance", positive=True)
     _pool_excess(m)
+    _scale(m, D)
+
+
+def _scale(m: ModelCheck, D: int) -> None:
+    """The per-pixel scale's fitted state: ``scale="free"`` a unit direction (D,) (files from
+    before the option hold none and load as ``"fixed"``), ``"sum"`` a positive total."""
+    scale = m.params.get("scale", "fixed")
+    if scale not in ("fixed", "free", "sum"):
+        raise m.bad("scale: 'fixed', 'free' or 'sum'", _short(scale))
+    if "scale_direction" in m.shapes or scale == "free":
+        if scale != "free":
+            raise m.bad(f"no /arrays/scale_direction with scale={scale!r}", "one")
+        m.expect("scale_direction", (D,), limit=1.0 + 1e-6)
+    if scale == "sum":
+        m.number("scale_total", positive=True)
 
 
 def context_pca(m: ModelCheck) -> None:

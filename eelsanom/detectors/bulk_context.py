@@ -121,7 +121,7 @@ class BulkContextDetector(ContextPCADetector):
     pooling : float
         Evidence pooling sigma in pixels (default 0.8; 0: each pixel alone).
     n_components, max_components, energy_range, threshold, transform,
-    robust_fraction, robust_iter, validation_fraction, device, seed, gain
+    robust_fraction, robust_iter, validation_fraction, device, seed, gain, scale
         As :class:`~.pca.PCADetector`.
 
     extend_bulk : {"smooth", "off"}
@@ -154,13 +154,15 @@ class BulkContextDetector(ContextPCADetector):
                  threshold: Any = "robust", transform: str = "anscombe",
                  robust_fraction: float | str = "auto", robust_iter: int = 5,
                  validation_fraction: float = 0.2, pooling: float = 0.8, device: str = "auto",
-                 seed: int = 0, gain: float | str = "auto", extend_bulk: str = "smooth") -> None:
+                 seed: int = 0, gain: float | str = "auto", scale: str = "free",
+                 extend_bulk: str = "smooth") -> None:
         super().__init__(neighbourhood=neighbourhood, n_components=n_components,
                          score_kind="nll", max_components=max_components,
                          energy_range=energy_range, threshold=threshold, transform=transform,
                          robust_fraction=robust_fraction, robust_iter=robust_iter,
                          validation_fraction=validation_fraction, pooling=pooling,
-                         device=device, seed=seed, gain=gain, code_variance="bulk")
+                         device=device, seed=seed, gain=gain, code_variance="bulk",
+                         scale=scale)
         self.extend_bulk = extend_bulk
 
     validate_model_file = _schemas.validator(_schemas.bulk_context)  # the model-file schema

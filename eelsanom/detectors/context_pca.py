@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..pooling import excess_stats, pooling_from
-from ..preprocess import forward_transform, inverse_transform, transform_sigma
+from ..preprocess import inverse_transform, transform_sigma
 from ..progress import ProgressCallback, emit
 from ..spectrum import SpectrumImage
 from . import _schemas
@@ -159,7 +159,7 @@ class ContextPCADetector(PCADetector):
         Default 0.8: the context Gaussian scored through the shared pooling
         stage (0 scores each pixel alone).
     n_components, score_kind, max_components, energy_range, threshold, transform,
-    robust_fraction, robust_iter, validation_fraction, pooling, device, seed, gain
+    robust_fraction, robust_iter, validation_fraction, pooling, device, seed, gain, scale
         As :class:`~.pca.PCADetector` (``score_kind="reconstruction"`` scores the
         pixel by ``||x - mu - U m||^2``, the squared distance from the
         neighbourhood's prediction).
@@ -184,13 +184,13 @@ class ContextPCADetector(PCADetector):
                  transform: str = "anscombe", robust_fraction: float | str = "auto",
                  robust_iter: int = 5, validation_fraction: float = 0.2, pooling: float = 0.8,
                  device: str = "auto", seed: int = 0, gain: float | str = "auto",
-                 code_variance: str = "noise") -> None:
+                 code_variance: str = "noise", scale: str = "free") -> None:
         super().__init__(n_components=n_components, score_kind=score_kind,
                          max_components=max_components, energy_range=energy_range,
                          threshold=threshold, transform=transform,
                          robust_fraction=robust_fraction, robust_iter=robust_iter,
                          validation_fraction=validation_fraction, pooling=pooling,
-                         device=device, seed=seed, gain=gain)
+                         device=device, seed=seed, gain=gain, scale=scale)
         self.neighbourhood = neighbourhood
         self.code_variance = code_variance
 
@@ -247,9 +247,12 @@ class ContextPCADetector(PCADetector):
             inv = 1.0 / (s2 + (v[:1] - s2) @ u2t)[0]
         out = np.empty(idx.size)
         step = max(1, POOL_ROW_VALUES // max(1, x.shape[1]))
+        sd, cc = self._scale_term(c)
         for i in range(0, idx.size, step):
             j = idx[i:i + step]
             dev = x[j] - (self.mean_ + m[j] @ ut)
+            if sd is not None:  # the pixel's own scale (scale="free"), fitted on it
+                dev -= cc.ravel()[j][:, None] * sd
             dev *= dev
             if inv is not None:
                 dev *= inv
@@ -257,6 +260,14 @@ class ContextPCADetector(PCADetector):
                 dev /= s2 + (v[j] - s2) @ u2t
             out[i:i + step] = 0.5 * (dev.sum(-1) - dev.shape[1])
         return out
+
+    def _scale_term(self, c: dict[str, np.ndarray]
+                    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """``(direction (D,), coordinates (ny, nx))`` of the pixels' own fitted scale that
+        the neighbourhood's prediction adds (``scale="free"``), or ``(None, None)``."""
+        if not self._fixed_dims or "c" not in c:
+            return None, None
+        return np.asarray(self.scale_direction_, np.float64), np.asarray(c["c"], np.float64)
 
     def _learn_code_variance(self, si: SpectrumImage, mask: np.ndarray | None,
                              raw: dict[str, np.ndarray] | None = None) -> None:
@@ -311,10 +322,11 @@ class ContextPCADetector(PCADetector):
         q = self.n_components_
         if reuse is not None:
             x, p, r2 = reuse["x"].reshape(-1, d), reuse["p"], reuse["r2"]
+            sc = reuse["c"]
         else:
             data = read_block(si, slice(None), slice(None))
-            x = forward_transform(data.reshape(-1, d), self.transform, self.gain_)
-            p, r2 = self._project(x)
+            x = self._transform(data.reshape(-1, d))
+            p, r2, sc = self._project(x, with_scale=True)
             p = p.reshape(ny, nx, q)
             r2 = r2.reshape(ny, nx)
         fp = context_footprint(int(self.neighbourhood))
@@ -350,7 +362,8 @@ class ContextPCADetector(PCADetector):
             else:  # "noise": the neighbourhood predicts the code up to the noise
                 v[..., i] = s2 * (1.0 + math.pi / (2.0 * n))
             emit(progress, "score", i + 1, q)
-        return {"p": p, "m": m, "v": v, "r2": r2, "x": x.reshape(ny, nx, d)}
+        return {"p": p, "m": m, "v": v, "r2": r2, "x": x.reshape(ny, nx, d),
+                "c": sc.reshape(ny, nx)}
 
     @one_blas_thread
     def _score(self, si: SpectrumImage, progress: ProgressCallback | None
@@ -381,6 +394,8 @@ class ContextPCADetector(PCADetector):
         """``dev`` and diagonal ``var`` (ny, nx, D) of the neighbourhood's prediction."""
         s2 = float(self.noise_variance_)
         pred = self.mean_ + c["m"] @ self.components_.T
+        if self._fixed_dims:  # the pixel's own scale (scale="free"), fitted on it
+            pred = pred + c["c"][..., None] * self.scale_direction_
         var = s2 + (c["v"] - s2) @ (self.components_ ** 2).T
         return {"dev": c["x"] - pred, "var": var, "pred": pred}
 
@@ -409,11 +424,13 @@ class ContextPCADetector(PCADetector):
             sig_all = torch.as_tensor(np.sqrt(s2 + (v_flat[:1] - s2) @ u2t)[0], dtype=torch.float32)
 
         step = max(1, POOL_ROW_VALUES // max(1, d))
+        sd, cc = self._scale_term(c)
 
         def gauss(rows: slice, cols: slice):
             xt, mt = x[rows, cols], m[rows, cols]
             h, w = xt.shape[:2]
             xt, mt = xt.reshape(h * w, d), mt.reshape(h * w, q)
+            ct = None if sd is None else cc[rows, cols].reshape(h * w)
             # cache-sized runs of pixels written into one float32 array (channel-last, as
             # the pooling works): whole-tile float64 intermediates would run from memory
             dev = np.empty((h * w, d), np.float32)
@@ -424,6 +441,8 @@ class ContextPCADetector(PCADetector):
             for i in range(0, h * w, step):
                 j = min(h * w, i + step)
                 dev[i:j] = xt[i:j] - (self.mean_ + mt[i:j] @ ut)
+                if ct is not None:  # the pixel's own scale (scale="free"), fitted on it
+                    dev[i:j] -= ct[i:j, None] * sd
                 if sg is not None:
                     sg[i:j] = np.sqrt(s2 + (vt[i:j] - s2) @ u2t)
             target = torch.from_numpy(dev).T.reshape(d, h, w)

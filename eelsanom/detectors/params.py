@@ -102,6 +102,9 @@ _PCA: dict[str, tuple] = {
                        "largest number of components the automatic choice considers"),
     "validation_fraction": ("float", 0.0, 0.9, (), False,
                             "fraction of training pixels held out to choose the components"),
+    "scale": ("choice", None, None, ("fixed", "free", "sum"), False,
+              "each pixel's intensity (beam current, thickness): free = fitted per pixel, "
+              "not scored; sum = counts normalised to one total first; fixed = neither"),
 }
 
 #: Type, range and help of every parameter, per method (defaults come from the classes).

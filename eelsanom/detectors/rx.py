@@ -34,6 +34,7 @@ from ._gaussian import (
     outlyingness,
     robust_rule,
     sample_pixels,
+    spatial_outlyingness,
     training_gain,
     trimmed_fit,
 )
@@ -134,8 +135,9 @@ class RXDetector(PooledGaussian, BaseDetector):
         ``S``) and the Mahalanobis distance: a rare anomaly class inflates the
         variance of the directions it lies along, which hides it from the plain
         distance, but hardly their MAD. A pixel's outlyingness is the largest it
-        had under any fit so far (this stops the loop from cycling). With a mask
-        the masked pixels are used as given.
+        had under any fit so far (this stops the loop from cycling), and the larger
+        of its own and its neighbourhood's (as :class:`~.pca.PCADetector`). With a
+        mask the masked pixels are used as given.
 
     Reconstruction
         The mean is the bulk mean spectrum (the same for every pixel), mapped back to
@@ -339,16 +341,21 @@ class RXDetector(PooledGaussian, BaseDetector):
             self.gain_ = training_gain(si, drawn.reshape(ny, nx), self.gain, self.transform)
         X = gather_training(si, mask, self.transform, self.gain_, pixels=pixels)
         gram = Gram(X, numpy_gram, side=self._gram_side)
+        # without a mask the rows' neighbourhoods are scored too (their own image positions)
+        where = None
+        if mask is None:
+            where = (pixels if pixels is not None else np.arange(ny * nx), (ny, nx))
 
         def score(model: dict[str, Any]) -> np.ndarray:
             self._set_fitted(model)
-            return self._trim_score(X)
+            return self._trim_score(X, where)
 
         fraction, adaptive = robust_rule(self.robust_fraction)
         model, keep = trimmed_fit(X.shape[0], lambda keep, final: self._fit_subset(gram, keep),
                                   score, robust=mask is None,
                                   robust_fraction=fraction,
-                                  cutoff=(lambda m: auto_cutoff(X.shape[1] + 1)) if adaptive
+                                  cutoff=(lambda m: auto_cutoff((X.shape[1] + 1) * (
+                                      1 if where is None else 2))) if adaptive
                                   else None,
                                   robust_iter=int(self.robust_iter),
                                   min_keep=self.min_train_pixels, progress=progress)
@@ -386,12 +393,19 @@ class RXDetector(PooledGaussian, BaseDetector):
             m2 = m2 + self.iso_precision_ * rest
         return w, m2
 
-    def _trim_score(self, X: np.ndarray) -> np.ndarray:
-        """Outlyingness used to choose the pixels to trim (see the class docstring)."""
+    def _trim_score(self, X: np.ndarray, where: tuple[np.ndarray, tuple[int, int]] | None = None
+                    ) -> np.ndarray:
+        """Outlyingness used to choose the pixels to trim (see the class docstring); with
+        ``where`` (the rows' flat pixel indices and the image shape) the larger of that and
+        the rows' neighbourhood outlyingness (:func:`~._gaussian.spatial_outlyingness`)."""
         step = max(1, BLOCK_VALUES // X.shape[1])
         parts = [self._maha2_block(X[i:i + step]) for i in range(0, X.shape[0], step)]
         w = np.concatenate([p[0] for p in parts])
-        return outlyingness(w, np.concatenate([p[1] for p in parts]), 0.1)
+        m2 = np.concatenate([p[1] for p in parts])
+        own = outlyingness(w, m2, 0.1)
+        if where is None:
+            return own
+        return np.maximum(own, spatial_outlyingness(w, m2, 0.1, where[0], where[1]))
 
     # ------------------------------------------------------------------ scoring
     def _maha2_rows(self, X: np.ndarray) -> np.ndarray:

@@ -267,8 +267,13 @@ def fit_streaming(detector: Any, si: Any, train_mask: Any = None, *,
     train = SpectrumImage(X[None], energy=sic.energy, y=Axis(1, 1.0, 0.0, "px", "y"),
                           x=Axis(sel.size, 1.0, 0.0, "px", "pixel"), title=si.title,
                           source=si.source)
-    return detector.fit(train, None if mask is None else np.ones((1, sel.size), bool),
-                        progress=progress)
+    if mask is None:  # robust training scores each row's image neighbourhood too
+        detector._train_positions = (sel, (ny, nx))
+    try:
+        return detector.fit(train, None if mask is None else np.ones((1, sel.size), bool),
+                            progress=progress)
+    finally:
+        detector.__dict__.pop("_train_positions", None)
 
 
 # ----------------------------------------------------------------------------- writing

@@ -583,6 +583,25 @@ def outlyingness(coords: np.ndarray, total: np.ndarray, coord_floor: float) -> n
 SMOOTH_Z_FLOOR = 0.1
 
 
+def training_where(det: Any, pixels: np.ndarray | None, nav_shape: tuple[int, int]
+                   ) -> tuple[np.ndarray, tuple[int, int]]:
+    """The image places of training rows, for :func:`spatial_outlyingness`: ``(flat pixel
+    indices, image shape)``.
+
+    ``pixels``: the rows' flat indices in the fitted image (None: every pixel). A
+    streamed fit (:func:`eelsanom.stream.fit_streaming`) hands the detector its
+    training pixels as a 1 x n image and sets ``det._train_positions`` to their places
+    in the real image (flat indices, shape), so their neighbourhoods are the image's,
+    as in the eager fit.
+    """
+    ny, nx = nav_shape
+    idx = np.asarray(pixels) if pixels is not None else np.arange(ny * nx)
+    pos = getattr(det, "_train_positions", None)
+    if pos is not None and np.size(pos[0]) == ny * nx:
+        return np.asarray(pos[0])[idx], tuple(pos[1])
+    return idx, (ny, nx)
+
+
 def spatial_outlyingness(coords: np.ndarray, total: np.ndarray, coord_floor: float,
                          pixels: np.ndarray, nav_shape: tuple[int, int]) -> np.ndarray:
     """:func:`outlyingness` of each row's neighbourhood: what a region of anomalies shows.

@@ -49,6 +49,7 @@ from ._gaussian import (
     tail_scale,
     top_eigh,
     training_gain,
+    training_where,
     trimmed_fit,
 )
 from ._ppca_rows import SCALES, _project_rows, _resolve_device, _Tensors, scale_direction
@@ -533,7 +534,7 @@ class PCADetector(PooledGaussian, BaseDetector):
         # without a mask the rows' neighbourhoods are scored too (their own image positions)
         where = None
         if mask is None:
-            where = (pixels if pixels is not None else np.arange(ny * nx), (ny, nx))
+            where = training_where(self, pixels, (ny, nx))
 
         def cutoff(model: dict[str, Any]) -> float:  # the q principal coordinates + the residual
             return auto_cutoff((np.shape(model["components"])[1] + 1) * (1 if where is None

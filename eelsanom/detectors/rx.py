@@ -36,6 +36,7 @@ from ._gaussian import (
     sample_pixels,
     spatial_outlyingness,
     training_gain,
+    training_where,
     trimmed_fit,
 )
 from .base import BaseDetector
@@ -344,7 +345,7 @@ class RXDetector(PooledGaussian, BaseDetector):
         # without a mask the rows' neighbourhoods are scored too (their own image positions)
         where = None
         if mask is None:
-            where = (pixels if pixels is not None else np.arange(ny * nx), (ny, nx))
+            where = training_where(self, pixels, (ny, nx))
 
         def score(model: dict[str, Any]) -> np.ndarray:
             self._set_fitted(model)

@@ -58,15 +58,8 @@ def cpu_work() -> Iterator[int]:
     int
         The thread count used.
     """
-    import torch
-
-    old = torch.get_num_threads()
-    n = cpu_threads()
-    torch.set_num_threads(n)
-    try:
+    with intra_op_threads(cpu_threads()) as n:
         yield n
-    finally:
-        torch.set_num_threads(old)
 
 
 @contextlib.contextmanager

@@ -656,6 +656,17 @@ def spatial_outlyingness(coords: np.ndarray, total: np.ndarray, coord_floor: flo
     return np.maximum(np.abs(zs[:, :k]).max(axis=1) if k else -np.inf, zs[:, k])
 
 
+def trim_outlyingness(coords: np.ndarray, total: np.ndarray, coord_floor: float,
+                      where: tuple[np.ndarray, tuple[int, int]] | None) -> np.ndarray:
+    """The outlyingness robust training trims by: :func:`outlyingness` of each row, and
+    with ``where`` (:func:`training_where`: the rows' places in the image) the larger of
+    that and the row's neighbourhood's (:func:`spatial_outlyingness`)."""
+    own = outlyingness(coords, total, coord_floor)
+    if where is None:
+        return own
+    return np.maximum(own, spatial_outlyingness(coords, total, coord_floor, where[0], where[1]))
+
+
 def tail_scale(z: np.ndarray, quantile: float = 0.9) -> np.ndarray:
     """Robust standard deviation per column from the ``quantile`` of absolute deviations.
 

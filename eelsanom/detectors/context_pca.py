@@ -240,34 +240,43 @@ class ContextPCADetector(PCADetector):
         m = c["m"].reshape(-1, c["m"].shape[-1])
         v = c["v"].reshape(-1, c["v"].shape[-1])
         idx = np.arange(x.shape[0]) if sel is None else np.flatnonzero(sel.ravel())
-        s2 = float(self.noise_variance_)
-        ut, u2t = self.components_.T, (self.components_ ** 2).T
-        inv = None
-        if v.shape[0] and bool(np.all(v == v[:1])):
-            inv = 1.0 / (s2 + (v[:1] - s2) @ u2t)[0]
+        shared = self._shared_variance(v)
+        inv = None if shared is None else 1.0 / shared
+        cc = c["c"].reshape(-1) if "c" in c else None
         out = np.empty(idx.size)
         step = max(1, POOL_ROW_VALUES // max(1, x.shape[1]))
-        sd, cc = self._scale_term(c)
         for i in range(0, idx.size, step):
             j = idx[i:i + step]
-            dev = x[j] - (self.mean_ + m[j] @ ut)
-            if sd is not None:  # the pixel's own scale (scale="free"), fitted on it
-                dev -= cc.ravel()[j][:, None] * sd
+            dev = x[j] - self._prediction(m[j], None if cc is None else cc[j])
             dev *= dev
             if inv is not None:
                 dev *= inv
             else:
-                dev /= s2 + (v[j] - s2) @ u2t
+                dev /= self._pred_variance(v[j])
             out[i:i + step] = 0.5 * (dev.sum(-1) - dev.shape[1])
         return out
 
-    def _scale_term(self, c: dict[str, np.ndarray]
-                    ) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """``(direction (D,), coordinates (ny, nx))`` of the pixels' own fitted scale that
-        the neighbourhood's prediction adds (``scale="free"``), or ``(None, None)``."""
-        if not self._fixed_dims or "c" not in c:
-            return None, None
-        return np.asarray(self.scale_direction_, np.float64), np.asarray(c["c"], np.float64)
+    def _prediction(self, m: np.ndarray, c: np.ndarray | None) -> np.ndarray:
+        """The neighbourhood's prediction ``mu + U m`` (..., D) from codes ``m`` (..., q),
+        plus the pixel's own fitted scale ``c`` (...) along the scale direction
+        (``scale="free"``; ``c`` None otherwise)."""
+        pred = self.mean_ + m @ self.components_.T
+        if self._fixed_dims and c is not None:  # the pixel's own scale, fitted on it
+            pred = pred + np.asarray(c, np.float64)[..., None] * self.scale_direction_
+        return pred
+
+    def _pred_variance(self, v: np.ndarray) -> np.ndarray:
+        """Diagonal predictive variance (..., D) of code variances ``v`` (..., q)."""
+        s2 = float(self.noise_variance_)
+        return s2 + (v - s2) @ (self.components_ ** 2).T
+
+    def _shared_variance(self, v: np.ndarray) -> np.ndarray | None:
+        """The predictive variance (D,) when every pixel's code variances ``v`` (..., q) are the
+        same (learnt or noise-level), else None."""
+        flat = v.reshape(-1, v.shape[-1])
+        if flat.shape[0] and bool(np.all(flat == flat[:1])):
+            return self._pred_variance(flat[:1])[0]
+        return None
 
     def _learn_code_variance(self, si: SpectrumImage, mask: np.ndarray | None,
                              raw: dict[str, np.ndarray] | None = None) -> None:
@@ -392,12 +401,8 @@ class ContextPCADetector(PCADetector):
 
     def _gaussian(self, c: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``dev`` and diagonal ``var`` (ny, nx, D) of the neighbourhood's prediction."""
-        s2 = float(self.noise_variance_)
-        pred = self.mean_ + c["m"] @ self.components_.T
-        if self._fixed_dims:  # the pixel's own scale (scale="free"), fitted on it
-            pred = pred + c["c"][..., None] * self.scale_direction_
-        var = s2 + (c["v"] - s2) @ (self.components_ ** 2).T
-        return {"dev": c["x"] - pred, "var": var, "pred": pred}
+        pred = self._prediction(c["m"], c.get("c"))
+        return {"dev": c["x"] - pred, "var": self._pred_variance(c["v"]), "pred": pred}
 
     def _pooled_context(self, c: dict[str, np.ndarray], pool: Any, **kw: Any
                         ) -> dict[str, np.ndarray]:
@@ -417,20 +422,17 @@ class ContextPCADetector(PCADetector):
         ny, nx, d = x.shape
         q = m.shape[-1]
         s2 = float(self.noise_variance_)
-        ut, u2t = self.components_.T, (self.components_ ** 2).T
-        v_flat = v.reshape(-1, q)
-        sig_all = None
-        if v_flat.shape[0] and bool(np.all(v_flat == v_flat[:1])):
-            sig_all = torch.as_tensor(np.sqrt(s2 + (v_flat[:1] - s2) @ u2t)[0], dtype=torch.float32)
-
+        shared = self._shared_variance(v)
+        sig_all = (None if shared is None
+                   else torch.as_tensor(np.sqrt(shared), dtype=torch.float32))
         step = max(1, POOL_ROW_VALUES // max(1, d))
-        sd, cc = self._scale_term(c)
+        cc = c.get("c")
 
         def gauss(rows: slice, cols: slice):
             xt, mt = x[rows, cols], m[rows, cols]
             h, w = xt.shape[:2]
             xt, mt = xt.reshape(h * w, d), mt.reshape(h * w, q)
-            ct = None if sd is None else cc[rows, cols].reshape(h * w)
+            ct = None if cc is None else cc[rows, cols].reshape(h * w)
             # cache-sized runs of pixels written into one float32 array (channel-last, as
             # the pooling works): whole-tile float64 intermediates would run from memory
             dev = np.empty((h * w, d), np.float32)
@@ -440,11 +442,9 @@ class ContextPCADetector(PCADetector):
                 vt = v[rows, cols].reshape(h * w, q)
             for i in range(0, h * w, step):
                 j = min(h * w, i + step)
-                dev[i:j] = xt[i:j] - (self.mean_ + mt[i:j] @ ut)
-                if ct is not None:  # the pixel's own scale (scale="free"), fitted on it
-                    dev[i:j] -= ct[i:j, None] * sd
+                dev[i:j] = xt[i:j] - self._prediction(mt[i:j], None if ct is None else ct[i:j])
                 if sg is not None:
-                    sg[i:j] = np.sqrt(s2 + (vt[i:j] - s2) @ u2t)
+                    sg[i:j] = np.sqrt(self._pred_variance(vt[i:j]))
             target = torch.from_numpy(dev).T.reshape(d, h, w)
             mean = torch.zeros((1, 1, 1), dtype=torch.float32).expand(d, h, w)
             sig = (sig_all[:, None, None].expand(d, h, w) if sg is None

@@ -42,14 +42,13 @@ from ._gaussian import (
     iter_row_blocks,
     numpy_gram,
     one_blas_thread,
-    outlyingness,
     robust_rule,
     sample_pixels,
-    spatial_outlyingness,
     tail_scale,
     top_eigh,
     training_gain,
     training_where,
+    trim_outlyingness,
     trimmed_fit,
 )
 from ._ppca_rows import SCALES, _project_rows, _resolve_device, _Tensors, scale_direction
@@ -699,10 +698,7 @@ class PCADetector(PooledGaussian, BaseDetector):
         """
         p, r2 = self._project(X)
         floor = math.sqrt(self.noise_variance_)
-        own = outlyingness(p, r2, floor)
-        if where is None:
-            return own
-        return np.maximum(own, spatial_outlyingness(p, r2, floor, where[0], where[1]))
+        return trim_outlyingness(p, r2, floor, where)
 
     @one_blas_thread
     def _score(self, si: SpectrumImage, progress: ProgressCallback | None

@@ -31,12 +31,11 @@ from ._gaussian import (
     gather_training,
     iter_row_blocks,
     numpy_gram,
-    outlyingness,
     robust_rule,
     sample_pixels,
-    spatial_outlyingness,
     training_gain,
     training_where,
+    trim_outlyingness,
     trimmed_fit,
 )
 from .base import BaseDetector
@@ -402,11 +401,7 @@ class RXDetector(PooledGaussian, BaseDetector):
         step = max(1, BLOCK_VALUES // X.shape[1])
         parts = [self._maha2_block(X[i:i + step]) for i in range(0, X.shape[0], step)]
         w = np.concatenate([p[0] for p in parts])
-        m2 = np.concatenate([p[1] for p in parts])
-        own = outlyingness(w, m2, 0.1)
-        if where is None:
-            return own
-        return np.maximum(own, spatial_outlyingness(w, m2, 0.1, where[0], where[1]))
+        return trim_outlyingness(w, np.concatenate([p[1] for p in parts]), 0.1, where)
 
     # ------------------------------------------------------------------ scoring
     def _maha2_rows(self, X: np.ndarray) -> np.ndarray:

@@ -187,7 +187,6 @@ class BulkContextDetector(ContextPCADetector):
     def _fit(self, si: SpectrumImage, mask: np.ndarray | None,
              progress: ProgressCallback | None) -> None:
         self.extended_pixels_ = 0
-        self.growth_info_ = None
         super()._fit(si, mask, progress)
         if mask is not None and self.extend_bulk == "smooth":
             grown = self._grown_region(mask)
@@ -201,13 +200,9 @@ class BulkContextDetector(ContextPCADetector):
         from the fit's own maps of the fitted pooling; None when no part qualifies."""
         from ._bulk_growth import grow_bulk
 
-        fitted = getattr(self, "_fitted_maps", None)
-        if fitted is None:
-            return None
-        g, loc = fitted[1]
+        g, loc = self._fitted_maps[1]  # the fit always keeps its fitted pooling's maps
         zg, zl = self._z(g, loc, pooling_from(self.pooling))
         grown, info = grow_bulk(zg, zl, np.asarray(mask, bool))
-        self.growth_info_ = info
         return grown if info["added"] > 0 else None
 
     def _fit_context(self, si: SpectrumImage, mask: np.ndarray | None) -> dict[str, np.ndarray]:

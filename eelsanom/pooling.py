@@ -55,6 +55,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._pool_sums import (  # noqa: F401 (tests reach the internals through this module)
+    _CHUNK,
+    _PANEL,
+    _apply,
+    _Axis,
+    _groups,
+    _last,
+    _neighbourhood_z2,
+    _Stat,
+    _sub,
+)
 from .errors import InputError
 
 if TYPE_CHECKING:  # torch is imported where it is used: importing the PCA / RX detectors
@@ -63,7 +74,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: importing the PCA / RX 
     GaussianFn = Callable[[slice, slice], tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                 torch.Tensor | None]]
 
-__all__ = ["Pooling", "pooling_from", "neighbourhood_kernel", "outlier_level", "expected_nll",
+__all__ = ["Pooling", "Variant", "pooling_from", "neighbourhood_kernel", "outlier_level", "expected_nll",
            "pool_region", "pool_image", "gaussian_block", "excess_stats", "tiles", "LOG_2PI"]
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -264,234 +275,57 @@ def excess_stats(own: np.ndarray, expected: np.ndarray, n_energy: int) -> tuple[
     return med, max(sd, 0.25 * math.sqrt(0.5 * n_energy))
 
 
-#: channel x source-pixel values one chunk of the pooled statistic holds (fits a CPU cache)
-_CHUNK = 1 << 20
-#: output rows (columns) per panel of a banded weight matrix: a panel reads only its band
-_PANEL = 32
+@dataclass
+class Variant:
+    """A second Gaussian pooled in the same pass as :func:`pool_region`'s own.
 
+    Its deviations are the first model's plus a low-rank term, ``d' = d + B delta``
+    (``B`` (E, q) a basis of channel directions, ``delta`` (q, hs, ws) per-pixel
+    coefficients), and every pixel shares its standard deviations ``sigma`` (E,).
+    The neighbourhood sums are linear, so the pooled ``d'`` is the pooled ``d``
+    plus ``B`` times the pooled ``delta``: the channel-by-channel products, the
+    pooling's main cost, are done once for both models. Bulk + context PCA pools
+    its global (the PPCA decoder's mean) and local (the neighbourhood's
+    prediction) evidence so: the two means differ only in the subspace's codes.
 
-class _Axis:
-    """One axis' weights ``m (out, src)`` as a tensor, split into panels that skip the zeros."""
-
-    def __init__(self, m: np.ndarray, device: Any, dtype: Any) -> None:
-        import torch
-
-        self.m = m
-        self.t = torch.as_tensor(m, device=device, dtype=dtype)
-        nz = m != 0
-        self.bands: list[tuple[int, int, int, int]] = []
-        for o0 in range(0, m.shape[0], _PANEL):
-            o1 = min(m.shape[0], o0 + _PANEL)
-            cols = np.flatnonzero(nz[o0:o1].any(0))
-            if cols.size:
-                self.bands.append((o0, o1, int(cols[0]), int(cols[-1]) + 1))
-        #: every output row is written by a panel (no zero fill needed)
-        self.covers = sum(o1 - o0 for o0, o1, _, _ in self.bands) == m.shape[0]
-
-    def sub(self, s0: int, s1: int) -> _Axis:
-        """The weights of sources ``s0:s1`` only."""
-        return _Axis(self.m[:, s0:s1], self.t.device, self.t.dtype)
-
-    def full(self) -> bool:
-        return len(self.bands) == 1 and self.bands[0] == (0, self.m.shape[0], 0, self.m.shape[1])
-
-    def along_rows(self, x: torch.Tensor) -> torch.Tensor:
-        """``m`` over the first axis: ``(src, w, C) -> (out, w, C)``, one product per panel."""
-        import torch
-
-        flat = x.reshape(x.shape[0], -1)
-        if self.full():
-            return torch.matmul(self.t, flat).view((self.m.shape[0],) + x.shape[1:])
-        shape = (self.m.shape[0], flat.shape[1])
-        out = x.new_empty(shape) if self.covers else x.new_zeros(shape)
-        for o0, o1, s0, s1 in self.bands:
-            torch.matmul(self.t[o0:o1, s0:s1], flat[s0:s1], out=out[o0:o1])
-        return out.view((self.m.shape[0],) + x.shape[1:])
-
-    def along_cols(self, x: torch.Tensor) -> torch.Tensor:
-        """``m`` over the second axis: ``(h, src, C) -> (h, out, C)``."""
-        import torch
-
-        if self.full():
-            return torch.matmul(self.t, x)
-        shape = (x.shape[0], self.m.shape[0], x.shape[2])
-        out = x.new_empty(shape) if self.covers else x.new_zeros(shape)
-        for o0, o1, s0, s1 in self.bands:
-            out[:, o0:o1] = torch.matmul(self.t[o0:o1, s0:s1], x[:, s0:s1])
-        return out
-
-
-#: a linear pooling: terms ``(coefficient, rows axis, columns axis)``
-_Lin = list[tuple[float, _Axis, _Axis]]
-
-
-def _apply(x: torch.Tensor, lin: _Lin) -> torch.Tensor:
-    """``sum_k c_k Y_k x X_k^T`` over the image axes of ``x (hs, ws, C) -> (th, tw, C)``."""
-    out = None
-    for c, ay, ax in lin:
-        r = ax.along_cols(ay.along_rows(x))
-        out = r.mul_(c) if out is None else out.add_(r, alpha=c)
-    assert out is not None
-    return out
-
-
-def _span(ms: list[np.ndarray]) -> tuple[int, int]:
-    """Outputs ``[o0, o1)`` any of the weight matrices ``ms`` (sources already cut) reach."""
-    rows = np.flatnonzero(np.any([m != 0 for m in ms], axis=(0, 2)))
-    return (int(rows[0]), int(rows[-1]) + 1) if rows.size else (0, 0)
-
-
-def _sub(lin: _Lin, box: tuple[int, int, int, int]
-         ) -> tuple[_Lin, tuple[int, int, int, int]]:
-    """``lin`` reading only the sources ``box = (r0, r1, c0, c1)`` and writing only the
-    outputs they reach; returns it and that output box ``(o_r0, o_r1, o_c0, o_c1)``."""
-    r0, r1, c0, c1 = box
-    oy = _span([ay.m[:, r0:r1] for _, ay, _ in lin])
-    ox = _span([ax.m[:, c0:c1] for _, _, ax in lin])
-    sub = [(c, _Axis(ay.m[oy[0]:oy[1], r0:r1], ay.t.device, ay.t.dtype),
-            _Axis(ax.m[ox[0]:ox[1], c0:c1], ax.t.device, ax.t.dtype)) for c, ay, ax in lin]
-    return sub, (oy[0], oy[1], ox[0], ox[1])
-
-
-def _groups(mask: np.ndarray) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
-    """The groups of ``mask``'s pixels (pixels within 4 of each other share one): each
-    group's bounding box and its pixels within it. The spill correction works group by
-    group, not on one box around all (every pixel is in exactly one group)."""
-    from scipy import ndimage
-
-    if not mask.any():
-        return []
-    labels, _ = ndimage.label(ndimage.binary_dilation(mask, iterations=2))
-    labels = np.where(mask, labels, 0)
-    out = []
-    for lab, sl in enumerate(ndimage.find_objects(labels), start=1):
-        if sl is None:
-            continue
-        own = labels[sl] == lab
-        rows, cols = np.flatnonzero(own.any(1)), np.flatnonzero(own.any(0))
-        box = (sl[0].start + int(rows[0]), sl[0].start + int(rows[-1]) + 1,
-               sl[1].start + int(cols[0]), sl[1].start + int(cols[-1]) + 1)
-        out.append((box, labels[box[0]:box[1], box[2]:box[3]] == lab))
-    return out
-
-
-def _last(x: torch.Tensor) -> torch.Tensor:
-    """``(C, h, w) -> (h, w, C)``, contiguous (the pooling's working layout)."""
-    return x.permute(1, 2, 0).contiguous()
-
-
-class _Stat:
-    """The pooled statistic's linear maps over one block (see :func:`_neighbourhood_z2`)."""
-
-    def __init__(self, ay: np.ndarray, ax: np.ndarray, by: np.ndarray | None,
-                 bx: np.ndarray | None, device: Any, dtype: Any) -> None:
-        import torch
-
-        def lin(pairs: list[tuple[float, np.ndarray, np.ndarray]], dt: Any) -> _Lin:
-            return [(c, _Axis(my, device, dt), _Axis(mx, device, dt)) for c, my, mx in pairs]
-
-        d = [(1.0, ay, ax)] + ([(-1.0, by, bx)] if by is not None else [])
-        v = [(1.0, ay ** 2, ax ** 2)]
-        if by is not None:
-            v += [(-2.0, ay * by, ax * bx), (1.0, by ** 2, bx ** 2)]
-        self.d, self.v = lin(d, dtype), lin(v, dtype)
-        self.d64, self.v64 = lin(d, torch.float64), lin(v, torch.float64)
-        self.a64 = lin([(1.0, ay, ax)], torch.float64)
-
-
-def _neighbourhood_z2(dev: Callable[[int, int], tuple[torch.Tensor, torch.Tensor | None,
-                                                      torch.Tensor | None]],
-                      n_ch: int, shape: tuple[int, int], stat: _Stat, keeps: list[np.ndarray | None],
-                      uniform: tuple[torch.Tensor, torch.Tensor] | None,
-                      want: tuple[int, int] | None) -> tuple[list[torch.Tensor],
-                                                             list[torch.Tensor | None]]:
-    """Sum over channels of the squared neighbourhood statistic ``z`` for each keep mask.
-
-    ``dev(c0, c1)`` gives channels ``c0:c1`` of the deviations ``(hs, ws, C)`` and
-    (unless ``uniform``) their incoherent variance ``min(v, noise2)`` and coherent
-    sd ``sqrt(max(v - noise2, 0))``; ``uniform = (v_inc, s_coh)`` ``(E,)`` when
-    every pixel shares them. ``keeps``: source masks (``None``: every pixel).
-    The statistic of a mask is that of every pixel minus that of the dropped
-    pixels (linear in the sources), the latter group by group of dropped pixels,
-    each over the outputs it reaches only.
-    Returns per mask the ``(th, tw)`` map (float64) and, for the pixel ``want``
-    (output coordinates), its per-channel ``z^2``.
+    Attributes
+    ----------
+    basis : Tensor of shape (E, q)
+    delta : Tensor of shape (q, hs, ws)
+    sigma : Tensor of shape (E,)
+    penalty : Tensor of shape (hs, ws) or None
+    excess : (float, float) or None
+    own : Tensor of shape (hs, ws) or None
+        As :func:`pool_region`'s, for this model.
     """
-    import torch
 
-    hs, ws = shape
-    # per mask: the dropped pixels' groups, each with the maps restricted to it
-    drops = []
-    th, tw = stat.d[0][1].m.shape[0], stat.d[0][2].m.shape[0]
-    for k in keeps:
-        parts = [] if k is None else _groups(~k)
-        if parts:
-            subs = [_sub(stat.d, box) for box, _ in parts]
-            area = sum((o[1] - o[0]) * (o[3] - o[2]) for _, o in subs)
-            if area > th * tw // 2:  # many scattered groups: one box around them all is cheaper
-                ys, xs = np.nonzero(~k)
-                box = (int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1)
-                parts = [(box, ~k[box[0]:box[1], box[2]:box[3]])]
-                subs = [_sub(stat.d, box)]
-        groups = []
-        for (box, own), (sub_d, out_box) in zip(parts, subs if parts else []):
-            groups.append((box, out_box, sub_d, _sub(stat.v, box)[0], own))
-        drops.append(groups)
-    var2d: list[tuple[torch.Tensor, torch.Tensor]] = []
-    if uniform is not None:  # the variance maps are 2-D: pooled keep masks times v_inc, s_coh
-        dev0 = uniform[0]
-        for k in keeps:
-            w = (torch.ones((hs, ws, 1), dtype=torch.float64, device=dev0.device) if k is None
-                 else torch.as_tensor(k[..., None], device=dev0.device).to(torch.float64))
-            var2d.append((_apply(w, stat.v64), _apply(w, stat.d64)))
-    z2 = [None] * len(keeps)
-    z2w: list[Any] = [[] for _ in keeps]
-    chunk = max(1, _CHUNK // max(1, hs * ws))
-    for c0 in range(0, n_ch, chunk):
-        c1 = min(n_ch, c0 + chunk)
-        d_c, vi_c, sc_c = dev(c0, c1)
-        d_all = _apply(d_c, stat.d)
-        if uniform is None:
-            v_all, s_all = _apply(vi_c, stat.v), _apply(sc_c, stat.d)
-        for i in range(len(keeps)):
-            d_k = d_all
-            if uniform is None:
-                v_k, s_k = v_all, s_all
-            if drops[i]:
-                d_k = d_all.clone()
-                if uniform is None:
-                    v_k, s_k = v_all.clone(), s_all.clone()
-            for (r0, r1, q0, q1), (o0, o1, p0, p1), sub_d, sub_v, own in drops[i]:
-                if o1 <= o0 or p1 <= p0:
-                    continue
-                dropm = torch.as_tensor(own[..., None], device=d_c.device, dtype=d_c.dtype)
-                d_k[o0:o1, p0:p1] -= _apply(d_c[r0:r1, q0:q1] * dropm, sub_d)
-                if uniform is None:
-                    v_k[o0:o1, p0:p1] -= _apply(vi_c[r0:r1, q0:q1] * dropm, sub_v)
-                    s_k[o0:o1, p0:p1] -= _apply(sc_c[r0:r1, q0:q1] * dropm, sub_d)
-            if uniform is None:
-                var = torch.clamp(v_k, min=1e-12) + s_k ** 2
-            else:
-                vi = uniform[0][c0:c1].to(d_c.dtype)
-                sc = uniform[1][c0:c1].to(d_c.dtype)
-                q, cm = (m.to(d_c.dtype) for m in var2d[i])
-                var = torch.clamp(vi * q, min=1e-12)
-                if bool((sc != 0).any()):
-                    var = var + (sc * cm) ** 2
-            zz = d_k * d_k / var
-            s = zz.sum(-1, dtype=torch.float64)
-            z2[i] = s if z2[i] is None else z2[i] + s
-            if want is not None:
-                z2w[i].append(zz[want[0], want[1]])
-    chans = [torch.cat(w) if w else None for w in z2w]
-    return z2, chans
+    basis: Any
+    delta: Any
+    sigma: Any
+    penalty: Any = None
+    excess: tuple[float, float] | None = None
+    own: Any = None
+
+
+class _Model:
+    """One Gaussian's per-pixel terms in :func:`pool_region` (uniform or per-pixel sigma)."""
+
+    def __init__(self, s_e: Any, pen: Any, excess: Any, low: tuple[Any, Any] | None) -> None:
+        self.s_e = s_e          # (E,) float64 when every pixel shares it, else None
+        self.pen = pen          # (hs, ws) float64
+        self.excess = excess
+        self.low = low          # (basis (E, q), delta channel-last (hs, ws, q)) or None
+        self.own = self.exp = self.inv2v = None
+        self.given = False      # own NLL handed over by the caller
 
 
 def pool_region(target: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor,
                 penalty: torch.Tensor | None, *, out_box: tuple[int, int, int, int],
                 src_box: tuple[int, int, int, int], image_shape: tuple[int, int],
                 pooling: Pooling, noise2: float, excess: tuple[float, float] | None,
-                want_channels: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+                want_channels: tuple[int, int] | None = None,
+                variant: Variant | None = None, own: torch.Tensor | None = None
+                ) -> dict[str, Any]:
     """Scores of the output block ``out_box`` from per-pixel Gaussians over ``src_box``.
 
     The one implementation of the pooling stage (see the module docstring). The
@@ -525,6 +359,14 @@ def pool_region(target: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor,
         (:func:`excess_stats`); ``None`` pools every neighbour (no spill guard).
     want_channels : (iy, ix), optional
         Absolute pixel whose per-channel NLL (at its winning scale) is returned.
+    variant : Variant, optional
+        A second Gaussian (deviations that differ by a low-rank term, one sigma for
+        every pixel; the first's sigma must then be shared too) scored in the same
+        pass; its results are returned under ``"variant"``.
+    own : Tensor of shape (hs, ws), optional
+        The pixels' own NLL when the caller has it already (one sigma shared by every
+        pixel): the pass over the channels that computes it is skipped (the variant's
+        likewise when it brings its ``own``).
 
     Returns
     -------
@@ -533,7 +375,8 @@ def pool_region(target: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor,
         NLL + penalty), ``nb_nll`` (NLL part at the winning scale), ``scale``
         (winning sigma, 0 = the pixel), ``own`` (the pixel's own NLL),
         ``expected`` (its expectation), ``penalty``; and ``channel_nll`` (E,)
-        when asked and the pixel is in the block.
+        when asked and the pixel is in the block; ``variant``: the same dict for
+        the variant.
     """
     import torch
 
@@ -550,40 +393,69 @@ def pool_region(target: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor,
     uniform = (sigma.stride(1) == 0 and sigma.stride(2) == 0) or bool((sigma == sig0).all())
     chunk = max(1, _CHUNK // max(1, hs * ws))
     half_log = 0.5 * LOG_2PI
-    if uniform:
-        s_e = sig0[:, 0, 0].to(f64)
-        logsum = float(torch.log(s_e).sum())
-        inv2v = (0.5 / s_e ** 2).to(dt)[:, None, None]
-        own_s = torch.zeros((hs, ws), dtype=f64, device=device)
-        for c0 in range(0, n_e, chunk):
-            c1 = min(n_e, c0 + chunk)
-            d = target[c0:c1] - mean[c0:c1]
-            own_s += (d * d * inv2v[c0:c1]).sum(0, dtype=f64)
-        own_s += logsum + n_e * half_log
-        exp_s = torch.full((hs, ws), logsum + n_e * (0.5 + half_log), dtype=f64, device=device)
-    else:
-        own_s = torch.zeros((hs, ws), dtype=f64, device=device)
-        exp_s = torch.zeros((hs, ws), dtype=f64, device=device)
-        for c0 in range(0, n_e, chunk):
-            c1 = min(n_e, c0 + chunk)
-            s = sigma[c0:c1]
-            d = (target[c0:c1] - mean[c0:c1]) / s
-            ls = torch.log(s)
-            own_s += (0.5 * d * d + ls).sum(0, dtype=f64)
-            exp_s += ls.sum(0, dtype=f64)
-        own_s += n_e * half_log
-        exp_s += n_e * (0.5 + half_log)
-    pen = (torch.zeros((hs, ws), dtype=f64, device=device) if penalty is None
-           else penalty.to(f64))
-    best = best_nll = best_scale = None
-    chan: torch.Tensor | None = None
+
+    def zeros() -> torch.Tensor:
+        return torch.zeros((hs, ws), dtype=f64, device=device)
+
+    models = [_Model(sig0[:, 0, 0].to(f64) if uniform else None,
+                     zeros() if penalty is None else penalty.to(f64), excess, None)]
+    if variant is not None:
+        if not uniform or want_channels is not None:
+            raise ValueError("pool_region: a variant needs a sigma shared by every pixel "
+                             "and no want_channels")
+        basis = torch.as_tensor(variant.basis, device=device).to(dt)
+        delta = _last(torch.as_tensor(variant.delta, device=device).to(dt))  # (hs, ws, q)
+        models.append(_Model(torch.as_tensor(variant.sigma, device=device).to(f64),
+                             zeros() if variant.penalty is None
+                             else torch.as_tensor(variant.penalty, device=device).to(f64),
+                             variant.excess, (basis, delta)))
+    given = [own, None if variant is None else variant.own]
+    # each model's own NLL (unless given) and its expectation
+    for m, o in zip(models, given):
+        m.given = o is not None and m.s_e is not None
+        m.own = torch.as_tensor(o, device=device).to(f64) if m.given else zeros()
+        if m.s_e is not None:
+            m.inv2v = (0.5 / m.s_e ** 2).to(dt)
+    todo = [m for m in models if not m.given]
+    # deviations handed over as the target with a zero mean (a stride-0 view) are not copied
+    zero_mean = all(st == 0 for st in mean.stride()) and float(mean.reshape(-1)[0]) == 0.0
+    for c0 in (range(0, n_e, chunk) if todo else ()):
+        c1 = min(n_e, c0 + chunk)
+        d = target[c0:c1] if zero_mean else target[c0:c1] - mean[c0:c1]
+        for m in todo:
+            if m.low is not None:
+                dv = d + (m.low[0][c0:c1] @ m.low[1].reshape(-1, m.low[0].shape[1]).T
+                          ).view(c1 - c0, hs, ws)
+                m.own += (dv * dv * m.inv2v[c0:c1, None, None]).sum(0, dtype=f64)
+            elif m.s_e is not None:
+                m.own += (d * d * m.inv2v[c0:c1, None, None]).sum(0, dtype=f64)
+            else:
+                s = sigma[c0:c1]
+                dd = d / s
+                ls = torch.log(s)
+                m.own += (0.5 * dd * dd + ls).sum(0, dtype=f64)
+                m.exp = ls.sum(0, dtype=f64) if m.exp is None else m.exp + ls.sum(0, dtype=f64)
+    for m in models:
+        if m.s_e is not None:
+            logsum = float(torch.log(m.s_e).sum())
+            if not m.given:
+                m.own += logsum + n_e * half_log
+            m.exp = torch.full((hs, ws), logsum + n_e * (0.5 + half_log), dtype=f64,
+                               device=device)
+        else:
+            m.own += n_e * half_log
+            m.exp = m.exp + n_e * (0.5 + half_log)
     want = None
     if want_channels is not None and ay0 <= want_channels[0] < ay1 \
             and ax0 <= want_channels[1] < ax1:
         want = (want_channels[0] - ay0, want_channels[1] - ax0)
+    best: list[Any] = [None] * len(models)
+    best_nll: list[Any] = [None] * len(models)
+    best_scale: list[Any] = [None] * len(models)
+    chan: torch.Tensor | None = None
     for scale in pooling.scales():
         if scale <= 0:  # the pixel itself
-            nb, pen_nb = own_s[sl], pen[sl]
+            nbs = [(m.own[sl], m.pen[sl]) for m in models]
             if want is not None:
                 py, px = want[0] + oy0, want[1] + ox0
                 s_w = sigma[:, py, px].to(f64)
@@ -598,64 +470,87 @@ def pool_region(target: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor,
                          None if gb is None else _pool_matrix(ay0, ay1, sy0, sy1, ny, gb),
                          None if gb is None else _pool_matrix(ax0, ax1, sx0, sx1, nx, gb),
                          device, dt)
-            if excess is None:
-                level = np.zeros((hs, ws))
-            else:
-                level = outlier_level(own_s - exp_s, float(excess[0]),
-                                      float(pooling.spill * excess[1])).cpu().numpy()
-            lev_c = level[sl]
-            top = float(level.max())
-            thr_of = {lv: (None if lv + 1.0 >= top else lv + 1.0) for lv in np.unique(lev_c)}
-            thrs = list(dict.fromkeys(thr_of.values()))
-            keeps = [None if t is None else level <= t for t in thrs]
-            if uniform:
-                vv = (s_e ** 2).to(f64)
-                uni = (torch.clamp(vv, max=noise2), torch.sqrt(torch.clamp(vv - noise2, min=0.0)))
-
-                def dev(c0: int, c1: int) -> tuple[Any, Any, Any]:
-                    return _last(target[c0:c1] - mean[c0:c1]), None, None
-            else:
+            specs, plans, needs = [], [], []
+            for m in models:
+                if m.excess is None:
+                    level = np.zeros((hs, ws))
+                else:
+                    level = outlier_level(m.own - m.exp, float(m.excess[0]),
+                                          float(pooling.spill * m.excess[1])).cpu().numpy()
+                lev_c = level[sl]
+                top = float(level.max())
+                thr_of = {lv: (None if lv + 1.0 >= top else lv + 1.0) for lv in np.unique(lev_c)}
+                thrs = list(dict.fromkeys(thr_of.values()))
+                keeps = [None if t is None else level <= t for t in thrs]
                 uni = None
-
+                if m.s_e is not None:
+                    vv = m.s_e ** 2
+                    uni = (torch.clamp(vv, max=noise2),
+                           torch.sqrt(torch.clamp(vv - noise2, min=0.0)))
+                specs.append((keeps, uni, m.low))
+                plans.append((lev_c, thr_of, thrs, keeps))
+                # a mask that few output pixels use (the spill guard's higher levels) is
+                # scored at those pixels only
+                need = []
+                for t in thrs:
+                    use = np.isin(lev_c, [lv for lv, tt in thr_of.items() if tt == t])
+                    need.append(None if want is not None or use.sum() * 2 > use.size
+                                else torch.as_tensor(np.flatnonzero(use.ravel()),
+                                                     device=device))
+                needs.append(need)
+            if uniform:
+                def dev(c0: int, c1: int) -> tuple[Any, Any, Any]:
+                    return (_last(target[c0:c1] if zero_mean else target[c0:c1] - mean[c0:c1]),
+                            None, None)
+            else:
                 def dev(c0: int, c1: int) -> tuple[Any, Any, Any]:
                     v = _last(sigma[c0:c1] ** 2)
                     return (_last(target[c0:c1] - mean[c0:c1]), torch.clamp(v, max=noise2),
                             torch.sqrt(torch.clamp(v - noise2, min=0.0)))
 
-            z2s, chans = _neighbourhood_z2(dev, n_e, (hs, ws), stat, keeps, uni, want)
-            z2 = torch.zeros((th, tw), dtype=f64, device=device)
-            pen_nb = torch.zeros((th, tw), dtype=f64, device=device)
-            lev_t = torch.as_tensor(lev_c, device=device)
-            for lv, thr in thr_of.items():
-                i = thrs.index(thr)
-                m = lev_t == lv
-                w = (torch.ones((hs, ws, 1), dtype=f64, device=device) if keeps[i] is None
-                     else torch.as_tensor(keeps[i][..., None], device=device).to(f64))
-                kk = (_apply(pen[..., None] * w, stat.a64) / _apply(w, stat.a64))[..., 0]
-                z2 = torch.where(m, z2s[i], z2)
-                pen_nb = torch.where(m, kk, pen_nb)
-                if want is not None and lev_c[want] == lv:
-                    z_w = chans[i]
-            nb = 0.5 * z2 + exp_s[sl] - 0.5 * n_e
+            results = _neighbourhood_z2(dev, n_e, (hs, ws), stat, specs, want, needs)
+            nbs = []
+            for mi, (m, (lev_c, thr_of, thrs, keeps), (z2s, chans)) in enumerate(
+                    zip(models, plans, results)):
+                z2 = torch.zeros((th, tw), dtype=f64, device=device)
+                pen_nb = torch.zeros((th, tw), dtype=f64, device=device)
+                lev_t = torch.as_tensor(lev_c, device=device)
+                for lv, thr in thr_of.items():
+                    i = thrs.index(thr)
+                    msk = lev_t == lv
+                    w = (torch.ones((hs, ws, 1), dtype=f64, device=device) if keeps[i] is None
+                         else torch.as_tensor(keeps[i][..., None], device=device).to(f64))
+                    kk = (_apply(m.pen[..., None] * w, stat.a64) / _apply(w, stat.a64))[..., 0]
+                    z2 = torch.where(msk, z2s[i], z2)
+                    pen_nb = torch.where(msk, kk, pen_nb)
+                    if mi == 0 and want is not None and lev_c[want] == lv:
+                        z_w = chans[i]
+                nbs.append((0.5 * z2 + m.exp[sl] - 0.5 * n_e, pen_nb))
             if want is not None:
                 py, px = want[0] + oy0, want[1] + ox0
                 nb_w = 0.5 * z_w.to(f64) + torch.log(sigma[:, py, px].to(f64)) + half_log
-        tot = nb + pen_nb
-        if best is None:
-            best, best_nll = tot, nb
-            best_scale = torch.full_like(tot, scale)
-            chan = nb_w if want is not None else None
-        else:
-            up = tot > best
-            best = torch.where(up, tot, best)
-            best_nll = torch.where(up, nb, best_nll)
-            best_scale = torch.where(up, torch.full_like(tot, scale), best_scale)
-            if want is not None and bool(up[want]):
-                chan = nb_w
-    out = {"score": best, "nb_nll": best_nll, "scale": best_scale, "own": own_s[sl],
-           "expected": exp_s[sl], "penalty": pen[sl]}
+        for mi, (nb, pen_nb) in enumerate(nbs):
+            tot = nb + pen_nb
+            if best[mi] is None:
+                best[mi], best_nll[mi] = tot, nb
+                best_scale[mi] = torch.full_like(tot, scale)
+                if mi == 0:
+                    chan = nb_w if want is not None else None
+            else:
+                up = tot > best[mi]
+                best[mi] = torch.where(up, tot, best[mi])
+                best_nll[mi] = torch.where(up, nb, best_nll[mi])
+                best_scale[mi] = torch.where(up, torch.full_like(tot, scale), best_scale[mi])
+                if mi == 0 and want is not None and bool(up[want]):
+                    chan = nb_w
+    outs = [{"score": best[mi], "nb_nll": best_nll[mi], "scale": best_scale[mi],
+             "own": m.own[sl], "expected": m.exp[sl], "penalty": m.pen[sl]}
+            for mi, m in enumerate(models)]
+    out: dict[str, Any] = outs[0]
     if chan is not None:
         out["channel_nll"] = chan
+    if variant is not None:
+        out["variant"] = outs[1]
     return out
 
 
@@ -716,7 +611,9 @@ def pool_image(gauss: GaussianFn, ny: int, nx: int, *, pooling: Pooling, noise2:
     Parameters
     ----------
     gauss : callable
-        ``gauss(rows: slice, cols: slice) -> (target, mean, sigma, penalty)``.
+        ``gauss(rows: slice, cols: slice) -> (target, mean, sigma, penalty)``, or with a
+        fifth element, a dict with the tile's ``"own"`` NLL and ``"variant"``
+        (:func:`pool_region`'s arguments; either may be None).
     ny, nx : int
         Image size.
     pooling : Pooling
@@ -738,7 +635,8 @@ def pool_image(gauss: GaussianFn, ny: int, nx: int, *, pooling: Pooling, noise2:
     -------
     dict of str -> ndarray
         ``score``, ``nb_nll``, ``scale``, ``own``, ``expected``, ``penalty``
-        (each (h, w) float64 over the region), and ``channel_nll`` (E,) when asked.
+        (each (h, w) float64 over the region), and ``channel_nll`` (E,) when asked;
+        ``variant``: the same maps of the variant, when ``gauss`` gives one.
     """
     y0r, y1r, x0r, x1r = region if region is not None else (0, ny, 0, nx)
     hh, ww = y1r - y0r, x1r - x0r
@@ -774,6 +672,7 @@ def _pool_tiles(gauss: GaussianFn, ny: int, nx: int, *, pooling: Pooling, noise2
 
     keys = ("score", "nb_nll", "scale", "own", "expected", "penalty")
     out: dict[str, Any] = {k: np.zeros((hh, ww), np.float64) for k in keys}
+    var_out: dict[str, Any] = {}
     boxes = [(y, min(y + tile_h, hh), x, min(x + tile_w, ww))
              for y in range(0, hh, tile_h) for x in range(0, ww, tile_w)]
 
@@ -782,15 +681,21 @@ def _pool_tiles(gauss: GaussianFn, ny: int, nx: int, *, pooling: Pooling, noise2
         ay0, ay1, ax0, ax1 = ty0 + y0r, ty1 + y0r, tx0 + x0r, tx1 + x0r
         sy0, sy1 = max(0, ay0 - rn), min(ny, ay1 + rn)
         sx0, sx1 = max(0, ax0 - rn), min(nx, ax1 + rn)
-        target, mean, sigma, penalty = gauss(slice(sy0, sy1), slice(sx0, sx1))
+        target, mean, sigma, penalty, *rest = gauss(slice(sy0, sy1), slice(sx0, sx1))
+        extra = rest[0] if rest else {}
         with torch.no_grad():
             res = pool_region(target, mean, sigma, penalty, out_box=(ay0, ay1, ax0, ax1),
                               src_box=(sy0, sy1, sx0, sx1), image_shape=(ny, nx),
                               pooling=pooling, noise2=noise2, excess=excess,
-                              want_channels=want_channels)
+                              want_channels=want_channels, variant=extra.get("variant"),
+                              own=extra.get("own"))
         dst = (slice(ty0, ty1), slice(tx0, tx1))
         for k in keys:
             out[k][dst] = res[k].double().cpu().numpy()
+        if "variant" in res:
+            for k in keys:
+                var_out.setdefault(k, np.zeros((hh, ww), np.float64))[dst] = \
+                    res["variant"][k].double().cpu().numpy()
         if "channel_nll" in res:
             out["channel_nll"] = res["channel_nll"].double().cpu().numpy()
 
@@ -802,6 +707,8 @@ def _pool_tiles(gauss: GaussianFn, ny: int, nx: int, *, pooling: Pooling, noise2
     else:
         for box in boxes:
             one(box)
+    if var_out:
+        out["variant"] = var_out
     return out
 
 

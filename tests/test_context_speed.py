@@ -134,3 +134,45 @@ def test_rx_top_eigenpairs_equal_the_full_decomposition(drift, pooling, monkeypa
     monkeypatch.setattr(scipy.linalg, "eigh", full)
     ref = get_detector("rx", seed=0, pooling=pooling).fit(sim.si, sim.bulk_mask).score(sim.si)
     np.testing.assert_allclose(new.nll, ref.nll, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("scale", ["free", "fixed"])
+def test_bulk_context_evidence_in_one_pass_equals_the_two_passes(drift, scale):
+    """The global (PCA's decoder Gaussian) and local (context) evidence pooled in one pass
+    over the context's data equal PCA's pooled score from the raw counts and the dense
+    float64 context pooling (float32 tiles: within 2e-5)."""
+    from eelsanom.detectors._gaussian import pooled_scores
+
+    sim = drift
+    det = get_detector("bulk-context", device="cpu", scale=scale).fit(sim.si, sim.bulk_mask)
+    c = det._context(sim.si)
+    pool = pooling_from(0.8)
+    both = det._pooled_global(c, pool, with_local=True)
+    glob = pooled_scores(sim.si, det._gauss_rows, pooling=pool,
+                         noise2=float(det.noise_variance_), excess=det.global_excess_)
+    loc = _dense_pooled_context(det, c, pool)
+    for got, ref in ((both, glob), (both["variant"], loc)):
+        for k in ("score", "nb_nll", "own", "expected", "penalty"):
+            np.testing.assert_allclose(got[k], ref[k], rtol=2e-5, atol=1e-3, err_msg=k)
+        assert np.mean(got["scale"] != ref["scale"]) < 1e-3
+    g, loc_map = det._evidence(sim.si, c, pool)
+    np.testing.assert_array_equal(g, both["score"])
+    np.testing.assert_array_equal(loc_map, both["variant"]["score"])
+
+
+def test_spill_guards_rest_on_at_most_4096_seeded_training_pixels():
+    """On a larger image the context model's spill guard is the excess statistics of 4096
+    seeded training pixels (as PCA's), within a few percent of all pixels'."""
+    from eelsanom.detectors.context_pca import SPILL_PIXELS
+
+    sim = simulate(shape=(72, 72), window="fe-l", concentration=0.01, seed=2)
+    det = get_detector("bulk-context", device="cpu", seed=3).fit(sim.si)
+    c = det._context(sim.si)
+    exc_all = det._context_excess(c, None)
+    idx = np.random.default_rng(3).choice(exc_all.size, SPILL_PIXELS, replace=False)
+    np.testing.assert_allclose(det.pool_excess_,
+                               excess_stats(exc_all[idx], np.zeros(idx.size), sim.si.n_energy),
+                               rtol=1e-12)
+    full = excess_stats(exc_all, np.zeros_like(exc_all), sim.si.n_energy)
+    assert abs(det.pool_excess_[0] - full[0]) < 0.05 * full[1]
+    np.testing.assert_allclose(det.pool_excess_[1], full[1], rtol=0.05)

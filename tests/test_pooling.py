@@ -72,9 +72,10 @@ def test_pooled_statistic_has_the_own_null():
         mats = [pooling._pool_matrix(0, n, 0, n, n, k) if k is not None else None
                 for k in (g, g, gb, gb)]
         stat = pooling._Stat(*mats, "cpu", torch.float64)
-        (z2sum,), _ = pooling._neighbourhood_z2(lambda c0, c1: (dev[..., c0:c1], None, None), ne,
-                                                (n, n), stat, [None],
-                                                (torch.ones(ne), torch.zeros(ne)), None)
+        [((z2sum,), _)] = pooling._neighbourhood_z2(
+            lambda c0, c1: (dev[..., c0:c1], None, None), ne, (n, n), stat,
+            [([None], (torch.ones(ne, dtype=torch.float64), torch.zeros(ne, dtype=torch.float64)),
+              None)], None)
         z2 = z2sum / ne
         assert abs(float(z2.mean()) - 1.0) < 0.05, back
 

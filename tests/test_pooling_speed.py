@@ -85,3 +85,82 @@ def test_a_region_of_pool_image_is_cut_from_the_whole():
     whole = pooling.pool_image(gauss, ny, nx, **kw)
     part = pooling.pool_image(gauss, ny, nx, region=(20, 31, 5, 40), **kw)
     np.testing.assert_allclose(part["score"], whole["score"][20:31, 5:40], rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("background", [10.0, 0.0])
+@pytest.mark.parametrize("given_own", [False, True])
+def test_a_variant_scores_as_its_own_pass(dtype, background, given_own):
+    """A :class:`~eelsanom.pooling.Variant` (deviations plus a low-rank term, its own
+    sigma, penalty and spill guard) scored in the first model's pass equals scoring it
+    alone, and the first model's scores do not move; the spill levels (0-2) differ between
+    the two models, so masks used by a few pixels only (scored at those alone) are met;
+    own NLLs handed over skip their pass and give the same scores."""
+    ny, nx, ne, q = 30, 34, 23, 3
+    t, m, _, p = _case(5, ny, nx, ne, uniform=True, dtype=dtype)
+    rng = np.random.default_rng(6)
+    sig = torch.full((ne,), 1.1, dtype=dtype)
+    sig_v = torch.as_tensor(rng.uniform(0.9, 1.5, ne), dtype=dtype)  # coherent part > noise2
+    basis = torch.as_tensor(np.linalg.qr(rng.standard_normal((ne, q)))[0], dtype=dtype)
+    delta = torch.as_tensor(0.3 * rng.standard_normal((q, ny, nx)), dtype=dtype)
+    delta[:, 18:25, 4:11] += 2.0  # a cluster only the variant sees
+    pen_v = torch.as_tensor(rng.uniform(0.0, 1.0, (ny, nx)), dtype=dtype)
+    t_v = t + torch.einsum("eq,qyx->eyx", basis, delta)
+    pool = pooling.Pooling(background=background)
+    exc, exc_v = (0.0, math.sqrt(ne / 2) / 3), (0.5, math.sqrt(ne / 2) / 4)
+    kw = dict(pooling=pool, noise2=1.0)
+    box = dict(out_box=(0, ny, 0, nx), src_box=(0, ny, 0, nx), image_shape=(ny, nx))
+    s_b = sig[:, None, None].expand(ne, ny, nx)
+    # each model alone, by the dense reference
+    alone = reference_region(t.double(), m.double(), s_b.double(), p.double(), excess=exc,
+                             **box, **kw)
+    alone_v = reference_region(t_v.double(), m.double(),
+                               sig_v[:, None, None].expand(ne, ny, nx).double(), pen_v.double(),
+                               excess=exc_v, **box, **kw)
+    lev = pooling.outlier_level(alone_v["own"] - alone_v["expected"], exc_v[0],
+                                pool.spill * exc_v[1]).numpy()
+    # outliers (levels 1-2: masks few pixels use) whose neighbourhood statistic wins
+    assert ((lev >= 1) & (alone_v["scale"].numpy() > 0)).sum() >= 5
+    own = own_v = None
+    if given_own:
+        own, own_v = alone["own"].to(dtype), alone_v["own"].to(dtype)
+    both = pooling.pool_region(t, m, s_b, p, excess=exc, own=own, **box, **kw,
+                               variant=pooling.Variant(basis=basis, delta=delta, sigma=sig_v,
+                                                       penalty=pen_v, excess=exc_v, own=own_v))
+    rtol = 1e-9 if dtype == torch.float64 else 2e-5
+    for got, ref in ((both, alone), (both["variant"], alone_v)):
+        for k in KEYS:
+            np.testing.assert_allclose(got[k].double().numpy(), ref[k].double().numpy(),
+                                       rtol=rtol, atol=rtol * ne, err_msg=k)
+
+
+def test_pool_image_passes_the_tiles_variant_and_own():
+    """``gauss`` giving a fifth element (the tile's own NLL and variant): ``pool_image``
+    returns the variant's maps, tile by tile as for the whole image."""
+    ny, nx, ne, q = 37, 29, 11, 2
+    t, m, _, _ = _case(7, ny, nx, ne, uniform=True, dtype=torch.float64)
+    rng = np.random.default_rng(8)
+    sig = torch.full((ne,), 1.0, dtype=torch.float64)
+    basis = torch.as_tensor(np.linalg.qr(rng.standard_normal((ne, q)))[0])
+    delta = torch.as_tensor(0.5 * rng.standard_normal((q, ny, nx)))
+    sig_v = torch.full((ne,), 1.2, dtype=torch.float64)
+    kw = dict(pooling=pooling.Pooling(), noise2=1.0, excess=(0.0, 1.0))
+
+    def gauss(rows, cols):
+        h, w = t[:, rows, cols].shape[1:]
+        return (t[:, rows, cols], m[:, rows, cols], sig[:, None, None].expand(ne, h, w), None,
+                {"variant": pooling.Variant(basis=basis, delta=delta[:, rows, cols],
+                                            sigma=sig_v, excess=(0.0, 1.0))})
+
+    tiled = pooling.pool_image(gauss, ny, nx, tile=10, **kw)
+    whole = pooling.pool_image(gauss, ny, nx, tile=100, **kw)
+    t_v = t + torch.einsum("eq,qyx->eyx", basis, delta)
+
+    def gauss_v(rows, cols):
+        h, w = t[:, rows, cols].shape[1:]
+        return t_v[:, rows, cols], m[:, rows, cols], sig_v[:, None, None].expand(ne, h, w), None
+
+    alone_v = pooling.pool_image(gauss_v, ny, nx, tile=100, **kw)
+    for k in KEYS:
+        np.testing.assert_allclose(tiled["variant"][k], whole["variant"][k], rtol=1e-10)
+        np.testing.assert_allclose(whole["variant"][k], alone_v[k], rtol=1e-9, atol=1e-9)

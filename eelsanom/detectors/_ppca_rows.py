@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from typing import Any
 
 import numpy as np
@@ -84,7 +83,9 @@ def _project_rows(X: np.ndarray, mean: np.ndarray, U: np.ndarray, transform: str
     between two threads (numpy releases the GIL; each row's result is the same).
     """
     n = X.shape[0]
-    workers = min(2, os.cpu_count() or 1)
+    from ..device import cpu_threads
+
+    workers = min(2, cpu_threads())  # the cores this process may use (OMP_NUM_THREADS)
     if workers > 1 and n >= _PARALLEL_ROWS:
         from concurrent.futures import ThreadPoolExecutor
 

@@ -21,8 +21,8 @@ from ..pooling import DEFAULT_SIGMA, pooling_from
 from ..progress import ProgressCallback
 from ..spectrum import SpectrumImage
 from . import _schemas
-from ._gaussian import one_blas_thread, pooled_scores
-from .context_pca import ContextPCADetector
+from ._gaussian import one_blas_thread
+from .context_pca import SPILL_PIXELS, ContextPCADetector
 
 __all__ = ["BulkContextDetector"]
 
@@ -235,21 +235,24 @@ class BulkContextDetector(ContextPCADetector):
     def _maps_key(self, si: SpectrumImage, pool: Any) -> tuple[str, str]:
         """What the maps of an image depend on beyond the fitted model: its data (a hash of
         the counts on the model's window), the parameters and the pooling."""
-        import hashlib
+        import zlib
 
         from ._gaussian import read_block
 
+        # a CRC-32 of the counts (a changed value changes it but for a 2^-32 chance; four
+        # times faster than a cryptographic hash, which guards against no adversary here)
         x = np.ascontiguousarray(read_block(si, slice(None), slice(None)))
-        h = hashlib.blake2b(x.view(np.uint8).ravel(), digest_size=16)
-        h.update(repr(x.shape).encode())
-        return h.hexdigest(), repr((sorted(self.get_params().items()), pool))
+        crc = zlib.crc32(memoryview(x).cast("B"))
+        return f"{crc:08x} {x.shape}", repr((sorted(self.get_params().items()), pool))
 
     def _excess_global(self, c: dict[str, np.ndarray], sel: np.ndarray) -> tuple[float, float]:
         """PCA's spill-guard statistics (the context model's are ``pool_excess_``), on at most
-        4096 seeded training pixels ``sel``, from the context's transformed data ``c["x"]``."""
+        :data:`~.context_pca.SPILL_PIXELS` seeded training pixels ``sel``, from the context's
+        transformed data ``c["x"]``."""
         idx = np.flatnonzero(sel.ravel())
-        if idx.size > 4096:
-            idx = idx[np.random.default_rng(self.seed).choice(idx.size, 4096, replace=False)]
+        if idx.size > SPILL_PIXELS:
+            idx = idx[np.random.default_rng(self.seed).choice(idx.size, SPILL_PIXELS,
+                                                              replace=False)]
         return self._excess(c["x"].reshape(-1, c["x"].shape[-1])[idx])
 
     # ------------------------------------------------------------------ scoring
@@ -266,10 +269,34 @@ class BulkContextDetector(ContextPCADetector):
             loc = 0.5 * (((c["p"] - c["m"]) ** 2 / c["v"]).sum(-1) + c["r2"] / s2
                          + np.log(c["v"]).sum(-1) + (d - q) * math.log(s2) + d * _LOG2PI)
             return g, loc
-        g = pooled_scores(si, self._gauss_rows, pooling=pool, noise2=s2,
-                          excess=self.global_excess_)["score"]
-        loc = self._pooled_context(c, pool)["score"]
-        return g, loc
+        shared = self._shared_variance(c["v"])
+        if shared is None:  # code variances that differ between pixels: one pass each
+            return (self._pooled_global(c, pool)["score"],
+                    self._pooled_context(c, pool)["score"])
+        res = self._pooled_global(c, pool, with_local=True)
+        return res["score"], res["variant"]["score"]
+
+    def _pooled_global(self, c: dict[str, np.ndarray], pool: Any, with_local: bool = False
+                       ) -> dict[str, np.ndarray]:
+        """PCA's pooled score (:meth:`~.pca.PCADetector._gauss_rows`: the decoder's mean
+        ``mu + U (shrink p)`` (plus the pixel's scale), noise ``sigma^2`` in every channel,
+        the posterior's KL as penalty) from the context's codes and transformed data, so
+        the cube is read and transformed once for both evidences. ``with_local``: the
+        context Gaussian (:meth:`_pooled_context`; its variance shared by every pixel)
+        pooled in the same pass, under ``"variant"``: the two means differ only in the
+        codes, so the channel-by-channel neighbourhood sums are done once."""
+        lam = np.asarray(self.explained_variance_, np.float64)
+        s2 = float(self.noise_variance_)
+        p = c["p"]
+        z = p * (np.sqrt(np.maximum(lam - s2, 0.0)) / lam)
+        pv = s2 / lam
+        kl = 0.5 * ((z * z).sum(-1) + float((pv - np.log(pv) - 1.0).sum()))
+        variant = None
+        if with_local:
+            variant = (c["m"], self._shared_variance(c["v"]),
+                       getattr(self, "pool_excess_", None))
+        return self._pool_codes(c, p * ((lam - s2) / lam), pool, penalty=kl,
+                                excess=self.global_excess_, variant=variant)
 
     def _stats(self, pool: Any) -> tuple[float, float, float, float]:
         key = f"{float(pool.sigma) if pool.enabled else 0.0:g}"

@@ -41,6 +41,8 @@ BULK_QUANTILE = 0.75
 #: because the pooling stage takes the excess over the noise as coherent between
 #: neighbours and cancelled by its wide background, which a rough nuisance is not
 LOCAL_RATIO = 2.0
+#: training pixels (at most; seeded) whose excess NLL sets the pooling's spill guard
+SPILL_PIXELS = 4096
 
 
 def _window_ranks(a: np.ndarray, fp: np.ndarray, ks: tuple[int, ...],
@@ -228,7 +230,16 @@ class ContextPCADetector(PCADetector):
         c = self._context(si, reuse=raw)
         # the pooling's spill guard: excess NLL of the bulk under the context Gaussian
         # (always, so that pooling can be switched on after the fit)
-        exc = self._context_excess(c, None if mask is None else np.asarray(mask, bool))
+        # (on at most SPILL_PIXELS seeded training pixels, as PCA's: a median and a MAD)
+        sel = np.ones(si.nav_shape, bool) if mask is None else np.asarray(mask, bool)
+        idx = np.flatnonzero(sel.ravel())
+        if idx.size > SPILL_PIXELS:
+            idx = idx[np.random.default_rng(self.seed).choice(idx.size, SPILL_PIXELS,
+                                                              replace=False)]
+            sel = np.zeros(sel.size, bool)
+            sel[idx] = True
+            sel = sel.reshape(si.nav_shape)
+        exc = self._context_excess(c, sel)
         self.pool_excess_ = excess_stats(exc, np.zeros_like(exc), si.n_energy)
         return c
 
@@ -414,22 +425,74 @@ class ContextPCADetector(PCADetector):
         over once, so the pooling pools 2-D variance maps (:func:`~.pooling.pool_region`).
         ``kw``: passed to :func:`~.pooling.pool_image` (``region``, ``want_channels``).
         """
+        return self._pool_codes(c, c["m"], pool, v=c["v"],
+                                excess=getattr(self, "pool_excess_", None), **kw)
+
+    def _pool_codes(self, c: dict[str, np.ndarray], codes: np.ndarray, pool: Any, *,
+                    v: np.ndarray | None = None, penalty: np.ndarray | None = None,
+                    excess: tuple[float, float] | None,
+                    variant: tuple[np.ndarray, np.ndarray, tuple[float, float] | None]
+                    | None = None, **kw: Any) -> dict[str, np.ndarray]:
+        """Pool the Gaussian whose mean is :meth:`_prediction` of ``codes`` (ny, nx, q) (and
+        the pixel's fitted scale ``c["c"]``), on the context's transformed data ``c["x"]``.
+
+        ``v`` (ny, nx, q): code variances, the diagonal predictive variance
+        :meth:`_pred_variance` (one shared by every pixel is handed over once); ``None``:
+        the noise variance in every channel (PPCA's decoder). ``penalty`` (ny, nx): a
+        per-pixel code penalty (PPCA's posterior KL). The data are read from ``c`` (not
+        read and transformed again). ``variant = (codes2, v2, excess2)``: a second
+        Gaussian, the prediction of ``codes2`` with the code variances ``v2`` (one
+        predictive variance shared by every pixel), scored in the same pass
+        (:class:`~eelsanom.pooling.Variant`: the two deviations differ by ``U (codes -
+        codes2)``); its maps are returned under ``"variant"``.
+        """
         import torch
 
-        from ..pooling import pool_image
+        from ..pooling import Variant, pool_image
 
-        x, m, v = c["x"], c["m"], c["v"]
+        x = c["x"]
         ny, nx, d = x.shape
-        q = m.shape[-1]
+        q = codes.shape[-1]
         s2 = float(self.noise_variance_)
-        shared = self._shared_variance(v)
+        shared = (np.full(d, s2) if v is None else self._shared_variance(v))
         sig_all = (None if shared is None
                    else torch.as_tensor(np.sqrt(shared), dtype=torch.float32))
         step = max(1, POOL_ROW_VALUES // max(1, d))
         cc = c.get("c")
+        var_sig = basis = None
+        if variant is not None:
+            if sig_all is None or variant[1] is None:
+                raise ValueError("_pool_codes: a variant needs variances shared by every pixel")
+            var_sig = torch.as_tensor(np.sqrt(variant[1]), dtype=torch.float32)
+            basis = torch.as_tensor(self.components_, dtype=torch.float32)
+        # the prediction less the mean, ``[m, c] [U, t]^T``, in one float32 product per run of
+        # pixels, taken off ``x - mu`` (float32: the deviations are of the noise's size, the
+        # rounding of values of the data's size a few 1e-6 of it)
+        scaled = bool(self._fixed_dims) and cc is not None
+        rows32 = np.asarray(self.components_.T, np.float32)
+        if scaled:
+            rows32 = np.vstack([rows32, np.asarray(self.scale_direction_, np.float32)[None]])
+        mu32 = np.asarray(self.mean_, np.float32)
+        # each pixel's own NLL (shared sigmas) computed on each run while it is in cache:
+        # ``sum_e w_e d_e^2`` (``w = 1 / sigma^2``), and for the variant, whose deviations
+        # are ``d + U delta``, that plus ``2 delta . (w d) U + delta^T (U^T W U) delta``
+        half_log = 0.5 * math.log(2.0 * math.pi)
+        own_consts = w_base = w_var = gram = w_one = None
+        if sig_all is not None:
+            sig64 = sig_all.double().numpy()
+            w_base = (1.0 / sig64 ** 2).astype(np.float32)
+            w_one = float(w_base[0]) if bool(np.all(w_base == w_base[0])) else None
+            own_consts = [float(np.log(sig64).sum()) + d * half_log]
+            if variant is not None:
+                vs64 = var_sig.double().numpy()
+                w_var = (1.0 / vs64 ** 2).astype(np.float32)
+                U = np.asarray(self.components_, np.float64)
+                gram = U.T @ (U * w_var.astype(np.float64)[:, None])
+                own_consts.append(float(np.log(vs64).sum()) + d * half_log)
+                u32 = np.asarray(self.components_, np.float32)
 
         def gauss(rows: slice, cols: slice):
-            xt, mt = x[rows, cols], m[rows, cols]
+            xt, mt = x[rows, cols], codes[rows, cols]
             h, w = xt.shape[:2]
             xt, mt = xt.reshape(h * w, d), mt.reshape(h * w, q)
             ct = None if cc is None else cc[rows, cols].reshape(h * w)
@@ -440,19 +503,55 @@ class ContextPCADetector(PCADetector):
             if sig_all is None:
                 sg = np.empty((h * w, d), np.float32)
                 vt = v[rows, cols].reshape(h * w, q)
+            coef = np.empty((min(step, h * w), rows32.shape[0]), np.float32)
+            pred = np.empty((coef.shape[0], d), np.float32)
+            delta = None
+            if variant is not None:
+                delta = (codes[rows, cols] - variant[0][rows, cols]).reshape(h * w, q)
+            own = None if w_base is None else np.empty((len(own_consts), h * w))
             for i in range(0, h * w, step):
                 j = min(h * w, i + step)
-                dev[i:j] = xt[i:j] - self._prediction(mt[i:j], None if ct is None else ct[i:j])
+                n = j - i
+                coef[:n, :q] = mt[i:j]
+                if scaled:
+                    coef[:n, q] = ct[i:j]
+                np.matmul(coef[:n], rows32, out=pred[:n])
+                dv = dev[i:j]
+                np.subtract(xt[i:j], mu32, out=dv)
+                dv -= pred[:n]
+                if own is not None:
+                    if w_one is not None:  # one weight for every channel
+                        own[0, i:j] = np.einsum("ij,ij->i", dv, dv) * w_one
+                    else:
+                        np.multiply(dv, w_base, out=pred[:n])
+                        own[0, i:j] = np.einsum("ij,ij->i", pred[:n], dv)
+                    if delta is not None:
+                        np.multiply(dv, w_var, out=pred[:n])
+                        dl = delta[i:j]
+                        own[1, i:j] = (np.einsum("ij,ij->i", pred[:n], dv)
+                                       + 2.0 * np.einsum("ij,ij->i", pred[:n] @ u32, dl)
+                                       + np.einsum("ij,jk,ik->i", dl, gram, dl))
                 if sg is not None:
                     sg[i:j] = np.sqrt(self._pred_variance(vt[i:j]))
             target = torch.from_numpy(dev).T.reshape(d, h, w)
             mean = torch.zeros((1, 1, 1), dtype=torch.float32).expand(d, h, w)
             sig = (sig_all[:, None, None].expand(d, h, w) if sg is None
                    else torch.from_numpy(sg).T.reshape(d, h, w))
-            return target, mean, sig, None
+            pen = (None if penalty is None
+                   else torch.from_numpy(np.ascontiguousarray(penalty[rows, cols],
+                                                              dtype=np.float64)))
+            own_t = (None if own is None else
+                     [torch.from_numpy(0.5 * o.reshape(h, w) + k) for o, k in zip(own, own_consts)])
+            var = None
+            if variant is not None:
+                var = Variant(basis=basis, sigma=var_sig, excess=variant[2], own=own_t[1],
+                              delta=torch.from_numpy(delta.astype(np.float32).reshape(h, w, q)
+                                                     ).permute(2, 0, 1))
+            return target, mean, sig, pen, {"own": None if own_t is None else own_t[0],
+                                            "variant": var}
 
-        return pool_image(gauss, ny, nx, pooling=pool, noise2=s2,
-                          excess=getattr(self, "pool_excess_", None), n_energy=d, **kw)
+        return pool_image(gauss, ny, nx, pooling=pool, noise2=s2, excess=excess,
+                          n_energy=d, **kw)
 
     def gaussian_terms(self, si: Any) -> dict[str, np.ndarray]:
         """Deviation from the neighbourhood's prediction and its variance, per channel.

@@ -1,0 +1,296 @@
+"""The pooling stage's neighbourhood sums (:mod:`eelsanom.pooling`): banded separable
+weights applied by matrix products over chunks of channels, and the squared pooled
+statistic of every keep mask (:func:`_neighbourhood_z2`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # torch is imported where it is used
+    import torch
+
+#: channel x source-pixel values one chunk of the pooled statistic holds (fits a CPU cache)
+_CHUNK = 1 << 20
+#: output rows (columns) per panel of a banded weight matrix: a panel reads only its band
+_PANEL = 32
+
+
+class _Axis:
+    """One axis' weights ``m (out, src)`` as a tensor, split into panels that skip the zeros."""
+
+    def __init__(self, m: np.ndarray, device: Any, dtype: Any) -> None:
+        import torch
+
+        self.m = m
+        self.t = torch.as_tensor(m, device=device, dtype=dtype)
+        nz = m != 0
+        self.bands: list[tuple[int, int, int, int]] = []
+        for o0 in range(0, m.shape[0], _PANEL):
+            o1 = min(m.shape[0], o0 + _PANEL)
+            cols = np.flatnonzero(nz[o0:o1].any(0))
+            if cols.size:
+                self.bands.append((o0, o1, int(cols[0]), int(cols[-1]) + 1))
+        #: every output row is written by a panel (no zero fill needed)
+        self.covers = sum(o1 - o0 for o0, o1, _, _ in self.bands) == m.shape[0]
+
+    def sub(self, s0: int, s1: int) -> _Axis:
+        """The weights of sources ``s0:s1`` only."""
+        return _Axis(self.m[:, s0:s1], self.t.device, self.t.dtype)
+
+    def full(self) -> bool:
+        return len(self.bands) == 1 and self.bands[0] == (0, self.m.shape[0], 0, self.m.shape[1])
+
+    def along_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """``m`` over the first axis: ``(src, w, C) -> (out, w, C)``, one product per panel."""
+        import torch
+
+        flat = x.reshape(x.shape[0], -1)
+        if self.full():
+            return torch.matmul(self.t, flat).view((self.m.shape[0],) + x.shape[1:])
+        shape = (self.m.shape[0], flat.shape[1])
+        out = x.new_empty(shape) if self.covers else x.new_zeros(shape)
+        for o0, o1, s0, s1 in self.bands:
+            torch.matmul(self.t[o0:o1, s0:s1], flat[s0:s1], out=out[o0:o1])
+        return out.view((self.m.shape[0],) + x.shape[1:])
+
+    def along_cols(self, x: torch.Tensor) -> torch.Tensor:
+        """``m`` over the second axis: ``(h, src, C) -> (h, out, C)``."""
+        import torch
+
+        if self.full():
+            return torch.matmul(self.t, x)
+        shape = (x.shape[0], self.m.shape[0], x.shape[2])
+        out = x.new_empty(shape) if self.covers else x.new_zeros(shape)
+        for o0, o1, s0, s1 in self.bands:
+            out[:, o0:o1] = torch.matmul(self.t[o0:o1, s0:s1], x[:, s0:s1])
+        return out
+
+
+#: a linear pooling: terms ``(coefficient, rows axis, columns axis)``
+_Lin = list[tuple[float, _Axis, _Axis]]
+
+
+def _apply(x: torch.Tensor, lin: _Lin) -> torch.Tensor:
+    """``sum_k c_k Y_k x X_k^T`` over the image axes of ``x (hs, ws, C) -> (th, tw, C)``."""
+    out = None
+    for c, ay, ax in lin:
+        r = ax.along_cols(ay.along_rows(x))
+        out = r.mul_(c) if out is None else out.add_(r, alpha=c)
+    assert out is not None
+    return out
+
+
+def _span(ms: list[np.ndarray]) -> tuple[int, int]:
+    """Outputs ``[o0, o1)`` any of the weight matrices ``ms`` (sources already cut) reach."""
+    rows = np.flatnonzero(np.any([m != 0 for m in ms], axis=(0, 2)))
+    return (int(rows[0]), int(rows[-1]) + 1) if rows.size else (0, 0)
+
+
+def _sub(lin: _Lin, box: tuple[int, int, int, int]
+         ) -> tuple[_Lin, tuple[int, int, int, int]]:
+    """``lin`` reading only the sources ``box = (r0, r1, c0, c1)`` and writing only the
+    outputs they reach; returns it and that output box ``(o_r0, o_r1, o_c0, o_c1)``."""
+    r0, r1, c0, c1 = box
+    oy = _span([ay.m[:, r0:r1] for _, ay, _ in lin])
+    ox = _span([ax.m[:, c0:c1] for _, _, ax in lin])
+    sub = [(c, _Axis(ay.m[oy[0]:oy[1], r0:r1], ay.t.device, ay.t.dtype),
+            _Axis(ax.m[ox[0]:ox[1], c0:c1], ax.t.device, ax.t.dtype)) for c, ay, ax in lin]
+    return sub, (oy[0], oy[1], ox[0], ox[1])
+
+
+def _groups(mask: np.ndarray) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
+    """The groups of ``mask``'s pixels (pixels within 4 of each other share one): each
+    group's bounding box and its pixels within it. The spill correction works group by
+    group, not on one box around all (every pixel is in exactly one group)."""
+    from scipy import ndimage
+
+    if not mask.any():
+        return []
+    labels, _ = ndimage.label(ndimage.binary_dilation(mask, iterations=2))
+    labels = np.where(mask, labels, 0)
+    out = []
+    for lab, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        own = labels[sl] == lab
+        rows, cols = np.flatnonzero(own.any(1)), np.flatnonzero(own.any(0))
+        box = (sl[0].start + int(rows[0]), sl[0].start + int(rows[-1]) + 1,
+               sl[1].start + int(cols[0]), sl[1].start + int(cols[-1]) + 1)
+        out.append((box, labels[box[0]:box[1], box[2]:box[3]] == lab))
+    return out
+
+
+def _last(x: torch.Tensor) -> torch.Tensor:
+    """``(C, h, w) -> (h, w, C)``, contiguous (the pooling's working layout)."""
+    return x.permute(1, 2, 0).contiguous()
+
+
+class _Stat:
+    """The pooled statistic's linear maps over one block (see :func:`_neighbourhood_z2`)."""
+
+    def __init__(self, ay: np.ndarray, ax: np.ndarray, by: np.ndarray | None,
+                 bx: np.ndarray | None, device: Any, dtype: Any) -> None:
+        import torch
+
+        def lin(pairs: list[tuple[float, np.ndarray, np.ndarray]], dt: Any) -> _Lin:
+            return [(c, _Axis(my, device, dt), _Axis(mx, device, dt)) for c, my, mx in pairs]
+
+        d = [(1.0, ay, ax)] + ([(-1.0, by, bx)] if by is not None else [])
+        v = [(1.0, ay ** 2, ax ** 2)]
+        if by is not None:
+            v += [(-2.0, ay * by, ax * bx), (1.0, by ** 2, bx ** 2)]
+        self.d, self.v = lin(d, dtype), lin(v, dtype)
+        self.d64, self.v64 = lin(d, torch.float64), lin(v, torch.float64)
+        self.a64 = lin([(1.0, ay, ax)], torch.float64)
+
+
+def _neighbourhood_z2(dev: Callable[[int, int], tuple[torch.Tensor, torch.Tensor | None,
+                                                      torch.Tensor | None]],
+                      n_ch: int, shape: tuple[int, int], stat: _Stat,
+                      models: list[tuple[list[np.ndarray | None],
+                                         tuple[torch.Tensor, torch.Tensor] | None,
+                                         tuple[torch.Tensor, torch.Tensor] | None]],
+                      want: tuple[int, int] | None,
+                      needs: list[list[Any]] | None = None
+                      ) -> list[tuple[list[torch.Tensor], list[torch.Tensor | None]]]:
+    """Sum over channels of the squared neighbourhood statistic ``z`` for each keep mask.
+
+    ``dev(c0, c1)`` gives channels ``c0:c1`` of the deviations ``(hs, ws, C)`` and
+    (unless the model is ``uniform``) their incoherent variance ``min(v, noise2)``
+    and coherent sd ``sqrt(max(v - noise2, 0))``. ``models``: per model ``(keeps,
+    uniform, low)``: ``keeps`` source masks (``None``: every pixel); ``uniform =
+    (v_inc, s_coh)`` ``(E,)`` when every pixel shares them; ``low = (basis (E, q),
+    delta (hs, ws, q))`` when the model's deviations are ``dev + delta basis^T``
+    (:class:`Variant`; uniform only), pooled as the pooled ``dev`` plus the pooled
+    ``delta`` times the basis, so each chunk's neighbourhood sums are done once.
+    The statistic of a mask is that of every pixel minus that of the dropped
+    pixels (linear in the sources), the latter group by group of dropped pixels,
+    each over the outputs it reaches only.
+    ``needs``: per model, per mask, the flat indices of the output pixels that use it
+    (``None``: all); the map is computed there only (0 elsewhere).
+    Returns per model, per mask, the ``(th, tw)`` map (float64) and, for the pixel
+    ``want`` (output coordinates), its per-channel ``z^2``.
+    """
+    import torch
+
+    if needs is None:
+        needs = [[None] * len(m[0]) for m in models]
+
+    hs, ws = shape
+    th, tw = stat.d[0][1].m.shape[0], stat.d[0][2].m.shape[0]
+    work = []
+    for keeps, uniform, low in models:
+        # per mask: the dropped pixels' groups, each with the maps restricted to it
+        drops = []
+        for k in keeps:
+            parts = [] if k is None else _groups(~k)
+            if parts:
+                subs = [_sub(stat.d, box) for box, _ in parts]
+                area = sum((o[1] - o[0]) * (o[3] - o[2]) for _, o in subs)
+                if area > th * tw // 2:  # many scattered groups: one box around them all
+                    ys, xs = np.nonzero(~k)
+                    box = (int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1)
+                    parts = [(box, ~k[box[0]:box[1], box[2]:box[3]])]
+                    subs = [_sub(stat.d, box)]
+            groups = []
+            for (box, own), (sub_d, out_box) in zip(parts, subs if parts else []):
+                groups.append((box, out_box, sub_d, _sub(stat.v, box)[0], own))
+            drops.append(groups)
+        # the variance maps are 2-D when uniform: pooled keep masks (times v_inc, s_coh)
+        var2d = []
+        if uniform is not None:
+            coherent = bool((uniform[1] != 0).any())
+            for k in keeps:
+                w = (torch.ones((hs, ws, 1), dtype=torch.float64, device=uniform[0].device)
+                     if k is None
+                     else torch.as_tensor(k[..., None], device=uniform[0].device)
+                     .to(torch.float64))
+                var2d.append((_apply(w, stat.v64), _apply(w, stat.d64) ** 2 if coherent
+                              else None))
+        pooled_low = None
+        if low is not None:
+            pooled_low = _apply(low[1], stat.d)  # (th, tw, q)
+        work.append((keeps, uniform, low, drops, var2d, pooled_low))
+    z2 = [[None] * len(m[0]) for m in models]
+    z2w: list[list[Any]] = [[[] for _ in m[0]] for m in models]
+    chunk = max(1, _CHUNK // max(1, hs * ws))
+    for c0 in range(0, n_ch, chunk):
+        c1 = min(n_ch, c0 + chunk)
+        d_base, vi_c, sc_c = dev(c0, c1)
+        d_pool = _apply(d_base, stat.d)
+        v_all = s_all = None
+        for mi, (keeps, uniform, low, drops, var2d, pooled_low) in enumerate(work):
+            d_c, d_all = d_base, d_pool
+            if low is not None:
+                bt = low[0][c0:c1].T.to(d_base.dtype)  # (q, C)
+                d_all = torch.addmm(d_pool.reshape(-1, c1 - c0),
+                                    pooled_low.reshape(-1, bt.shape[0]), bt
+                                    ).view(d_pool.shape)
+                d_c = None  # only where pixels are dropped (below)
+            if uniform is None and v_all is None:
+                v_all, s_all = _apply(vi_c, stat.v), _apply(sc_c, stat.d)
+            for i in range(len(keeps)):
+                d_k = d_all
+                if uniform is None:
+                    v_k, s_k = v_all, s_all
+                if drops[i]:
+                    d_k = d_all.clone()
+                    if uniform is None:
+                        v_k, s_k = v_all.clone(), s_all.clone()
+                for (r0, r1, q0, q1), (o0, o1, p0, p1), sub_d, sub_v, own in drops[i]:
+                    if o1 <= o0 or p1 <= p0:
+                        continue
+                    dropm = torch.as_tensor(own[..., None], device=d_base.device,
+                                            dtype=d_base.dtype)
+                    if d_c is None:
+                        src = d_base[r0:r1, q0:q1] + low[1][r0:r1, q0:q1] @ bt
+                    else:
+                        src = d_c[r0:r1, q0:q1]
+                    d_k[o0:o1, p0:p1] -= _apply(src * dropm, sub_d)
+                    if uniform is None:
+                        v_k[o0:o1, p0:p1] -= _apply(vi_c[r0:r1, q0:q1] * dropm, sub_v)
+                        s_k[o0:o1, p0:p1] -= _apply(sc_c[r0:r1, q0:q1] * dropm, sub_d)
+                sel = needs[mi][i]
+                if uniform is not None:
+                    q, cm2 = var2d[i]
+                if sel is not None:  # a mask only a few output pixels use: those alone
+                    n_c = c1 - c0
+                    d_k = d_k.reshape(-1, n_c)[sel]
+                    if uniform is None:
+                        v_k, s_k = v_k.reshape(-1, n_c)[sel], s_k.reshape(-1, n_c)[sel]
+                    else:
+                        q = q.reshape(-1, 1)[sel]
+                        cm2 = None if cm2 is None else cm2.reshape(-1, 1)[sel]
+                if uniform is None:
+                    zz = d_k * d_k / (torch.clamp(v_k, min=1e-12) + s_k ** 2)
+                    s = zz.sum(-1, dtype=torch.float64)
+                else:
+                    vi = uniform[0][c0:c1]
+                    if cm2 is None:  # one variance per channel, times a 2-D map
+                        qc = torch.clamp(q[..., 0], min=1e-12 / float(vi.min()))
+                        sq = d_k * d_k
+                        s = torch.matmul(sq, (1.0 / vi).to(d_k.dtype)).to(torch.float64) / qc
+                        if want is not None:
+                            zz = sq * (1.0 / vi).to(d_k.dtype) / qc[..., None].to(d_k.dtype)
+                    else:  # v_inc q + s_coh^2 cm^2: one product of rank two
+                        n_c = c1 - c0
+                        qc = torch.clamp(q, min=1e-12 / float(vi.min()))
+                        var = torch.mm(torch.cat([qc, cm2], -1).reshape(-1, 2).to(d_k.dtype),
+                                       torch.stack([vi, uniform[1][c0:c1] ** 2]).to(d_k.dtype))
+                        zz = d_k * d_k
+                        zz /= var.view(zz.shape)
+                        s = zz.sum(-1).to(torch.float64)
+                z2[mi][i] = s if z2[mi][i] is None else z2[mi][i] + s
+                if want is not None:
+                    z2w[mi][i].append(zz[want[0], want[1]])
+    for mi in range(len(models)):
+        for i, sel in enumerate(needs[mi]):
+            if sel is not None and z2[mi][i] is not None:
+                full = torch.zeros(th * tw, dtype=torch.float64, device=z2[mi][i].device)
+                full[sel] = z2[mi][i]
+                z2[mi][i] = full.view(th, tw)
+    return [(z2[mi], [torch.cat(w) if w else None for w in z2w[mi]])
+            for mi in range(len(models))]

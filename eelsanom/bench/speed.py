@@ -102,6 +102,11 @@ def _forget_fitted_maps(det: Any) -> None:
         det._fitted_maps = None
 
 
+#: timed runs of each (b) row and of HyperSpy's reference (after one untimed HyperSpy run):
+#: the best is reported
+REPEATS = 2
+
+
 def _timed(fn, *args: Any, repeat: int = 1) -> float:
     """Fastest of ``repeat`` calls ``fn(*args)``, in seconds (the least disturbed by a busy host)."""
     best = float("inf")
@@ -228,15 +233,21 @@ def speed_ratios(*, device: str = "cpu", seed: int = 0, fit_shape=(16, 20, 2048)
             s.decomposition(algorithm="SVD", output_dimension=8, print_info=False)
             s.get_decomposition_model(8)
 
-        t_hs = _timed(hyperspy_run)
+        # both sides warm and at their best of REPEATS: HyperSpy's first call in a process
+        # also pays its lazy imports and first allocations (about twice a warm call), which
+        # our detectors paid in the rows before
+        hyperspy_run()
+        t_hs = _timed(hyperspy_run, repeat=REPEATS)
         for label, kw in (("pca fit+score (q=8, no trimming)",
                            {"n_components": 8, "robust_iter": 0}),
                           ("pca fit+score (q=8, robust)", {"n_components": 8}),
                           ("pca fit+score (default: auto q, robust)", {})):
-            det = get_detector("pca", device=device, seed=seed, **kw)
-            t0 = time.perf_counter()
-            det.fit(sim.si).score(sim.si)
-            t = time.perf_counter() - t0
+            t = float("inf")
+            for _ in range(REPEATS):
+                det = get_detector("pca", device=device, seed=seed, **kw)
+                t0 = time.perf_counter()
+                det.fit(sim.si).score(sim.si)
+                t = min(t, time.perf_counter() - t0)
             add("b", label, size, t, t_hs, "HyperSpy SVD(8)+model",
                 note=f"q={det.n_components_}, fit on {det.n_sampled_} of {det.n_bulk_} px, "
                      f"{det.n_trimmed_} trimmed, {det.solver_} solver")
@@ -246,12 +257,17 @@ def speed_ratios(*, device: str = "cpu", seed: int = 0, fit_shape=(16, 20, 2048)
         for label, method, params in timed:
             if label == "pca":
                 continue  # the rows above
-            det = get_detector(method, **params)
-            t0 = time.perf_counter()
-            det.fit(sim.si)
-            t1 = time.perf_counter()
-            det.score(sim.si)
-            t2 = time.perf_counter()
+            best = None
+            for _ in range(REPEATS):  # the best of REPEATS fresh fits and scores
+                det = get_detector(method, **params)
+                t0 = time.perf_counter()
+                det.fit(sim.si)
+                t1 = time.perf_counter()
+                det.score(sim.si)
+                t2 = time.perf_counter()
+                if best is None or t2 - t0 < best[2] - best[0]:
+                    best = (t0, t1, t2)
+            t0, t1, t2 = best
             note = f"fit {t1 - t0:.2f} s, score {t2 - t1:.2f} s"
             if getattr(det, "_fitted_maps", None) is not None:
                 _forget_fitted_maps(det)
@@ -340,7 +356,8 @@ def speed_header(fit_shape=(16, 20, 2048), hyperspy_shape: tuple[int, int] | Non
             f"{PCADetector.max_fit_pixels} drawn pixels, randomized solver from "
             f"{PCADetector.randomized_min_side} pixels and channels) vs HyperSpy "
             "Signal1D.decomposition(algorithm='SVD', output_dimension=8) + "
-            "get_decomposition_model(8) on the same array")
+            "get_decomposition_model(8) on the same array; both warm (HyperSpy run once "
+            f"untimed first), each the best of {REPEATS} runs")
     if hyperspy_shape is not None:
         lines.append("(b) also, on the same cube and against the same HyperSpy time: the default "
                      "detector, pooled PCA (0.8), RX (plain and pooled 0.8) fit + score (the "

@@ -307,6 +307,12 @@ class SpectrumImage:
         """
         if self.is_lazy:
             return
+        # a quick pass by cache-sized runs of pixels (no image-sized mask), the details
+        # only when something is found
+        flat = self.data.reshape(-1, self.data.shape[-1])
+        step = max(1, (1 << 18) // max(1, flat.shape[1]))
+        if all(np.isfinite(flat[i:i + step]).all() for i in range(0, flat.shape[0], step)):
+            return
         bad = ~np.isfinite(self.data)
         if bad.any():
             idx = np.argwhere(bad)[0]

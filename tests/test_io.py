@@ -540,3 +540,19 @@ def test_import_is_cheap():
     code = "import sys, eelsanom.io; print('hyperspy' in sys.modules, 'matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_check_finite_names_the_first_bad_value_anywhere():
+    """The quick pass by runs finds a NaN or inf wherever it is (first and last pixel,
+    a strided view) and the error still names the first one."""
+    from eelsanom.errors import InputError
+    from eelsanom.spectrum import Axis, SpectrumImage
+
+    base = np.ones((9, 11, 300), np.float32)
+    for where, bad in (((0, 0, 0), np.nan), ((8, 10, 299), np.inf), ((4, 5, 17), -np.inf)):
+        data = base.copy()
+        data[where] = bad
+        si = SpectrumImage(data, Axis(300, 0.5, 100.0, "eV"))
+        with pytest.raises(InputError, match=f"y={where[0]}, x={where[1]}, channel {where[2]}"):
+            si.check_finite()
+    SpectrumImage(base[:, :, ::2].copy(), Axis(150, 1.0, 100.0, "eV")).check_finite()

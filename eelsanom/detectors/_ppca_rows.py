@@ -145,3 +145,142 @@ class _Tensors:
                                             device=dev, dtype=dt)
         sd = getattr(det, "scale_direction_", None)
         self.tdir = None if sd is None else torch.as_tensor(sd, device=dev, dtype=dt)
+
+
+class DeviationRuns:
+    """Deviations from a PPCA-subspace prediction, and the pixels' own Gaussian NLL, by runs.
+
+    The pooled detectors (PCA's decoder, context PCA's neighbourhood prediction, both at
+    once in bulk + context PCA) hand the pooling stage ``d = x - mu - [a, c] [U, t]^T``
+    (``a`` the codes of the prediction, ``c`` the pixel's scale along the scale direction
+    ``t``): one float32 product per cache-sized run of pixels, taken off ``x - mu``
+    (float32: the deviations are of the noise's size, the rounding of values of the data's
+    size a few 1e-6 of it). Where every pixel shares its channels' sigmas, each pixel's own
+    NLL is summed on the run while it is in the cache, ``sum_e w_e d_e^2`` (``w = 1 /
+    sigma^2``), and, for a second model whose deviations are ``d + U delta``
+    (:class:`eelsanom.pooling.Variant`), ``sum_e w'_e d_e^2 + 2 delta . (w' d) U +
+    delta^T (U^T W' U) delta``.
+
+    Parameters
+    ----------
+    mean, components : ndarray
+        ``mu`` (D,) and ``U`` (D, q).
+    direction : ndarray of shape (D,) or None
+        The scale direction ``t`` (when the pixel's scale is fitted).
+    sigma : ndarray of shape (D,) or None
+        The sigmas every pixel shares (None: own NLLs are not computed).
+    variant_sigma : ndarray of shape (D,) or None
+        The second model's (with ``sigma``).
+    run_values : int
+        Values (pixels x channels) per run.
+    """
+
+    def __init__(self, mean: np.ndarray, components: np.ndarray, direction: np.ndarray | None,
+                 sigma: np.ndarray | None, variant_sigma: np.ndarray | None = None, *,
+                 run_values: int = _CHUNK_VALUES) -> None:
+        d, q = components.shape
+        self.d, self.q = d, q
+        rows = np.asarray(components.T, np.float32)
+        if direction is not None:
+            rows = np.vstack([rows, np.asarray(direction, np.float32)[None]])
+        self.rows32 = rows
+        self.mu32 = np.asarray(mean, np.float32)
+        self.step = max(1, run_values // max(1, d))
+        half_log = 0.5 * math.log(2.0 * math.pi)
+        self.consts: list[float] = []
+        self.w = self.w_one = self.w_var = self.gram = self.u32 = None
+        if sigma is not None:
+            s64 = np.asarray(sigma, np.float64)
+            self.w = (1.0 / s64 ** 2).astype(np.float32)
+            self.w_one = float(self.w[0]) if bool(np.all(self.w == self.w[0])) else None
+            self.consts.append(float(np.log(s64).sum()) + d * half_log)
+            if variant_sigma is not None:
+                v64 = np.asarray(variant_sigma, np.float64)
+                self.w_var = (1.0 / v64 ** 2).astype(np.float32)
+                U = np.asarray(components, np.float64)
+                self.gram = U.T @ (U * self.w_var.astype(np.float64)[:, None])
+                self.u32 = np.asarray(components, np.float32)
+                self.consts.append(float(np.log(v64).sum()) + d * half_log)
+
+    def __call__(self, x: np.ndarray, codes: np.ndarray, scale: np.ndarray | None = None,
+                 delta: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(dev (n, D) float32, own (k, n) float64 or None)`` of transformed rows ``x``
+        (n, D) predicted from ``codes`` (n, q) (and ``scale`` (n,) when there is a scale
+        direction); ``own[0]`` the pixels' own NLL, ``own[1]`` the variant's (``delta``
+        (n, q): its codes' difference)."""
+        n, d, q = x.shape[0], self.d, self.q
+        dev = np.empty((n, d), np.float32)
+        k = self.rows32.shape[0]
+        coef = np.empty((min(self.step, n), k), np.float32)
+        buf = np.empty((coef.shape[0], d), np.float32)
+        own = None
+        if self.w is not None:
+            own = np.empty((2 if delta is not None else 1, n))
+        for i in range(0, n, self.step):
+            j = min(n, i + self.step)
+            m = j - i
+            coef[:m, :q] = codes[i:j]
+            if k > q:
+                coef[:m, q] = scale[i:j]
+            np.matmul(coef[:m], self.rows32, out=buf[:m])
+            dv = dev[i:j]
+            np.subtract(x[i:j], self.mu32, out=dv)
+            dv -= buf[:m]
+            if own is None:
+                continue
+            if self.w_one is not None:  # one weight for every channel
+                own[0, i:j] = np.einsum("ij,ij->i", dv, dv) * self.w_one
+            else:
+                np.multiply(dv, self.w, out=buf[:m])
+                own[0, i:j] = np.einsum("ij,ij->i", buf[:m], dv)
+            if delta is not None:
+                np.multiply(dv, self.w_var, out=buf[:m])
+                dl = delta[i:j]
+                own[1, i:j] = (np.einsum("ij,ij->i", buf[:m], dv)
+                               + 2.0 * np.einsum("ij,ij->i", buf[:m] @ self.u32, dl)
+                               + np.einsum("ij,jk,ik->i", dl, self.gram, dl))
+        if own is not None:
+            for r, cst in enumerate(self.consts[:own.shape[0]]):
+                own[r] = 0.5 * own[r] + cst
+        return dev, own
+
+
+def pooled_ppca(det: Any, si: Any, pool: Any, **kw: Any) -> dict[str, np.ndarray]:
+    """PCA's pooled scores on the CPU (:meth:`~.pca.PCADetector._pooled`): each tile read,
+    transformed and projected once, its deviations from the decoder's mean ``mu + U (shrink
+    p)`` (plus the pixel's scale) and its own NLLs by :class:`DeviationRuns`, the posterior's
+    KL as penalty; the same Gaussian as :meth:`~.pca.PCADetector._gauss_rows`.
+    ``kw``: passed to :func:`eelsanom.pooling.pool_image`."""
+    import torch
+
+    from ..pooling import pool_image
+    from ._gaussian import read_block
+
+    ny, nx = si.nav_shape
+    d = si.n_energy
+    lam = np.asarray(det.explained_variance_, np.float64)
+    s2 = float(det.noise_variance_)
+    shrink = (lam - s2) / lam
+    lscale = np.sqrt(np.maximum(lam - s2, 0.0)) / lam
+    pv = s2 / lam
+    kl0 = float((pv - np.log(pv) - 1.0).sum())
+    sig = torch.full((d,), math.sqrt(s2), dtype=torch.float32)
+    runs = DeviationRuns(det.mean_, det.components_,
+                         det.scale_direction_ if det._fixed_dims else None,
+                         sig.double().numpy())
+
+    def gauss(rows: slice, cols: slice):
+        block = read_block(si, rows, cols)
+        h, w = block.shape[:2]
+        x = det._transform(block.reshape(h * w, d))
+        p, _, c = det._project(x, with_scale=True)
+        dev, own = runs(x, p * shrink, c)
+        z = p * lscale
+        kl = 0.5 * ((z * z).sum(1) + kl0)
+        return (torch.from_numpy(dev).T.reshape(d, h, w),
+                torch.zeros((1, 1, 1), dtype=torch.float32).expand(d, h, w),
+                sig[:, None, None].expand(d, h, w), torch.from_numpy(kl.reshape(h, w)),
+                {"own": torch.from_numpy(own[0].reshape(h, w))})
+
+    return pool_image(gauss, ny, nx, pooling=pool, noise2=s2,
+                      excess=getattr(det, "pool_excess_", None), n_energy=d, **kw)

@@ -23,6 +23,7 @@ from ..progress import ProgressCallback, emit
 from ..spectrum import SpectrumImage
 from . import _schemas
 from ._gaussian import POOL_ROW_VALUES, check_int, one_blas_thread, read_block
+from ._ppca_rows import DeviationRuns
 from .base import BaseDetector
 from .pca import PCADetector
 
@@ -465,83 +466,36 @@ class ContextPCADetector(PCADetector):
                 raise ValueError("_pool_codes: a variant needs variances shared by every pixel")
             var_sig = torch.as_tensor(np.sqrt(variant[1]), dtype=torch.float32)
             basis = torch.as_tensor(self.components_, dtype=torch.float32)
-        # the prediction less the mean, ``[m, c] [U, t]^T``, in one float32 product per run of
-        # pixels, taken off ``x - mu`` (float32: the deviations are of the noise's size, the
-        # rounding of values of the data's size a few 1e-6 of it)
         scaled = bool(self._fixed_dims) and cc is not None
-        rows32 = np.asarray(self.components_.T, np.float32)
-        if scaled:
-            rows32 = np.vstack([rows32, np.asarray(self.scale_direction_, np.float32)[None]])
-        mu32 = np.asarray(self.mean_, np.float32)
-        # each pixel's own NLL (shared sigmas) computed on each run while it is in cache:
-        # ``sum_e w_e d_e^2`` (``w = 1 / sigma^2``), and for the variant, whose deviations
-        # are ``d + U delta``, that plus ``2 delta . (w d) U + delta^T (U^T W U) delta``
-        half_log = 0.5 * math.log(2.0 * math.pi)
-        own_consts = w_base = w_var = gram = w_one = None
-        if sig_all is not None:
-            sig64 = sig_all.double().numpy()
-            w_base = (1.0 / sig64 ** 2).astype(np.float32)
-            w_one = float(w_base[0]) if bool(np.all(w_base == w_base[0])) else None
-            own_consts = [float(np.log(sig64).sum()) + d * half_log]
-            if variant is not None:
-                vs64 = var_sig.double().numpy()
-                w_var = (1.0 / vs64 ** 2).astype(np.float32)
-                U = np.asarray(self.components_, np.float64)
-                gram = U.T @ (U * w_var.astype(np.float64)[:, None])
-                own_consts.append(float(np.log(vs64).sum()) + d * half_log)
-                u32 = np.asarray(self.components_, np.float32)
+        runs = DeviationRuns(self.mean_, self.components_,
+                             self.scale_direction_ if scaled else None,
+                             None if sig_all is None else sig_all.double().numpy(),
+                             None if var_sig is None else var_sig.double().numpy(),
+                             run_values=POOL_ROW_VALUES)
 
         def gauss(rows: slice, cols: slice):
             xt, mt = x[rows, cols], codes[rows, cols]
             h, w = xt.shape[:2]
-            xt, mt = xt.reshape(h * w, d), mt.reshape(h * w, q)
-            ct = None if cc is None else cc[rows, cols].reshape(h * w)
-            # cache-sized runs of pixels written into one float32 array (channel-last, as
-            # the pooling works): whole-tile float64 intermediates would run from memory
-            dev = np.empty((h * w, d), np.float32)
-            sg = vt = None
-            if sig_all is None:
-                sg = np.empty((h * w, d), np.float32)
-                vt = v[rows, cols].reshape(h * w, q)
-            coef = np.empty((min(step, h * w), rows32.shape[0]), np.float32)
-            pred = np.empty((coef.shape[0], d), np.float32)
             delta = None
             if variant is not None:
-                delta = (codes[rows, cols] - variant[0][rows, cols]).reshape(h * w, q)
-            own = None if w_base is None else np.empty((len(own_consts), h * w))
-            for i in range(0, h * w, step):
-                j = min(h * w, i + step)
-                n = j - i
-                coef[:n, :q] = mt[i:j]
-                if scaled:
-                    coef[:n, q] = ct[i:j]
-                np.matmul(coef[:n], rows32, out=pred[:n])
-                dv = dev[i:j]
-                np.subtract(xt[i:j], mu32, out=dv)
-                dv -= pred[:n]
-                if own is not None:
-                    if w_one is not None:  # one weight for every channel
-                        own[0, i:j] = np.einsum("ij,ij->i", dv, dv) * w_one
-                    else:
-                        np.multiply(dv, w_base, out=pred[:n])
-                        own[0, i:j] = np.einsum("ij,ij->i", pred[:n], dv)
-                    if delta is not None:
-                        np.multiply(dv, w_var, out=pred[:n])
-                        dl = delta[i:j]
-                        own[1, i:j] = (np.einsum("ij,ij->i", pred[:n], dv)
-                                       + 2.0 * np.einsum("ij,ij->i", pred[:n] @ u32, dl)
-                                       + np.einsum("ij,jk,ik->i", dl, gram, dl))
-                if sg is not None:
-                    sg[i:j] = np.sqrt(self._pred_variance(vt[i:j]))
+                delta = (mt - variant[0][rows, cols]).reshape(h * w, q)
+            # channel-last float32 deviations (as the pooling works) and own NLLs, by runs
+            dev, own = runs(xt.reshape(h * w, d), mt.reshape(h * w, q),
+                            None if cc is None else cc[rows, cols].reshape(h * w), delta)
             target = torch.from_numpy(dev).T.reshape(d, h, w)
             mean = torch.zeros((1, 1, 1), dtype=torch.float32).expand(d, h, w)
-            sig = (sig_all[:, None, None].expand(d, h, w) if sg is None
-                   else torch.from_numpy(sg).T.reshape(d, h, w))
+            if sig_all is not None:
+                sig = sig_all[:, None, None].expand(d, h, w)
+            else:
+                vt = v[rows, cols].reshape(h * w, q)
+                sg = np.empty((h * w, d), np.float32)
+                for i in range(0, h * w, step):
+                    sg[i:i + step] = np.sqrt(self._pred_variance(vt[i:i + step]))
+                sig = torch.from_numpy(sg).T.reshape(d, h, w)
             pen = (None if penalty is None
                    else torch.from_numpy(np.ascontiguousarray(penalty[rows, cols],
                                                               dtype=np.float64)))
-            own_t = (None if own is None else
-                     [torch.from_numpy(0.5 * o.reshape(h, w) + k) for o, k in zip(own, own_consts)])
+            own_t = None if own is None else [torch.from_numpy(o.reshape(h, w)) for o in own]
             var = None
             if variant is not None:
                 var = Variant(basis=basis, sigma=var_sig, excess=variant[2], own=own_t[1],

@@ -51,7 +51,14 @@ from ._gaussian import (
     trim_outlyingness,
     trimmed_fit,
 )
-from ._ppca_rows import SCALES, _project_rows, _resolve_device, _Tensors, scale_direction
+from ._ppca_rows import (
+    SCALES,
+    _project_rows,
+    _resolve_device,
+    _Tensors,
+    pooled_ppca,
+    scale_direction,
+)
 from .base import BaseDetector
 
 log = logging.getLogger(__name__)
@@ -592,8 +599,9 @@ class PCADetector(PooledGaussian, BaseDetector):
         if fit and self._fixed_dims:
             mu = X.mean(axis=0, dtype=np.float64)
             t = self.scale_direction_
-            c = (X @ t.astype(np.float32)) - np.float32(mu @ t)
-            X = X - np.outer(c, t).astype(np.float32)
+            t32 = t.astype(np.float32)
+            c = (X @ t32) - np.float32(mu @ t)
+            X = X - c[:, None] * t32
         return X
 
     def _transform(self, x_counts: np.ndarray) -> np.ndarray:
@@ -740,6 +748,13 @@ class PCADetector(PooledGaussian, BaseDetector):
         return score, latent, maps
 
     # ------------------------------------------------------------------ pooled scoring
+    def _pooled(self, si: SpectrumImage, pool: Any, **kw: Any) -> dict[str, np.ndarray]:
+        """On the CPU by :func:`~._ppca_rows.pooled_ppca` (the Gaussian of :meth:`_gauss_rows`,
+        each tile transformed and projected once, float32 deviations)."""
+        if self._tensors().dev.type != "cpu":
+            return super()._pooled(si, pool, **kw)
+        return pooled_ppca(self, si, pool, **kw)
+
     def _gauss_rows(self, x_counts: np.ndarray) -> tuple[Any, Any, Any, Any]:
         """PPCA as a latent-variable model of counts ``x (n, E)``: ``(target, mean, sigma, KL)``.
 

@@ -599,9 +599,10 @@ class PCADetector(PooledGaussian, BaseDetector):
         if fit and self._fixed_dims:
             mu = X.mean(axis=0, dtype=np.float64)
             t = self.scale_direction_
-            t32 = t.astype(np.float32)
-            c = (X @ t32) - np.float32(mu @ t)
-            X = X - c[:, None] * t32
+            c = (X @ t.astype(np.float32)) - np.float32(mu @ t)
+            for i in range(0, X.shape[0], 256):  # (X is this call's own array) the float64
+                # product in cache-sized runs
+                X[i:i + 256] -= np.outer(c[i:i + 256], t).astype(np.float32)
         return X
 
     def _transform(self, x_counts: np.ndarray) -> np.ndarray:

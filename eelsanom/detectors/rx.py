@@ -108,6 +108,10 @@ def _oas(trace: float, frob2: float, d: int, n: int) -> float:
     return 1.0 if den == 0 else float(min(num / den, 1.0))
 
 
+#: with more than this many times the kept directions in training pixels, the pixel-side fit
+#: takes every eigenvalue of their Gram matrix but only the kept directions' eigenvectors
+SUBSET_EIGH_RATIO = 2
+
 class RXDetector(PooledGaussian, BaseDetector):
     """RX anomaly detector: Gaussian NLL under a shrunk bulk covariance (higher = more anomalous).
 
@@ -298,8 +302,18 @@ class RXDetector(PooledGaussian, BaseDetector):
         trace = float(np.trace(Kc)) / n
         a = self._shrinkage_for(trace, float(np.sum(Kc * Kc)) / n ** 2, d, n,
                                 lambda: float(np.sum(np.diag(Kc) ** 2)))
-        mu, V = np.linalg.eigh(Kc)
-        mu, V = mu[::-1], V[:, ::-1]
+        k = self._rank_cap()
+        if k is not None and n > SUBSET_EIGH_RATIO * k:
+            # every eigenvalue (for the rank and the rest's mean) but only the top k
+            # eigenvectors: the full decomposition's vectors cost most of the fit
+            from scipy.linalg import eigh
+
+            mu = np.linalg.eigvalsh(Kc)[::-1]
+            top, V = eigh(Kc, subset_by_index=[n - k, n - 1])
+            mu[:k], V = top[::-1], V[:, ::-1]
+        else:
+            mu, V = np.linalg.eigh(Kc)
+            mu, V = mu[::-1], V[:, ::-1]
         r = int(np.sum(mu > max(float(mu[0]), 1e-300) * n * 1e-13)) if mu.size else 0
         Yc = np.asarray(gram.X[rows], np.float64) - mean
         lam = mu[:r] / n
@@ -308,7 +322,6 @@ class RXDetector(PooledGaussian, BaseDetector):
         floor = 1e-10 * max(trace / d, 1e-30)  # the dense path's floor (mean |eigenvalue|)
         e = np.maximum(e, floor)
         b = max(b, floor)
-        k = self._rank_cap()
         if k is not None and r > k:  # the top k directions, the rest at their mean variance
             b = float((np.sum(e[k:]) + (d - r) * b) / (d - k))
             e, r = e[:k], k

@@ -202,13 +202,21 @@ class DeviationRuns:
                 self.u32 = np.asarray(components, np.float32)
                 self.consts.append(float(np.log(v64).sum()) + d * half_log)
 
-    def __call__(self, x: np.ndarray, codes: np.ndarray, scale: np.ndarray | None = None,
-                 delta: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    def __call__(self, x: np.ndarray, codes: np.ndarray | None, scale: np.ndarray | None = None,
+                 delta: np.ndarray | None = None, shrink: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
         """``(dev (n, D) float32, own (k, n) float64 or None)`` of transformed rows ``x``
         (n, D) predicted from ``codes`` (n, q) (and ``scale`` (n,) when there is a scale
         direction); ``own[0]`` the pixels' own NLL, ``own[1]`` the variant's (``delta``
-        (n, q): its codes' difference)."""
+        (n, q): its codes' difference). ``codes`` None: the rows' own projections
+        ``U^T (x - mu)`` (and scale coordinates) times ``shrink`` (q,), projected on each run
+        in float32; they are then kept in :attr:`projections` (n, q + 1) float64."""
         n, d, q = x.shape[0], self.d, self.q
+        own_codes = codes is None
+        if own_codes:
+            self.projections = np.empty((n, self.rows32.shape[0]))
+            mult = np.ones(self.rows32.shape[0], np.float32)
+            mult[:q] = shrink
         dev = np.empty((n, d), np.float32)
         k = self.rows32.shape[0]
         coef = np.empty((min(self.step, n), k), np.float32)
@@ -219,12 +227,17 @@ class DeviationRuns:
         for i in range(0, n, self.step):
             j = min(n, i + self.step)
             m = j - i
-            coef[:m, :q] = codes[i:j]
-            if k > q:
-                coef[:m, q] = scale[i:j]
-            np.matmul(coef[:m], self.rows32, out=buf[:m])
             dv = dev[i:j]
             np.subtract(x[i:j], self.mu32, out=dv)
+            if own_codes:
+                np.matmul(dv, self.rows32.T, out=coef[:m])
+                self.projections[i:j] = coef[:m]
+                coef[:m] *= mult
+            else:
+                coef[:m, :q] = codes[i:j]
+                if k > q:
+                    coef[:m, q] = scale[i:j]
+            np.matmul(coef[:m], self.rows32, out=buf[:m])
             dv -= buf[:m]
             if own is None:
                 continue
@@ -246,8 +259,8 @@ class DeviationRuns:
 
 
 def pooled_ppca(det: Any, si: Any, pool: Any, **kw: Any) -> dict[str, np.ndarray]:
-    """PCA's pooled scores on the CPU (:meth:`~.pca.PCADetector._pooled`): each tile read,
-    transformed and projected once, its deviations from the decoder's mean ``mu + U (shrink
+    """PCA's pooled scores on the CPU (:meth:`~.pca.PCADetector._pooled`): each tile read
+    and transformed once, projected on :class:`DeviationRuns`' runs (float32), its deviations from the decoder's mean ``mu + U (shrink
     p)`` (plus the pixel's scale) and its own NLLs by :class:`DeviationRuns`, the posterior's
     KL as penalty; the same Gaussian as :meth:`~.pca.PCADetector._gauss_rows`.
     ``kw``: passed to :func:`eelsanom.pooling.pool_image`."""
@@ -273,9 +286,8 @@ def pooled_ppca(det: Any, si: Any, pool: Any, **kw: Any) -> dict[str, np.ndarray
         block = read_block(si, rows, cols)
         h, w = block.shape[:2]
         x = det._transform(block.reshape(h * w, d))
-        p, _, c = det._project(x, with_scale=True)
-        dev, own = runs(x, p * shrink, c)
-        z = p * lscale
+        dev, own = runs(x, None, shrink=shrink)  # projected on the runs, in float32
+        z = runs.projections[:, :lam.size] * lscale
         kl = 0.5 * ((z * z).sum(1) + kl0)
         return (torch.from_numpy(dev).T.reshape(d, h, w),
                 torch.zeros((1, 1, 1), dtype=torch.float32).expand(d, h, w),

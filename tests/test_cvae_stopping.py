@@ -131,13 +131,16 @@ def test_training_that_improves_keeps_its_best_check():
     h = det.history_
     crits = [c for _, c in h["checks"]]
     assert not h["init_won"] and h["best_step"] > 0 and h["best_val"] < h["init_val"]
-    # the kept weights are the best check's (a check better by less than min_delta is not
-    # counted as better)
-    best = dict((int(k), c) for k, c in h["checks"])[h["best_step"]]
-    assert h["best_val"] == best
-    assert best <= min(crits) + TrainConfig().min_delta * abs(best)
+    # the kept weights are those of the lowest check (improvements within min_delta or the
+    # held-out noise do not count) or of a later check no worse than it beyond that noise
+    by_step = dict((int(k), c) for k, c in h["checks"])
+    assert h["best_val"] == by_step[h["best_step"]] and h["lowest_val"] == by_step[h["lowest_step"]]
+    assert h["lowest_val"] <= min(crits) + TrainConfig().min_delta * abs(h["lowest_val"])
+    assert h["best_step"] >= h["lowest_step"] > 0
+    assert h["best_val"] <= h["lowest_val"] + h.get("kept_within", 0.0)
+    assert (h["best_step"] == h["lowest_step"]) == ("kept_within" not in h)
     if h["stopped_early"]:
-        assert _waited_within_the_rule(h)
+        assert _waited_within_the_rule({**h, "best_step": h["lowest_step"]})
     else:
         assert h["steps_run"] == 12 * h["steps_per_epoch"]
     assert 0.0 <= h["after_best_fraction"] < 1.0
@@ -180,3 +183,116 @@ def test_the_bench_reports_the_training_record(sim):
     assert len(table) == 4
     assert "training skipped: at the noise floor" in table[2] and "| 0 / 0 |" in table[2]
     assert "| blind-spot |" in table[3] and "30 (10) of 40" in table[3] and "| 20 / 15 |" in table[3]
+
+
+def _blocks(means, n=25):
+    """``[sum, pixels]`` of validation blocks of ``n`` pixels with these per-block means."""
+    return [[float(m) * n, n] for m in means]
+
+
+def test_paired_se_is_the_block_standard_error_of_the_difference():
+    ref = _blocks([100.0, 110.0, 90.0, 100.0])
+    # the same per-pixel shift in every block: a difference the held-out pixels measure exactly
+    assert train.paired_se(_blocks([99.0, 109.0, 89.0, 99.0]), ref) == pytest.approx(0.0, abs=1e-12)
+    # block differences +-1 around their mean: the standard error of the mean of 4 such blocks
+    se = train.paired_se(_blocks([101.0, 109.0, 91.0, 99.0]), ref)
+    d = np.array([1.0, -1.0, 1.0, -1.0])
+    assert se == pytest.approx(float(np.std(d, ddof=1) / np.sqrt(4)))
+    # unequal blocks: the ratio estimator's cluster standard error, by brute force
+    rng = np.random.default_rng(0)
+    n = rng.integers(5, 40, size=12)
+    a, b = rng.normal(100, 3, 12), rng.normal(100, 3, 12)
+    blocks, ref = [[x * k, k] for x, k in zip(a, n)], [[x * k, k] for x, k in zip(b, n)]
+    diff = (a - b) * n
+    resid = diff - n * diff.sum() / n.sum()
+    want = np.sqrt(np.sum(resid ** 2) * 12 / 11) / n.sum()
+    assert train.paired_se(blocks, ref) == pytest.approx(float(want))
+    # nothing to compare: no noise estimate
+    assert train.paired_se(None, ref) == 0.0 and train.paired_se(ref[:1], ref[:1]) == 0.0
+    assert train.paired_se(blocks[:3], ref) == 0.0
+
+
+def _scripted_fit(sim, monkeypatch, script, **params):
+    """Fit with the held-out criterion (and its blocks) scripted: ``script[0]`` is the
+    initialisation's, then one per check (the last repeated); record each check's weights."""
+    monkeypatch.setattr(train.TrainConfig, "floor_gap", None)
+    states = []
+    real_validate = train._validate
+
+    def fake_validate(model, data, scaler, cfg, *, blocks=None, **kw):
+        real_validate(model, data, scaler, cfg, **kw)  # the real pass (and progress events)
+        means = script[min(len(states), len(script) - 1)]
+        states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        if blocks is not None:
+            blocks.extend(_blocks(means))
+        return float(np.mean(means))
+
+    monkeypatch.setattr(train, "_validate", fake_validate)
+    det = get_detector("cvae", epochs=40, width=4, latent_dim=2, device="cpu", seed=0, **params)
+    det.fit(sim.si, sim.bulk_mask)
+    return det, states
+
+
+# best 90: check 2 is within half a standard error of it (0.1 worse, block noise +-0.8, so
+# SE 0.46), check 4 is not (0.3 worse, the same noise)
+SCRIPT = [[100.0] * 4, [90.0] * 4, [90.9, 89.3, 90.9, 89.3], [92.0] * 4,
+          [91.1, 89.5, 91.1, 89.5], [95.0] * 4]
+
+
+def test_the_latest_check_within_the_noise_of_the_best_is_kept(sim, monkeypatch):
+    det, states = _scripted_fit(sim, monkeypatch, SCRIPT)
+    h = det.history_
+    steps = [s for s, _ in h["checks"]]
+    # the patience runs from the best (check 1): the floor after it; the weights kept are those
+    # of check 2, as good as the best within the held-out noise, so the time after them is the
+    # time actually spent after the checkpoint kept
+    assert h["lowest_step"] == steps[0] and h["best_step"] == steps[1]
+    assert h["best_val"] == pytest.approx(90.1) and h["lowest_val"] == pytest.approx(90.0)
+    assert 0.1 < h["kept_within"] == pytest.approx(0.5 * train.paired_se(
+        _blocks(SCRIPT[2]), _blocks(SCRIPT[1])))
+    assert not h["init_won"] and h["stopped_early"]
+    assert _waited_within_the_rule({**h, "best_step": h["lowest_step"]})
+    for k, v in det.model_.state_dict().items():  # states[0] is the initialisation's
+        assert np.array_equal(v.numpy(), states[2][k].numpy()), k
+    assert 0.0 < h["after_best_fraction"] < 1.0
+
+
+def test_a_fixed_patience_keeps_the_lowest_check(sim, monkeypatch):
+    # a number given as patience keeps the rule as before: the lowest check is kept
+    det, states = _scripted_fit(sim, monkeypatch, SCRIPT, patience=1)
+    h = det.history_
+    steps = [s for s, _ in h["checks"]]
+    assert h["best_step"] == h["lowest_step"] == steps[0] and "kept_within" not in h
+    for k, v in det.model_.state_dict().items():
+        assert np.array_equal(v.numpy(), states[1][k].numpy()), k
+
+
+def test_an_unbeaten_start_keeps_the_latest_check_within_its_noise(sim, monkeypatch):
+    # never better than the start: stops at the floor; the last check within the noise of the
+    # start is kept (not the start, not the checks clearly worse)
+    script = [[100.0] * 4, [101.0] * 4, [100.9, 99.3, 100.9, 99.3], [103.0] * 4, [104.0] * 4]
+    det, states = _scripted_fit(sim, monkeypatch, script)
+    h = det.history_
+    steps = [s for s, _ in h["checks"]]
+    assert h["lowest_step"] == 0 and h["best_step"] == steps[1] and not h["init_won"]
+    floor = max(2 * h["val_every"], math.ceil(h["steps_per_epoch"] / 2), 6)
+    assert floor <= h["steps_run"] < floor + h["val_every"]
+    for k, v in det.model_.state_dict().items():
+        assert np.array_equal(v.numpy(), states[2][k].numpy()), k
+    # the user is told training did not beat the start, and which step was kept instead
+    notes = training_notes(det)
+    assert any("no training step beat" in n and f"step {h['best_step']}" in n for n in notes)
+    assert not any("best epoch 0" in n for n in notes)
+
+
+def test_the_bench_table_names_the_lowest_check_when_a_later_one_is_kept():
+    from eelsanom.bench.report import _training_table
+
+    rec = {"condition": "c", "detector": "cvae+pool", "init_val": 10.0, "best_val": 8.1,
+           "best_epoch": 5, "init_won": False, "best_step": 15, "lowest_step": 12,
+           "steps_run": 18, "init_floor_gap": 0.3, "at_noise_floor": False, "train_s": 2.0,
+           "after_best_fraction": 0.1, "after_best_fit_fraction": 0.08}
+    row = _training_table([rec])[2]
+    assert "| 15 (5) of 18, lowest 12 |" in row and "| 10 / 8 |" in row
+    same = _training_table([{**rec, "lowest_step": 15}])[2]
+    assert "| 15 (5) of 18 |" in same and "lowest" not in same

@@ -43,8 +43,9 @@ from .scaler import Scaler
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "train_cvae", "noise_floor_gap", "validation_interval", "spatial_split", "save_checkpoint", "load_checkpoint",
-           "fingerprint", "check_finite_loss"]
+__all__ = ["TrainConfig", "train_cvae", "noise_floor_gap", "paired_se", "validation_interval",
+           "spatial_split", "save_checkpoint", "load_checkpoint", "fingerprint",
+           "check_finite_loss"]
 
 
 # ----------------------------------------------------------------------------- config
@@ -109,6 +110,16 @@ class TrainConfig:
         between checks runs one last check); the best check so far is kept.
     min_delta : float
         Smallest relative improvement (fraction of the best value) that counts.
+    keep_within : float
+        The weights kept are those of the latest check no worse than the best
+        (the lowest criterion) by more than this many standard errors of the
+        held-out criterion (:func:`paired_se`: the standard error of the mean
+        per-pixel difference between the two checks on the same held-out
+        blocks, blocks as the independent units); the best's own when no later
+        check is that close. The held-out pixels cannot tell such a check from
+        the best, so the steps that led to it are kept rather than thrown away.
+        0: the best check is kept (the rule before; a fixed patience uses it).
+        The stop itself (the patience) is counted from the best check either way.
     seed : int
         Seed of the crops and the reparameterisation noise.
     amp : bool
@@ -139,6 +150,7 @@ class TrainConfig:
     val_every: int | None = None
     max_seconds: float | None = None
     min_delta: float = 5e-5
+    keep_within: float = 0.5
     seed: int = 0
     amp: bool = False
     checkpoint_every: int = 5
@@ -379,6 +391,8 @@ class _Run:
     checkpoint: str | os.PathLike | None
     #: the checkpoint state at the end of the last finished epoch (what a cancel saves)
     boundary: dict[str, Any] | None = field(default=None)
+    #: the weights of the latest check within the noise of the best (None: the best's own)
+    kept_state: dict[str, torch.Tensor] | None = field(default=None)
     #: when ``hist["train_seconds"]`` was last brought up to date (None: the clock is stopped)
     clock: float | None = field(default=None)
 
@@ -402,7 +416,9 @@ class _Run:
                 "model": _state_cpu(self.model),
                 "optimizer": copy.deepcopy(self.opt.state_dict()),
                 "scheduler": copy.deepcopy(self.sched.state_dict()),
-                "best_state": self.best_state, "torch_rng": self.gen.get_state(),
+                "best_state": self.best_state,
+                "kept_state": self.kept_state,
+                "torch_rng": self.gen.get_state(),
                 "numpy_rng": json.dumps(self.rng.bit_generator.state),
                 "history": json.dumps(self.hist)}
 
@@ -431,6 +447,7 @@ class _Run:
                            if device.type == "cpu" else ck["torch_rng"])
         self.rng.bit_generator.state = json.loads(ck["numpy_rng"])
         self.best_state = ck["best_state"]
+        self.kept_state = ck.get("kept_state")
         self.hist = json.loads(ck["history"])
         start, done = int(ck["epoch"]), bool(ck.get("finished", False))
         self.hist["resumed_from"] = start
@@ -454,11 +471,13 @@ def _pixel_outputs(model: CVAE3D, x: torch.Tensor, data: _Data, scaler: Scaler,
 
 
 def _validate(model: CVAE3D, data: _Data, scaler: Scaler, cfg: TrainConfig, *, use_kl: bool,
-              progress: ProgressCallback | None, first: int = 0, total: int | None = None
-              ) -> float:
+              progress: ProgressCallback | None, first: int = 0, total: int | None = None,
+              blocks: list[list[float]] | None = None) -> float:
     """Mean held-out negative ELBO per pixel (trimmed when robust); NaN without a split.
 
     Each validation block is a ``"batch"`` event numbered from ``first + 1`` of ``total``.
+    ``blocks``, when given, receives ``[sum, pixels]`` of the (untrimmed) per-pixel
+    values of each validation block, the units of :func:`paired_se`.
     """
     if data.val_mask is None:
         return float("nan")
@@ -473,12 +492,50 @@ def _validate(model: CVAE3D, data: _Data, scaler: Scaler, cfg: TrainConfig, *, u
                 _, elbo = _pixel_outputs(model, xv, data, scaler, cfg, train=False,
                                          generator=None, use_kl=use_kl)
                 vals.append(elbo[0][data.val_mask[y0:y1, x0:x1]])
+                if blocks is not None:
+                    blocks.append([float(vals[-1].sum()), int(vals[-1].numel())])
                 emit(progress, "batch", first + i + 1, total, phase="validation")
     finally:
         model.train()
     v = torch.cat(vals)
     return float(_masked_mean(v, torch.ones_like(v, dtype=torch.bool),
                               cfg.robust_fraction if cfg.robust else 0.0))
+
+
+def paired_se(blocks: list[list[float]] | None, ref: list[list[float]] | None) -> float:
+    """Standard error of the mean per-pixel difference between two validation checks.
+
+    Both checks ran over the same held-out blocks; the blocks, not the pixels,
+    are the independent units (neighbouring pixels share their neighbourhood,
+    their crops and their errors), so this is the cluster (ratio-estimator)
+    standard error of ``sum(blocks) / pixels - sum(ref) / pixels`` over the
+    blocks' totals. It measures how much of a difference between the two
+    checks the held-out pixels can tell from noise.
+
+    Parameters
+    ----------
+    blocks, ref : list of [sum, pixels] or None
+        Per-block sums of the per-pixel criterion and pixel counts of the two
+        checks (:func:`_validate`'s ``blocks``), in the same block order.
+
+    Returns
+    -------
+    float
+        The standard error (nats per pixel); 0 when either is missing, they
+        differ in length or there are fewer than two blocks.
+    """
+    if not blocks or not ref or len(blocks) != len(ref) or len(blocks) < 2:
+        return 0.0
+    s = np.array([b[0] for b in blocks], np.float64)
+    r = np.array([b[0] for b in ref], np.float64)
+    n = np.array([b[1] for b in blocks], np.float64)
+    total = float(n.sum())
+    if total <= 0:
+        return 0.0
+    diff = s - r
+    resid = diff - n * (diff.sum() / total)  # each block's total difference less its share
+    k = len(n)
+    return float(math.sqrt(float(np.sum(resid ** 2)) * k / (k - 1)) / total)
 
 
 def noise_floor_gap(val: float, n_energy: int, noise: float) -> float:
@@ -600,21 +657,40 @@ def _train_epoch(run: _Run, data: _Data, scaler: Scaler, cfg: TrainConfig, *, us
     return losses, seen, False
 
 
-def _record_check(run: _Run, cfg: TrainConfig, step: int, crit: float) -> bool:
+def _record_check(run: _Run, cfg: TrainConfig, step: int, crit: float,
+                  blocks: list[list[float]] | None = None) -> bool:
     """Record a validation check at global ``step``, keep the best weights; ``True`` to stop.
 
-    Stops when the steps since the best check reach :func:`patience_steps`, or
-    when the time limit is past.
+    A check is the new best when it improves on the best by more than
+    ``cfg.min_delta`` (relative); otherwise, when it is no worse than the best
+    by more than ``cfg.keep_within`` standard errors (:func:`paired_se` against
+    the best's ``blocks``), its weights are to be kept in place of the best's
+    (the latest such check wins; see :func:`train_cvae`). Stops when the steps
+    since the best check reach :func:`patience_steps`, or when the time limit
+    is past.
     """
     hist = run.hist
     hist.setdefault("checks", []).append([int(step), float(crit)])
     first = len(hist["checks"]) == 1 and not np.isfinite(hist.get("init_val", float("nan")))
-    if crit < hist["best_val"] - cfg.min_delta * abs(hist["best_val"]) or first:
+    best = float(hist["best_val"])
+    epoch = int(math.ceil(step / max(1, int(hist.get("steps_per_epoch", 1)))))
+    # how far above the best a check may be and still be kept (0: only the best is)
+    tol = (cfg.keep_within * paired_se(blocks, hist.get("best_blocks"))
+           if cfg.keep_within > 0 else 0.0)
+    if crit < best - cfg.min_delta * abs(best) or first:
         hist["best_val"] = crit
         hist["best_step"] = int(step)
-        hist["best_epoch"] = int(math.ceil(step / max(1, int(hist.get("steps_per_epoch", 1)))))
+        hist["best_epoch"] = epoch
         hist["best_seconds"] = float(hist.get("train_seconds", 0.0))
+        hist["best_blocks"] = blocks
         run.best_state = _state_cpu(run.model)
+        run.kept_state = None
+        hist.pop("kept", None)
+    elif tol > 0 and crit <= best + tol:
+        # as good as the best within the held-out noise: the steps up to here are not wasted
+        run.kept_state = _state_cpu(run.model)
+        hist["kept"] = {"step": int(step), "epoch": epoch, "val": float(crit),
+                        "seconds": float(hist.get("train_seconds", 0.0)), "within": float(tol)}
     if run.out_of_time(cfg):
         log.info("training stopped at its time limit (%.0f s) after step %d",
                  cfg.max_seconds, step)
@@ -638,7 +714,8 @@ def patience_steps(cfg: TrainConfig, hist: dict[str, Any]) -> int:
     check)``: a model that learned for long gets a proportionate wait, so at
     most about ``f / (1 + f)`` of its steps come after its best. Never more
     than ``cfg.patience`` epochs. ``cfg.patience_fraction == 0``: a fixed
-    ``cfg.patience`` epochs.
+    ``cfg.patience`` epochs. The best check here is the lowest criterion (the
+    weights finally kept may be a later check's, ``cfg.keep_within``).
 
     Parameters
     ----------
@@ -706,14 +783,19 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
         validation split), ``checks`` (``[step, criterion]`` of every validation
         check, :func:`validation_interval` = ``val_every`` steps apart),
         ``best_step`` (0 = the initialisation), ``best_epoch`` (the epoch holding
-        it), ``best_val``, ``init_won``, ``epochs_run`` (epochs started: training
-        may stop at a check within one), ``steps_run``, ``stopped_early``,
-        ``resumed_from``, ``train_seconds`` (initial validation, steps and
-        checks), ``best_seconds`` (when the best check ended),
-        ``after_best_fraction`` (the share after it) and ``stopped_by_time`` when
+        it), ``best_val``, ``init_won`` (these of the check whose weights are
+        kept: the latest within ``cfg.keep_within`` standard errors of the
+        lowest), ``lowest_step`` and ``lowest_val`` (the lowest check, from
+        which the patience counts), ``kept_within`` (the tolerance, nats per
+        pixel, when a later check than the lowest was kept), ``epochs_run``
+        (epochs started: training may stop at a check within one),
+        ``steps_run``, ``stopped_early``, ``resumed_from``, ``train_seconds``
+        (initial validation, steps and checks), ``best_seconds`` (when the
+        kept check ended), ``after_best_fraction`` (the share of the training
+        after it) and ``stopped_by_time`` when
         ``cfg.max_seconds`` ended it, ``init_floor_gap`` (:func:`noise_floor_gap`
         of the initialisation) and ``at_noise_floor`` when training was skipped
-        for it. The model holds the best weights on return.
+        for it. The model holds the kept weights on return.
 
     Raises
     ------
@@ -759,13 +841,16 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
         # the initialisation (PPCA) is step 0: a candidate like any check, so training
         # never keeps weights that do worse on held-out bulk than where it started
         run.clock = time.perf_counter()
-        init_val = _validate(model, data, scaler, cfg, use_kl=use_kl, progress=progress)
+        init_blocks: list[list[float]] = []
+        init_val = _validate(model, data, scaler, cfg, use_kl=use_kl, progress=progress,
+                             blocks=init_blocks)
         run.hist["train_seconds"] = 0.0
         run.hist["best_seconds"] = run.tick()
         run.hist["init_val"] = init_val
         if np.isfinite(init_val):
             run.hist["best_val"] = init_val
             run.hist["best_epoch"] = run.hist["best_step"] = 0
+            run.hist["best_blocks"] = init_blocks
         gap = noise_floor_gap(init_val, model.n_energy, scaler.noise)
         run.hist["init_floor_gap"] = gap
         if cfg.floor_gap is not None and np.isfinite(gap) and gap <= cfg.floor_gap:
@@ -785,13 +870,15 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
             def check(k: int, total: int, first: int, losses: list[float],
                       _e: int = epoch, _v: list[float] = last_val) -> bool:
                 check_finite_loss(float(np.mean(losses)))
+                blocks: list[list[float]] = []
                 if data.val_mask is None:  # no split: the epoch's training loss is the criterion
                     crit = float(np.mean(losses))
                 else:
                     crit = _v[0] = _validate(model, data, scaler, cfg, use_kl=use_kl,
-                                             progress=progress, first=first, total=total)
+                                             progress=progress, first=first, total=total,
+                                             blocks=blocks)
                 run.tick()
-                return _record_check(run, cfg, _e * steps + k, crit)
+                return _record_check(run, cfg, _e * steps + k, crit, blocks or None)
 
             losses, seen, stop = _train_epoch(run, data, scaler, cfg, use_kl=use_kl,
                                               cutoff=cutoff, progress=progress, epoch=epoch,
@@ -833,6 +920,18 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
         run.save(run.boundary)
         raise
     run.clock = None
+    hist = run.hist
+    hist.setdefault("lowest_step", int(hist.get("best_step", hist["best_epoch"])))
+    hist.setdefault("lowest_val", float(hist["best_val"]))
+    kept = hist.pop("kept", None)
+    if run.kept_state is not None and kept is not None:
+        # a later check as good as the best within the held-out noise: its weights are kept,
+        # and the "best" fields (and the time after the best) are those of the weights kept
+        run.best_state, run.kept_state = run.kept_state, None
+        hist["best_step"], hist["best_epoch"] = kept["step"], kept["epoch"]
+        hist["best_val"], hist["best_seconds"] = kept["val"], kept["seconds"]
+        hist["kept_within"] = kept["within"]
+    hist.pop("best_blocks", None)
     model.load_state_dict(run.best_state)
     run.hist["init_won"] = int(run.hist.get("best_step", run.hist["best_epoch"])) == 0
     total = float(run.hist.get("train_seconds", 0.0))

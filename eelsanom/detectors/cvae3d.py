@@ -200,7 +200,10 @@ class CVAE3DDetector(BaseDetector):
         floor (half an epoch, at least 6 steps) while the start is unbeaten, and
         otherwise after a third of the steps up to the best check (at most 8
         epochs), so at most about a quarter of a long training is spent after its
-        best check. A number: that many epochs, never skipped.
+        best check; the weights kept are those of the latest check no worse than
+        the best by more than half a standard error of the held-out difference
+        (``TrainConfig.keep_within``). A number: that many epochs, never skipped,
+        and the best check's weights kept.
     max_time : float or None
         Most seconds of training (split evenly between the ``n_seeds`` members);
         the best epoch within it is kept. ``None``: no limit.

@@ -59,11 +59,12 @@ from (beyond half a standard error of the held-out estimate, below), and
 already explains the held-out bulk to the noise level (the usual case on a
 linear bulk under counting noise), stops soon when it does not beat the PPCA,
 and otherwise stops after a third of the steps to its best check; the weights
-kept are those of the latest check no worse than the best by more than half a
-standard error of the held-out difference (the held-out pixels cannot tell it
-from the best, so the steps to it are not thrown away; ``best_step`` is the
-check kept, ``lowest_step`` the lowest); ``history_["after_best_fraction"]`` is
-the share of the training time spent after the checkpoint kept. Adam with a one-cycle learning-rate schedule; seeded (CPU runs
+kept are those of the last check of the plateau after the best: the checks
+right after it that are each no worse than it by more than half a standard
+error of the held-out difference (the held-out pixels cannot tell them from
+the best, so the steps to them are not thrown away; ``best_step`` is the check
+kept, ``lowest_step`` the lowest); ``history_["after_best_fraction"]`` is the
+share of the training time spent after the checkpoint kept. Adam with a one-cycle learning-rate schedule; seeded (CPU runs
 are reproducible); resumable checkpoints.
 
 Context mode
@@ -200,9 +201,10 @@ class CVAE3DDetector(BaseDetector):
         floor (half an epoch, at least 6 steps) while the start is unbeaten, and
         otherwise after a third of the steps up to the best check (at most 8
         epochs), so at most about a quarter of a long training is spent after its
-        best check; the weights kept are those of the latest check no worse than
-        the best by more than half a standard error of the held-out difference
-        (``TrainConfig.keep_within``). A number: that many epochs, never skipped,
+        best check; the weights kept are those of the last check of the plateau
+        after the best (the checks right after it each no worse than it by more
+        than half a standard error of the held-out difference,
+        ``TrainConfig.keep_within``). A number: that many epochs, never skipped,
         and the best check's weights kept.
     max_time : float or None
         Most seconds of training (split evenly between the ``n_seeds`` members);

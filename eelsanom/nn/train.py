@@ -111,13 +111,16 @@ class TrainConfig:
     min_delta : float
         Smallest relative improvement (fraction of the best value) that counts.
     keep_within : float
-        The weights kept are those of the latest check no worse than the best
-        (the lowest criterion) by more than this many standard errors of the
-        held-out criterion (:func:`paired_se`: the standard error of the mean
-        per-pixel difference between the two checks on the same held-out
-        blocks, blocks as the independent units); the best's own when no later
-        check is that close. The held-out pixels cannot tell such a check from
-        the best, so the steps that led to it are kept rather than thrown away.
+        The weights kept are those of the last check of the plateau after the
+        best (the lowest criterion): the checks that follow it, each no worse
+        than it by more than this many standard errors of the held-out
+        criterion (:func:`paired_se`: the standard error of the mean per-pixel
+        difference between the two checks on the same held-out pixels, blocks
+        as the independent units), up to the first check that is; the best's
+        own when the first check after it is already outside. The held-out
+        pixels cannot tell such a check from the best, so the steps that led to
+        it are kept rather than thrown away; a run that wandered off and came
+        back is not a plateau.
         0: the best check is kept (the rule before; a fixed patience uses it).
         The stop itself (the patience) is counted from the best check either way.
     seed : int
@@ -391,8 +394,10 @@ class _Run:
     checkpoint: str | os.PathLike | None
     #: the checkpoint state at the end of the last finished epoch (what a cancel saves)
     boundary: dict[str, Any] | None = field(default=None)
-    #: the weights of the latest check within the noise of the best (None: the best's own)
+    #: the weights of the last check of the plateau after the best (None: the best's own)
     kept_state: dict[str, torch.Tensor] | None = field(default=None)
+    #: the best check's held-out per-pixel values (what later checks are paired with)
+    best_held: _Held | None = field(default=None)
     #: when ``hist["train_seconds"]`` was last brought up to date (None: the clock is stopped)
     clock: float | None = field(default=None)
 
@@ -418,6 +423,9 @@ class _Run:
                 "scheduler": copy.deepcopy(self.sched.state_dict()),
                 "best_state": self.best_state,
                 "kept_state": self.kept_state,
+                "best_held": None if self.best_held is None else {
+                    k: torch.as_tensor(getattr(self.best_held, k))
+                    for k in ("values", "counts", "keep")},
                 "torch_rng": self.gen.get_state(),
                 "numpy_rng": json.dumps(self.rng.bit_generator.state),
                 "history": json.dumps(self.hist)}
@@ -448,6 +456,9 @@ class _Run:
         self.rng.bit_generator.state = json.loads(ck["numpy_rng"])
         self.best_state = ck["best_state"]
         self.kept_state = ck.get("kept_state")
+        bh = ck.get("best_held")
+        self.best_held = None if bh is None else _Held(
+            *(bh[k].numpy() for k in ("values", "counts", "keep")))
         self.hist = json.loads(ck["history"])
         start, done = int(ck["epoch"]), bool(ck.get("finished", False))
         self.hist["resumed_from"] = start
@@ -470,14 +481,23 @@ def _pixel_outputs(model: CVAE3D, x: torch.Tensor, data: _Data, scaler: Scaler,
     return pixel_loss(target, mean, sigma, mu, logvar, cfg.beta, beta_nll, use_kl)
 
 
+@dataclass
+class _Held:
+    """One check's held-out per-pixel values (block after block), what :func:`paired_se` pairs."""
+
+    values: np.ndarray  # float64, every validation pixel, block after block
+    counts: np.ndarray  # int64, pixels per block
+    keep: np.ndarray  # bool, the pixels the criterion counts (all but the trimmed ones)
+
+
 def _validate(model: CVAE3D, data: _Data, scaler: Scaler, cfg: TrainConfig, *, use_kl: bool,
               progress: ProgressCallback | None, first: int = 0, total: int | None = None,
-              blocks: list[list[float]] | None = None) -> float:
+              held: list[_Held] | None = None) -> float:
     """Mean held-out negative ELBO per pixel (trimmed when robust); NaN without a split.
 
     Each validation block is a ``"batch"`` event numbered from ``first + 1`` of ``total``.
-    ``blocks``, when given, receives ``[sum, pixels]`` of the (untrimmed) per-pixel
-    values of each validation block, the units of :func:`paired_se`.
+    ``held``, when given, receives the per-pixel values (and which of them the
+    trimmed mean counts) as a :class:`_Held`, for :func:`paired_se`.
     """
     if data.val_mask is None:
         return float("nan")
@@ -492,50 +512,69 @@ def _validate(model: CVAE3D, data: _Data, scaler: Scaler, cfg: TrainConfig, *, u
                 _, elbo = _pixel_outputs(model, xv, data, scaler, cfg, train=False,
                                          generator=None, use_kl=use_kl)
                 vals.append(elbo[0][data.val_mask[y0:y1, x0:x1]])
-                if blocks is not None:
-                    blocks.append([float(vals[-1].sum()), int(vals[-1].numel())])
                 emit(progress, "batch", first + i + 1, total, phase="validation")
     finally:
         model.train()
     v = torch.cat(vals)
-    return float(_masked_mean(v, torch.ones_like(v, dtype=torch.bool),
-                              cfg.robust_fraction if cfg.robust else 0.0))
+    trim = cfg.robust_fraction if cfg.robust else 0.0
+    if held is not None:
+        vv = v.detach().double().cpu().numpy()
+        keep = np.ones(vv.shape, bool)
+        if trim > 0 and vv.size >= 10:  # the pixels _masked_mean keeps: the k lowest
+            k = max(int(math.floor(vv.size * (1.0 - trim))), 1)
+            keep = vv <= np.partition(vv, k - 1)[k - 1]
+        held.append(_Held(vv, np.array([int(t.numel()) for t in vals], np.int64), keep))
+    return float(_masked_mean(v, torch.ones_like(v, dtype=torch.bool), trim))
 
 
-def paired_se(blocks: list[list[float]] | None, ref: list[list[float]] | None) -> float:
+def paired_se(new: np.ndarray, ref: np.ndarray, counts: Any,
+              keep: np.ndarray | None = None) -> float:
     """Standard error of the mean per-pixel difference between two validation checks.
 
-    Both checks ran over the same held-out blocks; the blocks, not the pixels,
-    are the independent units (neighbouring pixels share their neighbourhood,
-    their crops and their errors), so this is the cluster (ratio-estimator)
-    standard error of ``sum(blocks) / pixels - sum(ref) / pixels`` over the
-    blocks' totals. It measures how much of a difference between the two
-    checks the held-out pixels can tell from noise.
+    Both checks ran over the same held-out pixels, block after block; the
+    blocks, not the pixels, are the independent units (neighbouring pixels
+    share their neighbourhood, their crops and their errors), so this is the
+    cluster (ratio-estimator) standard error of the mean of ``new - ref`` over
+    the kept pixels, from the blocks' totals. It measures how much of a
+    difference between the two checks the held-out pixels can tell from noise.
 
     Parameters
     ----------
-    blocks, ref : list of [sum, pixels] or None
-        Per-block sums of the per-pixel criterion and pixel counts of the two
-        checks (:func:`_validate`'s ``blocks``), in the same block order.
+    new, ref : ndarray of shape (n,)
+        Per-pixel held-out values of the two checks, in the same pixel order.
+    counts : sequence of int
+        Pixels per block (consecutive runs of ``new``; they sum to ``n``).
+    keep : ndarray of bool, shape (n,), optional
+        The pixels to compare (a trimmed criterion's: those neither check
+        trimmed); default all.
 
     Returns
     -------
     float
-        The standard error (nats per pixel); 0 when either is missing, they
-        differ in length or there are fewer than two blocks.
+        The standard error (nats per pixel); 0 when the shapes disagree or
+        fewer than two blocks hold kept pixels.
     """
-    if not blocks or not ref or len(blocks) != len(ref) or len(blocks) < 2:
+    new, ref = np.asarray(new, np.float64), np.asarray(ref, np.float64)
+    counts = np.asarray(counts, np.int64)
+    if new.shape != ref.shape or new.ndim != 1 or counts.sum() != new.size or counts.size < 2:
         return 0.0
-    s = np.array([b[0] for b in blocks], np.float64)
-    r = np.array([b[0] for b in ref], np.float64)
-    n = np.array([b[1] for b in blocks], np.float64)
-    total = float(n.sum())
-    if total <= 0:
+    kept = np.ones(new.shape, bool) if keep is None else np.asarray(keep, bool)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[counts > 0]
+    diff = np.add.reduceat(np.where(kept, new - ref, 0.0), starts)
+    n = np.add.reduceat(kept.astype(np.float64), starts)
+    diff, n = diff[n > 0], n[n > 0]
+    k, total = n.size, float(n.sum())
+    if k < 2:
         return 0.0
-    diff = s - r
     resid = diff - n * (diff.sum() / total)  # each block's total difference less its share
-    k = len(n)
     return float(math.sqrt(float(np.sum(resid ** 2)) * k / (k - 1)) / total)
+
+
+def _held_se(new: _Held | None, ref: _Held | None) -> float:
+    """:func:`paired_se` of two checks over the pixels neither trimmed (0 when either is missing)."""
+    if new is None or ref is None or new.values.shape != ref.values.shape:
+        return 0.0
+    return paired_se(new.values, ref.values, new.counts, new.keep & ref.keep)
 
 
 def noise_floor_gap(val: float, n_energy: int, noise: float) -> float:
@@ -658,16 +697,17 @@ def _train_epoch(run: _Run, data: _Data, scaler: Scaler, cfg: TrainConfig, *, us
 
 
 def _record_check(run: _Run, cfg: TrainConfig, step: int, crit: float,
-                  blocks: list[list[float]] | None = None) -> bool:
+                  held: _Held | None = None) -> bool:
     """Record a validation check at global ``step``, keep the best weights; ``True`` to stop.
 
     A check is the new best when it improves on the best by more than
-    ``cfg.min_delta`` (relative); otherwise, when it is no worse than the best
-    by more than ``cfg.keep_within`` standard errors (:func:`paired_se` against
-    the best's ``blocks``), its weights are to be kept in place of the best's
-    (the latest such check wins; see :func:`train_cvae`). Stops when the steps
-    since the best check reach :func:`patience_steps`, or when the time limit
-    is past.
+    ``cfg.min_delta`` (relative); otherwise, when it and every check since the
+    best are no worse than the best by more than ``cfg.keep_within`` standard
+    errors (:func:`paired_se` of its ``held`` values against the best's), its
+    weights are to be kept in place of the best's (see :func:`train_cvae`); a
+    check outside that tolerance ends the plateau. Stops when the steps since
+    the best check reach :func:`patience_steps`, or when the time limit is
+    past.
     """
     hist = run.hist
     hist.setdefault("checks", []).append([int(step), float(crit)])
@@ -675,22 +715,25 @@ def _record_check(run: _Run, cfg: TrainConfig, step: int, crit: float,
     best = float(hist["best_val"])
     epoch = int(math.ceil(step / max(1, int(hist.get("steps_per_epoch", 1)))))
     # how far above the best a check may be and still be kept (0: only the best is)
-    tol = (cfg.keep_within * paired_se(blocks, hist.get("best_blocks"))
-           if cfg.keep_within > 0 else 0.0)
+    tol = cfg.keep_within * _held_se(held, run.best_held) if cfg.keep_within > 0 else 0.0
     if crit < best - cfg.min_delta * abs(best) or first:
         hist["best_val"] = crit
         hist["best_step"] = int(step)
         hist["best_epoch"] = epoch
         hist["best_seconds"] = float(hist.get("train_seconds", 0.0))
-        hist["best_blocks"] = blocks
+        run.best_held = held
         run.best_state = _state_cpu(run.model)
         run.kept_state = None
         hist.pop("kept", None)
-    elif tol > 0 and crit <= best + tol:
-        # as good as the best within the held-out noise: the steps up to here are not wasted
+        hist["plateau"] = True
+    elif hist.get("plateau") and tol > 0 and crit <= best + tol:
+        # every check since the best as good as it within the held-out noise (a plateau, not
+        # a run that wandered off and came back): the steps up to here are not wasted
         run.kept_state = _state_cpu(run.model)
         hist["kept"] = {"step": int(step), "epoch": epoch, "val": float(crit),
                         "seconds": float(hist.get("train_seconds", 0.0)), "within": float(tol)}
+    else:
+        hist["plateau"] = False  # a check clearly worse than the best ends the plateau
     if run.out_of_time(cfg):
         log.info("training stopped at its time limit (%.0f s) after step %d",
                  cfg.max_seconds, step)
@@ -784,8 +827,8 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
         check, :func:`validation_interval` = ``val_every`` steps apart),
         ``best_step`` (0 = the initialisation), ``best_epoch`` (the epoch holding
         it), ``best_val``, ``init_won`` (these of the check whose weights are
-        kept: the latest within ``cfg.keep_within`` standard errors of the
-        lowest), ``lowest_step`` and ``lowest_val`` (the lowest check, from
+        kept: the last of the plateau within ``cfg.keep_within`` standard
+        errors of the lowest), ``lowest_step`` and ``lowest_val`` (the lowest check, from
         which the patience counts), ``kept_within`` (the tolerance, nats per
         pixel, when a later check than the lowest was kept), ``epochs_run``
         (epochs started: training may stop at a check within one),
@@ -841,16 +884,17 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
         # the initialisation (PPCA) is step 0: a candidate like any check, so training
         # never keeps weights that do worse on held-out bulk than where it started
         run.clock = time.perf_counter()
-        init_blocks: list[list[float]] = []
+        init_held: list[_Held] = []
         init_val = _validate(model, data, scaler, cfg, use_kl=use_kl, progress=progress,
-                             blocks=init_blocks)
+                             held=init_held)
         run.hist["train_seconds"] = 0.0
         run.hist["best_seconds"] = run.tick()
         run.hist["init_val"] = init_val
         if np.isfinite(init_val):
             run.hist["best_val"] = init_val
             run.hist["best_epoch"] = run.hist["best_step"] = 0
-            run.hist["best_blocks"] = init_blocks
+            run.best_held = init_held[0] if init_held else None
+            run.hist["plateau"] = True
         gap = noise_floor_gap(init_val, model.n_energy, scaler.noise)
         run.hist["init_floor_gap"] = gap
         if cfg.floor_gap is not None and np.isfinite(gap) and gap <= cfg.floor_gap:
@@ -870,15 +914,16 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
             def check(k: int, total: int, first: int, losses: list[float],
                       _e: int = epoch, _v: list[float] = last_val) -> bool:
                 check_finite_loss(float(np.mean(losses)))
-                blocks: list[list[float]] = []
+                held: list[_Held] = []
                 if data.val_mask is None:  # no split: the epoch's training loss is the criterion
                     crit = float(np.mean(losses))
                 else:
                     crit = _v[0] = _validate(model, data, scaler, cfg, use_kl=use_kl,
                                              progress=progress, first=first, total=total,
-                                             blocks=blocks)
+                                             held=held)
                 run.tick()
-                return _record_check(run, cfg, _e * steps + k, crit, blocks or None)
+                return _record_check(run, cfg, _e * steps + k, crit,
+                                     held[0] if held else None)
 
             losses, seen, stop = _train_epoch(run, data, scaler, cfg, use_kl=use_kl,
                                               cutoff=cutoff, progress=progress, epoch=epoch,
@@ -924,6 +969,7 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
     hist.setdefault("lowest_step", int(hist.get("best_step", hist["best_epoch"])))
     hist.setdefault("lowest_val", float(hist["best_val"]))
     kept = hist.pop("kept", None)
+    hist.pop("plateau", None)
     if run.kept_state is not None and kept is not None:
         # a later check as good as the best within the held-out noise: its weights are kept,
         # and the "best" fields (and the time after the best) are those of the weights kept
@@ -931,7 +977,6 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
         hist["best_step"], hist["best_epoch"] = kept["step"], kept["epoch"]
         hist["best_val"], hist["best_seconds"] = kept["val"], kept["seconds"]
         hist["kept_within"] = kept["within"]
-    hist.pop("best_blocks", None)
     model.load_state_dict(run.best_state)
     run.hist["init_won"] = int(run.hist.get("best_step", run.hist["best_epoch"])) == 0
     total = float(run.hist.get("train_seconds", 0.0))

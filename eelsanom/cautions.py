@@ -236,6 +236,13 @@ def training_notes(det: Any) -> list[str]:
                          "initialisation) already explains held-out bulk pixels to the noise "
                          "level, so the scores are those of a PPCA-like model; a fixed patience "
                          "(patience=N in the Python API) trains anyway")
+        elif h.get("lowest_step") == 0 and int(h.get("best_step", 0) or 0) > 0:
+            notes.append(f"{who}no training step beat the network's starting point (its PPCA "
+                         "initialisation) on held-out bulk pixels; the weights kept are those "
+                         f"of step {int(h['best_step'])}, as good as the start within the noise "
+                         "of the held-out estimate, so the scores are close to a PPCA-like "
+                         "model's. More bulk pixels or more epochs (--epochs) may let training "
+                         "help")
         elif h.get("init_won") or (h.get("best_epoch") == 0
                                    and int(h.get("epochs_run", 0) or 0)):
             notes.append(f"{who}best epoch 0: no training epoch beat the network's starting "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import math
 import os
 import platform
 from pathlib import Path
@@ -274,8 +275,8 @@ def _training_table(rows: list[dict[str, Any]]) -> list[str]:
     if not rec:
         return []
     out = ["| condition | network | held-out bulk NLL, initialisation | above the noise floor "
-           "(nats/channel) | best step (epoch) of steps run | held-out bulk NLL, best | "
-           "improvement | initialisation kept | training s | after best: % of training "
+           "(nats/channel) | step kept (epoch) of steps run | held-out bulk NLL, kept | "
+           "improvement | initialisation kept | training s | after the step kept: % of training "
            "/ % of fit |", "|---|---|---|---|---|---|---|---|---|---|"]
 
     def num(r: dict[str, Any], k: str, default: float = float("nan")) -> float:
@@ -290,9 +291,13 @@ def _training_table(rows: list[dict[str, Any]]) -> list[str]:
                 in ("True", "1", "true") else ("yes" if str(r["init_won"]) in ("True", "1", "true")
                                                else "no"))
         best_step, steps_run = int(num(r, "best_step", -1)), int(num(r, "steps_run", 0))
+        lowest_f = num(r, "lowest_step", best_step)
+        lowest = int(lowest_f) if math.isfinite(lowest_f) else best_step
+        # a later check than the lowest kept (within the held-out noise of it): say which
+        low = f", lowest {lowest}" if lowest != best_step and lowest >= 0 else ""
         out.append(f"| {r['condition']} | {net} | {num(r, 'init_val'):.3f} | "
                    f"{num(r, 'init_floor_gap'):.3f} | {best_step} ({r['best_epoch']}) of "
-                   f"{steps_run} | {num(r, 'best_val'):.3f} | "
+                   f"{steps_run}{low} | {num(r, 'best_val'):.3f} | "
                    f"{num(r, 'init_val') - num(r, 'best_val'):.3f} | {kept} | "
                    f"{num(r, 'train_s'):.1f} | {100 * num(r, 'after_best_fraction'):.0f} / "
                    f"{100 * num(r, 'after_best_fit_fraction'):.0f} |")

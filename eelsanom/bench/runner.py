@@ -112,6 +112,7 @@ def _training_record(det: Any) -> dict[str, Any]:
             "best_epoch": int(h.get("best_epoch", -1)), "epochs_run": int(h.get("epochs_run", 0)),
             "init_won": bool(h.get("init_won", False)),
             "best_step": int(h.get("best_step", -1)), "steps_run": int(h.get("steps_run", 0)),
+            "lowest_step": int(h.get("lowest_step", h.get("best_step", -1))),
             "init_floor_gap": float(h.get("init_floor_gap", float("nan"))),
             "at_noise_floor": bool(h.get("at_noise_floor", False)),
             "train_s": float(h.get("train_seconds", float("nan"))),
@@ -153,9 +154,10 @@ def run_condition(cond: Condition, methods: list[str], *, device: str, seed: int
         bimodality, the false-positive rate ``fpr`` and the automatic threshold),
         fit/score seconds, device, peak memory (MiB); the 3D-CVAE's rows carry
         its training record (``init_val``, ``best_val``, ``best_epoch``,
-        ``init_won``, ``best_step``, ``steps_run``, ``init_floor_gap``,
+        ``init_won``, ``best_step`` (the check kept), ``lowest_step`` (the lowest
+        check), ``steps_run``, ``init_floor_gap``,
         ``at_noise_floor``, ``train_s``, ``after_best_fraction`` of the training
-        and ``after_best_fit_fraction`` of the whole fit).
+        and ``after_best_fit_fraction`` of the whole fit, both after the check kept).
     maps : dict
         ``"truth"`` (bool, ``(ny, nx)``), ``"nll"`` (detector -> ``(ny, nx)``
         NLL map) and ``"thresholds"`` (detector -> float).

@@ -53,13 +53,18 @@ epoch's quantile). A spatially held-out ``val_fraction`` of the training pixels
 (whole blocks) drives early stopping and the choice of the kept weights,
 checked within epochs; the initialisation itself (step 0) is a candidate, so
 training never returns a model worse on held-out bulk than the PPCA it started
-from, and ``history_`` records the held-out NLL of both (``init_val``,
-``best_val``, ``init_won``). With ``patience="auto"`` training is not started
-when the PPCA already explains the held-out bulk to the noise level (the usual
-case on a linear bulk under counting noise), stops soon when it does not beat
-the PPCA, and otherwise stops after a third of the steps to its best check;
-``history_["after_best_fraction"]`` is the share of the training time spent
-after the best checkpoint. Adam with a one-cycle learning-rate schedule; seeded (CPU runs
+from (beyond half a standard error of the held-out estimate, below), and
+``history_`` records the held-out NLL of both (``init_val``, ``best_val``,
+``init_won``). With ``patience="auto"`` training is not started when the PPCA
+already explains the held-out bulk to the noise level (the usual case on a
+linear bulk under counting noise), stops soon when it does not beat the PPCA,
+and otherwise stops after a third of the steps to its best check; the weights
+kept are those of the last check of the plateau after the best: the checks
+right after it that are each no worse than it by more than half a standard
+error of the held-out difference (the held-out pixels cannot tell them from
+the best, so the steps to them are not thrown away; ``best_step`` is the check
+kept, ``lowest_step`` the lowest); ``history_["after_best_fraction"]`` is the
+share of the training time spent after the checkpoint kept. Adam with a one-cycle learning-rate schedule; seeded (CPU runs
 are reproducible); resumable checkpoints.
 
 Context mode
@@ -196,7 +201,11 @@ class CVAE3DDetector(BaseDetector):
         floor (half an epoch, at least 6 steps) while the start is unbeaten, and
         otherwise after a third of the steps up to the best check (at most 8
         epochs), so at most about a quarter of a long training is spent after its
-        best check. A number: that many epochs, never skipped.
+        best check; the weights kept are those of the last check of the plateau
+        after the best (the checks right after it each no worse than it by more
+        than half a standard error of the held-out difference,
+        ``TrainConfig.keep_within``). A number: that many epochs, never skipped,
+        and the best check's weights kept.
     max_time : float or None
         Most seconds of training (split evenly between the ``n_seeds`` members);
         the best epoch within it is kept. ``None``: no limit.
@@ -472,6 +481,8 @@ class CVAE3DDetector(BaseDetector):
                               patience_fraction=1.0 / 3.0 if auto_patience else 0.0,
                               # a fixed patience asks for training: never skipped
                               floor_gap=TrainConfig.floor_gap if auto_patience else None,
+                              # and keeps the lowest check
+                              keep_within=TrainConfig.keep_within if auto_patience else 0.0,
                               max_seconds=(None if self.max_time is None
                                            else float(self.max_time) / len(seeds)),
                               seed=seed, amp=self._amp(device), prefixes=prefixes)
@@ -770,7 +781,8 @@ class CVAE3DDetector(BaseDetector):
                                      "batch_size", "train_seconds", "best_seconds",
                                      "after_best_fraction", "stopped_by_time", "best_step",
                                      "steps_run", "val_every", "fit_seconds",
-                                     "after_best_fit_fraction") if k in h}
+                                     "after_best_fit_fraction", "lowest_step",
+                                     "kept_within") if k in h}
         summary["loss"] = [float(v) for v in h.get("loss", [])]
         summary["val_nll"] = [float(v) if np.isfinite(v) else None for v in h.get("val_nll", [])]
         for k in ("best_val", "init_val"):

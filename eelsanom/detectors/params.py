@@ -145,7 +145,8 @@ HELP: dict[str, dict[str, tuple]] = {
         "patience": ("any", None, None, (), False,
                      "epochs without a better validation NLL before training stops; 'auto': "
                      "skipped when the PPCA start is at the noise floor, else a third of the "
-                     "steps up to the best check (6 steps or half an epoch to 8 epochs)"),
+                     "steps up to the best check (6 steps or half an epoch to 8 epochs), keeping the "
+                     "last check of the plateau within half a standard error of the best"),
         "max_time": ("float", 0.0, None, (), True,
                      "most seconds of training (the best check within it is kept); empty: "
                      "no limit"),

@@ -43,8 +43,9 @@ from .scaler import Scaler
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "train_cvae", "noise_floor_gap", "validation_interval", "spatial_split", "save_checkpoint", "load_checkpoint",
-           "fingerprint", "check_finite_loss"]
+__all__ = ["TrainConfig", "train_cvae", "noise_floor_gap", "paired_se", "validation_interval",
+           "spatial_split", "save_checkpoint", "load_checkpoint", "fingerprint",
+           "check_finite_loss"]
 
 
 # ----------------------------------------------------------------------------- config
@@ -109,6 +110,19 @@ class TrainConfig:
         between checks runs one last check); the best check so far is kept.
     min_delta : float
         Smallest relative improvement (fraction of the best value) that counts.
+    keep_within : float
+        The weights kept are those of the last check of the plateau after the
+        best (the lowest criterion): the checks that follow it, each no worse
+        than it by more than this many standard errors of the held-out
+        criterion (:func:`paired_se`: the standard error of the mean per-pixel
+        difference between the two checks on the same held-out pixels, blocks
+        as the independent units), up to the first check that is; the best's
+        own when the first check after it is already outside. The held-out
+        pixels cannot tell such a check from the best, so the steps that led to
+        it are kept rather than thrown away; a run that wandered off and came
+        back is not a plateau.
+        0: the best check is kept (the rule before; a fixed patience uses it).
+        The stop itself (the patience) is counted from the best check either way.
     seed : int
         Seed of the crops and the reparameterisation noise.
     amp : bool
@@ -139,6 +153,7 @@ class TrainConfig:
     val_every: int | None = None
     max_seconds: float | None = None
     min_delta: float = 5e-5
+    keep_within: float = 0.5
     seed: int = 0
     amp: bool = False
     checkpoint_every: int = 5
@@ -379,6 +394,10 @@ class _Run:
     checkpoint: str | os.PathLike | None
     #: the checkpoint state at the end of the last finished epoch (what a cancel saves)
     boundary: dict[str, Any] | None = field(default=None)
+    #: the weights of the last check of the plateau after the best (None: the best's own)
+    kept_state: dict[str, torch.Tensor] | None = field(default=None)
+    #: the best check's held-out per-pixel values (what later checks are paired with)
+    best_held: _Held | None = field(default=None)
     #: when ``hist["train_seconds"]`` was last brought up to date (None: the clock is stopped)
     clock: float | None = field(default=None)
 
@@ -402,7 +421,12 @@ class _Run:
                 "model": _state_cpu(self.model),
                 "optimizer": copy.deepcopy(self.opt.state_dict()),
                 "scheduler": copy.deepcopy(self.sched.state_dict()),
-                "best_state": self.best_state, "torch_rng": self.gen.get_state(),
+                "best_state": self.best_state,
+                "kept_state": self.kept_state,
+                "best_held": None if self.best_held is None else {
+                    k: torch.as_tensor(getattr(self.best_held, k))
+                    for k in ("values", "counts", "keep")},
+                "torch_rng": self.gen.get_state(),
                 "numpy_rng": json.dumps(self.rng.bit_generator.state),
                 "history": json.dumps(self.hist)}
 
@@ -431,6 +455,10 @@ class _Run:
                            if device.type == "cpu" else ck["torch_rng"])
         self.rng.bit_generator.state = json.loads(ck["numpy_rng"])
         self.best_state = ck["best_state"]
+        self.kept_state = ck.get("kept_state")
+        bh = ck.get("best_held")
+        self.best_held = None if bh is None else _Held(
+            *(bh[k].numpy() for k in ("values", "counts", "keep")))
         self.hist = json.loads(ck["history"])
         start, done = int(ck["epoch"]), bool(ck.get("finished", False))
         self.hist["resumed_from"] = start
@@ -453,12 +481,23 @@ def _pixel_outputs(model: CVAE3D, x: torch.Tensor, data: _Data, scaler: Scaler,
     return pixel_loss(target, mean, sigma, mu, logvar, cfg.beta, beta_nll, use_kl)
 
 
+@dataclass
+class _Held:
+    """One check's held-out per-pixel values (block after block), what :func:`paired_se` pairs."""
+
+    values: np.ndarray  # float64, every validation pixel, block after block
+    counts: np.ndarray  # int64, pixels per block
+    keep: np.ndarray  # bool, the pixels the criterion counts (all but the trimmed ones)
+
+
 def _validate(model: CVAE3D, data: _Data, scaler: Scaler, cfg: TrainConfig, *, use_kl: bool,
-              progress: ProgressCallback | None, first: int = 0, total: int | None = None
-              ) -> float:
+              progress: ProgressCallback | None, first: int = 0, total: int | None = None,
+              held: list[_Held] | None = None) -> float:
     """Mean held-out negative ELBO per pixel (trimmed when robust); NaN without a split.
 
     Each validation block is a ``"batch"`` event numbered from ``first + 1`` of ``total``.
+    ``held``, when given, receives the per-pixel values (and which of them the
+    trimmed mean counts) as a :class:`_Held`, for :func:`paired_se`.
     """
     if data.val_mask is None:
         return float("nan")
@@ -477,8 +516,65 @@ def _validate(model: CVAE3D, data: _Data, scaler: Scaler, cfg: TrainConfig, *, u
     finally:
         model.train()
     v = torch.cat(vals)
-    return float(_masked_mean(v, torch.ones_like(v, dtype=torch.bool),
-                              cfg.robust_fraction if cfg.robust else 0.0))
+    trim = cfg.robust_fraction if cfg.robust else 0.0
+    if held is not None:
+        vv = v.detach().double().cpu().numpy()
+        keep = np.ones(vv.shape, bool)
+        if trim > 0 and vv.size >= 10:  # the pixels _masked_mean keeps: the k lowest
+            k = max(int(math.floor(vv.size * (1.0 - trim))), 1)
+            keep = vv <= np.partition(vv, k - 1)[k - 1]
+        held.append(_Held(vv, np.array([int(t.numel()) for t in vals], np.int64), keep))
+    return float(_masked_mean(v, torch.ones_like(v, dtype=torch.bool), trim))
+
+
+def paired_se(new: np.ndarray, ref: np.ndarray, counts: Any,
+              keep: np.ndarray | None = None) -> float:
+    """Standard error of the mean per-pixel difference between two validation checks.
+
+    Both checks ran over the same held-out pixels, block after block; the
+    blocks, not the pixels, are the independent units (neighbouring pixels
+    share their neighbourhood, their crops and their errors), so this is the
+    cluster (ratio-estimator) standard error of the mean of ``new - ref`` over
+    the kept pixels, from the blocks' totals. It measures how much of a
+    difference between the two checks the held-out pixels can tell from noise.
+
+    Parameters
+    ----------
+    new, ref : ndarray of shape (n,)
+        Per-pixel held-out values of the two checks, in the same pixel order.
+    counts : sequence of int
+        Pixels per block (consecutive runs of ``new``; they sum to ``n``).
+    keep : ndarray of bool, shape (n,), optional
+        The pixels to compare (a trimmed criterion's: those neither check
+        trimmed); default all.
+
+    Returns
+    -------
+    float
+        The standard error (nats per pixel); 0 when the shapes disagree or
+        fewer than two blocks hold kept pixels.
+    """
+    new, ref = np.asarray(new, np.float64), np.asarray(ref, np.float64)
+    counts = np.asarray(counts, np.int64)
+    if new.shape != ref.shape or new.ndim != 1 or counts.sum() != new.size or counts.size < 2:
+        return 0.0
+    kept = np.ones(new.shape, bool) if keep is None else np.asarray(keep, bool)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[counts > 0]
+    diff = np.add.reduceat(np.where(kept, new - ref, 0.0), starts)
+    n = np.add.reduceat(kept.astype(np.float64), starts)
+    diff, n = diff[n > 0], n[n > 0]
+    k, total = n.size, float(n.sum())
+    if k < 2:
+        return 0.0
+    resid = diff - n * (diff.sum() / total)  # each block's total difference less its share
+    return float(math.sqrt(float(np.sum(resid ** 2)) * k / (k - 1)) / total)
+
+
+def _held_se(new: _Held | None, ref: _Held | None) -> float:
+    """:func:`paired_se` of two checks over the pixels neither trimmed (0 when either is missing)."""
+    if new is None or ref is None or new.values.shape != ref.values.shape:
+        return 0.0
+    return paired_se(new.values, ref.values, new.counts, new.keep & ref.keep)
 
 
 def noise_floor_gap(val: float, n_energy: int, noise: float) -> float:
@@ -600,21 +696,44 @@ def _train_epoch(run: _Run, data: _Data, scaler: Scaler, cfg: TrainConfig, *, us
     return losses, seen, False
 
 
-def _record_check(run: _Run, cfg: TrainConfig, step: int, crit: float) -> bool:
+def _record_check(run: _Run, cfg: TrainConfig, step: int, crit: float,
+                  held: _Held | None = None) -> bool:
     """Record a validation check at global ``step``, keep the best weights; ``True`` to stop.
 
-    Stops when the steps since the best check reach :func:`patience_steps`, or
-    when the time limit is past.
+    A check is the new best when it improves on the best by more than
+    ``cfg.min_delta`` (relative); otherwise, when it and every check since the
+    best are no worse than the best by more than ``cfg.keep_within`` standard
+    errors (:func:`paired_se` of its ``held`` values against the best's), its
+    weights are to be kept in place of the best's (see :func:`train_cvae`); a
+    check outside that tolerance ends the plateau. Stops when the steps since
+    the best check reach :func:`patience_steps`, or when the time limit is
+    past.
     """
     hist = run.hist
     hist.setdefault("checks", []).append([int(step), float(crit)])
     first = len(hist["checks"]) == 1 and not np.isfinite(hist.get("init_val", float("nan")))
-    if crit < hist["best_val"] - cfg.min_delta * abs(hist["best_val"]) or first:
+    best = float(hist["best_val"])
+    epoch = int(math.ceil(step / max(1, int(hist.get("steps_per_epoch", 1)))))
+    # how far above the best a check may be and still be kept (0: only the best is)
+    tol = cfg.keep_within * _held_se(held, run.best_held) if cfg.keep_within > 0 else 0.0
+    if crit < best - cfg.min_delta * abs(best) or first:
         hist["best_val"] = crit
         hist["best_step"] = int(step)
-        hist["best_epoch"] = int(math.ceil(step / max(1, int(hist.get("steps_per_epoch", 1)))))
+        hist["best_epoch"] = epoch
         hist["best_seconds"] = float(hist.get("train_seconds", 0.0))
+        run.best_held = held
         run.best_state = _state_cpu(run.model)
+        run.kept_state = None
+        hist.pop("kept", None)
+        hist["plateau"] = True
+    elif hist.get("plateau") and tol > 0 and crit <= best + tol:
+        # every check since the best as good as it within the held-out noise (a plateau, not
+        # a run that wandered off and came back): the steps up to here are not wasted
+        run.kept_state = _state_cpu(run.model)
+        hist["kept"] = {"step": int(step), "epoch": epoch, "val": float(crit),
+                        "seconds": float(hist.get("train_seconds", 0.0)), "within": float(tol)}
+    else:
+        hist["plateau"] = False  # a check clearly worse than the best ends the plateau
     if run.out_of_time(cfg):
         log.info("training stopped at its time limit (%.0f s) after step %d",
                  cfg.max_seconds, step)
@@ -638,7 +757,8 @@ def patience_steps(cfg: TrainConfig, hist: dict[str, Any]) -> int:
     check)``: a model that learned for long gets a proportionate wait, so at
     most about ``f / (1 + f)`` of its steps come after its best. Never more
     than ``cfg.patience`` epochs. ``cfg.patience_fraction == 0``: a fixed
-    ``cfg.patience`` epochs.
+    ``cfg.patience`` epochs. The best check here is the lowest criterion (the
+    weights finally kept may be a later check's, ``cfg.keep_within``).
 
     Parameters
     ----------
@@ -706,14 +826,19 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
         validation split), ``checks`` (``[step, criterion]`` of every validation
         check, :func:`validation_interval` = ``val_every`` steps apart),
         ``best_step`` (0 = the initialisation), ``best_epoch`` (the epoch holding
-        it), ``best_val``, ``init_won``, ``epochs_run`` (epochs started: training
-        may stop at a check within one), ``steps_run``, ``stopped_early``,
-        ``resumed_from``, ``train_seconds`` (initial validation, steps and
-        checks), ``best_seconds`` (when the best check ended),
-        ``after_best_fraction`` (the share after it) and ``stopped_by_time`` when
+        it), ``best_val``, ``init_won`` (these of the check whose weights are
+        kept: the last of the plateau within ``cfg.keep_within`` standard
+        errors of the lowest), ``lowest_step`` and ``lowest_val`` (the lowest check, from
+        which the patience counts), ``kept_within`` (the tolerance, nats per
+        pixel, when a later check than the lowest was kept), ``epochs_run``
+        (epochs started: training may stop at a check within one),
+        ``steps_run``, ``stopped_early``, ``resumed_from``, ``train_seconds``
+        (initial validation, steps and checks), ``best_seconds`` (when the
+        kept check ended), ``after_best_fraction`` (the share of the training
+        after it) and ``stopped_by_time`` when
         ``cfg.max_seconds`` ended it, ``init_floor_gap`` (:func:`noise_floor_gap`
         of the initialisation) and ``at_noise_floor`` when training was skipped
-        for it. The model holds the best weights on return.
+        for it. The model holds the kept weights on return.
 
     Raises
     ------
@@ -759,13 +884,17 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
         # the initialisation (PPCA) is step 0: a candidate like any check, so training
         # never keeps weights that do worse on held-out bulk than where it started
         run.clock = time.perf_counter()
-        init_val = _validate(model, data, scaler, cfg, use_kl=use_kl, progress=progress)
+        init_held: list[_Held] = []
+        init_val = _validate(model, data, scaler, cfg, use_kl=use_kl, progress=progress,
+                             held=init_held)
         run.hist["train_seconds"] = 0.0
         run.hist["best_seconds"] = run.tick()
         run.hist["init_val"] = init_val
         if np.isfinite(init_val):
             run.hist["best_val"] = init_val
             run.hist["best_epoch"] = run.hist["best_step"] = 0
+            run.best_held = init_held[0] if init_held else None
+            run.hist["plateau"] = True
         gap = noise_floor_gap(init_val, model.n_energy, scaler.noise)
         run.hist["init_floor_gap"] = gap
         if cfg.floor_gap is not None and np.isfinite(gap) and gap <= cfg.floor_gap:
@@ -785,13 +914,16 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
             def check(k: int, total: int, first: int, losses: list[float],
                       _e: int = epoch, _v: list[float] = last_val) -> bool:
                 check_finite_loss(float(np.mean(losses)))
+                held: list[_Held] = []
                 if data.val_mask is None:  # no split: the epoch's training loss is the criterion
                     crit = float(np.mean(losses))
                 else:
                     crit = _v[0] = _validate(model, data, scaler, cfg, use_kl=use_kl,
-                                             progress=progress, first=first, total=total)
+                                             progress=progress, first=first, total=total,
+                                             held=held)
                 run.tick()
-                return _record_check(run, cfg, _e * steps + k, crit)
+                return _record_check(run, cfg, _e * steps + k, crit,
+                                     held[0] if held else None)
 
             losses, seen, stop = _train_epoch(run, data, scaler, cfg, use_kl=use_kl,
                                               cutoff=cutoff, progress=progress, epoch=epoch,
@@ -833,6 +965,18 @@ def train_cvae(model: CVAE3D, x_region: np.ndarray, train_mask: np.ndarray,
         run.save(run.boundary)
         raise
     run.clock = None
+    hist = run.hist
+    hist.setdefault("lowest_step", int(hist.get("best_step", hist["best_epoch"])))
+    hist.setdefault("lowest_val", float(hist["best_val"]))
+    kept = hist.pop("kept", None)
+    hist.pop("plateau", None)
+    if run.kept_state is not None and kept is not None:
+        # a later check as good as the best within the held-out noise: its weights are kept,
+        # and the "best" fields (and the time after the best) are those of the weights kept
+        run.best_state, run.kept_state = run.kept_state, None
+        hist["best_step"], hist["best_epoch"] = kept["step"], kept["epoch"]
+        hist["best_val"], hist["best_seconds"] = kept["val"], kept["seconds"]
+        hist["kept_within"] = kept["within"]
     model.load_state_dict(run.best_state)
     run.hist["init_won"] = int(run.hist.get("best_step", run.hist["best_epoch"])) == 0
     total = float(run.hist.get("train_seconds", 0.0))

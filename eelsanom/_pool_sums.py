@@ -74,13 +74,36 @@ _Lin = list[tuple[float, _Axis, _Axis]]
 
 
 def _apply(x: torch.Tensor, lin: _Lin) -> torch.Tensor:
-    """``sum_k c_k Y_k x X_k^T`` over the image axes of ``x (hs, ws, C) -> (th, tw, C)``."""
+    """``sum_k c_k Y_k x X_k^T`` over the image axes of ``x (hs, ws, C) -> (th, tw, C)``.
+
+    On a large block the columns' weights are applied as the rows' are, to the block
+    transposed (one product per panel over every row and channel instead of one small
+    product per row: about a tenth faster), the transposition undone as the terms add up.
+    """
+    import torch
+
+    if x.shape[0] * x.shape[1] < _TRANSPOSED_PIXELS:
+        out = None
+        for c, ay, ax in lin:
+            r = ax.along_cols(ay.along_rows(x))
+            out = r.mul_(c) if out is None else out.add_(r, alpha=c)
+        assert out is not None
+        return out
     out = None
     for c, ay, ax in lin:
-        r = ax.along_cols(ay.along_rows(x))
-        out = r.mul_(c) if out is None else out.add_(r, alpha=c)
+        rt = ay.along_rows(x).transpose(0, 1).contiguous()  # (ws, th, C)
+        r = ax.along_rows(rt).transpose(0, 1)  # (th, tw, C), a view
+        if out is None:
+            out = torch.empty(r.shape, dtype=r.dtype, device=r.device)
+            torch.mul(r, c, out=out)
+        else:
+            out.add_(r, alpha=c)
     assert out is not None
     return out
+
+
+#: source pixels from which :func:`_apply` works on the transposed block
+_TRANSPOSED_PIXELS = 4096
 
 
 def _span(ms: list[np.ndarray]) -> tuple[int, int]:

@@ -109,7 +109,7 @@ def _oas(trace: float, frob2: float, d: int, n: int) -> float:
 
 
 #: with more than this many times the kept directions in training pixels, the pixel-side fit
-#: takes every eigenvalue of their Gram matrix but only the kept directions' eigenvectors
+#: takes only the kept directions' eigenpairs of their Gram matrix (and the rest from its trace)
 SUBSET_EIGH_RATIO = 2
 
 class RXDetector(PooledGaussian, BaseDetector):
@@ -303,28 +303,33 @@ class RXDetector(PooledGaussian, BaseDetector):
         a = self._shrinkage_for(trace, float(np.sum(Kc * Kc)) / n ** 2, d, n,
                                 lambda: float(np.sum(np.diag(Kc) ** 2)))
         k = self._rank_cap()
+        Yc = np.asarray(gram.X[rows], np.float64) - mean
+        floor = 1e-10 * max(trace / d, 1e-30)  # the dense path's floor (mean |eigenvalue|)
+        b0 = a * trace / d
+        b = max(b0, floor)
+        top = None
         if k is not None and n > SUBSET_EIGH_RATIO * k:
-            # every eigenvalue (for the rank and the rest's mean) but only the top k
-            # eigenvectors: the full decomposition's vectors cost most of the fit
+            # the top k + 1 eigenpairs only (the full decomposition's vectors cost most of
+            # the fit): when the rank is above k, the rest's mean variance follows from the
+            # trace, ((1 - a) (tr S - sum of the top k) + (D - k) b) / (D - k)
             from scipy.linalg import eigh
 
-            mu = np.linalg.eigvalsh(Kc)[::-1]
-            top, V = eigh(Kc, subset_by_index=[n - k, n - 1])
-            mu[:k], V = top[::-1], V[:, ::-1]
+            top, Vt = eigh(Kc, subset_by_index=[n - k - 1, n - 1])
+            top, Vt = top[::-1], Vt[:, ::-1]
+            if not top[k] > max(float(top[0]), 1e-300) * n * 1e-13:
+                top = None  # rank k or less: every eigenpair, below
+        if top is not None:
+            mu, V, r = top[:k], Vt[:, :k], k
+            e = np.maximum((1.0 - a) * mu / n + b0, floor)
+            b = b + (1.0 - a) * max(trace - float(np.sum(mu)) / n, 0.0) / (d - k)
         else:
             mu, V = np.linalg.eigh(Kc)
             mu, V = mu[::-1], V[:, ::-1]
-        r = int(np.sum(mu > max(float(mu[0]), 1e-300) * n * 1e-13)) if mu.size else 0
-        Yc = np.asarray(gram.X[rows], np.float64) - mean
-        lam = mu[:r] / n
-        b = a * trace / d
-        e = (1.0 - a) * lam + b
-        floor = 1e-10 * max(trace / d, 1e-30)  # the dense path's floor (mean |eigenvalue|)
-        e = np.maximum(e, floor)
-        b = max(b, floor)
-        if k is not None and r > k:  # the top k directions, the rest at their mean variance
-            b = float((np.sum(e[k:]) + (d - r) * b) / (d - k))
-            e, r = e[:k], k
+            r = int(np.sum(mu > max(float(mu[0]), 1e-300) * n * 1e-13)) if mu.size else 0
+            e = np.maximum((1.0 - a) * mu[:r] / n + b0, floor)
+            if k is not None and r > k:  # the top k directions, the rest at their mean
+                b = float((np.sum(e[k:]) + (d - r) * b) / (d - k))
+                e, r = e[:k], k
         U = (Yc.T @ V[:, :r]) / np.sqrt(mu[:r])
         var = np.maximum((1.0 - a) * np.mean(Yc * Yc, axis=0) + a * trace / d, 0.0)
         return {"mean": mean, "whitener": U / np.sqrt(e),

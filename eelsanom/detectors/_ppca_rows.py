@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from typing import Any
 
 import numpy as np
@@ -186,6 +187,7 @@ class DeviationRuns:
         self.rows32 = rows
         self.mu32 = np.asarray(mean, np.float32)
         self.step = max(1, run_values // max(1, d))
+        self._local = threading.local()
         half_log = 0.5 * math.log(2.0 * math.pi)
         self.consts: list[float] = []
         self.w = self.w_one = self.w_var = self.gram = self.u32 = None
@@ -202,22 +204,39 @@ class DeviationRuns:
                 self.u32 = np.asarray(components, np.float32)
                 self.consts.append(float(np.log(v64).sum()) + d * half_log)
 
-    def __call__(self, x: np.ndarray, codes: np.ndarray | None, scale: np.ndarray | None = None,
-                 delta: np.ndarray | None = None, shrink: np.ndarray | None = None
-                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    def __call__(self, x: np.ndarray, codes: np.ndarray, scale: np.ndarray | None = None,
+                 delta: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """``(dev (n, D) float32, own (k, n) float64 or None)`` of transformed rows ``x``
         (n, D) predicted from ``codes`` (n, q) (and ``scale`` (n,) when there is a scale
         direction); ``own[0]`` the pixels' own NLL, ``own[1]`` the variant's (``delta``
-        (n, q): its codes' difference). ``codes`` None: the rows' own projections
-        ``U^T (x - mu)`` (and scale coordinates) times ``shrink`` (q,), projected on each run
-        in float32; they are then kept in :attr:`projections` (n, q + 1) float64."""
+        (n, q): its codes' difference). ``dev`` is this thread's buffer, valid until its
+        next call (the pooling consumes a tile before the thread reads the next)."""
+        dev, own, _ = self._runs(x, codes, scale, delta, None)
+        return dev, own
+
+    def projected(self, x: np.ndarray, shrink: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """As :meth:`__call__` with the rows' own projections ``U^T (x - mu)`` (and scale
+        coordinates) times ``shrink`` (q,) as the codes, projected on each run in float32;
+        also returns those projections (n, q [+ 1]) float64."""
+        return self._runs(x, None, None, None, shrink)
+
+    def _runs(self, x: np.ndarray, codes: np.ndarray | None, scale: np.ndarray | None,
+              delta: np.ndarray | None, shrink: np.ndarray | None
+              ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         n, d, q = x.shape[0], self.d, self.q
         own_codes = codes is None
+        proj = None
         if own_codes:
-            self.projections = np.empty((n, self.rows32.shape[0]))
+            proj = np.empty((n, self.rows32.shape[0]))
             mult = np.ones(self.rows32.shape[0], np.float32)
             mult[:q] = shrink
-        dev = np.empty((n, d), np.float32)
+        # one deviations buffer per thread, reused tile after tile: a fresh tile-sized array
+        # is mapped and faulted in page by page on every call
+        store = getattr(self._local, "dev", None)
+        if store is None or store.size < n * d:
+            store = self._local.dev = np.empty(n * d, np.float32)
+        dev = store[:n * d].reshape(n, d)
         k = self.rows32.shape[0]
         coef = np.empty((min(self.step, n), k), np.float32)
         buf = np.empty((coef.shape[0], d), np.float32)
@@ -231,7 +250,7 @@ class DeviationRuns:
             np.subtract(x[i:j], self.mu32, out=dv)
             if own_codes:
                 np.matmul(dv, self.rows32.T, out=coef[:m])
-                self.projections[i:j] = coef[:m]
+                proj[i:j] = coef[:m]
                 coef[:m] *= mult
             else:
                 coef[:m, :q] = codes[i:j]
@@ -255,7 +274,7 @@ class DeviationRuns:
         if own is not None:
             for r, cst in enumerate(self.consts[:own.shape[0]]):
                 own[r] = 0.5 * own[r] + cst
-        return dev, own
+        return dev, own, proj
 
 
 def pooled_ppca(det: Any, si: Any, pool: Any, **kw: Any) -> dict[str, np.ndarray]:
@@ -286,8 +305,8 @@ def pooled_ppca(det: Any, si: Any, pool: Any, **kw: Any) -> dict[str, np.ndarray
         block = read_block(si, rows, cols)
         h, w = block.shape[:2]
         x = det._transform(block.reshape(h * w, d))
-        dev, own = runs(x, None, shrink=shrink)  # projected on the runs, in float32
-        z = runs.projections[:, :lam.size] * lscale
+        dev, own, proj = runs.projected(x, shrink)  # projected on the runs, in float32
+        z = proj[:, :lam.size] * lscale
         kl = 0.5 * ((z * z).sum(1) + kl0)
         return (torch.from_numpy(dev).T.reshape(d, h, w),
                 torch.zeros((1, 1, 1), dtype=torch.float32).expand(d, h, w),

@@ -71,3 +71,22 @@ def test_pooling_and_training_run_on_cpu_threads(monkeypatch, no_gui):
     with torch_threads(torch.device("cpu")):
         assert torch.get_num_threads() == 2
     assert torch.get_num_threads() == before
+
+
+def test_default_and_pooled_pca_score_alike_on_tile_threads(monkeypatch, no_gui):
+    """The default's one-pass evidence and PCA's pooled path build each tile's deviations in
+    a buffer per thread (reused tile after tile): many tiles on worker threads score as on
+    one thread, exactly."""
+    from eelsanom import pooling
+    from eelsanom.detectors import get_detector
+    from eelsanom.simulate import simulate
+
+    monkeypatch.setattr(pooling, "TILE_VALUES", 1 << 17)  # a few dozen tiles
+    sim = simulate(shape=(40, 44), window="fe-l", magnitude=0.9, concentration=0.03, seed=4)
+    out = {}
+    for threads in ("1", "3"):
+        monkeypatch.setenv("OMP_NUM_THREADS", threads)
+        out[threads] = [get_detector(m, seed=0, **kw).fit(sim.si).score(sim.si).nll
+                        for m, kw in (("bulk-context", {}), ("pca", {"pooling": 0.8}))]
+    for one, many in zip(out["1"], out["3"]):
+        np.testing.assert_array_equal(one, many)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -214,15 +215,18 @@ class DeviationRuns:
         dev, own, _ = self._runs(x, codes, scale, delta, None)
         return dev, own
 
-    def projected(self, x: np.ndarray, shrink: np.ndarray
+    def projected(self, x: np.ndarray, shrink: np.ndarray,
+                  transform: Callable[[np.ndarray], np.ndarray] | None = None
                   ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """As :meth:`__call__` with the rows' own projections ``U^T (x - mu)`` (and scale
         coordinates) times ``shrink`` (q,) as the codes, projected on each run in float32;
-        also returns those projections (n, q [+ 1]) float64."""
-        return self._runs(x, None, None, None, shrink)
+        also returns those projections (n, q [+ 1]) float64. ``transform``: ``x`` holds
+        counts, transformed run by run by it (no tile-sized transformed copy)."""
+        return self._runs(x, None, None, None, shrink, transform)
 
     def _runs(self, x: np.ndarray, codes: np.ndarray | None, scale: np.ndarray | None,
-              delta: np.ndarray | None, shrink: np.ndarray | None
+              delta: np.ndarray | None, shrink: np.ndarray | None,
+              transform: Callable[[np.ndarray], np.ndarray] | None = None
               ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         n, d, q = x.shape[0], self.d, self.q
         own_codes = codes is None
@@ -247,7 +251,7 @@ class DeviationRuns:
             j = min(n, i + self.step)
             m = j - i
             dv = dev[i:j]
-            np.subtract(x[i:j], self.mu32, out=dv)
+            np.subtract(x[i:j] if transform is None else transform(x[i:j]), self.mu32, out=dv)
             if own_codes:
                 np.matmul(dv, self.rows32.T, out=coef[:m])
                 proj[i:j] = coef[:m]
@@ -279,7 +283,7 @@ class DeviationRuns:
 
 def pooled_ppca(det: Any, si: Any, pool: Any, **kw: Any) -> dict[str, np.ndarray]:
     """PCA's pooled scores on the CPU (:meth:`~.pca.PCADetector._pooled`): each tile read
-    and transformed once, projected on :class:`DeviationRuns`' runs (float32), its deviations from the decoder's mean ``mu + U (shrink
+    once, transformed and projected on :class:`DeviationRuns`' runs (float32), its deviations from the decoder's mean ``mu + U (shrink
     p)`` (plus the pixel's scale) and its own NLLs by :class:`DeviationRuns`, the posterior's
     KL as penalty; the same Gaussian as :meth:`~.pca.PCADetector._gauss_rows`.
     ``kw``: passed to :func:`eelsanom.pooling.pool_image`."""
@@ -304,8 +308,8 @@ def pooled_ppca(det: Any, si: Any, pool: Any, **kw: Any) -> dict[str, np.ndarray
     def gauss(rows: slice, cols: slice):
         block = read_block(si, rows, cols)
         h, w = block.shape[:2]
-        x = det._transform(block.reshape(h * w, d))
-        dev, own, proj = runs.projected(x, shrink)  # projected on the runs, in float32
+        # transformed and projected run by run, in float32
+        dev, own, proj = runs.projected(block.reshape(h * w, d), shrink, det._transform)
         z = proj[:, :lam.size] * lscale
         kl = 0.5 * ((z * z).sum(1) + kl0)
         return (torch.from_numpy(dev).T.reshape(d, h, w),

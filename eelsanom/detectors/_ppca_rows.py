@@ -281,6 +281,16 @@ class DeviationRuns:
         return dev, own, proj
 
 
+def posterior_kl(p: np.ndarray, lam: np.ndarray, s2: float) -> np.ndarray:
+    """PPCA's per-pixel posterior KL from ``N(0, I)`` of projections ``p`` (..., q): the code
+    ``z = p sqrt(lambda - sigma^2) / lambda`` with variances ``sigma^2 / lambda`` (the penalty
+    of :meth:`~.pca.PCADetector._gauss_rows`)."""
+    lam = np.asarray(lam, np.float64)
+    z = p * (np.sqrt(np.maximum(lam - s2, 0.0)) / lam)
+    pv = s2 / lam
+    return 0.5 * ((z * z).sum(-1) + float((pv - np.log(pv) - 1.0).sum()))
+
+
 def pooled_ppca(det: Any, si: Any, pool: Any, **kw: Any) -> dict[str, np.ndarray]:
     """PCA's pooled scores on the CPU (:meth:`~.pca.PCADetector._pooled`): each tile read
     once, transformed and projected on :class:`DeviationRuns`' runs (float32), its deviations from the decoder's mean ``mu + U (shrink
@@ -297,9 +307,6 @@ def pooled_ppca(det: Any, si: Any, pool: Any, **kw: Any) -> dict[str, np.ndarray
     lam = np.asarray(det.explained_variance_, np.float64)
     s2 = float(det.noise_variance_)
     shrink = (lam - s2) / lam
-    lscale = np.sqrt(np.maximum(lam - s2, 0.0)) / lam
-    pv = s2 / lam
-    kl0 = float((pv - np.log(pv) - 1.0).sum())
     sig = torch.full((d,), math.sqrt(s2), dtype=torch.float32)
     runs = DeviationRuns(det.mean_, det.components_,
                          det.scale_direction_ if det._fixed_dims else None,
@@ -310,8 +317,7 @@ def pooled_ppca(det: Any, si: Any, pool: Any, **kw: Any) -> dict[str, np.ndarray
         h, w = block.shape[:2]
         # transformed and projected run by run, in float32
         dev, own, proj = runs.projected(block.reshape(h * w, d), shrink, det._transform)
-        z = proj[:, :lam.size] * lscale
-        kl = 0.5 * ((z * z).sum(1) + kl0)
+        kl = posterior_kl(proj[:, :lam.size], lam, s2)
         return (torch.from_numpy(dev).T.reshape(d, h, w),
                 torch.zeros((1, 1, 1), dtype=torch.float32).expand(d, h, w),
                 sig[:, None, None].expand(d, h, w), torch.from_numpy(kl.reshape(h, w)),

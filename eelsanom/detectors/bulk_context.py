@@ -22,6 +22,7 @@ from ..progress import ProgressCallback
 from ..spectrum import SpectrumImage
 from . import _schemas
 from ._gaussian import one_blas_thread
+from ._ppca_rows import posterior_kl
 from .context_pca import SPILL_PIXELS, ContextPCADetector
 
 __all__ = ["BulkContextDetector"]
@@ -288,9 +289,7 @@ class BulkContextDetector(ContextPCADetector):
         lam = np.asarray(self.explained_variance_, np.float64)
         s2 = float(self.noise_variance_)
         p = c["p"]
-        z = p * (np.sqrt(np.maximum(lam - s2, 0.0)) / lam)
-        pv = s2 / lam
-        kl = 0.5 * ((z * z).sum(-1) + float((pv - np.log(pv) - 1.0).sum()))
+        kl = posterior_kl(p, lam, s2)
         variant = None
         if with_local:
             variant = (c["m"], self._shared_variance(c["v"]),

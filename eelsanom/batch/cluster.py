@@ -264,7 +264,9 @@ def run_batch(inputs: Iterable[str | os.PathLike], model: str | os.PathLike,
                     setattr(rec, k, v)
             report(rec=rec)
     except (KeyboardInterrupt, Cancelled):
-        _stop(client, futures, wait=not own_client)
+        # wait for the running files unless closing the client stops their workers (a
+        # cluster the batch started); a client of an outside scheduler leaves them running
+        _stop(client, futures, wait=cluster is None)
         if own_client and client is not None:  # wait for the workers to stop writing
             client.close()
             if cluster is not None:

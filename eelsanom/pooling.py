@@ -59,9 +59,11 @@ from ._pool_sums import (  # noqa: F401 (tests reach the internals through this 
     _CHUNK,
     _PANEL,
     _apply,
+    _apply_mid,
     _Axis,
     _groups,
     _last,
+    _mid,
     _neighbourhood_z2,
     _Stat,
     _sub,
@@ -340,7 +342,11 @@ def pool_region(target: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor,
     ----------
     target, mean, sigma : Tensor of shape (E, hs, ws)
         Observed (transformed) spectra, predicted means and standard deviations of
-        the distinct image pixels ``src_box`` (float32 or float64).
+        the distinct image pixels ``src_box`` (float32 or float64). ``target`` may
+        instead be the deviations built chunk of channels by chunk
+        (:class:`eelsanom.detectors._ppca_rows.ChunkDeviations`: ``shape``, ``dtype``,
+        ``device``, ``chunk(c0, c1)`` (hs, C, ws), ``column(iy, ix)`` (E,)); ``mean`` is then
+        ignored and ``own`` is required.
     penalty : Tensor of shape (hs, ws), optional
         Per-pixel code penalty (e.g. the KL term) added to each scale's NLL (its
         neighbourhood-weighted mean for the pooled scale); ``None``: none.
@@ -386,6 +392,8 @@ def pool_region(target: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor,
     oy0, ox0 = ay0 - sy0, ax0 - sx0
     th, tw = ay1 - ay0, ax1 - ax0
     sl = (slice(oy0, oy0 + th), slice(ox0, ox0 + tw))
+    # deviations built chunk of channels by chunk (``ChunkDeviations``): no tile-sized array
+    chunked = getattr(target, "chunked_deviations", False) is True
     n_e, hs, ws = target.shape
     dt, device = target.dtype, target.device
     f64 = torch.float64
@@ -417,8 +425,12 @@ def pool_region(target: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor,
         if m.s_e is not None:
             m.inv2v = (0.5 / m.s_e ** 2).to(dt)
     todo = [m for m in models if not m.given]
+    if chunked and todo:
+        raise ValueError("pool_region: deviations given by chunks need the pixels' own NLLs "
+                         "(own=, one sigma shared by every pixel)")
     # deviations handed over as the target with a zero mean (a stride-0 view) are not copied
-    zero_mean = all(st == 0 for st in mean.stride()) and float(mean.reshape(-1)[0]) == 0.0
+    zero_mean = chunked or (all(st == 0 for st in mean.stride())
+                            and float(mean.reshape(-1)[0]) == 0.0)
     for c0 in (range(0, n_e, chunk) if todo else ()):
         c1 = min(n_e, c0 + chunk)
         d = target[c0:c1] if zero_mean else target[c0:c1] - mean[c0:c1]
@@ -459,8 +471,9 @@ def pool_region(target: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor,
             if want is not None:
                 py, px = want[0] + oy0, want[1] + ox0
                 s_w = sigma[:, py, px].to(f64)
-                nb_w = (0.5 * ((target[:, py, px] - mean[:, py, px]).to(f64) / s_w) ** 2
-                        + torch.log(s_w) + half_log)
+                d_w = (target.column(py, px) if chunked
+                       else target[:, py, px] - mean[:, py, px])
+                nb_w = 0.5 * (d_w.to(f64) / s_w) ** 2 + torch.log(s_w) + half_log
         else:
             g = neighbourhood_kernel(scale)
             gb = (neighbourhood_kernel(max(pooling.background, scale))
@@ -498,14 +511,18 @@ def pool_region(target: torch.Tensor, mean: torch.Tensor, sigma: torch.Tensor,
                                 else torch.as_tensor(np.flatnonzero(use.ravel()),
                                                      device=device))
                 needs.append(need)
+            def deviations(c0: int, c1: int) -> Any:
+                if chunked:
+                    return target.chunk(c0, c1)
+                return _mid(target[c0:c1] if zero_mean else target[c0:c1] - mean[c0:c1])
+
             if uniform:
                 def dev(c0: int, c1: int) -> tuple[Any, Any, Any]:
-                    return (_last(target[c0:c1] if zero_mean else target[c0:c1] - mean[c0:c1]),
-                            None, None)
+                    return deviations(c0, c1), None, None
             else:
                 def dev(c0: int, c1: int) -> tuple[Any, Any, Any]:
-                    v = _last(sigma[c0:c1] ** 2)
-                    return (_last(target[c0:c1] - mean[c0:c1]), torch.clamp(v, max=noise2),
+                    v = _mid(sigma[c0:c1] ** 2)
+                    return (deviations(c0, c1), torch.clamp(v, max=noise2),
                             torch.sqrt(torch.clamp(v - noise2, min=0.0)))
 
             results = _neighbourhood_z2(dev, n_e, (hs, ws), stat, specs, want, needs)
@@ -577,13 +594,20 @@ def tiles(ny: int, nx: int, tile: int) -> list[tuple[int, int, int, int]]:
 TILE_VALUES = 1 << 25
 
 
-def _auto_tile(hh: int, ww: int, nx: int, rn: int, n_energy: int) -> tuple[int, int]:
+#: source pixels per tile of a ``gauss`` that builds its deviations chunk by chunk (no
+#: tile-sized array: the pooling's per-pixel maps, a few hundred bytes a pixel, remain)
+CHUNKED_TILE_PIXELS = 1 << 18
+
+
+def _auto_tile(hh: int, ww: int, nx: int, rn: int, n_energy: int,
+               pixels: int | None = None) -> tuple[int, int]:
     """``(rows, cols)`` of the output tiles that read the least context per output pixel.
 
-    Each tile reads at most about :data:`TILE_VALUES` values: either bands of
-    whole rows of the region (when the image is narrow enough) or squares.
+    Each tile reads at most about :data:`TILE_VALUES` values (``pixels`` source pixels
+    when given): either bands of whole rows of the region (when the image is narrow
+    enough) or squares.
     """
-    budget = max(1, TILE_VALUES // n_energy)  # source pixels per tile
+    budget = max(1, TILE_VALUES // n_energy) if pixels is None else max(1, pixels)
     if (hh + 2 * rn) * min(nx, ww + 2 * rn) <= budget:
         return hh, ww
     cands = []
@@ -599,7 +623,8 @@ def _auto_tile(hh: int, ww: int, nx: int, rn: int, n_energy: int) -> tuple[int, 
 def pool_image(gauss: GaussianFn, ny: int, nx: int, *, pooling: Pooling, noise2: float,
                excess: tuple[float, float] | None, region: tuple[int, int, int, int] | None = None,
                tile: int | None = None, n_energy: int | None = None,
-               want_channels: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+               want_channels: tuple[int, int] | None = None,
+               tile_pixels: int | None = None) -> dict[str, np.ndarray]:
     """Score a whole image (or ``region`` of it) tile by tile through :func:`pool_region`.
 
     For detectors whose per-pixel Gaussian needs no spatial context of its own
@@ -630,6 +655,10 @@ def pool_image(gauss: GaussianFn, ny: int, nx: int, *, pooling: Pooling, noise2:
         Channels (for the default tile size).
     want_channels : (iy, ix), optional
         Also return that pixel's per-channel NLL as ``channel_nll``.
+    tile_pixels : int, optional
+        Source pixels per tile for the default tile size, instead of
+        :data:`TILE_VALUES` values (a ``gauss`` whose target builds its deviations chunk
+        by chunk holds no tile-sized array: :data:`CHUNKED_TILE_PIXELS`).
 
     Returns
     -------
@@ -645,7 +674,7 @@ def pool_image(gauss: GaussianFn, ny: int, nx: int, *, pooling: Pooling, noise2:
 
     workers = cpu_threads()
     if tile is None:
-        tile_h, tile_w = _auto_tile(hh, ww, nx, rn, max(1, int(n_energy or 256)))
+        tile_h, tile_w = _auto_tile(hh, ww, nx, rn, max(1, int(n_energy or 256)), tile_pixels)
         k = -(-hh // tile_h)
         if workers > 1 and tile_w == ww and (k > 1 or hh >= 4 * rn * workers):
             # bands, as many as a multiple of the workers (one band split only where the

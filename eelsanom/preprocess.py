@@ -36,7 +36,8 @@ def _check(name: str) -> None:
         raise InputError(f"transform: expected one of {TRANSFORMS}, got {name!r}.")
 
 
-def forward_transform(x: np.ndarray, name: str = "anscombe", gain: float = 1.0) -> np.ndarray:
+def forward_transform(x: np.ndarray, name: str = "anscombe", gain: float = 1.0, *,
+                      out: np.ndarray | None = None) -> np.ndarray:
     """Apply the variance-stabilising transform (float32 out).
 
     Parameters
@@ -50,11 +51,14 @@ def forward_transform(x: np.ndarray, name: str = "anscombe", gain: float = 1.0) 
         float32; ``gain`` is not applied).
     gain : float, default 1.0
         Data units per count (see :func:`estimate_gain`), > 0.
+    out : ndarray of float32, C-contiguous, same shape as ``x``, optional
+        Where to write the result (``x`` itself is allowed); ``x`` of any strides is
+        read once into it (no copy of its own).
 
     Returns
     -------
     ndarray of float32, same shape as ``x``
-        Transformed values (Anscombe units, or counts for ``"none"``).
+        Transformed values (Anscombe units, or counts for ``"none"``); ``out`` when given.
 
     Raises
     ------
@@ -62,13 +66,24 @@ def forward_transform(x: np.ndarray, name: str = "anscombe", gain: float = 1.0) 
         When ``name`` is not one of :data:`TRANSFORMS`.
     """
     _check(name)
+    if out is not None:
+        if out.dtype != np.float32 or out.shape != np.shape(x) or not out.flags.c_contiguous:
+            raise ValueError(f"forward_transform: out must be C-contiguous float32 of shape "
+                             f"{np.shape(x)}, got {out.dtype} {out.shape}")
+        if out is not x and not (isinstance(x, np.ndarray) and x.dtype == np.float32
+                                 and x.flags.c_contiguous):
+            np.copyto(out, x, casting="unsafe")  # one strided read, converted on the way
+            x = out
     x = np.asarray(x, dtype=np.float32)
     if name == "none":
+        if out is not None and out is not x:
+            np.copyto(out, x)
+            return out
         return x
     # in place in one new array (the same float32 operations as
     # ``2 sqrt(max(x, 0) + 3/8)``, without an array per step), by cache-sized runs of
     # values so that the five steps read memory once
-    y = np.empty(x.shape, np.float32)
+    y = np.empty(x.shape, np.float32) if out is None else out
     src, dst = x.reshape(-1), y.reshape(-1)
     for i in range(0, src.size, _RUN):
         xs, ys = src[i:i + _RUN], dst[i:i + _RUN]

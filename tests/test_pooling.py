@@ -73,7 +73,8 @@ def test_pooled_statistic_has_the_own_null():
                 for k in (g, g, gb, gb)]
         stat = pooling._Stat(*mats, "cpu", torch.float64)
         [((z2sum,), _)] = pooling._neighbourhood_z2(
-            lambda c0, c1: (dev[..., c0:c1], None, None), ne, (n, n), stat,
+            lambda c0, c1: (dev[..., c0:c1].permute(0, 2, 1).contiguous(), None, None), ne,
+            (n, n), stat,
             [([None], (torch.ones(ne, dtype=torch.float64), torch.zeros(ne, dtype=torch.float64)),
               None)], None)
         z2 = z2sum / ne
@@ -148,8 +149,9 @@ def test_pooled_pca_scores_by_block_equal_the_whole_image(sim03):
     whole = det.score(sim03.si).nll
     assert det.score_context == pooling.Pooling().radius() == 20
     block, _, _ = det.score_block(sim03.si, (30, 45, 10, 33))
-    # float32 pooling: the block's and the image's matrix products round differently
-    np.testing.assert_allclose(block, whole[30:45, 10:33], rtol=1e-7)
+    # float32 pooling: the block's and the image's matrix products round differently (each
+    # chunk's channel sums in float32: a few float32 epsilons of the NLL)
+    np.testing.assert_allclose(block, whole[30:45, 10:33], rtol=5e-7)
 
 
 def test_pooled_pixel_spectrum_splits_the_winning_nll_over_channels(sim03):

@@ -215,6 +215,35 @@ class DeviationRuns:
         dev, own, _ = self._runs(x, codes, scale, delta, None)
         return dev, own
 
+    def chunked(self, x: np.ndarray, codes: np.ndarray, scale: np.ndarray | None = None,
+                delta: np.ndarray | None = None
+                ) -> tuple[ChunkDeviations, np.ndarray | None]:
+        """As :meth:`__call__` for a tile ``x`` (h, w, D) (any strides; ``codes`` (h * w, q),
+        ``scale``, ``delta`` by rows of the tile), without keeping the tile's deviations:
+        the own NLLs are summed run by run on a run-sized buffer, and the deviations are
+        returned as :class:`ChunkDeviations`, built again chunk of channels by chunk as
+        the pooling reads them (no tile-sized array: its pages are not faulted in, and a
+        tile may be as large as the image)."""
+        _, own, _ = self._runs(x, codes, scale, delta, None, store=False)
+        k = self.rows32.shape[0]
+        coef = np.empty((codes.shape[0], k), np.float32)
+        coef[:, :self.q] = codes
+        if k > self.q:
+            coef[:, self.q] = scale
+        return ChunkDeviations(x, self.mu32, self.rows32, coef), own
+
+    def projected_chunked(self, x: np.ndarray, shrink: np.ndarray,
+                          transform: Callable[[np.ndarray], np.ndarray] | None = None
+                          ) -> tuple[ChunkDeviations, np.ndarray | None, np.ndarray]:
+        """:meth:`projected` for a tile ``x`` (h, w, D) without keeping its deviations (as
+        :meth:`chunked`). ``transform(x, out=None)`` must act value by value (each chunk of
+        channels is transformed again as it is read, into the chunk: ``out``)."""
+        _, own, proj = self._runs(x, None, None, None, shrink, transform, store=False)
+        assert proj is not None
+        coef = proj.astype(np.float32)  # the run's float32 projections, exactly
+        coef[:, :self.q] *= np.asarray(shrink, np.float32)
+        return ChunkDeviations(x, self.mu32, self.rows32, coef, transform), own, proj
+
     def projected(self, x: np.ndarray, shrink: np.ndarray,
                   transform: Callable[[np.ndarray], np.ndarray] | None = None
                   ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
@@ -226,32 +255,49 @@ class DeviationRuns:
 
     def _runs(self, x: np.ndarray, codes: np.ndarray | None, scale: np.ndarray | None,
               delta: np.ndarray | None, shrink: np.ndarray | None,
-              transform: Callable[[np.ndarray], np.ndarray] | None = None
-              ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        n, d, q = x.shape[0], self.d, self.q
+              transform: Callable[[np.ndarray], np.ndarray] | None = None, store: bool = True
+              ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """The runs over the rows of ``x`` ((n, D), or a tile (h, w, D) of any strides, read
+        row of pixels by row unless contiguous); ``store=False``: the deviations on one
+        run-sized buffer only (returned as None)."""
+        d, q = self.d, self.q
+        if x.ndim == 3:
+            if x.flags.c_contiguous:
+                segs = [(0, x.reshape(-1, d))]
+            else:
+                segs = [(r * x.shape[1], x[r]) for r in range(x.shape[0])]
+            n = x.shape[0] * x.shape[1]
+        else:
+            segs, n = [(0, x)], x.shape[0]
         own_codes = codes is None
         proj = None
         if own_codes:
             proj = np.empty((n, self.rows32.shape[0]))
             mult = np.ones(self.rows32.shape[0], np.float32)
             mult[:q] = shrink
-        # one deviations buffer per thread, reused tile after tile: a fresh tile-sized array
-        # is mapped and faulted in page by page on every call
-        store = getattr(self._local, "dev", None)
-        if store is None or store.size < n * d:
-            store = self._local.dev = np.empty(n * d, np.float32)
-        dev = store[:n * d].reshape(n, d)
         k = self.rows32.shape[0]
-        coef = np.empty((min(self.step, n), k), np.float32)
-        buf = np.empty((coef.shape[0], d), np.float32)
+        run = min(self.step, max(s.shape[0] for _, s in segs))
+        dev = None
+        if store:
+            # one deviations buffer per thread, reused tile after tile: a fresh tile-sized
+            # array is mapped and faulted in page by page on every call
+            buf_all = getattr(self._local, "dev", None)
+            if buf_all is None or buf_all.size < n * d:
+                buf_all = self._local.dev = np.empty(n * d, np.float32)
+            dev = buf_all[:n * d].reshape(n, d)
+        else:
+            scratch = np.empty((run, d), np.float32)
+        coef = np.empty((run, k), np.float32)
+        buf = np.empty((run, d), np.float32)
         own = None
         if self.w is not None:
             own = np.empty((2 if delta is not None else 1, n))
-        for i in range(0, n, self.step):
-            j = min(n, i + self.step)
+        for i, j, xs in ((o + a, o + min(s.shape[0], a + self.step),
+                          s[a:a + self.step]) for o, s in segs
+                         for a in range(0, s.shape[0], self.step)):
             m = j - i
-            dv = dev[i:j]
-            np.subtract(x[i:j] if transform is None else transform(x[i:j]), self.mu32, out=dv)
+            dv = dev[i:j] if dev is not None else scratch[:m]
+            np.subtract(xs if transform is None else transform(xs), self.mu32, out=dv)
             if own_codes:
                 np.matmul(dv, self.rows32.T, out=coef[:m])
                 proj[i:j] = coef[:m]
@@ -281,6 +327,68 @@ class DeviationRuns:
         return dev, own, proj
 
 
+class ChunkDeviations:
+    """A tile's deviations ``d = x - mu - coef rows`` (float32), built chunk of channels by
+    chunk when the pooling reads them (:func:`eelsanom.pooling.pool_region`'s ``target``
+    without a tile-sized array: :meth:`DeviationRuns.chunked`).
+
+    The values are those :class:`DeviationRuns` builds by runs (the same float32
+    operations: ``x - mu``, less the product of the codes and the rows).
+
+    Attributes
+    ----------
+    shape : (D, h, w)
+    dtype, device
+        ``torch.float32`` on the CPU.
+    chunked_deviations : True
+        What :func:`~eelsanom.pooling.pool_region` recognises it by.
+    """
+
+    chunked_deviations = True
+
+    def __init__(self, x: np.ndarray, mu32: np.ndarray, rows32: np.ndarray, coef: np.ndarray,
+                 transform: Callable[..., np.ndarray] | None = None) -> None:
+        import torch
+
+        self.x, self.mu32, self.rows32, self.coef = x, mu32, rows32, coef
+        self.rows_t = np.ascontiguousarray(rows32.T)  # (D, k)
+        self._coef_mid: np.ndarray | None = None
+        self.transform = transform
+        h, w, d = x.shape
+        self.shape = (d, h, w)
+        self.dtype, self.device = torch.float32, torch.device("cpu")
+
+    def chunk(self, c0: int, c1: int) -> Any:
+        """Channels ``c0:c1`` of the deviations in the pooling's channel-middle layout,
+        ``(h, c1 - c0, w)`` contiguous tensor."""
+        import torch
+
+        d, h, w = self.shape
+        xs = self.x[:, :, c0:c1].transpose(0, 2, 1)  # (h, C, w), a view
+        out = np.empty((h, c1 - c0, w), np.float32)
+        if self.transform is not None:  # read once into the chunk, transformed in place
+            self.transform(xs, out=out)
+        else:
+            np.copyto(out, xs)
+        out -= self.mu32[c0:c1, None]
+        if self._coef_mid is None:  # (h, k, w)
+            self._coef_mid = np.ascontiguousarray(
+                self.coef.reshape(h, w, -1).transpose(0, 2, 1))
+        out -= np.matmul(self.rows_t[c0:c1], self._coef_mid)
+        return torch.from_numpy(out)
+
+    def column(self, iy: int, ix: int) -> Any:
+        """Every channel of pixel ``(iy, ix)`` (tile coordinates): ``(D,)`` tensor."""
+        import torch
+
+        xs = self.x[iy, ix][None]
+        if self.transform is not None:
+            xs = self.transform(xs)
+        dv = np.subtract(xs, self.mu32, dtype=np.float32)
+        dv -= self.coef[iy * self.shape[2] + ix][None] @ self.rows32
+        return torch.from_numpy(dv[0])
+
+
 def posterior_kl(p: np.ndarray, lam: np.ndarray, s2: float) -> np.ndarray:
     """PPCA's per-pixel posterior KL from ``N(0, I)`` of projections ``p`` (..., q): the code
     ``z = p sqrt(lambda - sigma^2) / lambda`` with variances ``sigma^2 / lambda`` (the penalty
@@ -299,7 +407,7 @@ def pooled_ppca(det: Any, si: Any, pool: Any, **kw: Any) -> dict[str, np.ndarray
     ``kw``: passed to :func:`eelsanom.pooling.pool_image`."""
     import torch
 
-    from ..pooling import pool_image
+    from ..pooling import CHUNKED_TILE_PIXELS, pool_image
     from ._gaussian import read_block
 
     ny, nx = si.nav_shape
@@ -312,16 +420,27 @@ def pooled_ppca(det: Any, si: Any, pool: Any, **kw: Any) -> dict[str, np.ndarray
                          det.scale_direction_ if det._fixed_dims else None,
                          sig.double().numpy())
 
+    # the transform value by value (not "sum": a row's total scales it): each chunk of
+    # channels is transformed again as the pooling reads it, and no tile-sized array is kept
+    by_chunks = det.scale != "sum"
+
+    def transform(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        return forward_transform(x, det.transform, det.gain_, out=out)
+
     def gauss(rows: slice, cols: slice):
         block = read_block(si, rows, cols)
         h, w = block.shape[:2]
         # transformed and projected run by run, in float32
-        dev, own, proj = runs.projected(block.reshape(h * w, d), shrink, det._transform)
+        if by_chunks:
+            target, own, proj = runs.projected_chunked(block, shrink, transform)
+        else:
+            dev, own, proj = runs.projected(block.reshape(h * w, d), shrink, det._transform)
+            target = torch.from_numpy(dev).T.reshape(d, h, w)
         kl = posterior_kl(proj[:, :lam.size], lam, s2)
-        return (torch.from_numpy(dev).T.reshape(d, h, w),
-                torch.zeros((1, 1, 1), dtype=torch.float32).expand(d, h, w),
+        return (target, torch.zeros((1, 1, 1), dtype=torch.float32).expand(d, h, w),
                 sig[:, None, None].expand(d, h, w), torch.from_numpy(kl.reshape(h, w)),
                 {"own": torch.from_numpy(own[0].reshape(h, w))})
 
     return pool_image(gauss, ny, nx, pooling=pool, noise2=s2,
-                      excess=getattr(det, "pool_excess_", None), n_energy=d, **kw)
+                      excess=getattr(det, "pool_excess_", None), n_energy=d,
+                      tile_pixels=CHUNKED_TILE_PIXELS if by_chunks else None, **kw)

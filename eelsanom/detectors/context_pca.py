@@ -449,7 +449,7 @@ class ContextPCADetector(PCADetector):
         """
         import torch
 
-        from ..pooling import Variant, pool_image
+        from ..pooling import CHUNKED_TILE_PIXELS, Variant, pool_image
 
         x = c["x"]
         ny, nx, d = x.shape
@@ -479,10 +479,14 @@ class ContextPCADetector(PCADetector):
             delta = None
             if variant is not None:
                 delta = (mt - variant[0][rows, cols]).reshape(h * w, q)
-            # channel-last float32 deviations (as the pooling works) and own NLLs, by runs
-            dev, own = runs(xt.reshape(h * w, d), mt.reshape(h * w, q),
-                            None if cc is None else cc[rows, cols].reshape(h * w), delta)
-            target = torch.from_numpy(dev).T.reshape(d, h, w)
+            sc = None if cc is None else cc[rows, cols].reshape(h * w)
+            if sig_all is not None:
+                # own NLLs by runs; the float32 deviations built again chunk of channels by
+                # chunk as the pooling reads them (no tile-sized array)
+                target, own = runs.chunked(xt, mt.reshape(h * w, q), sc, delta)
+            else:  # channel-last float32 deviations (as the pooling works), by runs
+                dev, own = runs(xt.reshape(h * w, d), mt.reshape(h * w, q), sc, delta)
+                target = torch.from_numpy(dev).T.reshape(d, h, w)
             mean = torch.zeros((1, 1, 1), dtype=torch.float32).expand(d, h, w)
             if sig_all is not None:
                 sig = sig_all[:, None, None].expand(d, h, w)
@@ -505,7 +509,8 @@ class ContextPCADetector(PCADetector):
                                             "variant": var}
 
         return pool_image(gauss, ny, nx, pooling=pool, noise2=s2, excess=excess,
-                          n_energy=d, **kw)
+                          n_energy=d, tile_pixels=None if sig_all is None
+                          else CHUNKED_TILE_PIXELS, **kw)
 
     def gaussian_terms(self, si: Any) -> dict[str, np.ndarray]:
         """Deviation from the neighbourhood's prediction and its variance, per channel.

@@ -343,23 +343,35 @@ def _neighbourhood_z2(dev: Callable[[int, int], tuple[torch.Tensor, torch.Tensor
         d_base, vi_c, sc_c = dev(c0, c1)
         d_pool = _apply_mid(d_base, stat.d)
         v_all = s_all = None
+        # each model's pooled deviations, before any is changed in place below
+        d_alls = []
+        for _, _, low, _, _, pooled_low, _, _ in work:
+            if low is None:
+                d_alls.append(d_pool)
+            else:  # + basis times the pooled coefficients: one product (C, th tw), added
+                # row of pixels by row (runs of tw values)
+                bt = low[0][c0:c1].to(d_base.dtype)  # (C, q)
+                d_alls.append(d_pool + torch.mm(bt, pooled_low).view(n_c, th, tw)
+                              .transpose(0, 1))
         for mi, (keeps, uniform, low, drops, var2d, pooled_low, low_mid, picks) in \
                 enumerate(work):
-            d_c, d_all = d_base, d_pool
+            d_c, d_all = d_base, d_alls[mi]
             if low is not None:
                 bt = low[0][c0:c1].to(d_base.dtype)  # (C, q)
-                # + basis times the pooled coefficients: one product (C, th tw), added
-                # row of pixels by row (runs of tw values)
-                d_all = d_pool + torch.mm(bt, pooled_low).view(n_c, th, tw).transpose(0, 1)
                 d_c = None  # only where pixels are dropped (below)
             if uniform is None and v_all is None:
                 v_all, s_all = _apply_mid(vi_c, stat.v), _apply_mid(sc_c, stat.d)
-            for i in range(len(keeps)):
+            # masks without dropped pixels first; the last with some changes the model's
+            # pooled deviations in place when no later model reads them (no copy)
+            order = sorted(range(len(keeps)), key=lambda j: bool(drops[j]))
+            shared = any(d_alls[mj] is d_all for mj in range(mi + 1, len(work)))
+            for i in order:
                 d_k = d_all
                 if uniform is None:
                     v_k, s_k = v_all, s_all
                 if drops[i]:
-                    d_k = d_all.clone()
+                    in_place = uniform is not None and i == order[-1] and not shared
+                    d_k = d_all if in_place else d_all.clone()
                     if uniform is None:
                         v_k, s_k = v_all.clone(), s_all.clone()
                 for (r0, r1, q0, q1), (o0, o1, p0, p1), sub_d, sub_v, own in drops[i]:

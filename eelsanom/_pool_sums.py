@@ -353,7 +353,7 @@ def _neighbourhood_z2(dev: Callable[[int, int], tuple[torch.Tensor, torch.Tensor
                 bt = low[0][c0:c1].to(d_base.dtype)  # (C, q)
                 d_alls.append(d_pool + torch.mm(bt, pooled_low).view(n_c, th, tw)
                               .transpose(0, 1))
-        for mi, (keeps, uniform, low, drops, var2d, pooled_low, low_mid, picks) in \
+        for mi, (keeps, uniform, low, drops, var2d, _, low_mid, picks) in \
                 enumerate(work):
             d_c, d_all = d_base, d_alls[mi]
             if low is not None:

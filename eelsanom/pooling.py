@@ -595,8 +595,11 @@ TILE_VALUES = 1 << 25
 
 
 #: source pixels per tile of a ``gauss`` that builds its deviations chunk by chunk (no
-#: tile-sized array: the pooling's per-pixel maps, a few hundred bytes a pixel, remain)
-CHUNKED_TILE_PIXELS = 1 << 18
+#: tile-sized array: the pooling's per-pixel maps, a few hundred bytes a pixel, remain): at
+#: most a sixteenth of a chunk (:data:`~eelsanom._pool_sums._CHUNK` values), so that each
+#: chunk reads at least 16 channels (a 64-byte cache line) of every pixel: a 512 x 512 x 2048
+#: cube in one tile read 4 channels a chunk and spent 5 of its 20 s of fit gathering them
+CHUNKED_TILE_PIXELS = _CHUNK // 16
 
 
 def _auto_tile(hh: int, ww: int, nx: int, rn: int, n_energy: int,

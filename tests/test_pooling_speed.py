@@ -256,12 +256,17 @@ def _runs_case(seed=4, h=9, w=14, d=37, q=3):
     return runs, x, codes, rng.standard_normal(h * w), rng.standard_normal((h * w, q))
 
 
-def test_chunked_deviations_are_the_runs_deviations():
+@pytest.mark.parametrize("band", [1 << 16, 50])
+def test_chunked_deviations_are_the_runs_deviations(band, monkeypatch):
     """The deviations built chunk of channels by chunk (channel-middle layout) equal those
     :class:`DeviationRuns` keeps for the tile, within a float32 rounding; the own NLLs summed
     without keeping them are the same (within the BLAS rounding of runs of other lengths);
-    one pixel's column likewise; a strided
-    tile (a block of columns) is read row by row without a copy of its own."""
+    one pixel's column likewise; a strided tile (a block of columns) is read row by row
+    without a copy of its own; blocks of several chunks, turned channel-middle in bands of
+    rows (one row each with ``band=50``)."""
+    from eelsanom.detectors import _ppca_rows
+
+    monkeypatch.setattr(_ppca_rows, "BAND_VALUES", band)  # 50: a band of one row
     runs, x, codes, scale, delta = _runs_case()
     h, w, d = x.shape
     dev, own = runs(np.ascontiguousarray(x).reshape(h * w, d), codes, scale, delta)

@@ -28,7 +28,7 @@ def drift():
 def _dense_pooled_context(det, c, pool):
     """The former ``_pooled_context``: whole-image float64 prediction and sigma."""
     g = det._gaussian(c)
-    x, pred, sig = c["x"], g["pred"], np.sqrt(g["var"])
+    x, pred, sig = det._x(c).reshape(c["x"].shape), g["pred"], np.sqrt(g["var"])
     ny, nx, d = x.shape
 
     def gauss(rows, cols):
@@ -195,3 +195,30 @@ def test_rx_pixel_side_top_eigenvectors_equal_the_full_decomposition(monkeypatch
     monkeypatch.setattr("eelsanom.detectors.rx.SUBSET_EIGH_RATIO", 10 ** 9)  # every vector
     ref = get_detector("rx", seed=0).fit(sim.si).score(sim.si)
     np.testing.assert_allclose(new.nll, ref.nll, rtol=1e-9, atol=1e-9)
+
+
+def test_the_context_of_counts_equals_the_transformed_context(drift, monkeypatch):
+    """On the CPU the context keeps the counts and transforms them where they are read (no
+    transformed copy of the cube): codes, residuals, spill guards and both pooled evidences
+    equal those of the transformed cube (codes bit for bit, maps within float32 rounding)."""
+    from eelsanom.detectors.context_pca import ContextPCADetector
+
+    sim = drift
+    det = get_detector("bulk-context", device="cpu").fit(sim.si, sim.bulk_mask)
+    c = det._context(sim.si)
+    assert c["counts"] is True and c["x"].dtype == np.float32
+    pool = pooling_from(0.8)
+    got = det._evidence(sim.si, c, pool)
+    exc = det._context_excess(c, sim.bulk_mask)
+    glob = det._excess_global(c, sim.bulk_mask)
+    monkeypatch.setattr(ContextPCADetector, "_counts_context", lambda self: False)
+    ref_c = det._context(sim.si)
+    assert ref_c["counts"] is False
+    for k in ("p", "m", "v", "r2", "c"):
+        np.testing.assert_array_equal(c[k], ref_c[k], err_msg=k)
+    np.testing.assert_array_equal(det._x(c), ref_c["x"].reshape(-1, ref_c["x"].shape[-1]))
+    ref = det._evidence(sim.si, ref_c, pool)
+    for a, b in zip(got, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-4)
+    np.testing.assert_array_equal(exc, det._context_excess(ref_c, sim.bulk_mask))
+    assert glob == det._excess_global(ref_c, sim.bulk_mask)

@@ -216,21 +216,23 @@ class DeviationRuns:
         return dev, own
 
     def chunked(self, x: np.ndarray, codes: np.ndarray, scale: np.ndarray | None = None,
-                delta: np.ndarray | None = None
+                delta: np.ndarray | None = None,
+                transform: Callable[..., np.ndarray] | None = None
                 ) -> tuple[ChunkDeviations, np.ndarray | None]:
         """As :meth:`__call__` for a tile ``x`` (h, w, D) (any strides; ``codes`` (h * w, q),
         ``scale``, ``delta`` by rows of the tile), without keeping the tile's deviations:
         the own NLLs are summed run by run on a run-sized buffer, and the deviations are
         returned as :class:`ChunkDeviations`, built again chunk of channels by chunk as
         the pooling reads them (no tile-sized array: its pages are not faulted in, and a
-        tile may be as large as the image)."""
-        _, own, _ = self._runs(x, codes, scale, delta, None, store=False)
+        tile may be as large as the image). ``transform(x, out=None)``: ``x`` holds counts,
+        transformed value by value where they are read."""
+        _, own, _ = self._runs(x, codes, scale, delta, None, transform, store=False)
         k = self.rows32.shape[0]
         coef = np.empty((codes.shape[0], k), np.float32)
         coef[:, :self.q] = codes
         if k > self.q:
             coef[:, self.q] = scale
-        return ChunkDeviations(x, self.mu32, self.rows32, coef), own
+        return ChunkDeviations(x, self.mu32, self.rows32, coef, transform), own
 
     def projected_chunked(self, x: np.ndarray, shrink: np.ndarray,
                           transform: Callable[[np.ndarray], np.ndarray] | None = None

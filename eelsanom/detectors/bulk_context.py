@@ -254,7 +254,7 @@ class BulkContextDetector(ContextPCADetector):
         if idx.size > SPILL_PIXELS:
             idx = idx[np.random.default_rng(self.seed).choice(idx.size, SPILL_PIXELS,
                                                               replace=False)]
-        return self._excess(c["x"].reshape(-1, c["x"].shape[-1])[idx])
+        return self._excess(self._x(c, idx))
 
     # ------------------------------------------------------------------ scoring
     def _evidence(self, si: SpectrumImage, c: dict[str, np.ndarray], pool: Any

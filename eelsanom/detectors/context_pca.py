@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..pooling import excess_stats, pooling_from
-from ..preprocess import inverse_transform, transform_sigma
+from ..preprocess import forward_transform, inverse_transform, transform_sigma
 from ..progress import ProgressCallback, emit
 from ..spectrum import SpectrumImage
 from . import _schemas
@@ -252,6 +252,7 @@ class ContextPCADetector(PCADetector):
         m = c["m"].reshape(-1, c["m"].shape[-1])
         v = c["v"].reshape(-1, c["v"].shape[-1])
         idx = np.arange(x.shape[0]) if sel is None else np.flatnonzero(sel.ravel())
+        counts = bool(c.get("counts"))
         shared = self._shared_variance(v)
         inv = None if shared is None else 1.0 / shared
         cc = c["c"].reshape(-1) if "c" in c else None
@@ -259,7 +260,8 @@ class ContextPCADetector(PCADetector):
         step = max(1, POOL_ROW_VALUES // max(1, x.shape[1]))
         for i in range(0, idx.size, step):
             j = idx[i:i + step]
-            dev = x[j] - self._prediction(m[j], None if cc is None else cc[j])
+            xj = self._value_transform(x[j]) if counts else x[j]
+            dev = xj - self._prediction(m[j], None if cc is None else cc[j])
             dev *= dev
             if inv is not None:
                 dev *= inv
@@ -341,13 +343,20 @@ class ContextPCADetector(PCADetector):
         ny, nx = si.nav_shape
         d = si.n_energy
         q = self.n_components_
+        counts = False
         if reuse is not None:
             x, p, r2 = reuse["x"].reshape(-1, d), reuse["p"], reuse["r2"]
-            sc = reuse["c"]
+            sc, counts = reuse["c"], bool(reuse.get("counts", False))
         else:
             data = read_block(si, slice(None), slice(None))
-            x = self._transform(data.reshape(-1, d))
-            p, r2, sc = self._project(x, with_scale=True)
+            if self._counts_context():
+                # the counts themselves: transformed where they are read (projection, own
+                # NLLs, pooled chunks), no transformed copy of the cube
+                x, counts = data.reshape(-1, d), True
+                p, r2, sc = self._project(x, counts=True, with_scale=True)
+            else:
+                x = self._transform(data.reshape(-1, d))
+                p, r2, sc = self._project(x, with_scale=True)
             p = p.reshape(ny, nx, q)
             r2 = r2.reshape(ny, nx)
         fp = context_footprint(int(self.neighbourhood))
@@ -384,7 +393,24 @@ class ContextPCADetector(PCADetector):
                 v[..., i] = s2 * (1.0 + math.pi / (2.0 * n))
             emit(progress, "score", i + 1, q)
         return {"p": p, "m": m, "v": v, "r2": r2, "x": x.reshape(ny, nx, d),
-                "c": sc.reshape(ny, nx)}
+                "c": sc.reshape(ny, nx), "counts": counts}
+
+    def _counts_context(self) -> bool:
+        """Whether :meth:`_context` keeps the counts (``c["x"]``, ``c["counts"]`` True) rather
+        than the transformed cube: on the CPU, with a transform that acts value by value
+        (not ``scale="sum"``)."""
+        return self._tensors().dev.type == "cpu" and self.scale != "sum"
+
+    def _value_transform(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The transform value by value (``scale`` not ``"sum"``), into ``out`` when given."""
+        return forward_transform(x, self.transform, self.gain_, out=out)
+
+    def _x(self, c: dict[str, Any], rows: Any = None) -> np.ndarray:
+        """The context's transformed data (n, D), all pixels or the flat indices ``rows``."""
+        x = c["x"].reshape(-1, c["x"].shape[-1])
+        if rows is not None:
+            x = x[rows]
+        return self._value_transform(x) if c.get("counts") else x
 
     @one_blas_thread
     def _score(self, si: SpectrumImage, progress: ProgressCallback | None
@@ -414,7 +440,8 @@ class ContextPCADetector(PCADetector):
     def _gaussian(self, c: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``dev`` and diagonal ``var`` (ny, nx, D) of the neighbourhood's prediction."""
         pred = self._prediction(c["m"], c.get("c"))
-        return {"dev": c["x"] - pred, "var": self._pred_variance(c["v"]), "pred": pred}
+        x = self._x(c).reshape(c["x"].shape)
+        return {"dev": x - pred, "var": self._pred_variance(c["v"]), "pred": pred}
 
     def _pooled_context(self, c: dict[str, np.ndarray], pool: Any, **kw: Any
                         ) -> dict[str, np.ndarray]:
@@ -451,7 +478,8 @@ class ContextPCADetector(PCADetector):
 
         from ..pooling import CHUNKED_TILE_PIXELS, Variant, pool_image
 
-        x = c["x"]
+        x = c["x"]  # counts when c["counts"]: transformed as read
+        tf = self._value_transform if c.get("counts") else None
         ny, nx, d = x.shape
         q = codes.shape[-1]
         s2 = float(self.noise_variance_)
@@ -483,9 +511,10 @@ class ContextPCADetector(PCADetector):
             if sig_all is not None:
                 # own NLLs by runs; the float32 deviations built again chunk of channels by
                 # chunk as the pooling reads them (no tile-sized array)
-                target, own = runs.chunked(xt, mt.reshape(h * w, q), sc, delta)
+                target, own = runs.chunked(xt, mt.reshape(h * w, q), sc, delta, transform=tf)
             else:  # channel-last float32 deviations (as the pooling works), by runs
-                dev, own = runs(xt.reshape(h * w, d), mt.reshape(h * w, q), sc, delta)
+                dev, own = runs(xt.reshape(h * w, d) if tf is None else tf(xt.reshape(h * w, d)),
+                                mt.reshape(h * w, q), sc, delta)
                 target = torch.from_numpy(dev).T.reshape(d, h, w)
             mean = torch.zeros((1, 1, 1), dtype=torch.float32).expand(d, h, w)
             if sig_all is not None:

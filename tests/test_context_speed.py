@@ -222,3 +222,20 @@ def test_the_context_of_counts_equals_the_transformed_context(drift, monkeypatch
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-4)
     np.testing.assert_array_equal(exc, det._context_excess(ref_c, sim.bulk_mask))
     assert glob == det._excess_global(ref_c, sim.bulk_mask)
+
+
+def test_the_counts_context_leaves_the_users_array_as_it_was(drift):
+    """The context holds a view of the caller's float32 counts (no copy): fitting, scoring
+    (pooled, another image's path too) and a pixel's spectrum never write into it."""
+    from dataclasses import replace
+
+    data = np.ascontiguousarray(drift.si.data, np.float32)
+    si = replace(drift.si, data=data)
+    before = data.copy()
+    det = get_detector("bulk-context", device="cpu").fit(si, drift.bulk_mask)
+    c = det._context(si)
+    assert c["counts"] is True and np.shares_memory(c["x"], data)
+    res = det.score(si)
+    det._evidence(si, c, pooling_from(0.8))  # the pooling of another image's path
+    res.pixel(5, 7)
+    np.testing.assert_array_equal(data, before)

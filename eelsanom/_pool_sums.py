@@ -35,6 +35,7 @@ class _Axis:
                 self.bands.append((o0, o1, int(cols[0]), int(cols[-1]) + 1))
         #: every output row is written by a panel (no zero fill needed)
         self.covers = sum(o1 - o0 for o0, o1, _, _ in self.bands) == m.shape[0]
+        self._tT: Any = None  # the weights transposed, contiguous (:meth:`right`)
 
     def sub(self, s0: int, s1: int) -> _Axis:
         """The weights of sources ``s0:s1`` only."""
@@ -61,7 +62,7 @@ class _Axis:
         the CPU, copied in elsewhere)."""
         import torch
 
-        if getattr(self, "_tT", None) is None:
+        if self._tT is None:
             self._tT = self.t.T.contiguous()
         tT = self._tT
         if self.full():
@@ -344,21 +345,18 @@ def _neighbourhood_z2(dev: Callable[[int, int], tuple[torch.Tensor, torch.Tensor
         d_pool = _apply_mid(d_base, stat.d)
         v_all = s_all = None
         # each model's pooled deviations, before any is changed in place below
-        d_alls = []
+        d_alls, bts = [], []
         for _, _, low, _, _, pooled_low, _, _ in work:
-            if low is None:
-                d_alls.append(d_pool)
-            else:  # + basis times the pooled coefficients: one product (C, th tw), added
-                # row of pixels by row (runs of tw values)
-                bt = low[0][c0:c1].to(d_base.dtype)  # (C, q)
-                d_alls.append(d_pool + torch.mm(bt, pooled_low).view(n_c, th, tw)
-                              .transpose(0, 1))
-        for mi, (keeps, uniform, low, drops, var2d, _, low_mid, picks) in \
+            bt = None if low is None else low[0][c0:c1].to(d_base.dtype)  # (C, q)
+            bts.append(bt)
+            # + basis times the pooled coefficients: one product (C, th tw), added row of
+            # pixels by row (runs of tw values)
+            d_alls.append(d_pool if bt is None else
+                          d_pool + torch.mm(bt, pooled_low).view(n_c, th, tw).transpose(0, 1))
+        for mi, (keeps, uniform, _, drops, var2d, _, low_mid, picks) in \
                 enumerate(work):
-            d_c, d_all = d_base, d_alls[mi]
-            if low is not None:
-                bt = low[0][c0:c1].to(d_base.dtype)  # (C, q)
-                d_c = None  # only where pixels are dropped (below)
+            d_all, bt = d_alls[mi], bts[mi]
+            d_c = d_base if bt is None else None  # the variant's: only where pixels drop
             if uniform is None and v_all is None:
                 v_all, s_all = _apply_mid(vi_c, stat.v), _apply_mid(sc_c, stat.d)
             # masks without dropped pixels first; the last with some changes the model's
@@ -408,11 +406,13 @@ def _neighbourhood_z2(dev: Callable[[int, int], tuple[torch.Tensor, torch.Tensor
                         zw = zz[want[0], :, want[1]]
                 else:
                     vi = uniform[0][c0:c1]
+                    floor = 1e-12 / float(vi.min())  # a pooled weight sum at least this
+                    ch = torch.stack([vi, uniform[1][c0:c1] ** 2]).to(d_k.dtype)  # (2, C)
                     if cm2 is None or (sel is None and coh is not None):
                         # one variance per channel, times a 2-D map (where the coherent
                         # part is too small to change a float32 variance: everywhere, or
                         # but at the pixels ``coh``, done below with their rank-two one)
-                        qc = torch.clamp(q[..., 0], min=1e-12 / float(vi.min()))
+                        qc = torch.clamp(q[..., 0], min=floor)
                         sq = d_k * d_k
                         inv = (1.0 / vi).to(d_k.dtype)
                         s = (torch.matmul(sq, inv) if sel is not None
@@ -421,21 +421,18 @@ def _neighbourhood_z2(dev: Callable[[int, int], tuple[torch.Tensor, torch.Tensor
                             zw = sq[want[0], :, want[1]] * inv / qc[want].to(d_k.dtype)
                         if cm2 is not None and coh[0].numel():
                             cy, cx, pair = coh
-                            ch = torch.stack([vi, uniform[1][c0:c1] ** 2]).to(d_k.dtype)
                             dc = d_k[cy, :, cx]  # (n, C)
-                            pc = torch.cat([torch.clamp(pair[:, :1], min=1e-12 / float(vi.min())),
-                                            pair[:, 1:]], -1).to(d_k.dtype)
+                            pc = torch.cat([torch.clamp(pair[:, :1], min=floor), pair[:, 1:]],
+                                           -1).to(d_k.dtype)
                             zc = dc * dc
                             zc /= torch.mm(pc, ch)
                             s[cy, cx] = zc.sum(-1).to(torch.float64)
                             if want is not None:
-                                pw = torch.cat([torch.clamp(q[want], min=1e-12 / float(vi.min())),
+                                pw = torch.cat([torch.clamp(q[want], min=floor),
                                                 cm2[want]]).to(d_k.dtype)
                                 zw = sq[want[0], :, want[1]] / (pw @ ch)
                     else:  # v_inc q + s_coh^2 cm^2: the variance of rank two
-                        qc = torch.clamp(q, min=1e-12 / float(vi.min()))
-                        pair = torch.cat([qc, cm2], -1).to(d_k.dtype)  # (.., 2)
-                        ch = torch.stack([vi, uniform[1][c0:c1] ** 2]).to(d_k.dtype)  # (2, C)
+                        pair = torch.cat([torch.clamp(q, min=floor), cm2], -1).to(d_k.dtype)
                         if sel is not None:
                             var = torch.mm(pair.reshape(-1, 2), ch)  # (n, C)
                         else:  # (th, C, tw)

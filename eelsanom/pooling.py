@@ -59,7 +59,6 @@ from ._pool_sums import (  # noqa: F401 (tests reach the internals through this 
     _CHUNK,
     _PANEL,
     _apply,
-    _apply_mid,
     _Axis,
     _groups,
     _last,

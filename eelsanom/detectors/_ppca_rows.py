@@ -3,6 +3,7 @@ per-pixel scale direction, the fitted parameters as tensors, the compute device.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -206,13 +207,16 @@ class DeviationRuns:
                 self.consts.append(float(np.log(v64).sum()) + d * half_log)
 
     def __call__(self, x: np.ndarray, codes: np.ndarray, scale: np.ndarray | None = None,
-                 delta: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+                 delta: np.ndarray | None = None,
+                 transform: Callable[..., np.ndarray] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
         """``(dev (n, D) float32, own (k, n) float64 or None)`` of transformed rows ``x``
-        (n, D) predicted from ``codes`` (n, q) (and ``scale`` (n,) when there is a scale
-        direction); ``own[0]`` the pixels' own NLL, ``own[1]`` the variant's (``delta``
-        (n, q): its codes' difference). ``dev`` is this thread's buffer, valid until its
-        next call (the pooling consumes a tile before the thread reads the next)."""
-        dev, own, _ = self._runs(x, codes, scale, delta, None)
+        (n, D), or a tile (h, w, D) of any strides, predicted from ``codes`` (n, q) (and
+        ``scale`` (n,) when there is a scale direction); ``own[0]`` the pixels' own NLL,
+        ``own[1]`` the variant's (``delta`` (n, q): its codes' difference). ``transform``:
+        ``x`` holds counts, transformed run by run. ``dev`` is this thread's buffer, valid
+        until its next call (the pooling consumes a tile before the thread reads the next)."""
+        dev, own, _ = self._runs(x, codes, scale, delta, None, transform)
         return dev, own
 
     def chunked(self, x: np.ndarray, codes: np.ndarray, scale: np.ndarray | None = None,
@@ -425,6 +429,16 @@ class ChunkDeviations:
         return torch.from_numpy(dv[0])
 
 
+def value_transform(det: Any) -> Callable[..., np.ndarray] | None:
+    """A PPCA detector's transform value by value, ``f(counts, out=None)`` of any shape (a
+    block of counts may then be transformed where it is read, any part of it at a time);
+    None with ``scale="sum"``, whose rows are first scaled by their totals
+    (:meth:`~.pca.PCADetector._transform`)."""
+    if det.scale == "sum":
+        return None
+    return functools.partial(forward_transform, name=det.transform, gain=det.gain_)
+
+
 def posterior_kl(p: np.ndarray, lam: np.ndarray, s2: float) -> np.ndarray:
     """PPCA's per-pixel posterior KL from ``N(0, I)`` of projections ``p`` (..., q): the code
     ``z = p sqrt(lambda - sigma^2) / lambda`` with variances ``sigma^2 / lambda`` (the penalty
@@ -456,19 +470,17 @@ def pooled_ppca(det: Any, si: Any, pool: Any, **kw: Any) -> dict[str, np.ndarray
                          det.scale_direction_ if det._fixed_dims else None,
                          sig.double().numpy())
 
-    # the transform value by value (not "sum": a row's total scales it): each chunk of
-    # channels is transformed again as the pooling reads it, and no tile-sized array is kept
-    by_chunks = det.scale != "sum"
-
-    def transform(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        return forward_transform(x, det.transform, det.gain_, out=out)
+    # a transform value by value: each chunk of channels is transformed again as the
+    # pooling reads it, and no tile-sized array is kept
+    tf = value_transform(det)
+    by_chunks = tf is not None
 
     def gauss(rows: slice, cols: slice):
         block = read_block(si, rows, cols)
         h, w = block.shape[:2]
         # transformed and projected run by run, in float32
         if by_chunks:
-            target, own, proj = runs.projected_chunked(block, shrink, transform)
+            target, own, proj = runs.projected_chunked(block, shrink, tf)
         else:
             dev, own, proj = runs.projected(block.reshape(h * w, d), shrink, det._transform)
             target = torch.from_numpy(dev).T.reshape(d, h, w)

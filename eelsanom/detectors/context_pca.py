@@ -18,12 +18,12 @@ import numpy as np
 
 from ..errors import InputError
 from ..pooling import excess_stats, pooling_from
-from ..preprocess import forward_transform, inverse_transform, transform_sigma
+from ..preprocess import inverse_transform, transform_sigma
 from ..progress import ProgressCallback, emit
 from ..spectrum import SpectrumImage
 from . import _schemas
 from ._gaussian import POOL_ROW_VALUES, check_int, one_blas_thread, read_block
-from ._ppca_rows import DeviationRuns
+from ._ppca_rows import DeviationRuns, value_transform
 from .base import BaseDetector
 from .pca import PCADetector
 
@@ -252,7 +252,6 @@ class ContextPCADetector(PCADetector):
         m = c["m"].reshape(-1, c["m"].shape[-1])
         v = c["v"].reshape(-1, c["v"].shape[-1])
         idx = np.arange(x.shape[0]) if sel is None else np.flatnonzero(sel.ravel())
-        counts = bool(c.get("counts"))
         shared = self._shared_variance(v)
         inv = None if shared is None else 1.0 / shared
         cc = c["c"].reshape(-1) if "c" in c else None
@@ -260,8 +259,7 @@ class ContextPCADetector(PCADetector):
         step = max(1, POOL_ROW_VALUES // max(1, x.shape[1]))
         for i in range(0, idx.size, step):
             j = idx[i:i + step]
-            xj = self._value_transform(x[j]) if counts else x[j]
-            dev = xj - self._prediction(m[j], None if cc is None else cc[j])
+            dev = self._x(c, j) - self._prediction(m[j], None if cc is None else cc[j])
             dev *= dev
             if inv is not None:
                 dev *= inv
@@ -399,18 +397,14 @@ class ContextPCADetector(PCADetector):
         """Whether :meth:`_context` keeps the counts (``c["x"]``, ``c["counts"]`` True) rather
         than the transformed cube: on the CPU, with a transform that acts value by value
         (not ``scale="sum"``)."""
-        return self._tensors().dev.type == "cpu" and self.scale != "sum"
-
-    def _value_transform(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """The transform value by value (``scale`` not ``"sum"``), into ``out`` when given."""
-        return forward_transform(x, self.transform, self.gain_, out=out)
+        return self._tensors().dev.type == "cpu" and value_transform(self) is not None
 
     def _x(self, c: dict[str, Any], rows: Any = None) -> np.ndarray:
         """The context's transformed data (n, D), all pixels or the flat indices ``rows``."""
         x = c["x"].reshape(-1, c["x"].shape[-1])
         if rows is not None:
             x = x[rows]
-        return self._value_transform(x) if c.get("counts") else x
+        return value_transform(self)(x) if c.get("counts") else x
 
     @one_blas_thread
     def _score(self, si: SpectrumImage, progress: ProgressCallback | None
@@ -479,7 +473,7 @@ class ContextPCADetector(PCADetector):
         from ..pooling import CHUNKED_TILE_PIXELS, Variant, pool_image
 
         x = c["x"]  # counts when c["counts"]: transformed as read
-        tf = self._value_transform if c.get("counts") else None
+        tf = value_transform(self) if c.get("counts") else None
         ny, nx, d = x.shape
         q = codes.shape[-1]
         s2 = float(self.noise_variance_)
@@ -513,8 +507,7 @@ class ContextPCADetector(PCADetector):
                 # chunk as the pooling reads them (no tile-sized array)
                 target, own = runs.chunked(xt, mt.reshape(h * w, q), sc, delta, transform=tf)
             else:  # channel-last float32 deviations (as the pooling works), by runs
-                dev, own = runs(xt.reshape(h * w, d) if tf is None else tf(xt.reshape(h * w, d)),
-                                mt.reshape(h * w, q), sc, delta)
+                dev, own = runs(xt, mt.reshape(h * w, q), sc, delta, transform=tf)
                 target = torch.from_numpy(dev).T.reshape(d, h, w)
             mean = torch.zeros((1, 1, 1), dtype=torch.float32).expand(d, h, w)
             if sig_all is not None:
